@@ -1,0 +1,404 @@
+"""OASIS-style NIfTI/Analyze volumes: finding them, splitting subjects without leakage, and cutting 2D slices.
+
+A dataset is a folder searched recursively for ``.nii``, ``.nii.gz`` and Analyze ``.img`` + ``.hdr`` pairs (OASIS-1
+ships e.g. ``OAS1_0001_MR1/PROCESSED/MPRAGE/T88_111/OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.img``). When the
+folder has ``train``/``validate``/``test`` sub-folders they define the splits; otherwise subjects are split by a
+seeded shuffle, keeping all sessions and files of one subject in the same split.
+
+Slices come out in display orientation: each volume is reoriented to RAS, and a slice is rotated so that the
+higher end of its vertical world axis (anterior for axial, superior for coronal and sagittal slices) is at the top
+and the patient's right is on the image's right (neurological convention).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation
+
+from monai_vqbrain.data.oasis import canonical_split
+from monai_vqbrain.errors import DatasetError, ImageFileError
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "FOREGROUND_THRESHOLD",
+    "is_volume_file",
+    "find_volume_files",
+    "subject_id",
+    "split_subjects",
+    "list_nifti_volumes",
+    "check_nifti_header",
+    "load_volume_ras",
+    "load_nifti_slices",
+]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".img")
+"""File name endings of the volumes looked for; an Analyze ``.img`` needs its ``.hdr`` beside it."""
+
+FOREGROUND_THRESHOLD = 0.05
+"""Intensity (after scaling to [0, 1]) above which a pixel counts as foreground for ``min_foreground``."""
+
+_SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
+# sub-folder names that mark an explicit split, mapped to the split they hold
+_SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validate": "validate",
+    "val": "validate",
+    "validation": "validate",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """True when the file name ends like a NIfTI volume or an Analyze image (hidden files excluded)."""
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _strip_volume_suffix(name: str) -> str:
+    """The file name without its volume extension(s): ``x.nii.gz`` -> ``x``."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _analyze_header(image_path: Path) -> Path | None:
+    """The ``.hdr`` beside an Analyze ``.img`` (either case), or None when it is missing."""
+    stem = image_path.name[: -len(".img")]
+    for suffix in (".hdr", ".HDR"):
+        header = image_path.with_name(stem + suffix)
+        if header.is_file():
+            return header
+    return None
+
+
+def _walk_volume_files(root: Path) -> Iterable[Path]:
+    """Yield the volume files below ``root`` in a stable order, skipping hidden files and folders."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_volume_file(name):
+                yield Path(folder) / name
+
+
+def find_volume_files(root: str | os.PathLike) -> list[Path]:
+    """List the NIfTI/Analyze volumes below ``root`` (recursively), sorted by path.
+
+    Args:
+        root: the folder to search.
+
+    Raises:
+        ImageFileError: naming an Analyze ``.img`` whose ``.hdr`` is missing.
+    """
+    files = []
+    for path in _walk_volume_files(Path(root).expanduser()):
+        if path.name.lower().endswith(".img") and _analyze_header(path) is None:
+            raise ImageFileError(
+                f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
+            )
+        files.append(path.resolve())
+    return sorted(files)
+
+
+def subject_id(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """The subject a volume belongs to: the OASIS id (``OAS1_0001``) in its path, else its name without extension.
+
+    Args:
+        path: the volume file.
+        root: when given, only the part of ``path`` below ``root`` is searched for an OASIS id, so that an id in
+            the dataset folder's own name does not put every volume in one subject.
+    """
+    path = Path(path)
+    searched = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    match = _SUBJECT_PATTERN.findall(searched)
+    return match[-1] if match else _strip_volume_suffix(path.name)
+
+
+def _split_counts(num_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Numbers of validation and test subjects: rounded fractions, at least one each when there are >= 3 subjects."""
+    counts = []
+    for fraction in (val_fraction, test_fraction):
+        count = round(num_subjects * fraction) if fraction > 0 else 0
+        if fraction > 0 and num_subjects >= 3:
+            count = max(count, 1)
+        counts.append(count)
+    num_val, num_test = counts
+    # always leave at least one training subject
+    while num_subjects > 0 and num_val + num_test > num_subjects - 1:
+        if num_val >= num_test:
+            num_val -= 1
+        else:
+            num_test -= 1
+    return num_val, num_test
+
+
+def split_subjects(
+    subjects: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[str]]:
+    """Assign subjects to splits by a seeded shuffle of their sorted ids.
+
+    Args:
+        subjects: subject ids (duplicates are merged).
+        val_fraction: fraction of subjects for ``validate``.
+        test_fraction: fraction of subjects for ``test``.
+        seed: the shuffle seed; the same seed and subjects always give the same split.
+
+    Returns:
+        ``{"train": [...], "validate": [...], "test": [...]}``, each sorted.
+
+    Raises:
+        ValueError: when the fractions are negative or leave no room for training subjects.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 and sum to less than 1"
+        )
+    ordered = sorted(set(subjects))
+    random.Random(seed).shuffle(ordered)
+    num_val, num_test = _split_counts(len(ordered), val_fraction, test_fraction)
+    return {
+        "test": sorted(ordered[:num_test]),
+        "validate": sorted(ordered[num_test : num_test + num_val]),
+        "train": sorted(ordered[num_test + num_val :]),
+    }
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The explicit split sub-folders of ``root`` (``train``, ``validate``/``val``/``validation``, ``test``)."""
+    folders: dict[str, Path] = {}
+    for child in sorted(root.iterdir()):
+        split = _SPLIT_FOLDER_NAMES.get(child.name.lower())
+        if split is not None and child.is_dir():
+            folders.setdefault(split, child)
+    return folders
+
+
+def list_nifti_volumes(
+    root: str | os.PathLike, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> list[Path]:
+    """List the volumes of one split of a NIfTI/Analyze dataset.
+
+    When ``root`` has ``train``/``validate``/``test`` sub-folders (``val``/``validation`` also name the validation
+    one), the split's folder is searched; otherwise all volumes below ``root`` are grouped by :func:`subject_id`
+    and the subjects are split by :func:`split_subjects`, so no subject is in two splits.
+
+    Args:
+        root: the dataset folder.
+        split: ``"train"``, ``"validate"`` or ``"test"``.
+        val_fraction: fraction of subjects for ``validate`` when splitting by subject.
+        test_fraction: fraction of subjects for ``test`` when splitting by subject.
+        seed: the subject shuffle seed.
+
+    Returns:
+        The split's volume files (absolute paths), sorted.
+
+    Raises:
+        DatasetError: when ``root`` or the split's folder is missing, or the split has no volume.
+        ImageFileError: naming an Analyze ``.img`` whose ``.hdr`` is missing.
+    """
+    split = canonical_split(split)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"NIfTI dataset folder '{root}' does not exist; expected a folder of .nii/.nii.gz volumes")
+    folders = _split_folders(root)
+    if folders:
+        if split not in folders:
+            raise DatasetError(
+                f"NIfTI dataset folder '{root}' has split folders ({', '.join(sorted(p.name for p in folders.values()))}) "
+                f"but none for split {split!r}; expected a sub-folder named {split!r}"
+                + (" (or 'val'/'validation')" if split == "validate" else "")
+            )
+        files = find_volume_files(folders[split])
+        if not files:
+            raise DatasetError(
+                f"split folder '{folders[split]}' holds no volumes; expected .nii, .nii.gz or .img+.hdr files below it"
+            )
+        return files
+
+    files = find_volume_files(root)
+    if not files:
+        raise DatasetError(f"NIfTI dataset folder '{root}' holds no volumes; expected .nii, .nii.gz or .img+.hdr files")
+    subjects = {path: subject_id(path, root.resolve()) for path in files}
+    assignment = split_subjects(subjects.values(), val_fraction, test_fraction, seed)
+    chosen = set(assignment[split])
+    selected = [path for path in files if subjects[path] in chosen]
+    if not selected:
+        raise DatasetError(
+            f"split {split!r} of NIfTI dataset folder '{root}' is empty: its {len(assignment['train'])} training, "
+            f"{len(assignment['validate'])} validation and {len(assignment['test'])} test subjects come from "
+            f"{len(set(subjects.values()))} subject(s) (val_fraction={val_fraction}, test_fraction={test_fraction}); "
+            f"expected at least 3 subjects, or train/validate/test sub-folders"
+        )
+    return selected
+
+
+def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
+    """The 2D or 3D spatial shape of a volume, dropping trailing singleton dims (e.g. a 4D volume of one frame).
+
+    Raises:
+        ImageFileError: naming the file when it is a true 4D (or higher) volume, or has fewer than 2 dims or no voxels.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > 3:
+        if any(s != 1 for s in shape[3:]):
+            raise ImageFileError(
+                f"'{path}' is a {len(shape)}D volume of shape {shape}; expected a 3D volume (or a 4D one whose "
+                "extra dimensions are all 1)"
+            )
+        shape = shape[:3]
+    if len(shape) < 2 or min(shape) < 1:
+        raise ImageFileError(f"'{path}' has shape {shape}; expected a 3D volume (or a 2D slice)")
+    return shape
+
+
+def _open_volume(path: Path) -> tuple[nib.spatialimages.SpatialImage, tuple[int, ...]]:
+    """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape."""
+    try:
+        image = nib.load(str(path))
+        shape = image.shape
+    except Exception as err:  # nibabel raises many types (ImageFileError, gzip/zlib errors, EOFError, ...)
+        raise ImageFileError(f"cannot read volume '{path}' ({err}); expected a NIfTI or Analyze image") from err
+    return image, _spatial_shape(shape, path)
+
+
+def check_nifti_header(path: str | os.PathLike) -> tuple[int, ...]:
+    """Read only the header of a NIfTI/Analyze file and check it holds a 2D or 3D image.
+
+    Args:
+        path: the volume file.
+
+    Returns:
+        Its spatial shape (2 or 3 dims, extra singleton dims dropped).
+
+    Raises:
+        ImageFileError: naming the file when it cannot be read or is not a 2D/3D image.
+    """
+    return _open_volume(Path(path))[1]
+
+
+def _scale_robust(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Scale intensities to [0, 1] between the ``lower`` and ``upper`` percentiles, clipping outliers.
+
+    Percentiles rather than min/max so that a few hot voxels do not darken the whole volume. When the percentiles
+    coincide (a volume that is mostly one value, e.g. tiny foreground) min/max is used instead; a constant volume
+    becomes all zeros.
+    """
+    low, high = np.percentile(volume, [lower, upper])
+    if high <= low:
+        low, high = float(volume.min()), float(volume.max())
+    if high <= low:
+        return np.zeros_like(volume, dtype=np.float32)
+    scaled = (volume - low) / (high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled).astype(np.float32, copy=False)
+
+
+def load_volume_ras(path: str | os.PathLike) -> np.ndarray:
+    """Load a volume as float32, reoriented to RAS and scaled per volume to [0, 1] by robust percentiles.
+
+    Args:
+        path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
+
+    Returns:
+        A 3D array; a 2D image comes back with a singleton third axis.
+
+    Raises:
+        ImageFileError: naming the file when it cannot be read or is not a 2D/3D image.
+    """
+    path = Path(path)
+    image, shape = _open_volume(path)
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as err:
+        raise ImageFileError(f"cannot read the voxels of volume '{path}' ({err}); the file may be truncated") from err
+    data = data.reshape(shape + (1,) * (3 - len(shape)))
+    if not np.isfinite(data).all():
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    oriented = Orientation(axcodes="RAS")(MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine)))
+    return _scale_robust(np.ascontiguousarray(oriented.numpy()[0]))
+
+
+def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
+    """Validate the slicing options, returning ``slice_range`` as two floats."""
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
+    try:
+        start, stop = (float(v) for v in slice_range)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"slice_range must be two fractions (start, stop), got {slice_range!r}") from err
+    if not 0.0 <= start < stop <= 1.0:
+        raise ValueError(f"slice_range must satisfy 0 <= start < stop <= 1, got {slice_range!r}")
+    if not 0.0 <= min_foreground <= 1.0:
+        raise ValueError(f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}")
+    return start, stop
+
+
+def _volume_slices(
+    volume: np.ndarray, name: str, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
+) -> list[dict]:
+    """Cut one RAS volume into display-oriented 2D slice items."""
+    singleton_axes = [axis for axis, size in enumerate(volume.shape) if size == 1]
+    if singleton_axes:
+        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
+        axis, indices = singleton_axes[-1], [0]
+    else:
+        axis, length = slice_axis, volume.shape[slice_axis]
+        first = int(np.floor(slice_range[0] * length))
+        last = max(int(np.ceil(slice_range[1] * length)), first + 1)
+        indices = range(first, min(last, length))
+    items = []
+    for index in indices:
+        # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
+        plane = np.rot90(np.take(volume, index, axis=axis))
+        if np.mean(plane > FOREGROUND_THRESHOLD) < min_foreground:
+            continue
+        items.append({"image": np.ascontiguousarray(plane[None], dtype=np.float32), "name": f"{name}#slice{index}"})
+    return items
+
+
+def load_nifti_slices(
+    files: Sequence[str | os.PathLike],
+    slice_axis: int = 2,
+    slice_range: Sequence[float] = (0.2, 0.8),
+    min_foreground: float = 0.05,
+) -> list[dict]:
+    """Load volumes and cut them into 2D slices, each volume read once.
+
+    All headers are checked first, so a bad file stops the run before any voxels are read.
+
+    Args:
+        files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
+        slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length; the default keeps the
+            middle 60%, where the brain cross-section is large.
+        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+
+    Returns:
+        ``{"image": float32 array (1, H, W) in [0, 1], "name": "<file name>#slice<k>"}`` per kept slice, in file
+        order, ``k`` being the index along ``slice_axis`` of the RAS volume.
+
+    Raises:
+        ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
+        ValueError: for invalid slicing options.
+    """
+    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
+    paths = [Path(f) for f in files]
+    for path in paths:
+        check_nifti_header(path)
+    items: list[dict] = []
+    for path in paths:
+        items += _volume_slices(load_volume_ras(path), path.name, slice_axis, (start, stop), min_foreground)
+    return items
+

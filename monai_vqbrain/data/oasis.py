@@ -1,0 +1,187 @@
+"""The OASIS preprocessed PNG slice layout (``keras_png_slices_data``): split folders, file order and validation.
+
+The layout is a root folder holding one folder of 2D slices per split and one of segmentation masks per split::
+
+    keras_png_slices_data/
+        keras_png_slices_train/         case_001_slice_0.nii.png ... (256x256 8-bit grey)
+        keras_png_slices_validate/
+        keras_png_slices_test/
+        keras_png_slices_seg_train/     seg_001_slice_0.nii.png ...  (masks, ignored here)
+        keras_png_slices_seg_validate/
+        keras_png_slices_seg_test/
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from monai_vqbrain.errors import DatasetError, ImageFileError
+
+__all__ = [
+    "SPLITS",
+    "PNG_FOLDER_PREFIX",
+    "canonical_split",
+    "png_split_folder",
+    "locate_png_root",
+    "find_png_files",
+    "check_png_file",
+    "list_oasis_png_split",
+]
+
+SPLITS = ("train", "validate", "test")
+"""The split names used throughout the package, in the order of the OASIS release."""
+
+PNG_FOLDER_PREFIX = "keras_png_slices_"
+# the archive unpacks to a folder of this name; users often point at its parent instead
+_PNG_ARCHIVE_FOLDER = "keras_png_slices_data"
+_SPLIT_ALIASES = {"train": "train", "validate": "validate", "val": "validate", "validation": "validate", "test": "test"}
+_OASIS_SLICE_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$", re.IGNORECASE)
+
+
+def canonical_split(split: str) -> str:
+    """Return the canonical name (one of :data:`SPLITS`) of ``split``; ``"val"`` and ``"validation"`` are accepted.
+
+    Args:
+        split: a split name.
+
+    Raises:
+        DatasetError: when ``split`` names no known split.
+    """
+    canonical = _SPLIT_ALIASES.get(str(split).strip().lower())
+    if canonical is None:
+        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return canonical
+
+
+def png_split_folder(root: str | os.PathLike, split: str) -> Path:
+    """Return the folder holding the PNG slices of ``split`` below an OASIS PNG root (it may not exist).
+
+    Args:
+        root: the ``keras_png_slices_data`` folder (or its parent).
+        split: ``"train"``, ``"validate"`` or ``"test"``.
+    """
+    png_root = locate_png_root(root) or Path(root)
+    return png_root / f"{PNG_FOLDER_PREFIX}{canonical_split(split)}"
+
+
+def _is_image_split_folder(path: Path) -> bool:
+    """True for a ``keras_png_slices_<split>`` folder of images, False for the ``..._seg_<split>`` mask folders."""
+    name = path.name.lower()
+    return name.startswith(PNG_FOLDER_PREFIX) and not name.startswith(f"{PNG_FOLDER_PREFIX}seg") and path.is_dir()
+
+
+def locate_png_root(root: str | os.PathLike) -> Path | None:
+    """Find the folder that holds the ``keras_png_slices_*`` split folders.
+
+    That is ``root`` itself, or ``root/keras_png_slices_data`` when ``root`` is the folder the archive was unpacked
+    into. Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a
+    dataset of images.
+
+    Args:
+        root: the folder to look in.
+
+    Returns:
+        The absolute folder, or None when neither candidate holds an image split folder.
+    """
+    root = Path(root).expanduser()
+    for candidate in (root, root / _PNG_ARCHIVE_FOLDER):
+        if candidate.is_dir() and any(_is_image_split_folder(child) for child in candidate.iterdir()):
+            return candidate.resolve()
+    return None
+
+
+def _png_sort_key(name: str) -> tuple:
+    """Order OASIS slices by (case, slice) numerically, so slice 10 follows slice 9; other names follow, by name."""
+    match = _OASIS_SLICE_NAME.match(name)
+    if match:
+        return (0, int(match.group(1)), int(match.group(2)), name)
+    return (1, 0, 0, name)
+
+
+def find_png_files(folder: str | os.PathLike) -> list[Path]:
+    """List the ``.png`` files of one split folder in OASIS order, without opening them.
+
+    Hidden files (macOS ``._*`` forks, ``.DS_Store``) and files of other types are skipped; sub-folders are not
+    searched, as the OASIS layout is flat.
+
+    Args:
+        folder: a split folder such as ``keras_png_slices_train``.
+
+    Raises:
+        DatasetError: when the folder does not exist or holds no ``.png`` file.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(
+            f"split folder '{folder}' does not exist; expected a folder of PNG slices named like case_001_slice_0.nii.png"
+        )
+    names = [
+        entry.name
+        for entry in os.scandir(folder)
+        if not entry.name.startswith(".") and entry.name.lower().endswith(".png") and entry.is_file()
+    ]
+    if not names:
+        raise DatasetError(
+            f"split folder '{folder}' holds no PNG images; expected files named like case_001_slice_0.nii.png"
+        )
+    return [(folder / name).resolve() for name in sorted(names, key=_png_sort_key)]
+
+
+def check_png_file(path: str | os.PathLike) -> None:
+    """Check cheaply that ``path`` is a decodable, non-empty image, without decoding its pixels.
+
+    ``Image.open`` reads the header and ``verify`` walks the PNG chunks checking their CRCs, which catches truncated
+    and corrupted files at a small fraction of the cost of decoding; this keeps the check of an OASIS-size split
+    (about 10k files) to a few seconds, while a bad file is reported before training starts rather than as a deep
+    traceback from a data-loader worker.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        ImageFileError: naming the file when it is not a readable image or has no pixels.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageFileError(f"'{path}' is not a readable image ({err}); expected a 2D grey or RGB PNG slice") from err
+    if width < 1 or height < 1:
+        raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
+    if mode not in _SUPPORTED_MODES:
+        raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
+
+
+# PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
+_SUPPORTED_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+    | {"I;16", "I;16L", "I;16B", "I;16N"}
+)
+
+
+def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:
+    """List and validate the PNG slices of one split of an OASIS PNG dataset.
+
+    Every file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
+
+    Args:
+        root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
+        split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
+
+    Returns:
+        One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).
+
+    Raises:
+        DatasetError: when the split folder is missing or holds no PNG file.
+        ImageFileError: when a ``.png`` file is not a readable image.
+    """
+    files = find_png_files(png_split_folder(root, split))
+    for path in files:
+        check_png_file(path)
+    return [{"image": str(path), "name": path.name} for path in files]

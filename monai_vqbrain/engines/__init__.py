@@ -1,0 +1,17 @@
+"""Ignite/MONAI engines: the VQ-VAE trainer, the reconstruction inferer, batch preparation and precision."""
+
+from .inferer import ReconstructionInferer
+from .precision import autocast, autocast_dtype, needs_grad_scaler, resolve_device
+from .prepare_batch import AutoencoderPrepareBatch
+from .trainer import LOSS_COMPONENTS, VQVAETrainer
+
+__all__ = [
+    "LOSS_COMPONENTS",
+    "AutoencoderPrepareBatch",
+    "ReconstructionInferer",
+    "VQVAETrainer",
+    "autocast",
+    "autocast_dtype",
+    "needs_grad_scaler",
+    "resolve_device",
+]

@@ -1,0 +1,37 @@
+"""Inferer that reconstructs images through a VQ-VAE's codes, under mixed precision when asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from .precision import autocast
+
+
+class ReconstructionInferer(Inferer):
+    """Reconstruct ``inputs`` with ``network.reconstruct`` (or the network's first output), clamped to a range.
+
+    Args:
+        amp: run under autocast (bf16 on CPU; bf16/fp16 on CUDA).
+        clamp: ``(low, high)`` range of the output intensities, or None to leave them unclamped.
+    """
+
+    def __init__(self, amp: bool = False, clamp: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        super().__init__()
+        self.amp = amp
+        self.clamp = clamp
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        model = network.module if hasattr(network, "module") else network
+        with autocast(inputs.device, self.amp):
+            if hasattr(model, "reconstruct"):
+                reconstruction = model.reconstruct(inputs)
+            else:
+                output = model(inputs, *args, **kwargs)
+                reconstruction = output[0] if isinstance(output, (tuple, list)) else output
+        reconstruction = reconstruction.float()
+        if self.clamp is not None:
+            reconstruction = reconstruction.clamp(*self.clamp)
+        return reconstruction

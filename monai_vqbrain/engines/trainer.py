@@ -1,0 +1,74 @@
+"""The VQ-VAE training engine: MONAI's SupervisedTrainer with a VQ-VAE iteration and CPU/CUDA mixed precision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from .precision import autocast, needs_grad_scaler
+
+#: names of the loss components in ``engine.state.output`` after each iteration
+LOSS_COMPONENTS = ("reconstruction", "vq", "codebook", "commitment")
+
+
+class VQVAETrainer(SupervisedTrainer):
+    """Train a :class:`~monai_vqbrain.networks.VQVAE` with :class:`~monai_vqbrain.losses.VQVAELoss`.
+
+    Everything :class:`monai.engines.SupervisedTrainer` offers (handlers, metrics, events, DDP-wrapped networks)
+    applies; the iteration differs in three ways: the network is run with ``return_details=True`` so every loss
+    component and codebook statistic reaches ``engine.state.output``; ``amp`` means bf16 autocast on CPU as well
+    as on CUDA (fp16 with gradient scaling only on GPUs without bf16); and gradients may be clipped.
+
+    After each iteration ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the reconstruction),
+    ``loss`` (the total), ``loss_<component>`` for each of :data:`LOSS_COMPONENTS`, ``perplexity``,
+    ``codebook_usage`` and ``indices`` (the code maps), all as tensors: nothing here forces a host sync.
+
+    Args:
+        max_grad_norm: clip the gradient norm to this value; None disables clipping.
+        kwargs: arguments of :class:`monai.engines.SupervisedTrainer` (``loss_function`` must be a ``VQVAELoss``).
+    """
+
+    def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_grad_norm = max_grad_norm
+        self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
+
+    def _iteration(self, engine: VQVAETrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = {Keys.IMAGE: images, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with autocast(engine.state.device, engine.amp):
+            details = engine.network(images, return_details=True)
+        losses = engine.loss_function(details.reconstruction, targets, details.codebook_loss, details.commitment_loss)
+        engine.state.output[Keys.PRED] = details.reconstruction
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = losses["total"]
+        for component in LOSS_COMPONENTS:
+            engine.state.output[f"loss_{component}"] = losses[component].detach()
+        engine.state.output["perplexity"] = details.perplexity
+        engine.state.output["codebook_usage"] = details.codebook_usage
+        engine.state.output["indices"] = details.indices
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        scaler = engine.grad_scaler
+        (scaler.scale(losses["total"]) if scaler is not None else losses["total"]).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if engine.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.max_grad_norm)
+        if scaler is not None:
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

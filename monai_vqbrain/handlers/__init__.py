@@ -1,0 +1,30 @@
+"""Ignite handlers: loss components, codebook usage, training history and the evaluation report."""
+
+from .checkpoint import BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
+from .codebook_usage import CodebookUsageHandler
+from .log_values import ITERATION_LOG_KEYS, every_n_iterations, training_log_values
+from .loss_components import LossComponentsHandler
+from .reconstruction_report import (
+    ReconstructionReportHandler,
+    plot_loss_curves,
+    plot_reconstructions,
+    summarize_scores,
+)
+from .training_history import TrainingHistoryHandler, read_history
+
+__all__ = [
+    "ITERATION_LOG_KEYS",
+    "BestModelSaver",
+    "TrainingCheckpointLoader",
+    "TrainingCheckpointSaver",
+    "CodebookUsageHandler",
+    "LossComponentsHandler",
+    "ReconstructionReportHandler",
+    "TrainingHistoryHandler",
+    "every_n_iterations",
+    "training_log_values",
+    "plot_loss_curves",
+    "plot_reconstructions",
+    "read_history",
+    "summarize_scores",
+]

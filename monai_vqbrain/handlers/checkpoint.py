@@ -1,0 +1,127 @@
+"""Checkpoint handlers: the best model by validation metric, the latest training state, and resumption."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from ..errors import CheckpointError
+from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, save_checkpoint
+from ._distributed import is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return getattr(network, "module", network)
+
+
+class BestModelSaver:
+    """Save the network's weights whenever the evaluator's key metric reaches a new best.
+
+    The file holds ``{"model": state_dict, "metadata": {...}}`` with ``metadata`` extended by the epoch and the
+    metric value; it is written atomically on rank 0.
+
+    Args:
+        save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/model.pt``).
+        network: the network whose weights to save.
+        metadata: what produced the weights (network settings, image size, ...).
+    """
+
+    def __init__(self, save_path: str | os.PathLike, network: torch.nn.Module, metadata: dict[str, Any] | None = None):
+        self.save_path = Path(save_path)
+        self.network = network
+        self.metadata = dict(metadata or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
+
+    def _save_if_best(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch or not is_main_process():
+            return
+        metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
+        save_checkpoint(self.save_path, {"model": _unwrap(self.network).state_dict(), METADATA_KEY: metadata})
+        logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
+
+
+class TrainingCheckpointSaver:
+    """Save everything needed to resume training (weights, optimizer, scheduler, engine state) every epoch.
+
+    Args:
+        save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/last.pt``); replaced atomically each time.
+        save_dict: objects with a ``state_dict``; ``"model"`` is unwrapped from DDP.
+        metadata: what produced the checkpoint.
+        interval: save every ``interval`` epochs (the last epoch is always saved).
+    """
+
+    def __init__(
+        self,
+        save_path: str | os.PathLike,
+        save_dict: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        interval: int = 1,
+    ) -> None:
+        self.save_path = Path(save_path)
+        self.save_dict = save_dict
+        self.metadata = dict(metadata or {})
+        self.interval = max(1, interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        last_epoch = engine.state.epoch == engine.state.max_epochs
+        if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
+            return
+        checkpoint = {
+            key: (_unwrap(obj) if key == "model" else obj).state_dict()
+            for key, obj in self.save_dict.items()
+            if obj is not None
+        }
+        checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
+        save_checkpoint(self.save_path, checkpoint)
+
+
+class TrainingCheckpointLoader:
+    """Resume training from a :class:`TrainingCheckpointSaver` file when the trainer starts.
+
+    The network's architecture is checked first, so a checkpoint of another network is a clear error; a larger
+    ``max_epochs`` than the checkpoint's continues training to the new end.
+
+    Args:
+        load_path: the checkpoint file.
+        load_dict: the objects to restore, keyed as when saved (``"model"``, ``"optimizer"``, ``"trainer"``...).
+        map_location: where to load tensors.
+    """
+
+    def __init__(self, load_path: str | os.PathLike, load_dict: dict[str, Any], map_location: str | torch.device = "cpu"):
+        self.load_path = Path(load_path)
+        self.load_dict = load_dict
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._load)
+
+    def _load(self, engine: Engine) -> None:
+        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
+        if missing:
+            raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
+        network = _unwrap(self.load_dict["model"])
+        check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
+        for key, obj in self.load_dict.items():
+            if obj is None or key == "trainer":
+                continue
+            (network if key == "model" else obj).load_state_dict(checkpoint[key])
+        trainer_state = checkpoint.get("trainer")
+        if trainer_state is not None:
+            # ignite's engine state records iterations, not epochs; checkpoints are saved at epoch ends
+            iteration = int(trainer_state["iteration"])
+            engine.state.epoch = iteration // int(trainer_state["epoch_length"])
+            engine.state.iteration = engine.state.epoch * engine.state.epoch_length
+        logger.info(f"resumed training from {self.load_path} at epoch {engine.state.epoch}")

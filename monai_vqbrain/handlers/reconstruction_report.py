@@ -1,0 +1,199 @@
+"""The evaluation report: per-image SSIM/PSNR, summary metrics, and figures of reconstructions and loss curves."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.metrics import PSNRMetric, SSIMMetric
+from monai.utils.enums import CommonKeys as Keys
+
+from ..utils.io import atomic_path, atomic_write_text
+from ._distributed import is_main_process
+from .training_history import read_history
+
+
+def summarize_scores(ssim: np.ndarray, psnr: np.ndarray) -> dict[str, float]:
+    """Summary statistics of per-image SSIM and PSNR."""
+    finite_psnr = psnr[np.isfinite(psnr)]
+    return {
+        "ssim_mean": float(np.mean(ssim)),
+        "ssim_std": float(np.std(ssim)),
+        "ssim_min": float(np.min(ssim)),
+        "ssim_median": float(np.median(ssim)),
+        "ssim_max": float(np.max(ssim)),
+        "fraction_ssim_at_least_0.95": float(np.mean(ssim >= 0.95)),
+        "psnr_mean": float(np.mean(finite_psnr)) if finite_psnr.size else float("inf"),
+        "psnr_std": float(np.std(finite_psnr)) if finite_psnr.size else 0.0,
+    }
+
+
+def _figure_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_reconstructions(
+    originals: list[np.ndarray], reconstructions: list[np.ndarray], names: list[str], ssim: list[float], path: Path
+) -> None:
+    """Save a figure with each original above its reconstruction and the reconstruction's SSIM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(originals)
+    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.8), squeeze=False)
+    for column in range(count):
+        for row, image in enumerate((originals[column], reconstructions[column])):
+            axis = axes[row, column]
+            axis.imshow(np.rot90(image), cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[0, column].set_title(names[column][:22], fontsize=7)
+        axes[1, column].set_title(f"SSIM {ssim[column]:.3f}", fontsize=8)
+    axes[0, 0].set_ylabel("original")
+    axes[1, 0].set_ylabel("reconstruction")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_figure_bytes(figure))
+    plt.close(figure)
+
+
+def plot_loss_curves(history: list[dict], path: Path) -> bool:
+    """Save the per-epoch training losses (total, reconstruction, VQ) and validation SSIM; False if no history."""
+    records = [r for r in history if "train_loss" in r]
+    if not records:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    validated = [r for r in records if "val_ssim" in r]
+    figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
+    loss_axis = axes[0, 0]
+    for key, label in (("train_loss", "total"), ("train_reconstruction", "reconstruction"), ("train_vq", "VQ")):
+        loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label)
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("training loss")
+    loss_axis.legend()
+    loss_axis.grid(alpha=0.3)
+    if validated:
+        ssim_axis = axes[0, 1]
+        ssim_axis.plot([r["epoch"] for r in validated], [r["val_ssim"] for r in validated], marker=".", color="C3")
+        ssim_axis.set_xlabel("epoch")
+        ssim_axis.set_ylabel("validation SSIM")
+        ssim_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_figure_bytes(figure))
+    plt.close(figure)
+    return True
+
+
+class ReconstructionReportHandler:
+    """Score every reconstruction of an evaluator and write the report into ``output_dir`` when it completes.
+
+    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
+    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR of every image), ``reconstructions.png``
+    (originals above reconstructions, each with its SSIM) and ``loss_curves.png`` (per-epoch training losses
+    from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
+    ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
+
+    Args:
+        output_dir: folder for the report; created if needed.
+        image_size: the evaluated image size, recorded in ``metrics.json``.
+        history_file: the training history written by ``TrainingHistoryHandler``; None skips the loss curves.
+        num_examples: how many images the reconstruction figure shows (spread over the split).
+        name_key: key of the image names in the batch.
+        extra_metadata: more entries for ``metrics.json`` (e.g. the checkpoint and dataset used).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        image_size: int,
+        history_file: str | os.PathLike | None = None,
+        num_examples: int = 8,
+        name_key: str = "name",
+        extra_metadata: dict | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.image_size = image_size
+        self.history_file = history_file
+        self.num_examples = num_examples
+        self.name_key = name_key
+        self.extra_metadata = dict(extra_metadata or {})
+        self.ssim_metric = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
+        self.psnr_metric = PSNRMetric(max_val=1.0, reduction="none")
+        self._reset()
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.names: list[str] = []
+        self.ssim: list[float] = []
+        self.psnr: list[float] = []
+        self.examples: list[tuple[np.ndarray, np.ndarray, str, float]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _score(self, engine: Engine) -> None:
+        predictions = engine.state.output[Keys.PRED].float()
+        targets = engine.state.output[Keys.LABEL].float()
+        batch_ssim = self.ssim_metric(predictions, targets).reshape(-1).cpu().numpy()
+        batch_psnr = self.psnr_metric(predictions, targets).reshape(-1).cpu().numpy()
+        # the metrics buffer every batch; the scores are kept here, so drop their copies
+        self.ssim_metric.reset()
+        self.psnr_metric.reset()
+        batch = engine.state.batch
+        names = batch.get(self.name_key) if isinstance(batch, dict) else None
+        if names is None:
+            names = [f"image_{len(self.names) + i}" for i in range(len(batch_ssim))]
+        self.names.extend(str(n) for n in names)
+        self.ssim.extend(batch_ssim.tolist())
+        self.psnr.extend(batch_psnr.tolist())
+        # keep one example from each of `num_examples` evenly spaced batches, not the whole split
+        local_iteration = (engine.state.iteration - 1) % engine.state.epoch_length
+        shown_iterations = np.linspace(0, engine.state.epoch_length - 1, num=self.num_examples).round().astype(int)
+        shown_in_batch = int(np.sum(shown_iterations == local_iteration))
+        for i in range(min(shown_in_batch, len(batch_ssim))):
+            self.examples.append(
+                (targets[i, 0].cpu().numpy(), predictions[i, 0].cpu().numpy(), self.names[-len(batch_ssim) + i], batch_ssim[i])
+            )
+
+    def _write(self, engine: Engine) -> None:
+        if not is_main_process() or not self.ssim:
+            return
+        ssim = np.asarray(self.ssim)
+        psnr = np.asarray(self.psnr)
+        metrics = {"n": len(ssim), "image_size": self.image_size, **summarize_scores(ssim, psnr)}
+        metrics.update(self.extra_metadata)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["name", "ssim", "psnr"])
+        for name, image_ssim, image_psnr in zip(self.names, self.ssim, self.psnr, strict=True):
+            writer.writerow([name, f"{image_ssim:.6f}", f"{image_psnr:.4f}"])
+        atomic_write_text(self.output_dir / "per_image_metrics.csv", table.getvalue())
+
+        originals, reconstructions, names, scores = zip(*self.examples, strict=True)
+        plot_reconstructions(
+            list(originals), list(reconstructions), list(names), list(scores), self.output_dir / "reconstructions.png"
+        )
+        if self.history_file is not None:
+            plot_loss_curves(read_history(self.history_file), self.output_dir / "loss_curves.png")
+        engine.state.metrics.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -1,0 +1,20 @@
+"""Networks: the VQ-VAE with its vector quantizer, and the Gated PixelCNN prior over its codes."""
+
+from .blocks import Downsample, ResidualLayer, ResidualStack, Upsample
+from .quantizer import QuantizerOutput, VectorQuantizer, code_usage_statistics
+from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput, VQVAEReconstructor
+
+__all__ = [
+    "VQVAE",
+    "Decoder",
+    "Downsample",
+    "Encoder",
+    "QuantizerOutput",
+    "ResidualLayer",
+    "ResidualStack",
+    "Upsample",
+    "VQVAEOutput",
+    "VQVAEReconstructor",
+    "VectorQuantizer",
+    "code_usage_statistics",
+]

@@ -1,0 +1,619 @@
+"""Gated PixelCNN prior over the discrete code maps of a VQ-VAE.
+
+The network follows van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
+(https://arxiv.org/abs/1606.05328): a vertical stack that sees every row above, a horizontal stack that sees the
+pixels to the left in the current row, gated activations, residual and skip connections, and optional class and
+spatial conditioning. Because the vertical stack covers whole rows (not a masked square kernel) there is no blind
+spot.
+
+Sampling has two paths that draw exactly the same codes for a fixed seed: a naive one (a full forward pass per
+position) and a cached one in the spirit of Ramachandran et al. 2017, "Fast Generation for Convolutional
+Autoregressive Models" (https://arxiv.org/abs/1704.06001), which only computes what a new code changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.utils import optional_import
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["GatedPixelCNN", "GatedPixelCNNLayer"]
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    """Gated activation ``tanh(a) * sigmoid(b)`` over the two channel halves ``a, b`` of ``x``."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def _down_shift(x: torch.Tensor) -> torch.Tensor:
+    """Move every row of a (B, C, H, W) tensor one row down; row 0 becomes zeros."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
+
+
+class GatedPixelCNNLayer(nn.Module):
+    """One gated layer of a Gated PixelCNN, with a vertical and a horizontal stack.
+
+    With ``p = kernel_size // 2``, the vertical stack is a ``(p + 1) x kernel_size`` convolution over the rows
+    ``r - p .. r`` (padded on top, so nothing below is seen); its pre-activation features reach the horizontal stack
+    through a 1x1 convolution *shifted down one row*, so position ``(r, c)`` of the horizontal stack only receives
+    rows ``< r`` from it. The horizontal stack is a ``1 x (p + 1)`` convolution over the columns ``c - p .. c``
+    ("mask B"), or ``c - p - 1 .. c - 1`` for the first layer ("mask A": the current code must not see itself).
+
+    Args:
+        channels: number of feature channels of both stacks (input and output).
+        kernel_size: odd size ``k`` of the (unmasked-equivalent) ``k x k`` receptive field growth per layer.
+        mask_a: True for the first layer: the horizontal stack excludes the current position and there is no
+            residual connection (the input at the current position is the code to predict).
+        last: True for the last layer: only its skip features are used, so it has no residual 1x1 convolution and
+            no vertical output (no parameter without a gradient).
+        num_classes: when given, a learnt per-class bias is added to the pre-activations of both stacks.
+        cond_channels: when given, a 1x1 convolution of a spatial conditioning map is added to the
+            pre-activations of both stacks.
+        dropout: dropout probability on the gated horizontal features (0 disables it).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        mask_a: bool = False,
+        last: bool = False,
+        num_classes: int | None = None,
+        cond_channels: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pad = kernel_size // 2
+        self.mask_a = mask_a
+        self.last = last
+        p = self.pad
+        self.conv_v = nn.Conv2d(channels, 2 * channels, kernel_size=(p + 1, kernel_size))
+        self.conv_h = nn.Conv2d(channels, 2 * channels, kernel_size=(1, p + 1))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, kernel_size=1)
+        self.res: nn.Conv2d | None = None if last else nn.Conv2d(channels, channels, kernel_size=1)
+        self.skip = nn.Conv2d(channels, channels, kernel_size=1)
+        self.dropout = nn.Dropout(dropout)
+        # conditioning of 4 * channels: the first half biases the vertical stack, the second the horizontal one;
+        # the last layer's vertical output is unused, so it only conditions the horizontal stack
+        cond_dim = 2 * channels if last else 4 * channels
+        self.class_bias: nn.Embedding | None = None
+        if num_classes is not None:
+            self.class_bias = nn.Embedding(num_classes, cond_dim)
+            # a unit-variance bias would saturate the gates at initialisation
+            nn.init.normal_(self.class_bias.weight, std=0.1)
+        self.cond_proj: nn.Conv2d | None = None
+        if cond_channels is not None:
+            self.cond_proj = nn.Conv2d(cond_channels, cond_dim, kernel_size=1)
+
+    def conditioning(
+        self, class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The conditioning terms added to the vertical and horizontal pre-activations.
+
+        Args:
+            class_labels: (B,) integer labels, used when the layer has a class table.
+            cond_map: (B, cond_channels, H, W) map, used when the layer has a spatial projection.
+
+        Returns:
+            ``(cond_v, cond_h)``, each broadcastable to (B, 2 * channels, H, W), or ``(None, None)``.
+        """
+        cond: torch.Tensor | None = None
+        if self.class_bias is not None and class_labels is not None:
+            cond = self.class_bias(class_labels)[:, :, None, None]
+        if self.cond_proj is not None and cond_map is not None:
+            proj = self.cond_proj(cond_map)
+            cond = proj if cond is None else cond + proj
+        if cond is None:
+            return None, None
+        if self.last:
+            return None, cond
+        cond_v, cond_h = cond.chunk(2, dim=1)
+        return cond_v, cond_h
+
+    def vertical(self, v_window: torch.Tensor, cond_v: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Vertical stack on an already padded input.
+
+        Args:
+            v_window: (B, C, R + p, W + 2p): the input rows, with ``p`` rows above and ``p`` columns either side.
+            cond_v: conditioning broadcastable to (B, 2C, R, W), or None.
+
+        Returns:
+            the gated output (B, C, R, W) (None for the last layer) and the features for the horizontal stack
+            (B, 2C, R, W), *not yet* shifted down.
+        """
+        v_pre = self.conv_v(v_window)
+        v_out = None if self.last else _gate(v_pre if cond_v is None else v_pre + cond_v)
+        return v_out, self.v_to_h(v_pre)
+
+    def horizontal(
+        self,
+        h_window: torch.Tensor,
+        h_in: torch.Tensor | None,
+        v_feat: torch.Tensor,
+        cond_h: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Horizontal stack on an already padded (and, for mask A, shifted) input.
+
+        Args:
+            h_window: (B, C, R, W + p): the input columns the ``1 x (p + 1)`` kernel reads for each output column.
+            h_in: (B, C, R, W) the input at the output positions for the residual connection (ignored for mask A).
+            v_feat: (B, 2C, R, W) vertical features, already shifted down one row.
+            cond_h: conditioning broadcastable to (B, 2C, R, W), or None.
+
+        Returns:
+            the layer's horizontal output (B, C, R, W) (None for the last layer) and its skip features
+            (B, C, R, W).
+        """
+        h_pre = self.conv_h(h_window) + v_feat
+        if cond_h is not None:
+            h_pre = h_pre + cond_h
+        gated = self.dropout(_gate(h_pre))
+        skip = self.skip(gated)
+        if self.res is None:
+            return None, skip
+        h_out = self.res(gated)
+        if not self.mask_a:
+            h_out = h_out + h_in
+        return h_out, skip
+
+    def horizontal_step(
+        self,
+        h_window: torch.Tensor,
+        h_in: torch.Tensor | None,
+        v_feat: torch.Tensor,
+        cond_h: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Horizontal stack at a single position: ``horizontal`` written as matrix products.
+
+        For one position the convolutions are tiny and their dispatch costs far more than their arithmetic, so the
+        same weights are applied with ``F.linear`` (same result up to floating point rounding).
+
+        Args:
+            h_window: (B, C, p + 1): the input columns ``c - p .. c`` (``c - p - 1 .. c - 1`` for mask A).
+            h_in: (B, C) the input at the position for the residual connection (ignored for mask A).
+            v_feat: (B, 2C) vertical features from the row above.
+            cond_h: (B, 2C) conditioning, or None.
+
+        Returns:
+            the layer's horizontal output (B, C) (None for the last layer) and its skip features (B, C).
+        """
+        h_pre = F.linear(h_window.reshape(h_window.shape[0], -1), self.conv_h.weight.flatten(1), self.conv_h.bias)
+        h_pre = h_pre + v_feat
+        if cond_h is not None:
+            h_pre = h_pre + cond_h
+        gated = self.dropout(_gate(h_pre))
+        skip = F.linear(gated, self.skip.weight.flatten(1), self.skip.bias)
+        if self.res is None:
+            return None, skip
+        h_out = F.linear(gated, self.res.weight.flatten(1), self.res.bias)
+        if not self.mask_a:
+            h_out = h_out + h_in
+        return h_out, skip
+
+    def forward(
+        self,
+        v: torch.Tensor,
+        h: torch.Tensor,
+        cond_v: torch.Tensor | None = None,
+        cond_h: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Run both stacks over a whole (B, C, H, W) grid.
+
+        Returns:
+            the vertical output, the horizontal output (both None for the last layer) and the skip features,
+            all (B, C, H, W).
+        """
+        p = self.pad
+        v_out, v_feat = self.vertical(F.pad(v, (p, p, p, 0)), cond_v)
+        if self.mask_a:
+            # shift right by one column so column c only reads columns c - p - 1 .. c - 1
+            h_window = F.pad(h, (p + 1, 0))[..., :-1]
+        else:
+            h_window = F.pad(h, (p, 0))
+        h_out, skip = self.horizontal(h_window, h, _down_shift(v_feat), cond_h)
+        return v_out, h_out, skip
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN over a 2D map of discrete codes, e.g. the code indices of a VQ-VAE.
+
+    The codes are embedded, go through a first gated layer with a causal "mask A" (the prediction at a position
+    never sees the code at that position) and ``num_layers`` gated residual layers ("mask B"); the skip features
+    of all layers are summed and turned into categorical logits by ReLU and 1x1 convolutions. The logits at a
+    position depend only on the codes earlier in raster order (rows above, then columns to the left), so the
+    model factorises ``p(codes) = prod_i p(code_i | codes_<i)``.
+
+    With ``p = kernel_size // 2`` and ``n = num_layers + 1`` gated layers, the logits at ``(r, c)`` see the
+    ``n * p + 1`` rows above within columns ``c - n * p .. c + n * p``, and the ``n * p + 1`` codes to the left in
+    row ``r``; the default configuration (``n = 16``, ``p = 2``) therefore sees every earlier code of a 32x32 map.
+
+    Args:
+        spatial_dims: number of spatial dimensions; only 2 is supported.
+        num_embeddings: number of distinct codes (the size of the VQ-VAE codebook).
+        out_channels: number of output logits per position; defaults to ``num_embeddings``. Sampling needs them
+            equal.
+        channels: number of feature channels of the stacks.
+        num_layers: number of gated residual layers after the first (mask A) layer.
+        kernel_size: odd kernel size ``k >= 3``; each layer grows the receptive field by ``k // 2`` per direction.
+        num_classes: when given, the network is conditioned on a class label in ``[0, num_classes)`` per image
+            (e.g. a slice-position bin) through a learnt per-layer bias.
+        cond_channels: when given, the network is conditioned on a spatial map (B, cond_channels, H, W) through
+            per-layer 1x1 convolutions.
+        dropout: dropout probability on the gated horizontal features (training only; sampling runs in eval mode).
+
+    Example::
+
+        net = GatedPixelCNN(num_embeddings=512, num_classes=8)
+        logits = net(codes, class_labels=labels)          # codes (B, 32, 32) -> logits (B, 512, 32, 32)
+        loss = nn.functional.cross_entropy(logits, codes)
+        new_codes = net.sample(16, (32, 32), class_labels=torch.arange(16) % 8, generator=g)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        num_embeddings: int = 512,
+        out_channels: int | None = None,
+        channels: int = 128,
+        num_layers: int = 15,
+        kernel_size: int = 5,
+        num_classes: int | None = None,
+        cond_channels: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(
+                f"GatedPixelCNN only supports spatial_dims=2 (2D code maps), got spatial_dims={spatial_dims}."
+            )
+        if num_embeddings < 1:
+            raise ValueError(f"num_embeddings must be a positive integer, got {num_embeddings}.")
+        out_channels = num_embeddings if out_channels is None else out_channels
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be a positive integer, got {out_channels}.")
+        if channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels}.")
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be a non-negative integer, got {num_layers}.")
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size}.")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}.")
+        if cond_channels is not None and cond_channels < 1:
+            raise ValueError(f"cond_channels must be a positive integer or None, got {cond_channels}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+
+        self.spatial_dims = spatial_dims
+        self.num_embeddings = num_embeddings
+        self.out_channels = out_channels
+        self.channels = channels
+        self.num_layers = num_layers
+        self.kernel_size = kernel_size
+        self.num_classes = num_classes
+        self.cond_channels = cond_channels
+
+        self.embedding = nn.Embedding(num_embeddings, channels)
+        layer_args = {"num_classes": num_classes, "cond_channels": cond_channels, "dropout": dropout}
+        self.layers = nn.ModuleList(
+            GatedPixelCNNLayer(channels, kernel_size, mask_a=i == 0, last=i == num_layers, **layer_args)
+            for i in range(num_layers + 1)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, out_channels, kernel_size=1),
+        )
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if not isinstance(codes, torch.Tensor):
+            raise ValueError(f"codes must be a torch.Tensor of code indices, got {type(codes).__name__}.")
+        if not _is_integer(codes):
+            raise ValueError(f"codes must be an integer tensor of code indices, got dtype {codes.dtype}.")
+        if codes.ndim != 3:
+            raise ValueError(
+                f"codes must have shape (B, H, W), got {tuple(codes.shape)}"
+                + (" (squeeze the channel dimension first)." if codes.ndim == 4 and codes.shape[1] == 1 else ".")
+            )
+        if codes.numel() > 0:
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.num_embeddings:
+                raise ValueError(
+                    f"codes must lie in [0, {self.num_embeddings}) (num_embeddings={self.num_embeddings}), "
+                    f"got values in [{lo}, {hi}]."
+                )
+
+    def _check_conditioning(
+        self, batch: int, spatial: tuple[int, int], class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
+    ) -> None:
+        if self.num_classes is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but the network was built without num_classes.")
+        else:
+            if class_labels is None:
+                raise ValueError(
+                    f"the network is class-conditioned (num_classes={self.num_classes}): give class_labels."
+                )
+            if not isinstance(class_labels, torch.Tensor):
+                raise ValueError(f"class_labels must be a torch.Tensor, got {type(class_labels).__name__}.")
+            if not _is_integer(class_labels):
+                raise ValueError(f"class_labels must be an integer tensor, got dtype {class_labels.dtype}.")
+            if tuple(class_labels.shape) != (batch,):
+                raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
+            if batch > 0:
+                lo, hi = int(class_labels.min()), int(class_labels.max())
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"class_labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}].")
+        if self.cond_channels is None:
+            if cond_map is not None:
+                raise ValueError("cond_map was given but the network was built without cond_channels.")
+        else:
+            if cond_map is None:
+                raise ValueError(
+                    f"the network is conditioned on a spatial map (cond_channels={self.cond_channels}): give cond_map."
+                )
+            if not isinstance(cond_map, torch.Tensor) or not cond_map.dtype.is_floating_point:
+                raise ValueError("cond_map must be a floating point torch.Tensor.")
+            expected = (batch, self.cond_channels, *spatial)
+            if tuple(cond_map.shape) != expected:
+                raise ValueError(f"cond_map must have shape {expected}, got {tuple(cond_map.shape)}.")
+
+    # --------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        codes: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        cond_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of every code given the codes before it in raster order.
+
+        Args:
+            codes: (B, H, W) integer code indices in ``[0, num_embeddings)``.
+            class_labels: (B,) integer labels in ``[0, num_classes)``; required iff ``num_classes`` was given.
+            cond_map: (B, cond_channels, H, W) float map; required iff ``cond_channels`` was given.
+
+        Returns:
+            (B, out_channels, H, W) logits; position ``(r, c)`` only depends on the codes before it.
+        """
+        self._check_codes(codes)
+        self._check_conditioning(codes.shape[0], (codes.shape[1], codes.shape[2]), class_labels, cond_map)
+        return self._logits(codes, class_labels, cond_map)
+
+    def _logits(
+        self, codes: torch.Tensor, class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = self.embedding(codes.long()).permute(0, 3, 1, 2).contiguous()
+        v, h = x, x
+        skip_sum: torch.Tensor | None = None
+        for layer in self.layers:
+            cond_v, cond_h = layer.conditioning(class_labels, cond_map)
+            v, h, skip = layer(v, h, cond_v, cond_h)
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+        return self.head(skip_sum)
+
+    # -------------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        spatial_size: Sequence[int],
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        class_labels: torch.Tensor | Sequence[int] | int | None = None,
+        cond_map: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        fast: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw code maps from the model in raster order.
+
+        Each code is ``argmax(logits / temperature + gumbel)`` (the Gumbel-max trick, i.e. a draw from
+        ``softmax(logits / temperature)``), with the Gumbel noise of every position fixed up front from
+        ``generator``: the fast and the naive paths therefore draw exactly the same codes (up to floating point
+        rounding of the logits, which can only matter at near-ties). The noise of each sample comes from its own
+        seed, drawn from ``generator`` first, so the samples do not depend on ``batch_size`` or on the device.
+
+        Args:
+            num_samples: number of code maps to draw.
+            spatial_size: ``(H, W)`` of the code maps.
+            temperature: the logits are divided by it; 0 picks the most likely code (greedy, no noise).
+            generator: source of randomness; the default is torch's global generator.
+            class_labels: one label per sample, (num_samples,) or a single int for all; required iff the network
+                is class-conditioned.
+            cond_map: (num_samples, cond_channels, H, W); required iff the network is conditioned on a map.
+            batch_size: number of samples drawn at once (default: all).
+            fast: True for the cached sampler (O(H * W * layers) small steps); False for the naive one, a full
+                forward pass per position (slow; the reference for the fast one).
+            progress: show a tqdm progress bar over the positions.
+
+        Returns:
+            (num_samples, H, W) long tensor of codes, on the device of the network.
+        """
+        if self.out_channels != self.num_embeddings:
+            raise ValueError(
+                f"sampling needs out_channels == num_embeddings, got {self.out_channels} and {self.num_embeddings}."
+            )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if len(spatial_size) != 2 or any(int(s) != s or s < 1 for s in spatial_size):
+            raise ValueError(f"spatial_size must be two positive integers (H, W), got {spatial_size!r}.")
+        height, width = int(spatial_size[0]), int(spatial_size[1])
+        temperature = float(temperature)
+        if not temperature >= 0.0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}.")
+        if batch_size is None:
+            batch_size = num_samples
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+
+        param = self.embedding.weight
+        if class_labels is not None and not isinstance(class_labels, torch.Tensor):
+            if isinstance(class_labels, int):
+                class_labels = [class_labels] * num_samples
+            class_labels = torch.as_tensor(class_labels)
+        if class_labels is not None:
+            class_labels = class_labels.to(param.device)
+        if cond_map is not None and isinstance(cond_map, torch.Tensor):
+            cond_map = cond_map.to(device=param.device, dtype=param.dtype)
+        self._check_conditioning(num_samples, (height, width), class_labels, cond_map)
+
+        # one seed per sample, so each sample's noise is independent of the batching and of the device
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device).tolist()
+
+        chunks = range(0, num_samples, batch_size)
+        bar = None
+        if progress and has_tqdm:
+            bar = tqdm(total=len(chunks) * height * width, desc=f"sampling ({'fast' if fast else 'naive'})", unit="px")
+        was_training = self.training
+        self.eval()  # dropout would make the two paths (and repeated draws) disagree
+        try:
+            out = []
+            for start in chunks:
+                stop = min(start + batch_size, num_samples)
+                generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
+                labels = None if class_labels is None else class_labels[start:stop]
+                cmap = None if cond_map is None else cond_map[start:stop]
+                run = self._sample_fast if fast else self._sample_naive
+                out.append(run(generators, height, width, temperature, labels, cmap, bar))
+        finally:
+            self.train(was_training)
+            if bar is not None:
+                bar.close()
+        return torch.cat(out)
+
+    def _gumbel_row(self, generators: list[torch.Generator], width: int, device: torch.device) -> torch.Tensor:
+        """Gumbel noise (B, num_embeddings, W) for one row, each sample from its own (CPU) generator."""
+        u = torch.stack([torch.rand(self.num_embeddings, width, generator=g) for g in generators])
+        u = u.clamp_(min=torch.finfo(u.dtype).tiny)  # rand is in [0, 1): keep log(u) finite
+        return (-torch.log(-torch.log(u))).to(device)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        """Codes (B,) from logits (B, K): greedy when ``temperature == 0``, else Gumbel-max."""
+        if temperature == 0.0:
+            return logits.argmax(dim=1)
+        # at least float32, so low-precision logits do not create ties; never below the logits' own precision
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return (logits / temperature + noise.to(logits.dtype)).argmax(dim=1)
+
+    def _head_step(self, skip_sum: torch.Tensor) -> torch.Tensor:
+        """``head`` at a single position: (B, C) skip features -> (B, out_channels) logits, as matrix products."""
+        x = skip_sum
+        for module in self.head:
+            if isinstance(module, nn.Conv2d):
+                x = F.linear(x, module.weight.flatten(1), module.bias)
+            else:
+                x = module(x)
+        return x
+
+    def _sample_naive(
+        self,
+        generators: list[torch.Generator],
+        height: int,
+        width: int,
+        temperature: float,
+        class_labels: torch.Tensor | None,
+        cond_map: torch.Tensor | None,
+        bar,
+    ) -> torch.Tensor:
+        """Reference sampler: one full forward pass over the whole grid per position."""
+        device = self.embedding.weight.device
+        codes = torch.zeros(len(generators), height, width, dtype=torch.long, device=device)
+        for r in range(height):
+            noise = self._gumbel_row(generators, width, device) if temperature > 0 else None
+            for c in range(width):
+                logits = self._logits(codes, class_labels, cond_map)[:, :, r, c]
+                codes[:, r, c] = self._pick(logits, None if noise is None else noise[:, :, c], temperature)
+                if bar is not None:
+                    bar.update(1)
+        return codes
+
+    def _sample_fast(
+        self,
+        generators: list[torch.Generator],
+        height: int,
+        width: int,
+        temperature: float,
+        class_labels: torch.Tensor | None,
+        cond_map: torch.Tensor | None,
+        bar,
+    ) -> torch.Tensor:
+        """Cached sampler: the same computation as ``_logits``, done incrementally.
+
+        The horizontal stack at ``(r, c)`` needs (i) the vertical features of row ``r - 1`` and (ii) the
+        horizontal inputs of columns ``c - p .. c`` of row ``r``. So (i) once a row is complete, every layer's
+        vertical stack is run for that single row from a rolling window of its last ``p + 1`` input rows, and
+        (ii) for each new position every layer's horizontal stack is run for that single column from a window of
+        its last ``p + 1`` input columns. Both reuse the layers' own ``vertical``/``horizontal`` methods, so the
+        arithmetic matches the full forward pass.
+        """
+        device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
+        batch, chans, p = len(generators), self.channels, self.kernel_size // 2
+        n_layers = len(self.layers)
+
+        conds = []
+        for layer in self.layers:
+            cond_v, cond_h = layer.conditioning(class_labels, cond_map)
+            # expand class biases (B, 2C, 1, 1) to the grid so both kinds can be indexed per row / position
+            conds.append(tuple(None if t is None else t.expand(-1, -1, height, width) for t in (cond_v, cond_h)))
+
+        codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
+        # rolling windows of each layer's vertical input: p rows of zero padding above row 0, p columns each side
+        v_windows = [
+            torch.zeros(batch, chans, p + 1, width + 2 * p, device=device, dtype=dtype) for _ in range(n_layers)
+        ]
+        # the current row of each layer's horizontal input, (B, C, p + W) with p columns of zero padding on the
+        # left; the mask-A input has one more column of padding, which shifts it right by one so that a position
+        # never reads its own code
+        h_rows = [torch.zeros(batch, chans, width + p + 1, device=device, dtype=dtype)]
+        h_rows += [torch.zeros(batch, chans, width + p, device=device, dtype=dtype) for _ in range(n_layers - 1)]
+        # vertical features for the current row, (B, W, 2C), coming from the row above: zeros for row 0, as in
+        # _down_shift
+        v_feats = [torch.zeros(batch, width, 2 * chans, device=device, dtype=dtype) for _ in range(n_layers)]
+
+        for r in range(height):
+            noise = self._gumbel_row(generators, width, device) if temperature > 0 else None
+            for c in range(width):
+                skip_sum: torch.Tensor | None = None
+                for i, layer in enumerate(self.layers):
+                    window = h_rows[i][:, :, c : c + p + 1]
+                    h_in = None if layer.mask_a else window[:, :, p]
+                    cond_h = conds[i][1]
+                    cond_h = None if cond_h is None else cond_h[:, :, r, c]
+                    h, skip = layer.horizontal_step(window, h_in, v_feats[i][:, c], cond_h)
+                    if i + 1 < n_layers:
+                        h_rows[i + 1][:, :, c + p] = h
+                    skip_sum = skip if skip_sum is None else skip_sum + skip
+                logits = self._head_step(skip_sum)
+                code = self._pick(logits, None if noise is None else noise[:, :, c], temperature)
+                codes[:, r, c] = code
+                h_rows[0][:, :, c + p + 1] = self.embedding(code)
+                if bar is not None:
+                    bar.update(1)
+            if r + 1 == height:
+                break
+            # row r is complete: run every layer's vertical stack for row r (it feeds row r + 1)
+            x = self.embedding(codes[:, r]).permute(0, 2, 1)  # (B, C, W)
+            for i, layer in enumerate(self.layers):
+                new_row = F.pad(x, (p, p)).unsqueeze(2)
+                v_windows[i] = torch.cat([v_windows[i][:, :, 1:], new_row], dim=2)
+                cond_v = conds[i][0]
+                cond_v = None if cond_v is None else cond_v[:, :, r : r + 1, :]
+                v_out, v_feat = layer.vertical(v_windows[i], cond_v)
+                v_feats[i] = v_feat[:, :, 0].transpose(1, 2).contiguous()
+                if v_out is not None:
+                    x = v_out[:, :, 0]
+        return codes

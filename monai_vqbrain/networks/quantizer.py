@@ -1,0 +1,260 @@
+"""Vector quantizer with EMA codebook updates, dead-code restart and k-means initialisation.
+
+The codebook is kept healthy three ways, each guarding against a known cause of codebook collapse:
+exponential-moving-average updates (van den Oord et al. 2017, appendix) instead of a codebook loss,
+initialisation from the first batch of encoder outputs (k-means, so codes start where the data is),
+and restart of codes that have stopped being used to recent encoder outputs (Dhariwal et al. 2020).
+All codebook arithmetic runs in float32, also under bf16/fp16 autocast, and under DDP the statistics
+are summed across ranks so every rank keeps an identical codebook.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+CODEBOOK_INITS = ("kmeans", "data", "random")
+
+
+class QuantizerOutput(NamedTuple):
+    """What :class:`VectorQuantizer` returns for a batch of encoder outputs.
+
+    Attributes:
+        quantized: the quantized latents, shaped like the input, with straight-through gradients to the input.
+        indices: code index of every latent vector, shaped ``(B, *spatial)``.
+        codebook_loss: ``||sg(z) - e||^2``; zero when the codebook is learnt by EMA (it gets no gradient then).
+        commitment_loss: ``commitment_cost * ||z - sg(e)||^2``.
+        perplexity: exponential of the entropy of code usage in the batch (1 = one code, K = all codes equally).
+        codebook_usage: fraction of the codebook used at least once in the batch.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    perplexity: torch.Tensor
+    codebook_usage: torch.Tensor
+
+
+def _distributed_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def code_usage_statistics(code_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perplexity and fraction of codes used, from per-code assignment counts.
+
+    Args:
+        code_counts: assignment count of each code, shape ``(num_embeddings,)``.
+
+    Returns:
+        ``(perplexity, codebook_usage)`` as 0-dim float tensors.
+    """
+    counts = code_counts.float()
+    probabilities = counts / counts.sum().clamp_min(1.0)
+    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum()
+    return torch.exp(entropy), (counts > 0).float().mean()
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantizer over a learnt codebook of ``num_embeddings`` vectors.
+
+    Input latents are channel-first, ``(B, embedding_dim, *spatial)`` for any number of spatial dims.
+
+    Args:
+        num_embeddings: number of codebook vectors ``K``.
+        embedding_dim: size ``D`` of each codebook vector (the encoder's output channels).
+        commitment_cost: weight of the commitment loss that keeps encoder outputs near their codes.
+        decay: EMA decay of the codebook statistics; ``None`` learns the codebook by gradient descent on
+            the codebook loss instead.
+        epsilon: Laplace smoothing of the EMA cluster sizes, so no code divides by zero.
+        dead_code_threshold: a code whose EMA assignment count per step falls below this is restarted to a
+            random recent encoder output; 0 disables restarts.
+        codebook_init: ``"kmeans"`` (k-means on the first training batch), ``"data"`` (random vectors of the
+            first training batch) or ``"random"`` (uniform in ``[-1/K, 1/K]``, as in the original VQ-VAE).
+        kmeans_iters: Lloyd iterations of the k-means initialisation.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int = 512,
+        embedding_dim: int = 64,
+        commitment_cost: float = 0.25,
+        decay: float | None = 0.99,
+        epsilon: float = 1e-5,
+        dead_code_threshold: float = 1.0,
+        codebook_init: str = "kmeans",
+        kmeans_iters: int = 10,
+    ) -> None:
+        super().__init__()
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ValueError(f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}.")
+        if decay is not None and not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1) or None, got {decay}.")
+        if codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {codebook_init!r}.")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.decay = decay
+        self.epsilon = epsilon
+        self.dead_code_threshold = dead_code_threshold
+        self.codebook_init = codebook_init
+        self.kmeans_iters = kmeans_iters
+
+        initial = torch.empty(num_embeddings, embedding_dim).uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
+        if self.use_ema:
+            self.register_buffer("embedding", initial)
+            self.register_buffer("ema_cluster_size", torch.ones(num_embeddings))
+            self.register_buffer("ema_embedding_sum", initial.clone())
+        else:
+            self.embedding = nn.Parameter(initial)
+        # whether the data-driven initialisation has run; saved with the weights so a resumed run does not redo it
+        self.register_buffer("initialized", torch.tensor(codebook_init == "random"))
+        # total number of code restarts so far, for logging codebook health
+        self.register_buffer("restarted_codes", torch.zeros((), dtype=torch.long))
+        self._initialized_cache: bool | None = None
+
+    @property
+    def use_ema(self) -> bool:
+        return self.decay is not None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized_cache = None
+
+    def _is_initialized(self) -> bool:
+        # a Python-side copy of the buffer avoids a device-to-host sync on every training step
+        if self._initialized_cache is None:
+            self._initialized_cache = bool(self.initialized.item())
+        return self._initialized_cache
+
+    def _flatten(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim < 3 or latents.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"expected latents of shape (B, {self.embedding_dim}, *spatial), got {tuple(latents.shape)}."
+            )
+        return latents.movedim(1, -1).reshape(-1, self.embedding_dim)
+
+    def nearest_codes(self, flat_latents: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook vector (Euclidean) for each row of ``flat_latents`` ``(N, D)``."""
+        codebook = self.embedding.float()
+        # ||z||^2 is constant per row, so argmin over ||e||^2 - 2 z.e is enough
+        distances = torch.addmm((codebook * codebook).sum(1), flat_latents.float(), codebook.t(), alpha=-2.0)
+        return distances.argmin(dim=1)
+
+    def quantize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(B, *spatial)`` of channel-first latents ``(B, D, *spatial)``."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            indices = self.nearest_codes(self._flatten(latents))
+        return indices.view(latents.shape[0], *latents.shape[2:])
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Channel-first codebook vectors ``(B, D, *spatial)`` for code indices ``(B, *spatial)``."""
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"code indices must be an integer tensor, got {indices.dtype}.")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_embeddings):
+            raise ValueError(
+                f"code indices must lie in [0, {self.num_embeddings}), got [{int(indices.min())}, {int(indices.max())}]."
+            )
+        return self.lookup(indices)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`embed` without validating the indices (no host sync; traceable)."""
+        return F.embedding(indices.long(), self.embedding.float()).movedim(-1, 1)
+
+    @torch.no_grad()
+    def _initialize_from_data(self, flat_latents: torch.Tensor) -> None:
+        num_codes = self.num_embeddings
+        generator = torch.Generator(device=flat_latents.device).manual_seed(0)
+        sample_size = min(flat_latents.shape[0], 64 * num_codes)
+        sample = flat_latents[torch.randperm(flat_latents.shape[0], device=flat_latents.device, generator=generator)[:sample_size]]
+        # repeat the sample when the first batch holds fewer vectors than codes
+        picks = torch.randint(sample.shape[0], (num_codes,), device=sample.device, generator=generator)
+        if sample.shape[0] >= num_codes:
+            picks = torch.randperm(sample.shape[0], device=sample.device, generator=generator)[:num_codes]
+        codebook = sample[picks].clone()
+        if self.codebook_init == "kmeans":
+            for _ in range(self.kmeans_iters):
+                assignment = torch.cdist(sample, codebook).argmin(dim=1)
+                counts = torch.bincount(assignment, minlength=num_codes).float()
+                sums = torch.zeros_like(codebook).index_add_(0, assignment, sample)
+                # codes that attract no vector keep their previous position
+                codebook = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], codebook)
+        if _distributed_world_size() > 1:
+            dist.broadcast(codebook, src=0)
+        self.embedding.data.copy_(codebook)
+        if self.use_ema:
+            self.ema_cluster_size.fill_(1.0)
+            self.ema_embedding_sum.copy_(codebook)
+        self.initialized.fill_(True)
+        self._initialized_cache = True
+
+    @torch.no_grad()
+    def _ema_update(self, flat_latents: torch.Tensor, indices: torch.Tensor) -> None:
+        assert self.decay is not None
+        one_hot_counts = torch.bincount(indices, minlength=self.num_embeddings).float()
+        embedding_sum = torch.zeros_like(self.ema_embedding_sum).index_add_(0, indices, flat_latents)
+        world_size = _distributed_world_size()
+        if world_size > 1:
+            dist.all_reduce(one_hot_counts)
+            dist.all_reduce(embedding_sum)
+        self.ema_cluster_size.mul_(self.decay).add_(one_hot_counts, alpha=1.0 - self.decay)
+        self.ema_embedding_sum.mul_(self.decay).add_(embedding_sum, alpha=1.0 - self.decay)
+        total = self.ema_cluster_size.sum()
+        smoothed_size = (self.ema_cluster_size + self.epsilon) / (total + self.num_embeddings * self.epsilon) * total
+        self.embedding.copy_(self.ema_embedding_sum / smoothed_size[:, None])
+
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes(flat_latents)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat_latents: torch.Tensor) -> None:
+        # Branch-free on purpose: `torch.where` on every step instead of `if dead.any()` avoids a host sync.
+        dead = self.ema_cluster_size < self.dead_code_threshold
+        picks = torch.randint(flat_latents.shape[0], (self.num_embeddings,), device=flat_latents.device)
+        replacements = flat_latents[picks]
+        if _distributed_world_size() > 1:
+            dist.broadcast(replacements, src=0)
+        dead_column = dead[:, None]
+        self.embedding.copy_(torch.where(dead_column, replacements, self.embedding))
+        if self.use_ema:
+            # a restarted code starts as a cluster of one vector at its new position
+            self.ema_embedding_sum.copy_(torch.where(dead_column, replacements, self.ema_embedding_sum))
+            self.ema_cluster_size.copy_(torch.where(dead, torch.ones_like(self.ema_cluster_size), self.ema_cluster_size))
+        self.restarted_codes.add_(dead.sum())
+
+    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
+        """Quantize channel-first latents ``(B, D, *spatial)``; in training mode also update the codebook."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            flat_latents = self._flatten(latents).float()
+            if self.training and not self._is_initialized():
+                self._initialize_from_data(flat_latents.detach())
+            indices = self.nearest_codes(flat_latents)
+            if self.training and self.use_ema:
+                self._ema_update(flat_latents.detach(), indices)
+            quantized_flat = F.embedding(indices, self.embedding.float())
+
+            commitment_loss = self.commitment_cost * F.mse_loss(flat_latents, quantized_flat.detach())
+            if self.use_ema:
+                codebook_loss = torch.zeros((), device=latents.device)
+            else:
+                codebook_loss = F.mse_loss(quantized_flat, flat_latents.detach())
+            # straight-through estimator: the decoder's gradient w.r.t. the codes is passed to the encoder
+            quantized_flat = flat_latents + (quantized_flat - flat_latents).detach()
+            counts = torch.bincount(indices, minlength=self.num_embeddings)
+            perplexity, codebook_usage = code_usage_statistics(counts)
+
+        spatial_shape = latents.shape[2:]
+        quantized = quantized_flat.view(latents.shape[0], *spatial_shape, self.embedding_dim).movedim(-1, 1)
+        return QuantizerOutput(
+            quantized=quantized,
+            indices=indices.view(latents.shape[0], *spatial_shape),
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            perplexity=perplexity,
+            codebook_usage=codebook_usage,
+        )

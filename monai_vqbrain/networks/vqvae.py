@@ -1,0 +1,253 @@
+"""VQ-VAE (van den Oord et al. 2017) for 2D or 3D images, built from the blocks in :mod:`.blocks`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+from .blocks import Downsample, ResidualStack, Upsample, _check_spatial_dims
+from .quantizer import QuantizerOutput, VectorQuantizer
+
+
+class VQVAEOutput(NamedTuple):
+    """Everything one VQ-VAE pass produces; :meth:`VQVAE.forward` returns only the first two.
+
+    Attributes:
+        reconstruction: the decoded image, shaped like the input.
+        quantization_loss: ``codebook_loss + commitment_loss``.
+        codebook_loss: see :class:`~monai_vqbrain.networks.quantizer.QuantizerOutput`.
+        commitment_loss: see :class:`~monai_vqbrain.networks.quantizer.QuantizerOutput`.
+        indices: the code map ``(B, *latent_spatial)``.
+        perplexity: perplexity of code usage in the batch.
+        codebook_usage: fraction of the codebook used in the batch.
+    """
+
+    reconstruction: torch.Tensor
+    quantization_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    indices: torch.Tensor
+    perplexity: torch.Tensor
+    codebook_usage: torch.Tensor
+
+
+class Encoder(nn.Module):
+    """Stem convolution, one stride-2 downsampling per level, residual stack, projection to ``out_channels``.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: image channels.
+        out_channels: latent channels (the codebook's ``embedding_dim``).
+        channels: channels after each downsampling; ``len(channels)`` is the number of downsamplings.
+        num_res_layers: residual layers at the coarsest level.
+        num_res_channels: channels inside each residual branch.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        num_res_layers: int,
+        num_res_channels: int,
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        levels: list[nn.Module] = []
+        previous = in_channels
+        for level_channels in channels:
+            levels.append(Downsample(spatial_dims, previous, level_channels))
+            previous = level_channels
+        self.levels = nn.Sequential(*levels)
+        self.refine = conv(previous, previous, kernel_size=3, padding=1)
+        self.residual = ResidualStack(spatial_dims, previous, num_res_channels, num_res_layers)
+        self.project = conv(previous, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.residual(self.refine(self.levels(x))))
+
+
+class Decoder(nn.Module):
+    """Mirror of :class:`Encoder`: projection from the codes, residual stack, one upsampling per level.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: latent channels (the codebook's ``embedding_dim``).
+        out_channels: image channels.
+        channels: the encoder's channels per level (reversed here).
+        num_res_layers: residual layers at the coarsest level.
+        num_res_channels: channels inside each residual branch.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        num_res_layers: int,
+        num_res_channels: int,
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        reversed_channels = list(channels)[::-1]
+        self.project = conv(in_channels, reversed_channels[0], kernel_size=3, padding=1)
+        self.residual = ResidualStack(spatial_dims, reversed_channels[0], num_res_channels, num_res_layers)
+        levels: list[nn.Module] = []
+        targets = reversed_channels[1:] + [out_channels]
+        for index, (level_in, level_out) in enumerate(zip(reversed_channels, targets, strict=True)):
+            levels.append(Upsample(spatial_dims, level_in, level_out, act=index < len(targets) - 1))
+        self.levels = nn.Sequential(*levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.levels(self.residual(self.project(x)))
+
+
+class VQVAE(nn.Module):
+    """Vector-quantised variational autoencoder with an EMA codebook that does not collapse.
+
+    An image of spatial size ``S`` is encoded to a code map of size ``S / 2**len(channels)`` over a codebook
+    of ``num_embeddings`` vectors of size ``embedding_dim``, and decoded back from the codes alone.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: image channels.
+        out_channels: reconstruction channels (usually ``in_channels``).
+        channels: channels after each downsampling; ``len(channels)`` is the number of downsamplings.
+        num_res_layers: residual layers at the coarsest level of the encoder and of the decoder.
+        num_res_channels: channels inside each residual branch; defaults to ``channels[-1] // 2``.
+        num_embeddings: codebook size ``K``.
+        embedding_dim: size of each codebook vector.
+        commitment_cost: weight of the commitment loss.
+        decay: EMA decay of the codebook; ``None`` learns the codebook by gradient instead.
+        dead_code_threshold: EMA assignments per step under which a code is restarted; 0 disables restarts.
+        codebook_init: ``"kmeans"``, ``"data"`` or ``"random"``; see :class:`VectorQuantizer`.
+        output_act: ``"sigmoid"`` keeps the reconstruction in ``[0, 1]``; ``None`` leaves it linear.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (64, 128),
+        num_res_layers: int = 2,
+        num_res_channels: int | None = None,
+        num_embeddings: int = 512,
+        embedding_dim: int = 64,
+        commitment_cost: float = 0.25,
+        decay: float | None = 0.99,
+        dead_code_threshold: float = 1.0,
+        codebook_init: str = "kmeans",
+        output_act: str | None = None,
+    ) -> None:
+        super().__init__()
+        _check_spatial_dims(spatial_dims)
+        if len(channels) < 1:
+            raise ValueError("channels must name at least one level (one downsampling).")
+        if output_act not in (None, "sigmoid"):
+            raise ValueError(f"output_act must be None or 'sigmoid', got {output_act!r}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.channels = tuple(channels)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.downsample_factor = 2 ** len(self.channels)
+        res_channels = num_res_channels if num_res_channels is not None else max(self.channels[-1] // 2, 1)
+        self.encoder = Encoder(spatial_dims, in_channels, embedding_dim, self.channels, num_res_layers, res_channels)
+        self.quantizer = VectorQuantizer(
+            num_embeddings=num_embeddings,
+            embedding_dim=embedding_dim,
+            commitment_cost=commitment_cost,
+            decay=decay,
+            dead_code_threshold=dead_code_threshold,
+            codebook_init=codebook_init,
+        )
+        self.decoder = Decoder(spatial_dims, embedding_dim, out_channels, self.channels, num_res_layers, res_channels)
+        self.output_act = nn.Sigmoid() if output_act == "sigmoid" else nn.Identity()
+
+    def _check_input(self, images: torch.Tensor) -> None:
+        expected_ndim = self.spatial_dims + 2
+        if images.ndim != expected_ndim or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}), "
+                f"got {tuple(images.shape)}."
+            )
+        for size in images.shape[2:]:
+            if size % self.downsample_factor:
+                raise ValueError(
+                    f"every spatial size must be divisible by {self.downsample_factor} "
+                    f"(2 ** number of downsamplings), got {tuple(images.shape[2:])}."
+                )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Continuous latents ``(B, embedding_dim, *latent_spatial)`` of images ``(B, in_channels, *spatial)``."""
+        self._check_input(images)
+        return self.encoder(images)
+
+    def index_quantize(self, images: torch.Tensor) -> torch.Tensor:
+        """Code maps ``(B, *latent_spatial)`` of images: the compressed representation."""
+        return self.quantizer.quantize(self.encode(images))
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Images from quantized latents ``(B, embedding_dim, *latent_spatial)``."""
+        return self.output_act(self.decoder(quantized))
+
+    def decode_samples(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images from code maps ``(B, *latent_spatial)``, e.g. those sampled from a prior."""
+        return self.decode(self.quantizer.embed(indices))
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstruction through the codes, without loss terms or codebook updates."""
+        return self.decode(self.quantizer.lookup(self.index_quantize(images)))
+
+    def forward_with_details(self, images: torch.Tensor) -> VQVAEOutput:
+        """One encode-quantize-decode pass returning every loss term and codebook statistic."""
+        quantizer_output: QuantizerOutput = self.quantizer(self.encode(images))
+        reconstruction = self.decode(quantizer_output.quantized)
+        return VQVAEOutput(
+            reconstruction=reconstruction,
+            quantization_loss=quantizer_output.codebook_loss + quantizer_output.commitment_loss,
+            codebook_loss=quantizer_output.codebook_loss,
+            commitment_loss=quantizer_output.commitment_loss,
+            indices=quantizer_output.indices,
+            perplexity=quantizer_output.perplexity,
+            codebook_usage=quantizer_output.codebook_usage,
+        )
+
+    def forward(
+        self, images: torch.Tensor, return_details: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | VQVAEOutput:
+        """Return ``(reconstruction, quantization_loss)``, or the full :class:`VQVAEOutput` when ``return_details``.
+
+        Trainers ask for the details through ``forward`` (not :meth:`forward_with_details`) so that a
+        ``DistributedDataParallel`` wrapper sees the call and synchronises gradients.
+        """
+        output = self.forward_with_details(images)
+        if return_details:
+            return output
+        return output.reconstruction, output.quantization_loss
+
+
+class VQVAEReconstructor(nn.Module):
+    """Wrap a :class:`VQVAE` so its forward returns only the reconstruction.
+
+    MONAI's inferers, ``verify_net_in_out`` and TorchScript export expect a network that maps an image tensor
+    to one tensor; this wrapper shares the VQ-VAE's weights and keeps its state-dict keys under ``vqvae.``.
+
+    Args:
+        vqvae: the VQ-VAE to wrap; or keyword arguments of :class:`VQVAE` to build one.
+    """
+
+    def __init__(self, vqvae: VQVAE | None = None, **vqvae_kwargs) -> None:
+        super().__init__()
+        self.vqvae = vqvae if vqvae is not None else VQVAE(**vqvae_kwargs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.reconstruct(images)

@@ -1,0 +1,22 @@
+"""Small utilities shared by the package: atomic file output and device/precision helpers."""
+
+from .io import atomic_path, atomic_write_bytes, atomic_write_text
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+from .checkpoint import (  # noqa: E402
+    METADATA_KEY,
+    check_state_dict_matches,
+    load_checkpoint,
+    load_network_weights,
+    network_state_dict,
+    save_checkpoint,
+)
+
+__all__ += [
+    "METADATA_KEY",
+    "check_state_dict_matches",
+    "load_checkpoint",
+    "load_network_weights",
+    "network_state_dict",
+    "save_checkpoint",
+]

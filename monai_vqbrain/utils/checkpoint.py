@@ -1,0 +1,124 @@
+"""Checkpoint files: atomic saving, safe loading (no code execution) and clear errors for the wrong network."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .io import atomic_path
+
+#: key under which a checkpoint stores what produced it (network settings, image size, epoch, metrics)
+METADATA_KEY = "metadata"
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
+    """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing code from it.
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
+    which refuses pickled objects other than tensors and plain containers.
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, unreadable, unsafe or not a dictionary.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist; train first or pass the right path.")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                file_metadata = handle.metadata() or {}
+        except Exception as error:  # safetensors raises its own error types for bad headers
+            raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file: {error}") from error
+        return {"model": tensors, METADATA_KEY: dict(file_metadata)}
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds objects other than tensors and plain containers, which are refused "
+            f"because loading them could run code ({str(error).splitlines()[0]})."
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"checkpoint '{path}' is not a readable PyTorch checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint '{path}' should hold a dictionary, found {type(checkpoint).__name__}.")
+    return checkpoint
+
+
+def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network weights of a checkpoint: its ``"model"`` entry, or the checkpoint itself if it is a state dict."""
+    state = checkpoint.get("model", checkpoint)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+
+
+def check_state_dict_matches(network: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` when ``state`` was saved from a different architecture."""
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [f"{k}: checkpoint {found[k]} vs network {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    if missing or unexpected or mismatched:
+        details = []
+        if mismatched:
+            details.append("shape mismatches: " + "; ".join(mismatched[:4]) + (" ..." if len(mismatched) > 4 else ""))
+        if missing:
+            details.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"checkpoint '{source}' was saved from a different network than {type(network).__name__} configured here "
+            f"({'; '.join(details)}). Use the network settings it was trained with, or another checkpoint."
+        )
+
+
+def load_network_weights(
+    network: nn.Module,
+    path: str | os.PathLike,
+    expected_metadata: dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint's network weights into ``network`` after checking it fits; return its metadata.
+
+    Args:
+        network: the network to load into (a DDP wrapper's ``module`` is used).
+        path: the checkpoint file.
+        expected_metadata: entries (e.g. ``{"image_size": 128}``) the checkpoint's metadata must match when it
+            records them.
+        map_location: where to load the tensors.
+
+    Raises:
+        CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, or a
+            metadata mismatch.
+    """
+    network = getattr(network, "module", network)
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    state = network_state_dict(checkpoint)
+    if not state:
+        raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
+    check_state_dict_matches(network, state, str(path))
+    metadata = checkpoint.get(METADATA_KEY, {}) or {}
+    for key, value in (expected_metadata or {}).items():
+        if key in metadata and str(metadata[key]) != str(value):
+            raise CheckpointError(
+                f"checkpoint '{path}' was trained with {key}={metadata[key]}, but {key}={value} is configured; "
+                f"set {key} to {metadata[key]} or use a checkpoint trained with {key}={value}."
+            )
+    network.load_state_dict(state)
+    return dict(metadata)
