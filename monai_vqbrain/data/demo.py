@@ -11,6 +11,7 @@ path as the real data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,12 +24,12 @@ from PIL import Image
 
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, SPLITS
 from monai_vqbrain.errors import DatasetError
+from monai_vqbrain.utils.io import atomic_write_text
 
 __all__ = [
     "DEMO_DIR_ENV",
     "DEMO_MARKER",
     "default_demo_dir",
-    "render_case",
     "generate_demo_dataset",
     "ensure_demo_dataset",
 ]
@@ -42,6 +43,7 @@ DEMO_MARKER = ".monai_vqbrain_demo.json"
 # bump when the images change, so that cached demo datasets of an older generator are regenerated
 _GENERATOR_VERSION = 1
 _SEG_LEVELS = {"background": 0, "csf": 85, "grey": 170, "white": 255}
+_logger = logging.getLogger(__name__)
 
 
 def default_demo_dir() -> Path:
@@ -83,41 +85,108 @@ def _ellipse(x: np.ndarray, y: np.ndarray, centre: tuple, radii: tuple, edge: fl
     return _sigmoid((1.0 - r) * min(radii) / edge)
 
 
+class _AngularHarmonics:
+    """Evaluates sums of ``amp * cos(j * angle + phase)`` fast, from powers of ``exp(i * angle)``.
+
+    Trigonometric functions dominate the cost of rendering; the powers of one complex exponential are computed
+    once by multiplication and shared by all the harmonic series of a slice stack.
+    """
+
+    def __init__(self, angle: np.ndarray) -> None:
+        self._powers = {1: np.exp(1j * angle.astype(np.float32)).astype(np.complex64)}
+
+    def power(self, j: int) -> np.ndarray:
+        """``exp(i * j * angle)``."""
+        if j not in self._powers:
+            half = self.power(j // 2)
+            self._powers[j] = half * half if j % 2 == 0 else half * half * self._powers[1]
+        return self._powers[j]
+
+    def cos(self, j: int, phase: np.ndarray | float = 0.0) -> np.ndarray:
+        """``cos(j * angle + phase)``; ``phase`` may vary by slice."""
+        power = self.power(j)
+        phase = np.asarray(phase, dtype=np.float32)
+        return power.real * np.cos(phase) - power.imag * np.sin(phase)
+
+    def series(self, terms) -> np.ndarray:
+        """``sum(amp * cos(j * angle + phase))`` over ``(j, amp, phase)`` terms."""
+        return sum(amp * self.cos(j, phase) for j, amp, phase in terms)
+
+
+def _sulcus_distance(
+    phase: np.ndarray,
+    offset: float,
+    depths: np.ndarray,
+    gyri: int,
+    centre_distance: np.ndarray,
+    depth: np.ndarray,
+    depth_scale: np.ndarray,
+) -> np.ndarray:
+    """Distance to the nearest sulcus of a family: sulci run inward from the surface where the gyral phase equals
+    ``offset`` modulo 2 pi, each as deep as its entry of ``depths`` (a fraction of ``depth_scale``; 0: no sulcus)."""
+    shifted = (phase - offset) / (2 * np.pi)
+    below = np.floor(shifted)
+    nearest = None
+    # the two sulci either side of each point: taking the nearer avoids seams where the sulcus depth changes
+    for index in (below, below + 1.0):
+        # distance along the circumference to the sulcus line
+        arc = np.abs(shifted - index) * (2 * np.pi / gyri) * centre_distance
+        # the phase grows by 2 pi * gyri around the circle, so index modulo gyri names each sulcus once
+        fraction = depths[index.astype(np.int64) % gyri]
+        distance = np.where(fraction > 0, np.hypot(arc, np.clip(depth - depth_scale * fraction, 0, None)), np.inf)
+        nearest = distance if nearest is None else np.minimum(nearest, distance)
+    return nearest.astype(np.float32)
+
+
 def _draw_case(rng: np.random.Generator) -> dict:
     """Draw the anatomy and contrast of one subject."""
     atrophy = float(rng.beta(1.6, 2.4))
-    half_width = rng.uniform(0.56, 0.66)
+    half_width = rng.uniform(0.62, 0.70)
     return {
         "rotation": rng.uniform(-0.10, 0.10),
         "shift": rng.uniform(-0.03, 0.03, size=2),
         "half_width": half_width,
-        "half_length": min(half_width * rng.uniform(1.18, 1.32), 0.86),
+        "half_length": min(half_width * rng.uniform(1.18, 1.30), 0.90),
         "egg": rng.uniform(-0.07, 0.07),
         "z_offset": rng.uniform(-0.04, 0.04),
         # low harmonics of the outline: overall shape and left/right asymmetry
-        "outline": [(k, rng.normal(0, 0.018 / k**0.5), rng.uniform(0, 2 * np.pi), rng.normal(0, 1.0)) for k in (1, 2, 3, 4, 5)],
+        "outline": [
+            (k, rng.normal(0, 0.018 / k**0.5), rng.uniform(0, 2 * np.pi), rng.normal(0, 1.0)) for k in (1, 2, 3, 4, 5)
+        ],
         # cortical folding: gyri around the circumference with a locally varying spacing
-        "gyri": int(rng.integers(22, 30)),
-        "spacing": [(j, rng.normal(0, 0.11), rng.uniform(0, 2 * np.pi), rng.uniform(-2.5, 2.5)) for j in range(1, 9)],
-        "tilt": (rng.normal(0, 0.7), rng.uniform(0, 2 * np.pi)),
-        "sulcus_depths": rng.uniform(0.35, 1.0, size=64),
-        "fold_depth": rng.uniform(0.10, 0.15) * (1.0 - 0.15 * atrophy),
-        "cortex": rng.uniform(0.022, 0.030),
+        "gyri": int(rng.integers(24, 32)),
+        "spacing": [(j, rng.normal(0, 0.13), rng.uniform(0, 2 * np.pi), rng.uniform(-2.5, 2.5)) for j in range(1, 11)],
+        # sulci bend and wiggle as they deepen, each a little differently
+        "tilt": [
+            (j, rng.normal(0, sd), rng.uniform(0, 2 * np.pi))
+            for j, sd in ((1, 1.5), (2, 1.5), (3, 1.2), (5, 1.0), (8, 0.8))
+        ],
+        "wiggle": (rng.uniform(0.5, 0.9), int(rng.integers(11, 17)), rng.uniform(0, 2 * np.pi)),
+        "sulcus_depths": rng.uniform(0.45, 1.0, size=64),
+        # shallower side branches between the main sulci, present in about half the gyri
+        "branch_depths": np.where(rng.random(64) < 0.5, rng.uniform(0.25, 0.6, size=64), 0.0),
+        "fold_depth": rng.uniform(0.24, 0.32) * (1.0 - 0.15 * atrophy),
+        "cortex": rng.uniform(0.030, 0.038),
         "thickness": [(j, rng.normal(0, 0.12), rng.uniform(0, 2 * np.pi)) for j in (3, 5, 7, 11)],
         "atrophy": atrophy,
         "ventricle_scale": (0.65 + 1.1 * atrophy) * rng.uniform(0.85, 1.15),
         "ventricle_asymmetry": rng.uniform(-0.12, 0.12),
         "ventricle_position": rng.uniform(-0.03, 0.06),
         # T1 contrast: CSF dark, grey matter mid, white matter bright
-        "csf": rng.uniform(0.17, 0.23),
+        "csf": rng.uniform(0.15, 0.21),
         "grey": rng.uniform(0.47, 0.53),
         "white": rng.uniform(0.77, 0.83),
         "bias": rng.normal(0, 0.045, size=6),
+        # faint tissue texture: a few plane waves, tens of pixels long, drifting through the stack
+        "texture": [
+            (rng.normal(0, 0.012), *rng.uniform(-9.0, 9.0, size=2), rng.uniform(-4.0, 4.0), rng.uniform(0, 2 * np.pi))
+            for _ in range(6)
+        ],
         "noise": rng.uniform(0.010, 0.022),
     }
 
 
-def render_case(
+def _render_case(
     case: dict, positions: np.ndarray, image_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render axial slices of one drawn subject.
@@ -151,35 +220,40 @@ def render_case(
     xn, yn = x / half_a, y / half_b
     radius = np.hypot(xn, yn)
     angle = np.arctan2(yn, xn)
-    outline = 1.0 + sum(amp * np.cos(k * angle + phase + drift * z) for k, amp, phase, drift in case["outline"])
+    harmonics = _AngularHarmonics(angle)
+    outline = 1.0 + harmonics.series((k, amp, ph + drift * z) for k, amp, ph, drift in case["outline"])
     # depth below the outer surface in image units (1 = half the image), measured along the ray from the centre
-    ray_scale = np.hypot(half_a * np.cos(angle), half_b * np.sin(angle))
+    ray_scale = np.hypot(half_a * harmonics.power(1).real, half_b * harmonics.power(1).imag)
     depth = (outline - radius) * ray_scale
     inside = _sigmoid(depth / edge)
 
     # cortical folding: sulci sit where the gyral phase is a multiple of 2 pi; their spacing, depth and tilt vary
     fold_depth = case["fold_depth"]
     gyri = case["gyri"]
-    phase = gyri * angle + sum(
-        gyri * amp / j * np.sin(j * angle + ph + drift * z) for j, amp, ph, drift in case["spacing"]
+    phase = gyri * angle + harmonics.series(
+        (j, gyri * amp / j, ph + drift * z - np.pi / 2) for j, amp, ph, drift in case["spacing"]
     )
-    tilt_amp, tilt_phase = case["tilt"]
-    phase = phase + tilt_amp * np.cos(angle + tilt_phase) * np.clip(depth, 0, None) / fold_depth
-    index = np.rint(phase / (2 * np.pi))
-    arc = np.abs(phase - 2 * np.pi * index) / gyri * radius * ray_scale
-    sulcus_depth = case["sulcus_depths"][index.astype(np.int64) % len(case["sulcus_depths"])]
-    sulcus_depth = fold_depth * sulcus_depth * (0.85 + 0.15 * np.cos(2 * angle + 2.0 * z))
-    sulcus_dist = np.hypot(arc, np.clip(depth - sulcus_depth, 0, None))
-    sulcus_width = 0.35 * pixel + 0.003 + 0.007 * case["atrophy"]
+    bend = harmonics.series(case["tilt"])
+    relative_depth = np.clip(depth, 0, None) / fold_depth
+    wiggle_amp, wiggle_freq, wiggle_phase = case["wiggle"]
+    wiggle = wiggle_amp * np.sin(3 * np.pi * relative_depth + wiggle_freq * angle + wiggle_phase + 3.0 * z)
+    phase = phase + bend * relative_depth + wiggle * np.clip(relative_depth, 0, 1)
+    # sulci reach at most part way to the centre, so that where the cross-section is small they do not meet there
+    depth_scale = np.minimum(fold_depth * (0.85 + 0.15 * harmonics.cos(2, 2.0 * z)), 0.5 * outline * ray_scale)
+    centre_distance = radius * ray_scale
+    sulcus_dist = np.minimum(
+        _sulcus_distance(phase, 0.0, case["sulcus_depths"], gyri, centre_distance, depth, depth_scale),
+        _sulcus_distance(phase, np.pi, case["branch_depths"], gyri, centre_distance, depth, depth_scale),
+    )
+    # sulci open up toward the surface
+    sulcus_width = (0.35 * pixel + 0.003 + 0.007 * case["atrophy"]) * (1.0 + _smoothstep(depth, 0.3 * fold_depth, 0.0))
 
     # interhemispheric fissure: from both poles toward the centre, along the whole midline near the vertex
-    front_reach = 0.55 + 0.6 * _smoothstep(z, 0.30, 0.55)
-    back_reach = 0.45 + 0.7 * _smoothstep(z, 0.30, 0.55)
+    front_reach = 0.55 + 0.6 * _smoothstep(z, 0.28, 0.42)
+    back_reach = 0.45 + 0.7 * _smoothstep(z, 0.28, 0.42)
     front_end = -half_b * (1.0 - front_reach)
     back_end = half_b * (1.0 - back_reach)
-    fissure_dist = np.minimum(
-        np.hypot(x, np.clip(y - front_end, 0, None)), np.hypot(x, np.clip(back_end - y, 0, None))
-    )
+    fissure_dist = np.minimum(np.hypot(x, np.clip(y - front_end, 0, None)), np.hypot(x, np.clip(back_end - y, 0, None)))
     fissure_width = 0.35 * pixel + 0.003 + 0.004 * case["atrophy"]
 
     # Sylvian fissures: deep lateral clefts over the insula in the lower half of the stack
@@ -187,9 +261,10 @@ def render_case(
     sylvian_dist = np.full(np.broadcast_shapes(x.shape, z.shape), np.inf, dtype=np.float32)
     for side in (-1.0, 1.0):
         start = (side * case["half_width"] * 1.05, -0.02)
-        stop = (side * case["half_width"] * 0.52, -0.20 * case["half_length"])
-        sylvian_dist = np.minimum(sylvian_dist, _segment_distance(x, y, start, stop) + (1.0 - sylvian) * 10.0)
-    sylvian_width = 0.35 * pixel + 0.004 + 0.008 * case["atrophy"]
+        stop = (side * case["half_width"] * 0.55, -0.20 * case["half_length"])
+        sylvian_dist = np.minimum(sylvian_dist, _segment_distance(x, y, start, stop))
+    sylvian_dist = np.where(sylvian > 0.05, sylvian_dist, np.inf)
+    sylvian_width = (0.35 * pixel + 0.004 + 0.008 * case["atrophy"]) * sylvian
 
     surface_csf = np.maximum.reduce(
         [
@@ -202,7 +277,8 @@ def render_case(
     to_csf = np.minimum.reduce(
         [depth, sulcus_dist - sulcus_width, fissure_dist - fissure_width, sylvian_dist - sylvian_width]
     )
-    cortex = case["cortex"] * (1.0 + sum(amp * np.cos(j * angle + ph) for j, amp, ph in case["thickness"]))
+    # (the angular variation fades toward the centre, where angles crowd together, e.g. along the fissure)
+    cortex = case["cortex"] * (1.0 + harmonics.series(case["thickness"]) * np.clip(2.0 * radius - 0.6, 0.0, 1.0))
     white = _sigmoid((to_csf - cortex) / edge)
 
     ventricles, third = _ventricles(case, x, y, z, edge)
@@ -218,6 +294,13 @@ def render_case(
     # smooth multiplicative bias field, as left by an imperfect intensity correction
     c = case["bias"]
     bias = np.exp(c[0] * xs + c[1] * ys + c[2] * z + c[3] * xs * ys + c[4] * (xs**2 - 0.33) + c[5] * (ys**2 - 0.33))
+    # cos(kx x + ky y + phase) split into products of 1D factors: a full 3D cosine per wave would cost more
+    texture = 1.0
+    for amp, kx, ky, drift, ph in case["texture"]:
+        texture = texture + amp * (
+            np.cos(kx * xs) * np.cos(ky * ys + drift * z + ph) - np.sin(kx * xs) * np.sin(ky * ys + drift * z + ph)
+        )
+    tissue = tissue * texture
     noise = rng.normal(0.0, case["noise"], size=np.broadcast_shapes(inside.shape, z.shape)).astype(np.float32)
     # skull-stripped and masked: the background is exactly zero, noise only inside the brain
     images = np.clip(inside * (tissue * bias + noise), 0.0, 1.0)
@@ -239,19 +322,21 @@ def _ventricles(case: dict, x: np.ndarray, y: np.ndarray, z: np.ndarray, edge: f
     horns and the atria show, high in the stack the continuous bodies, and above and below them nothing.
     """
     scale = case["ventricle_scale"]
-    presence = _smoothstep(z, -0.42, -0.28) * _smoothstep(z, 0.48, 0.30)
-    # bodies lie higher and more medial than the horns; the horns and atria show with a gap over the thalami
+    presence = _smoothstep(z, -0.42, -0.28) * _smoothstep(z, 0.34, 0.20)
+    # t runs from -1 (tip of the frontal horn) to 1 (end of the atrium); the pair is longest mid-range
     lengths = case["half_length"] * (0.30 + 0.12 * presence) * (0.9 + 0.1 * scale)
     centre_y = case["ventricle_position"] + 0.04 * (z - 0.05)
     t = (y - centre_y) / lengths
     side_scale = 1.0 + case["ventricle_asymmetry"] * np.sign(x)
-    spread = (0.06 + 0.08 * _smoothstep(z, 0.30, -0.10)) * (0.85 + 0.15 * scale)
-    centre_x = 0.018 + 0.006 * scale + spread * t**2
+    # ")(" low in the stack, where frontal horns and atria diverge; near-parallel bodies higher up
+    spread = (-0.015 + 0.15 * _smoothstep(z, 0.35, -0.15)) * (0.85 + 0.15 * scale)
+    centre_x = np.maximum(0.018 + 0.008 * scale + spread * t**2, 0.012)
     # horns and atria are wider than the body; the atrium is the widest part
     profile = np.sqrt(np.clip(1.0 - t**2, 0.0, None)) * (1.0 + 0.35 * _smoothstep(t, 0.2, 0.8))
-    width = 0.018 * scale * side_scale * profile * np.sqrt(presence)
+    width = 0.026 * scale * side_scale * profile * np.sqrt(presence)
     lateral = _sigmoid((width - np.abs(np.abs(x) - centre_x)) / edge) * (width > 0.25 * edge)
     gap = _smoothstep(z, -0.02, -0.18)
+    # low in the stack the thalami separate the frontal horns from the atria
     lateral = lateral * (1.0 - gap * _smoothstep(np.abs(t - 0.15), 0.50, 0.40))
 
     third_presence = _smoothstep(z, -0.50, -0.38) * _smoothstep(z, 0.02, -0.10)
@@ -279,7 +364,8 @@ def _deep_grey(case: dict, x: np.ndarray, y: np.ndarray, z: np.ndarray, edge: fl
 # dataset files
 
 
-def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_size: int) -> tuple[int, int, int]:
+def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_size: int) -> tuple[int, ...]:
+    """Validate the arguments of :func:`generate_demo_dataset`, returning the case counts as ints."""
     try:
         counts = tuple(int(n) for n in num_cases)
     except TypeError as err:
@@ -290,7 +376,7 @@ def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_s
         raise ValueError(f"slices_per_case must be positive, got {slices_per_case!r}")
     if int(image_size) < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size!r}")
-    return counts  # type: ignore[return-value]
+    return counts
 
 
 def _demo_parameters(num_cases: Sequence[int], slices_per_case: int, image_size: int, seed: int) -> dict:
@@ -314,8 +400,8 @@ def generate_demo_dataset(
 ) -> Path:
     """Write a synthetic brain MRI dataset in the OASIS PNG layout.
 
-    Cases are numbered from 1 across the splits (train first), so no case is in two splits; each case's images
-    depend only on ``seed`` and its number. Files are named ``case_XXX_slice_Y.nii.png`` (masks
+    Cases are numbered from 1 across the splits (train first), so no case is in two splits; a case's anatomy
+    depends only on ``seed`` and its number. Files are named ``case_XXX_slice_Y.nii.png`` (masks
     ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is written last, so a folder that has
     it is complete.
 
@@ -340,7 +426,7 @@ def generate_demo_dataset(
     # slices spread over the part of the cerebrum OASIS slices cover: from above the temporal poles to near the vertex
     positions = np.linspace(-0.60, 0.72, int(slices_per_case), dtype=np.float32)
     case_number = 0
-    for split, count in zip(SPLITS, counts):
+    for split, count in zip(SPLITS, counts, strict=True):
         image_dir = root / f"{PNG_FOLDER_PREFIX}{split}"
         seg_dir = root / f"{PNG_FOLDER_PREFIX}seg_{split}"
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -348,13 +434,13 @@ def generate_demo_dataset(
         for _ in range(count):
             case_number += 1
             rng = np.random.default_rng([int(seed), case_number])
-            images, labels = render_case(_draw_case(rng), positions, int(image_size), rng)
+            images, labels = _render_case(_draw_case(rng), positions, int(image_size), rng)
             pixels = np.rint(images * 255.0).astype(np.uint8)
             for index in range(len(positions)):
                 Image.fromarray(pixels[index]).save(image_dir / f"case_{case_number:03d}_slice_{index}.nii.png")
                 Image.fromarray(labels[index]).save(seg_dir / f"seg_{case_number:03d}_slice_{index}.nii.png")
     parameters = _demo_parameters(counts, slices_per_case, image_size, seed)
-    (root / DEMO_MARKER).write_text(json.dumps(parameters, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(root / DEMO_MARKER, json.dumps(parameters, indent=2) + "\n")
     return root.resolve()
 
 
@@ -402,6 +488,7 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs
             f"refusing to write into it. Remove it, or choose another folder via {DEMO_DIR_ENV}"
         )
 
+    _logger.info("generating the demo dataset (synthetic brain MRI slices) in %s", root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     stale = None

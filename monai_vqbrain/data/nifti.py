@@ -31,6 +31,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "FOREGROUND_THRESHOLD",
     "is_volume_file",
+    "has_volume_files",
     "find_volume_files",
     "subject_id",
     "split_subjects",
@@ -91,6 +92,11 @@ def _walk_volume_files(root: Path) -> Iterable[Path]:
         for name in sorted(files):
             if is_volume_file(name):
                 yield Path(folder) / name
+
+
+def has_volume_files(root: str | os.PathLike) -> bool:
+    """True when any NIfTI/Analyze volume file lies below ``root``; stops at the first one found."""
+    return next(iter(_walk_volume_files(Path(root).expanduser())), None) is not None
 
 
 def find_volume_files(root: str | os.PathLike) -> list[Path]:
@@ -326,7 +332,9 @@ def load_volume_ras(path: str | os.PathLike) -> np.ndarray:
     data = data.reshape(shape + (1,) * (3 - len(shape)))
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    oriented = Orientation(axcodes="RAS")(MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine)))
+    # nibabel affines map to RAS+ world coordinates; the labels say so explicitly (MONAI's default is changing)
+    to_ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    oriented = to_ras(MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine)))
     return _scale_robust(np.ascontiguousarray(oriented.numpy()[0]))
 
 
@@ -401,4 +409,3 @@ def load_nifti_slices(
     for path in paths:
         items += _volume_slices(load_volume_ras(path), path.name, slice_axis, (start, stop), min_foreground)
     return items
-

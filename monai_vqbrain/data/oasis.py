@@ -69,9 +69,12 @@ def png_split_folder(root: str | os.PathLike, split: str) -> Path:
 
 
 def _is_image_split_folder(path: Path) -> bool:
-    """True for a ``keras_png_slices_<split>`` folder of images, False for the ``..._seg_<split>`` mask folders."""
+    """True for a ``keras_png_slices_<split>`` folder of images; False for the ``..._seg_<split>`` mask folders and
+    for ``keras_png_slices_data``, the folder that holds them all."""
     name = path.name.lower()
-    return name.startswith(PNG_FOLDER_PREFIX) and not name.startswith(f"{PNG_FOLDER_PREFIX}seg") and path.is_dir()
+    if not name.startswith(PNG_FOLDER_PREFIX) or name in (_PNG_ARCHIVE_FOLDER, f"{_PNG_ARCHIVE_FOLDER}.zip"):
+        return False
+    return not name.startswith(f"{PNG_FOLDER_PREFIX}seg") and path.is_dir()
 
 
 def locate_png_root(root: str | os.PathLike) -> Path | None:

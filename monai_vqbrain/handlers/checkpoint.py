@@ -52,6 +52,8 @@ class BestModelSaver:
 class TrainingCheckpointSaver:
     """Save everything needed to resume training (weights, optimizer, scheduler, engine state) every epoch.
 
+    The state of the engine the handler is attached to is saved under ``"trainer"``.
+
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/last.pt``); replaced atomically each time.
         save_dict: objects with a ``state_dict``; ``"model"`` is unwrapped from DDP.
@@ -83,6 +85,7 @@ class TrainingCheckpointSaver:
             for key, obj in self.save_dict.items()
             if obj is not None
         }
+        checkpoint["trainer"] = engine.state_dict()
         checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
         save_checkpoint(self.save_path, checkpoint)
 
@@ -90,12 +93,12 @@ class TrainingCheckpointSaver:
 class TrainingCheckpointLoader:
     """Resume training from a :class:`TrainingCheckpointSaver` file when the trainer starts.
 
-    The network's architecture is checked first, so a checkpoint of another network is a clear error; a larger
-    ``max_epochs`` than the checkpoint's continues training to the new end.
+    The network's architecture is checked first, so a checkpoint of another network is a clear error. The engine
+    the handler is attached to continues from the saved epoch up to its own ``max_epochs``.
 
     Args:
         load_path: the checkpoint file.
-        load_dict: the objects to restore, keyed as when saved (``"model"``, ``"optimizer"``, ``"trainer"``...).
+        load_dict: the objects to restore, keyed as when saved (``"model"``, ``"optimizer"``, ...).
         map_location: where to load tensors.
     """
 
@@ -115,7 +118,7 @@ class TrainingCheckpointLoader:
         network = _unwrap(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
         for key, obj in self.load_dict.items():
-            if obj is None or key == "trainer":
+            if obj is None:
                 continue
             (network if key == "model" else obj).load_state_dict(checkpoint[key])
         trainer_state = checkpoint.get("trainer")

@@ -3,8 +3,8 @@
 The network follows van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
 (https://arxiv.org/abs/1606.05328): a vertical stack that sees every row above, a horizontal stack that sees the
 pixels to the left in the current row, gated activations, residual and skip connections, and optional class and
-spatial conditioning. Because the vertical stack covers whole rows (not a masked square kernel) there is no blind
-spot.
+spatial conditioning. Because the vertical stack reaches as far right as it reaches left in every row above (the
+stacked masked k x k kernels of the original PixelCNN miss a growing triangle above-right), there is no blind spot.
 
 Sampling has two paths that draw exactly the same codes for a fixed seed: a naive one (a full forward pass per
 position) and a cached one in the spirit of Ramachandran et al. 2017, "Fast Generation for Convolutional
@@ -14,6 +14,7 @@ Autoregressive Models" (https://arxiv.org/abs/1704.06001), which only computes w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 import torch.nn as nn
@@ -420,10 +421,10 @@ class GatedPixelCNN(nn.Module):
         """Draw code maps from the model in raster order.
 
         Each code is ``argmax(logits / temperature + gumbel)`` (the Gumbel-max trick, i.e. a draw from
-        ``softmax(logits / temperature)``), with the Gumbel noise of every position fixed up front from
-        ``generator``: the fast and the naive paths therefore draw exactly the same codes (up to floating point
-        rounding of the logits, which can only matter at near-ties). The noise of each sample comes from its own
-        seed, drawn from ``generator`` first, so the samples do not depend on ``batch_size`` or on the device.
+        ``softmax(logits / temperature)``). The noise does not depend on the codes drawn: ``generator`` first gives
+        one seed per sample, and each sample's noise is then drawn row by row, on the CPU, from its own seed. The
+        fast and the naive paths therefore draw exactly the same codes (up to floating point rounding of the logits,
+        which can only matter at a near-tie), and the samples depend neither on ``batch_size`` nor on the device.
 
         Args:
             num_samples: number of code maps to draw.
@@ -445,9 +446,14 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"sampling needs out_channels == num_embeddings, got {self.out_channels} and {self.num_embeddings}."
             )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if len(spatial_size) != 2 or any(int(s) != s or s < 1 for s in spatial_size):
+        num_samples = int(num_samples)
+        if (
+            not isinstance(spatial_size, Sequence)
+            or len(spatial_size) != 2
+            or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in spatial_size)
+        ):
             raise ValueError(f"spatial_size must be two positive integers (H, W), got {spatial_size!r}.")
         height, width = int(spatial_size[0]), int(spatial_size[1])
         temperature = float(temperature)
@@ -455,17 +461,16 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}.")
         if batch_size is None:
             batch_size = num_samples
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        batch_size = int(batch_size)
 
         param = self.embedding.weight
-        if class_labels is not None and not isinstance(class_labels, torch.Tensor):
-            if isinstance(class_labels, int):
-                class_labels = [class_labels] * num_samples
-            class_labels = torch.as_tensor(class_labels)
         if class_labels is not None:
-            class_labels = class_labels.to(param.device)
-        if cond_map is not None and isinstance(cond_map, torch.Tensor):
+            class_labels = torch.as_tensor(class_labels, device=param.device)
+            if class_labels.ndim == 0:  # one label for all samples
+                class_labels = class_labels.expand(num_samples)
+        if isinstance(cond_map, torch.Tensor) and cond_map.dtype.is_floating_point:
             cond_map = cond_map.to(device=param.device, dtype=param.dtype)
         self._check_conditioning(num_samples, (height, width), class_labels, cond_map)
 

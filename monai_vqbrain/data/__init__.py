@@ -1,0 +1,31 @@
+"""Data for monai_vqbrain: OASIS PNG slices, NIfTI/Analyze volumes cut into slices, and built-in demo data.
+
+Every dataset yields items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``; see :func:`get_dataset`.
+"""
+
+from .datasets import DATASET_FORMATS, detect_dataset_format, get_dataset, resolve_dataset_dir
+from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
+from .nifti import list_nifti_volumes, load_nifti_slices
+from .oasis import SPLITS, list_oasis_png_split
+from .transforms import PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
+
+__all__ = [
+    "SPLITS",
+    "DATASET_FORMATS",
+    "DEMO_DIR_ENV",
+    "DEMO_MARKER",
+    "default_demo_dir",
+    "generate_demo_dataset",
+    "ensure_demo_dataset",
+    "resolve_dataset_dir",
+    "detect_dataset_format",
+    "list_oasis_png_split",
+    "list_nifti_volumes",
+    "load_nifti_slices",
+    "get_slice_transforms",
+    "get_dataset",
+    "ScaleByDtyped",
+    "ToGreyscaled",
+    "PadToSquared",
+    "ResizeSquared",
+]

@@ -1,0 +1,192 @@
+"""Dataset entry points: resolve the dataset folder, detect its layout and build a cached MONAI dataset of slices."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.data import CacheDataset
+
+from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
+from monai_vqbrain.data.nifti import check_nifti_header, has_volume_files, list_nifti_volumes, load_nifti_slices
+from monai_vqbrain.data.oasis import (
+    PNG_FOLDER_PREFIX,
+    canonical_split,
+    check_png_file,
+    find_png_files,
+    locate_png_root,
+    png_split_folder,
+)
+from monai_vqbrain.data.transforms import get_slice_transforms
+from monai_vqbrain.errors import DatasetError
+
+__all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_dataset"]
+
+DATASET_FORMATS = ("auto", "png", "nifti")
+_EXPECTED_LAYOUT = (
+    f"a folder holding {PNG_FOLDER_PREFIX}train/, {PNG_FOLDER_PREFIX}validate/ and {PNG_FOLDER_PREFIX}test/ "
+    "(OASIS PNG slices) or NIfTI volumes (.nii, .nii.gz, .img+.hdr)"
+)
+
+
+def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike | None = None) -> Path:
+    """Turn the user's ``dataset_dir`` setting into an existing dataset folder.
+
+    No setting (None or ``""``) means the built-in demo dataset, generated on first use. A given path must be an
+    existing folder: a typo must not silently train on demo data.
+
+    Args:
+        dataset_dir: the dataset folder, or None/``""`` for the demo dataset.
+        demo_dir: where the demo dataset lives; :func:`default_demo_dir` when None.
+
+    Returns:
+        The absolute dataset folder.
+
+    Raises:
+        DatasetError: when ``dataset_dir`` is given but is not an existing folder.
+    """
+    if dataset_dir is None or str(dataset_dir).strip() == "":
+        return ensure_demo_dataset(demo_dir or default_demo_dir())
+    path = Path(dataset_dir).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset_dir '{path}' does not exist; expected {_EXPECTED_LAYOUT}")
+    if not path.is_dir():
+        raise DatasetError(f"dataset_dir '{path}' is a file, not a folder; expected {_EXPECTED_LAYOUT}")
+    return path.resolve()
+
+
+def _describe_contents(root: Path, limit: int = 8) -> str:
+    """A short listing of a folder for error messages."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return f"found: {shown}"
+
+
+def detect_dataset_format(root: str | os.PathLike) -> str:
+    """Tell which layout a dataset folder has.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        ``"png"`` when it holds ``keras_png_slices_*`` image folders (directly or in ``keras_png_slices_data/``),
+        ``"nifti"`` when it holds ``.nii``/``.nii.gz``/``.img`` files anywhere below it.
+
+    Raises:
+        DatasetError: when the folder is missing or has neither layout, saying what was found.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist; expected {_EXPECTED_LAYOUT}")
+    if locate_png_root(root) is not None:
+        return "png"
+    if has_volume_files(root):
+        return "nifti"
+    hint = ""
+    if root.name.lower().startswith(PNG_FOLDER_PREFIX):
+        hint = f"; '{root.name}' looks like one split folder: pass the folder that holds it ('{root.parent}')"
+    raise DatasetError(
+        f"dataset folder '{root}' has no known layout: expected {_EXPECTED_LAYOUT}; {_describe_contents(root)}{hint}"
+    )
+
+
+def _png_items(root: Path, split: str, max_items: int | None) -> list[dict]:
+    """List a PNG split, checking only the files that will be used (all of them unless ``max_items``)."""
+    files = find_png_files(png_split_folder(root, split))[:max_items]
+    for path in files:
+        check_png_file(path)
+    return [{"image": str(path), "name": path.name} for path in files]
+
+
+def _nifti_items(
+    root: Path,
+    split: str,
+    max_items: int | None,
+    slice_axis: int,
+    slice_range: Sequence[float],
+    min_foreground: float,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> list[dict]:
+    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had."""
+    files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    for path in files:  # headers first: a bad file stops the run before minutes of loading
+        check_nifti_header(path)
+    items: list[dict] = []
+    for path in files:
+        items += load_nifti_slices(
+            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground
+        )
+        if max_items is not None and len(items) >= max_items:
+            break
+    if not items:
+        raise DatasetError(
+            f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): every "
+            f"slice in slice_range={tuple(slice_range)} along slice_axis={slice_axis} has less than "
+            f"min_foreground={min_foreground} of its pixels above 0.05; expected brain volumes, or lower min_foreground"
+        )
+    return items[:max_items]
+
+
+def get_dataset(
+    dataset_dir: str | os.PathLike | None,
+    split: str,
+    image_size: int = 128,
+    dataset_format: str = "auto",
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+    slice_axis: int = 2,
+    slice_range: Sequence[float] = (0.2, 0.8),
+    min_foreground: float = 0.05,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    max_items: int | None = None,
+) -> CacheDataset:
+    """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
+
+    Files are listed and checked up front, so a missing folder or a corrupt file is reported before training.
+
+    Args:
+        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
+            :func:`resolve_dataset_dir`).
+        split: ``"train"``, ``"validate"`` or ``"test"``.
+        image_size: the side ``S`` of the square images.
+        dataset_format: ``"png"`` (OASIS PNG slices), ``"nifti"`` (volumes) or ``"auto"`` to detect.
+        cache_rate: fraction of the items cached in memory by ``CacheDataset``.
+        num_workers: threads that fill the cache (0 or 1: one thread).
+        slice_axis: NIfTI only: the RAS axis to slice along (2: axial).
+        slice_range: NIfTI only: the part of that axis to keep, as fractions of its length.
+        min_foreground: NIfTI only: skip slices with a smaller fraction of pixels above 0.05.
+        val_fraction: NIfTI only: fraction of subjects for ``validate`` when there are no split folders.
+        test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
+        seed: NIfTI only: seed of the subject split.
+        max_items: keep only the first this many items (for quick runs); None keeps all.
+
+    Raises:
+        DatasetError: when the folder, the split or its images are missing.
+        ImageFileError: when an image file is unreadable or of an unexpected shape.
+        ValueError: for invalid options.
+    """
+    split = canonical_split(split)
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"dataset_format must be one of {', '.join(DATASET_FORMATS)}, got {dataset_format!r}")
+    if max_items is not None and (int(max_items) != max_items or max_items < 1):
+        raise ValueError(f"max_items must be a positive integer or None, got {max_items!r}")
+    root = resolve_dataset_dir(dataset_dir)
+    found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
+    if found_format == "png":
+        items = _png_items(root, split, max_items)
+        transforms = get_slice_transforms(image_size, load_from_file=True)
+    else:
+        items = _nifti_items(
+            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed
+        )
+        transforms = get_slice_transforms(image_size, load_from_file=False)
+    return CacheDataset(
+        data=items, transform=transforms, cache_rate=cache_rate, num_workers=num_workers, progress=len(items) > 1000
+    )

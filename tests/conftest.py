@@ -1,0 +1,102 @@
+"""Shared test fixtures: tiny datasets in the real layouts the package reads.
+
+The fixtures are session-scoped and shared by many tests: treat them as read-only (copy one with
+``shutil.copytree`` before changing it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_vqbrain.data import generate_demo_dataset
+
+# cases and slice indices of the tiny OASIS PNG dataset; slice 10 checks that slices sort numerically
+PNG_CASES = {"train": (1, 2, 3), "validate": (4, 5), "test": (6, 7)}
+PNG_SLICES = {"train": (0, 1, 2, 10), "validate": (0, 1), "test": (0, 1)}
+PNG_SIZE = 32
+RGB_FILE = "case_003_slice_1.nii.png"
+"""The one train slice stored as RGB, as in some copies of the OASIS PNG set."""
+
+VOLUME_SHAPE = (24, 28, 20)
+NIFTI_AFFINE = np.array([[-1.1, 0.0, 0.0, 12.0], [0.0, 1.0, 0.0, -14.0], [0.0, 0.0, 1.2, -9.0], [0.0, 0.0, 0.0, 1.0]])
+# relative paths of the volumes in ``nifti_root``; OAS2_0004 has two sessions, which must share a split
+NIFTI_FILES = (
+    "OAS1_0001_MR1/OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.nii.gz",
+    "OAS1_0002_MR1/OAS1_0002_MR1_mpr_n4_anon_111_t88_masked_gfc.nii.gz",
+    "OAS1_0003_MR1/OAS1_0003_MR1_mpr_n4_anon_111_t88_masked_gfc.nii.gz",
+    "OAS2_0004_MR1/OAS2_0004_MR1_T1.nii.gz",
+    "OAS2_0004_MR2/OAS2_0004_MR2_T1.nii.gz",
+    "sub-06_T1w.nii.gz",
+)
+ANALYZE_FILE = "OAS1_0005_MR1/PROCESSED/MPRAGE/T88_111/OAS1_0005_MR1_mpr_n4_anon_111_t88_masked_gfc.img"
+
+
+def brain_like_slice(size: int, seed: int) -> np.ndarray:
+    """A small 8-bit slice with a bright ellipse (a 'brain') on a black background, different for each seed."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[:size, :size] / (size - 1) * 2 - 1
+    a, b = rng.uniform(0.5, 0.7), rng.uniform(0.6, 0.85)
+    inside = (xs / a) ** 2 + (ys / b) ** 2 < 1
+    image = np.where(inside, 120 + 100 * np.exp(-(xs**2 + ys**2) * 3), 0) + inside * rng.normal(0, 5, inside.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def brain_like_volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A small int16 volume: an ellipsoid of varying intensity on a zero background."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radii = rng.uniform(0.7, 0.9, size=len(shape))
+    radius = np.sqrt(sum((g / r) ** 2 for g, r in zip(grids, radii, strict=True)))
+    volume = np.where(radius < 1, 300 + 500 * (1 - radius) + rng.normal(0, 20, shape), 0)
+    return volume.astype(np.int16)
+
+
+@pytest.fixture(scope="session")
+def oasis_png_root(tmp_path_factory) -> Path:
+    """A tiny ``keras_png_slices_data`` folder: six folders, OASIS file names, 32x32 8-bit grey, one RGB file."""
+    root = tmp_path_factory.mktemp("oasis_png") / "keras_png_slices_data"
+    for split, cases in PNG_CASES.items():
+        image_dir = root / f"keras_png_slices_{split}"
+        seg_dir = root / f"keras_png_slices_seg_{split}"
+        image_dir.mkdir(parents=True)
+        seg_dir.mkdir(parents=True)
+        for case in cases:
+            for slice_index in PNG_SLICES[split]:
+                image = brain_like_slice(PNG_SIZE, seed=case * 100 + slice_index)
+                name = f"case_{case:03d}_slice_{slice_index}.nii.png"
+                if name == RGB_FILE:
+                    # distinct channels, so that a test can tell the mean of R, G and B from any single channel
+                    rgb = np.stack([image, image // 2, np.minimum(image.astype(np.int32) + 30, 255)], axis=-1)
+                    Image.fromarray(rgb.astype(np.uint8)).save(image_dir / name)
+                else:
+                    Image.fromarray(image).save(image_dir / name)
+                seg = (np.digitize(image, [1, 140, 180]) * 85).astype(np.uint8)
+                Image.fromarray(seg).save(seg_dir / f"seg_{case:03d}_slice_{slice_index}.nii.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def nifti_root(tmp_path_factory) -> Path:
+    """A folder of small OASIS-like volumes (24x28x20, non-identity affine) in sub-folders, plus one Analyze pair."""
+    root = tmp_path_factory.mktemp("nifti")
+    for seed, relative in enumerate(NIFTI_FILES):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(brain_like_volume(VOLUME_SHAPE, seed), NIFTI_AFFINE), str(path))
+    analyze = root / ANALYZE_FILE
+    analyze.parent.mkdir(parents=True)
+    nib.save(nib.AnalyzeImage(brain_like_volume(VOLUME_SHAPE, 99), np.diag([1.0, 1.0, 1.0, 1.0])), str(analyze))
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset: 4/2/2 cases of 4 slices, 32x32 pixels, in the OASIS PNG layout."""
+    return generate_demo_dataset(
+        tmp_path_factory.mktemp("demo") / "demo_oasis", num_cases=(4, 2, 2), slices_per_case=4, image_size=32
+    )

@@ -1,0 +1,152 @@
+"""The training and evaluating bundle workflows, run as a user runs them, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import run
+
+from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
+
+# a tiny network and image so a whole run takes seconds
+TINY = {
+    "image_size": 32,
+    "batch_size": 4,
+    "progress": False,
+    "network_def#channels": [8, 16],
+    "network_def#num_res_channels": 8,
+    "network_def#num_embeddings": 32,
+    "network_def#embedding_dim": 8,
+}
+
+
+def run_bundle(run_id: str, config_file, **overrides) -> None:
+    settings = {**TINY, **overrides}
+    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
+        meta_file=str(CONFIGS / "metadata.json"), **settings)
+
+
+def _raises_user_error(error_type, match: str, function, *args, **kwargs):
+    # MONAI's config parser may wrap errors raised while building components; the user's error is in the chain
+    with pytest.raises(Exception) as caught:
+        function(*args, **kwargs)
+    error = caught.value
+    while error is not None and not isinstance(error, error_type):
+        error = error.__cause__ or error.__context__
+    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
+    assert match in str(error), str(error)
+    return error
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory, demo_root):
+    """One short training run shared by the tests that read its outputs."""
+    bundle_root = tmp_path_factory.mktemp("bundle")
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=2)
+    return bundle_root
+
+
+def test_training_writes_checkpoints_and_history(trained_bundle):
+    models = trained_bundle / "models"
+    assert (models / "model.pt").is_file() and (models / "last.pt").is_file()
+    best = torch.load(models / "model.pt", weights_only=True)
+    assert best["metadata"]["image_size"] == 32 and best["metadata"]["num_embeddings"] == 32
+    assert "quantizer.embedding" in best["model"]
+    history = json.loads((models / "training_history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2]
+    for key in ("train_loss", "train_reconstruction", "train_vq", "train_codebook", "train_commitment",
+                "train_perplexity", "train_codebook_usage", "val_ssim", "val_psnr"):
+        assert key in history[-1], key
+    record = history[-1]
+    assert record["train_loss"] == pytest.approx(record["train_reconstruction"] + record["train_vq"], rel=1e-4)
+    assert (trained_bundle / "outputs" / "tensorboard").is_dir()
+
+
+def test_evaluating_writes_report(trained_bundle, demo_root):
+    run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root))
+    outputs = trained_bundle / "outputs"
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    for key in ("ssim_mean", "ssim_std", "ssim_min", "psnr_mean", "n", "image_size"):
+        assert key in metrics, key
+    test_files = list((demo_root / "keras_png_slices_test").glob("*.png"))
+    assert metrics["n"] == len(test_files) and metrics["image_size"] == 32
+    assert -1.0 <= metrics["ssim_min"] <= metrics["ssim_mean"] <= 1.0
+    rows = (outputs / "per_image_metrics.csv").read_text().strip().splitlines()
+    assert rows[0] == "name,ssim,psnr" and len(rows) == len(test_files) + 1
+    assert {row.split(",")[0] for row in rows[1:]} == {f.name for f in test_files}
+    assert (outputs / "reconstructions.png").stat().st_size > 0
+    assert (outputs / "loss_curves.png").stat().st_size > 0
+
+
+def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):
+    before = (trained_bundle / "models" / "model.pt").read_bytes()
+    _raises_user_error(CheckpointError, "already exists", run_bundle, "training", TRAIN,
+                       bundle_root=str(trained_bundle), dataset_dir=str(demo_root), max_epochs=1)
+    assert (trained_bundle / "models" / "model.pt").read_bytes() == before
+
+
+def test_resume_continues_from_last_checkpoint(trained_bundle, demo_root, tmp_path):
+    bundle_root = tmp_path / "resumed"
+    shutil.copytree(trained_bundle / "models", bundle_root / "models")
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=3, resume=True)
+    history = json.loads((bundle_root / "models" / "training_history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    last = torch.load(bundle_root / "models" / "last.pt", weights_only=True)
+    assert last["metadata"]["epoch"] == 3
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root):
+    _raises_user_error(CheckpointError, "last.pt", run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+                       dataset_dir=str(demo_root), max_epochs=1, resume=True)
+
+
+def test_missing_dataset_dir_is_an_error_not_demo_data(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    _raises_user_error(DatasetError, str(missing), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+                       dataset_dir=str(missing), max_epochs=1)
+    assert not (tmp_path / "data").exists(), "no demo data may be generated for a user-given path"
+
+
+def test_empty_dataset_dir_is_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _raises_user_error(DatasetError, str(empty), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+                       dataset_dir=str(empty), max_epochs=1)
+
+
+def test_corrupt_image_is_named(tmp_path, demo_root):
+    dataset = tmp_path / "dataset"
+    shutil.copytree(demo_root, dataset)
+    corrupt = dataset / "keras_png_slices_train" / "case_000_slice_0.nii.png"
+    corrupt.write_bytes(b"this is not a png")
+    _raises_user_error(ImageFileError, corrupt.name, run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+                       dataset_dir=str(dataset), max_epochs=1)
+
+
+def test_evaluating_with_checkpoint_of_other_network_is_clear(trained_bundle, demo_root):
+    _raises_user_error(CheckpointError, "different network", run_bundle, "evaluating", EVALUATE,
+                       bundle_root=str(trained_bundle), dataset_dir=str(demo_root),
+                       **{"network_def#num_embeddings": 64})
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    missing = tmp_path / "missing_dataset"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
+               "--bundle_root", str(tmp_path), "--dataset_dir", str(missing)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"error: dataset_dir '{missing}' does not exist" in result.stderr
