@@ -134,6 +134,13 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
     return [(folder / name).resolve() for name in sorted(names, key=_png_sort_key)]
 
 
+# PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
+_SUPPORTED_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+    | {"I;16", "I;16L", "I;16B"}
+)
+
+
 def check_png_file(path: str | os.PathLike) -> None:
     """Check cheaply that ``path`` is a decodable, non-empty image, without decoding its pixels.
 
@@ -159,13 +166,6 @@ def check_png_file(path: str | os.PathLike) -> None:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
     if mode not in _SUPPORTED_MODES:
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
-
-
-# PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
-_SUPPORTED_MODES = frozenset(
-    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
-    | {"I;16", "I;16L", "I;16B", "I;16N"}
-)
 
 
 def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:

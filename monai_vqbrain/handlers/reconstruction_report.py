@@ -54,8 +54,8 @@ def plot_reconstructions(
     for column in range(count):
         for row, image in enumerate((originals[column], reconstructions[column])):
             axis = axes[row, column]
-            # arrays are (x, y) as MONAI's readers return them; transpose so rows are image rows again
-            axis.imshow(image.T, cmap="gray", vmin=0.0, vmax=1.0)
+            # the data pipeline keeps images in viewing orientation (rows x columns)
+            axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_xticks([])
             axis.set_yticks([])
         axes[0, column].set_title(names[column][:22], fontsize=7)
