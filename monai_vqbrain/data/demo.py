@@ -41,6 +41,9 @@ DEMO_DIR_ENV = "MONAI_VQBRAIN_DEMO_DIR"
 DEMO_MARKER = ".monai_vqbrain_demo.json"
 """File written last into a finished demo dataset; it records the parameters the dataset was made with."""
 
+DEFAULT_NUM_CASES = (96, 8, 8)
+"""Cases in the (train, validate, test) splits of the default demo set: 1536 / 128 / 128 slices, 16 per case."""
+
 # bump when the images change, so that cached demo datasets of an older generator are regenerated
 _GENERATOR_VERSION = 1
 _SEG_LEVELS = {"background": 0, "csf": 85, "grey": 170, "white": 255}
@@ -413,7 +416,7 @@ def _demo_parameters(num_cases: Sequence[int], slices_per_case: int, image_size:
 
 def generate_demo_dataset(
     root: str | os.PathLike,
-    num_cases: Sequence[int] = (32, 4, 4),
+    num_cases: Sequence[int] = DEFAULT_NUM_CASES,
     slices_per_case: int = 16,
     image_size: int = 256,
     seed: int = 0,
@@ -495,7 +498,7 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs
     unknown = set(generate_kwargs) - {"num_cases", "slices_per_case", "image_size", "seed"}
     if unknown:
         raise TypeError(f"ensure_demo_dataset() got unexpected arguments: {', '.join(sorted(unknown))}")
-    options = {"num_cases": (32, 4, 4), "slices_per_case": 16, "image_size": 256, "seed": 0, **generate_kwargs}
+    options = {"num_cases": DEFAULT_NUM_CASES, "slices_per_case": 16, "image_size": 256, "seed": 0, **generate_kwargs}
     _check_generate_args(options["num_cases"], options["slices_per_case"], options["image_size"])
     wanted = _demo_parameters(**options)
 

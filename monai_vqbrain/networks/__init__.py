@@ -1,6 +1,7 @@
 """Networks: the VQ-VAE with its vector quantizer, and the Gated PixelCNN prior over its codes."""
 
 from .blocks import Downsample, ResidualLayer, ResidualStack, Upsample
+from .pixelcnn import GatedPixelCNN, GatedPixelCNNLayer
 from .quantizer import QuantizerOutput, VectorQuantizer, code_usage_statistics
 from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput, VQVAEReconstructor
 
@@ -9,6 +10,8 @@ __all__ = [
     "Decoder",
     "Downsample",
     "Encoder",
+    "GatedPixelCNN",
+    "GatedPixelCNNLayer",
     "QuantizerOutput",
     "ResidualLayer",
     "ResidualStack",

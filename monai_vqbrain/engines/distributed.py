@@ -1,0 +1,239 @@
+"""Helpers for multi-process (DDP) training launched with ``torchrun``.
+
+``bundle/configs/multi_gpu_train.json`` calls these; they work as well from plain Python::
+
+    device = distributed_device("auto")  # cuda:<LOCAL_RANK>, or cpu when there is no GPU
+    init_distributed(device)  # NCCL on CUDA, gloo on CPU, from torchrun's environment variables
+    network = wrap_ddp(VQVAE(...).to(device, memory_format=torch.channels_last), device)
+    loader = distributed_loader(dataset, batch_size=16, shuffle=True)
+    ...
+    destroy_distributed()
+
+The VQ-VAE's codebook is a set of buffers updated inside ``forward`` (EMA statistics, dead-code restarts); the
+quantizer itself sums its statistics across ranks and broadcasts restarts from rank 0, so every rank keeps the
+same codebook without DDP's per-forward buffer broadcast (which would also overwrite the other ranks' updates).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from monai.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset
+
+#: environment variables ``torchrun`` sets for every process and ``init_process_group("env://")`` reads
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+__all__ = [
+    "TORCHRUN_ENV",
+    "backend_for",
+    "destroy_distributed",
+    "distributed_device",
+    "distributed_loader",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_main_process",
+    "local_rank",
+    "main_process_first_begin",
+    "main_process_first_end",
+    "quiet_non_main_logging",
+    "wrap_ddp",
+]
+
+
+def local_rank() -> int:
+    """This process's index on its node, from ``LOCAL_RANK`` (0 when not launched by ``torchrun``)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def get_rank() -> int:
+    """The global rank, or 0 when no process group is initialised."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """The number of processes, or 1 when no process group is initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, or when not running distributed: the process that logs and writes files."""
+    return get_rank() == 0
+
+
+def distributed_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device of this process: ``cuda:<LOCAL_RANK>`` for ``"auto"`` (with a GPU) or ``"cuda"``, else CPU.
+
+    Args:
+        device: ``"auto"`` (or None): a GPU per process when CUDA is available, else CPU; ``"cuda"``: a GPU per
+            process (an error without CUDA); ``"cpu"``: every process on the CPU (gloo backend). An explicit
+            ``"cuda:<index>"`` is refused: every process would use the same GPU.
+
+    Raises:
+        ValueError: for a device that cannot be used here.
+    """
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda":
+        raise ValueError(
+            f"multi-process training needs device 'auto', 'cuda' or 'cpu', got '{device}': each process picks "
+            "its GPU from LOCAL_RANK (restrict the GPUs with CUDA_VISIBLE_DEVICES)."
+        )
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
+    index = local_rank()
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK {index} has no GPU: only {torch.cuda.device_count()} visible; start at most that many "
+            "processes per node (torchrun --nproc_per_node)."
+        )
+    return torch.device("cuda", index)
+
+
+def backend_for(device: torch.device | str) -> str:
+    """NCCL for CUDA devices, gloo for the CPU."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(
+    device: torch.device | str = "cpu", backend: str | None = None, timeout_minutes: float | None = None
+) -> bool:
+    """Join the process group described by ``torchrun``'s environment variables (``env://``).
+
+    Does nothing when a group is already initialised, so a bundle's ``initialize`` may run twice in one process.
+
+    Args:
+        device: this process's device (see :func:`distributed_device`); a CUDA device is made the current one.
+        backend: the ``torch.distributed`` backend; by default NCCL for CUDA devices and gloo for the CPU.
+        timeout_minutes: how long collectives wait for the other ranks; None keeps torch's default. Raise it
+            when rank 0 alone does long work between collectives.
+
+    Returns:
+        True when this call initialised the group, False when one was already there.
+
+    Raises:
+        RuntimeError: when ``torch.distributed`` is unavailable or the process was not started by ``torchrun``.
+    """
+    if not dist.is_available():
+        raise RuntimeError("this build of torch has no torch.distributed; multi-process training is not possible.")
+    if dist.is_initialized():
+        return False
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"multi-process training must be launched by torchrun (missing environment variables {missing}), e.g. "
+            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run training "
+            "--config_file \"['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']\""
+        )
+    device = torch.device(device)
+    if device.type == "cuda":
+        # NCCL binds each rank to the current device: set it before the group is created
+        torch.cuda.set_device(device)
+    kwargs: dict[str, Any] = {"backend": backend or backend_for(device), "init_method": "env://"}
+    if timeout_minutes is not None:
+        kwargs["timeout"] = datetime.timedelta(minutes=timeout_minutes)
+    dist.init_process_group(**kwargs)
+    return True
+
+
+def quiet_non_main_logging(loggers: tuple[str, ...] = ("ignite", "monai_vqbrain"), level: int = logging.WARNING) -> None:
+    """On ranks other than 0, show only warnings and errors of ``loggers``, so progress is reported once.
+
+    Call it after :func:`init_distributed`. Rank 0's logging and every rank's warnings are left as they are.
+
+    Args:
+        loggers: names of the loggers to quieten (children included).
+        level: the lowest level still shown on the other ranks.
+    """
+    if is_main_process():
+        return
+    for name in loggers:
+        logging.getLogger(name).setLevel(level)
+
+
+def main_process_first_begin() -> None:
+    """Start of a step rank 0 does first (e.g. writing a cache the other ranks then read): the others wait here.
+
+    Put the step between this and :func:`main_process_first_end`; every rank must call both, in this order. In a
+    bundle these are separate ``initialize`` expressions around one that references the cached item::
+
+        "$monai_vqbrain.engines.distributed.main_process_first_begin()",
+        "$@prior_codes#train",
+        "$monai_vqbrain.engines.distributed.main_process_first_end()"
+    """
+    if get_world_size() > 1 and not is_main_process():
+        dist.barrier()
+
+
+def main_process_first_end() -> None:
+    """End of a step rank 0 does first: rank 0, done, releases the ranks waiting in :func:`main_process_first_begin`."""
+    if get_world_size() > 1 and is_main_process():
+        dist.barrier()
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, after the other ranks are done (a no-op when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        # a barrier first, so no rank tears the group down while another is still in a collective
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def wrap_ddp(network: torch.nn.Module, device: torch.device | str, **ddp_kwargs: Any) -> torch.nn.Module:
+    """Wrap ``network`` (already on ``device``) in ``DistributedDataParallel`` the way the VQ-VAE needs.
+
+    ``broadcast_buffers`` is off: the codebook buffers are synchronised by the quantizer itself, and rank 0's
+    buffers broadcast before each forward would be wasted traffic at best. Returns ``network`` unchanged when
+    no process group with more than one rank is initialised, so single-process code paths stay as they are.
+
+    Args:
+        network: the model, already moved to ``device``.
+        device: this process's device; on CUDA it becomes DDP's ``device_ids``.
+        ddp_kwargs: further arguments of :class:`torch.nn.parallel.DistributedDataParallel`.
+    """
+    if get_world_size() < 2:
+        return network
+    device = torch.device(device)
+    options: dict[str, Any] = {"broadcast_buffers": False, **ddp_kwargs}
+    if device.type == "cuda":
+        options.setdefault("device_ids", [device])
+        options.setdefault("output_device", device)
+    return torch.nn.parallel.DistributedDataParallel(network, **options)
+
+
+def distributed_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    even_divisible: bool = True,
+    num_workers: int = 0,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """A data loader over this rank's share of ``dataset`` (MONAI's ``DistributedSampler``).
+
+    MONAI's engines call ``sampler.set_epoch`` at every epoch start, so the shuffling differs between epochs and
+    agrees across ranks.
+
+    Args:
+        dataset: the whole dataset (every rank gets a disjoint part).
+        batch_size: the per-rank batch size; the effective batch is ``batch_size * world_size``.
+        shuffle: shuffle the order each epoch (training).
+        even_divisible: give every rank the same number of items by repeating a few; training needs this (DDP
+            ranks must run the same number of steps); evaluation should not, so no item is counted twice.
+        num_workers: loader worker processes.
+        loader_kwargs: further :class:`torch.utils.data.DataLoader` arguments.
+    """
+    sampler = DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers, **loader_kwargs
+    )
+

@@ -1,0 +1,398 @@
+"""Reading the user's PNG and NIfTI files into model-ready slices, and writing reconstructions in their own format.
+
+Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training:
+
+* PNG (grey, grey+alpha, RGB/RGBA, palette, 8 or 16 bit): read with MONAI's ``LoadImage`` and the training
+  :class:`~monai_vqbrain.data.transforms.SliceReader`, scaled by bit depth (8-bit / 255, 16-bit / 65535), made grey
+  (mean of R, G and B; alpha dropped). One slice.
+* NIfTI (``.nii``, ``.nii.gz``), 2D or 3D: reoriented to RAS, scaled per volume to ``[0, 1]`` between the 0.5 and
+  99.5 intensity percentiles (clipping outside), and cut into display-oriented slices along ``slice_axis`` of the
+  RAS volume, as :func:`~monai_vqbrain.data.nifti.load_nifti_slices` does for training. A 2D image, or a 3D one with
+  a singleton axis, is one slice whatever ``slice_axis`` is (as in training). Every slice is kept.
+
+Padding to a square and resizing to the model's ``image_size`` (and undoing both) are done by the caller,
+:mod:`monai_vqbrain.inference.reconstruct`; the objects here undo the slicing, the reorientation and the intensity
+scaling when writing a reconstruction back:
+
+* PNG: a grey PNG of the input's size and bit depth (0..255 or 0..65535).
+* NIfTI: the input's voxel order, shape, affine, header and on-disk data type; intensities mapped back through the
+  inverse of the per-volume scaling. Values the percentile scaling clipped (below the 0.5th or above the 99.5th
+  percentile) cannot be restored: they come back at the percentile values.
+
+Size rule: every slice must be at least ``min_slice_size`` pixels (default 16) along both in-plane axes. Smaller
+images hold too little to be resized to ``image_size`` meaningfully, and a 3D volume that is thin along an in-plane
+axis (e.g. ``24 x 3 x 20`` sliced axially) is not a stack of slices.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import EnsureChannelFirst, LoadImage
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from PIL import Image
+
+from monai_vqbrain.data.nifti import check_nifti_header
+from monai_vqbrain.data.oasis import check_png_file
+from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
+from monai_vqbrain.errors import DatasetError, ImageFileError, VQBrainError
+from monai_vqbrain.utils.io import atomic_path
+
+__all__ = [
+    "PNG_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "SUPPORTED_SUFFIXES",
+    "DEFAULT_MIN_SLICE_SIZE",
+    "OutputPathError",
+    "image_format",
+    "strip_image_suffix",
+    "find_input_files",
+    "robust_range",
+    "InputImage",
+    "PngInput",
+    "NiftiInput",
+    "read_input",
+]
+
+PNG_SUFFIXES = (".png",)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SUPPORTED_SUFFIXES = PNG_SUFFIXES + NIFTI_SUFFIXES
+"""File name endings accepted as inputs (case-insensitive)."""
+
+DEFAULT_MIN_SLICE_SIZE = 16
+"""Smallest accepted in-plane side of a slice, in pixels (see the module docstring)."""
+
+_GLOB_CHARACTERS = frozenset("*?[")
+_RAS = axcodes2ornt("RAS")
+
+
+class OutputPathError(VQBrainError, ValueError):
+    """An output would overwrite an input file, another output, or an existing file without ``overwrite``."""
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """``"png"`` or ``"nifti"`` from a file name's ending.
+
+    Raises:
+        ImageFileError: naming the file when its ending is not a supported image format.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(PNG_SUFFIXES):
+        return "png"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    raise ImageFileError(f"'{path}' is not a supported image file; expected a PNG (.png) or NIfTI (.nii, .nii.gz) file")
+
+
+def strip_image_suffix(path: str | os.PathLike) -> str:
+    """The file name without its image ending: ``x.nii.gz`` -> ``x``, ``case_1_slice_0.nii.png`` -> ``case_1_slice_0.nii``."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES + PNG_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _is_supported(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _files_of(spec: str) -> list[Path]:
+    """The files one input specification names: a file, the image files in a folder, or the files a glob matches."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        # a file named explicitly is taken whatever its ending, so a non-image file is reported, not ignored
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_supported(p))
+        if not files:
+            raise DatasetError(
+                f"input folder '{path}' holds no PNG or NIfTI files; expected files ending in "
+                f"{', '.join(SUPPORTED_SUFFIXES)} directly in it (use a glob such as 'folder/**/*.png' for sub-folders)"
+            )
+        return files
+    if _GLOB_CHARACTERS & set(spec):
+        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+        files = [p for p in matches if p.is_file() and not p.name.startswith(".")]
+        if not files:
+            raise DatasetError(f"input glob '{spec}' matched no files; expected it to match PNG or NIfTI files")
+        return files
+    raise DatasetError(
+        f"input '{spec}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
+    )
+
+
+def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    """Expand the ``input`` of an inference run into a list of files.
+
+    Args:
+        inputs: a file, a folder (its PNG and NIfTI files, not recursive), a glob (``**`` recurses; every file it
+            matches is taken, so a non-image file it matches is reported as a bad input), or a list of these.
+
+    Returns:
+        The files, absolute, without duplicates, in the order given (folders and globs sorted by name).
+
+    Raises:
+        DatasetError: when no input is given, or a path does not exist, a folder holds no images, or a glob
+            matches nothing.
+    """
+    # the command line may hand over a number for a name like "123"; anything but a list or tuple is one path
+    specs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    specs = [spec for spec in specs if spec is not None and str(spec).strip()]
+    if not specs:
+        raise DatasetError("no input given; pass --input with a PNG or NIfTI file, a folder of them, or a quoted glob")
+    files: dict[Path, None] = {}
+    for spec in specs:
+        for path in _files_of(str(spec)):
+            files.setdefault(path.resolve(), None)
+    return list(files)
+
+
+def robust_range(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
+    """The intensities mapped to 0 and 1 by the per-volume scaling used in training.
+
+    The ``lower`` and ``upper`` percentiles; their min and max when the percentiles coincide (a volume that is mostly
+    one value). Equal values mean a constant volume, which scales to all zeros.
+    """
+    low, high = (float(v) for v in np.percentile(volume, [lower, upper]))
+    if high <= low:
+        low, high = float(volume.min()), float(volume.max())
+    return low, high
+
+
+def _orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """nibabel's axis orientation of a 3D volume with this affine, or None when an axis has no direction.
+
+    A singleton axis may have no direction (e.g. a 2D slice saved with a zero slice thickness): it is given a world
+    axis no other voxel axis uses, which cannot change the voxel data since the axis has one voxel.
+    """
+    orientation = io_orientation(affine)
+    undefined = np.isnan(orientation[:, 0])
+    if not undefined.any():
+        return orientation
+    if any(shape[axis] != 1 for axis in np.flatnonzero(undefined)):
+        return None
+    free = [axis for axis in range(3) if axis not in orientation[~undefined, 0]]
+    orientation[undefined] = [[axis, 1.0] for axis in free[: int(undefined.sum())]]
+    return orientation
+
+
+def _check_slice_size(path: Path, plane_shape: tuple[int, int], min_slice_size: int, detail: str = "") -> None:
+    if min(plane_shape) < min_slice_size:
+        raise ImageFileError(
+            f"'{path}' gives slices of {plane_shape[0]}x{plane_shape[1]} pixels{detail}; expected both in-plane sides "
+            f"to be at least {min_slice_size} pixels (min_slice_size) to be resized to the model's image size"
+        )
+
+
+class InputImage(ABC):
+    """One input file: its slices ready for the model, and the means to write a reconstruction in its format.
+
+    Attributes:
+        path: the input file.
+        slices: float32 ``(N, H, W)`` in ``[0, 1]``, before padding and resizing to the model's image size.
+        shape: the file's own image shape (for reporting).
+    """
+
+    def __init__(self, path: Path, slices: np.ndarray, shape: tuple[int, ...]) -> None:
+        self.path = path
+        self.slices = slices
+        self.shape = shape
+
+    @abstractmethod
+    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the reconstructed slices ``(N, H, W)`` in ``[0, 1]`` to ``path`` in the input's format, atomically.
+
+        Args:
+            reconstruction: reconstructed slices, shaped like :attr:`slices`.
+            path: the output file.
+            overwrite: replace ``path`` if it exists (else ``FileExistsError``).
+        """
+
+
+class PngInput(InputImage):
+    """A PNG slice; its reconstruction is a grey PNG of the same size and bit depth."""
+
+    def __init__(self, path: Path, slices: np.ndarray, shape: tuple[int, ...], peak: float, dtype: np.dtype) -> None:
+        super().__init__(path, slices, shape)
+        self.peak = peak
+        self.dtype = np.dtype(dtype)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE) -> PngInput:
+        """Read and check a PNG file.
+
+        Raises:
+            ImageFileError: naming the file when it is not a readable grey/RGB(A) image or is too small.
+        """
+        path = Path(path)
+        check_png_file(path)
+        try:
+            # dtype=None keeps the stored integer type: its bit depth decides the scaling, as in training
+            image = LoadImage(reader=SliceReader(), image_only=True, dtype=None)(str(path))
+        except Exception as err:  # PIL raises several types for pixel data that fails to decode
+            raise ImageFileError(f"cannot decode the pixels of '{path}' ({err}); the file may be truncated") from err
+        image = EnsureChannelFirst()(image)
+        if image.ndim != 3:
+            raise ImageFileError(f"'{path}' has shape {tuple(image.shape)}; expected a 2D image")
+        height, width = (int(s) for s in image.shape[-2:])
+        _check_slice_size(path, (height, width), min_slice_size)
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        stored = image.dtype
+        # the peak ScaleByDtyped divides by, so that writing multiplies by the same value
+        if stored == torch.uint8 or stored == torch.bool:
+            peak, dtype = 255.0, np.uint8
+        else:
+            peak, dtype = max(float(image.max()), 65535.0), np.uint16
+        grey = ToGreyscaled.to_grey(ScaleByDtyped.scale(image))
+        return cls(path, grey.numpy().astype(np.float32), (height, width), peak, dtype)
+
+    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
+        levels = np.clip(np.rint(reconstruction[0] * self.peak), 0, np.iinfo(self.dtype).max).astype(self.dtype)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            Image.fromarray(levels).save(tmp, format="PNG")
+
+
+class NiftiInput(InputImage):
+    """A 2D or 3D NIfTI image; its reconstruction keeps the voxel order, affine, header and data type.
+
+    Attributes:
+        image: the nibabel image (header and affine).
+        orientation: the nibabel orientation of the file's voxel axes (``io_orientation`` of its affine; a singleton
+            axis without direction is given an unused one).
+        axis: the axis of the RAS volume the slices were cut along.
+        low, high: the intensities the per-volume scaling mapped to 0 and 1.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        slices: np.ndarray,
+        shape: tuple[int, ...],
+        image: nib.Nifti1Image,
+        orientation: np.ndarray,
+        axis: int,
+        low: float,
+        high: float,
+    ) -> None:
+        super().__init__(path, slices, shape)
+        self.image = image
+        self.orientation = orientation
+        self.axis = axis
+        self.low = low
+        self.high = high
+
+    @classmethod
+    def read(
+        cls, path: str | os.PathLike, slice_axis: int = 2, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
+    ) -> NiftiInput:
+        """Read, check, reorient, scale and slice a NIfTI file.
+
+        Args:
+            path: a ``.nii`` or ``.nii.gz`` file.
+            slice_axis: the RAS axis to slice a 3D volume along: 0 sagittal, 1 coronal, 2 axial.
+            min_slice_size: smallest accepted in-plane side, in pixels.
+
+        Raises:
+            ImageFileError: naming the file when it is unreadable or truncated, not a NIfTI image, 4D, holds NaN or
+                infinite values, or gives slices smaller than ``min_slice_size``.
+            ValueError: when ``slice_axis`` is not 0, 1 or 2.
+        """
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
+        path = Path(path)
+        spatial_shape = check_nifti_header(path)
+        image = nib.load(str(path))
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ImageFileError(f"'{path}' is a {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
+        try:
+            data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
+        except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
+            raise ImageFileError(f"cannot read the voxels of '{path}' ({err}); the file may be truncated") from err
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise ImageFileError(
+                f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
+                "intensities (replace them, e.g. by 0, before inference)"
+            )
+        volume = data.reshape(spatial_shape + (1,) * (3 - len(spatial_shape)))
+        orientation = _orientation(image.affine, volume.shape)
+        if orientation is None:
+            raise ImageFileError(
+                f"'{path}' has an affine with no clear axis directions ({image.affine.tolist()}); expected a valid "
+                "voxel-to-world affine (qform or sform)"
+            )
+        # the same reorientation as training (MONAI's Orientation to RAS is this nibabel transform)
+        ras = apply_orientation(volume, ornt_transform(orientation, _RAS))
+        low, high = robust_range(ras)
+        scaled = np.zeros_like(ras) if high <= low else np.clip((ras - low) / (high - low), 0.0, 1.0)
+        singleton_axes = [a for a, size in enumerate(ras.shape) if size == 1]
+        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis, as in training
+        axis = singleton_axes[-1] if singleton_axes else slice_axis
+        plane_shape = tuple(ras.shape[a] for a in range(3) if a != axis)[::-1]  # rot90 swaps the in-plane axes
+        _check_slice_size(
+            path,
+            plane_shape,
+            min_slice_size,
+            f" (its RAS shape is {'x'.join(map(str, ras.shape))}, sliced along RAS axis {axis})",
+        )
+        # rot90 puts the anterior/superior end at the top and keeps the patient's right on the right, as in training
+        slices = np.stack([np.rot90(np.take(scaled, i, axis=axis)) for i in range(ras.shape[axis])])
+        return cls(
+            path, np.ascontiguousarray(slices, dtype=np.float32), spatial_shape, image, orientation, axis, low, high
+        )
+
+    def _to_file_intensities(self, reconstruction: np.ndarray) -> np.ndarray:
+        """Slices in ``[0, 1]`` back to a volume in the file's voxel order and intensity scale (float64)."""
+        planes = [np.rot90(plane, k=-1) for plane in reconstruction.astype(np.float64)]
+        ras = np.stack(planes, axis=self.axis)
+        ras = ras * (self.high - self.low) + self.low if self.high > self.low else np.full_like(ras, self.low)
+        volume = apply_orientation(ras, ornt_transform(_RAS, self.orientation))
+        return volume.reshape(self.image.shape)
+
+    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
+        volume = self._to_file_intensities(reconstruction)
+        dtype = self.image.get_data_dtype()
+        slope = float(getattr(self.image.dataobj, "slope", 1.0))
+        inter = float(getattr(self.image.dataobj, "inter", 0.0))
+        if np.issubdtype(dtype, np.integer) and slope == 1.0 and inter == 0.0:
+            # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields
+            info = np.iinfo(dtype)
+            data = np.clip(np.rint(volume), info.min, info.max).astype(dtype)
+        elif np.issubdtype(dtype, np.floating):
+            data = volume.astype(dtype)
+        else:
+            # integers stored with a slope/intercept: nibabel chooses new scaling factors for the stored type
+            data = volume.astype(np.float32)
+        output = type(self.image)(data, self.image.affine, self.image.header)
+        output.set_data_dtype(dtype)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            nib.save(output, str(tmp))
+
+
+def read_input(
+    path: str | os.PathLike, slice_axis: int = 2, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
+) -> InputImage:
+    """Read one input file as a :class:`PngInput` or :class:`NiftiInput`, by its ending.
+
+    Args:
+        path: the file.
+        slice_axis: for NIfTI volumes, the RAS axis to slice along (0 sagittal, 1 coronal, 2 axial).
+        min_slice_size: smallest accepted in-plane side, in pixels.
+
+    Raises:
+        ImageFileError: naming the file and what was expected, for any bad input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"input file '{path}' does not exist")
+    if image_format(path) == "png":
+        return PngInput.read(path, min_slice_size=min_slice_size)
+    return NiftiInput.read(path, slice_axis=slice_axis, min_slice_size=min_slice_size)

@@ -1,0 +1,93 @@
+"""The PixelCNN prior over a VQ-VAE's code maps: cached codes, training, generation and generation metrics.
+
+* :mod:`.codes`: encode a split to code maps once and cache them (invalidated when the VQ-VAE or the data change),
+  slice-position class labels, and the dataset the prior trains on.
+* :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
+* :mod:`.metrics`: NLL (bits per code) and accuracy of a prior; Fréchet distance, diversity and memorisation of
+  generated images.
+* :mod:`.generate`: the bundle's ``generating``: load a prior from its checkpoint, sample, decode, write, measure.
+"""
+
+from .codes import (
+    CONDITIONINGS,
+    CodeDataset,
+    SlicePositionLabels,
+    codes_fingerprint,
+    encode_dataset,
+    file_sha256,
+    load_or_encode_codes,
+    load_vqvae,
+    num_condition_classes,
+    parse_slice_index,
+    vqvae_fingerprint,
+)
+from .generate import (
+    BrainGenerator,
+    decode_codes,
+    load_prior,
+    plot_sample_grid,
+    prior_summary,
+    sample_class_labels,
+    write_samples,
+)
+from .metrics import (
+    CodeAccuracyMetric,
+    CodeNLLMetric,
+    NearestImageSearch,
+    encoder_features,
+    evaluate_generation,
+    frechet_distance,
+    mean_pairwise_ssim,
+    pairwise_ssim,
+)
+from .trainer import (
+    PRIOR_CHECKPOINTS,
+    BestMetricRestorer,
+    PriorInferer,
+    PriorPrepareBatch,
+    PriorTrainer,
+    check_prior_run,
+    lower_is_better,
+    prior_metadata,
+    prior_network_settings,
+    training_loss,
+)
+
+__all__ = [
+    "CONDITIONINGS",
+    "PRIOR_CHECKPOINTS",
+    "BestMetricRestorer",
+    "BrainGenerator",
+    "CodeAccuracyMetric",
+    "CodeDataset",
+    "CodeNLLMetric",
+    "NearestImageSearch",
+    "PriorInferer",
+    "PriorPrepareBatch",
+    "PriorTrainer",
+    "SlicePositionLabels",
+    "check_prior_run",
+    "codes_fingerprint",
+    "decode_codes",
+    "encode_dataset",
+    "encoder_features",
+    "evaluate_generation",
+    "file_sha256",
+    "frechet_distance",
+    "load_or_encode_codes",
+    "load_prior",
+    "load_vqvae",
+    "lower_is_better",
+    "mean_pairwise_ssim",
+    "num_condition_classes",
+    "pairwise_ssim",
+    "parse_slice_index",
+    "plot_sample_grid",
+    "prior_metadata",
+    "prior_network_settings",
+    "prior_summary",
+    "sample_class_labels",
+    "training_loss",
+    "vqvae_fingerprint",
+    "write_samples",
+]

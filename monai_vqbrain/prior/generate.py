@@ -1,0 +1,387 @@
+"""Generating brains: load a trained prior, sample code maps, decode them, and write and measure the images."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.datasets import get_dataset
+from ..errors import CheckpointError
+from ..handlers.training_history import read_history
+from ..networks.pixelcnn import GatedPixelCNN
+from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, network_state_dict
+from ..utils.io import atomic_path, atomic_write_text
+from .codes import SlicePositionLabels, vqvae_fingerprint
+from .metrics import evaluate_generation
+
+__all__ = [
+    "BrainGenerator",
+    "decode_codes",
+    "load_prior",
+    "plot_sample_grid",
+    "prior_summary",
+    "sample_class_labels",
+    "write_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+_TRAIN_PRIOR_COMMAND = (
+    "python -m monai.bundle run training_prior --config_file "
+    "\"['bundle/configs/train.json','bundle/configs/train_prior.json']\""
+)
+# the files write_samples owns in its folder; stale ones from a run with more samples are removed
+_SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
+
+
+def load_prior(
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    vqvae: torch.nn.Module | None = None,
+    vqvae_sha256: str | None = None,
+    image_size: int | None = None,
+) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    """Build a prior from its checkpoint alone (its metadata records the architecture) and check it fits the VQ-VAE.
+
+    Args:
+        checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
+        device: where to put the network.
+        vqvae: the VQ-VAE whose codes will be decoded; its codebook size must be the prior's.
+        vqvae_sha256: the fingerprint of that VQ-VAE's checkpoint; it must be the one the prior was trained over.
+        image_size: the configured image size; it must be the one the prior's code maps came from.
+
+    Returns:
+        The prior in eval mode and its checkpoint metadata.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, not a prior checkpoint, holds weights of another
+            architecture than its metadata says, or does not fit the VQ-VAE or the image size.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
+    saved = load_checkpoint(path)
+    metadata = dict(saved.get(METADATA_KEY, {}) or {})
+    settings = metadata.get("network_settings")
+    if metadata.get("network") != GatedPixelCNN.__name__ or not isinstance(settings, dict):
+        raise CheckpointError(
+            f"'{path}' is not a prior checkpoint: its metadata describes network={metadata.get('network')!r}, not a "
+            f"{GatedPixelCNN.__name__} (was the VQ-VAE's model.pt given?); use the prior.pt written by training_prior."
+        )
+    try:
+        network = GatedPixelCNN(**settings)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    check_state_dict_matches(network, network_state_dict(saved), str(path))
+    network.load_state_dict(network_state_dict(saved))
+
+    if vqvae is not None:
+        model = getattr(vqvae, "module", vqvae)
+        codebook = getattr(model, "num_embeddings", None)
+        if codebook is not None and codebook != network.num_embeddings:
+            raise CheckpointError(
+                f"prior checkpoint '{path}' models {network.num_embeddings} codes but the VQ-VAE configured here has "
+                f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
+            )
+    if image_size is not None and "image_size" in metadata and int(metadata["image_size"]) != int(image_size):
+        raise CheckpointError(
+            f"prior checkpoint '{path}' was trained on the codes of {metadata['image_size']}-pixel images, but "
+            f"image_size={image_size} is configured; set image_size to {metadata['image_size']}."
+        )
+    if vqvae_sha256 is not None and metadata.get("vqvae_sha256") not in (None, vqvae_sha256):
+        raise CheckpointError(
+            f"prior checkpoint '{path}' was trained over the codes of another VQ-VAE checkpoint than the one "
+            f"configured ('{metadata.get('vqvae_checkpoint')}' at the time; the VQ-VAE was retrained or replaced "
+            f"since), so its codes would decode to noise: train the prior again ({_TRAIN_PRIOR_COMMAND} "
+            f"--overwrite true)."
+        )
+    return network.to(device).eval(), metadata
+
+
+def sample_class_labels(
+    metadata: Mapping[str, Any], num_samples: int, requested: int | Sequence[int] | None = None
+) -> torch.Tensor | None:
+    """The class label of each sample: as requested, or spread like the training data (see
+    :meth:`~monai_vqbrain.prior.SlicePositionLabels.sample_labels`); None for an unconditioned prior.
+
+    Args:
+        metadata: the prior checkpoint's metadata.
+        num_samples: number of samples.
+        requested: one label for every sample, or one per sample; None for the training distribution.
+
+    Raises:
+        ValueError: for labels given to an unconditioned prior, or of the wrong count or range.
+    """
+    labels = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
+    if labels.num_classes is None:
+        if requested is not None:
+            raise ValueError("sample_class_labels were given but the prior is not conditioned (prior_conditioning none).")
+        return None
+    if requested is None:
+        return labels.sample_labels(num_samples)
+    values = torch.as_tensor(requested, dtype=torch.long).reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(num_samples).clone()
+    if values.numel() != num_samples:
+        raise ValueError(f"sample_class_labels must be one label or {num_samples} labels, got {values.numel()}.")
+    if int(values.min()) < 0 or int(values.max()) >= labels.num_classes:
+        raise ValueError(f"sample_class_labels must lie in [0, {labels.num_classes}), got {values.tolist()}.")
+    return values
+
+
+@torch.no_grad()
+def decode_codes(vqvae: torch.nn.Module, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Decode code maps ``(N, h, w)`` to images ``(N, 1, S, S)`` in [0, 1] (float32, on the CPU)."""
+    model = getattr(vqvae, "module", vqvae).eval()
+    device = next(model.parameters()).device
+    images = [
+        model.decode_samples(codes[i : i + batch_size].to(device)).float().clamp(0.0, 1.0).cpu()
+        for i in range(0, len(codes), batch_size)
+    ]
+    return torch.cat(images)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return np.rint(image.detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_samples(output_dir: str | os.PathLike, images: torch.Tensor) -> list[str]:
+    """Write each image ``(1, S, S)`` as ``sample_<i>.png`` (8-bit grey) and ``sample_<i>.nii.gz`` (float32).
+
+    The arrays are in display orientation, rows as the PNG shows them (as the package's readers return slices).
+    The NIfTI volume is ``(S, S, 1)`` with an identity (RAS, 1 mm) affine, rotated as
+    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image. Sample files
+    left by an earlier run are removed first, so the folder holds exactly this run's samples. Every file is
+    written atomically.
+
+    Returns:
+        The PNG file names, in sample order.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.iterdir():
+        if _SAMPLE_FILE.match(stale.name) and stale.is_file():
+            stale.unlink()
+    digits = max(3, len(str(len(images) - 1)))
+    names = []
+    for index, image in enumerate(images):
+        stem = f"sample_{index:0{digits}d}"
+        plane = image[0].float().cpu().numpy()
+        with atomic_path(output_dir / f"{stem}.png") as tmp:
+            Image.fromarray(_to_uint8(image[0]), mode="L").save(tmp, format="PNG")
+        # load_nifti_slices shows a volume's plane as np.rot90(plane); undo it so a round trip is the identity
+        volume = np.ascontiguousarray(np.rot90(plane, k=-1)[:, :, None], dtype=np.float32)
+        nifti = nib.Nifti1Image(volume, affine=np.eye(4))
+        nifti.header.set_xyzt_units("mm")
+        with atomic_path(output_dir / f"{stem}.nii.gz") as tmp:
+            nib.save(nifti, str(tmp))
+        names.append(f"{stem}.png")
+    return names
+
+
+def plot_sample_grid(
+    images: torch.Tensor, path: str | os.PathLike, titles: Sequence[str] | None = None, columns: int | None = None
+) -> None:
+    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= count:
+            axis.axis("off")
+            continue
+        axis.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        if titles is not None:
+            axis.set_title(titles[index], fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The prior's validation results at its best epoch, from its checkpoint metadata and training history."""
+    settings = metadata.get("network_settings") or {}
+    num_embeddings = settings.get("num_embeddings")
+    summary: dict[str, Any] = {
+        "prior_best_epoch": metadata.get("epoch"),
+        "prior_val_bits_per_code": metadata.get("key_metric"),
+        "prior_val_accuracy": None,
+        "prior_uniform_bits_per_code": math.log2(num_embeddings) if num_embeddings else None,
+        "prior_conditioning": (metadata.get("conditioning") or {}).get("type", "none"),
+    }
+    if history_file is not None:
+        try:
+            records = read_history(history_file)
+        except ValueError as error:
+            logger.warning(f"ignoring the prior's training history: {error}")
+            records = []
+        for record in records:
+            if record.get("epoch") == summary["prior_best_epoch"]:
+                summary["prior_val_accuracy"] = record.get("val_accuracy")
+                if summary["prior_val_bits_per_code"] is None:
+                    summary["prior_val_bits_per_code"] = record.get("val_bits_per_code")
+    return summary
+
+
+class BrainGenerator:
+    """Sample brains from a trained prior and VQ-VAE, write them and measure them.
+
+    :meth:`run` writes into ``output_dir``: ``sample_<i>.png`` and ``sample_<i>.nii.gz`` per sample (see
+    :func:`write_samples`), ``grid.png`` (all samples, titled with their slice-position bin when the prior is
+    conditioned) and ``generation_metrics.json`` (see :func:`prior_summary` and
+    :func:`~monai_vqbrain.prior.evaluate_generation` for its entries).
+
+    The same ``seed`` (and settings) gives identical files: the code maps are drawn with the prior's exact fast
+    sampler from a generator seeded with ``seed``, and decoding is deterministic.
+
+    Args:
+        prior_checkpoint: the prior's best checkpoint (``<ckpt_dir>/prior.pt``).
+        vqvae: the trained VQ-VAE (see :func:`~monai_vqbrain.prior.load_vqvae`).
+        vqvae_checkpoint: the checkpoint it was loaded from; the prior must have been trained over it.
+        output_dir: where the files go.
+        image_size: the image size (checked against the prior's).
+        num_samples: number of brains to draw.
+        temperature: sampling temperature: 1 samples the model's distribution, lower values are more conservative,
+            0 always picks the most likely code (greedy; the same for every seed).
+        seed: the seed of the draw.
+        class_labels: slice-position bin of every sample (one int, or one per sample); None spreads the samples
+            over the bins like the training data.
+        batch_size: samples drawn at once (None: all).
+        history_file: the prior's training history (for the validation accuracy at its best epoch).
+        dataset_kwargs: :func:`~monai_vqbrain.data.get_dataset` arguments to read the real train and test splits
+            for the quality metrics; None skips them.
+        compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
+        metrics_batch_size: images per batch when reading the real splits.
+        device: where to run the prior (default: where the VQ-VAE is).
+        progress: show a progress bar while sampling.
+    """
+
+    def __init__(
+        self,
+        prior_checkpoint: str | os.PathLike,
+        vqvae: torch.nn.Module,
+        vqvae_checkpoint: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        image_size: int,
+        num_samples: int = 16,
+        temperature: float = 1.0,
+        seed: int = 0,
+        class_labels: int | Sequence[int] | None = None,
+        batch_size: int | None = None,
+        history_file: str | os.PathLike | None = None,
+        dataset_kwargs: Mapping[str, Any] | None = None,
+        compute_metrics: bool = True,
+        metrics_batch_size: int = 64,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if not float(temperature) >= 0.0 or not math.isfinite(float(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
+        self.prior_checkpoint = Path(prior_checkpoint)
+        self.vqvae = vqvae
+        self.vqvae_checkpoint = Path(vqvae_checkpoint)
+        self.output_dir = Path(output_dir)
+        self.image_size = int(image_size)
+        self.num_samples = int(num_samples)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.class_labels = class_labels
+        self.batch_size = batch_size
+        self.history_file = history_file
+        self.dataset_kwargs = None if dataset_kwargs is None else dict(dataset_kwargs)
+        self.compute_metrics = compute_metrics
+        self.metrics_batch_size = metrics_batch_size
+        self.device = device
+        self.progress = progress
+
+    def run(self) -> dict[str, Any]:
+        """Sample, decode, write the files and the metrics; return the metrics."""
+        model = getattr(self.vqvae, "module", self.vqvae).eval()
+        device = torch.device(self.device) if self.device is not None else next(model.parameters()).device
+        prior, metadata = load_prior(
+            self.prior_checkpoint,
+            device,
+            vqvae=model,
+            vqvae_sha256=vqvae_fingerprint(self.vqvae_checkpoint),
+            image_size=self.image_size,
+        )
+        code_size = tuple(int(s) for s in metadata.get("code_size") or [self.image_size // model.downsample_factor] * 2)
+        labels = sample_class_labels(metadata, self.num_samples, self.class_labels)
+
+        start = time.perf_counter()
+        # a CPU generator whatever the device: the prior draws per-sample seeds from it and its noise on the CPU
+        generator = torch.Generator().manual_seed(self.seed)
+        codes = prior.sample(
+            self.num_samples,
+            code_size,
+            temperature=self.temperature,
+            generator=generator,
+            class_labels=labels,
+            batch_size=self.batch_size,
+            fast=True,
+            progress=self.progress,
+        )
+        images = decode_codes(model, codes)
+        seconds = time.perf_counter() - start
+        logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
+
+        names = write_samples(self.output_dir, images)
+        titles = None if labels is None else [f"{n[:-4]} (bin {int(b)})" for n, b in zip(names, labels, strict=True)]
+        plot_sample_grid(images, self.output_dir / "grid.png", titles)
+
+        metrics: dict[str, Any] = {
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "image_size": self.image_size,
+            "code_size": list(code_size),
+            "sample_files": names,
+            "sample_class_labels": None if labels is None else labels.tolist(),
+            "sampling_seconds": seconds,
+            "prior_checkpoint": str(self.prior_checkpoint),
+            "vqvae_checkpoint": str(self.vqvae_checkpoint),
+            **prior_summary(metadata, self.history_file),
+        }
+        if self.compute_metrics and self.dataset_kwargs is not None:
+            kwargs = {**self.dataset_kwargs, "image_size": self.image_size, "cache_rate": 0.0}
+            train = get_dataset(split="train", **kwargs)
+            test = get_dataset(split="test", **kwargs)
+            quality = evaluate_generation(
+                images,
+                model,
+                train,
+                test,
+                sample_names=names,
+                batch_size=self.metrics_batch_size,
+                num_workers=int(self.dataset_kwargs.get("num_workers", 0) or 0),
+            )
+            # num_samples is already recorded; keep the rest
+            metrics.update({k: v for k, v in quality.items() if k != "num_samples"})
+        atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(metrics, indent=2))
+        return metrics

@@ -1,0 +1,388 @@
+"""Metrics of the prior and of the brains it generates.
+
+* :class:`CodeNLLMetric` / :class:`CodeAccuracyMetric`: MONAI cumulative metrics of a prior's logits against the
+  true codes (negative log-likelihood in bits per code; top-1 accuracy), for trainers and evaluators.
+* :func:`frechet_distance`: MONAI's ``FIDMetric`` on feature vectors, made safe for small sample counts.
+* :func:`encoder_features`: the offline feature space used for it, spatially averaged VQ-VAE encoder latents.
+* :func:`mean_pairwise_ssim`, :class:`NearestImageSearch`: diversity and memorisation by SSIM.
+* :func:`evaluate_generation`: all of the above for a set of generated images against the real splits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import CumulativeIterationMetric, FIDMetric, SSIMMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "CodeAccuracyMetric",
+    "CodeNLLMetric",
+    "NearestImageSearch",
+    "encoder_features",
+    "evaluate_generation",
+    "frechet_distance",
+    "mean_pairwise_ssim",
+    "pairwise_ssim",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- code metrics
+class _CodeMetric(CumulativeIterationMetric):
+    """Base of the per-image metrics of a prior's logits ``(B, K, H, W)`` against codes ``(B, H, W)``."""
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.ndim != 4 or y.ndim != 3 or y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[1:]:
+            raise ValueError(
+                f"expected logits (B, K, H, W) and codes (B, H, W), got {tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
+        return self._per_code(y_pred.float(), y.long()).flatten(1).mean(dim=1, keepdim=True)
+
+    def _per_code(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reduce the per-image values buffered so far (the mean over images by default)."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("the data to aggregate must be a PyTorch Tensor.")
+        value, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (value, not_nans) if self.get_not_nans else value
+
+
+class CodeNLLMetric(_CodeMetric):
+    """Negative log-likelihood of the true codes under a prior's logits, in bits per code.
+
+    Per image it is the mean over positions of ``-log2 softmax(logits)[code]``; the reduction averages images,
+    which all have as many codes, so the mean is the per-code NLL of the whole set. ``log2(K)`` bits is what a
+    uniform guess over ``K`` codes costs.
+
+    Args:
+        reduction: reduction over images (MONAI's ``MetricReduction``), ``"mean"`` by default.
+        get_not_nans: also return the count of not-nan values from :meth:`aggregate`.
+    """
+
+    def _per_code(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, codes, reduction="none") / math.log(2.0)
+
+
+class CodeAccuracyMetric(_CodeMetric):
+    """Fraction of positions where a prior's most likely code is the true code (teacher forced).
+
+    Args:
+        reduction: reduction over images (MONAI's ``MetricReduction``), ``"mean"`` by default.
+        get_not_nans: also return the count of not-nan values from :meth:`aggregate`.
+    """
+
+    def _per_code(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return (logits.argmax(dim=1) == codes).float()
+
+
+# ---------------------------------------------------------------------------------------------- distribution
+def _stable_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Fréchet distance computed with symmetric eigendecompositions, real even for singular covariances.
+
+    ``tr sqrt(S_a S_b) = sum sqrt(eig(sqrt(S_a) S_b sqrt(S_a)))``, and the matrix there is symmetric positive
+    semi-definite, so no complex square root (and no near-singular product) is involved.
+    """
+    mu_a, mu_b = a.mean(dim=0), b.mean(dim=0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
+    values, vectors = torch.linalg.eigh(cov_a)
+    sqrt_a = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+    middle = sqrt_a @ cov_b @ sqrt_a
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    distance = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_covmean
+    return float(distance.clamp_min(0))
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float | None:
+    """Fréchet distance between two sets of feature vectors ``(N, D)``, with MONAI's ``FIDMetric``.
+
+    ``FIDMetric`` takes the matrix square root of the product of the two covariances with scipy; with fewer samples
+    than features that product is singular and the root can come back complex or non-finite (``FIDMetric`` then
+    raises or prints a warning). In those cases the same distance is computed by :func:`_stable_frechet_distance`.
+
+    Returns:
+        The distance, or None when either set has fewer than 2 vectors (no covariance).
+    """
+    a, b = features_a.detach().double().cpu(), features_b.detach().double().cpu()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected two (N, D) feature sets with the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        return None
+    if min(a.shape[0], b.shape[0]) > a.shape[1]:  # full-rank covariances: the textbook computation is sound
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # FIDMetric prints when it regularises
+                value = float(FIDMetric()(a, b))
+            if math.isfinite(value) and value >= -1e-6:
+                return max(value, 0.0)
+        except ValueError:  # "Imaginary component ... too high"
+            pass
+    return _stable_frechet_distance(a, b)
+
+
+@torch.no_grad()
+def encoder_features(vqvae: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Feature vectors for the Fréchet distance: VQ-VAE encoder latents averaged over space, ``(B, embedding_dim)``.
+
+    The continuous latents before quantisation are used (the codes are discrete and would all sit on codebook
+    vectors). They are computable offline from the model being evaluated, unlike Inception features, so the
+    distances are only comparable between runs that use the same VQ-VAE checkpoint.
+    """
+    model = getattr(vqvae, "module", vqvae)
+    device = next(model.parameters()).device
+    return model.encode(images.to(device)).float().mean(dim=tuple(range(2, images.ndim))).cpu()
+
+
+# -------------------------------------------------------------------------------------------------- SSIM based
+def _ssim_metric(image_size: int) -> SSIMMetric:
+    # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
+    window = min(11, image_size if image_size % 2 else image_size - 1)
+    return SSIMMetric(spatial_dims=2, data_range=1.0, win_size=max(window, 1), reduction="none")
+
+
+def pairwise_ssim(first: torch.Tensor, second: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """SSIM of each image of ``first`` with the same-index image of ``second``, both ``(P, 1, S, S)`` in [0, 1]."""
+    if len(first) == 0:
+        return torch.zeros(0)
+    metric = _ssim_metric(int(first.shape[-1]))
+    scores = [
+        metric(first[i : i + batch_size].float(), second[i : i + batch_size].float()).reshape(-1)
+        for i in range(0, len(first), batch_size)
+    ]
+    return torch.cat(scores).cpu()
+
+
+def mean_pairwise_ssim(images: torch.Tensor, max_pairs: int = 2000, seed: int = 0) -> float | None:
+    """Mean SSIM over pairs of distinct images: lower means a more diverse set.
+
+    Every pair is used when there are at most ``max_pairs``; otherwise ``max_pairs`` pairs drawn without
+    replacement with ``seed``.
+
+    Args:
+        images: ``(N, 1, S, S)`` in [0, 1].
+        max_pairs: the most pairs scored.
+        seed: seed of the pair draw.
+
+    Returns:
+        The mean SSIM, or None for fewer than two images.
+    """
+    count = len(images)
+    if count < 2:
+        return None
+    total = count * (count - 1) // 2
+    if total <= max_pairs:
+        pairs = list(itertools.combinations(range(count), 2))
+    else:
+        rng = np.random.default_rng(seed)
+        picks = set()
+        while len(picks) < max_pairs:
+            i, j = sorted(rng.choice(count, size=2, replace=False).tolist())
+            picks.add((i, j))
+        pairs = sorted(picks)
+    first = torch.as_tensor([i for i, _ in pairs])
+    second = torch.as_tensor([j for _, j in pairs])
+    return float(pairwise_ssim(images[first], images[second]).mean())
+
+
+class NearestImageSearch:
+    """For a few query images, find the most similar images of a large reference set streamed in batches.
+
+    Pixel-wise Euclidean distance picks the ``candidates`` nearest reference images of each query (a matrix
+    product per batch, so the whole training split can be searched); SSIM then scores those candidates and the
+    best is kept. Scoring every query against every training image by SSIM would cost hours on a CPU for OASIS.
+
+    Args:
+        queries: ``(Q, 1, S, S)`` images in [0, 1].
+        candidates: reference images per query rescored by SSIM.
+    """
+
+    def __init__(self, queries: torch.Tensor, candidates: int = 16) -> None:
+        self.queries = queries.float().cpu()
+        self.flat = self.queries.flatten(1)
+        self.candidates = max(1, int(candidates))
+        self.distances = torch.full((len(queries), 0), float("inf"))
+        self.indices = torch.zeros((len(queries), 0), dtype=torch.long)
+        self.seen = 0
+
+    def update(self, references: torch.Tensor) -> None:
+        """Consider the next batch of reference images ``(B, 1, S, S)``, numbered after those seen before."""
+        flat = references.float().cpu().flatten(1)
+        distances = torch.cdist(self.flat, flat)
+        indices = torch.arange(self.seen, self.seen + len(flat)).expand(len(self.flat), -1)
+        self.seen += len(flat)
+        all_distances = torch.cat([self.distances, distances], dim=1)
+        all_indices = torch.cat([self.indices, indices], dim=1)
+        keep = min(self.candidates, all_distances.shape[1])
+        self.distances, order = all_distances.topk(keep, dim=1, largest=False)
+        self.indices = all_indices.gather(1, order)
+
+    def best(self, fetch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the candidates by SSIM.
+
+        Args:
+            fetch: returns the reference images ``(M, 1, S, S)`` for a list of reference indices.
+
+        Returns:
+            ``(ssim, index)``: for each query the highest SSIM to a reference image and that image's index.
+        """
+        if self.indices.shape[1] == 0:
+            return torch.full((len(self.queries),), float("nan")), torch.full((len(self.queries),), -1)
+        unique = sorted(set(self.indices.flatten().tolist()))
+        position = {index: i for i, index in enumerate(unique)}
+        references = fetch(unique)
+        rows = torch.as_tensor([position[i] for i in self.indices.flatten().tolist()])
+        repeated = self.queries.repeat_interleave(self.indices.shape[1], dim=0)
+        scores = pairwise_ssim(repeated, references[rows].float()).reshape(self.indices.shape)
+        best_score, best_column = scores.max(dim=1)
+        return best_score, self.indices.gather(1, best_column[:, None])[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------ orchestration
+def _images(batch: dict[str, Any]) -> torch.Tensor:
+    images = batch["image"]
+    return (images.as_tensor() if hasattr(images, "as_tensor") else images).float()
+
+
+def _evenly_spaced(count: int, wanted: int) -> list[int]:
+    """``wanted`` indices spread evenly over ``range(count)`` (all of them when ``count <= wanted``)."""
+    if count <= wanted:
+        return list(range(count))
+    return np.unique(np.linspace(0, count - 1, num=wanted).round().astype(int)).tolist()
+
+
+def _stats(values: Sequence[float] | torch.Tensor) -> dict[str, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return {"mean": None, "max": None, "min": None}
+    return {"mean": float(array.mean()), "max": float(array.max()), "min": float(array.min())}
+
+
+@torch.no_grad()
+def evaluate_generation(
+    samples: torch.Tensor,
+    vqvae: torch.nn.Module,
+    train_dataset: Dataset,
+    test_dataset: Dataset,
+    sample_names: Sequence[str] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    candidates: int = 16,
+    max_pairs: int = 2000,
+    foreground_threshold: float = 0.05,
+) -> dict[str, Any]:
+    """Measure generated images against the real training and test images.
+
+    * Fréchet distances (``fd_*``) in the space of :func:`encoder_features`: generated vs test, and as references
+      all training vs test images, as many training images as samples vs test (the fair comparison, since the
+      distance estimate grows as the sample count shrinks) and VQ-VAE reconstructions of the test images vs the
+      test images (the floor a prior over this VQ-VAE's codes can reach).
+    * Diversity: mean SSIM over pairs of samples, beside the same among as many real test images (evenly spaced
+      over the split); a much higher value for the samples means they vary less than real slices.
+    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by
+      pixel distance); the same for the test subset is the reference of an unseen real slice. Samples much closer
+      to training images than real test slices are suspect copies.
+    * Foreground fraction (pixels above ``foreground_threshold``): a whole brain covers a similar area as a real one.
+
+    Args:
+        samples: generated images ``(N, 1, S, S)`` in [0, 1].
+        vqvae: the VQ-VAE (eval mode) whose encoder gives the features.
+        train_dataset: the training images (``{"image", "name"}`` items), streamed once.
+        test_dataset: the test images, streamed once.
+        sample_names: names of the samples for the per-sample list (default ``sample_<i>``).
+        batch_size: images per batch when streaming the splits.
+        num_workers: data loader workers.
+        candidates: training images per sample rescored by SSIM.
+        max_pairs: the most pairs scored for the pairwise SSIM.
+        foreground_threshold: intensity above which a pixel is brain.
+
+    Returns:
+        A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
+    """
+    samples = samples.float().cpu()
+    num_samples = len(samples)
+    names = list(sample_names) if sample_names is not None else [f"sample_{i}" for i in range(num_samples)]
+    model = getattr(vqvae, "module", vqvae).eval()
+    device = next(model.parameters()).device
+
+    def loader(dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+    # test split: features of the images and of their reconstructions; keep an evenly spaced subset of images
+    subset = set(_evenly_spaced(len(test_dataset), num_samples))
+    test_features, recon_features, test_subset, test_foreground = [], [], [], []
+    seen = 0
+    for batch in loader(test_dataset):
+        images = _images(batch)
+        test_features.append(encoder_features(model, images))
+        reconstructions = model.reconstruct(images.to(device)).float().clamp(0, 1)
+        recon_features.append(encoder_features(model, reconstructions))
+        test_foreground.append((images > foreground_threshold).float().flatten(1).mean(dim=1))
+        test_subset += [images[i] for i in range(len(images)) if seen + i in subset]
+        seen += len(images)
+    test_features_all = torch.cat(test_features)
+    test_subset_images = torch.stack(test_subset)
+
+    # training split: features, and the nearest training images of every sample and of the test subset
+    search = NearestImageSearch(torch.cat([samples, test_subset_images]), candidates=candidates)
+    train_features, train_names = [], []
+    for batch in loader(train_dataset):
+        images = _images(batch)
+        train_features.append(encoder_features(model, images))
+        search.update(images)
+        train_names += [str(n) for n in batch.get("name", [f"train_{len(train_names) + i}" for i in range(len(images))])]
+    train_features_all = torch.cat(train_features)
+
+    def fetch(indices: list[int]) -> torch.Tensor:
+        return torch.stack([_images({"image": train_dataset[i]["image"]}) for i in indices])
+
+    nearest_ssim, nearest_index = search.best(fetch)
+    sample_nearest, test_nearest = nearest_ssim[:num_samples], nearest_ssim[num_samples:]
+    generated_features = torch.cat([encoder_features(model, samples[i : i + batch_size]) for i in range(0, num_samples, batch_size)])
+    train_subset = _evenly_spaced(len(train_features_all), num_samples)
+
+    memorisation = _stats(sample_nearest)
+    return {
+        "num_samples": num_samples,
+        "num_train_images": len(train_features_all),
+        "num_test_images": len(test_features_all),
+        "num_test_subset_images": len(test_subset_images),
+        "fd_feature_space": (
+            f"VQ-VAE encoder latents (before quantisation) averaged over space, {generated_features.shape[1]} features"
+        ),
+        "fd_generated_vs_test": frechet_distance(generated_features, test_features_all),
+        "fd_train_vs_test": frechet_distance(train_features_all, test_features_all),
+        "fd_train_subset_vs_test": frechet_distance(train_features_all[train_subset], test_features_all),
+        "fd_reconstructed_test_vs_test": frechet_distance(torch.cat(recon_features), test_features_all),
+        "diversity_ssim_generated": mean_pairwise_ssim(samples, max_pairs=max_pairs),
+        "diversity_ssim_test": mean_pairwise_ssim(test_subset_images, max_pairs=max_pairs),
+        "memorisation_ssim_mean": memorisation["mean"],
+        "memorisation_ssim_max": memorisation["max"],
+        "memorisation_ssim_test_mean": _stats(test_nearest)["mean"],
+        "memorisation_candidates": min(candidates, len(train_features_all)),
+        "memorisation_per_sample": [
+            {"sample": name, "nearest_train": train_names[int(index)] if index >= 0 else None, "ssim": float(score)}
+            for name, score, index in zip(names, sample_nearest.tolist(), nearest_index[:num_samples].tolist(), strict=True)
+        ],
+        "foreground_fraction_generated": float((samples > foreground_threshold).float().mean()),
+        "foreground_fraction_test": float(torch.cat(test_foreground).mean()),
+    }

@@ -1,0 +1,283 @@
+"""Training the PixelCNN prior: batch preparation, trainer, inferer, and the checks and metadata of a prior run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.inferers import Inferer
+from monai.utils.enums import CommonKeys as Keys
+
+from ..engines.precision import autocast, needs_grad_scaler
+from ..errors import CheckpointError
+from ..utils.checkpoint import METADATA_KEY, load_checkpoint
+from ..workflows.run_checks import check_checkpoint_dir, network_metadata
+from .codes import SlicePositionLabels, vqvae_fingerprint
+
+__all__ = [
+    "PRIOR_CHECKPOINTS",
+    "BestMetricRestorer",
+    "PriorInferer",
+    "PriorPrepareBatch",
+    "PriorTrainer",
+    "check_prior_run",
+    "lower_is_better",
+    "prior_metadata",
+    "prior_network_settings",
+    "training_loss",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the files a prior training run writes into ``ckpt_dir``: the best weights, then the resumable state
+PRIOR_CHECKPOINTS = ("prior.pt", "prior_last.pt")
+
+
+def training_loss(output: dict[str, Any]) -> torch.Tensor:
+    """The loss of a :class:`PriorTrainer` iteration output, for per-iteration logs (``output_transform``)."""
+    return output[Keys.LOSS].detach()
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """``metric_cmp_fn`` for a non-negative key metric to minimise, such as the validation NLL.
+
+    MONAI's default keeps the *highest* key metric. Its workflows start from ``best_metric = -1``; recent MONAI
+    versions accept the first value without comparing, older ones compare it with -1, so a negative ``best`` is
+    taken as "no best yet" (an NLL is never negative).
+    """
+    return best < 0 or current < best
+
+
+class PriorPrepareBatch(PrepareBatch):
+    """Return ``(codes, codes, (), {"class_labels": labels})`` from a :class:`~monai_vqbrain.prior.CodeDataset` batch.
+
+    The codes are both the prior's input and its target (it predicts each code from those before it); the labels,
+    when the batch has them, reach the network as the ``class_labels`` keyword through MONAI's engines.
+
+    Args:
+        codes_key: key of the code maps in the batch.
+        label_key: key of the class labels; batches without it give no labels.
+    """
+
+    def __init__(self, codes_key: str = "codes", label_key: str = "label") -> None:
+        self.codes_key = codes_key
+        self.label_key = label_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
+        if not isinstance(batchdata, dict) or self.codes_key not in batchdata:
+            raise ValueError(f"expected a dictionary batch with key '{self.codes_key}'.")
+        codes = batchdata[self.codes_key].to(device=device, non_blocking=non_blocking, dtype=torch.long)
+        network_kwargs = {}
+        if self.label_key in batchdata:
+            network_kwargs["class_labels"] = batchdata[self.label_key].to(
+                device=device, non_blocking=non_blocking, dtype=torch.long
+            )
+        return codes, codes, (), network_kwargs
+
+
+class PriorInferer(Inferer):
+    """Logits of the prior for a batch of code maps, as float32 (under autocast when ``amp``).
+
+    Args:
+        amp: run the network under autocast (bf16 on CPU); the logits are returned as float32 either way, so the
+            NLL is computed in full precision.
+    """
+
+    def __init__(self, amp: bool = False) -> None:
+        super().__init__()
+        self.amp = amp
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with autocast(inputs.device, self.amp):
+            logits = network(inputs, *args, **kwargs)
+        return logits.float()
+
+
+class PriorTrainer(SupervisedTrainer):
+    """Train a :class:`~monai_vqbrain.networks.GatedPixelCNN` on code maps by cross-entropy.
+
+    Everything :class:`monai.engines.SupervisedTrainer` offers applies (handlers, ``key_train_metric``, events);
+    the iteration differs as for :class:`~monai_vqbrain.engines.VQVAETrainer`: ``amp`` means bf16 autocast on CPU
+    as well as on CUDA (fp16 with gradient scaling only on GPUs without bf16), the loss is computed on float32
+    logits, and gradients may be clipped. Use it with :class:`PriorPrepareBatch` and ``loss_function`` a
+    ``torch.nn.CrossEntropyLoss`` (in nats per code).
+
+    After each iteration ``engine.state.output`` holds ``image`` and ``label`` (both the code maps), ``pred`` (the
+    detached float32 logits, for training metrics) and ``loss``.
+
+    Args:
+        max_grad_norm: clip the gradient norm to this value; None disables clipping.
+        kwargs: arguments of :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_grad_norm = max_grad_norm
+        self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
+
+    def _iteration(self, engine: PriorTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        codes, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        engine.state.output = {Keys.IMAGE: codes, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with autocast(engine.state.device, engine.amp):
+            logits = engine.network(codes, *args, **kwargs)
+        # the softmax over hundreds of codes is computed in float32: bf16 would blur the small probabilities
+        logits = logits.float()
+        loss = engine.loss_function(logits, targets)
+        engine.state.output[Keys.PRED] = logits.detach()
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        scaler = engine.grad_scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if engine.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.max_grad_norm)
+        if scaler is not None:
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class BestMetricRestorer:
+    """On a resumed run, start the validator from the best key metric of the saved best checkpoint.
+
+    A new evaluator knows no best metric, so without this the first validation after resuming would replace the
+    best checkpoint even when it is worse than the one saved before the interruption.
+
+    Args:
+        checkpoint: the best-model file (``<ckpt_dir>/prior.pt``) whose metadata holds ``key_metric`` and ``epoch``.
+        validator: the evaluator whose ``best_metric`` to restore.
+        enabled: False makes the handler do nothing (the bundle passes ``resume``).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, validator: Engine, enabled: bool = True) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.validator = validator
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._restore)
+
+    def _restore(self, engine: Engine) -> None:
+        if not self.enabled or not self.checkpoint.is_file():
+            return
+        metadata = load_checkpoint(self.checkpoint).get(METADATA_KEY, {}) or {}
+        if "key_metric" in metadata and "epoch" in metadata:
+            self.validator.state.best_metric = float(metadata["key_metric"])
+            self.validator.state.best_metric_epoch = int(metadata["epoch"])
+            logger.info(f"best key metric so far: {metadata['key_metric']:.4f} (epoch {metadata['epoch']})")
+
+
+def check_prior_run(
+    ckpt_dir: str | os.PathLike, vqvae_checkpoint: str | os.PathLike, resume: bool = False, overwrite: bool = False
+) -> Path | None:
+    """Checks a prior training run makes before it writes anything.
+
+    The VQ-VAE checkpoint must exist; existing prior checkpoints are not overwritten unless asked (like the VQ-VAE's,
+    see :func:`~monai_vqbrain.workflows.check_checkpoint_dir`); a resumed run must continue over the same VQ-VAE
+    its checkpoint was trained on, since other codes would make the saved weights meaningless.
+
+    Args:
+        ckpt_dir: the folder of the checkpoints.
+        vqvae_checkpoint: the trained VQ-VAE (``<ckpt_dir>/model.pt``).
+        resume: continue from ``<ckpt_dir>/prior_last.pt``.
+        overwrite: start over existing prior checkpoints.
+
+    Returns:
+        The checkpoint to resume from, if any.
+
+    Raises:
+        CheckpointError: for a missing VQ-VAE, prior checkpoints that would be overwritten, nothing to resume from,
+            or a resumed checkpoint trained over another VQ-VAE.
+    """
+    vqvae_sha256 = vqvae_fingerprint(vqvae_checkpoint)
+    resumable = check_checkpoint_dir(ckpt_dir, resume, overwrite, filenames=PRIOR_CHECKPOINTS)
+    if resumable is not None:
+        metadata = load_checkpoint(resumable).get(METADATA_KEY, {}) or {}
+        saved = metadata.get("vqvae_sha256")
+        if saved is not None and saved != vqvae_sha256:
+            raise CheckpointError(
+                f"'{resumable}' was trained over the codes of another VQ-VAE checkpoint than '{vqvae_checkpoint}' "
+                f"(the VQ-VAE was retrained since); its weights do not fit the new codes: pass --overwrite true to "
+                f"train the prior again."
+            )
+    return resumable
+
+
+def prior_network_settings(network: torch.nn.Module) -> dict[str, Any]:
+    """The constructor arguments of a :class:`~monai_vqbrain.networks.GatedPixelCNN`, enough to rebuild it."""
+    network = getattr(network, "module", network)
+    settings = {
+        name: getattr(network, name)
+        for name in (
+            "spatial_dims",
+            "num_embeddings",
+            "out_channels",
+            "channels",
+            "num_layers",
+            "kernel_size",
+            "num_classes",
+            "cond_channels",
+        )
+    }
+    dropout = getattr(network.layers[0], "dropout", None) if hasattr(network, "layers") else None
+    settings["dropout"] = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) else 0.0
+    return settings
+
+
+def prior_metadata(
+    network: torch.nn.Module,
+    labels: SlicePositionLabels,
+    train_codes: dict[str, Any],
+    vqvae: torch.nn.Module,
+    vqvae_checkpoint: str | os.PathLike,
+    vqvae_sha256: str,
+    image_size: int,
+) -> dict[str, Any]:
+    """Metadata of a prior checkpoint: enough to rebuild, condition and check the prior without its config.
+
+    Args:
+        network: the prior.
+        labels: its conditioning.
+        train_codes: the training split's code cache (for the code map size).
+        vqvae: the VQ-VAE whose codes it models.
+        vqvae_checkpoint: that VQ-VAE's checkpoint file.
+        vqvae_sha256: that file's fingerprint; generation refuses a prior whose VQ-VAE has changed.
+        image_size: the image size of the VQ-VAE.
+    """
+    return {
+        "network": type(getattr(network, "module", network)).__name__,
+        "network_settings": prior_network_settings(network),
+        "conditioning": labels.to_metadata(),
+        "code_size": [int(s) for s in train_codes["code_size"]],
+        "image_size": int(image_size),
+        "num_train_code_maps": len(train_codes["names"]),
+        "vqvae_checkpoint": str(vqvae_checkpoint),
+        "vqvae_sha256": vqvae_sha256,
+        "vqvae": network_metadata(vqvae, image_size=image_size),
+    }

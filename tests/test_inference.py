@@ -1,0 +1,487 @@
+"""The inferring bundle workflow on the user's PNG and NIfTI files: round trips, metrics, codes and bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import NIFTI_AFFINE, brain_like_slice, brain_like_volume
+from monai.bundle import run
+from PIL import Image
+
+from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
+from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError
+from monai_vqbrain.inference import (
+    METRICS_FILE,
+    InferenceRunner,
+    NiftiInput,
+    OutputPathError,
+    PngInput,
+    ReconstructionNetwork,
+    find_input_files,
+    read_input,
+)
+from monai_vqbrain.networks import VQVAE
+from monai_vqbrain.utils import load_network_weights
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+INFER = [TRAIN, str(CONFIGS / "inference.json")]
+
+NETWORK = {"channels": [8, 16], "num_res_channels": 8, "num_embeddings": 32, "embedding_dim": 8}
+TINY = {"image_size": 32, "batch_size": 4, "progress": False, **{f"network_def#{k}": v for k, v in NETWORK.items()}}
+LATENT = 32 // 4  # two downsamplings
+VOLUME = (24, 28, 20)
+# a permutation and flips of the axes, so that the RAS reorientation is not a no-op
+PERMUTED_AFFINE = np.array([[0.0, 0.0, -1.2, 10.0], [-1.0, 0.0, 0.0, 5.0], [0.0, 1.1, 0.0, -7.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def run_bundle(run_id: str, config_file, **overrides) -> None:
+    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
+        meta_file=str(CONFIGS / "metadata.json"), **{**TINY, **overrides})
+
+
+def infer(bundle_root: Path, inputs, output_dir: Path, **overrides) -> list[dict]:
+    """Run the inferring workflow and return the rows of its metrics CSV."""
+    run_bundle("inferring", INFER, bundle_root=str(bundle_root), input=inputs, output_dir=str(output_dir), **overrides)
+    with open(output_dir / METRICS_FILE, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def user_error(error_type, match: str, function, *args, **kwargs) -> Exception:
+    """Call ``function`` and return the ``error_type`` in the raised chain (MONAI's parser may wrap it)."""
+    with pytest.raises(Exception) as caught:
+        function(*args, **kwargs)
+    error = caught.value
+    while error is not None and not isinstance(error, error_type):
+        error = error.__cause__ or error.__context__
+    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
+    assert match in str(error), str(error)
+    return error
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = NIFTI_AFFINE) -> Path:
+    image = nib.Nifti1Image(data, affine)
+    image.header["descrip"] = b"monai_vqbrain test volume"
+    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_sform(affine, code=2)
+    nib.save(image, str(path))
+    return path
+
+
+def odd_grey(height: int = 37, width: int = 53, seed: int = 1) -> np.ndarray:
+    """An 8-bit grey slice of an odd, non-square size."""
+    side = max(height, width)
+    return brain_like_slice(side, seed)[:height, :width].copy()
+
+
+def assert_same_header(output: nib.Nifti1Image, source: nib.Nifti1Image) -> None:
+    for key in source.header.keys():
+        assert np.asarray(output.header[key]).tobytes() == np.asarray(source.header[key]).tobytes(), key
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory, demo_root) -> Path:
+    bundle_root = tmp_path_factory.mktemp("inference_bundle")
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=1)
+    return bundle_root
+
+
+@pytest.fixture(scope="module")
+def vqvae(trained_bundle) -> VQVAE:
+    network = VQVAE(**NETWORK).eval()
+    load_network_weights(network, trained_bundle / "models" / "model.pt", {"image_size": 32})
+    return network
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory) -> Path:
+    """Good inputs of every kind, plus a corrupt PNG and a volume holding NaNs (bad files sort first)."""
+    root = tmp_path_factory.mktemp("inputs")
+    grey = odd_grey()
+    save_png(root / "grey.png", grey)
+    save_png(root / "rgb.png", np.stack([grey, grey // 2, np.minimum(grey.astype(int) + 30, 255)], -1).astype(np.uint8))
+    save_png(root / "rgba.png", np.stack([grey.T, grey.T, grey.T, np.full_like(grey.T, 200)], -1))
+    save_png(root / "grey16.png", (odd_grey(40, 33).astype(np.uint16) * 250))
+    save_nifti(root / "slice2d.nii", brain_like_volume(VOLUME[:2], seed=4).astype(np.float32) / 7.0)
+    save_nifti(root / "volume.nii.gz", brain_like_volume(VOLUME, seed=5))
+    save_nifti(root / "permuted.nii.gz", brain_like_volume(VOLUME, seed=6).astype(np.uint8), PERMUTED_AFFINE)
+    (root / "bad.png").write_bytes(b"this is not a png")
+    nan_volume = brain_like_volume(VOLUME, seed=7).astype(np.float32)
+    nan_volume[3, 4, 5] = np.nan
+    save_nifti(root / "bad_nan.nii.gz", nan_volume)
+    (root / "notes.txt").write_text("a folder input takes only PNG and NIfTI files")
+    return root
+
+
+GOOD = ("grey.png", "rgb.png", "rgba.png", "grey16.png", "slice2d.nii", "volume.nii.gz", "permuted.nii.gz")
+BAD = ("bad.png", "bad_nan.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def inferred(trained_bundle, input_dir, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    output_dir = tmp_path_factory.mktemp("inferred") / "out"
+    rows = infer(trained_bundle, str(input_dir), output_dir)
+    return output_dir, {Path(row["input"]).name: row for row in rows}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# outputs of a run
+
+
+def test_every_input_is_reported_and_good_ones_have_outputs(inferred, input_dir):
+    output_dir, rows = inferred
+    assert set(rows) == set(GOOD) | set(BAD), "notes.txt is not an image and not taken from a folder"
+    for name in GOOD:
+        row = rows[name]
+        assert row["error"] == "", row
+        stem = name.split(".")[0]
+        suffix = ".png" if name.endswith(".png") else ".nii.gz"
+        assert Path(row["reconstruction"]) == output_dir / f"{stem}_recon{suffix}"
+        assert Path(row["codes"]) == output_dir / f"{stem}_codes.npz"
+        assert -1.0 <= float(row["ssim"]) <= 1.0 and math.isfinite(float(row["psnr"]))
+        slices = int(row["slices"])
+        # axial slices of the RAS volume: the permuted volume's superior axis is its second voxel axis
+        assert slices == {"volume.nii.gz": VOLUME[2], "permuted.nii.gz": VOLUME[1]}.get(name, 1)
+        # information content: one code of log2(32) = 5 bits per latent pixel
+        assert float(row["code_bits"]) == pytest.approx(slices * LATENT * LATENT * 5)
+        assert int(row["codes_bytes"]) == Path(row["codes"]).stat().st_size
+        assert int(row["input_bytes"]) == (input_dir / name).stat().st_size
+    assert rows["grey.png"]["shape"] == "37x53" and rows["volume.nii.gz"]["shape"] == "24x28x20"
+    for name in BAD:
+        assert rows[name]["reconstruction"] == "" and name in rows[name]["error"]
+    assert "NaN" in rows["bad_nan.nii.gz"]["error"]
+    assert sorted(p.name for p in output_dir.iterdir() if "bad" in p.name) == []
+
+
+def test_png_reconstructions_keep_size_and_bit_depth(inferred):
+    output_dir, _ = inferred
+    for name, mode, size in (("grey", "L", (53, 37)), ("rgb", "L", (53, 37)), ("rgba", "L", (37, 53)),
+                             ("grey16", "I;16", (33, 40))):
+        with Image.open(output_dir / f"{name}_recon.png") as image:
+            assert (image.mode, image.size) == (mode, size), name
+    with Image.open(output_dir / "grey16_recon.png") as image:
+        assert np.asarray(image).max() > 255, "16-bit input is written back on the 16-bit scale"
+
+
+@pytest.mark.parametrize("name", ["volume.nii.gz", "permuted.nii.gz", "slice2d.nii"])
+def test_nifti_reconstructions_overlay_the_input(inferred, input_dir, name):
+    output_dir, _ = inferred
+    source = nib.load(str(input_dir / name))
+    output = nib.load(str(output_dir / (name.split(".")[0] + "_recon.nii.gz")))
+    assert output.shape == source.shape
+    assert output.get_data_dtype() == source.get_data_dtype()
+    np.testing.assert_allclose(output.affine, source.affine)
+    assert_same_header(output, source)
+    data, original = output.get_fdata(), source.get_fdata()
+    assert original.min() - 1e-3 <= data.min() and data.max() <= original.max() + 1e-3
+
+
+def test_codes_decode_to_the_reconstruction(inferred, vqvae):
+    output_dir, _ = inferred
+    with np.load(output_dir / "grey_codes.npz") as saved:
+        codes = saved["codes"]
+        assert codes.dtype == np.uint16 and codes.shape == (1, LATENT, LATENT)
+        assert int(saved["num_embeddings"]) == 32 and int(saved["image_size"]) == 32
+    with torch.no_grad():
+        decoded = vqvae.decode_samples(torch.from_numpy(codes.astype(np.int64))).clamp(0, 1)
+    expected = np.rint(InferenceRunner._from_model(decoded, 37, 53)[0] * 255)
+    with Image.open(output_dir / "grey_recon.png") as image:
+        np.testing.assert_allclose(np.asarray(image), expected, atol=1)
+    with np.load(output_dir / "volume_codes.npz") as saved:
+        assert saved["codes"].shape == (VOLUME[2], LATENT, LATENT) and int(saved["slice_axis"]) == 2
+
+
+def test_existing_outputs_are_not_overwritten_unless_asked(inferred, trained_bundle, input_dir, tmp_path):
+    output_dir = shutil.copytree(inferred[0], tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in output_dir.iterdir()}
+    user_error(OutputPathError, "already exists", infer, trained_bundle, str(input_dir), output_dir)
+    assert {p.name: p.read_bytes() for p in output_dir.iterdir()} == before
+    rows = infer(trained_bundle, str(input_dir / "grey.png"), output_dir, overwrite=True, save_codes=False)
+    assert len(rows) == 1 and rows[0]["codes"] == "" and rows[0]["error"] == ""
+
+
+def test_strict_stops_at_the_first_bad_file(trained_bundle, input_dir, tmp_path):
+    user_error(ImageFileError, str(input_dir / "bad.png"), infer, trained_bundle, str(input_dir), tmp_path, strict=True)
+
+
+def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):
+    overrides = [f"--{key}={value}" for key, value in TINY.items()]
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(INFER),
+               "--bundle_root", str(trained_bundle), "--input", str(input_dir / "*.nii*"),
+               "--output_dir", str(tmp_path / "out"), *overrides]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    produced = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert produced == sorted(["permuted_codes.npz", "permuted_recon.nii.gz", "slice2d_codes.npz",
+                               "slice2d_recon.nii.gz", "volume_codes.npz", "volume_recon.nii.gz", METRICS_FILE])
+    assert "bad_nan.nii.gz" in (tmp_path / "out" / METRICS_FILE).read_text()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# preprocessing and restoring, without a network
+
+
+def test_png_model_input_is_the_training_input(tmp_path, vqvae):
+    runner = InferenceRunner(vqvae, None, tmp_path, image_size=32)
+    for name, array in (("grey.png", odd_grey()), ("rgb.png", np.stack([odd_grey()] * 3, -1) // [1, 2, 3])):
+        path = save_png(tmp_path / name, array.astype(np.uint8))
+        expected = get_slice_transforms(32)({"image": str(path)})["image"]
+        np.testing.assert_allclose(runner._model_input(read_input(path))[0].numpy(), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_nifti_slices_are_the_training_slices(tmp_path, slice_axis):
+    path = save_nifti(tmp_path / "v.nii.gz", brain_like_volume(VOLUME, seed=2), PERMUTED_AFFINE)
+    image = read_input(path, slice_axis=slice_axis)
+    expected = load_nifti_slices([path], slice_axis=slice_axis, slice_range=(0.0, 1.0), min_foreground=0.0)
+    assert isinstance(image, NiftiInput) and image.slices.shape[0] == len(expected)
+    np.testing.assert_allclose(image.slices, np.stack([item["image"][0] for item in expected]), atol=1e-6)
+
+
+def test_png_padding_and_resizing_are_undone_exactly(tmp_path, vqvae):
+    # 32x20 pads to 32x32 = image_size: no resizing, so restoring must give back every pixel
+    runner = InferenceRunner(vqvae, None, tmp_path, image_size=32)
+    source = save_png(tmp_path / "narrow.png", odd_grey(32, 20))
+    image = read_input(source)
+    assert isinstance(image, PngInput)
+    restored = runner._from_model(runner._model_input(image), 32, 20)
+    image.save_reconstruction(restored, tmp_path / "narrow_recon.png")
+    with Image.open(source) as original, Image.open(tmp_path / "narrow_recon.png") as written:
+        np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
+
+
+@pytest.mark.parametrize("affine", [NIFTI_AFFINE, PERMUTED_AFFINE], ids=["flipped", "permuted"])
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_nifti_intensities_and_voxel_order_are_restored(tmp_path, affine, slice_axis):
+    data = brain_like_volume(VOLUME, seed=3)
+    data[0, 0, 0] = 5000  # a hot voxel above the 99.5th percentile: clipped by the scaling, not restorable
+    source = save_nifti(tmp_path / "v.nii.gz", data, affine)
+    image = read_input(source, slice_axis=slice_axis)
+    image.save_reconstruction(image.slices, tmp_path / "v_recon.nii.gz")
+    output = nib.load(str(tmp_path / "v_recon.nii.gz"))
+    assert output.get_data_dtype() == np.int16
+    assert_same_header(output, nib.load(str(source)))
+    restored = np.asarray(output.dataobj)
+    assert np.abs(restored - np.clip(data, image.low, image.high)).max() <= 0.5 + 1e-6
+    assert restored[0, 0, 0] == round(image.high) < 5000
+
+
+def test_singleton_axis_makes_one_slice(tmp_path):
+    path = save_nifti(tmp_path / "thin.nii.gz", brain_like_volume((24, 1, 20), seed=1))
+    image = read_input(path, slice_axis=2)
+    assert image.slices.shape == (1, 20, 24)
+    image.save_reconstruction(image.slices, tmp_path / "thin_recon.nii.gz")
+    assert nib.load(str(tmp_path / "thin_recon.nii.gz")).shape == (24, 1, 20)
+
+
+@pytest.mark.parametrize("shape", [(24, 28), (24, 28, 1)])
+def test_slice_without_a_slice_direction(tmp_path, shape):
+    path = _without_direction("slice.nii.gz", shape)(tmp_path)
+    image = read_input(path)
+    assert image.slices.shape == (1, 28, 24)
+    image.save_reconstruction(image.slices, tmp_path / "slice_recon.nii.gz")
+    output, source = nib.load(str(tmp_path / "slice_recon.nii.gz")), nib.load(str(path))
+    assert output.shape == shape
+    assert np.abs(output.get_fdata() - np.clip(source.get_fdata(), image.low, image.high)).max() <= 0.5 + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input files
+
+
+def _truncated_nifti(tmp_path: Path) -> Path:
+    path = save_nifti(tmp_path / "truncated.nii.gz", brain_like_volume(VOLUME, seed=1))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _truncated_png(tmp_path: Path) -> Path:
+    path = save_png(tmp_path / "truncated.png", brain_like_slice(64, 1))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _nifti_with(name: str, data: np.ndarray):
+    return lambda folder: save_nifti(folder / name, data)
+
+
+def _file_with(name: str, content: bytes):
+    def make(folder: Path) -> Path:
+        (folder / name).write_bytes(content)
+        return folder / name
+
+    return make
+
+
+def _without_direction(name: str, shape: tuple[int, ...]):
+    """A NIfTI whose affine gives its third voxel axis no direction (zero slice thickness)."""
+
+    def make(folder: Path) -> Path:
+        image = nib.Nifti1Image(brain_like_volume(shape, seed=1), None)
+        image.header.set_sform(np.diag([1.0, -1.0, 0.0, 1.0]), code=1)
+        image.header.set_qform(None, code=0)
+        nib.save(image, str(folder / name))
+        return folder / name
+
+    return make
+
+
+def _with_value(value: float) -> np.ndarray:
+    data = brain_like_volume(VOLUME, seed=1).astype(np.float32)
+    data[1, 2, 3] = value
+    return data
+
+
+BAD_FILES = {
+    "corrupt png": (_file_with("corrupt.png", b"\x89PNG\r\n junk"), "not a readable image"),
+    "truncated png": (_truncated_png, "truncated.png"),
+    "truncated nifti": (_truncated_nifti, "truncated"),
+    "not an image": (_file_with("notes.txt", b"hello"), "expected a PNG (.png) or NIfTI (.nii, .nii.gz) file"),
+    "not a nifti": (_file_with("text.nii", b"hello"), "expected a NIfTI"),
+    "4D volume": (_nifti_with("4d.nii.gz", np.zeros((24, 28, 20, 3), np.int16)), "expected a 3D volume"),
+    "thin volume": (_nifti_with("thin.nii.gz", np.zeros((24, 3, 20), np.int16)), "at least 16 pixels"),
+    "tiny png": (lambda p: save_png(p / "tiny.png", np.zeros((8, 40), np.uint8)), "at least 16 pixels"),
+    "no axis directions": (_without_direction("flat.nii.gz", VOLUME), "expected a valid voxel-to-world affine"),
+    "nan": (_nifti_with("nan.nii.gz", _with_value(np.nan)), "NaN or infinite"),
+    "inf": (_nifti_with("inf.nii.gz", _with_value(np.inf)), "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_bad_file_is_named_with_what_was_expected(tmp_path, kind):
+    make, expected = BAD_FILES[kind]
+    path = make(tmp_path)
+    error = user_error(ImageFileError, expected, read_input, path)
+    assert str(path) in str(error)
+
+
+def test_single_bad_input_fails_the_run_with_its_own_error(trained_bundle, tmp_path):
+    path = _nifti_with("4d.nii.gz", np.zeros((24, 28, 20, 3), np.int16))(tmp_path)
+    user_error(ImageFileError, f"'{path}' is a 4D volume", infer, trained_bundle, str(path), tmp_path / "out")
+    assert (tmp_path / "out" / METRICS_FILE).is_file(), "the CSV still lists the failure"
+
+
+def test_all_inputs_bad_is_an_error(trained_bundle, input_dir, tmp_path):
+    user_error(DatasetError, "none of the 2 input files", infer, trained_bundle, str(input_dir / "bad*"), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty folder", "glob"])
+def test_inputs_that_name_no_file(trained_bundle, tmp_path, kind):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    spec, expected = {
+        "missing": (tmp_path / "no_such_file.png", "does not exist"),
+        "empty folder": (tmp_path / "empty", "holds no PNG or NIfTI files"),
+        "glob": (tmp_path / "*.nii.gz", "matched no files"),
+    }[kind]
+    user_error(DatasetError, str(spec), infer, trained_bundle, str(spec), tmp_path / "out")
+
+
+def test_no_input_given(trained_bundle, tmp_path):
+    user_error(DatasetError, "no input given", infer, trained_bundle, None, tmp_path)
+    user_error(DatasetError, "no input given", find_input_files, [])
+
+
+def test_outputs_never_overwrite_inputs(trained_bundle, tmp_path):
+    save_png(tmp_path / "a.png", odd_grey())
+    victim = save_png(tmp_path / "a_recon.png", odd_grey(seed=2))
+    before = victim.read_bytes()
+    for overwrite in (False, True):
+        user_error(OutputPathError, f"would overwrite the input file '{victim}'", infer, trained_bundle,
+                   str(tmp_path), tmp_path, overwrite=overwrite)
+    assert victim.read_bytes() == before
+
+
+def test_inputs_with_the_same_name_are_refused(trained_bundle, tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        save_png(tmp_path / folder / "slice.png", odd_grey())
+    user_error(OutputPathError, "would both write", infer, trained_bundle, str(tmp_path / "*" / "slice.png"),
+               tmp_path / "out")
+
+
+def test_a_non_image_file_does_not_block_its_namesake(vqvae, tmp_path):
+    save_png(tmp_path / "scan.png", odd_grey())
+    (tmp_path / "scan.txt").write_text("notes on the scan")
+    runner = InferenceRunner(vqvae, str(tmp_path / "scan.*"), tmp_path / "out", image_size=32)
+    results = {Path(result.input).name: result for result in runner.run()}
+    assert results["scan.png"].error == "" and "not a supported image file" in results["scan.txt"].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reconstruction_metrics.csv", "scan_codes.npz",
+                                                                   "scan_recon.png"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def test_checkpoint_of_another_network_or_image_size(trained_bundle, input_dir, tmp_path):
+    checkpoint = str(trained_bundle / "models" / "model.pt")
+    png = str(input_dir / "grey.png")
+    user_error(CheckpointError, f"'{checkpoint}' was saved from a different network", infer, trained_bundle, png,
+               tmp_path / "a", **{"network_def#num_embeddings": 64})
+    user_error(CheckpointError, f"'{checkpoint}' was trained with image_size=32", infer, trained_bundle, png,
+               tmp_path / "b", image_size=64)
+
+
+class _Payload:
+    """Pickles to a call that creates ``marker``: what a malicious checkpoint could run when loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_checkpoint_runs_no_code(trained_bundle, input_dir, tmp_path):
+    # the payload is real: unrestricted unpickling runs it
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "proof")))
+    assert (tmp_path / "proof").exists()
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker), "metadata": {}}, tmp_path / "evil.pt")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    for name in ("evil.pt", "evil.pkl"):
+        user_error(CheckpointError, str(tmp_path / name), infer, trained_bundle, str(input_dir / "grey.png"),
+                   tmp_path / name.replace(".", "_"), checkpoint=str(tmp_path / name))
+        assert not marker.exists()
+
+
+def test_safetensors_checkpoint(trained_bundle, input_dir, tmp_path, vqvae):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in vqvae.state_dict().items()}, str(checkpoint), {"image_size": "32"})
+    rows = infer(trained_bundle, str(input_dir / "grey.png"), tmp_path / "out", checkpoint=str(checkpoint))
+    reference = infer(trained_bundle, str(input_dir / "grey.png"), tmp_path / "ref")
+    assert rows[0]["ssim"] == reference[0]["ssim"]
+    user_error(CheckpointError, "image_size=32", infer, trained_bundle, str(input_dir / "grey.png"),
+               tmp_path / "other", checkpoint=str(checkpoint), image_size=64)
+
+
+def test_reconstruction_network_loads_training_checkpoints(trained_bundle, vqvae):
+    network = ReconstructionNetwork(VQVAE(**NETWORK)).eval()
+    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)["model"]
+    network.load_state_dict(state)
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(network(images), vqvae.reconstruct(images))
+    network.load_state_dict(network.state_dict())  # its own, prefixed keys too

@@ -1,0 +1,382 @@
+"""The PixelCNN prior and the generative workflow: code caching, prior training, generation and its metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import run
+from monai.metrics import FIDMetric
+from PIL import Image
+
+from monai_vqbrain.data import get_dataset, load_nifti_slices
+from monai_vqbrain.errors import CheckpointError
+from monai_vqbrain.networks import VQVAE
+from monai_vqbrain.prior import (
+    CodeAccuracyMetric,
+    CodeDataset,
+    CodeNLLMetric,
+    PriorPrepareBatch,
+    SlicePositionLabels,
+    file_sha256,
+    frechet_distance,
+    load_or_encode_codes,
+    load_vqvae,
+    mean_pairwise_ssim,
+    parse_slice_index,
+)
+from monai_vqbrain.prior import codes as codes_module
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+TRAIN = [str(CONFIGS / "train.json")]
+TRAIN_PRIOR = TRAIN + [str(CONFIGS / "train_prior.json")]
+GENERATE = TRAIN + [str(CONFIGS / "generate.json")]
+
+# a tiny VQ-VAE (32x32 images -> 8x8 codes over 32 codes) and prior, so every run takes seconds
+TINY_VQVAE = {
+    "network_def#channels": [8, 16],
+    "network_def#num_res_channels": 8,
+    "network_def#num_embeddings": 32,
+    "network_def#embedding_dim": 8,
+}
+TINY = {"image_size": 32, "batch_size": 4, "progress": False, **TINY_VQVAE}
+TINY_PRIOR = {
+    "prior_def#channels": 8,
+    "prior_def#num_layers": 2,
+    "prior_def#kernel_size": 3,
+    "prior_batch_size": 4,
+    "prior_slice_bins": 4,
+}
+NUM_SAMPLES = 4
+METRIC_KEYS = (
+    "prior_val_bits_per_code",
+    "prior_val_accuracy",
+    "prior_best_epoch",
+    "prior_uniform_bits_per_code",
+    "fd_feature_space",
+    "fd_generated_vs_test",
+    "fd_train_vs_test",
+    "fd_train_subset_vs_test",
+    "fd_reconstructed_test_vs_test",
+    "diversity_ssim_generated",
+    "diversity_ssim_test",
+    "memorisation_ssim_mean",
+    "memorisation_ssim_max",
+    "memorisation_ssim_test_mean",
+    "memorisation_per_sample",
+    "foreground_fraction_generated",
+    "foreground_fraction_test",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test nets are tiny: one thread avoids oversubscription slowdowns on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_bundle(run_id: str, config_file: list[str], **overrides) -> None:
+    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
+        meta_file=str(CONFIGS / "metadata.json"), **{**TINY, **overrides})
+
+
+def train_prior(bundle_root: Path, demo_root: Path, **overrides) -> None:
+    run_bundle("training_prior", TRAIN_PRIOR, bundle_root=str(bundle_root), dataset_dir=str(demo_root),
+               **{"prior_max_epochs": 2, **TINY_PRIOR, **overrides})
+
+
+def generate(bundle_root: Path, demo_root: Path, **overrides) -> Path:
+    settings = {"num_samples": NUM_SAMPLES, "generation_metrics": False, **overrides}
+    run_bundle("generating", GENERATE, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **settings)
+    return Path(settings.get("generation_dir", bundle_root / "outputs" / "generated"))
+
+
+def _raises_user_error(error_type, match: str, function, *args, **kwargs):
+    # MONAI's config parser may wrap errors raised while building components; the user's error is in the chain
+    with pytest.raises(Exception) as caught:
+        function(*args, **kwargs)
+    error = caught.value
+    while error is not None and not isinstance(error, error_type):
+        error = error.__cause__ or error.__context__
+    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
+    assert match in str(error), str(error)
+    return error
+
+
+@pytest.fixture(scope="module")
+def vqvae_root(tmp_path_factory, demo_root) -> Path:
+    """A bundle folder holding a VQ-VAE trained for one epoch (read-only: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("vqvae_bundle")
+    run_bundle("training", TRAIN, bundle_root=str(root), dataset_dir=str(demo_root), max_epochs=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prior_root(tmp_path_factory, vqvae_root, demo_root) -> Path:
+    """The VQ-VAE bundle plus a prior trained for two epochs (read-only: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("prior_bundle")
+    shutil.copytree(vqvae_root / "models", root / "models")
+    train_prior(root, demo_root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, prior_root, demo_root) -> Path:
+    """A generating run with the quality metrics, into a copy of the prior bundle."""
+    root = tmp_path_factory.mktemp("generated_bundle")
+    shutil.copytree(prior_root / "models", root / "models")
+    return generate(root, demo_root, generation_metrics=True)
+
+
+def tiny_vqvae(checkpoint: Path) -> VQVAE:
+    network = VQVAE(channels=(8, 16), num_res_channels=8, num_embeddings=32, embedding_dim=8)
+    return load_vqvae(network, checkpoint, image_size=32)
+
+
+# --------------------------------------------------------------------------------------------- labels and codes
+def test_slice_index_is_parsed_from_oasis_and_nifti_names():
+    assert parse_slice_index("case_001_slice_10.nii.png") == 10
+    assert parse_slice_index("OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.nii.gz#slice45") == 45
+    assert parse_slice_index("brain.png") is None
+
+
+def test_slice_position_labels_bin_the_training_range_and_spread_samples_like_the_data():
+    train = {"slice_indices": torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 7, 7])}
+    labels = SlicePositionLabels.fit("slice_position", 4, train)
+    assert labels.index_range == (0, 7)
+    assert labels(train["slice_indices"]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+    assert labels.class_counts == [2, 2, 2, 4]
+    assert labels([None, -1, 99]).tolist() == [2, 2, 3]  # unknown -> middle bin; beyond the range -> clipped
+    samples = labels.sample_labels(10)
+    assert samples.tolist() == sorted(samples.tolist()) and torch.bincount(samples).tolist() == [2, 2, 2, 4]
+    rebuilt = SlicePositionLabels.from_metadata(labels.to_metadata())
+    assert rebuilt(train["slice_indices"]).tolist() == labels(train["slice_indices"]).tolist()
+
+
+def test_names_without_slice_index_still_train_with_one_class():
+    labels = SlicePositionLabels.fit("slice_position", 4, {"slice_indices": torch.tensor([-1, -1, -1])})
+    assert labels.index_range is None and labels([-1, -1, -1]).tolist() == [0, 0, 0]
+    assert labels.sample_labels(3).tolist() == [0, 0, 0]
+    unconditioned = SlicePositionLabels.fit("none", 4, {"slice_indices": torch.tensor([0, 1])})
+    assert unconditioned.num_classes is None and unconditioned([0, 1]) is None
+    with pytest.raises(ValueError, match="prior_conditioning"):
+        SlicePositionLabels("slice_index", 4)
+
+
+def test_code_dataset_and_prepare_batch_pass_labels_to_the_prior():
+    cache = {"codes": torch.randint(0, 32, (3, 8, 8), dtype=torch.int16), "names": ["a", "b", "c"],
+             "slice_indices": torch.tensor([0, 5, 9])}
+    labels = SlicePositionLabels.fit("slice_position", 2, cache)
+    item = CodeDataset(cache, labels)[1]
+    assert item["codes"].dtype == torch.long and item["label"].item() == 1 and item["name"] == "b"
+    batch = torch.utils.data.default_collate([CodeDataset(cache, labels)[i] for i in range(3)])
+    codes, targets, args, kwargs = PriorPrepareBatch()(batch, torch.device("cpu"))
+    assert codes is targets and args == () and kwargs["class_labels"].tolist() == [0, 1, 1]
+    assert "label" not in CodeDataset(cache, None)[0]
+
+
+def test_code_cache_is_reused_and_invalidated(vqvae_root, demo_root, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    vqvae = tiny_vqvae(vqvae_root / "models" / "model.pt")
+    sha = file_sha256(vqvae_root / "models" / "model.pt")
+    kwargs = {"dataset_dir": data, "dataset_format": "auto", "num_workers": 0}
+    cache = tmp_path / "codes_validate.pt"
+
+    first = load_or_encode_codes(cache, vqvae, sha, kwargs, "validate", 32)
+    dataset = get_dataset(data, "validate", image_size=32)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        assert torch.equal(first["codes"].long(), vqvae.index_quantize(images))
+    assert first["names"] == [dataset[i]["name"] for i in range(len(dataset))]
+    assert first["slice_indices"].tolist() == [parse_slice_index(n) for n in first["names"]]
+
+    encodings = []
+    real_encode = codes_module.encode_dataset
+    monkeypatch.setattr(codes_module, "encode_dataset", lambda *a, **k: encodings.append(1) or real_encode(*a, **k))
+    assert torch.equal(load_or_encode_codes(cache, vqvae, sha, kwargs, "validate", 32)["codes"], first["codes"])
+    assert encodings == [], "a matching cache must be read, not recomputed"
+
+    load_or_encode_codes(cache, vqvae, "0" * 64, kwargs, "validate", 32)  # another VQ-VAE checkpoint
+    assert len(encodings) == 1
+    changed = sorted((data / "keras_png_slices_validate").glob("*.png"))[0]
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the data changed
+    load_or_encode_codes(cache, vqvae, "0" * 64, kwargs, "validate", 32)
+    assert len(encodings) == 2
+    load_or_encode_codes(cache, vqvae, "0" * 64, kwargs, "validate", 32)
+    assert len(encodings) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "atomic writes leave no temporary file"
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def test_code_metrics_in_bits_per_code_and_accuracy():
+    codes = torch.randint(0, 16, (2, 4, 4))
+    uniform = torch.zeros(2, 16, 4, 4)
+    nll = CodeNLLMetric()
+    nll(uniform, codes)
+    assert nll.aggregate().item() == pytest.approx(4.0)  # log2(16) bits for a uniform guess
+    sure = torch.nn.functional.one_hot(codes, 16).permute(0, 3, 1, 2).float() * 50
+    accuracy = CodeAccuracyMetric()
+    accuracy(sure, codes)
+    accuracy(sure.roll(1, dims=1), codes)
+    assert accuracy.aggregate().item() == pytest.approx(0.5)
+
+
+def test_frechet_distance_matches_monai_and_survives_few_samples():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, 4, generator=generator), torch.randn(300, 4, generator=generator) + 0.5
+    assert frechet_distance(a, b) == pytest.approx(float(FIDMetric()(a, b)), rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    few = frechet_distance(a[:3], b[:5])  # fewer samples than features: singular covariances
+    assert few is not None and math.isfinite(few) and few >= 0
+    assert frechet_distance(a[:1], b) is None
+
+
+def test_mean_pairwise_ssim_of_identical_images_is_one():
+    images = torch.rand(1, 1, 16, 16).repeat(3, 1, 1, 1)
+    assert mean_pairwise_ssim(images) == pytest.approx(1.0, abs=1e-5)
+    assert mean_pairwise_ssim(images[:1]) is None
+    assert mean_pairwise_ssim(torch.rand(6, 1, 16, 16), max_pairs=4) < 0.5
+
+
+# ------------------------------------------------------------------------------------------------ prior training
+def test_training_prior_writes_checkpoints_cache_and_history(prior_root):
+    models = prior_root / "models"
+    for name in ("prior.pt", "prior_last.pt", "codes_train.pt", "codes_validate.pt", "prior_training_history.json"):
+        assert (models / name).is_file(), name
+    history = json.loads((models / "prior_training_history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2]
+    for key in ("train_bits_per_code", "train_accuracy", "val_bits_per_code", "val_accuracy"):
+        assert key in history[-1], key
+    best = torch.load(models / "prior.pt", weights_only=True)
+    metadata = best["metadata"]
+    assert metadata["key_metric"] == pytest.approx(min(r["val_bits_per_code"] for r in history))
+    assert metadata["network"] == "GatedPixelCNN" and metadata["network_settings"]["channels"] == 8
+    assert metadata["network_settings"]["num_embeddings"] == 32 and metadata["code_size"] == [8, 8]
+    assert metadata["vqvae_sha256"] == file_sha256(models / "model.pt")
+    assert metadata["conditioning"]["type"] == "slice_position" and metadata["conditioning"]["num_bins"] == 4
+    assert torch.load(models / "prior_last.pt", weights_only=True)["metadata"]["epoch"] == 2
+    assert (prior_root / "outputs" / "tensorboard_prior").is_dir()
+
+
+def test_training_prior_does_not_overwrite_unless_asked(prior_root, demo_root):
+    before = (prior_root / "models" / "prior.pt").read_bytes()
+    _raises_user_error(CheckpointError, "already exists", train_prior, prior_root, demo_root)
+    assert (prior_root / "models" / "prior.pt").read_bytes() == before
+
+
+def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root, tmp_path):
+    shutil.copytree(prior_root / "models", tmp_path / "models")
+    cache_bytes = (tmp_path / "models" / "codes_train.pt").read_bytes()
+    train_prior(tmp_path, demo_root, prior_max_epochs=3, resume=True)
+    history = json.loads((tmp_path / "models" / "prior_training_history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    assert torch.load(tmp_path / "models" / "prior_last.pt", weights_only=True)["metadata"]["epoch"] == 3
+    best = torch.load(tmp_path / "models" / "prior.pt", weights_only=True)["metadata"]
+    assert best["key_metric"] == pytest.approx(min(r["val_bits_per_code"] for r in history))
+    assert (tmp_path / "models" / "codes_train.pt").read_bytes() == cache_bytes
+
+
+def test_training_prior_without_vqvae_is_a_clear_error(tmp_path, demo_root):
+    _raises_user_error(CheckpointError, "train it first", train_prior, tmp_path, demo_root)
+    assert not (tmp_path / "models" / "prior.pt").exists()
+
+
+def test_unconditioned_prior_trains_and_generates(vqvae_root, demo_root, tmp_path):
+    shutil.copytree(vqvae_root / "models", tmp_path / "models")
+    train_prior(tmp_path, demo_root, prior_max_epochs=1, prior_conditioning="none")
+    metadata = torch.load(tmp_path / "models" / "prior.pt", weights_only=True)["metadata"]
+    assert metadata["network_settings"]["num_classes"] is None
+    out = generate(tmp_path, demo_root, num_samples=2)
+    metrics = json.loads((out / "generation_metrics.json").read_text())
+    assert metrics["prior_conditioning"] == "none" and metrics["sample_class_labels"] is None
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def test_generating_writes_samples_grid_and_metrics(generated):
+    pngs = sorted(generated.glob("sample_*.png"))
+    niftis = sorted(generated.glob("sample_*.nii.gz"))
+    assert [p.name for p in pngs] == [f"sample_{i:03d}.png" for i in range(NUM_SAMPLES)]
+    assert len(niftis) == NUM_SAMPLES and (generated / "grid.png").stat().st_size > 0
+    metrics = json.loads((generated / "generation_metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert metrics["num_samples"] == NUM_SAMPLES and metrics["prior_best_epoch"] in (1, 2)
+    assert metrics["prior_uniform_bits_per_code"] == pytest.approx(5.0)
+    assert 0.0 <= metrics["prior_val_accuracy"] <= 1.0 and metrics["prior_val_bits_per_code"] > 0
+    for key in ("fd_generated_vs_test", "fd_train_vs_test", "fd_train_subset_vs_test", "fd_reconstructed_test_vs_test"):
+        assert math.isfinite(metrics[key]) and metrics[key] >= 0, key
+    assert len(metrics["memorisation_per_sample"]) == NUM_SAMPLES
+    scores = [entry["ssim"] for entry in metrics["memorisation_per_sample"]]
+    assert metrics["memorisation_ssim_max"] == pytest.approx(max(scores))
+    assert all(entry["nearest_train"].startswith("case_") for entry in metrics["memorisation_per_sample"])
+    assert metrics["num_test_images"] == 8 and metrics["num_train_images"] == 16
+    assert len(metrics["sample_class_labels"]) == NUM_SAMPLES
+
+
+def test_generated_png_and_nifti_hold_the_same_image(generated):
+    png = np.asarray(Image.open(generated / "sample_001.png"), dtype=np.float32) / 255.0
+    assert png.shape == (32, 32)
+    volume = nib.load(generated / "sample_001.nii.gz").get_fdata(dtype=np.float32)
+    assert volume.shape == (32, 32, 1)
+    np.testing.assert_allclose(np.rot90(volume[:, :, 0]), png, atol=0.5 / 255 + 1e-6)
+    # the package's own NIfTI reader shows it the way the PNG shows it (up to its per-volume intensity scaling)
+    (item,) = load_nifti_slices([generated / "sample_001.nii.gz"], min_foreground=0.0)
+    assert np.corrcoef(item["image"][0].ravel(), png.ravel())[0, 1] > 0.99
+
+
+def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):
+    shutil.copytree(prior_root / "models", tmp_path / "models")
+    first = generate(tmp_path, demo_root, seed=3, generation_dir=str(tmp_path / "a"))
+    again = generate(tmp_path, demo_root, seed=3, generation_dir=str(tmp_path / "b"))
+    other = generate(tmp_path, demo_root, seed=4, generation_dir=str(tmp_path / "c"))
+    names = [f"sample_{i:03d}.png" for i in range(NUM_SAMPLES)]
+    assert [(first / n).read_bytes() for n in names] == [(again / n).read_bytes() for n in names]
+    assert [(first / n).read_bytes() for n in names] != [(other / n).read_bytes() for n in names]
+    # greedy sampling (temperature 0) picks the most likely code: the seed no longer matters
+    greedy = [generate(tmp_path, demo_root, seed=s, temperature=0.0, generation_dir=str(tmp_path / f"t{s}")) for s in (3, 4)]
+    assert [(greedy[0] / n).read_bytes() for n in names] == [(greedy[1] / n).read_bytes() for n in names]
+    metrics = json.loads((greedy[0] / "generation_metrics.json").read_text())
+    assert metrics["temperature"] == 0.0 and metrics["seed"] == 3
+
+
+def test_generating_without_prior_is_a_clear_error(vqvae_root, demo_root, tmp_path):
+    shutil.copytree(vqvae_root / "models", tmp_path / "models")
+    _raises_user_error(CheckpointError, "train the prior first", generate, tmp_path, demo_root)
+
+
+def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root, demo_root, tmp_path):
+    shutil.copytree(prior_root / "models", tmp_path / "models")
+    models = tmp_path / "models"
+    # the VQ-VAE's checkpoint given as the prior
+    _raises_user_error(CheckpointError, "not a prior checkpoint", generate, tmp_path, demo_root,
+                       prior_checkpoint=str(models / "model.pt"))
+    # weights of another architecture than the metadata records
+    prior = torch.load(models / "prior.pt", weights_only=True)
+    prior["metadata"]["network_settings"]["channels"] = 16
+    torch.save(prior, models / "other_prior.pt")
+    _raises_user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
+                       prior_checkpoint=str(models / "other_prior.pt"))
+    # a VQ-VAE with another codebook
+    _raises_user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
+                       **{"network_def#num_embeddings": 64})
+
+
+def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_root, tmp_path):
+    shutil.copytree(prior_root / "models", tmp_path / "models")
+    vqvae = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    vqvae["metadata"]["epoch"] = 99  # retrained: other bytes
+    torch.save(vqvae, tmp_path / "models" / "model.pt")
+    _raises_user_error(CheckpointError, "another VQ-VAE", generate, tmp_path, demo_root)
