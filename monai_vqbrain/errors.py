@@ -17,3 +17,7 @@ class ImageFileError(VQBrainError, ValueError):
 
 class CheckpointError(VQBrainError, ValueError):
     """A checkpoint is missing, unreadable, or was saved from another architecture or configuration."""
+
+
+class OutputPathError(VQBrainError, ValueError):
+    """An output would overwrite an input file, another output, or an existing file without ``overwrite``."""

@@ -150,3 +150,12 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert f"error: dataset_dir '{missing}' does not exist" in result.stderr
+
+
+def test_command_line_booleans_are_parsed_not_truthy(tmp_path, demo_root):
+    # Fire passes `--resume false` as the string 'false'; it must not switch resuming on
+    run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=1,
+               resume="false", overwrite="False", amp="false", progress="false")
+    assert (tmp_path / "models" / "last.pt").is_file()
+    _raises_user_error(ValueError, "resume must be true or false", run_bundle, "training", TRAIN,
+                       bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=1, resume="maybe")

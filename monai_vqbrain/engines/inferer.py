@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from ..utils.flags import as_bool
 from .precision import autocast
 
 
@@ -20,7 +21,7 @@ class ReconstructionInferer(Inferer):
 
     def __init__(self, amp: bool = False, clamp: tuple[float, float] | None = (0.0, 1.0)) -> None:
         super().__init__()
-        self.amp = amp
+        self.amp = as_bool(amp, "amp")
         self.clamp = clamp
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:

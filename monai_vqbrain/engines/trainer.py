@@ -9,6 +9,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from ..utils.flags import as_bool
 from .precision import autocast, needs_grad_scaler
 
 #: names of the loss components in ``engine.state.output`` after each iteration
@@ -33,6 +34,8 @@ class VQVAETrainer(SupervisedTrainer):
     """
 
     def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
+        if "amp" in kwargs:
+            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
         super().__init__(*args, **kwargs)
         self.max_grad_norm = max_grad_norm
         self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None

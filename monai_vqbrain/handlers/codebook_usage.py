@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
-from ..networks.quantizer import code_usage_statistics
+from ..networks.quantizer import code_usage_statistics, count_codes
 from ._distributed import all_reduce_sum
 
 
@@ -38,7 +38,7 @@ class CodebookUsageHandler:
 
     def _accumulate(self, engine: Engine) -> None:
         indices = engine.state.output[self.indices_key]
-        counts = torch.bincount(indices.reshape(-1), minlength=self.num_embeddings)
+        counts = count_codes(indices, self.num_embeddings)
         self.code_counts = counts if self.code_counts is None else self.code_counts + counts
 
     def _publish(self, engine: Engine) -> None:

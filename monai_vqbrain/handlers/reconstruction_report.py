@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.utils.enums import CommonKeys as Keys

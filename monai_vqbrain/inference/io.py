@@ -42,7 +42,7 @@ from PIL import Image
 from monai_vqbrain.data.nifti import check_nifti_header
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
-from monai_vqbrain.errors import DatasetError, ImageFileError, VQBrainError
+from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError
 from monai_vqbrain.utils.io import atomic_path
 
 __all__ = [
@@ -71,10 +71,6 @@ DEFAULT_MIN_SLICE_SIZE = 16
 
 _GLOB_CHARACTERS = frozenset("*?[")
 _RAS = axcodes2ornt("RAS")
-
-
-class OutputPathError(VQBrainError, ValueError):
-    """An output would overwrite an input file, another output, or an existing file without ``overwrite``."""
 
 
 def image_format(path: str | os.PathLike) -> str:

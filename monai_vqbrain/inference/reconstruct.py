@@ -39,6 +39,7 @@ from torch import nn
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
 from monai_vqbrain.engines.precision import autocast
 from monai_vqbrain.errors import DatasetError, VQBrainError
+from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
 
 from .io import (
@@ -160,10 +161,10 @@ class InferenceRunner:
         self.batch_size = int(batch_size)
         self.slice_axis = slice_axis
         self.min_slice_size = int(min_slice_size)
-        self.save_codes = save_codes
-        self.strict = strict
-        self.overwrite = overwrite
-        self.amp = amp
+        self.save_codes = as_bool(save_codes, "save_codes")
+        self.strict = as_bool(strict, "strict")
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.amp = as_bool(amp, "amp")
         self.num_embeddings = int(self.vqvae.num_embeddings)
         self._to_model = Compose([PadToSquared("image"), ResizeSquared("image", size=self.image_size)])
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")

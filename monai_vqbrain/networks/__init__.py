@@ -2,7 +2,7 @@
 
 from .blocks import Downsample, ResidualLayer, ResidualStack, Upsample
 from .pixelcnn import GatedPixelCNN, GatedPixelCNNLayer
-from .quantizer import QuantizerOutput, VectorQuantizer, code_usage_statistics
+from .quantizer import QuantizerOutput, VectorQuantizer, code_usage_statistics, count_codes
 from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput, VQVAEReconstructor
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "VQVAEReconstructor",
     "VectorQuantizer",
     "code_usage_statistics",
+    "count_codes",
 ]

@@ -44,6 +44,17 @@ def _distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def count_codes(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """Float count of each code in ``indices``.
+
+    ``index_add_`` rather than ``torch.bincount``: on CUDA ``bincount`` reads the maximum index back to the host,
+    which stalls the training loop every step.
+    """
+    flat = indices.reshape(-1)
+    counts = torch.zeros(num_embeddings, device=flat.device, dtype=torch.float32)
+    return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+
+
 def code_usage_statistics(code_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Perplexity and fraction of codes used, from per-code assignment counts.
 
@@ -194,31 +205,38 @@ class VectorQuantizer(nn.Module):
         self._initialized_cache = True
 
     @torch.no_grad()
-    def _ema_update(self, flat_latents: torch.Tensor, indices: torch.Tensor) -> None:
+    def _ema_update(self, flat_latents: torch.Tensor, indices: torch.Tensor, code_counts: torch.Tensor) -> torch.Tensor:
+        """Update the codebook from this step's assignments; return the code counts summed over all ranks."""
         assert self.decay is not None
-        one_hot_counts = torch.bincount(indices, minlength=self.num_embeddings).float()
+        num_codes, dim = self.num_embeddings, self.embedding_dim
         embedding_sum = torch.zeros_like(self.ema_embedding_sum).index_add_(0, indices, flat_latents)
-        world_size = _distributed_world_size()
-        if world_size > 1:
-            dist.all_reduce(one_hot_counts)
-            dist.all_reduce(embedding_sum)
-        self.ema_cluster_size.mul_(self.decay).add_(one_hot_counts, alpha=1.0 - self.decay)
+        restarting = self.dead_code_threshold > 0
+        # candidates for dead-code restarts: random encoder outputs of this step
+        replacements = flat_latents[torch.randint(flat_latents.shape[0], (num_codes,), device=flat_latents.device)]
+        if _distributed_world_size() > 1:
+            # one collective per step: counts and sums are summed over ranks, and rank 0's restart candidates
+            # are shared by zeroing everyone else's before the sum
+            rank_zero = float(dist.get_rank() == 0)
+            packed = torch.cat([code_counts, embedding_sum.reshape(-1), replacements.reshape(-1) * rank_zero])
+            dist.all_reduce(packed)
+            code_counts = packed[:num_codes]
+            embedding_sum = packed[num_codes : num_codes * (1 + dim)].view(num_codes, dim)
+            replacements = packed[num_codes * (1 + dim) :].view(num_codes, dim)
+        self.ema_cluster_size.mul_(self.decay).add_(code_counts, alpha=1.0 - self.decay)
         self.ema_embedding_sum.mul_(self.decay).add_(embedding_sum, alpha=1.0 - self.decay)
         total = self.ema_cluster_size.sum()
         smoothed_size = (self.ema_cluster_size + self.epsilon) / (total + self.num_embeddings * self.epsilon) * total
         self.embedding.copy_(self.ema_embedding_sum / smoothed_size[:, None])
 
-        if self.dead_code_threshold > 0:
-            self._restart_dead_codes(flat_latents)
+        if restarting:
+            self._restart_dead_codes(replacements)
+        return code_counts
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat_latents: torch.Tensor) -> None:
+    def _restart_dead_codes(self, replacements: torch.Tensor) -> None:
+        """Move codes whose EMA usage fell below the threshold to ``replacements`` (recent encoder outputs)."""
         # Branch-free on purpose: `torch.where` on every step instead of `if dead.any()` avoids a host sync.
         dead = self.ema_cluster_size < self.dead_code_threshold
-        picks = torch.randint(flat_latents.shape[0], (self.num_embeddings,), device=flat_latents.device)
-        replacements = flat_latents[picks]
-        if _distributed_world_size() > 1:
-            dist.broadcast(replacements, src=0)
         dead_column = dead[:, None]
         self.embedding.copy_(torch.where(dead_column, replacements, self.embedding))
         if self.use_ema:
@@ -234,8 +252,9 @@ class VectorQuantizer(nn.Module):
             if self.training and not self._is_initialized():
                 self._initialize_from_data(flat_latents.detach())
             indices = self.nearest_codes(flat_latents)
+            code_counts = count_codes(indices, self.num_embeddings)
             if self.training and self.use_ema:
-                self._ema_update(flat_latents.detach(), indices)
+                code_counts = self._ema_update(flat_latents.detach(), indices, code_counts)
             quantized_flat = F.embedding(indices, self.embedding.float())
 
             commitment_loss = self.commitment_cost * F.mse_loss(flat_latents, quantized_flat.detach())
@@ -245,8 +264,7 @@ class VectorQuantizer(nn.Module):
                 codebook_loss = F.mse_loss(quantized_flat, flat_latents.detach())
             # straight-through estimator: the decoder's gradient w.r.t. the codes is passed to the encoder
             quantized_flat = flat_latents + (quantized_flat - flat_latents).detach()
-            counts = torch.bincount(indices, minlength=self.num_embeddings)
-            perplexity, codebook_usage = code_usage_statistics(counts)
+            perplexity, codebook_usage = code_usage_statistics(code_counts)
 
         spatial_shape = latents.shape[2:]
         quantized = quantized_flat.view(latents.shape[0], *spatial_shape, self.embedding_dim).movedim(-1, 1)

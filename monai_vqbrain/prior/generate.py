@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -9,7 +10,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,24 @@ _TRAIN_PRIOR_COMMAND = (
 )
 # the files write_samples owns in its folder; stale ones from a run with more samples are removed
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run torch CPU ops on one thread inside the block.
+
+    The fast sampler runs thousands of tiny ops per code map; splitting each across threads costs far more in
+    synchronisation than it saves, and on a busy machine it was measured ~200x slower with two threads than one.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_prior(
@@ -251,8 +270,8 @@ class BrainGenerator:
     """Sample brains from a trained prior and VQ-VAE, write them and measure them.
 
     :meth:`run` writes into ``output_dir``: ``sample_<i>.png`` and ``sample_<i>.nii.gz`` per sample (see
-    :func:`write_samples`), ``grid.png`` (all samples, titled with their slice-position bin when the prior is
-    conditioned) and ``generation_metrics.json`` (see :func:`prior_summary` and
+    :func:`write_samples`), ``grid.png`` (up to ``grid_samples`` samples, titled with their slice-position bin when the
+    prior is conditioned) and ``generation_metrics.json`` (see :func:`prior_summary` and
     :func:`~monai_vqbrain.prior.evaluate_generation` for its entries).
 
     The same ``seed`` (and settings) gives identical files: the code maps are drawn with the prior's exact fast
@@ -276,6 +295,7 @@ class BrainGenerator:
             for the quality metrics; None skips them.
         compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
         metrics_batch_size: images per batch when reading the real splits.
+        grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
         device: where to run the prior (default: where the VQ-VAE is).
         progress: show a progress bar while sampling.
     """
@@ -296,6 +316,7 @@ class BrainGenerator:
         dataset_kwargs: Mapping[str, Any] | None = None,
         compute_metrics: bool = True,
         metrics_batch_size: int = 64,
+        grid_samples: int = 64,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -317,6 +338,7 @@ class BrainGenerator:
         self.dataset_kwargs = None if dataset_kwargs is None else dict(dataset_kwargs)
         self.compute_metrics = compute_metrics
         self.metrics_batch_size = metrics_batch_size
+        self.grid_samples = max(1, int(grid_samples))
         self.device = device
         self.progress = progress
 
@@ -333,27 +355,33 @@ class BrainGenerator:
         )
         code_size = tuple(int(s) for s in metadata.get("code_size") or [self.image_size // model.downsample_factor] * 2)
         labels = sample_class_labels(metadata, self.num_samples, self.class_labels)
+        # metrics of an earlier run must not sit beside this run's samples if this run fails before its own
+        (self.output_dir / "generation_metrics.json").unlink(missing_ok=True)
 
         start = time.perf_counter()
         # a CPU generator whatever the device: the prior draws per-sample seeds from it and its noise on the CPU
         generator = torch.Generator().manual_seed(self.seed)
-        codes = prior.sample(
-            self.num_samples,
-            code_size,
-            temperature=self.temperature,
-            generator=generator,
-            class_labels=labels,
-            batch_size=self.batch_size,
-            fast=True,
-            progress=self.progress,
-        )
+        with _one_cpu_thread(device):
+            codes = prior.sample(
+                self.num_samples,
+                code_size,
+                temperature=self.temperature,
+                generator=generator,
+                class_labels=labels,
+                batch_size=self.batch_size,
+                fast=True,
+                progress=self.progress,
+            )
         images = decode_codes(model, codes)
         seconds = time.perf_counter() - start
         logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
 
         names = write_samples(self.output_dir, images)
-        titles = None if labels is None else [f"{n[:-4]} (bin {int(b)})" for n, b in zip(names, labels, strict=True)]
-        plot_sample_grid(images, self.output_dir / "grid.png", titles)
+        # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
+        shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
+        shown = shown.astype(int).tolist()
+        titles = [names[i][: -len(".png")] + ("" if labels is None else f" (bin {int(labels[i])})") for i in shown]
+        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
 
         metrics: dict[str, Any] = {
             "num_samples": self.num_samples,

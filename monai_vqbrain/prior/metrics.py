@@ -287,7 +287,7 @@ def evaluate_generation(
     batch_size: int = 64,
     num_workers: int = 0,
     candidates: int = 16,
-    max_pairs: int = 2000,
+    max_pairs: int = 5000,
     foreground_threshold: float = 0.05,
 ) -> dict[str, Any]:
     """Measure generated images against the real training and test images.

@@ -1,8 +1,9 @@
 """Small utilities shared by the package: atomic file output and device/precision helpers."""
 
+from .flags import as_bool
 from .io import atomic_path, atomic_write_bytes, atomic_write_text
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["as_bool", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 from .checkpoint import (  # noqa: E402
     METADATA_KEY,
     check_state_dict_matches,

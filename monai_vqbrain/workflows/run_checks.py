@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError
+from ..utils.flags import as_bool
 
 
 def check_checkpoint_dir(
@@ -27,6 +28,7 @@ def check_checkpoint_dir(
             ``resume`` is set and there is nothing to resume from.
     """
     ckpt_dir = Path(ckpt_dir)
+    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
     resumable = ckpt_dir / filenames[-1]
     if resume:
         if not resumable.is_file():

@@ -1,0 +1,53 @@
+"""Small utilities: boolean flags from the command line, atomic writes, checkpoint safety."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from monai_vqbrain.errors import CheckpointError
+from monai_vqbrain.utils import as_bool, atomic_write_text, load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("false", False), ("False", False), ("TRUE", True),
+                                                 ("0", False), ("yes", True), (0, False), (1, True), (None, False)])
+def test_as_bool(value, expected):
+    assert as_bool(value) is expected
+
+
+def test_as_bool_rejects_other_values():
+    with pytest.raises(ValueError, match="amp must be true or false"):
+        as_bool("sometimes", "amp")
+
+
+def test_atomic_write_refuses_overwrite_when_asked(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "first")
+    with pytest.raises(FileExistsError):
+        atomic_write_text(path, "second", overwrite=False)
+    assert path.read_text() == "first"
+    assert list(tmp_path.iterdir()) == [path], "no temporary files are left behind"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": _Payload()}, handle)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_round_trip_and_missing_file(tmp_path):
+    path = save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "metadata": {"image_size": 32}})
+    assert load_checkpoint(path)["metadata"]["image_size"] == 32
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
