@@ -100,3 +100,47 @@ def demo_root(tmp_path_factory) -> Path:
     return generate_demo_dataset(
         tmp_path_factory.mktemp("demo") / "demo_oasis", num_cases=(4, 2, 2), slices_per_case=4, image_size=32
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# running the bundle as a user does, on tiny data and a tiny network
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+TINY_NETWORK = {"channels": [8, 16], "num_res_channels": 8, "num_embeddings": 32, "embedding_dim": 8}
+"""VQ-VAE settings small enough that a whole bundle run takes seconds."""
+TINY_OVERRIDES = {
+    "image_size": 32,
+    "batch_size": 4,
+    "progress": False,
+    **{f"network_def#{key}": value for key, value in TINY_NETWORK.items()},
+}
+
+
+def run_bundle(run_id: str, config_file, **overrides) -> None:
+    """``python -m monai.bundle run <run_id>`` in-process, with the tiny settings unless overridden."""
+    from monai.bundle import run
+
+    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
+        meta_file=str(CONFIGS / "metadata.json"), **{**TINY_OVERRIDES, **overrides})
+
+
+def user_error(error_type, match: str, function, *args, **kwargs) -> Exception:
+    """Call ``function`` and return the ``error_type`` in the raised chain (MONAI's parser may wrap it)."""
+    with pytest.raises(Exception) as caught:
+        function(*args, **kwargs)
+    error = caught.value
+    while error is not None and not isinstance(error, error_type):
+        error = error.__cause__ or error.__context__
+    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
+    assert match in str(error), str(error)
+    return error
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, demo_root) -> Path:
+    """A bundle root holding a 2-epoch tiny VQ-VAE training run on ``demo_root``; treat it as read-only."""
+    bundle_root = tmp_path_factory.mktemp("trained_bundle")
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=2)
+    return bundle_root

@@ -7,55 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import run
+from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-TRAIN = str(CONFIGS / "train.json")
 EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
-
-# a tiny network and image so a whole run takes seconds
-TINY = {
-    "image_size": 32,
-    "batch_size": 4,
-    "progress": False,
-    "network_def#channels": [8, 16],
-    "network_def#num_res_channels": 8,
-    "network_def#num_embeddings": 32,
-    "network_def#embedding_dim": 8,
-}
-
-
-def run_bundle(run_id: str, config_file, **overrides) -> None:
-    settings = {**TINY, **overrides}
-    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
-        meta_file=str(CONFIGS / "metadata.json"), **settings)
-
-
-def _raises_user_error(error_type, match: str, function, *args, **kwargs):
-    # MONAI's config parser may wrap errors raised while building components; the user's error is in the chain
-    with pytest.raises(Exception) as caught:
-        function(*args, **kwargs)
-    error = caught.value
-    while error is not None and not isinstance(error, error_type):
-        error = error.__cause__ or error.__context__
-    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
-    assert match in str(error), str(error)
-    return error
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory, demo_root):
-    """One short training run shared by the tests that read its outputs."""
-    bundle_root = tmp_path_factory.mktemp("bundle")
-    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=2)
-    return bundle_root
 
 
 def test_training_writes_checkpoints_and_history(trained_bundle):
@@ -74,9 +33,9 @@ def test_training_writes_checkpoints_and_history(trained_bundle):
     assert (trained_bundle / "outputs" / "tensorboard").is_dir()
 
 
-def test_evaluating_writes_report(trained_bundle, demo_root):
-    run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root))
-    outputs = trained_bundle / "outputs"
+def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):
+    outputs = tmp_path / "outputs"
+    run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root), output_dir=str(outputs))
     metrics = json.loads((outputs / "metrics.json").read_text())
     for key in ("ssim_mean", "ssim_std", "ssim_min", "psnr_mean", "n", "image_size"):
         assert key in metrics, key
@@ -92,7 +51,7 @@ def test_evaluating_writes_report(trained_bundle, demo_root):
 
 def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):
     before = (trained_bundle / "models" / "model.pt").read_bytes()
-    _raises_user_error(CheckpointError, "already exists", run_bundle, "training", TRAIN,
+    user_error(CheckpointError, "already exists", run_bundle, "training", TRAIN,
                        bundle_root=str(trained_bundle), dataset_dir=str(demo_root), max_epochs=1)
     assert (trained_bundle / "models" / "model.pt").read_bytes() == before
 
@@ -108,13 +67,13 @@ def test_resume_continues_from_last_checkpoint(trained_bundle, demo_root, tmp_pa
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root):
-    _raises_user_error(CheckpointError, "last.pt", run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+    user_error(CheckpointError, "last.pt", run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
                        dataset_dir=str(demo_root), max_epochs=1, resume=True)
 
 
 def test_missing_dataset_dir_is_an_error_not_demo_data(tmp_path):
     missing = tmp_path / "no_such_folder"
-    _raises_user_error(DatasetError, str(missing), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+    user_error(DatasetError, str(missing), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
                        dataset_dir=str(missing), max_epochs=1)
     assert not (tmp_path / "data").exists(), "no demo data may be generated for a user-given path"
 
@@ -122,7 +81,7 @@ def test_missing_dataset_dir_is_an_error_not_demo_data(tmp_path):
 def test_empty_dataset_dir_is_an_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    _raises_user_error(DatasetError, str(empty), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+    user_error(DatasetError, str(empty), run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
                        dataset_dir=str(empty), max_epochs=1)
 
 
@@ -131,12 +90,12 @@ def test_corrupt_image_is_named(tmp_path, demo_root):
     shutil.copytree(demo_root, dataset)
     corrupt = dataset / "keras_png_slices_train" / "case_000_slice_0.nii.png"
     corrupt.write_bytes(b"this is not a png")
-    _raises_user_error(ImageFileError, corrupt.name, run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+    user_error(ImageFileError, corrupt.name, run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
                        dataset_dir=str(dataset), max_epochs=1)
 
 
 def test_evaluating_with_checkpoint_of_other_network_is_clear(trained_bundle, demo_root):
-    _raises_user_error(CheckpointError, "different network", run_bundle, "evaluating", EVALUATE,
+    user_error(CheckpointError, "different network", run_bundle, "evaluating", EVALUATE,
                        bundle_root=str(trained_bundle), dataset_dir=str(demo_root),
                        **{"network_def#num_embeddings": 64})
 
@@ -157,5 +116,5 @@ def test_command_line_booleans_are_parsed_not_truthy(tmp_path, demo_root):
     run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=1,
                resume="false", overwrite="False", amp="false", progress="false")
     assert (tmp_path / "models" / "last.pt").is_file()
-    _raises_user_error(ValueError, "resume must be true or false", run_bundle, "training", TRAIN,
+    user_error(ValueError, "resume must be true or false", run_bundle, "training", TRAIN,
                        bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=1, resume="maybe")

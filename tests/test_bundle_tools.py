@@ -13,32 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ckpt_export, run, verify_metadata, verify_net_in_out
+from conftest import CONFIGS, REPO_ROOT, TINY_NETWORK, TINY_OVERRIDES, TRAIN
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
 from monai_vqbrain.inference import ReconstructionNetwork
 from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.utils import load_network_weights
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-TRAIN = str(CONFIGS / "train.json")
 INFER = [TRAIN, str(CONFIGS / "inference.json")]
 META = str(CONFIGS / "metadata.json")
 SCHEMA = CONFIGS / "schema" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 """md5 of the bundled schema copy; ``verify_metadata --hash_val`` checks the file against it."""
 
-NETWORK = {"channels": [8, 16], "num_res_channels": 8, "num_embeddings": 32, "embedding_dim": 8}
-NETWORK_OVERRIDES = {f"network_def#{k}": v for k, v in NETWORK.items()}
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory, demo_root) -> Path:
-    bundle_root = tmp_path_factory.mktemp("tools_bundle")
-    run(run_id="training", config_file=TRAIN, logging_file=str(CONFIGS / "logging.conf"), meta_file=META,
-        bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=1, image_size=32, batch_size=4,
-        progress=False, **NETWORK_OVERRIDES)
-    return bundle_root
+NETWORK = TINY_NETWORK
 
 
 @pytest.fixture
@@ -92,7 +80,7 @@ def test_ckpt_export_matches_the_eager_model(trained_bundle, tmp_path):
     exported = tmp_path / "model.ts"
     ckpt_export(net_id="inference_network_def", filepath=str(exported), ckpt_file=str(checkpoint), meta_file=META,
                 config_file=INFER, key_in_ckpt="model", use_trace=True, input_shape=[1, 1, 32, 32],
-                **NETWORK_OVERRIDES)
+                **{k: v for k, v in TINY_OVERRIDES.items() if k.startswith("network_def#")})
     with zipfile.ZipFile(exported) as archive:
         extra = {Path(name).name for name in archive.namelist() if "/extra/" in name}
     assert {"metadata.json", "train.json", "inference.json"} <= extra

@@ -15,8 +15,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import NIFTI_AFFINE, brain_like_slice, brain_like_volume
-from monai.bundle import run
+from conftest import (
+    CONFIGS,
+    NIFTI_AFFINE,
+    TINY_NETWORK,
+    TINY_OVERRIDES,
+    TRAIN,
+    brain_like_slice,
+    brain_like_volume,
+    run_bundle,
+    user_error,
+)
 from PIL import Image
 
 from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
@@ -34,22 +43,15 @@ from monai_vqbrain.inference import (
 from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.utils import load_network_weights
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-TRAIN = str(CONFIGS / "train.json")
 INFER = [TRAIN, str(CONFIGS / "inference.json")]
 
-NETWORK = {"channels": [8, 16], "num_res_channels": 8, "num_embeddings": 32, "embedding_dim": 8}
-TINY = {"image_size": 32, "batch_size": 4, "progress": False, **{f"network_def#{k}": v for k, v in NETWORK.items()}}
+NETWORK = TINY_NETWORK
 LATENT = 32 // 4  # two downsamplings
 VOLUME = (24, 28, 20)
 # a permutation and flips of the axes, so that the RAS reorientation is not a no-op
 PERMUTED_AFFINE = np.array([[0.0, 0.0, -1.2, 10.0], [-1.0, 0.0, 0.0, 5.0], [0.0, 1.1, 0.0, -7.0], [0.0, 0.0, 0.0, 1.0]])
 
 
-def run_bundle(run_id: str, config_file, **overrides) -> None:
-    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
-        meta_file=str(CONFIGS / "metadata.json"), **{**TINY, **overrides})
 
 
 def infer(bundle_root: Path, inputs, output_dir: Path, **overrides) -> list[dict]:
@@ -59,16 +61,6 @@ def infer(bundle_root: Path, inputs, output_dir: Path, **overrides) -> list[dict
         return list(csv.DictReader(handle))
 
 
-def user_error(error_type, match: str, function, *args, **kwargs) -> Exception:
-    """Call ``function`` and return the ``error_type`` in the raised chain (MONAI's parser may wrap it)."""
-    with pytest.raises(Exception) as caught:
-        function(*args, **kwargs)
-    error = caught.value
-    while error is not None and not isinstance(error, error_type):
-        error = error.__cause__ or error.__context__
-    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
-    assert match in str(error), str(error)
-    return error
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:
@@ -94,13 +86,6 @@ def odd_grey(height: int = 37, width: int = 53, seed: int = 1) -> np.ndarray:
 def assert_same_header(output: nib.Nifti1Image, source: nib.Nifti1Image) -> None:
     for key in source.header.keys():
         assert np.asarray(output.header[key]).tobytes() == np.asarray(source.header[key]).tobytes(), key
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory, demo_root) -> Path:
-    bundle_root = tmp_path_factory.mktemp("inference_bundle")
-    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=1)
-    return bundle_root
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +207,7 @@ def test_strict_stops_at_the_first_bad_file(trained_bundle, input_dir, tmp_path)
 
 
 def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):
-    overrides = [f"--{key}={value}" for key, value in TINY.items()]
+    overrides = [f"--{key}={value}" for key, value in TINY_OVERRIDES.items()]
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(INFER),
                "--bundle_root", str(trained_bundle), "--input", str(input_dir / "*.nii*"),
                "--output_dir", str(tmp_path / "out"), *overrides]
