@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import run
+from conftest import CONFIGS, TINY_NETWORK, TRAIN, run_bundle, user_error
 from monai.metrics import FIDMetric
 from PIL import Image
 
@@ -31,23 +31,14 @@ from monai_vqbrain.prior import (
     load_vqvae,
     mean_pairwise_ssim,
     parse_slice_index,
+    position_channels,
+    position_map,
 )
 from monai_vqbrain.prior import codes as codes_module
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-TRAIN = [str(CONFIGS / "train.json")]
-TRAIN_PRIOR = TRAIN + [str(CONFIGS / "train_prior.json")]
-GENERATE = TRAIN + [str(CONFIGS / "generate.json")]
-
-# a tiny VQ-VAE (32x32 images -> 8x8 codes over 32 codes) and prior, so every run takes seconds
-TINY_VQVAE = {
-    "network_def#channels": [8, 16],
-    "network_def#num_res_channels": 8,
-    "network_def#num_embeddings": 32,
-    "network_def#embedding_dim": 8,
-}
-TINY = {"image_size": 32, "batch_size": 4, "progress": False, **TINY_VQVAE}
+TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
+GENERATE = [TRAIN, str(CONFIGS / "generate.json")]
+# a prior as small as the tiny VQ-VAE of conftest (32x32 images -> 8x8 codes over 32 codes)
 TINY_PRIOR = {
     "prior_def#channels": 8,
     "prior_def#num_layers": 2,
@@ -68,9 +59,11 @@ METRIC_KEYS = (
     "fd_reconstructed_test_vs_test",
     "diversity_ssim_generated",
     "diversity_ssim_test",
+    "diversity_ssim_reconstructed_test",
     "memorisation_ssim_mean",
     "memorisation_ssim_max",
     "memorisation_ssim_test_mean",
+    "memorisation_ssim_reconstructed_test_mean",
     "memorisation_per_sample",
     "foreground_fraction_generated",
     "foreground_fraction_test",
@@ -86,11 +79,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def run_bundle(run_id: str, config_file: list[str], **overrides) -> None:
-    run(run_id=run_id, config_file=config_file, logging_file=str(CONFIGS / "logging.conf"),
-        meta_file=str(CONFIGS / "metadata.json"), **{**TINY, **overrides})
-
-
 def train_prior(bundle_root: Path, demo_root: Path, **overrides) -> None:
     run_bundle("training_prior", TRAIN_PRIOR, bundle_root=str(bundle_root), dataset_dir=str(demo_root),
                **{"prior_max_epochs": 2, **TINY_PRIOR, **overrides})
@@ -102,31 +90,23 @@ def generate(bundle_root: Path, demo_root: Path, **overrides) -> Path:
     return Path(settings.get("generation_dir", bundle_root / "outputs" / "generated"))
 
 
-def _raises_user_error(error_type, match: str, function, *args, **kwargs):
-    # MONAI's config parser may wrap errors raised while building components; the user's error is in the chain
-    with pytest.raises(Exception) as caught:
-        function(*args, **kwargs)
-    error = caught.value
-    while error is not None and not isinstance(error, error_type):
-        error = error.__cause__ or error.__context__
-    assert error is not None, f"expected {error_type.__name__}, got {caught.value!r}"
-    assert match in str(error), str(error)
-    return error
+def copy_models(source: Path, bundle_root: Path, names: tuple[str, ...] | None = None) -> Path:
+    """Copy a fixture's checkpoints (all, or ``names``) into a new bundle root; return its models folder."""
+    models = bundle_root / "models"
+    if names is None:
+        shutil.copytree(source / "models", models)
+    else:
+        models.mkdir(parents=True)
+        for name in names:
+            shutil.copy2(source / "models" / name, models / name)
+    return models
 
 
 @pytest.fixture(scope="module")
-def vqvae_root(tmp_path_factory, demo_root) -> Path:
-    """A bundle folder holding a VQ-VAE trained for one epoch (read-only: copy it before changing it)."""
-    root = tmp_path_factory.mktemp("vqvae_bundle")
-    run_bundle("training", TRAIN, bundle_root=str(root), dataset_dir=str(demo_root), max_epochs=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def prior_root(tmp_path_factory, vqvae_root, demo_root) -> Path:
-    """The VQ-VAE bundle plus a prior trained for two epochs (read-only: copy it before changing it)."""
+def prior_root(tmp_path_factory, trained_bundle, demo_root) -> Path:
+    """The tiny VQ-VAE plus a prior trained for two epochs (read-only: copy it before changing it)."""
     root = tmp_path_factory.mktemp("prior_bundle")
-    shutil.copytree(vqvae_root / "models", root / "models")
+    copy_models(trained_bundle, root, ("model.pt",))
     train_prior(root, demo_root)
     return root
 
@@ -135,13 +115,12 @@ def prior_root(tmp_path_factory, vqvae_root, demo_root) -> Path:
 def generated(tmp_path_factory, prior_root, demo_root) -> Path:
     """A generating run with the quality metrics, into a copy of the prior bundle."""
     root = tmp_path_factory.mktemp("generated_bundle")
-    shutil.copytree(prior_root / "models", root / "models")
+    copy_models(prior_root, root)
     return generate(root, demo_root, generation_metrics=True)
 
 
 def tiny_vqvae(checkpoint: Path) -> VQVAE:
-    network = VQVAE(channels=(8, 16), num_res_channels=8, num_embeddings=32, embedding_dim=8)
-    return load_vqvae(network, checkpoint, image_size=32)
+    return load_vqvae(VQVAE(**TINY_NETWORK), checkpoint, image_size=32)
 
 
 # --------------------------------------------------------------------------------------------- labels and codes
@@ -186,11 +165,23 @@ def test_code_dataset_and_prepare_batch_pass_labels_to_the_prior():
     assert "label" not in CodeDataset(cache, None)[0]
 
 
-def test_code_cache_is_reused_and_invalidated(vqvae_root, demo_root, tmp_path, monkeypatch):
+def test_position_features_tell_the_prior_where_it_is():
+    features = position_map((6, 8), 2)
+    assert features.shape == (8, 6, 8) and position_channels(2) == 8 and position_channels(0) is None
+    assert torch.equal(features[:4, :, 0], features[:4, :, 7])  # row features are constant along a row
+    assert torch.equal(features[4:, 0, :], features[4:, 5, :])  # column features are constant along a column
+    assert len({tuple(features[:, r, c].tolist()) for r in range(6) for c in range(8)}) == 48  # all distinct
+    batch = {"codes": torch.zeros(3, 6, 8, dtype=torch.long)}
+    _, _, _, kwargs = PriorPrepareBatch(position_frequencies=2)(batch, torch.device("cpu"))
+    assert kwargs["cond_map"].shape == (3, 8, 6, 8) and torch.equal(kwargs["cond_map"][2], features)
+    assert "cond_map" not in PriorPrepareBatch()(batch, torch.device("cpu"))[3]
+
+
+def test_code_cache_is_reused_and_invalidated(trained_bundle, demo_root, tmp_path, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(demo_root, data)
-    vqvae = tiny_vqvae(vqvae_root / "models" / "model.pt")
-    sha = file_sha256(vqvae_root / "models" / "model.pt")
+    vqvae = tiny_vqvae(trained_bundle / "models" / "model.pt")
+    sha = file_sha256(trained_bundle / "models" / "model.pt")
     kwargs = {"dataset_dir": data, "dataset_format": "auto", "num_workers": 0}
     cache = tmp_path / "codes_validate.pt"
 
@@ -267,18 +258,21 @@ def test_training_prior_writes_checkpoints_cache_and_history(prior_root):
     assert metadata["network_settings"]["num_embeddings"] == 32 and metadata["code_size"] == [8, 8]
     assert metadata["vqvae_sha256"] == file_sha256(models / "model.pt")
     assert metadata["conditioning"]["type"] == "slice_position" and metadata["conditioning"]["num_bins"] == 4
+    assert metadata["position_frequencies"] == 4 and metadata["network_settings"]["cond_channels"] == 16
     assert torch.load(models / "prior_last.pt", weights_only=True)["metadata"]["epoch"] == 2
     assert (prior_root / "outputs" / "tensorboard_prior").is_dir()
 
 
 def test_training_prior_does_not_overwrite_unless_asked(prior_root, demo_root):
     before = (prior_root / "models" / "prior.pt").read_bytes()
-    _raises_user_error(CheckpointError, "already exists", train_prior, prior_root, demo_root)
+    user_error(CheckpointError, "already exists", train_prior, prior_root, demo_root)
+    # as the command line passes it: the string "false" must not resume
+    user_error(CheckpointError, "already exists", train_prior, prior_root, demo_root, resume="false")
     assert (prior_root / "models" / "prior.pt").read_bytes() == before
 
 
 def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root, tmp_path):
-    shutil.copytree(prior_root / "models", tmp_path / "models")
+    copy_models(prior_root, tmp_path)
     cache_bytes = (tmp_path / "models" / "codes_train.pt").read_bytes()
     train_prior(tmp_path, demo_root, prior_max_epochs=3, resume=True)
     history = json.loads((tmp_path / "models" / "prior_training_history.json").read_text())
@@ -290,12 +284,12 @@ def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root,
 
 
 def test_training_prior_without_vqvae_is_a_clear_error(tmp_path, demo_root):
-    _raises_user_error(CheckpointError, "train it first", train_prior, tmp_path, demo_root)
+    user_error(CheckpointError, "train it first", train_prior, tmp_path, demo_root)
     assert not (tmp_path / "models" / "prior.pt").exists()
 
 
-def test_unconditioned_prior_trains_and_generates(vqvae_root, demo_root, tmp_path):
-    shutil.copytree(vqvae_root / "models", tmp_path / "models")
+def test_unconditioned_prior_trains_and_generates(trained_bundle, demo_root, tmp_path):
+    copy_models(trained_bundle, tmp_path)
     train_prior(tmp_path, demo_root, prior_max_epochs=1, prior_conditioning="none")
     metadata = torch.load(tmp_path / "models" / "prior.pt", weights_only=True)["metadata"]
     assert metadata["network_settings"]["num_classes"] is None
@@ -338,7 +332,7 @@ def test_generated_png_and_nifti_hold_the_same_image(generated):
 
 
 def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):
-    shutil.copytree(prior_root / "models", tmp_path / "models")
+    copy_models(prior_root, tmp_path)
     first = generate(tmp_path, demo_root, seed=3, generation_dir=str(tmp_path / "a"))
     again = generate(tmp_path, demo_root, seed=3, generation_dir=str(tmp_path / "b"))
     other = generate(tmp_path, demo_root, seed=4, generation_dir=str(tmp_path / "c"))
@@ -352,31 +346,31 @@ def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path)
     assert metrics["temperature"] == 0.0 and metrics["seed"] == 3
 
 
-def test_generating_without_prior_is_a_clear_error(vqvae_root, demo_root, tmp_path):
-    shutil.copytree(vqvae_root / "models", tmp_path / "models")
-    _raises_user_error(CheckpointError, "train the prior first", generate, tmp_path, demo_root)
+def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):
+    copy_models(trained_bundle, tmp_path)
+    user_error(CheckpointError, "train the prior first", generate, tmp_path, demo_root)
 
 
 def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root, demo_root, tmp_path):
-    shutil.copytree(prior_root / "models", tmp_path / "models")
+    copy_models(prior_root, tmp_path)
     models = tmp_path / "models"
     # the VQ-VAE's checkpoint given as the prior
-    _raises_user_error(CheckpointError, "not a prior checkpoint", generate, tmp_path, demo_root,
+    user_error(CheckpointError, "not a prior checkpoint", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "model.pt"))
     # weights of another architecture than the metadata records
     prior = torch.load(models / "prior.pt", weights_only=True)
     prior["metadata"]["network_settings"]["channels"] = 16
     torch.save(prior, models / "other_prior.pt")
-    _raises_user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
+    user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "other_prior.pt"))
     # a VQ-VAE with another codebook
-    _raises_user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
+    user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        **{"network_def#num_embeddings": 64})
 
 
 def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_root, tmp_path):
-    shutil.copytree(prior_root / "models", tmp_path / "models")
+    copy_models(prior_root, tmp_path)
     vqvae = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     vqvae["metadata"]["epoch"] = 99  # retrained: other bytes
     torch.save(vqvae, tmp_path / "models" / "model.pt")
-    _raises_user_error(CheckpointError, "another VQ-VAE", generate, tmp_path, demo_root)
+    user_error(CheckpointError, "another VQ-VAE", generate, tmp_path, demo_root)

@@ -3,11 +3,12 @@
 from .inferer import ReconstructionInferer
 from .precision import autocast, autocast_dtype, needs_grad_scaler, resolve_device
 from .prepare_batch import AutoencoderPrepareBatch
-from .trainer import LOSS_COMPONENTS, VQVAETrainer
+from .trainer import LOSS_COMPONENTS, MixedPrecisionTrainer, VQVAETrainer
 
 __all__ = [
     "LOSS_COMPONENTS",
     "AutoencoderPrepareBatch",
+    "MixedPrecisionTrainer",
     "ReconstructionInferer",
     "VQVAETrainer",
     "autocast",

@@ -16,21 +16,16 @@ from .precision import autocast, needs_grad_scaler
 LOSS_COMPONENTS = ("reconstruction", "vq", "codebook", "commitment")
 
 
-class VQVAETrainer(SupervisedTrainer):
-    """Train a :class:`~monai_vqbrain.networks.VQVAE` with :class:`~monai_vqbrain.losses.VQVAELoss`.
+class MixedPrecisionTrainer(SupervisedTrainer):
+    """A :class:`monai.engines.SupervisedTrainer` whose ``amp`` works on CPU too, with optional gradient clipping.
 
-    Everything :class:`monai.engines.SupervisedTrainer` offers (handlers, metrics, events, DDP-wrapped networks)
-    applies; the iteration differs in three ways: the network is run with ``return_details=True`` so every loss
-    component and codebook statistic reaches ``engine.state.output``; ``amp`` means bf16 autocast on CPU as well
-    as on CUDA (fp16 with gradient scaling only on GPUs without bf16); and gradients may be clipped.
-
-    After each iteration ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the reconstruction),
-    ``loss`` (the total), ``loss_<component>`` for each of :data:`LOSS_COMPONENTS`, ``perplexity``,
-    ``codebook_usage`` and ``indices`` (the code maps), all as tensors: nothing here forces a host sync.
+    ``amp`` means bf16 autocast on CPU and on bf16-capable GPUs, fp16 with gradient scaling on other GPUs
+    (MONAI's own ``amp`` is CUDA-only). Subclasses compute their loss under :func:`autocast` in ``_iteration``
+    and finish with :meth:`backward_and_step`.
 
     Args:
         max_grad_norm: clip the gradient norm to this value; None disables clipping.
-        kwargs: arguments of :class:`monai.engines.SupervisedTrainer` (``loss_function`` must be a ``VQVAELoss``).
+        kwargs: arguments of :class:`monai.engines.SupervisedTrainer`.
     """
 
     def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
@@ -39,6 +34,38 @@ class VQVAETrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.max_grad_norm = max_grad_norm
         self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (scaled for fp16), clip the gradients if asked, and step the optimizer."""
+        scaler = self.grad_scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if self.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_grad_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.fire_event(IterationEvents.MODEL_COMPLETED)
+
+
+class VQVAETrainer(MixedPrecisionTrainer):
+    """Train a :class:`~monai_vqbrain.networks.VQVAE` with :class:`~monai_vqbrain.losses.VQVAELoss`.
+
+    Everything :class:`monai.engines.SupervisedTrainer` offers (handlers, metrics, events, DDP-wrapped networks)
+    applies; the network is run with ``return_details=True`` so every loss component and codebook statistic
+    reaches ``engine.state.output``, and ``amp`` and clipping behave as in :class:`MixedPrecisionTrainer`.
+
+    After each iteration ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the reconstruction),
+    ``loss`` (the total), ``loss_<component>`` for each of :data:`LOSS_COMPONENTS`, ``perplexity``,
+    ``codebook_usage`` and ``indices`` (the code maps), all as tensors: nothing here forces a host sync.
+
+    Args:
+        kwargs: arguments of :class:`MixedPrecisionTrainer` (``loss_function`` must be a ``VQVAELoss``).
+    """
 
     def _iteration(self, engine: VQVAETrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -61,17 +88,5 @@ class VQVAETrainer(SupervisedTrainer):
         engine.state.output["indices"] = details.indices
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        scaler = engine.grad_scaler
-        (scaler.scale(losses["total"]) if scaler is not None else losses["total"]).backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if engine.max_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(engine.optimizer)
-            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.max_grad_norm)
-        if scaler is not None:
-            scaler.step(engine.optimizer)
-            scaler.update()
-        else:
-            engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.backward_and_step(losses["total"])
         return engine.state.output

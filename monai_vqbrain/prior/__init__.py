@@ -19,6 +19,8 @@ from .codes import (
     load_vqvae,
     num_condition_classes,
     parse_slice_index,
+    position_channels,
+    position_map,
     vqvae_fingerprint,
 )
 from .generate import (
@@ -83,6 +85,8 @@ __all__ = [
     "pairwise_ssim",
     "parse_slice_index",
     "plot_sample_grid",
+    "position_channels",
+    "position_map",
     "prior_metadata",
     "prior_network_settings",
     "prior_summary",

@@ -28,6 +28,7 @@ from ..data.oasis import canonical_split, find_png_files, png_split_folder
 from ..engines.precision import autocast
 from ..errors import CheckpointError, DatasetError
 from ..utils.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
+from ..utils.flags import as_bool
 
 __all__ = [
     "CONDITIONINGS",
@@ -40,6 +41,8 @@ __all__ = [
     "load_vqvae",
     "num_condition_classes",
     "parse_slice_index",
+    "position_channels",
+    "position_map",
     "vqvae_fingerprint",
 ]
 
@@ -73,7 +76,7 @@ _IMAGE_SETTINGS = (
 # --------------------------------------------------------------------------------------------- VQ-VAE checkpoint
 def _missing_vqvae_error(path: Path) -> CheckpointError:
     return CheckpointError(
-        f"VQ-VAE checkpoint '{path}' does not exist: the prior learns the codes of a trained VQ-VAE, so train it "
+        f"VQ-VAE checkpoint '{path}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
         f"first (python -m monai.bundle run training --config_file bundle/configs/train.json) or point --ckpt_dir "
         f"at the folder holding its model.pt."
     )
@@ -213,6 +216,7 @@ def encode_dataset(
     """
     model = getattr(vqvae, "module", vqvae).eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = as_bool(amp, "amp")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     codes: list[torch.Tensor] = []
     names: list[str] = []
@@ -322,6 +326,39 @@ def num_condition_classes(conditioning: str | None, slice_bins: int) -> int | No
     if isinstance(slice_bins, bool) or int(slice_bins) != slice_bins or slice_bins < 1:
         raise ValueError(f"prior_slice_bins must be a positive integer, got {slice_bins!r}.")
     return int(slice_bins)
+
+
+def position_channels(num_frequencies: int) -> int | None:
+    """The prior's ``cond_channels`` for :func:`position_map` features: ``4 * num_frequencies``, None for 0."""
+    if isinstance(num_frequencies, bool) or int(num_frequencies) != num_frequencies or num_frequencies < 0:
+        raise ValueError(f"prior_position_frequencies must be a non-negative integer, got {num_frequencies!r}.")
+    return 4 * int(num_frequencies) if num_frequencies else None
+
+
+def position_map(code_size: Sequence[int], num_frequencies: int) -> torch.Tensor:
+    """Fixed Fourier features of the position in a code map, the prior's spatial conditioning map.
+
+    For row ``r`` of ``h`` (``u = (r + 0.5) / h``) the features are ``sin(pi k u)`` and ``cos(pi k u)`` for
+    ``k = 1 .. num_frequencies``, and the same for the column. A PixelCNN only sees absolute position through its
+    zero padding, and never the bottom or right edge (they lie in its future), so without them it does not know
+    that the map ends a row or two below: it then sometimes starts new structures in the last rows, seen as
+    blobs in the bottom corners of generated brains. With the position as an input every layer can learn where
+    the background is.
+
+    Args:
+        code_size: ``(h, w)`` of the code maps.
+        num_frequencies: frequencies per axis; the map has ``4 * num_frequencies`` channels.
+
+    Returns:
+        A float32 tensor ``(4 * num_frequencies, h, w)``.
+    """
+    height, width = (int(s) for s in code_size)
+    k = torch.arange(1, int(num_frequencies) + 1, dtype=torch.float64)[:, None] * math.pi
+    rows = k * ((torch.arange(height, dtype=torch.float64) + 0.5) / height)
+    columns = k * ((torch.arange(width, dtype=torch.float64) + 0.5) / width)
+    row_features = torch.cat([rows.sin(), rows.cos()])[:, :, None].expand(-1, height, width)
+    column_features = torch.cat([columns.sin(), columns.cos()])[:, None, :].expand(-1, height, width)
+    return torch.cat([row_features, column_features]).float().contiguous()
 
 
 class SlicePositionLabels:

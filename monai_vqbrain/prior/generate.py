@@ -24,8 +24,9 @@ from ..errors import CheckpointError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, network_state_dict
+from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
-from .codes import SlicePositionLabels, vqvae_fingerprint
+from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
 from .metrics import evaluate_generation
 
 __all__ = [
@@ -104,6 +105,13 @@ def load_prior(
         network = GatedPixelCNN(**settings)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    frequencies = int(metadata.get("position_frequencies") or 0)
+    if settings.get("cond_channels") != position_channels(frequencies):
+        raise CheckpointError(
+            f"prior checkpoint '{path}' is inconsistent: its network takes cond_channels="
+            f"{settings.get('cond_channels')} but its metadata records position_frequencies={frequencies} "
+            f"(expected cond_channels={position_channels(frequencies)})."
+        )
     check_state_dict_matches(network, network_state_dict(saved), str(path))
     network.load_state_dict(network_state_dict(saved))
 
@@ -296,6 +304,7 @@ class BrainGenerator:
         compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
         metrics_batch_size: images per batch when reading the real splits.
         grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
+        fd_grid: the encoder latents are average-pooled to ``fd_grid x fd_grid`` for the Fréchet distances.
         device: where to run the prior (default: where the VQ-VAE is).
         progress: show a progress bar while sampling.
     """
@@ -317,6 +326,7 @@ class BrainGenerator:
         compute_metrics: bool = True,
         metrics_batch_size: int = 64,
         grid_samples: int = 64,
+        fd_grid: int = 4,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -336,11 +346,12 @@ class BrainGenerator:
         self.batch_size = batch_size
         self.history_file = history_file
         self.dataset_kwargs = None if dataset_kwargs is None else dict(dataset_kwargs)
-        self.compute_metrics = compute_metrics
+        self.compute_metrics = as_bool(compute_metrics, "generation_metrics")
         self.metrics_batch_size = metrics_batch_size
         self.grid_samples = max(1, int(grid_samples))
+        self.fd_grid = int(fd_grid)
         self.device = device
-        self.progress = progress
+        self.progress = as_bool(progress, "progress")
 
     def run(self) -> dict[str, Any]:
         """Sample, decode, write the files and the metrics; return the metrics."""
@@ -358,6 +369,11 @@ class BrainGenerator:
         # metrics of an earlier run must not sit beside this run's samples if this run fails before its own
         (self.output_dir / "generation_metrics.json").unlink(missing_ok=True)
 
+        frequencies = int(metadata.get("position_frequencies") or 0)
+        cond_map = None
+        if frequencies > 0:
+            cond_map = position_map(code_size, frequencies).expand(self.num_samples, -1, -1, -1)
+
         start = time.perf_counter()
         # a CPU generator whatever the device: the prior draws per-sample seeds from it and its noise on the CPU
         generator = torch.Generator().manual_seed(self.seed)
@@ -368,6 +384,7 @@ class BrainGenerator:
                 temperature=self.temperature,
                 generator=generator,
                 class_labels=labels,
+                cond_map=cond_map,
                 batch_size=self.batch_size,
                 fast=True,
                 progress=self.progress,
@@ -408,6 +425,7 @@ class BrainGenerator:
                 sample_names=names,
                 batch_size=self.metrics_batch_size,
                 num_workers=int(self.dataset_kwargs.get("num_workers", 0) or 0),
+                fd_grid=self.fd_grid,
             )
             # num_samples is already recorded; keep the rest
             metrics.update({k: v for k, v in quality.items() if k != "num_samples"})

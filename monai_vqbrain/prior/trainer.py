@@ -9,16 +9,17 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 
-from ..engines.precision import autocast, needs_grad_scaler
+from ..engines.precision import autocast
+from ..engines.trainer import MixedPrecisionTrainer
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
+from ..utils.flags import as_bool
 from ..workflows.run_checks import check_checkpoint_dir, network_metadata
-from .codes import SlicePositionLabels, vqvae_fingerprint
+from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
 
 __all__ = [
     "PRIOR_CHECKPOINTS",
@@ -55,19 +56,30 @@ def lower_is_better(current: float, best: float) -> bool:
 
 
 class PriorPrepareBatch(PrepareBatch):
-    """Return ``(codes, codes, (), {"class_labels": labels})`` from a :class:`~monai_vqbrain.prior.CodeDataset` batch.
+    """Return ``(codes, codes, (), network_kwargs)`` from a :class:`~monai_vqbrain.prior.CodeDataset` batch.
 
-    The codes are both the prior's input and its target (it predicts each code from those before it); the labels,
-    when the batch has them, reach the network as the ``class_labels`` keyword through MONAI's engines.
+    The codes are both the prior's input and its target (it predicts each code from those before it). The network
+    keyword arguments, passed on by MONAI's engines, hold ``class_labels`` when the batch has labels and
+    ``cond_map`` (the :func:`~monai_vqbrain.prior.position_map` of the code maps) when ``position_frequencies``
+    is positive.
 
     Args:
         codes_key: key of the code maps in the batch.
         label_key: key of the class labels; batches without it give no labels.
+        position_frequencies: frequencies of the position features; 0 gives no ``cond_map``.
     """
 
-    def __init__(self, codes_key: str = "codes", label_key: str = "label") -> None:
+    def __init__(self, codes_key: str = "codes", label_key: str = "label", position_frequencies: int = 0) -> None:
         self.codes_key = codes_key
         self.label_key = label_key
+        self.position_frequencies = int(position_frequencies)
+        self._maps: dict[tuple, torch.Tensor] = {}
+
+    def _position_map(self, codes: torch.Tensor) -> torch.Tensor:
+        key = (tuple(codes.shape[1:]), codes.device)
+        if key not in self._maps:  # the map depends only on the size: build it once per size and device
+            self._maps[key] = position_map(codes.shape[1:], self.position_frequencies).to(codes.device)
+        return self._maps[key].expand(codes.shape[0], -1, -1, -1)
 
     def __call__(
         self,
@@ -84,6 +96,8 @@ class PriorPrepareBatch(PrepareBatch):
             network_kwargs["class_labels"] = batchdata[self.label_key].to(
                 device=device, non_blocking=non_blocking, dtype=torch.long
             )
+        if self.position_frequencies > 0:
+            network_kwargs["cond_map"] = self._position_map(codes)
         return codes, codes, (), network_kwargs
 
 
@@ -97,7 +111,7 @@ class PriorInferer(Inferer):
 
     def __init__(self, amp: bool = False) -> None:
         super().__init__()
-        self.amp = amp
+        self.amp = as_bool(amp, "amp")
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         with autocast(inputs.device, self.amp):
@@ -105,27 +119,22 @@ class PriorInferer(Inferer):
         return logits.float()
 
 
-class PriorTrainer(SupervisedTrainer):
+class PriorTrainer(MixedPrecisionTrainer):
     """Train a :class:`~monai_vqbrain.networks.GatedPixelCNN` on code maps by cross-entropy.
 
-    Everything :class:`monai.engines.SupervisedTrainer` offers applies (handlers, ``key_train_metric``, events);
-    the iteration differs as for :class:`~monai_vqbrain.engines.VQVAETrainer`: ``amp`` means bf16 autocast on CPU
-    as well as on CUDA (fp16 with gradient scaling only on GPUs without bf16), the loss is computed on float32
-    logits, and gradients may be clipped. Use it with :class:`PriorPrepareBatch` and ``loss_function`` a
-    ``torch.nn.CrossEntropyLoss`` (in nats per code).
+    Everything :class:`monai.engines.SupervisedTrainer` offers applies (handlers, ``key_train_metric``, events,
+    DDP-wrapped networks); ``amp`` and gradient clipping behave as in
+    :class:`~monai_vqbrain.engines.MixedPrecisionTrainer` (bf16 autocast on CPU too). The loss is computed on
+    float32 logits. Use it with :class:`PriorPrepareBatch` and ``loss_function`` a ``torch.nn.CrossEntropyLoss``
+    (in nats per code).
 
     After each iteration ``engine.state.output`` holds ``image`` and ``label`` (both the code maps), ``pred`` (the
     detached float32 logits, for training metrics) and ``loss``.
 
     Args:
-        max_grad_norm: clip the gradient norm to this value; None disables clipping.
-        kwargs: arguments of :class:`monai.engines.SupervisedTrainer`.
+        kwargs: arguments of :class:`~monai_vqbrain.engines.MixedPrecisionTrainer` (``max_grad_norm`` and those of
+            :class:`monai.engines.SupervisedTrainer`).
     """
-
-    def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_grad_norm = max_grad_norm
-        self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
 
     def _iteration(self, engine: PriorTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -146,20 +155,7 @@ class PriorTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
-        scaler = engine.grad_scaler
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if engine.max_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(engine.optimizer)
-            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.max_grad_norm)
-        if scaler is not None:
-            scaler.step(engine.optimizer)
-            scaler.update()
-        else:
-            engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.backward_and_step(loss)
         return engine.state.output
 
 
@@ -178,7 +174,7 @@ class BestMetricRestorer:
     def __init__(self, checkpoint: str | os.PathLike, validator: Engine, enabled: bool = True) -> None:
         self.checkpoint = Path(checkpoint)
         self.validator = validator
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "resume")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._restore)
@@ -258,6 +254,7 @@ def prior_metadata(
     vqvae_checkpoint: str | os.PathLike,
     vqvae_sha256: str,
     image_size: int,
+    position_frequencies: int = 0,
 ) -> dict[str, Any]:
     """Metadata of a prior checkpoint: enough to rebuild, condition and check the prior without its config.
 
@@ -269,11 +266,13 @@ def prior_metadata(
         vqvae_checkpoint: that VQ-VAE's checkpoint file.
         vqvae_sha256: that file's fingerprint; generation refuses a prior whose VQ-VAE has changed.
         image_size: the image size of the VQ-VAE.
+        position_frequencies: frequencies of the position features the prior is conditioned on (0: none).
     """
     return {
         "network": type(getattr(network, "module", network)).__name__,
         "network_settings": prior_network_settings(network),
         "conditioning": labels.to_metadata(),
+        "position_frequencies": int(position_frequencies),
         "code_size": [int(s) for s in train_codes["code_size"]],
         "image_size": int(image_size),
         "num_train_code_maps": len(train_codes["names"]),
