@@ -35,3 +35,22 @@ def test_errors():
         VQVAELoss(reconstruction="huber")
     with pytest.raises(ValueError, match="differ"):
         VQVAELoss()(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 4, 4), torch.tensor(0.0), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 32, 32), (2, 2, 40, 24), (1, 1, 16, 16, 16)])
+def test_separable_ssim_equals_monai_ssim(shape):
+    from monai.losses import SSIMLoss
+    from monai.metrics import SSIMMetric
+
+    from monai_vqbrain.losses import structural_similarity
+
+    torch.manual_seed(0)
+    target = torch.rand(shape)
+    prediction = (target + 0.1 * torch.randn(shape)).clamp(0, 1)
+    spatial_dims = len(shape) - 2
+    ours = structural_similarity(prediction, target)
+    monai_per_image = SSIMMetric(spatial_dims=spatial_dims, data_range=1.0)(prediction, target).reshape(-1)
+    torch.testing.assert_close(ours.mean(dim=1), monai_per_image, atol=1e-5, rtol=0)
+    loss = VQVAELoss(ssim_weight=1.0, spatial_dims=spatial_dims)(prediction, target, torch.tensor(0.0), torch.tensor(0.0))
+    expected = (prediction - target).abs().mean() + SSIMLoss(spatial_dims=spatial_dims, data_range=1.0)(prediction, target)
+    torch.testing.assert_close(loss["reconstruction"], expected, atol=1e-5, rtol=0)
