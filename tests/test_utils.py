@@ -51,3 +51,21 @@ def test_checkpoint_round_trip_and_missing_file(tmp_path):
     assert load_checkpoint(path)["metadata"]["image_size"] == 32
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_best_metric_is_restored_on_resume(tmp_path):
+    from ignite.engine import Engine
+
+    from monai_vqbrain.handlers import BestMetricRestorer
+
+    best = save_checkpoint(tmp_path / "model.pt", {"model": {}, "metadata": {"key_metric": 0.93, "epoch": 7}})
+    trainer, validator = Engine(lambda engine, batch: None), Engine(lambda engine, batch: None)
+    validator.state.best_metric = -1.0
+    BestMetricRestorer(best, validator, enabled="false").attach(trainer)
+    trainer.run([0], max_epochs=1)
+    assert validator.state.best_metric == -1.0, "a fresh run must not inherit the old best metric"
+    trainer = Engine(lambda engine, batch: None)
+    BestMetricRestorer(best, validator, enabled=True).attach(trainer)
+    trainer.run([0], max_epochs=1)
+    # the first validation after resuming must beat 0.93 to replace the saved best model
+    assert validator.state.best_metric == pytest.approx(0.93) and validator.state.best_metric_epoch == 7

@@ -1,6 +1,6 @@
 """Ignite handlers: loss components, codebook usage, training history and the evaluation report."""
 
-from .checkpoint import BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
+from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
 from .codebook_usage import CodebookUsageHandler
 from .log_values import ITERATION_LOG_KEYS, every_n_iterations, training_log_values
 from .loss_components import LossComponentsHandler
@@ -14,6 +14,7 @@ from .training_history import TrainingHistoryHandler, read_history
 
 __all__ = [
     "ITERATION_LOG_KEYS",
+    "BestMetricRestorer",
     "BestModelSaver",
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",

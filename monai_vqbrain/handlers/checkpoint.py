@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, save_checkpoint
+from ..utils.flags import as_bool
 from ._distributed import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -128,3 +129,33 @@ class TrainingCheckpointLoader:
             engine.state.epoch = iteration // int(trainer_state["epoch_length"])
             engine.state.iteration = engine.state.epoch * engine.state.epoch_length
         logger.info(f"resumed training from {self.load_path} at epoch {engine.state.epoch}")
+
+
+class BestMetricRestorer:
+    """On a resumed run, start the validator from the best key metric of the saved best checkpoint.
+
+    A new evaluator knows no best metric, so without this the first validation after resuming would replace the
+    best checkpoint even when it is worse than the one saved before the interruption.
+
+    Args:
+        checkpoint: the best-model file (e.g. ``<ckpt_dir>/model.pt`` or ``prior.pt``) whose metadata holds ``key_metric`` and ``epoch``.
+        validator: the evaluator whose ``best_metric`` to restore.
+        enabled: False makes the handler do nothing (the bundle passes ``resume``).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, validator: Engine, enabled: bool = True) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.validator = validator
+        self.enabled = as_bool(enabled, "resume")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._restore)
+
+    def _restore(self, engine: Engine) -> None:
+        if not self.enabled or not self.checkpoint.is_file():
+            return
+        metadata = load_checkpoint(self.checkpoint).get(METADATA_KEY, {}) or {}
+        if "key_metric" in metadata and "epoch" in metadata:
+            self.validator.state.best_metric = float(metadata["key_metric"])
+            self.validator.state.best_metric_epoch = int(metadata["epoch"])
+            logger.info(f"best key metric so far: {metadata['key_metric']:.4f} (epoch {metadata['epoch']})")

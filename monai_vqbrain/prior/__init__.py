@@ -44,7 +44,6 @@ from .metrics import (
 )
 from .trainer import (
     PRIOR_CHECKPOINTS,
-    BestMetricRestorer,
     PriorInferer,
     PriorPrepareBatch,
     PriorTrainer,
@@ -58,7 +57,6 @@ from .trainer import (
 __all__ = [
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
-    "BestMetricRestorer",
     "BrainGenerator",
     "CodeAccuracyMetric",
     "CodeDataset",

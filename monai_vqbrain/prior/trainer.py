@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
@@ -23,7 +22,6 @@ from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
 
 __all__ = [
     "PRIOR_CHECKPOINTS",
-    "BestMetricRestorer",
     "PriorInferer",
     "PriorPrepareBatch",
     "PriorTrainer",
@@ -157,36 +155,6 @@ class PriorTrainer(MixedPrecisionTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.backward_and_step(loss)
         return engine.state.output
-
-
-class BestMetricRestorer:
-    """On a resumed run, start the validator from the best key metric of the saved best checkpoint.
-
-    A new evaluator knows no best metric, so without this the first validation after resuming would replace the
-    best checkpoint even when it is worse than the one saved before the interruption.
-
-    Args:
-        checkpoint: the best-model file (``<ckpt_dir>/prior.pt``) whose metadata holds ``key_metric`` and ``epoch``.
-        validator: the evaluator whose ``best_metric`` to restore.
-        enabled: False makes the handler do nothing (the bundle passes ``resume``).
-    """
-
-    def __init__(self, checkpoint: str | os.PathLike, validator: Engine, enabled: bool = True) -> None:
-        self.checkpoint = Path(checkpoint)
-        self.validator = validator
-        self.enabled = as_bool(enabled, "resume")
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._restore)
-
-    def _restore(self, engine: Engine) -> None:
-        if not self.enabled or not self.checkpoint.is_file():
-            return
-        metadata = load_checkpoint(self.checkpoint).get(METADATA_KEY, {}) or {}
-        if "key_metric" in metadata and "epoch" in metadata:
-            self.validator.state.best_metric = float(metadata["key_metric"])
-            self.validator.state.best_metric_epoch = int(metadata["epoch"])
-            logger.info(f"best key metric so far: {metadata['key_metric']:.4f} (epoch {metadata['epoch']})")
 
 
 def check_prior_run(
