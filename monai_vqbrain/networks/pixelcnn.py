@@ -318,6 +318,11 @@ class GatedPixelCNN(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------------ validation
+    def _check_values(self, tensor: torch.Tensor) -> bool:
+        # reading min/max of a GPU tensor stalls the training step on a host sync; training batches come from the
+        # VQ-VAE's own encoder, so value checks run where they are free (CPU) and outside training
+        return tensor.device.type == "cpu" or not self.training
+
     def _check_codes(self, codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor):
             raise ValueError(f"codes must be a torch.Tensor of code indices, got {type(codes).__name__}.")
@@ -328,7 +333,7 @@ class GatedPixelCNN(nn.Module):
                 f"codes must have shape (B, H, W), got {tuple(codes.shape)}"
                 + (" (squeeze the channel dimension first)." if codes.ndim == 4 and codes.shape[1] == 1 else ".")
             )
-        if codes.numel() > 0:
+        if codes.numel() > 0 and self._check_values(codes):
             lo, hi = int(codes.min()), int(codes.max())
             if lo < 0 or hi >= self.num_embeddings:
                 raise ValueError(
@@ -353,7 +358,7 @@ class GatedPixelCNN(nn.Module):
                 raise ValueError(f"class_labels must be an integer tensor, got dtype {class_labels.dtype}.")
             if tuple(class_labels.shape) != (batch,):
                 raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
-            if batch > 0:
+            if batch > 0 and self._check_values(class_labels):
                 lo, hi = int(class_labels.min()), int(class_labels.max())
                 if lo < 0 or hi >= self.num_classes:
                     raise ValueError(f"class_labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}].")
