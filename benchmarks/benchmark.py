@@ -699,6 +699,14 @@ def section_sampling(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]
     settings = {k: getattr(prior, k) for k in ("num_embeddings", "channels", "num_layers", "kernel_size", "num_classes")}
     # a class-conditioned prior needs a label per sample: cycle through the classes
     labels = None if prior.num_classes is None else torch.arange(batch, device=device) % prior.num_classes
+
+    def position_input(size: tuple[int, int]) -> torch.Tensor | None:
+        # the bundle's prior is also conditioned on the code position (Fourier features, 4 channels a frequency)
+        if prior.cond_channels is None:
+            return None
+        from monai_vqbrain.prior.codes import position_map
+
+        return position_map(size, prior.cond_channels // 4).to(device).expand(batch, -1, -1, -1)
     results: dict[str, Any] = {"grid": list(grid), "small_grid": list(small), "num_samples": batch,
                                "prior_parameters": count_parameters(prior), "prior_settings": settings}
 
@@ -706,7 +714,8 @@ def section_sampling(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]
         generator = torch.Generator(device=device).manual_seed(0)
         sync(device)
         start = time.perf_counter()
-        codes = prior.sample(batch, size, generator=generator, fast=fast, class_labels=labels)
+        codes = prior.sample(batch, size, generator=generator, fast=fast, class_labels=labels,
+                             cond_map=position_input(size))
         sync(device)
         return time.perf_counter() - start, codes
 
@@ -715,13 +724,14 @@ def section_sampling(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]
     fast_seconds, _ = timed_sample(grid, True)
     # the naive sampler runs one full forward pass of the whole grid per position: time that pass
     codes = torch.zeros(batch, *grid, dtype=torch.long, device=device)
+    grid_position = position_input(grid)
     with torch.no_grad():
-        prior(codes, class_labels=labels)
+        prior(codes, class_labels=labels, cond_map=grid_position)
         sync(device)
         start = time.perf_counter()
         passes = 3
         for _ in range(passes):
-            prior(codes, class_labels=labels)
+            prior(codes, class_labels=labels, cond_map=grid_position)
         sync(device)
     forward_seconds = (time.perf_counter() - start) / passes
     naive_seconds = forward_seconds * grid[0] * grid[1]
@@ -947,11 +957,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     functions = {"throughput": section_throughput, "precision": section_precision,
                  "convergence": section_convergence, "inference": section_inference, "sampling": section_sampling}
     results: dict[str, Any] = {}
-    for name in SECTIONS:
-        if name in opts.sections:
-            start = time.perf_counter()
-            results[name] = functions[name](recipe, opts)
-            results[name]["section_seconds"] = time.perf_counter() - start
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()}
     report = {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -961,8 +966,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
     }
     opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    opts.output.with_suffix(".md").write_text(markdown_report(report) + "\n")
+    for name in SECTIONS:
+        if name in opts.sections:
+            start = time.perf_counter()
+            results[name] = functions[name](recipe, opts)
+            results[name]["section_seconds"] = time.perf_counter() - start
+            # write after every section, so a failure late in a long run keeps what was measured
+            opts.output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+            opts.output.with_suffix(".md").write_text(markdown_report(report) + "\n")
     logger.info(f"wrote {opts.output.with_suffix('.json')} and {opts.output.with_suffix('.md')}")
     return report
 
