@@ -144,3 +144,14 @@ def trained_bundle(tmp_path_factory, demo_root) -> Path:
     bundle_root = tmp_path_factory.mktemp("trained_bundle")
     run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=2)
     return bundle_root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: two threads only oversubscribe a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

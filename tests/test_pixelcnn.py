@@ -19,13 +19,7 @@ CONDITIONINGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test nets are tiny: one thread avoids oversubscription slowdowns on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_net(seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> GatedPixelCNN:

@@ -70,13 +70,7 @@ METRIC_KEYS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test nets are tiny: one thread avoids oversubscription slowdowns on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_prior(bundle_root: Path, demo_root: Path, **overrides) -> None:
