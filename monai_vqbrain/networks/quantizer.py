@@ -211,8 +211,12 @@ class VectorQuantizer(nn.Module):
         num_codes, dim = self.num_embeddings, self.embedding_dim
         embedding_sum = torch.zeros_like(self.ema_embedding_sum).index_add_(0, indices, flat_latents)
         restarting = self.dead_code_threshold > 0
-        # candidates for dead-code restarts: random encoder outputs of this step
-        replacements = flat_latents[torch.randint(flat_latents.shape[0], (num_codes,), device=flat_latents.device)]
+        # candidates for dead-code restarts: random encoder outputs of this step (only drawn when restarts are on)
+        replacements = (
+            flat_latents[torch.randint(flat_latents.shape[0], (num_codes,), device=flat_latents.device)]
+            if restarting
+            else flat_latents.new_zeros(0, dim)
+        )
         if _distributed_world_size() > 1:
             # one collective per step: counts and sums are summed over ranks, and rank 0's restart candidates
             # are shared by zeroing everyone else's before the sum
@@ -221,7 +225,7 @@ class VectorQuantizer(nn.Module):
             dist.all_reduce(packed)
             code_counts = packed[:num_codes]
             embedding_sum = packed[num_codes : num_codes * (1 + dim)].view(num_codes, dim)
-            replacements = packed[num_codes * (1 + dim) :].view(num_codes, dim)
+            replacements = packed[num_codes * (1 + dim) :].view(-1, dim)
         self.ema_cluster_size.mul_(self.decay).add_(code_counts, alpha=1.0 - self.decay)
         self.ema_embedding_sum.mul_(self.decay).add_(embedding_sum, alpha=1.0 - self.decay)
         total = self.ema_cluster_size.sum()
