@@ -8,6 +8,7 @@ import torch
 from monai.inferers import Inferer
 
 from ..utils.flags import as_bool
+from ..utils.modules import unwrap_network
 from .precision import autocast
 
 
@@ -25,7 +26,7 @@ class ReconstructionInferer(Inferer):
         self.clamp = clamp
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        model = network.module if hasattr(network, "module") else network
+        model = unwrap_network(network)
         with autocast(inputs.device, self.amp):
             if hasattr(model, "reconstruct"):
                 reconstruction = model.reconstruct(inputs)

@@ -13,13 +13,10 @@ from ignite.engine import Engine, Events
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, save_checkpoint
 from ..utils.flags import as_bool
+from ..utils.modules import unwrap_network
 from ._distributed import is_main_process
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    return getattr(network, "module", network)
 
 
 class BestModelSaver:
@@ -46,7 +43,7 @@ class BestModelSaver:
         if engine.state.best_metric_epoch != engine.state.epoch or not is_main_process():
             return
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
-        save_checkpoint(self.save_path, {"model": _unwrap(self.network).state_dict(), METADATA_KEY: metadata})
+        save_checkpoint(self.save_path, {"model": unwrap_network(self.network).state_dict(), METADATA_KEY: metadata})
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
 
 
@@ -82,7 +79,7 @@ class TrainingCheckpointSaver:
         if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
             return
         checkpoint = {
-            key: (_unwrap(obj) if key == "model" else obj).state_dict()
+            key: (unwrap_network(obj) if key == "model" else obj).state_dict()
             for key, obj in self.save_dict.items()
             if obj is not None
         }
@@ -116,7 +113,7 @@ class TrainingCheckpointLoader:
         missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
-        network = _unwrap(self.load_dict["model"])
+        network = unwrap_network(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
         for key, obj in self.load_dict.items():
             if obj is None:

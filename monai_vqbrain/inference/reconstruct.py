@@ -41,6 +41,7 @@ from monai_vqbrain.engines.precision import autocast
 from monai_vqbrain.errors import DatasetError, VQBrainError
 from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
+from monai_vqbrain.utils.modules import unwrap_network
 
 from .io import (
     DEFAULT_MIN_SLICE_SIZE,
@@ -146,7 +147,7 @@ class InferenceRunner:
             raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
         if int(min_slice_size) < 1:
             raise ValueError(f"min_slice_size must be a positive integer, got {min_slice_size!r}")
-        network = getattr(network, "module", network)
+        network = unwrap_network(network)
         self.network = network
         self.vqvae = getattr(network, "vqvae", network)
         for method in ("index_quantize", "decode_samples"):

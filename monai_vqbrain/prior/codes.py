@@ -29,6 +29,7 @@ from ..engines.precision import autocast
 from ..errors import CheckpointError, DatasetError
 from ..utils.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
 from ..utils.flags import as_bool
+from ..utils.modules import unwrap_network
 
 __all__ = [
     "CONDITIONINGS",
@@ -126,7 +127,7 @@ def load_vqvae(
     path = Path(checkpoint)
     if not path.is_file():
         raise _missing_vqvae_error(path)
-    network = getattr(network, "module", network)
+    network = unwrap_network(network)
     if device is None:
         device = next(network.parameters()).device
     expected = None if image_size is None else {"image_size": image_size}

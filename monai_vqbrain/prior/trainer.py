@@ -17,6 +17,7 @@ from ..engines.trainer import MixedPrecisionTrainer
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.flags import as_bool
+from ..utils.modules import unwrap_network
 from ..workflows.run_checks import check_checkpoint_dir, network_metadata
 from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
 
@@ -195,7 +196,7 @@ def check_prior_run(
 
 def prior_network_settings(network: torch.nn.Module) -> dict[str, Any]:
     """The constructor arguments of a :class:`~monai_vqbrain.networks.GatedPixelCNN`, enough to rebuild it."""
-    network = getattr(network, "module", network)
+    network = unwrap_network(network)
     settings = {
         name: getattr(network, name)
         for name in (
@@ -237,7 +238,7 @@ def prior_metadata(
         position_frequencies: frequencies of the position features the prior is conditioned on (0: none).
     """
     return {
-        "network": type(getattr(network, "module", network)).__name__,
+        "network": type(unwrap_network(network)).__name__,
         "network_settings": prior_network_settings(network),
         "conditioning": labels.to_metadata(),
         "position_frequencies": int(position_frequencies),

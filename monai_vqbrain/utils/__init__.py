@@ -2,8 +2,9 @@
 
 from .flags import as_bool
 from .io import atomic_path, atomic_write_bytes, atomic_write_text
+from .modules import unwrap_network
 
-__all__ = ["as_bool", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 from .checkpoint import (  # noqa: E402
     METADATA_KEY,
     check_state_dict_matches,

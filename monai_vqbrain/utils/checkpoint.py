@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .io import atomic_path
+from .modules import unwrap_network
 
 #: key under which a checkpoint stores what produced it (network settings, image size, epoch, metrics)
 METADATA_KEY = "metadata"
@@ -107,7 +108,7 @@ def load_network_weights(
         CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, or a
             metadata mismatch.
     """
-    network = getattr(network, "module", network)
+    network = unwrap_network(network)
     checkpoint = load_checkpoint(path, map_location=map_location)
     state = network_state_dict(checkpoint)
     if not state:

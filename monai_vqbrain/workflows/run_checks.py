@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..utils.flags import as_bool
+from ..utils.modules import unwrap_network
 
 
 def check_checkpoint_dir(
@@ -45,7 +46,7 @@ def check_checkpoint_dir(
 
 def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:
     """Metadata stored in checkpoints: the network's class and settings plus ``entries`` (e.g. ``image_size``)."""
-    network = getattr(network, "module", network)
+    network = unwrap_network(network)
     settings = {
         name: getattr(network, name)
         for name in ("spatial_dims", "in_channels", "out_channels", "channels", "num_embeddings", "embedding_dim")
