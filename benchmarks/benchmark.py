@@ -57,7 +57,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
 TRAIN_PRIOR_CONFIG = CONFIGS / "train_prior.json"
-SECTIONS = ("throughput", "precision", "convergence", "inference", "sampling")
+SECTIONS = ("throughput", "precision", "convergence", "inference", "sampling", "main_job")
+
+#: environment that caps oneDNN's and ATen's CPU dispatch to AVX2: it emulates a CPU without AVX-512 and native
+#: bf16 (most laptops and many cloud machines), where bf16 autocast is emulated and several times slower than fp32
+DISPATCH_ENV: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+}
 
 #: MONAI VQVAE settings of the comparison: the same 2 levels of 4x4 stride-2 (de)convolutions (4x downsampling),
 #: the same channels, codebook and EMA decay as train.json; MONAI puts residual units at every level, so one per
@@ -145,18 +152,51 @@ def peak_rss_mib() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+@contextlib.contextmanager
+def dispatch_env(dispatch: str) -> Iterator[None]:
+    """Set the environment of a CPU dispatch level (see :data:`DISPATCH_ENV`) for child processes started inside."""
+    saved = {key: os.environ.get(key) for key in DISPATCH_ENV["avx2"]}
+    for key in saved:
+        os.environ.pop(key, None)
+    os.environ.update(DISPATCH_ENV[dispatch])
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cpu_dispatch_info() -> dict[str, Any]:
+    """What this process's CPU kernels dispatch to: ATen's capability, native bf16, and the capping variables."""
+    from monai_vqbrain.engines import native_bf16
+
+    info: dict[str, Any] = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(torch.device("cpu")),
+    }
+    info.update({key: os.environ[key] for key in DISPATCH_ENV["avx2"] if key in os.environ})
+    return info
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU, GPU, library versions and thread settings, for the results table."""
+    """CPU (with its bf16 support), GPU, library versions and thread settings, for the results table."""
     import monai
 
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     info: dict[str, Any] = {
         "cpu": cpu,
+        **cpu_dispatch_info(),
+        "cpu_flags_bf16": " ".join(sorted(f for f in flags if "bf16" in f or f.startswith("amx"))) or "none",
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -206,7 +246,7 @@ class Recipe:
         loss: the config's ``loss`` (stateless).
         optimizer_cls: the class of the config's ``optimizer``.
         optimizer_kwargs: its constructor arguments (``lr``, ...), so the bare loops use the same optimizer.
-        amp: the config's ``amp``.
+        amp: the config's ``amp`` resolved for ``device`` (``"auto"``: mixed precision only where it is native).
         max_grad_norm: the config's ``max_grad_norm``.
         prepare_batch: the config's ``prepare_batch``.
         train_dataset: the cached train split (shared by every loader).
@@ -257,7 +297,7 @@ def build_recipe(overrides: dict[str, Any]) -> Recipe:
         loss=parser.get_parsed_content("loss"),
         optimizer_cls=type(optimizer),
         optimizer_kwargs=dict(optimizer.defaults),
-        amp=bool(parser.get_parsed_content("amp")),
+        amp=parser.get_parsed_content("use_amp"),
         max_grad_norm=parser.get_parsed_content("max_grad_norm"),
         prepare_batch=parser.get_parsed_content("prepare_batch"),
         train_dataset=parser.get_parsed_content("train#dataset"),
@@ -502,8 +542,8 @@ def section_throughput(recipe: Recipe, opts: argparse.Namespace) -> dict[str, An
 
 
 def _precision_child(recipe: Recipe, network: torch.nn.Module, batches: list[torch.Tensor], amp: bool,
-                     warmup: int, iters: int, threads: int) -> dict[str, float]:
-    """Run in a fresh process: the training loop at one precision; its speed and peak memory."""
+                     warmup: int, iters: int, threads: int, max_seconds: float) -> dict[str, Any]:
+    """Run in a fresh process: the training loop at one precision; its speed, peak memory and CPU dispatch."""
     torch.set_num_threads(threads)
     device = recipe.device
     if device.type == "cuda":
@@ -513,12 +553,24 @@ def _precision_child(recipe: Recipe, network: torch.nn.Module, batches: list[tor
     baseline = current_rss_mib()
     peak_is_training_only = reset_peak_rss()
     trainer = BareTrainer(recipe, network, amp=amp)
-    seconds = trainer.time_steps(itertools.cycle(staged), warmup, iters, staged=True)
+    batch_cycle = itertools.cycle(staged)
+    for _ in range(warmup):
+        trainer.step(next(batch_cycle))
+    # at most max_seconds of timed steps (at least one): emulated bf16 can be ~10x slower than fp32
+    sync(device)
+    start, steps = time.perf_counter(), 0
+    while steps < iters and (steps == 0 or time.perf_counter() - start < max_seconds):
+        trainer.step(next(batch_cycle))
+        sync(device)
+        steps += 1
+    seconds = time.perf_counter() - start
     result = {
-        "images_per_s": iters * staged[0].shape[0] / seconds,
+        "images_per_s": steps * staged[0].shape[0] / seconds,
+        "timed_iters": steps,
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_training_mib": baseline,
         "peak_is_training_only": peak_is_training_only,
+        **(cpu_dispatch_info() if device.type == "cpu" else {}),
     }
     if device.type == "cuda":
         result["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -526,7 +578,11 @@ def _precision_child(recipe: Recipe, network: torch.nn.Module, batches: list[tor
 
 
 def section_precision(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]:
-    """fp32 vs mixed precision, each network and precision in its own process (for its own peak memory)."""
+    """fp32 vs mixed precision, each network, precision and CPU dispatch level in its own process.
+
+    On the CPU every row runs at the native dispatch and capped to AVX2 (:data:`DISPATCH_ENV`), so a machine with
+    native bf16 also shows what a CPU without it gets; ``auto`` is the precision ``amp="auto"`` picks there.
+    """
     from monai_vqbrain.engines import autocast_dtype
 
     # full batches only (an epoch's last batch may be smaller), on the host: the child moves them
@@ -541,15 +597,28 @@ def section_precision(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any
         "monai": build_monai_vqvae(recipe, opts.monai_vqvae).cpu(),
     }
     context = multiprocessing.get_context("spawn")
-    results: dict[str, Any] = {"mixed_dtype": str(autocast_dtype(recipe.device)).replace("torch.", "")}
-    for name, network in networks.items():
-        for amp in (False, True):
-            label = f"{name}_{'amp' if amp else 'fp32'}"
-            logger.info(f"precision: {label}")
-            with context.Pool(1) as pool:
-                results[label] = pool.apply(_precision_child, (child_recipe, network, batches, amp, opts.warmup,
-                                                               opts.iters, torch.get_num_threads()))
-        results[f"{name}_amp_speedup"] = results[f"{name}_amp"]["images_per_s"] / results[f"{name}_fp32"]["images_per_s"]
+    dispatches = opts.dispatch if recipe.device.type == "cpu" else ["native"]
+    results: dict[str, Any] = {"mixed_dtype": str(autocast_dtype(recipe.device)).replace("torch.", ""),
+                               "dispatches": list(dispatches), "max_seconds": opts.precision_max_seconds}
+    for dispatch in dispatches:
+        rows: dict[str, Any] = {}
+        for name, network in networks.items():
+            for amp in (False, True):
+                label = f"{name}_{'amp' if amp else 'fp32'}"
+                logger.info(f"precision: {label} ({dispatch} dispatch)")
+                with dispatch_env(dispatch), context.Pool(1) as pool:
+                    rows[label] = pool.apply(_precision_child, (child_recipe, network, batches, amp, opts.warmup,
+                                                                opts.iters, torch.get_num_threads(),
+                                                                opts.precision_max_seconds))
+            rows[f"{name}_amp_speedup"] = rows[f"{name}_amp"]["images_per_s"] / rows[f"{name}_fp32"]["images_per_s"]
+            # what amp="auto" picks at this dispatch level: mixed precision only where it is native
+            native = recipe.device.type == "cuda" or rows[f"{name}_fp32"].get("native_bf16", False)
+            rows[f"{name}_auto"] = "amp" if native else "fp32"
+        rows["ours_vs_monai_fp32"] = rows["ours_fp32"]["images_per_s"] / rows["monai_fp32"]["images_per_s"]
+        rows["ours_vs_monai_amp"] = rows["ours_amp"]["images_per_s"] / rows["monai_amp"]["images_per_s"]
+        rows["ours_auto_vs_monai_fp32"] = (rows[f"ours_{rows['ours_auto']}"]["images_per_s"]
+                                           / rows["monai_fp32"]["images_per_s"])
+        results[dispatch] = rows
     return results
 
 
@@ -751,6 +820,69 @@ def section_sampling(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]
     return results
 
 
+def _bundle_command(run_id: str, configs: list[Path], overrides: dict[str, Any]) -> list[str]:
+    """``python -m monai.bundle run <run_id>`` as the README writes it, with ``overrides`` as ``--key value``."""
+    config_file = str(configs[0]) if len(configs) == 1 else json.dumps([str(c) for c in configs])
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_file]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
+
+
+def _timed_bundle_run(run_id: str, configs: list[Path], overrides: dict[str, Any], log_file: Path) -> float:
+    """Run a bundle workflow in a fresh process (from the repository root, as the README says); its wall clock."""
+    start = time.perf_counter()
+    with open(log_file, "w") as log:
+        result = subprocess.run(_bundle_command(run_id, configs, overrides), cwd=REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, env=os.environ.copy(), check=False)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{run_id} failed with exit code {result.returncode}; see {log_file}")
+    return seconds
+
+
+def section_main_job(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]:
+    """The README's main job as a new user runs it, at each CPU dispatch level: wall clock and test SSIM.
+
+    ``training`` with the defaults of ``train.json`` into a fresh bundle root (so the demo data is generated, as on
+    a first run), then ``evaluating`` (test SSIM) and one epoch of ``training_prior`` (the prior's epoch time).
+    Each runs in its own process with the dispatch level's environment (:data:`DISPATCH_ENV`).
+    """
+    from monai_vqbrain.handlers.training_history import read_history
+
+    dispatches = opts.dispatch if recipe.device.type == "cpu" else ["native"]
+    results: dict[str, Any] = {"dispatches": list(dispatches)}
+    for dispatch in dispatches:
+        root = Path(tempfile.mkdtemp(prefix=f"main_job_{dispatch}_", dir=opts.work_dir))
+        overrides: dict[str, Any] = {"bundle_root": str(root), "device": str(recipe.device), "progress": False}
+        if opts.quick:
+            overrides.update({**QUICK["overrides"], "dataset_dir": recipe.overrides["dataset_dir"], "max_epochs": 1,
+                              "image_size": QUICK["image_size"], "batch_size": QUICK["batch_size"]})
+        row: dict[str, Any] = {"bundle_root": str(root), **cpu_dispatch_info()}
+        with dispatch_env(dispatch):
+            logger.info(f"main job: training ({dispatch} dispatch) into {root}")
+            row["training_s"] = _timed_bundle_run("training", [TRAIN_CONFIG], overrides, root / "training.log")
+            history = read_history(root / "models" / "training_history.json")
+            row["epochs"] = len(history)
+            row["epoch_train_s"] = [round(r.get("epoch_seconds", float("nan")), 2) for r in history]
+            row["val_ssim_last"] = history[-1].get("val_ssim") if history else None
+            logger.info(f"main job: evaluating ({dispatch} dispatch)")
+            row["evaluating_s"] = _timed_bundle_run("evaluating", [TRAIN_CONFIG, CONFIGS / "evaluate.json"],
+                                                    overrides, root / "evaluating.log")
+            metrics = json.loads((root / "outputs" / "metrics.json").read_text())
+            row["test_ssim_mean"] = metrics["ssim_mean"]
+            row["test_ssim_min"] = metrics["ssim_min"]
+            row["test_psnr_mean"] = metrics["psnr_mean"]
+            logger.info(f"main job: one prior epoch ({dispatch} dispatch)")
+            row["prior_one_epoch_run_s"] = _timed_bundle_run(
+                "training_prior", [TRAIN_CONFIG, TRAIN_PRIOR_CONFIG], {**overrides, "prior_max_epochs": 1},
+                root / "training_prior.log")
+            prior_history = read_history(root / "models" / "prior_training_history.json")
+            row["prior_epoch_train_s"] = prior_history[-1].get("epoch_seconds") if prior_history else None
+        results[dispatch] = row
+    return results
+
+
 # --------------------------------------------------------------------------------------------------------- report
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -797,21 +929,35 @@ def markdown_report(report: dict[str, Any]) -> str:
 
     if "precision" in sections:
         p = sections["precision"]
-        mem_key = "peak_cuda_allocated_mib" if "peak_cuda_allocated_mib" in p.get("ours_fp32", {}) else "peak_rss_mib"
-        mem_label = "peak CUDA allocated (MiB)" if mem_key == "peak_cuda_allocated_mib" else "peak RSS (MiB)"
-        lines += ["## (b) fp32 vs mixed precision", "",
+        lines += ["## (b) fp32 vs mixed precision, per CPU dispatch level", "",
                   f"Mixed precision = autocast to {p['mixed_dtype']}. Each row ran in its own process on pre-staged "
-                  "batches; peak RSS is measured from just before training (Linux `VmHWM` after `clear_refs`) "
-                  "where the kernel allows, else over the process's life.", "", f"| network | precision | images/s | {mem_label} | RSS before training (MiB) | peak - before (MiB) |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for name in ("ours", "monai"):
-            for precision in ("fp32", "amp"):
-                row = p[f"{name}_{precision}"]
-                growth = row["peak_rss_mib"] - row["rss_before_training_mib"]
-                lines.append(f"| {name} | {precision} | {row['images_per_s']:.1f} | {row[mem_key]:.0f} | "
-                             f"{row['rss_before_training_mib']:.0f} | {growth:.0f} |")
-        lines += ["", f"- Mixed-precision speed-up: ours {p['ours_amp_speedup']:.2f}x, "
-                      f"MONAI {p['monai_amp_speedup']:.2f}x", ""]
+                  "batches (at most "
+                  f"{p['max_seconds']:.0f} s of timed steps); peak RSS is measured from just before training (Linux "
+                  "`VmHWM` after `clear_refs`) where the kernel allows, else over the process's life. `avx2` rows ran "
+                  "with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, emulating a CPU without AVX-512 and "
+                  "native bf16; `auto` marks the precision `amp: auto` picks there.", ""]
+        for dispatch in p["dispatches"]:
+            rows = p[dispatch]
+            mem_key = "peak_cuda_allocated_mib" if "peak_cuda_allocated_mib" in rows["ours_fp32"] else "peak_rss_mib"
+            mem_label = "peak CUDA allocated (MiB)" if mem_key == "peak_cuda_allocated_mib" else "peak RSS (MiB)"
+            first = rows["ours_fp32"]
+            where = (f"CPU capability {first['cpu_capability']}, native bf16 {first['native_bf16']}"
+                     if "cpu_capability" in first else "GPU")
+            lines += [f"**{dispatch} dispatch** ({where})", "",
+                      f"| network | precision | images/s | timed iterations | {mem_label} | peak - before (MiB) |",
+                      "|---|---|---:|---:|---:|---:|"]
+            for name in ("ours", "monai"):
+                for precision in ("fp32", "amp"):
+                    row = rows[f"{name}_{precision}"]
+                    growth = row["peak_rss_mib"] - row["rss_before_training_mib"]
+                    auto = " (auto)" if rows[f"{name}_auto"] == precision else ""
+                    lines.append(f"| {name} | {precision}{auto} | {row['images_per_s']:.1f} | {row['timed_iters']} | "
+                                 f"{row[mem_key]:.0f} | {growth:.0f} |")
+            lines += ["", f"- Mixed precision vs fp32: ours {rows['ours_amp_speedup']:.2f}x, "
+                          f"MONAI {rows['monai_amp_speedup']:.2f}x",
+                      f"- Ours / MONAI VQVAE: {rows['ours_vs_monai_fp32']:.2f}x in fp32, "
+                      f"{rows['ours_vs_monai_amp']:.2f}x in mixed precision; ours with `amp: auto` / MONAI in fp32: "
+                      f"**{rows['ours_auto_vs_monai_fp32']:.2f}x**", ""]
 
     if "convergence" in sections:
         c = sections["convergence"]
@@ -859,6 +1005,22 @@ def markdown_report(report: dict[str, Any]) -> str:
                   "", f"- Fast-path speed-up: {s['fast_speedup_extrapolated']:.0f}x on {grid} (extrapolated), "
                       f"{s['small_grid_fast_speedup']:.1f}x on {small} (measured)",
                   f"- Both paths drew identical codes on {small}: {s['small_grid_paths_identical']}", ""]
+    if "main_job" in sections:
+        m = sections["main_job"]
+        lines += ["## (f) The README's main job", "",
+                  "`training` with train.json's defaults into a fresh bundle root (demo data generated, as on a first "
+                  "run), then `evaluating` on the test split and one epoch of `training_prior`, each a fresh process, "
+                  "wall clock.", "",
+                  "| dispatch | CPU capability | native bf16 | training (s) | epochs | s / epoch (training only) | "
+                  "test SSIM (min) | evaluating (s) | prior epoch (s) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for dispatch in m["dispatches"]:
+            row = m[dispatch]
+            epoch_s = statistics.median(row["epoch_train_s"]) if row["epoch_train_s"] else float("nan")
+            lines.append(f"| {dispatch} | {row.get('cpu_capability', 'n/a')} | {row.get('native_bf16', 'n/a')} | "
+                         f"{row['training_s']:.0f} | {row['epochs']} | {epoch_s:.1f} | {row['test_ssim_mean']:.4f} "
+                         f"({row['test_ssim_min']:.3f}) | {row['evaluating_s']:.0f} | "
+                         f"{_fmt(row['prior_epoch_train_s'])} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -900,6 +1062,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="ID=JSON",
                         help="train.json override, e.g. amp=false or network_def#channels=[32,64] (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--dispatch", nargs="+", default=list(DISPATCH_ENV), choices=list(DISPATCH_ENV),
+                        help="CPU dispatch levels of the precision and main_job sections (avx2 caps oneDNN/ATen)")
+    parser.add_argument("--precision-max-seconds", type=float, default=60.0,
+                        help="at most this many seconds of timed steps per precision row (emulated bf16 is slow)")
     opts = parser.parse_args(argv)
     if opts.quick:
         # only the settings left at their defaults are made tiny
@@ -955,7 +1121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"batch {recipe.batch_size}, amp={recipe.amp}")
 
     functions = {"throughput": section_throughput, "precision": section_precision,
-                 "convergence": section_convergence, "inference": section_inference, "sampling": section_sampling}
+                 "convergence": section_convergence, "inference": section_inference, "sampling": section_sampling,
+                 "main_job": section_main_job}
     results: dict[str, Any] = {}
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()}
     report = {

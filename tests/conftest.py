@@ -112,6 +112,7 @@ TINY_NETWORK = {"channels": [8, 16], "num_res_channels": 8, "num_embeddings": 32
 """VQ-VAE settings small enough that a whole bundle run takes seconds."""
 TINY_OVERRIDES = {
     "image_size": 32,
+    "train_crop_size": 16,
     "batch_size": 4,
     "progress": False,
     **{f"network_def#{key}": value for key, value in TINY_NETWORK.items()},

@@ -29,8 +29,25 @@ def test_training_writes_checkpoints_and_history(trained_bundle):
                 "train_perplexity", "train_codebook_usage", "val_ssim", "val_psnr"):
         assert key in history[-1], key
     record = history[-1]
+    assert record["epoch_seconds"] > 0
     assert record["train_loss"] == pytest.approx(record["train_reconstruction"] + record["train_vq"], rel=1e-4)
     assert (trained_bundle / "outputs" / "tensorboard").is_dir()
+
+
+def test_training_sees_random_crops_and_validation_whole_slices(demo_root, tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(demo_root), "image_size": 32,
+                   "train_crop_size": 16})
+    train, validate = parser.get_parsed_content("train#dataset"), parser.get_parsed_content("validate#dataset")
+    crops = [train[0]["image"] for _ in range(8)]
+    assert all(crop.shape == (1, 16, 16) for crop in crops)
+    assert any(not torch.equal(crops[0], crop) for crop in crops[1:]), "a new random crop on every access"
+    assert validate[0]["image"].shape == (1, 32, 32)
+    parser["train_crop_size"] = None  # no cropping: whole slices
+    assert parser.get_parsed_content("train#dataset", lazy=False)[0]["image"].shape == (1, 32, 32)
 
 
 def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from monai.data import CacheDataset
+from monai.transforms import Compose
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.nifti import check_nifti_header, has_volume_files, list_nifti_volumes, load_nifti_slices
@@ -146,6 +147,7 @@ def get_dataset(
     test_fraction: float = 0.1,
     seed: int = 0,
     max_items: int | None = None,
+    random_transforms: Sequence[Callable] | None = None,
 ) -> CacheDataset:
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
@@ -166,6 +168,8 @@ def get_dataset(
         test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
         seed: NIfTI only: seed of the subject split.
         max_items: keep only the first this many items (for quick runs); None keeps all.
+        random_transforms: dictionary transforms applied after the cache on every access, e.g. the training
+            split's random crops (``train_augmentation`` in ``train.json``).
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -187,6 +191,9 @@ def get_dataset(
             root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed
         )
         transforms = get_slice_transforms(image_size, load_from_file=False)
+    if random_transforms:
+        # CacheDataset caches the output of the deterministic steps and runs these on every access
+        transforms = Compose([*transforms.transforms, *random_transforms])
     return CacheDataset(
         data=items, transform=transforms, cache_rate=cache_rate, num_workers=num_workers, progress=len(items) > 1000
     )

@@ -1,7 +1,16 @@
 """Ignite/MONAI engines: the VQ-VAE trainer, the reconstruction inferer, batch preparation and precision."""
 
 from .inferer import ReconstructionInferer
-from .precision import autocast, autocast_dtype, needs_grad_scaler, resolve_device
+from .precision import (
+    autocast,
+    autocast_dtype,
+    describe_precision,
+    native_bf16,
+    needs_grad_scaler,
+    precision_name,
+    resolve_amp,
+    resolve_device,
+)
 from .prepare_batch import AutoencoderPrepareBatch
 from .trainer import LOSS_COMPONENTS, MixedPrecisionTrainer, VQVAETrainer
 
@@ -13,6 +22,10 @@ __all__ = [
     "VQVAETrainer",
     "autocast",
     "autocast_dtype",
+    "describe_precision",
+    "native_bf16",
     "needs_grad_scaler",
+    "precision_name",
+    "resolve_amp",
     "resolve_device",
 ]

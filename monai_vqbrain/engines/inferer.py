@@ -7,27 +7,28 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
-from .precision import autocast
+from .precision import autocast, resolve_amp
 
 
 class ReconstructionInferer(Inferer):
     """Reconstruct ``inputs`` with ``network.reconstruct`` (or the network's first output), clamped to a range.
 
     Args:
-        amp: run under autocast (bf16 on CPU; bf16/fp16 on CUDA).
+        amp: run under autocast (bf16 on CPU; bf16/fp16 on CUDA): True, False, or ``"auto"`` for mixed precision
+            only where the inputs' device runs it natively (see :func:`~monai_vqbrain.engines.resolve_amp`).
         clamp: ``(low, high)`` range of the output intensities, or None to leave them unclamped.
     """
 
-    def __init__(self, amp: bool = False, clamp: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    def __init__(self, amp: bool | str = False, clamp: tuple[float, float] | None = (0.0, 1.0)) -> None:
         super().__init__()
-        self.amp = as_bool(amp, "amp")
+        resolve_amp(amp, "cpu")  # validates the setting now; the device is known only at call time
+        self.amp = amp
         self.clamp = clamp
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         model = unwrap_network(network)
-        with autocast(inputs.device, self.amp):
+        with autocast(inputs.device, resolve_amp(self.amp, inputs.device)):
             if hasattr(model, "reconstruct"):
                 reconstruction = model.reconstruct(inputs)
             else:

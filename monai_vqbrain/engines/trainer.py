@@ -9,8 +9,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from ..utils.flags import as_bool
-from .precision import autocast, needs_grad_scaler
+from .precision import autocast, needs_grad_scaler, resolve_amp
 
 #: names of the loss components in ``engine.state.output`` after each iteration
 LOSS_COMPONENTS = ("reconstruction", "vq", "codebook", "commitment")
@@ -19,8 +18,9 @@ LOSS_COMPONENTS = ("reconstruction", "vq", "codebook", "commitment")
 class MixedPrecisionTrainer(SupervisedTrainer):
     """A :class:`monai.engines.SupervisedTrainer` whose ``amp`` works on CPU too, with optional gradient clipping.
 
-    ``amp`` means bf16 autocast on CPU and on bf16-capable GPUs, fp16 with gradient scaling on other GPUs
-    (MONAI's own ``amp`` is CUDA-only). Subclasses compute their loss under :func:`autocast` in ``_iteration``
+    ``amp`` is ``"auto"``, True or False (see :func:`~monai_vqbrain.engines.precision.resolve_amp`): mixed precision
+    means bf16 autocast on CPU and on bf16-capable GPUs, fp16 with gradient scaling on other GPUs (MONAI's own
+    ``amp`` is CUDA-only). Subclasses compute their loss under :func:`autocast` in ``_iteration``
     and finish with :meth:`backward_and_step`.
 
     Args:
@@ -30,7 +30,8 @@ class MixedPrecisionTrainer(SupervisedTrainer):
 
     def __init__(self, *args: Any, max_grad_norm: float | None = None, **kwargs: Any) -> None:
         if "amp" in kwargs:
-            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
+            device = kwargs["device"] if "device" in kwargs else args[0]
+            kwargs["amp"] = resolve_amp(kwargs["amp"], device)
         super().__init__(*args, **kwargs)
         self.max_grad_norm = max_grad_norm
         self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None

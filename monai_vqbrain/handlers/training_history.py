@@ -53,6 +53,10 @@ class TrainingHistoryHandler:
 
     def _record(self, engine: Engine) -> None:
         record: dict = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        # Ignite's time of this epoch's iterations (handlers excluded): the figure a speed comparison needs
+        epoch_seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name)
+        if epoch_seconds is not None:
+            record["epoch_seconds"] = float(epoch_seconds)
         record.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
         validator = self.validator
         if validator is not None and validator.state.iteration and validator.state.epoch == engine.state.epoch:

@@ -37,7 +37,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
-from monai_vqbrain.engines.precision import autocast
+from monai_vqbrain.engines.precision import autocast, resolve_amp
 from monai_vqbrain.errors import DatasetError, VQBrainError
 from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
@@ -123,7 +123,8 @@ class InferenceRunner:
         save_codes: also write each file's code-index map.
         strict: stop at the first bad input instead of skipping it.
         overwrite: replace existing outputs.
-        amp: run the network under autocast (bf16/fp16); off by default for the most faithful reconstructions.
+        amp: run the network under autocast (bf16/fp16): True, False, or ``"auto"`` for mixed precision only where
+            ``device`` runs it natively; off by default here (the bundle's default is ``"auto"``).
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class InferenceRunner:
         save_codes: bool = True,
         strict: bool = False,
         overwrite: bool = False,
-        amp: bool = False,
+        amp: bool | str = False,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -165,7 +166,7 @@ class InferenceRunner:
         self.save_codes = as_bool(save_codes, "save_codes")
         self.strict = as_bool(strict, "strict")
         self.overwrite = as_bool(overwrite, "overwrite")
-        self.amp = as_bool(amp, "amp")
+        self.amp = resolve_amp(amp, self.device)
         self.num_embeddings = int(self.vqvae.num_embeddings)
         self._to_model = Compose([PadToSquared("image"), ResizeSquared("image", size=self.image_size)])
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")

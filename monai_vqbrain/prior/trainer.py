@@ -12,11 +12,10 @@ from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 
-from ..engines.precision import autocast
+from ..engines.precision import autocast, resolve_amp
 from ..engines.trainer import MixedPrecisionTrainer
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
-from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 from ..workflows.run_checks import check_checkpoint_dir, network_metadata
 from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
@@ -104,16 +103,18 @@ class PriorInferer(Inferer):
     """Logits of the prior for a batch of code maps, as float32 (under autocast when ``amp``).
 
     Args:
-        amp: run the network under autocast (bf16 on CPU); the logits are returned as float32 either way, so the
-            NLL is computed in full precision.
+        amp: run the network under autocast (bf16 on CPU): True, False, or ``"auto"`` for mixed precision only
+            where the inputs' device runs it natively; the logits are returned as float32 either way, so the NLL is
+            computed in full precision.
     """
 
-    def __init__(self, amp: bool = False) -> None:
+    def __init__(self, amp: bool | str = False) -> None:
         super().__init__()
-        self.amp = as_bool(amp, "amp")
+        resolve_amp(amp, "cpu")  # validates the setting now; the device is known only at call time
+        self.amp = amp
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with autocast(inputs.device, self.amp):
+        with autocast(inputs.device, resolve_amp(self.amp, inputs.device)):
             logits = network(inputs, *args, **kwargs)
         return logits.float()
 
