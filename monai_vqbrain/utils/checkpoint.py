@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputWriteError
 from .io import atomic_path
 from .modules import unwrap_network
 
@@ -20,9 +20,19 @@ METADATA_KEY = "metadata"
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
-    """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file)."""
+    """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
+
+    Raises:
+        OutputWriteError: naming ``path`` when it cannot be written (full disk, read-only folder, no permission).
+    """
     with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(checkpoint, tmp)
+        try:
+            torch.save(checkpoint, tmp)
+        except RuntimeError as error:
+            # torch's C++ writer reports a full disk as "basic_ios::clear: iostream error" or "failed writing file"
+            raise OutputWriteError(
+                f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
+            ) from error
     return Path(path)
 
 
