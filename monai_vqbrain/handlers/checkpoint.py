@@ -11,7 +11,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..errors import CheckpointError
-from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, save_checkpoint
+from ..utils.checkpoint import (
+    METADATA_KEY,
+    check_finite_weights,
+    check_state_dict_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 from ._distributed import is_main_process
@@ -125,6 +131,7 @@ class TrainingCheckpointLoader:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
         network = unwrap_network(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
+        check_finite_weights(checkpoint["model"], str(self.load_path))
         for key, obj in self.load_dict.items():
             if obj is None:
                 continue

@@ -312,6 +312,7 @@ class NiftiInput(InputImage):
             data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
         except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
             raise ImageFileError(f"cannot read the voxels of '{path}' ({err}); the file may be truncated") from err
+        image.uncache()  # the voxels live on in ``data`` and its smaller derivatives only
         finite = np.isfinite(data)
         if not finite.all():
             raise ImageFileError(

@@ -38,7 +38,7 @@ from torch import nn
 
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
 from monai_vqbrain.engines.precision import autocast
-from monai_vqbrain.errors import DatasetError, VQBrainError
+from monai_vqbrain.errors import DatasetError, InputsSkippedError, VQBrainError
 from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
 from monai_vqbrain.utils.modules import unwrap_network
@@ -98,9 +98,10 @@ class FileResult:
 class _Prepared:
     """An input read and resized for the model, waiting for its batch."""
 
-    image: InputImage
+    image: InputImage  # its full-size slices are released once model_input is made
     model_input: torch.Tensor  # (N, 1, S, S)
     result: FileResult
+    plane_shape: tuple[int, int]  # (H, W) of the input's slices, to restore the reconstruction to
 
 
 class InferenceRunner:
@@ -124,6 +125,8 @@ class InferenceRunner:
         strict: stop at the first bad input instead of skipping it.
         overwrite: replace existing outputs.
         amp: run the network under autocast (bf16/fp16); off by default for the most faithful reconstructions.
+        allow_skipped: finish normally when some inputs were skipped; by default :meth:`run` ends with an
+            :class:`~monai_vqbrain.errors.InputsSkippedError` (exit status 3) after writing everything else.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class InferenceRunner:
         strict: bool = False,
         overwrite: bool = False,
         amp: bool = False,
+        allow_skipped: bool = False,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -166,6 +170,7 @@ class InferenceRunner:
         self.strict = as_bool(strict, "strict")
         self.overwrite = as_bool(overwrite, "overwrite")
         self.amp = as_bool(amp, "amp")
+        self.allow_skipped = as_bool(allow_skipped, "allow_skipped")
         self.num_embeddings = int(self.vqvae.num_embeddings)
         self._to_model = Compose([PadToSquared("image"), ResizeSquared("image", size=self.image_size)])
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
@@ -292,20 +297,35 @@ class InferenceRunner:
             return result
         result.shape = "x".join(str(s) for s in image.shape)
         result.slices = int(image.slices.shape[0])
-        return _Prepared(image=image, model_input=self._model_input(image), result=result)
+        plane_shape = (int(image.slices.shape[1]), int(image.slices.shape[2]))
+        model_input = self._model_input(image)
+        # a file waits for its batch at model size: keeping its full-size pixels would let a few huge inputs
+        # hold gigabytes until the batch runs
+        image.slices = image.slices[:0]
+        return _Prepared(image=image, model_input=model_input, result=result, plane_shape=plane_shape)
 
     def _finish(self, item: _Prepared, codes: torch.Tensor, reconstruction: torch.Tensor) -> FileResult:
         """Score one file at model resolution, then write its reconstruction and code map."""
         result, image = item.result, item.image
         target = item.model_input
-        ssim = self._ssim(reconstruction, target).reshape(-1)
+        ssim = float(self._ssim(reconstruction, target).reshape(-1).mean())
         mse = float(torch.mean((reconstruction - target) ** 2))
-        result.ssim = round(float(ssim.mean()), 6)
-        result.psnr = round(10.0 * math.log10(1.0 / mse), 4) if mse > 0 else float("inf")
         self._ssim.reset()
+        # a NaN or infinite score is not a number a reader can compare: leave the cell empty and say why
+        problems = []
+        if math.isfinite(ssim):
+            result.ssim = round(ssim, 6)
+        else:
+            problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
+        if math.isfinite(mse) and mse > 0:
+            result.psnr = round(10.0 * math.log10(1.0 / mse), 4)
+        else:
+            problems.append("psnr is infinite (the reconstruction equals the input)" if mse == 0 else
+                            f"psnr is undefined (mean squared error {mse})")
+        result.error = "; ".join(problems)
 
         recon_path, codes_path = self.output_paths(image.path)
-        height, width = image.slices.shape[1:]
+        height, width = item.plane_shape
         image.save_reconstruction(self._from_model(reconstruction, height, width), recon_path, overwrite=self.overwrite)
         result.reconstruction = str(recon_path)
         result.code_bits = round(codes.numel() * math.log2(self.num_embeddings), 3)
@@ -313,7 +333,7 @@ class InferenceRunner:
             self._save_codes(codes, codes_path, image)
             result.codes = str(codes_path)
             result.codes_bytes = codes_path.stat().st_size
-        _logger.info("reconstructed '%s' (SSIM %.4f, PSNR %.2f dB)", image.path, result.ssim, result.psnr)
+        _logger.info("reconstructed '%s' (SSIM %s, PSNR %s dB)", image.path, result.ssim, result.psnr)
         return result
 
     def _save_codes(self, codes: torch.Tensor, path: Path, image: InputImage) -> None:
@@ -361,6 +381,8 @@ class InferenceRunner:
             DatasetError, OutputPathError: see :meth:`check`.
             ImageFileError: for the first bad file when ``strict``; for the only input file when it is bad.
             DatasetError: when every one of several input files is bad.
+            InputsSkippedError: after everything is written, when some inputs were skipped and not
+                ``allow_skipped``; its ``results`` attribute holds the returned value.
         """
         files = self.check()
         self.network.eval()
@@ -383,7 +405,7 @@ class InferenceRunner:
             results[Path(result.input)] = result
         ordered = [results[path] for path in files]
         self.write_metrics(ordered)
-        failed = [result for result in ordered if result.error]
+        failed = [result for result in ordered if not result.reconstruction]
         _logger.info(
             "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
             len(ordered) - len(failed),
@@ -399,4 +421,11 @@ class InferenceRunner:
                 f"none of the {len(ordered)} input files could be reconstructed (first: {failed[0].error}); "
                 f"see '{self.metrics_file}'"
             )
+        if failed and not self.allow_skipped:
+            error = InputsSkippedError(
+                f"{len(failed)} of {len(ordered)} input file(s) were skipped (first: {failed[0].error}); the others "
+                f"were reconstructed, see '{self.metrics_file}'; pass --allow_skipped true to accept skipped inputs"
+            )
+            error.results = ordered
+            raise error
         return ordered

@@ -23,7 +23,13 @@ from ..data.datasets import get_dataset
 from ..errors import CheckpointError, OutputPathError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
-from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, network_state_dict
+from ..utils.checkpoint import (
+    METADATA_KEY,
+    check_finite_weights,
+    check_state_dict_matches,
+    load_checkpoint,
+    network_state_dict,
+)
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
@@ -131,6 +137,7 @@ def load_prior(
             f"(expected cond_channels={position_channels(frequencies)})."
         )
     check_state_dict_matches(network, network_state_dict(saved), str(path))
+    check_finite_weights(network_state_dict(saved), str(path))
     network.load_state_dict(network_state_dict(saved))
 
     if vqvae is not None:

@@ -7,6 +7,7 @@ from .modules import unwrap_network
 __all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporary_files"]
 from .checkpoint import (  # noqa: E402
     METADATA_KEY,
+    check_finite_weights,
     check_state_dict_matches,
     load_checkpoint,
     load_network_weights,
@@ -16,6 +17,7 @@ from .checkpoint import (  # noqa: E402
 
 __all__ += [
     "METADATA_KEY",
+    "check_finite_weights",
     "check_state_dict_matches",
     "load_checkpoint",
     "load_network_weights",

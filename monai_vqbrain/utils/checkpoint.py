@@ -99,6 +99,20 @@ def check_state_dict_matches(network: nn.Module, state: dict[str, torch.Tensor],
         )
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` when a floating-point tensor of ``state`` holds NaN or inf.
+
+    Such weights (a diverged run, a damaged file) would make every output NaN: black images and metrics that look
+    like numbers.
+    """
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint '{source}' holds non-finite (NaN or inf) weights in {len(bad)} tensor(s) (e.g. {bad[0]}); "
+            f"the run that saved it diverged or the file is damaged: use another checkpoint or train again."
+        )
+
+
 def load_network_weights(
     network: nn.Module,
     path: str | os.PathLike,
@@ -115,8 +129,8 @@ def load_network_weights(
         map_location: where to load the tensors.
 
     Raises:
-        CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, or a
-            metadata mismatch.
+        CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, non-finite
+            weights, or a metadata mismatch.
     """
     network = unwrap_network(network)
     checkpoint = load_checkpoint(path, map_location=map_location)
@@ -124,6 +138,7 @@ def load_network_weights(
     if not state:
         raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
     check_state_dict_matches(network, state, str(path))
+    check_finite_weights(state, str(path))
     metadata = checkpoint.get(METADATA_KEY, {}) or {}
     for key, value in (expected_metadata or {}).items():
         if key in metadata and str(metadata[key]) != str(value):
