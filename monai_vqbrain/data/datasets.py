@@ -9,6 +9,7 @@ from pathlib import Path
 from monai.data import CacheDataset
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import check_nifti_header, has_volume_files, list_nifti_volumes, load_nifti_slices
 from monai_vqbrain.data.oasis import (
     PNG_FOLDER_PREFIX,
@@ -93,11 +94,11 @@ def detect_dataset_format(root: str | os.PathLike) -> str:
     )
 
 
-def _png_items(root: Path, split: str, max_items: int | None) -> list[dict]:
+def _png_items(root: Path, split: str, max_items: int | None, max_pixels: int | None) -> list[dict]:
     """List a PNG split, checking only the files that will be used (all of them unless ``max_items``)."""
     files = find_png_files(png_split_folder(root, split))[:max_items]
     for path in files:
-        check_png_file(path)
+        check_png_file(path, max_pixels)
     return [{"image": str(path), "name": path.name} for path in files]
 
 
@@ -111,15 +112,16 @@ def _nifti_items(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    max_voxels: int | None,
 ) -> list[dict]:
     """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had."""
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     for path in files:  # headers first: a bad file stops the run before minutes of loading
-        check_nifti_header(path)
+        check_nifti_header(path, max_voxels)
     items: list[dict] = []
     for path in files:
         items += load_nifti_slices(
-            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground
+            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground, max_voxels=max_voxels
         )
         if max_items is not None and len(items) >= max_items:
             break
@@ -146,6 +148,8 @@ def get_dataset(
     test_fraction: float = 0.1,
     seed: int = 0,
     max_items: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
 ) -> CacheDataset:
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
@@ -166,6 +170,8 @@ def get_dataset(
         test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
         seed: NIfTI only: seed of the subject split.
         max_items: keep only the first this many items (for quick runs); None keeps all.
+        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
+        max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -180,11 +186,12 @@ def get_dataset(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        items = _png_items(root, split, max_items)
+        items = _png_items(root, split, max_items, max_image_pixels)
         transforms = get_slice_transforms(image_size, load_from_file=True)
     else:
         items = _nifti_items(
-            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed
+            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
+            max_volume_voxels,
         )
         transforms = get_slice_transforms(image_size, load_from_file=False)
     return CacheDataset(

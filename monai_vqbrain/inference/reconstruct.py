@@ -36,6 +36,7 @@ from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
 from monai_vqbrain.engines.precision import autocast
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, VQBrainError
@@ -127,6 +128,8 @@ class InferenceRunner:
         amp: run the network under autocast (bf16/fp16); off by default for the most faithful reconstructions.
         allow_skipped: finish normally when some inputs were skipped; by default :meth:`run` ends with an
             :class:`~monai_vqbrain.errors.InputsSkippedError` (exit status 3) after writing everything else.
+        max_image_pixels: the most pixels a PNG header may declare; larger files are skipped before decoding.
+        max_volume_voxels: the most voxels a NIfTI header may declare; larger files are skipped before reading.
     """
 
     def __init__(
@@ -144,6 +147,8 @@ class InferenceRunner:
         overwrite: bool = False,
         amp: bool = False,
         allow_skipped: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -171,6 +176,8 @@ class InferenceRunner:
         self.overwrite = as_bool(overwrite, "overwrite")
         self.amp = as_bool(amp, "amp")
         self.allow_skipped = as_bool(allow_skipped, "allow_skipped")
+        self.max_image_pixels = max_image_pixels
+        self.max_volume_voxels = max_volume_voxels
         self.num_embeddings = int(self.vqvae.num_embeddings)
         self._to_model = Compose([PadToSquared("image"), ResizeSquared("image", size=self.image_size)])
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
@@ -291,7 +298,9 @@ class InferenceRunner:
         result = FileResult(input=str(path), input_bytes=path.stat().st_size if path.is_file() else "")
         try:
             result.format = image_format(path)
-            image = read_input(path, slice_axis=self.slice_axis, min_slice_size=self.min_slice_size)
+            image = read_input(
+                path, self.slice_axis, self.min_slice_size, self.max_image_pixels, self.max_volume_voxels
+            )
         except VQBrainError as error:
             self._fail(result, error)
             return result

@@ -58,6 +58,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file: {error}") from error
         return {"model": tensors, METADATA_KEY: dict(file_metadata)}
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    # torch.save writes a zip archive, or a pickle (protocol >= 2 starts with 0x80) in its legacy format; anything
+    # else is not a checkpoint, whatever torch's unpickler would say about it
+    if not (zipfile.is_zipfile(path) or start[:1] == b"\x80"):
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with "
+            f"{start!r}); expected a file written by torch.save, or a .safetensors file."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -65,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint '{path}' holds objects other than tensors and plain containers, which are refused "
             f"because loading them could run code ({str(error).splitlines()[0]})."
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)
         raise CheckpointError(f"checkpoint '{path}' is not a readable PyTorch checkpoint: {error}") from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint '{path}' should hold a dictionary, found {type(checkpoint).__name__}.")
