@@ -6,12 +6,13 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
-from monai_vqbrain.errors import SettingError
+from monai_vqbrain.errors import OutputWriteError, SettingError
 from monai_vqbrain.workflows import check_override_keys, command_line_overrides
 
 GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
@@ -90,3 +91,20 @@ def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
     result = _cli(tmp_path, "--image_size", "30")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: image_size must be a multiple of 4 (the network halves the image 2 times), got 30; e.g. 28."
+
+
+def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    user_error(OutputWriteError, f"output_dir '{a_file / 'out'}' cannot be created: '{a_file}' is a file",
+               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               output_dir=str(a_file / "out"))
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    # tests may run as root, whom permissions do not stop: deny as a read-only file system would
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    user_error(OutputWriteError, f"ckpt_dir '{read_only / 'models'}' is not writable (its existing parent",
+               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               ckpt_dir=str(read_only / "models"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]

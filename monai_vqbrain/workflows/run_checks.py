@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, SettingError
+from ..errors import CheckpointError, OutputWriteError, SettingError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.flags import as_bool
 from ..utils.io import remove_stale_temporary_files
@@ -63,6 +63,33 @@ def check_checkpoint_dir(
             f"continue it, --overwrite true to start over, or --ckpt_dir to train into another folder."
         )
     return None
+
+
+def check_output_dirs(dirs: Mapping[str, str | os.PathLike]) -> None:
+    """Check, before any work, that the run can write into each of its output folders.
+
+    A folder that does not exist yet is judged by its nearest existing parent, and nothing is created here, so a
+    read-only or misnamed folder is reported at start-up rather than after minutes of training or inference.
+
+    Args:
+        dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names.
+
+    Raises:
+        OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file or
+            is not writable (read-only file system, no permission).
+    """
+    for key, folder in dirs.items():
+        path = Path(folder).expanduser().absolute()
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputWriteError(f"{key} '{path}' cannot be created: '{existing}' is a file, not a folder.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == path else f" (its existing parent '{existing}' is not)"
+            raise OutputWriteError(
+                f"{key} '{path}' is not writable{where}: a read-only disk or no permission; choose another --{key}."
+            )
 
 
 def _check_resumable(
