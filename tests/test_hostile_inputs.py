@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import NIFTI_AFFINE, NIFTI_FILES, brain_like_volume
 
-from monai_vqbrain.data import get_dataset
+from monai_vqbrain.data import get_dataset, get_slice_transforms, load_nifti_slices
 from monai_vqbrain.data.nifti import check_nifti_header
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.errors import CheckpointError, ImageFileError
@@ -128,3 +128,12 @@ def test_text_file_named_pt_is_not_reported_as_code(tmp_path):
     assert "run code" not in str(caught.value)
     torch.save({"model": {}}, tmp_path / "ok.pt")
     assert load_checkpoint(tmp_path / "ok.pt") == {"model": {}}
+
+
+def test_nifti_slices_are_held_at_model_size_with_unchanged_images(nifti_root):
+    dataset = get_dataset(nifti_root, "train", image_size=16, cache_rate=0.0)
+    assert all(item["image"].shape == (1, 16, 16) for item in dataset.data), "full-size slices held in memory"
+    files = [nifti_root / relative for relative in NIFTI_FILES]
+    full_size = [item for item in load_nifti_slices(files) if item["name"] == dataset.data[0]["name"]]
+    expected = get_slice_transforms(16, load_from_file=False)(full_size[0])["image"]
+    torch.testing.assert_close(dataset[0]["image"], expected)

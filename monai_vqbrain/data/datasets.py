@@ -6,7 +6,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
 from monai.data import CacheDataset
+from monai.transforms import Compose
+from monai.utils import convert_to_tensor
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
@@ -19,7 +23,7 @@ from monai_vqbrain.data.oasis import (
     locate_png_root,
     png_split_folder,
 )
-from monai_vqbrain.data.transforms import get_slice_transforms
+from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared, get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
 __all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_dataset"]
@@ -113,16 +117,27 @@ def _nifti_items(
     test_fraction: float,
     seed: int,
     max_voxels: int | None,
+    image_size: int,
 ) -> list[dict]:
-    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had."""
+    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had.
+
+    Each volume's slices are brought to ``image_size`` as soon as it is read (the same padding and resizing the
+    transforms would apply, which then have nothing left to do), so memory holds one full-size volume at a time
+    rather than the whole split at full size.
+    """
+    to_model_size = Compose([PadToSquared("image"), ResizeSquared("image", size=int(image_size))])
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     for path in files:  # headers first: a bad file stops the run before minutes of loading
         check_nifti_header(path, max_voxels)
     items: list[dict] = []
     for path in files:
-        items += load_nifti_slices(
+        slices = load_nifti_slices(
             [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground, max_voxels=max_voxels
         )
+        for item in slices:
+            image = to_model_size({"image": torch.from_numpy(item["image"])})["image"]
+            item["image"] = np.ascontiguousarray(convert_to_tensor(image, track_meta=False).numpy(), dtype=np.float32)
+        items += slices
         if max_items is not None and len(items) >= max_items:
             break
     if not items:
@@ -191,7 +206,7 @@ def get_dataset(
     else:
         items = _nifti_items(
             root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-            max_volume_voxels,
+            max_volume_voxels, image_size,
         )
         transforms = get_slice_transforms(image_size, load_from_file=False)
     return CacheDataset(
