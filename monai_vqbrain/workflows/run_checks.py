@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, OutputWriteError, SettingError
+from ..errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.flags import as_bool
 from ..utils.io import remove_stale_temporary_files
@@ -90,6 +90,30 @@ def check_output_dirs(dirs: Mapping[str, str | os.PathLike]) -> None:
             raise OutputWriteError(
                 f"{key} '{path}' is not writable{where}: a read-only disk or no permission; choose another --{key}."
             )
+
+
+def check_outputs_absent(
+    output_dir: str | os.PathLike, names: Sequence[str], overwrite: bool = False, key: str = "output_dir"
+) -> None:
+    """Refuse, before any work, a run that would replace the files ``names`` in ``output_dir`` unless ``overwrite``.
+
+    Args:
+        output_dir: the folder the run writes to.
+        names: the files the run writes there.
+        overwrite: allow replacing them.
+        key: the setting naming the folder, for the message.
+
+    Raises:
+        OutputPathError: naming the first existing file.
+    """
+    if as_bool(overwrite, "overwrite"):
+        return
+    existing = [Path(output_dir) / name for name in names if (Path(output_dir) / name).exists()]
+    if existing:
+        raise OutputPathError(
+            f"'{existing[0]}' already exists and would be replaced by this run; pass --overwrite true to replace it, "
+            f"or --{key} to write to another folder."
+        )
 
 
 def _check_resumable(
