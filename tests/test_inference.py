@@ -30,7 +30,7 @@ from conftest import (
 from PIL import Image
 
 from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, InputsSkippedError
+from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, InputsSkippedError, OutputWriteError
 from monai_vqbrain.inference import (
     METRICS_FILE,
     InferenceRunner,
@@ -502,3 +502,21 @@ def test_non_finite_scores_are_left_empty_with_the_reason(vqvae, input_dir, tmp_
     assert result.ssim == "" and result.psnr == "" and "ssim is nan" in result.error
     row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert row["ssim"] == "" and row["psnr"] == "" and "not finite" in row["error"]
+
+
+def test_a_disk_failing_mid_run_still_leaves_the_metrics_of_what_was_written(vqvae, input_dir, tmp_path, monkeypatch):
+    original = PngInput.save_reconstruction
+
+    def save(self, reconstruction, path, overwrite=False):
+        if self.path.name == "rgb.png":
+            raise OutputWriteError(f"cannot write '{path}': No space left on device; free some space")
+        original(self, reconstruction, path, overwrite)
+
+    monkeypatch.setattr(PngInput, "save_reconstruction", save)
+    inputs = [str(input_dir / "grey.png"), str(input_dir / "rgb.png")]
+    runner = InferenceRunner(vqvae, inputs, tmp_path, image_size=32, batch_size=1)
+    user_error(OutputWriteError, "No space left on device", runner.run)
+    rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert [Path(row["input"]).name for row in rows] == ["grey.png", "rgb.png"]
+    assert rows[0]["error"] == "" and rows[0]["reconstruction"].endswith("grey_recon.png")
+    assert rows[1]["reconstruction"] == "" and "not reconstructed: cannot write" in rows[1]["error"]

@@ -20,6 +20,7 @@ its slices.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -39,7 +40,7 @@ from torch import nn
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
 from monai_vqbrain.engines.precision import autocast
-from monai_vqbrain.errors import DatasetError, InputsSkippedError, VQBrainError
+from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError
 from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
 from monai_vqbrain.utils.modules import unwrap_network
@@ -358,16 +359,32 @@ class InferenceRunner:
         with atomic_path(path, overwrite=self.overwrite) as tmp:
             tmp.write_bytes(buffer.getvalue())
 
-    def _flush(self, pending: list[_Prepared]) -> list[FileResult]:
+    def _flush(self, pending: list[_Prepared], results: dict[Path, FileResult]) -> None:
+        """Reconstruct a batch of prepared files, recording each file's result as soon as its outputs are written."""
         if not pending:
-            return []
+            return
         codes, reconstructions = self.encode_decode(torch.cat([item.model_input for item in pending]))
-        results, start = [], 0
+        start = 0
         for item in pending:
             count = item.model_input.shape[0]
-            results.append(self._finish(item, codes[start : start + count], reconstructions[start : start + count]))
+            result = self._finish(item, codes[start : start + count], reconstructions[start : start + count])
+            results[item.image.path] = result
             start += count
-        return results
+
+    def _reconstruct_all(self, files: Sequence[Path], results: dict[Path, FileResult]) -> None:
+        pending: list[_Prepared] = []
+        pending_slices = 0
+        for path in files:
+            prepared = self._prepare(path)
+            if isinstance(prepared, FileResult):
+                results[path] = prepared
+                continue
+            pending.append(prepared)
+            pending_slices += prepared.model_input.shape[0]
+            if pending_slices >= self.batch_size:
+                self._flush(pending, results)
+                pending, pending_slices = [], 0
+        self._flush(pending, results)
 
     def write_metrics(self, results: Sequence[FileResult]) -> Path:
         """Write ``reconstruction_metrics.csv`` (one row per input file) atomically and return its path."""
@@ -390,6 +407,8 @@ class InferenceRunner:
             DatasetError, OutputPathError: see :meth:`check`.
             ImageFileError: for the first bad file when ``strict``; for the only input file when it is bad.
             DatasetError: when every one of several input files is bad.
+            OutputWriteError: when an output cannot be written (full or read-only disk); the metrics CSV is still
+                written, when possible, with the files done so far.
             InputsSkippedError: after everything is written, when some inputs were skipped and not
                 ``allow_skipped``; its ``results`` attribute holds the returned value.
         """
@@ -397,21 +416,14 @@ class InferenceRunner:
         self.network.eval()
         self._errors = {}
         results: dict[Path, FileResult] = {}
-        pending: list[_Prepared] = []
-        pending_slices = 0
-        for path in files:
-            prepared = self._prepare(path)
-            if isinstance(prepared, FileResult):
-                results[path] = prepared
-                continue
-            pending.append(prepared)
-            pending_slices += prepared.model_input.shape[0]
-            if pending_slices >= self.batch_size:
-                for result in self._flush(pending):
-                    results[Path(result.input)] = result
-                pending, pending_slices = [], 0
-        for result in self._flush(pending):
-            results[Path(result.input)] = result
+        try:
+            self._reconstruct_all(files, results)
+        except OutputWriteError as error:
+            # the disk failed (full, read-only): record what was written before, if the disk still allows it
+            done = [results.get(path) or FileResult(input=str(path), error=f"not reconstructed: {error}") for path in files]
+            with contextlib.suppress(OutputWriteError):
+                self.write_metrics(done)
+            raise
         ordered = [results[path] for path in files]
         self.write_metrics(ordered)
         failed = [result for result in ordered if not result.reconstruction]
