@@ -108,3 +108,24 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
                run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
                ckpt_dir=str(read_only / "models"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "line"),
+    [
+        ("OSError(28, 'No space left on device', '/data/out/x.png')", 1,
+         "error: cannot write '/data/out/x.png': No space left on device"),
+        ("RuntimeError('wrapped') from InputsSkippedError('2 of 6 input file(s) were skipped')", 3,
+         "error: 2 of 6 input file(s) were skipped"),
+        ("SettingError('batch_size must be an integer >= 1, got 0.')", 2,
+         "error: batch_size must be an integer >= 1, got 0."),
+    ],
+)
+def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised, status, line):
+    script = ("from monai_vqbrain.errors import InputsSkippedError, SettingError\n"
+              "from monai_vqbrain.workflows.cli_errors import install_error_hook\n"
+              f"install_error_hook()\nraise {raised}\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == status, result.stderr
+    assert result.stderr.strip() == line

@@ -24,7 +24,7 @@ from ..utils.flags import as_bool
 
 #: OSError numbers that describe the user's disk rather than a bug: reported in one line like a bad input
 _DISK_ERRORS = frozenset(
-    {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+    {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
 )
 
 
