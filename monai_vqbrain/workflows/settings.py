@@ -105,6 +105,12 @@ def _optional_path(value: Any) -> str | None:
     return None if value is None or isinstance(value, (str, os.PathLike)) else "a path (or null)"
 
 
+def _paths(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return None
+    return None if value is None or isinstance(value, (str, os.PathLike)) else "a path, a glob or a list of them"
+
+
 def _path(value: Any) -> str | None:
     return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
 
@@ -151,7 +157,7 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "allow_skipped": _boolean,
     # evaluation and inference
     "num_figure_examples": _integer(0),
-    "input": _optional_path,
+    "input": _paths,
     "save_codes": _boolean,
     "strict": _boolean,
     "min_slice_size": _integer(1),
@@ -159,7 +165,7 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "prior_max_epochs": _integer(1),
     "prior_batch_size": _integer(1),
     "prior_learning_rate": _number(0.0, False),
-    "prior_conditioning": _choice("none", "slice_position"),
+    "prior_conditioning": _choice("none", "slice_position", None),
     "prior_slice_bins": _integer(1),
     "prior_position_frequencies": _integer(0),
     "prior_encode_batch_size": _integer(1),
