@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class VQBrainError(Exception):
-    """Base class of every error this package raises for bad input."""
+    """Base class of every error this package raises for bad input.
+
+    Attributes:
+        exit_code: the process exit status a bundle run ends with when this error stops it (see
+            :func:`~monai_vqbrain.workflows.install_error_hook`).
+    """
+
+    exit_code: int = 1
 
 
 class DatasetError(VQBrainError, ValueError):
@@ -21,3 +28,19 @@ class CheckpointError(VQBrainError, ValueError):
 
 class OutputPathError(VQBrainError, ValueError):
     """An output would overwrite an input file, another output, or an existing file without ``overwrite``."""
+
+
+class SettingError(VQBrainError, ValueError):
+    """A setting (config entry or ``--key value`` override) is unknown or has a value outside what is allowed."""
+
+    exit_code = 2
+
+
+class OutputWriteError(VQBrainError, OSError):
+    """An output could not be written: the disk is full, the folder is read-only, or permission is denied."""
+
+
+class InputsSkippedError(VQBrainError):
+    """A run finished but skipped some of its inputs; raised last so that the exit status tells the caller."""
+
+    exit_code = 3

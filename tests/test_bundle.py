@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
-from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError
+from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, OutputPathError
 
 EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
 
@@ -64,6 +64,18 @@ def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):
     assert {row.split(",")[0] for row in rows[1:]} == {f.name for f in test_files}
     assert (outputs / "reconstructions.png").stat().st_size > 0
     assert (outputs / "loss_curves.png").stat().st_size > 0
+
+
+def test_evaluating_does_not_replace_an_earlier_report_unless_asked(trained_bundle, demo_root, tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "metrics.json").write_text("an earlier report")
+    user_error(OutputPathError, f"'{outputs / 'metrics.json'}' already exists", run_bundle, "evaluating", EVALUATE,
+               bundle_root=str(trained_bundle), dataset_dir=str(tmp_path / "not_read"), output_dir=str(outputs))
+    assert (outputs / "metrics.json").read_text() == "an earlier report"
+    run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root),
+               output_dir=str(outputs), overwrite=True)
+    assert json.loads((outputs / "metrics.json").read_text())["n"] > 0
 
 
 def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -29,7 +30,7 @@ from conftest import (
 from PIL import Image
 
 from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError
+from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, InputsSkippedError, OutputWriteError
 from monai_vqbrain.inference import (
     METRICS_FILE,
     InferenceRunner,
@@ -122,7 +123,7 @@ BAD = ("bad.png", "bad_nan.nii.gz")
 @pytest.fixture(scope="module")
 def inferred(trained_bundle, input_dir, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     output_dir = tmp_path_factory.mktemp("inferred") / "out"
-    rows = infer(trained_bundle, str(input_dir), output_dir)
+    rows = infer(trained_bundle, str(input_dir), output_dir, allow_skipped=True)
     return output_dir, {Path(row["input"]).name: row for row in rows}
 
 
@@ -213,8 +214,10 @@ def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):
                "--output_dir", str(tmp_path / "out"), *overrides]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
+    # bad_nan.nii.gz is skipped: the run says so in its exit status and one line
+    assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert "error: 1 of 4 input file(s) were skipped (first: " in result.stderr
     produced = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert produced == sorted(["permuted_codes.npz", "permuted_recon.nii.gz", "slice2d_codes.npz",
                                "slice2d_recon.nii.gz", "volume_codes.npz", "volume_recon.nii.gz", METRICS_FILE])
@@ -407,7 +410,7 @@ def test_inputs_with_the_same_name_are_refused(trained_bundle, tmp_path):
 def test_a_non_image_file_does_not_block_its_namesake(vqvae, tmp_path):
     save_png(tmp_path / "scan.png", odd_grey())
     (tmp_path / "scan.txt").write_text("notes on the scan")
-    runner = InferenceRunner(vqvae, str(tmp_path / "scan.*"), tmp_path / "out", image_size=32)
+    runner = InferenceRunner(vqvae, str(tmp_path / "scan.*"), tmp_path / "out", image_size=32, allow_skipped=True)
     results = {Path(result.input).name: result for result in runner.run()}
     assert results["scan.png"].error == "" and "not a supported image file" in results["scan.txt"].error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reconstruction_metrics.csv", "scan_codes.npz",
@@ -470,3 +473,50 @@ def test_reconstruction_network_loads_training_checkpoints(trained_bundle, vqvae
     with torch.no_grad():
         torch.testing.assert_close(network(images), vqvae.reconstruct(images))
     network.load_state_dict(network.state_dict())  # its own, prefixed keys too
+
+
+def test_skipped_inputs_end_the_run_with_an_error_after_writing_the_rest(vqvae, input_dir, tmp_path):
+    runner = InferenceRunner(vqvae, [str(input_dir / "grey.png"), str(input_dir / "bad.png")], tmp_path, image_size=32)
+    error = user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", runner.run)
+    assert error.exit_code == 3 and [bool(r.error) for r in error.results] == [False, True]
+    assert (tmp_path / "grey_recon.png").is_file() and "bad.png" in (tmp_path / METRICS_FILE).read_text()
+
+
+def test_checkpoint_with_non_finite_weights_is_refused(trained_bundle, input_dir, tmp_path):
+    checkpoint = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
+    name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point() and "decoder" in k)
+    checkpoint["model"][name] = checkpoint["model"][name].contiguous()
+    checkpoint["model"][name].view(-1)[0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    user_error(CheckpointError, f"'{tmp_path / 'nan.pt'}' holds non-finite (NaN or inf) weights", infer,
+               trained_bundle, str(input_dir / "grey.png"), tmp_path / "out", checkpoint=str(tmp_path / "nan.pt"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_scores_are_left_empty_with_the_reason(vqvae, input_dir, tmp_path):
+    broken = copy.deepcopy(vqvae)
+    with torch.no_grad():
+        next(p for n, p in broken.named_parameters() if n.startswith("decoder")).fill_(float("nan"))
+    runner = InferenceRunner(broken, str(input_dir / "grey.png"), tmp_path, image_size=32)
+    (result,) = runner.run()
+    assert result.ssim == "" and result.psnr == "" and "ssim is nan" in result.error
+    row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert row["ssim"] == "" and row["psnr"] == "" and "not finite" in row["error"]
+
+
+def test_a_disk_failing_mid_run_still_leaves_the_metrics_of_what_was_written(vqvae, input_dir, tmp_path, monkeypatch):
+    original = PngInput.save_reconstruction
+
+    def save(self, reconstruction, path, overwrite=False):
+        if self.path.name == "rgb.png":
+            raise OutputWriteError(f"cannot write '{path}': No space left on device; free some space")
+        original(self, reconstruction, path, overwrite)
+
+    monkeypatch.setattr(PngInput, "save_reconstruction", save)
+    inputs = [str(input_dir / "grey.png"), str(input_dir / "rgb.png")]
+    runner = InferenceRunner(vqvae, inputs, tmp_path, image_size=32, batch_size=1)
+    user_error(OutputWriteError, "No space left on device", runner.run)
+    rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert [Path(row["input"]).name for row in rows] == ["grey.png", "rgb.png"]
+    assert rows[0]["error"] == "" and rows[0]["reconstruction"].endswith("grey_recon.png")
+    assert rows[1]["reconstruction"] == "" and "not reconstructed: cannot write" in rows[1]["error"]

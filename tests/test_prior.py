@@ -17,7 +17,7 @@ from monai.metrics import FIDMetric
 from PIL import Image
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError
+from monai_vqbrain.errors import CheckpointError, OutputPathError
 from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
@@ -368,3 +368,16 @@ def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_ro
     vqvae["metadata"]["epoch"] = 99  # retrained: other bytes
     torch.save(vqvae, tmp_path / "models" / "model.pt")
     user_error(CheckpointError, "another VQ-VAE", generate, tmp_path, demo_root)
+
+
+def test_generating_does_not_replace_earlier_output_without_overwrite(prior_root, demo_root, tmp_path):
+    copy_models(prior_root, tmp_path)
+    out = generate(tmp_path, demo_root, num_samples=3, seed=1)
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    user_error(OutputPathError, "--overwrite true", generate, tmp_path, demo_root, num_samples=2, seed=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    generate(tmp_path, demo_root, num_samples=2, seed=2, overwrite=True)
+    assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_000.png", "sample_001.png"]
+    assert mine.read_text() == "mine"

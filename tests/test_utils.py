@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -69,3 +70,30 @@ def test_best_metric_is_restored_on_resume(tmp_path):
     trainer.run([0], max_epochs=1)
     # the first validation after resuming must beat 0.93 to replace the saved best model
     assert validator.state.best_metric == pytest.approx(0.93) and validator.state.best_metric_epoch == 7
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_full_disk_is_a_one_line_write_error(tmp_path, monkeypatch):
+    import errno
+
+    from monai_vqbrain.errors import OutputWriteError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputWriteError, match=r"cannot write '.*a.json': No space left on device; free some space"):
+        atomic_write_text(tmp_path / "a.json", "{}")
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("basic_ios::clear: iostream error")))
+    with pytest.raises(OutputWriteError, match="cannot write checkpoint .*disk full"):
+        save_checkpoint(tmp_path / "m.pt", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == [], "no temporary file may be left behind"

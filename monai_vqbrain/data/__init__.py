@@ -5,6 +5,7 @@ Every dataset yields items ``{"image": float32 tensor (1, S, S) in [0, 1], "name
 
 from .datasets import DATASET_FORMATS, detect_dataset_format, get_dataset, resolve_dataset_dir
 from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
+from .limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from .nifti import list_nifti_volumes, load_nifti_slices
 from .oasis import SPLITS, list_oasis_png_split
 from .transforms import PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
@@ -12,6 +13,8 @@ from .transforms import PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled
 __all__ = [
     "SPLITS",
     "DATASET_FORMATS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_VOLUME_VOXELS",
     "DEMO_DIR_ENV",
     "DEMO_MARKER",
     "default_demo_dir",

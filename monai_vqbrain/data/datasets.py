@@ -6,10 +6,14 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose
+from monai.utils import convert_to_tensor
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import check_nifti_header, has_volume_files, list_nifti_volumes, load_nifti_slices
 from monai_vqbrain.data.oasis import (
     PNG_FOLDER_PREFIX,
@@ -19,7 +23,7 @@ from monai_vqbrain.data.oasis import (
     locate_png_root,
     png_split_folder,
 )
-from monai_vqbrain.data.transforms import get_slice_transforms
+from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared, get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
 __all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_dataset"]
@@ -94,11 +98,11 @@ def detect_dataset_format(root: str | os.PathLike) -> str:
     )
 
 
-def _png_items(root: Path, split: str, max_items: int | None) -> list[dict]:
+def _png_items(root: Path, split: str, max_items: int | None, max_pixels: int | None) -> list[dict]:
     """List a PNG split, checking only the files that will be used (all of them unless ``max_items``)."""
     files = find_png_files(png_split_folder(root, split))[:max_items]
     for path in files:
-        check_png_file(path)
+        check_png_file(path, max_pixels)
     return [{"image": str(path), "name": path.name} for path in files]
 
 
@@ -112,16 +116,28 @@ def _nifti_items(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    max_voxels: int | None,
+    image_size: int,
 ) -> list[dict]:
-    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had."""
+    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had.
+
+    Each volume's slices are brought to ``image_size`` as soon as it is read (the same padding and resizing the
+    transforms would apply, which then have nothing left to do), so memory holds one full-size volume at a time
+    rather than the whole split at full size.
+    """
+    to_model_size = Compose([PadToSquared("image"), ResizeSquared("image", size=int(image_size))])
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     for path in files:  # headers first: a bad file stops the run before minutes of loading
-        check_nifti_header(path)
+        check_nifti_header(path, max_voxels)
     items: list[dict] = []
     for path in files:
-        items += load_nifti_slices(
-            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground
+        slices = load_nifti_slices(
+            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground, max_voxels=max_voxels
         )
+        for item in slices:
+            image = to_model_size({"image": torch.from_numpy(item["image"])})["image"]
+            item["image"] = np.ascontiguousarray(convert_to_tensor(image, track_meta=False).numpy(), dtype=np.float32)
+        items += slices
         if max_items is not None and len(items) >= max_items:
             break
     if not items:
@@ -148,6 +164,8 @@ def get_dataset(
     seed: int = 0,
     max_items: int | None = None,
     random_transforms: Sequence[Callable] | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
 ) -> CacheDataset:
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
@@ -170,6 +188,8 @@ def get_dataset(
         max_items: keep only the first this many items (for quick runs); None keeps all.
         random_transforms: dictionary transforms applied after the cache on every access, e.g. the training
             split's random crops (``train_augmentation`` in ``train.json``).
+        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
+        max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -184,11 +204,12 @@ def get_dataset(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        items = _png_items(root, split, max_items)
+        items = _png_items(root, split, max_items, max_image_pixels)
         transforms = get_slice_transforms(image_size, load_from_file=True)
     else:
         items = _nifti_items(
-            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed
+            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
+            max_volume_voxels, image_size,
         )
         transforms = get_slice_transforms(image_size, load_from_file=False)
     if random_transforms:

@@ -24,6 +24,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS, check_image_size
 from monai_vqbrain.data.oasis import canonical_split
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
@@ -269,29 +270,40 @@ def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
     return shape
 
 
-def _open_volume(path: Path) -> tuple[nib.spatialimages.SpatialImage, tuple[int, ...]]:
+def _open_volume(
+    path: Path, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+) -> tuple[nib.spatialimages.SpatialImage, tuple[int, ...]]:
     """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape."""
     try:
         image = nib.load(str(path))
         shape = image.shape
+        dtype = image.get_data_dtype()
     except Exception as err:  # nibabel raises many types (ImageFileError, gzip/zlib errors, EOFError, ...)
         raise ImageFileError(f"cannot read volume '{path}' ({err}); expected a NIfTI or Analyze image") from err
+    check_image_size(path, shape, max_voxels, "max_volume_voxels")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = "RGB/RGBA (one colour triple per voxel)" if dtype.fields is not None else f"{dtype} values"
+        raise ImageFileError(
+            f"'{path}' stores {kind}; expected one grey intensity per voxel (integer or floating point)"
+        )
     return image, _spatial_shape(shape, path)
 
 
-def check_nifti_header(path: str | os.PathLike) -> tuple[int, ...]:
-    """Read only the header of a NIfTI/Analyze file and check it holds a 2D or 3D image.
+def check_nifti_header(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> tuple[int, ...]:
+    """Read only the header of a NIfTI/Analyze file and check it holds a 2D or 3D grey image of bounded size.
 
     Args:
         path: the volume file.
+        max_voxels: the most voxels the header may declare (``max_volume_voxels``); None allows any.
 
     Returns:
         Its spatial shape (2 or 3 dims, extra singleton dims dropped).
 
     Raises:
-        ImageFileError: naming the file when it cannot be read or is not a 2D/3D image.
+        ImageFileError: naming the file when it cannot be read, is too large, stores colour or complex voxels, or
+            is not a 2D/3D image.
     """
-    return _open_volume(Path(path))[1]
+    return _open_volume(Path(path), max_voxels)[1]
 
 
 def _scale_robust(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
@@ -310,28 +322,35 @@ def _scale_robust(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -
     return np.clip(scaled, 0.0, 1.0, out=scaled).astype(np.float32, copy=False)
 
 
-def load_volume_ras(path: str | os.PathLike) -> np.ndarray:
+def load_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
     """Load a volume as float32, reoriented to RAS and scaled per volume to [0, 1] by robust percentiles.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
+        max_voxels: the most voxels the header may declare; None allows any.
 
     Returns:
         A 3D array; a 2D image comes back with a singleton third axis.
 
     Raises:
-        ImageFileError: naming the file when it cannot be read or is not a 2D/3D image.
+        ImageFileError: naming the file when it cannot be read, is too large, is not a 2D/3D grey image or holds
+            NaN or infinite values.
     """
     path = Path(path)
-    image, shape = _open_volume(path)
+    image, shape = _open_volume(path, max_voxels)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as err:
         raise ImageFileError(f"cannot read the voxels of volume '{path}' ({err}); the file may be truncated") from err
     data = data.reshape(shape + (1,) * (3 - len(shape)))
-    if not np.isfinite(data).all():
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    finite = np.isfinite(data)
+    if not finite.all():
+        # zero-filling would train on made-up intensities; inference refuses such a file too
+        raise ImageFileError(
+            f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
+            "intensities (replace them, e.g. by 0, or remove the file from the dataset)"
+        )
     # nibabel affines map to RAS+ world coordinates; the labels say so explicitly (MONAI's default is changing)
     to_ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
     oriented = to_ras(MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine)))
@@ -381,6 +400,7 @@ def load_nifti_slices(
     slice_axis: int = 2,
     slice_range: Sequence[float] = (0.2, 0.8),
     min_foreground: float = 0.05,
+    max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
 ) -> list[dict]:
     """Load volumes and cut them into 2D slices, each volume read once.
 
@@ -392,6 +412,7 @@ def load_nifti_slices(
         slice_range: the (start, stop) part of that axis to keep, as fractions of its length; the default keeps the
             middle 60%, where the brain cross-section is large.
         min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+        max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
 
     Returns:
         ``{"image": float32 array (1, H, W) in [0, 1], "name": "<file name>#slice<k>"}`` per kept slice, in file
@@ -404,8 +425,9 @@ def load_nifti_slices(
     start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
     paths = [Path(f) for f in files]
     for path in paths:
-        check_nifti_header(path)
+        check_nifti_header(path, max_voxels)
     items: list[dict] = []
     for path in paths:
-        items += _volume_slices(load_volume_ras(path), path.name, slice_axis, (start, stop), min_foreground)
+        volume = load_volume_ras(path, max_voxels)
+        items += _volume_slices(volume, path.name, slice_axis, (start, stop), min_foreground)
     return items

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -141,27 +144,89 @@ _SUPPORTED_MODES = frozenset(
 )
 
 
-def check_png_file(path: str | os.PathLike) -> None:
-    """Check cheaply that ``path`` is a decodable, non-empty image, without decoding its pixels.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> samples per pixel
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 passes: (x0, y0, dx, dy)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
-    ``Image.open`` reads the header and ``verify`` walks the PNG chunks checking their CRCs, which catches truncated
-    and corrupted files at a small fraction of the cost of decoding; this keeps the check of an OASIS-size split
-    (about 10k files) to a few seconds, while a bad file is reported before training starts rather than as a deep
-    traceback from a data-loader worker.
+
+def _png_stream_problem(path: str | os.PathLike) -> str | None:
+    """Why a PNG's compressed pixel stream is not exactly the size its header declares, or None when it is.
+
+    PIL fills the missing rows of a short stream with zeros without a warning; this inflates the stream (bounded
+    by the declared size) and compares its length with the header's.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(_PNG_SIGNATURE):
+        return None  # another format under a .png name: PIL's decoding judges it
+    position, header, idat = len(_PNG_SIGNATURE), None, []
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13]) if len(body) >= 13 else None
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    if header is None or header[3] not in _PNG_CHANNELS:
+        return None
+    width, height, bit_depth, colour, _, _, interlace = header
+    bits = _PNG_CHANNELS[colour] * bit_depth
+
+    def scanlines(w: int, h: int) -> int:
+        return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+
+    if interlace:
+        expected = sum(scanlines(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in _ADAM7)
+    else:
+        expected = scanlines(width, height)
+    inflater = zlib.decompressobj()
+    try:
+        found = len(inflater.decompress(b"".join(idat), expected + 1))
+    except zlib.error as err:
+        return f"its compressed pixel data is corrupt ({err})"
+    if found < expected:
+        return f"its pixel data holds {found} of the {expected} bytes its {width}x{height} header declares (truncated)"
+    if found > expected or not inflater.eof:
+        return f"its pixel data does not match its {width}x{height} header"
+    return None
+
+
+def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Check that ``path`` is a whole, decodable, non-empty image of at most ``max_pixels`` pixels.
+
+    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
+    compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
+    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a
+    deep traceback from a data-loader worker, or not at all.
 
     Args:
         path: the image file.
+        max_pixels: the most pixels the header may declare (``max_image_pixels``); None allows any.
 
     Raises:
-        ImageFileError: naming the file when it is not a readable image or has no pixels.
+        ImageFileError: naming the file when it is too large, not a readable image, truncated or has no pixels.
     """
     try:
         with Image.open(path) as image:
             width, height = image.size
             mode = image.mode
+            check_image_size(path, (width, height), max_pixels, "max_image_pixels")
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        problem = _png_stream_problem(path)
+        if problem is None:
+            with Image.open(path) as image:
+                image.load()
+    except ImageFileError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as err:
         raise ImageFileError(f"'{path}' is not a readable image ({err}); expected a 2D grey or RGB PNG slice") from err
+    if problem is not None:
+        raise ImageFileError(f"'{path}' is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
     if width < 1 or height < 1:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
     if mode not in _SUPPORTED_MODES:

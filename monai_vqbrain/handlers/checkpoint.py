@@ -11,12 +11,21 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..errors import CheckpointError
-from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, save_checkpoint
+from ..utils.checkpoint import (
+    METADATA_KEY,
+    check_finite_weights,
+    check_state_dict_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 from ._distributed import is_main_process
 
 logger = logging.getLogger(__name__)
+
+# scheduler attributes that hold the schedule's length in epochs (CosineAnnealingLR, LinearLR, PolynomialLR, ...)
+_SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
 
 class BestModelSaver:
@@ -40,7 +49,14 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
 
     def _save_if_best(self, engine: Engine) -> None:
-        if engine.state.best_metric_epoch != engine.state.epoch or not is_main_process():
+        state = engine.state
+        if state.best_metric_epoch != state.epoch or not is_main_process():
+            return
+        # a resumed run restores the best metric and its epoch from this file; when that epoch is replayed (the run
+        # was killed between saving the best model and the resumable state) the epoch numbers match although this
+        # epoch's own metric is not the best: only weights that scored the best metric may be saved with it
+        current = state.metrics.get(getattr(state, "key_metric_name", None) or "")
+        if current is None or float(current) != float(state.best_metric):
             return
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
         save_checkpoint(self.save_path, {"model": unwrap_network(self.network).state_dict(), METADATA_KEY: metadata})
@@ -115,10 +131,18 @@ class TrainingCheckpointLoader:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
         network = unwrap_network(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
+        check_finite_weights(checkpoint["model"], str(self.load_path))
         for key, obj in self.load_dict.items():
             if obj is None:
                 continue
+            # a schedule's length is a setting of this run, not state: resuming with more epochs must stretch the
+            # schedule (the saved T_max would restart the cosine and raise the learning rate again)
+            configured = {name: getattr(obj, name) for name in _SCHEDULE_LENGTHS if hasattr(obj, name)}
             (network if key == "model" else obj).load_state_dict(checkpoint[key])
+            for name, value in configured.items():
+                if getattr(obj, name) != value:
+                    logger.info(f"{key}: {name} follows this run's settings: {getattr(obj, name)} -> {value}")
+                    setattr(obj, name, value)
         trainer_state = checkpoint.get("trainer")
         if trainer_state is not None:
             # ignite's engine state records iterations, not epochs; checkpoints are saved at epoch ends

@@ -39,6 +39,7 @@ from monai.transforms import EnsureChannelFirst, LoadImage
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import check_nifti_header
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
@@ -222,14 +223,25 @@ class PngInput(InputImage):
         self.dtype = np.dtype(dtype)
 
     @classmethod
-    def read(cls, path: str | os.PathLike, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE) -> PngInput:
+    def read(
+        cls,
+        path: str | os.PathLike,
+        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> PngInput:
         """Read and check a PNG file.
 
+        Args:
+            path: the file.
+            min_slice_size: smallest accepted side, in pixels.
+            max_pixels: the most pixels its header may declare (checked before decoding); None allows any.
+
         Raises:
-            ImageFileError: naming the file when it is not a readable grey/RGB(A) image or is too small.
+            ImageFileError: naming the file when it is not a whole, readable grey/RGB(A) image, or is too small or
+                too large.
         """
         path = Path(path)
-        check_png_file(path)
+        check_png_file(path, max_pixels)
         try:
             # dtype=None keeps the stored integer type: its bit depth decides the scaling, as in training
             image = LoadImage(reader=SliceReader(), image_only=True, dtype=None)(str(path))
@@ -287,7 +299,11 @@ class NiftiInput(InputImage):
 
     @classmethod
     def read(
-        cls, path: str | os.PathLike, slice_axis: int = 2, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
+        cls,
+        path: str | os.PathLike,
+        slice_axis: int = 2,
+        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
+        max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
     ) -> NiftiInput:
         """Read, check, reorient, scale and slice a NIfTI file.
 
@@ -295,16 +311,17 @@ class NiftiInput(InputImage):
             path: a ``.nii`` or ``.nii.gz`` file.
             slice_axis: the RAS axis to slice a 3D volume along: 0 sagittal, 1 coronal, 2 axial.
             min_slice_size: smallest accepted in-plane side, in pixels.
+            max_voxels: the most voxels its header may declare (checked before reading voxels); None allows any.
 
         Raises:
-            ImageFileError: naming the file when it is unreadable or truncated, not a NIfTI image, 4D, holds NaN or
-                infinite values, or gives slices smaller than ``min_slice_size``.
+            ImageFileError: naming the file when it is unreadable or truncated, too large, not a NIfTI image of
+                grey values, 4D, holds NaN or infinite values, or gives slices smaller than ``min_slice_size``.
             ValueError: when ``slice_axis`` is not 0, 1 or 2.
         """
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
         path = Path(path)
-        spatial_shape = check_nifti_header(path)
+        spatial_shape = check_nifti_header(path, max_voxels)
         image = nib.load(str(path))
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ImageFileError(f"'{path}' is a {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
@@ -312,6 +329,7 @@ class NiftiInput(InputImage):
             data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
         except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
             raise ImageFileError(f"cannot read the voxels of '{path}' ({err}); the file may be truncated") from err
+        image.uncache()  # the voxels live on in ``data`` and its smaller derivatives only
         finite = np.isfinite(data)
         if not finite.all():
             raise ImageFileError(
@@ -374,7 +392,11 @@ class NiftiInput(InputImage):
 
 
 def read_input(
-    path: str | os.PathLike, slice_axis: int = 2, min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
+    path: str | os.PathLike,
+    slice_axis: int = 2,
+    min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
 ) -> InputImage:
     """Read one input file as a :class:`PngInput` or :class:`NiftiInput`, by its ending.
 
@@ -382,6 +404,8 @@ def read_input(
         path: the file.
         slice_axis: for NIfTI volumes, the RAS axis to slice along (0 sagittal, 1 coronal, 2 axial).
         min_slice_size: smallest accepted in-plane side, in pixels.
+        max_pixels: the most pixels a PNG header may declare; None allows any.
+        max_voxels: the most voxels a NIfTI header may declare; None allows any.
 
     Raises:
         ImageFileError: naming the file and what was expected, for any bad input.
@@ -390,5 +414,5 @@ def read_input(
     if not path.is_file():
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":
-        return PngInput.read(path, min_slice_size=min_slice_size)
-    return NiftiInput.read(path, slice_axis=slice_axis, min_slice_size=min_slice_size)
+        return PngInput.read(path, min_slice_size=min_slice_size, max_pixels=max_pixels)
+    return NiftiInput.read(path, slice_axis=slice_axis, min_slice_size=min_slice_size, max_voxels=max_voxels)

@@ -20,6 +20,7 @@ its slices.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -36,9 +37,10 @@ from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared
 from monai_vqbrain.engines.precision import autocast, resolve_amp
-from monai_vqbrain.errors import DatasetError, VQBrainError
+from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError
 from monai_vqbrain.utils.flags import as_bool
 from monai_vqbrain.utils.io import atomic_path
 from monai_vqbrain.utils.modules import unwrap_network
@@ -98,9 +100,10 @@ class FileResult:
 class _Prepared:
     """An input read and resized for the model, waiting for its batch."""
 
-    image: InputImage
+    image: InputImage  # its full-size slices are released once model_input is made
     model_input: torch.Tensor  # (N, 1, S, S)
     result: FileResult
+    plane_shape: tuple[int, int]  # (H, W) of the input's slices, to restore the reconstruction to
 
 
 class InferenceRunner:
@@ -125,6 +128,10 @@ class InferenceRunner:
         overwrite: replace existing outputs.
         amp: run the network under autocast (bf16/fp16): True, False, or ``"auto"`` for mixed precision only where
             ``device`` runs it natively; off by default here (the bundle's default is ``"auto"``).
+        allow_skipped: finish normally when some inputs were skipped; by default :meth:`run` ends with an
+            :class:`~monai_vqbrain.errors.InputsSkippedError` (exit status 3) after writing everything else.
+        max_image_pixels: the most pixels a PNG header may declare; larger files are skipped before decoding.
+        max_volume_voxels: the most voxels a NIfTI header may declare; larger files are skipped before reading.
     """
 
     def __init__(
@@ -141,6 +148,9 @@ class InferenceRunner:
         strict: bool = False,
         overwrite: bool = False,
         amp: bool | str = False,
+        allow_skipped: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -167,6 +177,9 @@ class InferenceRunner:
         self.strict = as_bool(strict, "strict")
         self.overwrite = as_bool(overwrite, "overwrite")
         self.amp = resolve_amp(amp, self.device)
+        self.allow_skipped = as_bool(allow_skipped, "allow_skipped")
+        self.max_image_pixels = max_image_pixels
+        self.max_volume_voxels = max_volume_voxels
         self.num_embeddings = int(self.vqvae.num_embeddings)
         self._to_model = Compose([PadToSquared("image"), ResizeSquared("image", size=self.image_size)])
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
@@ -287,26 +300,43 @@ class InferenceRunner:
         result = FileResult(input=str(path), input_bytes=path.stat().st_size if path.is_file() else "")
         try:
             result.format = image_format(path)
-            image = read_input(path, slice_axis=self.slice_axis, min_slice_size=self.min_slice_size)
+            image = read_input(
+                path, self.slice_axis, self.min_slice_size, self.max_image_pixels, self.max_volume_voxels
+            )
         except VQBrainError as error:
             self._fail(result, error)
             return result
         result.shape = "x".join(str(s) for s in image.shape)
         result.slices = int(image.slices.shape[0])
-        return _Prepared(image=image, model_input=self._model_input(image), result=result)
+        plane_shape = (int(image.slices.shape[1]), int(image.slices.shape[2]))
+        model_input = self._model_input(image)
+        # a file waits for its batch at model size: keeping its full-size pixels would let a few huge inputs
+        # hold gigabytes until the batch runs
+        image.slices = image.slices[:0]
+        return _Prepared(image=image, model_input=model_input, result=result, plane_shape=plane_shape)
 
     def _finish(self, item: _Prepared, codes: torch.Tensor, reconstruction: torch.Tensor) -> FileResult:
         """Score one file at model resolution, then write its reconstruction and code map."""
         result, image = item.result, item.image
         target = item.model_input
-        ssim = self._ssim(reconstruction, target).reshape(-1)
+        ssim = float(self._ssim(reconstruction, target).reshape(-1).mean())
         mse = float(torch.mean((reconstruction - target) ** 2))
-        result.ssim = round(float(ssim.mean()), 6)
-        result.psnr = round(10.0 * math.log10(1.0 / mse), 4) if mse > 0 else float("inf")
         self._ssim.reset()
+        # a NaN or infinite score is not a number a reader can compare: leave the cell empty and say why
+        problems = []
+        if math.isfinite(ssim):
+            result.ssim = round(ssim, 6)
+        else:
+            problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
+        if math.isfinite(mse) and mse > 0:
+            result.psnr = round(10.0 * math.log10(1.0 / mse), 4)
+        else:
+            problems.append("psnr is infinite (the reconstruction equals the input)" if mse == 0 else
+                            f"psnr is undefined (mean squared error {mse})")
+        result.error = "; ".join(problems)
 
         recon_path, codes_path = self.output_paths(image.path)
-        height, width = image.slices.shape[1:]
+        height, width = item.plane_shape
         image.save_reconstruction(self._from_model(reconstruction, height, width), recon_path, overwrite=self.overwrite)
         result.reconstruction = str(recon_path)
         result.code_bits = round(codes.numel() * math.log2(self.num_embeddings), 3)
@@ -314,7 +344,7 @@ class InferenceRunner:
             self._save_codes(codes, codes_path, image)
             result.codes = str(codes_path)
             result.codes_bytes = codes_path.stat().st_size
-        _logger.info("reconstructed '%s' (SSIM %.4f, PSNR %.2f dB)", image.path, result.ssim, result.psnr)
+        _logger.info("reconstructed '%s' (SSIM %s, PSNR %s dB)", image.path, result.ssim, result.psnr)
         return result
 
     def _save_codes(self, codes: torch.Tensor, path: Path, image: InputImage) -> None:
@@ -330,16 +360,32 @@ class InferenceRunner:
         with atomic_path(path, overwrite=self.overwrite) as tmp:
             tmp.write_bytes(buffer.getvalue())
 
-    def _flush(self, pending: list[_Prepared]) -> list[FileResult]:
+    def _flush(self, pending: list[_Prepared], results: dict[Path, FileResult]) -> None:
+        """Reconstruct a batch of prepared files, recording each file's result as soon as its outputs are written."""
         if not pending:
-            return []
+            return
         codes, reconstructions = self.encode_decode(torch.cat([item.model_input for item in pending]))
-        results, start = [], 0
+        start = 0
         for item in pending:
             count = item.model_input.shape[0]
-            results.append(self._finish(item, codes[start : start + count], reconstructions[start : start + count]))
+            result = self._finish(item, codes[start : start + count], reconstructions[start : start + count])
+            results[item.image.path] = result
             start += count
-        return results
+
+    def _reconstruct_all(self, files: Sequence[Path], results: dict[Path, FileResult]) -> None:
+        pending: list[_Prepared] = []
+        pending_slices = 0
+        for path in files:
+            prepared = self._prepare(path)
+            if isinstance(prepared, FileResult):
+                results[path] = prepared
+                continue
+            pending.append(prepared)
+            pending_slices += prepared.model_input.shape[0]
+            if pending_slices >= self.batch_size:
+                self._flush(pending, results)
+                pending, pending_slices = [], 0
+        self._flush(pending, results)
 
     def write_metrics(self, results: Sequence[FileResult]) -> Path:
         """Write ``reconstruction_metrics.csv`` (one row per input file) atomically and return its path."""
@@ -362,29 +408,26 @@ class InferenceRunner:
             DatasetError, OutputPathError: see :meth:`check`.
             ImageFileError: for the first bad file when ``strict``; for the only input file when it is bad.
             DatasetError: when every one of several input files is bad.
+            OutputWriteError: when an output cannot be written (full or read-only disk); the metrics CSV is still
+                written, when possible, with the files done so far.
+            InputsSkippedError: after everything is written, when some inputs were skipped and not
+                ``allow_skipped``; its ``results`` attribute holds the returned value.
         """
         files = self.check()
         self.network.eval()
         self._errors = {}
         results: dict[Path, FileResult] = {}
-        pending: list[_Prepared] = []
-        pending_slices = 0
-        for path in files:
-            prepared = self._prepare(path)
-            if isinstance(prepared, FileResult):
-                results[path] = prepared
-                continue
-            pending.append(prepared)
-            pending_slices += prepared.model_input.shape[0]
-            if pending_slices >= self.batch_size:
-                for result in self._flush(pending):
-                    results[Path(result.input)] = result
-                pending, pending_slices = [], 0
-        for result in self._flush(pending):
-            results[Path(result.input)] = result
+        try:
+            self._reconstruct_all(files, results)
+        except OutputWriteError as error:
+            # the disk failed (full, read-only): record what was written before, if the disk still allows it
+            done = [results.get(path) or FileResult(input=str(path), error=f"not reconstructed: {error}") for path in files]
+            with contextlib.suppress(OutputWriteError):
+                self.write_metrics(done)
+            raise
         ordered = [results[path] for path in files]
         self.write_metrics(ordered)
-        failed = [result for result in ordered if result.error]
+        failed = [result for result in ordered if not result.reconstruction]
         _logger.info(
             "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
             len(ordered) - len(failed),
@@ -400,4 +443,11 @@ class InferenceRunner:
                 f"none of the {len(ordered)} input files could be reconstructed (first: {failed[0].error}); "
                 f"see '{self.metrics_file}'"
             )
+        if failed and not self.allow_skipped:
+            error = InputsSkippedError(
+                f"{len(failed)} of {len(ordered)} input file(s) were skipped (first: {failed[0].error}); the others "
+                f"were reconstructed, see '{self.metrics_file}'; pass --allow_skipped true to accept skipped inputs"
+            )
+            error.results = ordered
+            raise error
         return ordered

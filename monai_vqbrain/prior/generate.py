@@ -20,10 +20,16 @@ import torch
 from PIL import Image
 
 from ..data.datasets import get_dataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputPathError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
-from ..utils.checkpoint import METADATA_KEY, check_state_dict_matches, load_checkpoint, network_state_dict
+from ..utils.checkpoint import (
+    METADATA_KEY,
+    check_finite_weights,
+    check_state_dict_matches,
+    load_checkpoint,
+    network_state_dict,
+)
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
@@ -45,8 +51,26 @@ _TRAIN_PRIOR_COMMAND = (
     "python -m monai.bundle run training_prior --config_file "
     "\"['bundle/configs/train.json','bundle/configs/train_prior.json']\""
 )
-# the files write_samples owns in its folder; stale ones from a run with more samples are removed
+# the files write_samples owns in its folder; stale ones from a run with more samples are removed with overwrite
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
+# the other files a generating run writes into its folder
+_RUN_FILES = ("grid.png", "generation_metrics.json")
+
+
+def _earlier_outputs(output_dir: Path) -> list[Path]:
+    """The files of an earlier generating run in ``output_dir``: what a new run would replace or remove."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(p for p in output_dir.iterdir() if p.is_file() and (_SAMPLE_FILE.match(p.name) or p.name in _RUN_FILES))
+
+
+def _refuse_to_replace(output_dir: Path, overwrite: bool) -> None:
+    earlier = _earlier_outputs(output_dir)
+    if earlier and not overwrite:
+        raise OutputPathError(
+            f"'{output_dir}' already holds generated files ({len(earlier)}, e.g. '{earlier[0].name}') that this run "
+            f"would replace; pass --overwrite true to replace them, or --generation_dir to write to another folder."
+        )
 
 
 @contextlib.contextmanager
@@ -113,6 +137,7 @@ def load_prior(
             f"(expected cond_channels={position_channels(frequencies)})."
         )
     check_state_dict_matches(network, network_state_dict(saved), str(path))
+    check_finite_weights(network_state_dict(saved), str(path))
     network.load_state_dict(network_state_dict(saved))
 
     if vqvae is not None:
@@ -185,22 +210,31 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.rint(image.detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_samples(output_dir: str | os.PathLike, images: torch.Tensor) -> list[str]:
+def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False) -> list[str]:
     """Write each image ``(1, S, S)`` as ``sample_<i>.png`` (8-bit grey) and ``sample_<i>.nii.gz`` (float32).
 
     The arrays are in display orientation, rows as the PNG shows them (as the package's readers return slices).
     The NIfTI volume is ``(S, S, 1)`` with an identity (RAS, 1 mm) affine, rotated as
-    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image. Sample files
-    left by an earlier run are removed first, so the folder holds exactly this run's samples. Every file is
+    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image. Every file is
     written atomically.
+
+    Args:
+        output_dir: the folder to write to.
+        images: the samples, ``(N, 1, S, S)`` in [0, 1].
+        overwrite: replace the files of an earlier run, removing its sample files first so the folder holds exactly
+            this run's samples; without it a folder holding generated files is refused.
+
+    Raises:
+        OutputPathError: when ``output_dir`` holds an earlier run's files and not ``overwrite``.
 
     Returns:
         The PNG file names, in sample order.
     """
     output_dir = Path(output_dir)
+    _refuse_to_replace(output_dir, overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.iterdir():
-        if _SAMPLE_FILE.match(stale.name) and stale.is_file():
+    for stale in _earlier_outputs(output_dir):
+        if _SAMPLE_FILE.match(stale.name):
             stale.unlink()
     digits = max(3, len(str(len(images) - 1)))
     names = []
@@ -307,6 +341,8 @@ class BrainGenerator:
         fd_grid: the encoder latents are average-pooled to ``fd_grid x fd_grid`` for the Fréchet distances.
         device: where to run the prior (default: where the VQ-VAE is).
         progress: show a progress bar while sampling.
+        overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
+            folder is refused before anything is sampled.
     """
 
     def __init__(
@@ -329,6 +365,7 @@ class BrainGenerator:
         fd_grid: int = 4,
         device: str | torch.device | None = None,
         progress: bool = False,
+        overwrite: bool = False,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -352,9 +389,19 @@ class BrainGenerator:
         self.fd_grid = int(fd_grid)
         self.device = device
         self.progress = as_bool(progress, "progress")
+        self.overwrite = as_bool(overwrite, "overwrite")
+
+    def check(self) -> None:
+        """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
+
+        Raises:
+            OutputPathError: naming ``output_dir`` when it holds generated files and not ``overwrite``.
+        """
+        _refuse_to_replace(self.output_dir, self.overwrite)
 
     def run(self) -> dict[str, Any]:
         """Sample, decode, write the files and the metrics; return the metrics."""
+        self.check()
         model = getattr(self.vqvae, "module", self.vqvae).eval()
         device = torch.device(self.device) if self.device is not None else next(model.parameters()).device
         prior, metadata = load_prior(
@@ -393,7 +440,7 @@ class BrainGenerator:
         seconds = time.perf_counter() - start
         logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
 
-        names = write_samples(self.output_dir, images)
+        names = write_samples(self.output_dir, images, overwrite=self.overwrite)
         # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
         shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
         shown = shown.astype(int).tolist()

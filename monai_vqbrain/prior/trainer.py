@@ -160,7 +160,12 @@ class PriorTrainer(MixedPrecisionTrainer):
 
 
 def check_prior_run(
-    ckpt_dir: str | os.PathLike, vqvae_checkpoint: str | os.PathLike, resume: bool = False, overwrite: bool = False
+    ckpt_dir: str | os.PathLike,
+    vqvae_checkpoint: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_epochs: int | None = None,
+    image_size: int | None = None,
 ) -> Path | None:
     """Checks a prior training run makes before it writes anything.
 
@@ -173,6 +178,8 @@ def check_prior_run(
         vqvae_checkpoint: the trained VQ-VAE (``<ckpt_dir>/model.pt``).
         resume: continue from ``<ckpt_dir>/prior_last.pt``.
         overwrite: start over existing prior checkpoints.
+        max_epochs: the run's ``prior_max_epochs``; a resumed state that has trained as many is refused.
+        image_size: the run's image size; a resumed state trained at another is refused.
 
     Returns:
         The checkpoint to resume from, if any.
@@ -182,7 +189,10 @@ def check_prior_run(
             or a resumed checkpoint trained over another VQ-VAE.
     """
     vqvae_sha256 = vqvae_fingerprint(vqvae_checkpoint)
-    resumable = check_checkpoint_dir(ckpt_dir, resume, overwrite, filenames=PRIOR_CHECKPOINTS)
+    expected = {} if image_size is None else {"image_size": image_size}
+    resumable = check_checkpoint_dir(
+        ckpt_dir, resume, overwrite, PRIOR_CHECKPOINTS, max_epochs, expected, max_epochs_key="prior_max_epochs"
+    )
     if resumable is not None:
         metadata = load_checkpoint(resumable).get(METADATA_KEY, {}) or {}
         saved = metadata.get("vqvae_sha256")

@@ -1,12 +1,13 @@
 """Small utilities shared by the package: atomic file output and device/precision helpers."""
 
 from .flags import as_bool
-from .io import atomic_path, atomic_write_bytes, atomic_write_text
+from .io import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temporary_files
 from .modules import unwrap_network
 
-__all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporary_files"]
 from .checkpoint import (  # noqa: E402
     METADATA_KEY,
+    check_finite_weights,
     check_state_dict_matches,
     load_checkpoint,
     load_network_weights,
@@ -16,6 +17,7 @@ from .checkpoint import (  # noqa: E402
 
 __all__ += [
     "METADATA_KEY",
+    "check_finite_weights",
     "check_state_dict_matches",
     "load_checkpoint",
     "load_network_weights",

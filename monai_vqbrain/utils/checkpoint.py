@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputWriteError
 from .io import atomic_path
 from .modules import unwrap_network
 
@@ -20,9 +20,19 @@ METADATA_KEY = "metadata"
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
-    """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file)."""
+    """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
+
+    Raises:
+        OutputWriteError: naming ``path`` when it cannot be written (full disk, read-only folder, no permission).
+    """
     with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(checkpoint, tmp)
+        try:
+            torch.save(checkpoint, tmp)
+        except RuntimeError as error:
+            # torch's C++ writer reports a full disk as "basic_ios::clear: iostream error" or "failed writing file"
+            raise OutputWriteError(
+                f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
+            ) from error
     return Path(path)
 
 
@@ -48,6 +58,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file: {error}") from error
         return {"model": tensors, METADATA_KEY: dict(file_metadata)}
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    # torch.save writes a zip archive, or a pickle (protocol >= 2 starts with 0x80) in its legacy format; anything
+    # else is not a checkpoint, whatever torch's unpickler would say about it
+    if not (zipfile.is_zipfile(path) or start[:1] == b"\x80"):
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with "
+            f"{start!r}); expected a file written by torch.save, or a .safetensors file."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -55,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint '{path}' holds objects other than tensors and plain containers, which are refused "
             f"because loading them could run code ({str(error).splitlines()[0]})."
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)
         raise CheckpointError(f"checkpoint '{path}' is not a readable PyTorch checkpoint: {error}") from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint '{path}' should hold a dictionary, found {type(checkpoint).__name__}.")
@@ -89,6 +108,20 @@ def check_state_dict_matches(network: nn.Module, state: dict[str, torch.Tensor],
         )
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` when a floating-point tensor of ``state`` holds NaN or inf.
+
+    Such weights (a diverged run, a damaged file) would make every output NaN: black images and metrics that look
+    like numbers.
+    """
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint '{source}' holds non-finite (NaN or inf) weights in {len(bad)} tensor(s) (e.g. {bad[0]}); "
+            f"the run that saved it diverged or the file is damaged: use another checkpoint or train again."
+        )
+
+
 def load_network_weights(
     network: nn.Module,
     path: str | os.PathLike,
@@ -105,8 +138,8 @@ def load_network_weights(
         map_location: where to load the tensors.
 
     Raises:
-        CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, or a
-            metadata mismatch.
+        CheckpointError: naming the file, for a missing/unsafe/unreadable file, another architecture, non-finite
+            weights, or a metadata mismatch.
     """
     network = unwrap_network(network)
     checkpoint = load_checkpoint(path, map_location=map_location)
@@ -114,6 +147,7 @@ def load_network_weights(
     if not state:
         raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
     check_state_dict_matches(network, state, str(path))
+    check_finite_weights(state, str(path))
     metadata = checkpoint.get(METADATA_KEY, {}) or {}
     for key, value in (expected_metadata or {}).items():
         if key in metadata and str(metadata[key]) != str(value):

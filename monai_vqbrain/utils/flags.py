@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import SettingError
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", "none", "null", ""}
 
@@ -17,7 +19,7 @@ def as_bool(value: object, name: str = "flag") -> bool:
         name: the setting's name, for the error message.
 
     Raises:
-        ValueError: naming the setting when the value is not a recognisable boolean.
+        SettingError: (a ``ValueError``) naming the setting when the value is not a recognisable boolean.
     """
     if isinstance(value, bool):
         return value
@@ -27,4 +29,4 @@ def as_bool(value: object, name: str = "flag") -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise SettingError(f"{name} must be true or false, got {value!r}.")

@@ -1,12 +1,53 @@
-"""Atomic file output: a reader never sees a half-written file, and an interrupted run leaves no debris."""
+"""Atomic file output: a reader never sees a half-written file, and an interrupted run leaves no debris.
+
+Files are written to a temporary file beside the destination and renamed onto it in one step, so a process killed at
+any instant leaves either the old file or the new one. A kill can still leave the temporary file itself;
+:func:`remove_stale_temporary_files` removes those of known outputs when the next run starts. Outputs get the
+permissions the user's umask gives new files (``mkstemp`` would make them private to the owner).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from ..errors import OutputWriteError
+
+_UMASK_LOCK = threading.Lock()
+# mkstemp's random part: 8 characters of this alphabet
+_RANDOM_PART = r"[a-z0-9_]{8}"
+
+
+def _file_mode() -> int:
+    """The mode new files get under the current umask (reading the umask means setting it, hence the lock)."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _split_name(path: Path) -> tuple[str, str]:
+    suffix = "".join(path.suffixes)
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name, suffix or ".tmp"
+
+
+def temporary_file_pattern(path: str | os.PathLike) -> re.Pattern:
+    """The names :func:`atomic_path` gives its temporary files for ``path``."""
+    stem, suffix = _split_name(Path(path))
+    return re.compile(re.escape(f".{stem}.") + _RANDOM_PART + re.escape(suffix) + "$")
+
+
+def _write_error(path: Path, error: OSError) -> OutputWriteError:
+    reason = error.strerror or str(error)
+    hint = {errno.ENOSPC: "; free some space", errno.EROFS: "; choose a writable folder",
+            errno.EACCES: "; choose a folder you may write to"}.get(error.errno or 0, "")
+    return OutputWriteError(f"cannot write '{path}': {reason}{hint}")
 
 
 @contextlib.contextmanager
@@ -16,21 +57,55 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     Args:
         path: the final destination.
         overwrite: when False and ``path`` exists, raise ``FileExistsError`` instead of replacing it.
+
+    Raises:
+        FileExistsError: when ``path`` exists and not ``overwrite``.
+        OutputWriteError: naming ``path`` when the folder cannot be created or written (full disk, read-only file
+            system, no permission).
     """
     path = Path(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the real suffix so writers that infer the format from the name (PIL, nibabel) still work
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp", dir=path.parent)
-    os.close(fd)
+    stem, suffix = _split_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # keep the real suffix so writers that infer the format from the name (PIL, nibabel) still work
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as error:
+        raise _write_error(path, error) from error
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as error:
+        if isinstance(error, (OutputWriteError, FileExistsError)):
+            raise
+        raise _write_error(path, error) from error
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporary_files(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files a killed run left behind for the outputs ``names`` in ``folder``.
+
+    Only names that :func:`atomic_path` itself gives temporary files for ``names`` are touched.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [temporary_file_pattern(folder / name) for name in names]
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.is_file() and any(p.match(entry.name) for p in patterns):
+            entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:

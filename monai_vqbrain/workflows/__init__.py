@@ -1,6 +1,17 @@
-"""Workflow glue the bundle configs call: input checks, clean error reporting, run metadata."""
+"""Workflow glue the bundle configs call: setting and input checks, clean error reporting, run metadata."""
 
 from .cli_errors import install_error_hook
-from .run_checks import check_checkpoint_dir, network_metadata
+from .run_checks import check_checkpoint_dir, check_output_dirs, check_outputs_absent, network_metadata
+from .settings import SETTING_RULES, check_override_keys, check_settings, command_line_overrides
 
-__all__ = ["check_checkpoint_dir", "install_error_hook", "network_metadata"]
+__all__ = [
+    "SETTING_RULES",
+    "check_checkpoint_dir",
+    "check_output_dirs",
+    "check_outputs_absent",
+    "check_override_keys",
+    "check_settings",
+    "command_line_overrides",
+    "install_error_hook",
+    "network_metadata",
+]

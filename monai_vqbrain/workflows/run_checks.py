@@ -3,37 +3,58 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
+from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.flags import as_bool
+from ..utils.io import remove_stale_temporary_files
 from ..utils.modules import unwrap_network
+
+# files besides the checkpoints that training runs write atomically into ``ckpt_dir``
+_OTHER_RUN_FILES = ("training_history.json", "prior_training_history.json", "codes_train.pt", "codes_validate.pt")
 
 
 def check_checkpoint_dir(
-    ckpt_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False, filenames: tuple[str, ...] = ("model.pt", "last.pt")
+    ckpt_dir: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    filenames: tuple[str, ...] = ("model.pt", "last.pt"),
+    max_epochs: int | None = None,
+    expected_metadata: Mapping[str, Any] | None = None,
+    max_epochs_key: str = "max_epochs",
 ) -> Path | None:
     """Refuse to overwrite existing checkpoints unless asked; return the checkpoint to resume from, if any.
+
+    Temporary files that a killed run left beside the checkpoints are removed first. A resumed run must continue
+    the same network at the same image size, and must have epochs left to train.
 
     Args:
         ckpt_dir: the folder training writes checkpoints to.
         resume: continue from ``<ckpt_dir>/<filenames[-1]>`` (the last training state).
         overwrite: start a new training run over existing checkpoints.
         filenames: the checkpoint files the run writes; the last one is the resumable training state.
+        max_epochs: the run's epochs; resuming a state saved at or after it is refused (nothing left to train).
+        expected_metadata: entries (``image_size``, network settings) the resumed state's metadata must match.
+        max_epochs_key: the setting that sets ``max_epochs``, for the message.
 
     Raises:
-        CheckpointError: when checkpoints exist and neither ``resume`` nor ``overwrite`` is set, or when
-            ``resume`` is set and there is nothing to resume from.
+        CheckpointError: when checkpoints exist and neither ``resume`` nor ``overwrite`` is set, when ``resume`` is
+            set and there is nothing to resume from, or when the state was saved with other settings.
+        SettingError: when the resumed state has already trained ``max_epochs`` epochs.
     """
     ckpt_dir = Path(ckpt_dir)
     resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
+    remove_stale_temporary_files(ckpt_dir, (*filenames, *_OTHER_RUN_FILES))
     resumable = ckpt_dir / filenames[-1]
     if resume:
         if not resumable.is_file():
             raise CheckpointError(f"resume was asked for but '{resumable}' does not exist; train without --resume first.")
+        _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key)
         return resumable
     existing = [ckpt_dir / name for name in filenames if (ckpt_dir / name).exists()]
     if existing and not overwrite:
@@ -42,6 +63,80 @@ def check_checkpoint_dir(
             f"continue it, --overwrite true to start over, or --ckpt_dir to train into another folder."
         )
     return None
+
+
+def check_output_dirs(dirs: Mapping[str, str | os.PathLike]) -> None:
+    """Check, before any work, that the run can write into each of its output folders.
+
+    A folder that does not exist yet is judged by its nearest existing parent, and nothing is created here, so a
+    read-only or misnamed folder is reported at start-up rather than after minutes of training or inference.
+
+    Args:
+        dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names.
+
+    Raises:
+        OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file or
+            is not writable (read-only file system, no permission).
+    """
+    for key, folder in dirs.items():
+        path = Path(folder).expanduser().absolute()
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputWriteError(f"{key} '{path}' cannot be created: '{existing}' is a file, not a folder.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == path else f" (its existing parent '{existing}' is not)"
+            raise OutputWriteError(
+                f"{key} '{path}' is not writable{where}: a read-only disk or no permission; choose another --{key}."
+            )
+
+
+def check_outputs_absent(
+    output_dir: str | os.PathLike, names: Sequence[str], overwrite: bool = False, key: str = "output_dir"
+) -> None:
+    """Refuse, before any work, a run that would replace the files ``names`` in ``output_dir`` unless ``overwrite``.
+
+    Args:
+        output_dir: the folder the run writes to.
+        names: the files the run writes there.
+        overwrite: allow replacing them.
+        key: the setting naming the folder, for the message.
+
+    Raises:
+        OutputPathError: naming the first existing file.
+    """
+    if as_bool(overwrite, "overwrite"):
+        return
+    existing = [Path(output_dir) / name for name in names if (Path(output_dir) / name).exists()]
+    if existing:
+        raise OutputPathError(
+            f"'{existing[0]}' already exists and would be replaced by this run; pass --overwrite true to replace it, "
+            f"or --{key} to write to another folder."
+        )
+
+
+def _check_resumable(
+    resumable: Path, max_epochs: int | None, expected: Mapping[str, Any], max_epochs_key: str
+) -> None:
+    metadata = load_checkpoint(resumable).get(METADATA_KEY, {}) or {}
+    for key, value in expected.items():
+        if key in ("epoch", "key_metric") or key not in metadata:
+            continue
+        saved = list(metadata[key]) if isinstance(metadata[key], tuple) else metadata[key]
+        value = list(value) if isinstance(value, tuple) else value
+        if saved != value:
+            raise CheckpointError(
+                f"'{resumable}' was trained with {key}={saved}, but {key}={value} is configured: a resumed run must "
+                f"keep the network and image size; set {key} to {saved}, or pass --overwrite true (without --resume) "
+                f"to start a new run."
+            )
+    done = metadata.get("epoch")
+    if max_epochs is not None and isinstance(done, int) and done >= int(max_epochs):
+        raise SettingError(
+            f"nothing left to train: '{resumable}' has already trained {done} epoch(s) and {max_epochs_key} is "
+            f"{max_epochs}; pass --{max_epochs_key} above {done} to train more."
+        )
 
 
 def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:

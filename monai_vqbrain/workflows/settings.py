@@ -1,0 +1,304 @@
+"""Start-up validation of a bundle run's settings: every value and every command-line key, before any data is read.
+
+Each bundle config lists the settings it uses in its ``settings`` entry and calls :func:`check_settings` first in
+``initialize``. A wrong value is one line naming the key, the value and what is allowed; an override key that the
+configs do not define (``--max_epoch 3``) is an error suggesting the nearest key, instead of being silently added to
+the config while the default applies.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import SettingError
+from ..utils.flags import as_bool
+
+__all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_line_overrides"]
+
+# ``monai.bundle run``'s own arguments: never config keys
+_RUN_ARGUMENTS = frozenset(
+    {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}
+)
+_AMP_VALUES = ("true", "false", "auto")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(minimum: int, allow_none: bool = False) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if allow_none and value is None:
+            return None
+        if _is_int(value) and value >= minimum:
+            return None
+        return f"an integer >= {minimum}" + (" or null" if allow_none else "")
+
+    return rule
+
+
+def _number(minimum: float, inclusive: bool, maximum: float | None = None, allow_none: bool = False):
+    def rule(value: Any) -> str | None:
+        if allow_none and value is None:
+            return None
+        ok = _is_number(value) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        ok = ok and (maximum is None or value <= maximum)
+        if ok:
+            return None
+        bound = f"{'>=' if inclusive else '>'} {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        return f"a finite number {bound}" + (" or null" if allow_none else "")
+
+    return rule
+
+
+def _boolean(value: Any) -> str | None:
+    try:
+        as_bool(value)
+    except ValueError:
+        return "true or false"
+    return None
+
+
+def _amp(value: Any) -> str | None:
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in _AMP_VALUES):
+        return None
+    return "true, false or auto"
+
+
+def _choice(*allowed: Any) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        return None if value in allowed and not isinstance(value, bool) else "one of " + ", ".join(map(str, allowed))
+
+    return rule
+
+
+def _device(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and _DEVICE.match(value.strip())):
+        return None
+    return "auto, cpu, cuda or cuda:<index>"
+
+
+def _slice_range(value: Any) -> str | None:
+    expected = "two fractions [start, stop] with 0 <= start < stop <= 1"
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        return expected
+    start, stop = value
+    if not (_is_number(start) and _is_number(stop) and 0.0 <= start < stop <= 1.0):
+        return expected
+    return None
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (str, os.PathLike)) else "a path (or null)"
+
+
+def _paths(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return None
+    return None if value is None or isinstance(value, (str, os.PathLike)) else "a path, a glob or a list of them"
+
+
+def _path(value: Any) -> str | None:
+    return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
+
+
+#: what each known setting accepts; a rule returns None when the value is allowed, else what is expected
+SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
+    # paths
+    "bundle_root": _path,
+    "dataset_dir": _optional_path,
+    "demo_dir": _path,
+    "ckpt_dir": _path,
+    "output_dir": _path,
+    # data
+    "image_size": _integer(8),
+    "train_crop_size": _integer(0, allow_none=True),
+    "dataset_format": _choice("auto", "png", "nifti"),
+    "cache_rate": _number(0.0, True, 1.0),
+    "num_workers": _integer(0),
+    "max_items": _integer(1, allow_none=True),
+    "slice_axis": _choice(0, 1, 2),
+    "slice_range": _slice_range,
+    "min_foreground": _number(0.0, True, 1.0),
+    "val_fraction": _number(0.0, True, 1.0),
+    "test_fraction": _number(0.0, True, 1.0),
+    "max_image_pixels": _integer(1),
+    "max_volume_voxels": _integer(1),
+    "seed": _integer(0),
+    # training
+    "max_epochs": _integer(1),
+    "batch_size": _integer(1),
+    "learning_rate": _number(0.0, False),
+    "max_grad_norm": _number(0.0, False, allow_none=True),
+    "ssim_weight": _number(0.0, True),
+    "val_interval": _integer(1),
+    "log_interval": _integer(1),
+    "device": _device,
+    "amp": _amp,
+    "eval_amp": _amp,
+    "inference_amp": _amp,
+    "prior_eval_amp": _amp,
+    "resume": _boolean,
+    "overwrite": _boolean,
+    "progress": _boolean,
+    "debug": _boolean,
+    "allow_skipped": _boolean,
+    # evaluation and inference
+    "num_figure_examples": _integer(0),
+    "input": _paths,
+    "save_codes": _boolean,
+    "strict": _boolean,
+    "min_slice_size": _integer(1),
+    # prior and generation
+    "prior_max_epochs": _integer(1),
+    "prior_batch_size": _integer(1),
+    "prior_learning_rate": _number(0.0, False),
+    "prior_conditioning": _choice("none", "slice_position", None),
+    "prior_slice_bins": _integer(1),
+    "prior_position_frequencies": _integer(0),
+    "prior_encode_batch_size": _integer(1),
+    "num_samples": _integer(1),
+    "temperature": _number(0.0, True),
+    "sample_seed": _integer(0),
+    "sample_batch_size": _integer(1, allow_none=True),
+    "generation_metrics": _boolean,
+    "fd_grid": _integer(1),
+}
+
+
+def _check_device_available(value: Any) -> str | None:
+    import torch
+
+    if isinstance(value, str) and value.strip().startswith("cuda"):
+        if not torch.cuda.is_available():
+            return "auto or cpu: CUDA is not available on this machine"
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            return f"auto or one of the {torch.cuda.device_count()} CUDA device(s) of this machine (cuda:0 ...)"
+    return None
+
+
+def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Check a bundle run's settings before anything is loaded; return them unchanged.
+
+    First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
+    in ``settings`` against :data:`SETTING_RULES`, and ``image_size`` against the network's downsampling factor
+    (``settings["downsample_factor"]``, when given).
+
+    Args:
+        settings: setting name to its (parsed) value, as the config's ``settings`` entry gives them.
+        argv: the command line; ``sys.argv`` when None. Only a ``monai.bundle run`` command line is checked.
+
+    Raises:
+        SettingError: one line naming the first bad key, its value and what is allowed.
+    """
+    check_override_keys(argv)
+    settings = dict(settings)
+    factor = settings.pop("downsample_factor", None)
+    for key, value in settings.items():
+        rule = SETTING_RULES.get(key)
+        if rule is None:  # a config lists a setting this module does not know: a bug, not a user error
+            raise KeyError(f"setting {key!r} has no validation rule; add it to SETTING_RULES")
+        expected = rule(value)
+        if expected is None and key == "device":
+            expected = _check_device_available(value)
+        if expected is not None:
+            raise SettingError(f"{key} must be {expected}, got {value!r}.")
+    for key in ("image_size", "train_crop_size"):
+        size = settings.get(key)
+        if _is_int(factor) and factor > 1 and _is_int(size) and size % factor:
+            raise SettingError(
+                f"{key} must be a multiple of {factor} (the network halves the image {int(math.log2(factor))} "
+                f"times), got {size}; e.g. {max(factor, size // factor * factor)}."
+            )
+    return settings
+
+
+def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]] | None:
+    """The override keys and config files of a ``python -m monai.bundle run`` command line.
+
+    Args:
+        argv: the command line; ``sys.argv`` when None.
+
+    Returns:
+        ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
+        the bundle is run from Python, whose keyword arguments are not visible here).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).as_posix().rsplit("/", 2)[-2:] != ["bundle", "__main__.py"]:
+        return None
+    args = argv[1:]
+    if not args or args[0] != "run":
+        return None
+    keys: list[str] = []
+    config_file: Any = None
+    index = 1
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if not token.startswith("--"):
+            continue
+        key, has_value, value = token[2:].partition("=")
+        if not has_value and index < len(args) and not args[index].startswith("--"):
+            value = args[index]
+            index += 1
+        if key == "config_file":
+            config_file = value
+        elif key not in _RUN_ARGUMENTS:
+            keys.append(key)
+    files: list[str] = []
+    if config_file is not None:
+        try:
+            parsed = ast.literal_eval(config_file)
+        except (ValueError, SyntaxError):
+            parsed = config_file
+        files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
+    return keys, files
+
+
+def check_override_keys(argv: Sequence[str] | None = None) -> None:
+    """Refuse ``--key value`` overrides whose key the config files do not define.
+
+    ``monai.bundle`` adds an unknown key to the config, where nothing reads it, so a typo such as ``--max_epoch 3``
+    would train with the default. A nested key (``--network_def#num_embeddings 256``) needs its parent to exist.
+
+    Args:
+        argv: the command line; ``sys.argv`` when None. Nothing is checked unless it is a ``monai.bundle run`` one.
+
+    Raises:
+        SettingError: naming the unknown key and the nearest known one.
+    """
+    parsed = command_line_overrides(argv)
+    if parsed is None or not parsed[1]:
+        return
+    keys, files = parsed
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser(ConfigParser.load_config_files(files))
+    for key in keys:
+        parts = key.split("#")
+        # a nested key may add a constructor argument, so only its parent has to exist
+        if key in config or (len(parts) > 1 and "#".join(parts[:-1]) in config):
+            continue
+        depth = max(d for d in range(len(parts)) if d == 0 or "#".join(parts[:d]) in config)
+        parent = "#".join(parts[:depth])
+        content = config[parent] if depth else config.get()
+        siblings = [str(k) for k in (content if isinstance(content, dict) else range(len(content)))]
+        nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
+        hint = "; see the override keys in README.md"
+        if nearest:
+            hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
+        raise SettingError(f"unknown setting --{key}: no config file defines it{hint}")

@@ -1,0 +1,127 @@
+"""Kill a training run at chosen instants, checkpoint writes included, then resume it.
+
+After each resume the checkpoint set must be consistent: ``model.pt`` holds weights that score the key metric its
+metadata claims, that metric is the best of the run's history, the history has every epoch once, and no temporary
+file is left behind. The kill is ``os._exit`` from inside ``os.replace`` (the atomic rename) or ``torch.save``, in a
+subprocess, so nothing after it runs, as with SIGKILL or a power cut of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import CONFIGS, REPO_ROOT, TINY_OVERRIDES, TRAIN, run_bundle
+from monai.bundle import ConfigParser
+
+from monai_vqbrain.utils import load_checkpoint, load_network_weights
+
+KILLED = 86
+MAX_EPOCHS = 3
+SETTINGS = {**TINY_OVERRIDES, "amp": False, "max_epochs": MAX_EPOCHS}
+
+# runs the bundle's training and exits with status KILLED at the n-th call of the chosen kind (counting only renames
+# onto files named `target`, when given); argv: kind, n, target, settings, KILLED
+_KILLER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from monai.bundle import run
+
+    kind, n, target, settings, killed = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
+    calls = {"replace": 0, "save": 0}
+    real_replace, real_save = os.replace, torch.save
+
+    def replace(source, destination):
+        calls["replace"] += not target or os.path.basename(destination) == target
+        if kind == "replace_before" and calls["replace"] == n:
+            os._exit(killed)  # the temporary file is written, the rename never happens
+        real_replace(source, destination)
+        if kind == "replace_after" and calls["replace"] == n:
+            os._exit(killed)  # the rename happened, nothing after it
+
+    def save(obj, f, *args, **kwargs):
+        calls["save"] += 1
+        if kind == "save_partial" and calls["save"] == n:
+            with open(f, "wb") as handle:
+                handle.write(b"PK\\x03\\x04 half a checkpoint")
+            os._exit(killed)
+        real_save(obj, f, *args, **kwargs)
+
+    os.replace, torch.save = replace, save
+    run(run_id="training", **settings)
+    """
+)
+
+
+def _validation_ssim(checkpoint, demo_root, scratch) -> float:
+    """The validation key metric of ``checkpoint``'s weights, computed by the bundle's own validator."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**SETTINGS, "bundle_root": str(scratch), "dataset_dir": str(demo_root)})
+    evaluator = parser.get_parsed_content("validate#evaluator")  # its best-model saver writes into scratch
+    load_network_weights(parser.get_parsed_content("network"), checkpoint)
+    evaluator.run()
+    return float(evaluator.state.metrics["val_ssim"])
+
+
+def _kill(kind: str, n: int, bundle_root, demo_root, target: str = "") -> None:
+    settings = {"config_file": TRAIN, "logging_file": str(CONFIGS / "logging.conf"),
+                "meta_file": str(CONFIGS / "metadata.json"), "bundle_root": str(bundle_root),
+                "dataset_dir": str(demo_root), **SETTINGS}
+    killed = subprocess.run([sys.executable, "-c", _KILLER, kind, str(n), target, json.dumps(settings), str(KILLED)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+
+
+def _assert_consistent(models, demo_root, scratch) -> None:
+    history = json.loads((models / "training_history.json").read_text())
+    assert [record["epoch"] for record in history] == list(range(1, MAX_EPOCHS + 1))
+    assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == MAX_EPOCHS
+    claimed = load_checkpoint(models / "model.pt")["metadata"]
+    assert claimed["key_metric"] >= max(record["val_ssim"] for record in history) - 1e-6
+    assert _validation_ssim(models / "model.pt", demo_root, scratch) == pytest.approx(
+        claimed["key_metric"], abs=1e-5
+    ), "model.pt's weights do not score the key metric it claims"
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "n"),
+    [
+        ("replace_after", 4),  # epoch 2's first file is in place, the rest of the epoch's set is not
+        ("replace_before", 4),  # killed just before that rename: a temporary file is left
+        ("replace_after", 5),
+        ("save_partial", 3),  # killed half-way through writing a checkpoint
+        ("replace_after", 1),  # only the first file of epoch 1 exists: nothing to resume, start over
+    ],
+)
+def test_kill_at_any_instant_then_resume_keeps_checkpoints_consistent(kind, n, demo_root, tmp_path):
+    bundle_root = tmp_path / "bundle"
+    _kill(kind, n, bundle_root, demo_root)
+    models = bundle_root / "models"
+    resumable = (models / "last.pt").is_file()
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **SETTINGS,
+               resume=resumable, overwrite=not resumable)
+    _assert_consistent(models, demo_root, tmp_path / "scratch")
+
+
+def test_kill_after_the_best_model_and_a_worse_replay_keep_the_best(demo_root, tmp_path):
+    # killed right after the last epoch's new best model.pt (early training improves every epoch), before its
+    # last.pt: the resumed run replays that epoch from the state of the one before
+    bundle_root = tmp_path / "bundle"
+    _kill("replace_after", MAX_EPOCHS, bundle_root, demo_root, target="model.pt")
+    models = bundle_root / "models"
+    assert load_checkpoint(models / "model.pt")["metadata"]["epoch"] == MAX_EPOCHS
+    assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == MAX_EPOCHS - 1
+    # settings that all but stop learning (gradients clipped to nothing leave Adam only its decaying momentum; the
+    # codebook barely moves) make the replay worse than the saved best; the first assertion checks that it was
+    frozen = {"max_grad_norm": 1e-12, "network_def#decay": 1 - 1e-9, "network_def#dead_code_threshold": 0.0}
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **{**SETTINGS, **frozen},
+               resume=True)
+    history = json.loads((models / "training_history.json").read_text())
+    assert history[-1]["val_ssim"] < load_checkpoint(models / "model.pt")["metadata"]["key_metric"]
+    _assert_consistent(models, demo_root, tmp_path / "scratch")

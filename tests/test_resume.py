@@ -1,0 +1,72 @@
+"""Resuming a training run: the best model stays the best, and the resumed run follows the new settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import TRAIN, run_bundle, user_error
+
+from monai_vqbrain.errors import CheckpointError, SettingError
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, demo_root):
+    """Checkpoints of a 1-epoch tiny run; treat as read-only."""
+    bundle_root = tmp_path_factory.mktemp("one_epoch")
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=1)
+    return bundle_root / "models"
+
+
+def _copy(models, tmp_path):
+    shutil.copytree(models, tmp_path / "models")
+    return tmp_path / "models"
+
+
+def test_replayed_epoch_does_not_replace_a_better_best_model(one_epoch_run, demo_root, tmp_path):
+    # killed after model.pt of epoch 2 was saved but before last.pt: model.pt is one epoch ahead of last.pt
+    models = _copy(one_epoch_run, tmp_path)
+    best = torch.load(models / "model.pt", weights_only=True)
+    best["metadata"].update(epoch=2, key_metric=0.999)
+    torch.save(best, models / "model.pt")
+    before = (models / "model.pt").read_bytes()
+    run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
+    history = json.loads((models / "training_history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and history[-1]["val_ssim"] < 0.999
+    assert (models / "model.pt").read_bytes() == before, "a worse epoch was saved as the best model"
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(one_epoch_run, demo_root, tmp_path):
+    models = _copy(one_epoch_run, tmp_path)
+    lr_after_one = torch.load(models / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
+    last = torch.load(models / "last.pt", weights_only=True)
+    assert last["lr_scheduler"]["T_max"] == 2
+    assert last["optimizer"]["param_groups"][0]["lr"] <= lr_after_one, "the learning rate climbed again"
+
+
+def test_resume_with_another_image_size_is_refused_before_loading_data(one_epoch_run, tmp_path):
+    _copy(one_epoch_run, tmp_path)
+    user_error(CheckpointError, "was trained with image_size=32, but image_size=64", run_bundle, "training", TRAIN,
+               bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"), max_epochs=3, resume=True,
+               image_size=64)
+
+
+def test_resume_with_nothing_left_to_train_says_so(one_epoch_run, tmp_path):
+    _copy(one_epoch_run, tmp_path)
+    user_error(SettingError, "nothing left to train", run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
+               dataset_dir=str(tmp_path / "not_read"), max_epochs=1, resume=True)
+
+
+def test_stale_temporary_checkpoints_are_removed_on_start(one_epoch_run, demo_root, tmp_path):
+    models = _copy(one_epoch_run, tmp_path)
+    stale = [models / ".last.k3v_9x2a.pt", models / ".model.abcdefgh.pt", models / ".training_history.0a1b2c3d.json"]
+    for path in stale:
+        path.write_bytes(b"")
+    unrelated = models / ".notes.abcdefgh.txt"
+    unrelated.write_text("mine")
+    run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
+    assert not any(path.exists() for path in stale)
+    assert unrelated.read_text() == "mine"

@@ -1,0 +1,134 @@
+"""Start-up validation of settings: one line per bad value or unknown key, before any data is read."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
+
+from monai_vqbrain.errors import OutputWriteError, SettingError
+from monai_vqbrain.workflows import check_override_keys, command_line_overrides
+
+GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
+INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
+MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py")
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "value", "expected"),
+    [
+        (TRAIN, "amp", "maybe", "true, false or auto"),
+        (TRAIN, "image_size", 30, "multiple of 4"),
+        (TRAIN, "train_crop_size", 30, "multiple of 4"),
+        (TRAIN, "train_crop_size", -8, "integer >= 0"),
+        (TRAIN, "amp", "maybe", "true, false or auto"),
+        (TRAIN, "batch_size", 0, "integer >= 1"),
+        (TRAIN, "learning_rate", -1, "finite number > 0"),
+        (TRAIN, "max_epochs", 0, "integer >= 1"),
+        (TRAIN, "max_epochs", "3", "integer >= 1"),
+        (TRAIN, "slice_range", [0.8, 0.2], "0 <= start < stop <= 1"),
+        (TRAIN, "cache_rate", 2.0, "in [0.0, 1.0]"),
+        (GENERATE, "num_samples", 0, "integer >= 1"),
+        (GENERATE, "temperature", math.nan, "finite number >= 0"),
+        (INFERENCE, "min_slice_size", -3, "integer >= 1"),
+        (INFERENCE, "save_codes", "perhaps", "true or false"),
+    ],
+)
+def test_bad_setting_is_refused_before_data_is_read(tmp_path, config, key, value, expected):
+    missing = tmp_path / "not_read"  # a data error here would mean the data was looked at before the settings
+    error = user_error(SettingError, expected, run_bundle, "initialize", config, bundle_root=str(tmp_path),
+                       dataset_dir=str(missing), input=str(missing), **{key: value})
+    assert str(error).startswith(f"{key} must be") and repr(value) in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_gpu_is_a_setting_error(tmp_path):
+    user_error(SettingError, "CUDA is not available", run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path),
+               device="cuda")
+
+
+def test_unknown_override_key_suggests_the_nearest():
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--max_epoch", "3"]
+    with pytest.raises(SettingError, match="unknown setting --max_epoch.*did you mean --max_epochs"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--save_code=false"]
+    with pytest.raises(SettingError, match="did you mean --save_codes"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--train#handlerz#0#_disabled_", "true"]
+    with pytest.raises(SettingError, match="did you mean --train#handlers"):
+        check_override_keys(argv)
+
+
+def test_known_override_keys_pass():
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--max_epochs", "3", "--save_codes",
+            "false", "--network_def#num_embeddings", "64", "--network_def#dropout", "0.1", "--meta_file", "m.json"]
+    check_override_keys(argv)
+    keys, files = command_line_overrides(argv)
+    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#dropout"]
+    assert files == INFERENCE
+    # only a `python -m monai.bundle run` command line is inspected
+    assert command_line_overrides(["pytest", "--max_epoch", "3"]) is None
+
+
+def _cli(tmp_path, *args):
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
+               "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "not_read"), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+
+
+def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
+    result = _cli(tmp_path, "--max_epoch", "3")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: unknown setting --max_epoch: no config file defines it; did you mean --max_epochs?" in result.stderr
+    result = _cli(tmp_path, "--image_size", "30", "--debug", "true")
+    assert result.returncode == 2 and "Traceback" in result.stderr and "image_size must be a multiple of 4" in result.stderr
+    result = _cli(tmp_path, "--image_size", "30")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: image_size must be a multiple of 4 (the network halves the image 2 times), got 30; e.g. 28."
+
+
+def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    user_error(OutputWriteError, f"output_dir '{a_file / 'out'}' cannot be created: '{a_file}' is a file",
+               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               output_dir=str(a_file / "out"))
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    # tests may run as root, whom permissions do not stop: deny as a read-only file system would
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    user_error(OutputWriteError, f"ckpt_dir '{read_only / 'models'}' is not writable (its existing parent",
+               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               ckpt_dir=str(read_only / "models"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "line"),
+    [
+        ("OSError(28, 'No space left on device', '/data/out/x.png')", 1,
+         "error: cannot write '/data/out/x.png': No space left on device"),
+        ("RuntimeError('wrapped') from InputsSkippedError('2 of 6 input file(s) were skipped')", 3,
+         "error: 2 of 6 input file(s) were skipped"),
+        ("SettingError('batch_size must be an integer >= 1, got 0.')", 2,
+         "error: batch_size must be an integer >= 1, got 0."),
+    ],
+)
+def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised, status, line):
+    script = ("from monai_vqbrain.errors import InputsSkippedError, SettingError\n"
+              "from monai_vqbrain.workflows.cli_errors import install_error_hook\n"
+              f"install_error_hook()\nraise {raised}\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == status, result.stderr
+    assert result.stderr.strip() == line
