@@ -872,8 +872,12 @@ def section_main_job(recipe: Recipe, opts: argparse.Namespace) -> dict[str, Any]
         if opts.quick:
             overrides.update({**QUICK["overrides"], "dataset_dir": recipe.overrides["dataset_dir"], "max_epochs": 1,
                               "image_size": QUICK["image_size"], "batch_size": QUICK["batch_size"]})
-        row: dict[str, Any] = {"bundle_root": str(root), **cpu_dispatch_info()}
+        row: dict[str, Any] = {"bundle_root": str(root)}
         with dispatch_env(dispatch):
+            # what the workflows' processes dispatch to (the environment takes effect at a process's start)
+            probe = "import json, benchmark; print(json.dumps(benchmark.cpu_dispatch_info()))"
+            row.update(json.loads(subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parent,
+                                                 capture_output=True, text=True, check=True).stdout))
             logger.info(f"main job: training ({dispatch} dispatch) into {root}")
             row["training_s"] = _timed_bundle_run("training", [TRAIN_CONFIG], overrides, root / "training.log")
             history = read_history(root / "models" / "training_history.json")
