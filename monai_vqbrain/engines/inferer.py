@@ -8,7 +8,7 @@ import torch
 from monai.inferers import Inferer
 
 from ..utils.modules import unwrap_network
-from .precision import autocast, resolve_amp
+from .precision import autocast, parse_amp, resolve_amp
 
 
 class ReconstructionInferer(Inferer):
@@ -22,8 +22,7 @@ class ReconstructionInferer(Inferer):
 
     def __init__(self, amp: bool | str = False, clamp: tuple[float, float] | None = (0.0, 1.0)) -> None:
         super().__init__()
-        resolve_amp(amp, "cpu")  # validates the setting now; the device is known only at call time
-        self.amp = amp
+        self.amp = parse_amp(amp)  # resolved per call: the device is known only then
         self.clamp = clamp
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -15,19 +15,16 @@ import torch
 from ..utils.flags import as_bool
 
 __all__ = [
-    "AMP_SETTINGS",
     "autocast",
     "autocast_dtype",
     "describe_precision",
     "native_bf16",
     "needs_grad_scaler",
+    "parse_amp",
     "precision_name",
     "resolve_amp",
     "resolve_device",
 ]
-
-#: the values an ``amp`` setting takes (strings from the command line are accepted in any case)
-AMP_SETTINGS = ("auto", True, False)
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +64,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def _parse_amp(amp: bool | str | None, name: str) -> bool | str:
+def parse_amp(amp: bool | str | None, name: str = "amp") -> bool | str:
+    """An ``amp`` setting as ``"auto"``, True or False (command-line strings in any case).
+
+    Raises:
+        ValueError: naming the setting when ``amp`` is none of these.
+    """
     if isinstance(amp, str) and amp.strip().lower() == "auto":
         return "auto"
     try:
@@ -92,10 +94,10 @@ def resolve_amp(amp: bool | str | None, device: torch.device | str, name: str = 
     Raises:
         ValueError: naming the setting when ``amp`` is none of these.
     """
-    setting = _parse_amp(amp, name)
+    setting = parse_amp(amp, name)
     device = torch.device(device)
-    enabled = setting if isinstance(setting, bool) else device.type in ("cpu", "cuda") and (
-        device.type == "cuda" or native_bf16(device)
+    enabled = setting if isinstance(setting, bool) else device.type == "cuda" or (
+        device.type == "cpu" and native_bf16(device)
     )
     if log:
         logger.info(describe_precision(setting, device, enabled, name))

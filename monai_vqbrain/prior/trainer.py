@@ -12,7 +12,7 @@ from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 
-from ..engines.precision import autocast, resolve_amp
+from ..engines.precision import autocast, parse_amp, resolve_amp
 from ..engines.trainer import MixedPrecisionTrainer
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
@@ -110,8 +110,7 @@ class PriorInferer(Inferer):
 
     def __init__(self, amp: bool | str = False) -> None:
         super().__init__()
-        resolve_amp(amp, "cpu")  # validates the setting now; the device is known only at call time
-        self.amp = amp
+        self.amp = parse_amp(amp)  # resolved per call: the device is known only then
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         with autocast(inputs.device, resolve_amp(self.amp, inputs.device)):

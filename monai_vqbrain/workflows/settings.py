@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
@@ -27,7 +28,6 @@ __all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_li
 _RUN_ARGUMENTS = frozenset(
     {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}
 )
-_AMP_VALUES = ("true", "false", "auto")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -73,9 +73,11 @@ def _boolean(value: Any) -> str | None:
 
 
 def _amp(value: Any) -> str | None:
-    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in _AMP_VALUES):
-        return None
-    return "true, false or auto"
+    try:
+        parse_amp(value)
+    except ValueError:
+        return "true, false or auto"
+    return None
 
 
 def _choice(*allowed: Any) -> Callable[[Any], str | None]:
