@@ -111,6 +111,22 @@ def _paths(value: Any) -> str | None:
     return None if value is None or isinstance(value, (str, os.PathLike)) else "a path, a glob or a list of them"
 
 
+def _local_tracking_uri(value: Any) -> str | None:
+    # runs never contact a tracking server: only a local SQLite file (MONAI's MLFlowHandler refuses file:// stores)
+    if isinstance(value, str) and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    return "a local sqlite:///<path>/mlruns.db URI (no tracking server is contacted)"
+
+
+def _name(allow_none: bool) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if (allow_none and value is None) or (isinstance(value, str) and value.strip()):
+            return None
+        return "a non-empty name" + (" or null" if allow_none else "")
+
+    return rule
+
+
 def _path(value: Any) -> str | None:
     return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
 
@@ -176,6 +192,10 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "sample_batch_size": _integer(1, allow_none=True),
     "generation_metrics": _boolean,
     "fd_grid": _integer(1),
+    # experiment tracking (--tracking mlflow)
+    "tracking_uri": _local_tracking_uri,
+    "experiment_name": _name(allow_none=False),
+    "run_name": _name(allow_none=True),
 }
 
 
