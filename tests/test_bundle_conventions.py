@@ -258,3 +258,41 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
     (codes,) = codes_session.run(["codes"], {"image": images.numpy()})
     with torch.no_grad():
         np.testing.assert_array_equal(codes, eager.vqvae.index_quantize(images).numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bundle_root from the config files' location
+
+def test_bundle_root_follows_the_config_files(tmp_path):
+    from monai_vqbrain.workflows import config_bundle_root
+
+    main = "/env/lib/python3/site-packages/monai/bundle/__main__.py"
+    configs = tmp_path / "mybundle" / "configs"
+    argv = [main, "run", "inferring", "--config_file", f"['{configs}/train.json','{configs}/inference.json']"]
+    assert config_bundle_root(argv) == str(tmp_path / "mybundle")
+    assert config_bundle_root([main, "run", "--config_file=" + str(tmp_path / "train.json")]) == str(tmp_path)
+    # run from Python (not a monai.bundle command line): below the working directory, absolute
+    assert config_bundle_root(["pytest"]) == str(Path("bundle").absolute())
+
+
+def test_inference_command_works_from_outside_the_repository(trained_bundle, demo_root, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "mybundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    (bundle / "models").mkdir()
+    shutil.copy(trained_bundle / "models" / "model.pt", bundle / "models" / "model.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    image = sorted((demo_root / "keras_png_slices_test").glob("*.png"))[0]
+    configs = f"['{bundle}/configs/train.json','{bundle}/configs/inference.json']"
+    tiny = [f"--{key}={json.dumps(value)}" for key, value in TINY_OVERRIDES.items()]
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", configs,
+               "--input", str(image), *tiny]
+    result = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the checkpoint and the default output folder are found below the bundle, not the working directory
+    assert (bundle / "outputs" / "inference" / image.name.replace(".png", "_recon.png")).is_file()
+    assert not any(elsewhere.iterdir())

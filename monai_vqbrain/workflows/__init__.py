@@ -8,7 +8,13 @@ from .run_checks import (
     local_tracking_uri,
     network_metadata,
 )
-from .settings import SETTING_RULES, check_override_keys, check_settings, command_line_overrides
+from .settings import (
+    SETTING_RULES,
+    check_override_keys,
+    check_settings,
+    command_line_overrides,
+    config_bundle_root,
+)
 
 __all__ = [
     "SETTING_RULES",
@@ -18,6 +24,7 @@ __all__ = [
     "check_override_keys",
     "check_settings",
     "command_line_overrides",
+    "config_bundle_root",
     "install_error_hook",
     "local_tracking_uri",
     "network_metadata",

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
-__all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_line_overrides"]
+__all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
 
 # ``monai.bundle run``'s own arguments: never config keys
 _RUN_ARGUMENTS = frozenset(
@@ -322,3 +322,23 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
         raise SettingError(f"unknown setting --{key}: no config file defines it{hint}")
+
+
+def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle") -> str:
+    """The default ``bundle_root``: the bundle folder of the config files on the command line, as an absolute path.
+
+    MONAI's ``ConfigWorkflow`` knows where its config files are but does not tell the config, and model-zoo bundles
+    set ``bundle_root`` to ``"."`` (the working directory). Here the bundle folder is taken from the first
+    ``--config_file`` of a ``python -m monai.bundle run`` command line (the folder above ``configs/``), so that the
+    commands work from any directory. Elsewhere (the bundle run from Python) it is ``default`` below the working
+    directory.
+
+    Args:
+        argv: the command line; ``sys.argv`` when None.
+        default: the bundle folder, relative to the working directory, when no config file is on the command line.
+    """
+    parsed = command_line_overrides(argv)
+    if parsed is not None and parsed[1]:
+        first = Path(parsed[1][0]).expanduser().absolute()
+        return str(first.parent.parent if first.parent.name == "configs" else first.parent)
+    return str(Path(default).expanduser().absolute())
