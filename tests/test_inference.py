@@ -145,8 +145,15 @@ def test_every_input_is_reported_and_good_ones_have_outputs(inferred, input_dir)
         slices = int(row["slices"])
         # axial slices of the RAS volume: the permuted volume's superior axis is its second voxel axis
         assert slices == {"volume.nii.gz": VOLUME[2], "permuted.nii.gz": VOLUME[1]}.get(name, 1)
-        # information content: one code of log2(32) = 5 bits per latent pixel
-        assert float(row["code_bits"]) == pytest.approx(slices * LATENT * LATENT * 5)
+        # fixed length: one code of log2(32) = 5 bits per latent pixel
+        assert float(row["code_bits_fixed"]) == pytest.approx(slices * LATENT * LATENT * 5)
+        # information content: the entropy of the file's own code frequencies, from the saved code map
+        codes = np.load(row["codes"])["codes"].astype(np.int64).ravel()
+        frequencies = np.bincount(codes) / codes.size
+        frequencies = frequencies[frequencies > 0]
+        entropy_bits = -codes.size * float((frequencies * np.log2(frequencies)).sum())
+        assert float(row["code_bits"]) == pytest.approx(entropy_bits, abs=1e-2)
+        assert 0 <= float(row["code_bits"]) < float(row["code_bits_fixed"])
         assert int(row["codes_bytes"]) == Path(row["codes"]).stat().st_size
         assert int(row["input_bytes"]) == (input_dir / name).stat().st_size
     assert rows["grey.png"]["shape"] == "37x53" and rows["volume.nii.gz"]["shape"] == "24x28x20"

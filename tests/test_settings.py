@@ -97,10 +97,11 @@ def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
 
 
 def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch):
+    # training checks its folders before anything else: the missing dataset_dir is never reached
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     user_error(OutputWriteError, f"output_dir '{a_file / 'out'}' cannot be created: '{a_file}' is a file",
-               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               run_bundle, "training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
                output_dir=str(a_file / "out"))
     read_only = tmp_path / "read_only"
     read_only.mkdir()
@@ -108,7 +109,7 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
     # tests may run as root, whom permissions do not stop: deny as a read-only file system would
     monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
     user_error(OutputWriteError, f"ckpt_dir '{read_only / 'models'}' is not writable (its existing parent",
-               run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               run_bundle, "training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
                ckpt_dir=str(read_only / "models"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
 

@@ -57,8 +57,9 @@ class VQVAETrainer(MixedPrecisionTrainer):
     """Train a :class:`~monai_vqbrain.networks.VQVAE` with :class:`~monai_vqbrain.losses.VQVAELoss`.
 
     Everything :class:`monai.engines.SupervisedTrainer` offers (handlers, metrics, events, DDP-wrapped networks)
-    applies; the network is run with ``return_details=True`` so every loss component and codebook statistic
-    reaches ``engine.state.output``, and ``amp`` and clipping behave as in :class:`MixedPrecisionTrainer`.
+    applies; the network is run through ``inferer`` (MONAI's ``SimpleInferer`` by default, the bundle's
+    ``train#inferer``) with ``return_details=True`` so every loss component and codebook statistic reaches
+    ``engine.state.output``, and ``amp`` and clipping behave as in :class:`MixedPrecisionTrainer`.
 
     After each iteration ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the reconstruction),
     ``loss`` (the total), ``loss_<component>`` for each of :data:`LOSS_COMPONENTS`, ``perplexity``,
@@ -77,7 +78,7 @@ class VQVAETrainer(MixedPrecisionTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         with autocast(engine.state.device, engine.amp):
-            details = engine.network(images, return_details=True)
+            details = engine.inferer(images, engine.network, return_details=True)
         losses = engine.loss_function(details.reconstruction, targets, details.codebook_loss, details.commitment_loss)
         engine.state.output[Keys.PRED] = details.reconstruction
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -2,7 +2,13 @@
 
 from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
 from .codebook_usage import CodebookUsageHandler
-from .log_values import ITERATION_LOG_KEYS, every_n_iterations, training_log_values
+from .log_values import (
+    ITERATION_LOG_KEYS,
+    every_n_iterations,
+    numeric_tracking_outputs,
+    tracking_log_values,
+    training_log_values,
+)
 from .loss_components import LossComponentsHandler
 from .reconstruction_report import (
     ReconstructionReportHandler,
@@ -23,6 +29,8 @@ __all__ = [
     "ReconstructionReportHandler",
     "TrainingHistoryHandler",
     "every_n_iterations",
+    "numeric_tracking_outputs",
+    "tracking_log_values",
     "training_log_values",
     "plot_loss_curves",
     "plot_reconstructions",

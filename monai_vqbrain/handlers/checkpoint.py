@@ -28,11 +28,31 @@ logger = logging.getLogger(__name__)
 _SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
 
+def best_model_checkpoint(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, Any]:
+    """The content of a best-model file: ``{"model": state_dict, "metadata": metadata}`` plus the weights again at
+    the top level.
+
+    ``monai.bundle.load(name, bundle_dir=...)`` copies the top-level tensors of ``models/model.pt`` into the bundle's
+    ``network_def`` and silently skips keys it does not know, so with the weights only under ``"model"`` it would
+    return random weights. The top-level copies are the same tensor objects as those under ``"model"``, which
+    ``torch.save`` stores once: the file is no larger, and readers of ``"model"`` (``--key_in_ckpt model``) are
+    unaffected.
+
+    Args:
+        state_dict: the network's state dict.
+        metadata: what produced the weights.
+    """
+    if {"model", METADATA_KEY} & set(state_dict):
+        raise ValueError(f"a network state dict may not have a top-level key 'model' or '{METADATA_KEY}'.")
+    return {**state_dict, "model": state_dict, METADATA_KEY: metadata}
+
+
 class BestModelSaver:
     """Save the network's weights whenever the evaluator's key metric reaches a new best.
 
     The file holds ``{"model": state_dict, "metadata": {...}}`` with ``metadata`` extended by the epoch and the
-    metric value; it is written atomically on rank 0.
+    metric value, and the same weights at the top level for ``monai.bundle.load`` (see
+    :func:`best_model_checkpoint`); it is written atomically on rank 0.
 
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/model.pt``).
@@ -59,7 +79,7 @@ class BestModelSaver:
         if current is None or float(current) != float(state.best_metric):
             return
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
-        save_checkpoint(self.save_path, {"model": unwrap_network(self.network).state_dict(), METADATA_KEY: metadata})
+        save_checkpoint(self.save_path, best_model_checkpoint(unwrap_network(self.network).state_dict(), metadata))
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
 
 

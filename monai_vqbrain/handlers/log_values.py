@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Engine
@@ -29,3 +30,43 @@ def every_n_iterations(interval: int) -> Callable[[Engine, int], bool]:
         return event == 1 or event % interval == 0
 
     return event_filter
+
+
+def _as_number(value: Any) -> Any:
+    """A 1-tuple or 0-d tensor as its value, dict values likewise; anything else unchanged."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _as_number(item) for key, item in value.items()}
+    return value
+
+
+def tracking_log_values(output: dict) -> dict[str, float]:
+    """:func:`training_log_values` as Python floats, the values experiment trackers (MLflow) accept."""
+    return {key: float(value) for key, value in training_log_values(output).items()}
+
+
+def numeric_tracking_outputs(handlers: Sequence[Any]) -> list[Any]:
+    """Make the experiment-tracking handlers among ``handlers`` log numbers; return the handlers.
+
+    ``--tracking mlflow`` adds MONAI's ``MLFlowHandler`` with ``from_engine(['loss'], first=True)``, which on a
+    trainer that does not decollate its output (ours, for speed) gives the loss as a 1-tuple that MLflow rejects.
+    MONAI has no switch for this, so the handler's ``output_transform`` is wrapped to unpack such values.
+
+    Args:
+        handlers: the trainer's handlers (instantiated); only ``MLFlowHandler`` instances are changed.
+    """
+    from monai.handlers import MLFlowHandler
+
+    for handler in handlers:
+        if isinstance(handler, MLFlowHandler) and not getattr(handler.output_transform, "_numeric", False):
+            transform = handler.output_transform
+
+            def numeric(output: Any, transform: Callable = transform) -> Any:
+                return _as_number(transform(output))
+
+            numeric._numeric = True  # type: ignore[attr-defined]
+            handler.output_transform = numeric
+    return list(handlers)

@@ -102,7 +102,7 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
 
 
 class ReconstructionReportHandler:
-    """Score every reconstruction of an evaluator and write the report into ``output_dir`` when it completes.
+    """Score every reconstruction of an evaluator and write the report into ``output_dir`` after its epoch.
 
     Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
     and more), ``per_image_metrics.csv`` (name, SSIM, PSNR of every image), ``reconstructions.png``
@@ -147,7 +147,8 @@ class ReconstructionReportHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        # at the end of the (single) evaluation epoch, so that handlers logging epoch metrics (MLflow) see them
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _score(self, engine: Engine) -> None:
         predictions = engine.state.output[Keys.PRED].float()

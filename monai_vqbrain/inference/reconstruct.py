@@ -63,6 +63,20 @@ METRICS_FILE = "reconstruction_metrics.csv"
 _logger = logging.getLogger(__name__)
 
 
+def code_information_bits(codes: torch.Tensor) -> float:
+    """Information content of a code map under its own code frequencies: ``N * H(p)`` bits for ``N`` codes.
+
+    Args:
+        codes: integer code indices of any shape.
+    """
+    counts = torch.bincount(codes.reshape(-1).long()).double()
+    counts = counts[counts > 0]
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    return float(-(counts * torch.log2(counts / total)).sum())
+
+
 @dataclass
 class FileResult:
     """One row of ``reconstruction_metrics.csv``.
@@ -78,7 +92,10 @@ class FileResult:
         codes: the code-map file (empty when ``save_codes`` is off).
         input_bytes: size of the input file.
         codes_bytes: size of the code-map file.
-        code_bits: information content of the codes: number of codes x log2(num_embeddings).
+        code_bits_fixed: size of the codes at a fixed length per code: number of codes x log2(num_embeddings).
+        code_bits: information content of the codes under their own usage: number of codes x the entropy (bits) of
+            the file's code frequencies, what an ideal entropy coder of independent codes would need (without
+            the frequency table); at most ``code_bits_fixed``.
         error: why the file was skipped (empty on success).
     """
 
@@ -92,6 +109,7 @@ class FileResult:
     codes: str = ""
     input_bytes: int | str = ""
     codes_bytes: int | str = ""
+    code_bits_fixed: float | str = ""
     code_bits: float | str = ""
     error: str = ""
 
@@ -339,7 +357,8 @@ class InferenceRunner:
         height, width = item.plane_shape
         image.save_reconstruction(self._from_model(reconstruction, height, width), recon_path, overwrite=self.overwrite)
         result.reconstruction = str(recon_path)
-        result.code_bits = round(codes.numel() * math.log2(self.num_embeddings), 3)
+        result.code_bits_fixed = round(codes.numel() * math.log2(self.num_embeddings), 3)
+        result.code_bits = round(code_information_bits(codes), 3)
         if codes_path is not None:
             self._save_codes(codes, codes_path, image)
             result.codes = str(codes_path)

@@ -148,7 +148,9 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"expected latents of shape (B, {self.embedding_dim}, *spatial), got {tuple(latents.shape)}."
             )
-        return latents.movedim(1, -1).reshape(-1, self.embedding_dim)
+        # positive dims throughout: a traced movedim with -1 becomes an ONNX Transpose with a negative ``perm``,
+        # which ONNX Runtime rejects
+        return latents.movedim(1, latents.ndim - 1).reshape(-1, self.embedding_dim)
 
     def nearest_codes(self, flat_latents: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook vector (Euclidean) for each row of ``flat_latents`` ``(N, D)``."""
@@ -175,7 +177,8 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Like :meth:`embed` without validating the indices (no host sync; traceable)."""
-        return F.embedding(indices.long(), self.embedding.float()).movedim(-1, 1)
+        vectors = F.embedding(indices.long(), self.embedding.float())
+        return vectors.movedim(vectors.ndim - 1, 1)  # positive dims for ONNX, see _flatten
 
     @torch.no_grad()
     def _initialize_from_data(self, flat_latents: torch.Tensor) -> None:
@@ -271,7 +274,8 @@ class VectorQuantizer(nn.Module):
             perplexity, codebook_usage = code_usage_statistics(code_counts)
 
         spatial_shape = latents.shape[2:]
-        quantized = quantized_flat.view(latents.shape[0], *spatial_shape, self.embedding_dim).movedim(-1, 1)
+        quantized = quantized_flat.view(latents.shape[0], *spatial_shape, self.embedding_dim)
+        quantized = quantized.movedim(quantized.ndim - 1, 1)  # positive dims for ONNX, see _flatten
         return QuantizerOutput(
             quantized=quantized,
             indices=indices.view(latents.shape[0], *spatial_shape),

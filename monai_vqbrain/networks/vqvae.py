@@ -108,6 +108,9 @@ class Decoder(nn.Module):
         return self.levels(self.residual(self.project(x)))
 
 
+_FORWARD_OUTPUTS = ("tuple", "reconstruction")
+
+
 class VQVAE(nn.Module):
     """Vector-quantised variational autoencoder with an EMA codebook that does not collapse.
 
@@ -128,6 +131,10 @@ class VQVAE(nn.Module):
         dead_code_threshold: EMA assignments per step under which a code is restarted; 0 disables restarts.
         codebook_init: ``"kmeans"``, ``"data"`` or ``"random"``; see :class:`VectorQuantizer`.
         output_act: ``"sigmoid"`` keeps the reconstruction in ``[0, 1]``; ``None`` leaves it linear.
+        forward_output: what a plain ``forward(images)`` returns: ``"tuple"`` gives ``(reconstruction,
+            quantization_loss)`` as MONAI's ``VQVAE`` does; ``"reconstruction"`` gives the reconstruction alone, the
+            one-tensor output MONAI's bundle tools (``verify_net_in_out``, ``monai.bundle.load``) expect of a
+            bundle's ``network_def``. ``forward(images, return_details=True)`` is the same for both.
     """
 
     def __init__(
@@ -145,8 +152,12 @@ class VQVAE(nn.Module):
         dead_code_threshold: float = 1.0,
         codebook_init: str = "kmeans",
         output_act: str | None = None,
+        forward_output: str = "tuple",
     ) -> None:
         super().__init__()
+        if forward_output not in _FORWARD_OUTPUTS:
+            raise ValueError(f"forward_output must be one of {', '.join(_FORWARD_OUTPUTS)}, got {forward_output!r}.")
+        self.forward_output = forward_output
         _check_spatial_dims(spatial_dims)
         if len(channels) < 1:
             raise ValueError("channels must name at least one level (one downsampling).")
@@ -223,8 +234,9 @@ class VQVAE(nn.Module):
 
     def forward(
         self, images: torch.Tensor, return_details: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor] | VQVAEOutput:
-        """Return ``(reconstruction, quantization_loss)``, or the full :class:`VQVAEOutput` when ``return_details``.
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | VQVAEOutput:
+        """Return ``(reconstruction, quantization_loss)`` (or the reconstruction alone when ``forward_output`` is
+        ``"reconstruction"``), or the full :class:`VQVAEOutput` when ``return_details``.
 
         Trainers ask for the details through ``forward`` (not :meth:`forward_with_details`) so that a
         ``DistributedDataParallel`` wrapper sees the call and synchronises gradients.
@@ -232,6 +244,8 @@ class VQVAE(nn.Module):
         output = self.forward_with_details(images)
         if return_details:
             return output
+        if self.forward_output == "reconstruction":
+            return output.reconstruction
         return output.reconstruction, output.quantization_loss
 
 

@@ -1,8 +1,20 @@
 """Workflow glue the bundle configs call: setting and input checks, clean error reporting, run metadata."""
 
 from .cli_errors import install_error_hook
-from .run_checks import check_checkpoint_dir, check_output_dirs, check_outputs_absent, network_metadata
-from .settings import SETTING_RULES, check_override_keys, check_settings, command_line_overrides
+from .run_checks import (
+    check_checkpoint_dir,
+    check_output_dirs,
+    check_outputs_absent,
+    local_tracking_uri,
+    network_metadata,
+)
+from .settings import (
+    SETTING_RULES,
+    check_override_keys,
+    check_settings,
+    command_line_overrides,
+    config_bundle_root,
+)
 
 __all__ = [
     "SETTING_RULES",
@@ -12,6 +24,8 @@ __all__ = [
     "check_override_keys",
     "check_settings",
     "command_line_overrides",
+    "config_bundle_root",
     "install_error_hook",
+    "local_tracking_uri",
     "network_metadata",
 ]

@@ -149,3 +149,15 @@ def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:
     }
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return {"network": type(network).__name__, **settings, **entries}
+
+
+def local_tracking_uri(output_dir: str | os.PathLike) -> str:
+    """The MLflow tracking URI of a run: a SQLite file ``mlruns.db`` in ``output_dir`` (artifacts in ``mlruns/``).
+
+    Local on purpose: a bundle run never contacts a tracking server. SQLite rather than a ``file://`` store because
+    MONAI's ``MLFlowHandler`` (MONAI >= 1.6) refuses the file store, which MLflow >= 3.13 no longer supports.
+
+    Args:
+        output_dir: the run's output folder.
+    """
+    return "sqlite:///" + (Path(output_dir).expanduser().absolute() / "mlruns.db").as_posix()

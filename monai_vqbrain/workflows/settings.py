@@ -22,7 +22,7 @@ from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
-__all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_line_overrides"]
+__all__ = ["SETTING_RULES", "check_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
 
 # ``monai.bundle run``'s own arguments: never config keys
 _RUN_ARGUMENTS = frozenset(
@@ -113,6 +113,22 @@ def _paths(value: Any) -> str | None:
     return None if value is None or isinstance(value, (str, os.PathLike)) else "a path, a glob or a list of them"
 
 
+def _local_tracking_uri(value: Any) -> str | None:
+    # runs never contact a tracking server: only a local SQLite file (MONAI's MLFlowHandler refuses file:// stores)
+    if isinstance(value, str) and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    return "a local sqlite:///<path>/mlruns.db URI (no tracking server is contacted)"
+
+
+def _name(allow_none: bool) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if (allow_none and value is None) or (isinstance(value, str) and value.strip()):
+            return None
+        return "a non-empty name" + (" or null" if allow_none else "")
+
+    return rule
+
+
 def _path(value: Any) -> str | None:
     return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
 
@@ -178,6 +194,10 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "sample_batch_size": _integer(1, allow_none=True),
     "generation_metrics": _boolean,
     "fd_grid": _integer(1),
+    # experiment tracking (--tracking mlflow)
+    "tracking_uri": _local_tracking_uri,
+    "experiment_name": _name(allow_none=False),
+    "run_name": _name(allow_none=True),
 }
 
 
@@ -304,3 +324,23 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
         raise SettingError(f"unknown setting --{key}: no config file defines it{hint}")
+
+
+def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle") -> str:
+    """The default ``bundle_root``: the bundle folder of the config files on the command line, as an absolute path.
+
+    MONAI's ``ConfigWorkflow`` knows where its config files are but does not tell the config, and model-zoo bundles
+    set ``bundle_root`` to ``"."`` (the working directory). Here the bundle folder is taken from the first
+    ``--config_file`` of a ``python -m monai.bundle run`` command line (the folder above ``configs/``), so that the
+    commands work from any directory. Elsewhere (the bundle run from Python) it is ``default`` below the working
+    directory.
+
+    Args:
+        argv: the command line; ``sys.argv`` when None.
+        default: the bundle folder, relative to the working directory, when no config file is on the command line.
+    """
+    parsed = command_line_overrides(argv)
+    if parsed is not None and parsed[1]:
+        first = Path(parsed[1][0]).expanduser().absolute()
+        return str(first.parent.parent if first.parent.name == "configs" else first.parent)
+    return str(Path(default).expanduser().absolute())
