@@ -60,7 +60,7 @@ def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):
     assert metrics["n"] == len(test_files) and metrics["image_size"] == 32
     assert -1.0 <= metrics["ssim_min"] <= metrics["ssim_mean"] <= 1.0
     rows = (outputs / "per_image_metrics.csv").read_text().strip().splitlines()
-    assert rows[0] == "name,ssim,psnr" and len(rows) == len(test_files) + 1
+    assert rows[0] == "name,ssim,psnr,error" and len(rows) == len(test_files) + 1
     assert {row.split(",")[0] for row in rows[1:]} == {f.name for f in test_files}
     assert (outputs / "reconstructions.png").stat().st_size > 0
     assert (outputs / "loss_curves.png").stat().st_size > 0
@@ -76,6 +76,27 @@ def test_evaluating_does_not_replace_an_earlier_report_unless_asked(trained_bund
     run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root),
                output_dir=str(outputs), overwrite=True)
     assert json.loads((outputs / "metrics.json").read_text())["n"] > 0
+
+
+def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path):
+    """A perfect reconstruction has an infinite PSNR: the CSV must not show it as a number."""
+    import csv
+
+    from ignite.engine import Engine
+
+    from monai_vqbrain.handlers import ReconstructionReportHandler
+
+    target = torch.rand(2, 1, 32, 32)
+    prediction = target.clone()
+    prediction[1] = (prediction[1] + 0.1).clamp(0, 1)
+    engine = Engine(lambda engine, batch: {"pred": prediction, "label": target})
+    ReconstructionReportHandler(tmp_path, image_size=32, num_examples=1).attach(engine)
+    engine.run([{"name": ["exact", "noisy"]}], max_epochs=1)
+    rows = {row["name"]: row for row in csv.DictReader((tmp_path / "per_image_metrics.csv").open())}
+    assert rows["exact"]["psnr"] == "" and "psnr is infinite" in rows["exact"]["error"]
+    assert float(rows["exact"]["ssim"]) == pytest.approx(1.0)
+    assert float(rows["noisy"]["psnr"]) > 0 and rows["noisy"]["error"] == ""
+    assert json.loads((tmp_path / "metrics.json").read_text())["psnr_mean"] == pytest.approx(float(rows["noisy"]["psnr"]))
 
 
 def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):

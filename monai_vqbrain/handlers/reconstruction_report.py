@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +17,25 @@ from monai.utils.enums import CommonKeys as Keys
 from ..utils.io import atomic_path, atomic_write_text
 from ._distributed import is_main_process
 from .training_history import read_history
+
+
+def score_cells(ssim: float, psnr: float) -> tuple[str, str, str]:
+    """The ``ssim``, ``psnr`` and ``error`` cells of one image's row in ``per_image_metrics.csv``.
+
+    A NaN or infinite score is not a number a reader can compare (an infinite PSNR reads as a perfect one): its
+    cell is left empty and the ``error`` cell says why.
+    """
+    problems = []
+    ssim_cell = psnr_cell = ""
+    if math.isfinite(ssim):
+        ssim_cell = f"{ssim:.6f}"
+    else:
+        problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
+    if math.isfinite(psnr):
+        psnr_cell = f"{psnr:.4f}"
+    else:
+        problems.append("psnr is infinite (the reconstruction equals the image)" if psnr > 0 else f"psnr is {psnr}")
+    return ssim_cell, psnr_cell, "; ".join(problems)
 
 
 def summarize_scores(ssim: np.ndarray, psnr: np.ndarray) -> dict[str, float]:
@@ -105,7 +125,8 @@ class ReconstructionReportHandler:
     """Score every reconstruction of an evaluator and write the report into ``output_dir`` after its epoch.
 
     Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
-    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR of every image), ``reconstructions.png``
+    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a
+    non-finite score is an empty cell with the reason in ``error``), ``reconstructions.png``
     (originals above reconstructions, each with its SSIM) and ``loss_curves.png`` (per-epoch training losses
     from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
     ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
@@ -186,9 +207,9 @@ class ReconstructionReportHandler:
 
         table = io.StringIO()
         writer = csv.writer(table)
-        writer.writerow(["name", "ssim", "psnr"])
+        writer.writerow(["name", "ssim", "psnr", "error"])
         for name, image_ssim, image_psnr in zip(self.names, self.ssim, self.psnr, strict=True):
-            writer.writerow([name, f"{image_ssim:.6f}", f"{image_psnr:.4f}"])
+            writer.writerow([name, *score_cells(image_ssim, image_psnr)])
         atomic_write_text(self.output_dir / "per_image_metrics.csv", table.getvalue())
 
         originals, reconstructions, names, scores = zip(*self.examples, strict=True)
