@@ -236,12 +236,11 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
     eager = ReconstructionNetwork(VQVAE(**TINY_NETWORK)).eval()
     load_network_weights(eager.vqvae, checkpoint, {"image_size": 32})
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    images = torch.rand(3, 1, 32, 32)  # another batch size than the exported one
+    images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))  # another batch size
     (pred,) = session.run(["pred"], {"image": images.numpy()})
-    with torch.no_grad():
-        np.testing.assert_allclose(pred, eager(images).numpy(), rtol=1e-4, atol=1e-5)
 
-    # the quantizer (distances, argmin, lookup) exports exactly: the same code maps as in PyTorch
+    # the quantizer (distances, argmin, lookup) exports too: the same code maps as in PyTorch, except where two codes
+    # are equally near a latent (ONNX Runtime sums the distances in another order, so a near-tie may go either way)
     class Codes(torch.nn.Module):
         def __init__(self, vqvae: VQVAE) -> None:
             super().__init__()
@@ -256,8 +255,17 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
                        "dynamic_axes": {"image": {0: "batch"}, "codes": {0: "batch"}}})
     codes_session = onnxruntime.InferenceSession(str(codes_file), providers=["CPUExecutionProvider"])
     (codes,) = codes_session.run(["codes"], {"image": images.numpy()})
+    codes = torch.from_numpy(codes).long()
     with torch.no_grad():
-        np.testing.assert_array_equal(codes, eager.vqvae.index_quantize(images).numpy())
+        eager_codes = eager.vqvae.index_quantize(images)
+        latents = eager.vqvae.encode(images).movedim(1, -1)  # (B, h, w, D)
+        distances = ((latents[..., None, :] - eager.vqvae.quantizer.embedding) ** 2).sum(-1)  # (B, h, w, K)
+        differ = codes != eager_codes
+        gap = (distances.gather(-1, codes[..., None]) - distances.gather(-1, eager_codes[..., None]))[..., 0].abs()
+        assert differ.float().mean() <= 0.01, f"{int(differ.sum())} of {differ.numel()} codes differ"
+        assert torch.all(gap[differ] <= 1e-4 * distances.amin(-1)[differ].clamp_min(1e-3)), "a code differs beyond a tie"
+        # the exported decoder matches PyTorch's on the same codes
+        np.testing.assert_allclose(pred, eager.vqvae.decode_samples(codes).numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
