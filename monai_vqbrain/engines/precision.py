@@ -1,6 +1,6 @@
 """Device and precision choices shared by the trainers, evaluators, inference and generation.
 
-Mixed precision pays only where the hardware runs it natively: bf16 autocast is ~2x faster than fp32 on a CPU with
+Mixed precision pays only where the hardware runs it natively: bf16 autocast is ~1.4x faster than fp32 on a CPU with
 AVX-512 bf16 or AMX, but on a CPU without them (AVX2 only: most laptops and many cloud machines) PyTorch emulates
 bf16 and the same step runs ~9x *slower* than fp32. ``amp="auto"`` therefore resolves per device.
 """
