@@ -78,7 +78,7 @@ def test_evaluating_does_not_replace_an_earlier_report_unless_asked(trained_bund
     assert json.loads((outputs / "metrics.json").read_text())["n"] > 0
 
 
-def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path):
+def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path, caplog):
     """A perfect reconstruction has an infinite PSNR: the CSV must not show it as a number."""
     import csv
 
@@ -91,7 +91,9 @@ def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path):
     prediction[1] = (prediction[1] + 0.1).clamp(0, 1)
     engine = Engine(lambda engine, batch: {"pred": prediction, "label": target})
     ReconstructionReportHandler(tmp_path, image_size=32, num_examples=1).attach(engine)
-    engine.run([{"name": ["exact", "noisy"]}], max_epochs=1)
+    with caplog.at_level("INFO", logger="monai_vqbrain.handlers.reconstruction_report"):
+        engine.run([{"name": ["exact", "noisy"]}], max_epochs=1)
+    assert "evaluated 2 images at 32x32: SSIM" in caplog.text, "the summary reaches the console"
     rows = {row["name"]: row for row in csv.DictReader((tmp_path / "per_image_metrics.csv").open())}
     assert rows["exact"]["psnr"] == "" and "psnr is infinite" in rows["exact"]["error"]
     assert float(rows["exact"]["ssim"]) == pytest.approx(1.0)

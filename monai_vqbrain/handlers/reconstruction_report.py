@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,6 +18,8 @@ from monai.utils.enums import CommonKeys as Keys
 from ..utils.io import atomic_path, atomic_write_text
 from ._distributed import is_main_process
 from .training_history import read_history
+
+logger = logging.getLogger(__name__)
 
 
 def score_cells(ssim: float, psnr: float) -> tuple[str, str, str]:
@@ -96,13 +99,17 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
     validated = [r for r in records if "val_ssim" in r]
     figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
     loss_axis = axes[0, 0]
-    for key, label in (("train_loss", "total"), ("train_reconstruction", "reconstruction"), ("train_vq", "VQ")):
-        loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label)
+    # the total is nearly the reconstruction term: draw it dashed and on top, so neither hides the other
+    styles = (("train_loss", "total", {"linestyle": "--", "linewidth": 2.0, "zorder": 3}),
+              ("train_reconstruction", "reconstruction", {}), ("train_vq", "VQ", {}))
+    for key, label, style in styles:
+        loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label, **style)
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss")
@@ -114,6 +121,8 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
         ssim_axis.set_xlabel("epoch")
         ssim_axis.set_ylabel("validation SSIM")
         ssim_axis.grid(alpha=0.3)
+    for axis in axes.flat:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.tight_layout()
     with atomic_path(path) as tmp:
         tmp.write_bytes(_figure_bytes(figure))
@@ -211,6 +220,12 @@ class ReconstructionReportHandler:
         for name, image_ssim, image_psnr in zip(self.names, self.ssim, self.psnr, strict=True):
             writer.writerow([name, *score_cells(image_ssim, image_psnr)])
         atomic_write_text(self.output_dir / "per_image_metrics.csv", table.getvalue())
+        logger.info(
+            f"evaluated {metrics['n']} images at {self.image_size}x{self.image_size}: SSIM {metrics['ssim_mean']:.4f} "
+            f"+- {metrics['ssim_std']:.4f} (min {metrics['ssim_min']:.4f}, median {metrics['ssim_median']:.4f}, "
+            f"{100 * metrics['fraction_ssim_at_least_0.95']:.0f}% >= 0.95), PSNR {metrics['psnr_mean']:.2f} dB; "
+            f"report in {self.output_dir}"
+        )
 
         originals, reconstructions, names, scores = zip(*self.examples, strict=True)
         plot_reconstructions(
