@@ -255,6 +255,8 @@ def test_training_prior_writes_checkpoints_cache_and_history(prior_root):
     assert metadata["position_frequencies"] == 4 and metadata["network_settings"]["cond_channels"] == 16
     assert torch.load(models / "prior_last.pt", weights_only=True)["metadata"]["epoch"] == 2
     assert (prior_root / "outputs" / "tensorboard_prior").is_dir()
+    with Image.open(prior_root / "outputs" / "prior_learning_curves.png") as figure:
+        assert figure.format == "PNG" and figure.size[0] > 400
 
 
 def test_training_prior_does_not_overwrite_unless_asked(prior_root, demo_root):

@@ -5,6 +5,7 @@
 * :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
 * :mod:`.metrics`: NLL (bits per code) and accuracy of a prior; Fréchet distance, diversity and memorisation of
   generated images.
+* :mod:`.figures`: the prior's learning curves; samples beside their nearest training slices.
 * :mod:`.generate`: the bundle's ``generating``: load a prior from its checkpoint, sample, decode, write, measure.
 """
 
@@ -23,6 +24,7 @@ from .codes import (
     position_map,
     vqvae_fingerprint,
 )
+from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
     BrainGenerator,
     decode_codes,
@@ -81,6 +83,8 @@ __all__ = [
     "mean_pairwise_ssim",
     "num_condition_classes",
     "pairwise_ssim",
+    "plot_nearest_training_slices",
+    "plot_prior_learning_curves",
     "parse_slice_index",
     "plot_sample_grid",
     "position_channels",
