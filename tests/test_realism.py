@@ -116,6 +116,9 @@ def test_sides_are_balanced_and_capped():
     assert result["num_first"] == result["num_second"] == 30
     capped = classifier_two_sample_test(brains(30, 0), brains(45, 100), **FAST, max_per_side=12)
     assert capped["num_first"] == capped["num_second"] == 12
+    # 2 x 25 images in 2 folds: a training set of 26 images, so a last batch of one (batch norm cannot take it)
+    odd = classifier_two_sample_test(brains(25, 0), brains(25, 100), folds=2, epochs=1, batch_size=5)
+    assert odd["num_first"] == 25
 
 
 def test_grouped_subjects_with_too_few_subjects_are_refused():

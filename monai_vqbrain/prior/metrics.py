@@ -407,7 +407,7 @@ def evaluate_generation(
     real_images: int = 512,
     classifier: bool = True,
     classifier_folds: int = 5,
-    classifier_epochs: int = 8,
+    classifier_epochs: int = 6,
     bootstrap: int = 1000,
     fd_bootstrap: int = 50,
     seed: int = 0,
@@ -456,8 +456,9 @@ def evaluate_generation(
         real_images: the real test images (evenly spaced over the split; all when it has fewer) kept for the
             classifier tests, and as many training images; the subjects are split in halves among them for the
             reconstruction reference, so twice the sample count gives that reference as many images as the others.
-        classifier: run the classifier two-sample tests (the slowest metric: about a minute at 256 samples of
-            128x128 on 2 CPU cores); False leaves their entries None.
+        classifier: run the classifier two-sample tests (the slowest metric: each of the three took 25-80 s at 256
+            images a side of 128x128, 5 folds, on a 2-core CPU shared with other jobs; about 45 CPU-seconds);
+            False leaves their entries None.
         classifier_folds: cross-validation folds of the classifier tests.
         classifier_epochs: training epochs per fold.
         bootstrap: resamples of the bootstrap intervals of the diversity and memorisation means.

@@ -187,7 +187,8 @@ def _train_fold(
     generator = torch.Generator().manual_seed(seed)
     # callers measure under no_grad (evaluate_generation) or inference mode; training needs autograd, and tensors
     # made in inference mode cannot be saved for backward, so the inputs are cloned outside it
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
         images, labels, held_out = images.clone(), labels.clone(), held_out.clone()
         # seeded initialisation and dropout, without touching the caller's RNG
         torch.manual_seed(seed)
@@ -199,6 +200,8 @@ def _train_fold(
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
+                if len(batch) < 2:  # batch norm needs two values per channel; the image is seen in other epochs
+                    continue
                 inputs = images[batch]
                 # left-right flips of half the images: both sides are flipped alike, so this adds no tell, and a
                 # brain mirrored is still a plausible brain
@@ -219,7 +222,7 @@ def classifier_two_sample_test(
     first_groups: Sequence[Any] | None = None,
     second_groups: Sequence[Any] | None = None,
     folds: int = 5,
-    epochs: int = 8,
+    epochs: int = 6,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
