@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, TINY_NETWORK, TRAIN, run_bundle, user_error
+from conftest import CONFIGS, TINY_NETWORK, TRAIN, brain_like_slice, run_bundle, user_error
 from monai.metrics import FIDMetric
 from PIL import Image
 
@@ -25,6 +26,9 @@ from monai_vqbrain.prior import (
     CodeNLLMetric,
     PriorPrepareBatch,
     SlicePositionLabels,
+    bootstrap_frechet_interval,
+    bootstrap_mean_interval,
+    evaluate_generation,
     file_sha256,
     frechet_distance,
     load_or_encode_codes,
@@ -35,6 +39,7 @@ from monai_vqbrain.prior import (
     position_map,
 )
 from monai_vqbrain.prior import codes as codes_module
+from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
 
 TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
 GENERATE = [TRAIN, str(CONFIGS / "generate.json")]
@@ -67,6 +72,16 @@ METRIC_KEYS = (
     "memorisation_per_sample",
     "foreground_fraction_generated",
     "foreground_fraction_test",
+    "fd_generated_vs_test_ci95",
+    "diversity_ssim_generated_ci95",
+    "memorisation_ssim_mean_ci95",
+    "classifier",
+    "classifier_notes",
+    *(
+        f"classifier_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("images_per_side", ""))
+    ),
 )
 
 
@@ -314,6 +329,71 @@ def test_generating_writes_samples_grid_and_metrics(generated):
     assert all(entry["nearest_train"].startswith("case_") for entry in metrics["memorisation_per_sample"])
     assert metrics["num_test_images"] == 8 and metrics["num_train_images"] == 16
     assert len(metrics["sample_class_labels"]) == NUM_SAMPLES
+    low, high = metrics["fd_generated_vs_test_ci95"]
+    assert 0 <= low <= high
+    for key in ("diversity_ssim_generated", "memorisation_ssim_mean"):
+        low, high = metrics[f"{key}_ci95"]
+        assert low <= metrics[key] <= high, key
+    # 4 samples, and the demo's test split holds 2 subjects: too few for 5 (grouped) folds, so no AUC, and the
+    # notes say why
+    assert metrics["classifier"]["enabled"] and metrics["classifier"]["num_test_pool_images"] == 8
+    assert metrics["classifier_auc_generated_vs_test"] is None and len(metrics["classifier_notes"]) == 3
+    assert all(re.search("too few images for 5-fold|fewer than the 5 folds", n) for n in metrics["classifier_notes"])
+
+
+def slice_items(cases: range, slices: int) -> list[dict]:
+    """In-memory dataset items of brain-like 32x32 slices named like OASIS PNGs."""
+    return [
+        {"image": torch.as_tensor(brain_like_slice(32, case * 100 + index), dtype=torch.float32)[None] / 255.0,
+         "name": f"case_{case:03d}_slice_{index}.nii.png"}
+        for case in cases
+        for index in range(slices)
+    ]
+
+
+def test_evaluate_generation_measures_realism_beside_its_references(trained_bundle):
+    vqvae = tiny_vqvae(trained_bundle / "models" / "model.pt")
+    train, test = slice_items(range(1, 9), 3), slice_items(range(20, 32), 3)  # 8 and 12 subjects
+    # noise as "generated" images: a realism measure must fail them
+    samples = torch.rand(24, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = {"classifier_folds": 3, "classifier_epochs": 4, "bootstrap": 200, "fd_bootstrap": 10}
+    metrics = evaluate_generation(samples, vqvae, train, test, **settings)
+    assert metrics["classifier_auc_generated_vs_test"] > 0.9
+    # two real sets of disjoint subjects from one distribution: far from a clean separation
+    assert metrics["classifier_auc_train_vs_test"] < 0.8
+    assert 0.0 <= metrics["classifier_auc_reconstructed_vs_test"] <= 1.0
+    # at most as many images per side as samples; the reconstruction reference has half of the test subjects a side
+    assert metrics["classifier_images_per_side_generated_vs_test"] == 24
+    assert metrics["classifier_images_per_side_train_vs_test"] == 24
+    assert metrics["classifier_images_per_side_reconstructed_vs_test"] == 18
+    for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test"):
+        low, high = metrics[f"classifier_auc_{comparison}_ci95"]
+        assert low <= metrics[f"classifier_auc_{comparison}"] <= high
+        assert len(metrics[f"classifier_auc_{comparison}_folds"]) == 3
+    assert metrics["classifier_notes"] == [] and "Student t" in metrics["classifier"]["ci95_method"]
+    json.dumps(metrics)  # JSON-serialisable
+    # a smaller real pool is recorded, and the classifier can be turned off
+    off = evaluate_generation(samples, vqvae, train, test, classifier=False, real_images=10, **settings)
+    assert off["classifier_auc_generated_vs_test"] is None and off["classifier"]["enabled"] is False
+    assert off["fd_generated_vs_test"] == pytest.approx(metrics["fd_generated_vs_test"])
+    small = evaluate_generation(samples, vqvae, train, test, real_images=12, **settings)
+    assert small["classifier"]["num_test_pool_images"] == 12
+    assert small["classifier_images_per_side_generated_vs_test"] == 12
+
+
+def test_bootstrap_intervals_bracket_their_estimates():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 64, generator=generator), torch.randn(50, 64, generator=generator) + 0.5
+    # the Gram-matrix form used by the bootstrap is the same distance
+    assert _frechet_distance_from_samples(a.double(), b.double()) == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    low, high = bootstrap_frechet_interval(a, b, resamples=40)
+    assert 0 < low < high and bootstrap_frechet_interval(a[:1], b) is None
+    values = torch.rand(40, generator=generator)
+    low, high = bootstrap_mean_interval(values, resamples=500)
+    assert low < float(values.mean()) < high and high - low < 0.3
+    images = torch.rand(10, 1, 16, 16, generator=generator)
+    mean, (low, high) = mean_pairwise_ssim(images, bootstrap=200)
+    assert mean == pytest.approx(mean_pairwise_ssim(images)) and low <= mean <= high
 
 
 def test_generated_png_and_nifti_hold_the_same_image(generated):

@@ -36,6 +36,8 @@ MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py
         (TRAIN, "cache_rate", 2.0, "in [0.0, 1.0]"),
         (GENERATE, "num_samples", 0, "integer >= 1"),
         (GENERATE, "temperature", math.nan, "finite number >= 0"),
+        (GENERATE, "generation_classifier", "perhaps", "true or false"),
+        (GENERATE, "generation_real_images", 0, "integer >= 1"),
         (INFERENCE, "min_slice_size", -3, "integer >= 1"),
         (INFERENCE, "save_codes", "perhaps", "true or false"),
     ],

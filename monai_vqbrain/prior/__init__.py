@@ -4,7 +4,8 @@
   slice-position class labels, and the dataset the prior trains on.
 * :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
 * :mod:`.metrics`: NLL (bits per code) and accuracy of a prior; Fréchet distance, diversity and memorisation of
-  generated images.
+  generated images, with bootstrap intervals.
+* :mod:`.realism`: the classifier two-sample test of realism (held-out ROC AUC of a small CNN, grouped folds).
 * :mod:`.figures`: the prior's learning curves; samples beside their nearest training slices.
 * :mod:`.generate`: the bundle's ``generating``: load a prior from its checkpoint, sample, decode, write, measure.
 """
@@ -38,12 +39,15 @@ from .metrics import (
     CodeAccuracyMetric,
     CodeNLLMetric,
     NearestImageSearch,
+    bootstrap_frechet_interval,
+    bootstrap_mean_interval,
     encoder_features,
     evaluate_generation,
     frechet_distance,
     mean_pairwise_ssim,
     pairwise_ssim,
 )
+from .realism import RealismClassifier, assign_folds, classifier_two_sample_test, slice_groups
 from .trainer import (
     PRIOR_CHECKPOINTS,
     PriorInferer,
@@ -67,8 +71,13 @@ __all__ = [
     "PriorInferer",
     "PriorPrepareBatch",
     "PriorTrainer",
+    "RealismClassifier",
     "SlicePositionLabels",
+    "assign_folds",
+    "bootstrap_frechet_interval",
+    "bootstrap_mean_interval",
     "check_prior_run",
+    "classifier_two_sample_test",
     "codes_fingerprint",
     "decode_codes",
     "encode_dataset",
@@ -93,6 +102,7 @@ __all__ = [
     "prior_network_settings",
     "prior_summary",
     "sample_class_labels",
+    "slice_groups",
     "training_loss",
     "vqvae_fingerprint",
     "write_samples",

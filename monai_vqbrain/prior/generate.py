@@ -339,6 +339,9 @@ class BrainGenerator:
         metrics_batch_size: images per batch when reading the real splits.
         grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
         fd_grid: the encoder latents are average-pooled to ``fd_grid x fd_grid`` for the Fréchet distances.
+        classifier: run the classifier two-sample tests of realism (see
+            :func:`~monai_vqbrain.prior.realism.classifier_two_sample_test`); False leaves their entries None.
+        real_images: the real test images (and as many training images) the classifier tests draw from.
         device: where to run the prior (default: where the VQ-VAE is).
         progress: show a progress bar while sampling.
         overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
@@ -363,6 +366,8 @@ class BrainGenerator:
         metrics_batch_size: int = 64,
         grid_samples: int = 64,
         fd_grid: int = 4,
+        classifier: bool = True,
+        real_images: int = 512,
         device: str | torch.device | None = None,
         progress: bool = False,
         overwrite: bool = False,
@@ -387,6 +392,10 @@ class BrainGenerator:
         self.metrics_batch_size = metrics_batch_size
         self.grid_samples = max(1, int(grid_samples))
         self.fd_grid = int(fd_grid)
+        self.classifier = as_bool(classifier, "generation_classifier")
+        if isinstance(real_images, bool) or int(real_images) != real_images or real_images < 1:
+            raise ValueError(f"real_images must be a positive integer, got {real_images!r}.")
+        self.real_images = int(real_images)
         self.device = device
         self.progress = as_bool(progress, "progress")
         self.overwrite = as_bool(overwrite, "overwrite")
@@ -473,6 +482,9 @@ class BrainGenerator:
                 batch_size=self.metrics_batch_size,
                 num_workers=int(self.dataset_kwargs.get("num_workers", 0) or 0),
                 fd_grid=self.fd_grid,
+                real_images=self.real_images,
+                classifier=self.classifier,
+                seed=self.seed,
             )
             # num_samples is already recorded; keep the rest
             metrics.update({k: v for k, v in quality.items() if k != "num_samples"})

@@ -5,7 +5,8 @@
 * :func:`frechet_distance`: MONAI's ``FIDMetric`` on feature vectors, made safe for small sample counts.
 * :func:`encoder_features`: the offline feature space used for it, spatially averaged VQ-VAE encoder latents.
 * :func:`mean_pairwise_ssim`, :class:`NearestImageSearch`: diversity and memorisation by SSIM.
-* :func:`evaluate_generation`: all of the above for a set of generated images against the real splits.
+* :func:`evaluate_generation`: all of the above, and the classifier two-sample test of :mod:`.realism`, for a set
+  of generated images against the real splits, with bootstrap confidence intervals.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import itertools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +28,14 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from torch.utils.data import DataLoader, Dataset
 
+from .realism import classifier_two_sample_test, slice_groups
+
 __all__ = [
     "CodeAccuracyMetric",
     "CodeNLLMetric",
     "NearestImageSearch",
+    "bootstrap_frechet_interval",
+    "bootstrap_mean_interval",
     "encoder_features",
     "evaluate_generation",
     "frechet_distance",
@@ -113,6 +119,47 @@ def _stable_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(distance.clamp_min(0))
 
 
+def _frechet_distance_from_samples(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Fréchet distance computed through the samples' Gram matrix, for the bootstrap: cheap when N << D.
+
+    With centred, scaled samples ``X_a`` (``S_a = X_a^T X_a``) the non-zero eigenvalues of ``S_a S_b`` are those of
+    ``G G^T`` with ``G = X_a X_b^T`` (``N_a x N_b``), so ``tr sqrt(S_a S_b)`` needs no ``D x D`` matrix; the same
+    distance as :func:`_stable_frechet_distance` (up to rounding) at a fraction of the cost for 1024 features.
+    """
+    x_a = (a - a.mean(dim=0)) / math.sqrt(max(len(a) - 1, 1))
+    x_b = (b - b.mean(dim=0)) / math.sqrt(max(len(b) - 1, 1))
+    gram = x_a @ x_b.T
+    middle = gram @ gram.T
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    distance = (a.mean(dim=0) - b.mean(dim=0)).pow(2).sum() + x_a.pow(2).sum() + x_b.pow(2).sum() - 2 * tr_covmean
+    return float(distance.clamp_min(0))
+
+
+def bootstrap_frechet_interval(
+    features_a: torch.Tensor, features_b: torch.Tensor, resamples: int = 50, seed: int = 0
+) -> list[float] | None:
+    """A 95% percentile-bootstrap interval of the Fréchet distance: both sets resampled with replacement.
+
+    Repeated vectors shrink a resample's effective size and the distance grows as the size shrinks, so the
+    interval sits a little above the point estimate: it shows the spread of the estimate at this sample count, not
+    an unbiased interval of the population distance.
+
+    Returns:
+        ``[low, high]``, or None with fewer than 2 resamples or fewer than 2 vectors in a set.
+    """
+    a, b = features_a.detach().double().cpu(), features_b.detach().double().cpu()
+    if resamples < 2 or len(a) < 2 or len(b) < 2:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(int(resamples)):
+        pick_a = torch.randint(len(a), (len(a),), generator=generator)
+        pick_b = torch.randint(len(b), (len(b),), generator=generator)
+        values.append(_frechet_distance_from_samples(a[pick_a], b[pick_b]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float | None:
     """Fréchet distance between two sets of feature vectors ``(N, D)``, with MONAI's ``FIDMetric``.
 
@@ -178,23 +225,9 @@ def pairwise_ssim(first: torch.Tensor, second: torch.Tensor, batch_size: int = 2
     return torch.cat(scores).cpu()
 
 
-def mean_pairwise_ssim(images: torch.Tensor, max_pairs: int = 2000, seed: int = 0) -> float | None:
-    """Mean SSIM over pairs of distinct images: lower means a more diverse set.
-
-    Every pair is used when there are at most ``max_pairs``; otherwise ``max_pairs`` pairs drawn without
-    replacement with ``seed``.
-
-    Args:
-        images: ``(N, 1, S, S)`` in [0, 1].
-        max_pairs: the most pairs scored.
-        seed: seed of the pair draw.
-
-    Returns:
-        The mean SSIM, or None for fewer than two images.
-    """
+def _ssim_pairs(images: torch.Tensor, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The pairs of distinct images scored by :func:`mean_pairwise_ssim` and their SSIMs."""
     count = len(images)
-    if count < 2:
-        return None
     total = count * (count - 1) // 2
     if total <= max_pairs:
         pairs = list(itertools.combinations(range(count), 2))
@@ -205,9 +238,61 @@ def mean_pairwise_ssim(images: torch.Tensor, max_pairs: int = 2000, seed: int = 
             i, j = sorted(rng.choice(count, size=2, replace=False).tolist())
             picks.add((i, j))
         pairs = sorted(picks)
-    first = torch.as_tensor([i for i, _ in pairs])
-    second = torch.as_tensor([j for _, j in pairs])
-    return float(pairwise_ssim(images[first], images[second]).mean())
+    first = np.asarray([i for i, _ in pairs], dtype=np.int64)
+    second = np.asarray([j for _, j in pairs], dtype=np.int64)
+    return first, second, pairwise_ssim(images[torch.as_tensor(first)], images[torch.as_tensor(second)])
+
+
+def mean_pairwise_ssim(
+    images: torch.Tensor, max_pairs: int = 2000, seed: int = 0, bootstrap: int = 0
+) -> float | None | tuple[float | None, list[float] | None]:
+    """Mean SSIM over pairs of distinct images: lower means a more diverse set.
+
+    Every pair is used when there are at most ``max_pairs``; otherwise ``max_pairs`` pairs drawn without
+    replacement with ``seed``.
+
+    Args:
+        images: ``(N, 1, S, S)`` in [0, 1].
+        max_pairs: the most pairs scored.
+        seed: seed of the pair draw and of the bootstrap.
+        bootstrap: with ``B > 0`` resamples, also return a 95% percentile-bootstrap interval of the mean. The
+            images, not the pairs, are resampled (pairs sharing an image are not independent): each resample weighs
+            a scored pair by the product of its two images' multiplicities, so no SSIM is recomputed.
+
+    Returns:
+        The mean SSIM, or None for fewer than two images; with ``bootstrap`` the tuple ``(mean, [low, high])``.
+    """
+    count = len(images)
+    if count < 2:
+        return (None, None) if bootstrap else None
+    first, second, scores = _ssim_pairs(images, max_pairs, seed)
+    mean = float(scores.mean())
+    if not bootstrap:
+        return mean
+    rng = np.random.default_rng(seed)
+    values = scores.double().numpy()
+    means = []
+    for _ in range(int(bootstrap)):
+        multiplicity = rng.multinomial(count, np.full(count, 1.0 / count)).astype(np.float64)
+        weights = multiplicity[first] * multiplicity[second]
+        if weights.sum() > 0:
+            means.append(float((weights * values).sum() / weights.sum()))
+    if not means:
+        return mean, None
+    low, high = np.percentile(means, [2.5, 97.5])
+    return mean, [float(low), float(high)]
+
+
+def bootstrap_mean_interval(values: Sequence[float] | torch.Tensor, resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """A 95% percentile-bootstrap interval of the mean of the finite ``values``; None for fewer than 2 of them."""
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if array.size < 2 or resamples < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(int(resamples), array.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 class NearestImageSearch:
@@ -284,6 +369,28 @@ def _stats(values: Sequence[float] | torch.Tensor) -> dict[str, float | None]:
     return {"mean": float(array.mean()), "max": float(array.max()), "min": float(array.min())}
 
 
+def _classifier_entries(comparison: str, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``classifier_auc_<comparison>*`` entries of one test (all None when it could not run)."""
+    prefix = f"classifier_auc_{comparison}"
+    if result is None:
+        return {prefix: None, f"{prefix}_std": None, f"{prefix}_ci95": None, f"{prefix}_folds": None,
+                f"classifier_images_per_side_{comparison}": 0}
+    return {
+        prefix: result["auc"],
+        f"{prefix}_std": result["auc_std"],
+        f"{prefix}_ci95": result["auc_ci95"],
+        f"{prefix}_folds": result["auc_folds"],
+        f"classifier_images_per_side_{comparison}": result["num_first"],
+    }
+
+
+def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
+    subjects = sorted(set(groups))
+    first_half = set(subjects[0::2])
+    return [i for i, g in enumerate(groups) if g in first_half], [i for i, g in enumerate(groups) if g not in first_half]
+
+
 @torch.no_grad()
 def evaluate_generation(
     samples: torch.Tensor,
@@ -297,6 +404,13 @@ def evaluate_generation(
     max_pairs: int = 5000,
     foreground_threshold: float = 0.05,
     fd_grid: int = 4,
+    real_images: int = 512,
+    classifier: bool = True,
+    classifier_folds: int = 5,
+    classifier_epochs: int = 6,
+    bootstrap: int = 1000,
+    fd_bootstrap: int = 50,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Measure generated images against the real training and test images.
 
@@ -305,14 +419,26 @@ def evaluate_generation(
       distance estimate grows as the sample count shrinks) and VQ-VAE reconstructions of the test images vs the
       test images (the floor a prior over this VQ-VAE's codes can reach). With fewer samples than features the
       covariances are rank-deficient and the distance is biased upwards: compare ``fd_generated_vs_test`` with
-      ``fd_train_subset_vs_test``, which has the same bias.
+      ``fd_train_subset_vs_test``, which has the same bias. ``fd_generated_vs_test_ci95`` is a percentile bootstrap
+      (see :func:`bootstrap_frechet_interval`).
     * Diversity: mean SSIM over pairs of samples, beside the same among as many real test images (evenly spaced
       over the split) and among their VQ-VAE reconstructions; a much higher value for the samples means they vary
-      less than real slices.
+      less than real slices. ``diversity_ssim_generated_ci95`` resamples the samples (see
+      :func:`mean_pairwise_ssim`).
     * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by
       pixel distance); the same for the test subset is the reference of an unseen real slice. Samples can only
       be as sharp as the VQ-VAE's reconstructions, and SSIM drops with blur, so the reconstructed test subset is
       the closer reference: samples much closer to training images than it are suspect copies.
+      ``memorisation_ssim_mean_ci95`` is a bootstrap of the per-sample SSIMs.
+    * Realism (``classifier_auc_*``, see :func:`~monai_vqbrain.prior.realism.classifier_two_sample_test`): the
+      held-out ROC AUC of a small CNN trained with grouped cross-validation to tell two sets apart (0.5:
+      indistinguishable), for generated vs real test slices and, measured the same way (at most as many images per
+      side as samples, the model's resolution, subjects never on both sides of a fold), two references: real
+      training vs real test slices (``train_vs_test``, different subjects: what two real sets score) and
+      reconstructions of half of the test subjects vs real slices of the other half (``reconstructed_vs_test``:
+      the ceiling a perfect prior could reach through this decoder; disjoint subjects, since an image and its own
+      reconstruction on opposite sides of a fold would leak). Test comparisons too small for the folds are None,
+      with the reason in ``classifier_notes``.
     * Foreground fraction (pixels above ``foreground_threshold``): a whole brain covers a similar area as a real one.
 
     Args:
@@ -327,6 +453,17 @@ def evaluate_generation(
         max_pairs: the most pairs scored for the pairwise SSIM.
         foreground_threshold: intensity above which a pixel is brain.
         fd_grid: size of the grid the encoder latents are pooled to for the Fréchet distances.
+        real_images: the real test images (evenly spaced over the split; all when it has fewer) kept for the
+            classifier tests, and as many training images; the subjects are split in halves among them for the
+            reconstruction reference, so twice the sample count gives that reference as many images as the others.
+        classifier: run the classifier two-sample tests (the slowest metric: one test took 14-80 s of wall time,
+            17-45 CPU-seconds, at 256 images a side of 128x128 with 5 folds on a 2-core CPU shared with other jobs);
+            False leaves their entries None.
+        classifier_folds: cross-validation folds of the classifier tests.
+        classifier_epochs: training epochs per fold.
+        bootstrap: resamples of the bootstrap intervals of the diversity and memorisation means.
+        fd_bootstrap: resamples of the Fréchet distance's bootstrap interval (0: none).
+        seed: seed of the classifier tests and the bootstraps.
 
     Returns:
         A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
@@ -340,33 +477,52 @@ def evaluate_generation(
     def loader(dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
+    def batch_names(batch: dict[str, Any], seen: int, count: int, prefix: str) -> list[str]:
+        return [str(n) for n in batch.get("name", [f"{prefix}_{seen + i}" for i in range(count)])]
+
     # test split: features of the images and of their reconstructions; keep an evenly spaced subset of images
+    # (the diversity and memorisation references) and a larger evenly spaced pool (the classifier's)
     subset = set(_evenly_spaced(len(test_dataset), num_samples))
+    pool = set(_evenly_spaced(len(test_dataset), max(int(real_images), 1))) if classifier else set()
     test_features, recon_features, test_subset, recon_subset, test_foreground = [], [], [], [], []
+    pool_images, pool_recons, pool_names = [], [], []
     seen = 0
     for batch in loader(test_dataset):
         images = _images(batch)
+        batch_test_names = batch_names(batch, seen, len(images), "test")
         test_features.append(encoder_features(model, images, fd_grid))
         reconstructions = model.reconstruct(images.to(device)).float().clamp(0, 1).cpu()
         recon_features.append(encoder_features(model, reconstructions, fd_grid))
         test_foreground.append((images > foreground_threshold).float().flatten(1).mean(dim=1))
-        kept = [i for i in range(len(images)) if seen + i in subset]
-        test_subset += [images[i] for i in kept]
-        recon_subset += [reconstructions[i] for i in kept]
+        for i in range(len(images)):
+            if seen + i in subset:
+                test_subset.append(images[i])
+                recon_subset.append(reconstructions[i])
+            if seen + i in pool:
+                # clones: a view would keep its whole batch alive
+                pool_images.append(images[i].clone())
+                pool_recons.append(reconstructions[i].clone())
+                pool_names.append(batch_test_names[i])
         seen += len(images)
     test_features_all = torch.cat(test_features)
     test_subset_images, recon_subset_images = torch.stack(test_subset), torch.stack(recon_subset)
     num_subset = len(test_subset_images)
 
-    # training split: features, and the nearest training images of the samples and of the test subset (as is and
-    # reconstructed)
+    # training split: features, the nearest training images of the samples and of the test subset (as is and
+    # reconstructed), and as many evenly spaced training images as the classifier's test pool
+    train_pool = set(_evenly_spaced(len(train_dataset), len(pool_images))) if classifier else set()
     search = NearestImageSearch(torch.cat([samples, test_subset_images, recon_subset_images]), candidates=candidates)
-    train_features, train_names = [], []
+    train_features, train_names, train_pool_images, train_pool_names = [], [], [], []
     for batch in loader(train_dataset):
         images = _images(batch)
         train_features.append(encoder_features(model, images, fd_grid))
         search.update(images)
-        train_names += [str(n) for n in batch.get("name", [f"train_{len(train_names) + i}" for i in range(len(images))])]
+        batch_train_names = batch_names(batch, len(train_names), len(images), "train")
+        for i in range(len(images)):
+            if len(train_names) + i in train_pool:
+                train_pool_images.append(images[i].clone())
+                train_pool_names.append(batch_train_names[i])
+        train_names += batch_train_names
     train_features_all = torch.cat(train_features)
 
     def fetch(indices: list[int]) -> torch.Tensor:
@@ -380,7 +536,8 @@ def evaluate_generation(
     train_subset = _evenly_spaced(len(train_features_all), num_samples)
 
     memorisation = _stats(sample_nearest)
-    return {
+    diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
+    metrics: dict[str, Any] = {
         "num_samples": num_samples,
         "num_train_images": len(train_features_all),
         "num_test_images": len(test_features_all),
@@ -390,13 +547,16 @@ def evaluate_generation(
             f"{generated_features.shape[1]} features"
         ),
         "fd_generated_vs_test": frechet_distance(generated_features, test_features_all),
+        "fd_generated_vs_test_ci95": bootstrap_frechet_interval(generated_features, test_features_all, fd_bootstrap, seed),
         "fd_train_vs_test": frechet_distance(train_features_all, test_features_all),
         "fd_train_subset_vs_test": frechet_distance(train_features_all[train_subset], test_features_all),
         "fd_reconstructed_test_vs_test": frechet_distance(torch.cat(recon_features), test_features_all),
-        "diversity_ssim_generated": mean_pairwise_ssim(samples, max_pairs=max_pairs),
+        "diversity_ssim_generated": diversity,
+        "diversity_ssim_generated_ci95": diversity_ci95,
         "diversity_ssim_test": mean_pairwise_ssim(test_subset_images, max_pairs=max_pairs),
         "diversity_ssim_reconstructed_test": mean_pairwise_ssim(recon_subset_images, max_pairs=max_pairs),
         "memorisation_ssim_mean": memorisation["mean"],
+        "memorisation_ssim_mean_ci95": bootstrap_mean_interval(sample_nearest, bootstrap, seed),
         "memorisation_ssim_max": memorisation["max"],
         "memorisation_ssim_test_mean": _stats(test_nearest)["mean"],
         "memorisation_ssim_reconstructed_test_mean": _stats(recon_nearest)["mean"],
@@ -408,3 +568,73 @@ def evaluate_generation(
         "foreground_fraction_generated": float((samples > foreground_threshold).float().mean()),
         "foreground_fraction_test": float(torch.cat(test_foreground).mean()),
     }
+    metrics.update(
+        _realism(samples, pool_images, pool_recons, pool_names, train_pool_images, train_pool_names, classifier,
+                 classifier_folds, classifier_epochs, seed, device)
+    )
+    return metrics
+
+
+def _realism(
+    samples: torch.Tensor,
+    test_images: list[torch.Tensor],
+    test_recons: list[torch.Tensor],
+    test_names: list[str],
+    train_images: list[torch.Tensor],
+    train_names: list[str],
+    enabled: bool,
+    folds: int,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The ``classifier_*`` entries of :func:`evaluate_generation`."""
+    comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+    entries: dict[str, Any] = {
+        "classifier": {
+            "enabled": bool(enabled),
+            "folds": int(folds),
+            "epochs": int(epochs),
+            "seed": int(seed),
+            "num_test_pool_images": len(test_images),
+            "num_train_pool_images": len(train_images),
+            "ci95_method": None,
+        }
+    }
+    notes: list[str] = []
+    results: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
+    if enabled and test_images:
+        num_samples = len(samples)
+        test = torch.stack(test_images)
+        test_groups = slice_groups(test_names)
+        half_a, half_b = _split_subjects(test_groups)
+        runs = {
+            "generated_vs_test": (samples, test, None, test_groups),
+            "train_vs_test": (
+                torch.stack(train_images) if train_images else torch.zeros(0, *test.shape[1:]),
+                test, slice_groups(train_names), test_groups,
+            ),
+            "reconstructed_vs_test": (
+                torch.stack([test_recons[i] for i in half_a]) if half_a else torch.zeros(0, *test.shape[1:]),
+                test[half_b] if half_b else torch.zeros(0, *test.shape[1:]),
+                [test_groups[i] for i in half_a], [test_groups[i] for i in half_b],
+            ),
+        }
+        started = time.perf_counter()
+        for name, (first, second, first_groups, second_groups) in runs.items():
+            try:
+                # at most as many images per side as samples, so the references are measured at the samples' count
+                results[name] = classifier_two_sample_test(
+                    first, second, first_groups, second_groups, folds=folds, epochs=epochs, seed=seed,
+                    device=device, max_per_side=num_samples,
+                )
+            except ValueError as error:
+                notes.append(f"{name}: not measured: {error}")
+                logger.warning(f"classifier two-sample test {name} not measured: {error}")
+        measured = [r for r in results.values() if r is not None]
+        entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
+        entries["classifier"]["seconds"] = time.perf_counter() - started
+    for name in comparisons:
+        entries.update(_classifier_entries(name, results[name]))
+    entries["classifier_notes"] = notes
+    return entries

@@ -194,6 +194,8 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "sample_batch_size": _integer(1, allow_none=True),
     "generation_metrics": _boolean,
     "fd_grid": _integer(1),
+    "generation_classifier": _boolean,
+    "generation_real_images": _integer(1),
     # experiment tracking (--tracking mlflow)
     "tracking_uri": _local_tracking_uri,
     "experiment_name": _name(allow_none=False),

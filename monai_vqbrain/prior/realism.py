@@ -1,0 +1,326 @@
+"""A realism measure that can fail: a classifier two-sample test between two sets of images.
+
+A small CNN is trained, with cross-validation, to tell the images of one set from those of the other; its mean
+held-out ROC AUC measures how distinguishable the sets are. 0.5 means the classifier does no better than chance
+(indistinguishable to it), 1.0 that it separates every held-out pair. Unlike a distance between feature statistics,
+the AUC has a fixed scale and a fixed "same" value, and it catches what a modest detector of anatomy, shape and
+texture can see (blur, noise, wrong shapes, misplaced structures).
+
+* :func:`classifier_two_sample_test`: the test.
+* :func:`assign_folds`: the cross-validation folds it uses, stratified per set and grouped by subject.
+* :func:`slice_groups`: the subject of each slice from its name, the groups for the folds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
+from monai.networks.blocks import Convolution
+from scipy import stats
+
+from ..data.nifti import subject_id
+
+__all__ = ["RealismClassifier", "assign_folds", "classifier_two_sample_test", "slice_groups"]
+
+# ``case_XXX`` of OASIS ``case_XXX_slice_Y.nii.png`` names; ``<volume>`` of the NIfTI readers' ``<volume>#slice<k>``
+_CASE = re.compile(r"(case_\d+)_slice_\d+", re.IGNORECASE)
+_VOLUME = re.compile(r"^(.*)#slice\d+$")
+
+CI95_METHOD = "Student t over the fold AUCs: mean +- t(0.975, folds - 1) * std / sqrt(folds), clipped to [0, 1]"
+"""How :func:`classifier_two_sample_test` computes ``auc_ci95``."""
+
+
+def slice_groups(names: Sequence[str]) -> list[str]:
+    """The subject of each slice, parsed from its name, for grouped cross-validation.
+
+    ``case_012`` for OASIS ``case_012_slice_3.nii.png`` (any folder before it is ignored); for the NIfTI readers'
+    ``<volume>#slice<k>`` the subject of the volume (the OASIS id, so two sessions of one subject are one group,
+    else the volume's name, see :func:`~monai_vqbrain.data.nifti.subject_id`); a name carrying neither is its own group (``image_<i>``), so an unknown layout
+    never puts two images in one group by mistake.
+    """
+    groups = []
+    for index, name in enumerate(names):
+        text = str(name)
+        case, volume = _CASE.search(text), _VOLUME.match(text)
+        if case:
+            groups.append(case.group(1).lower())
+        elif volume:
+            groups.append(subject_id(volume.group(1)))
+        else:
+            groups.append(f"image_{index}")
+    return groups
+
+
+def assign_folds(
+    sides: Sequence[int] | np.ndarray, groups: Sequence[Any] | None = None, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Assign images to cross-validation folds, stratified by side and grouped by subject.
+
+    Every group (all images of one subject, on either side) lands in a single fold, so a classifier never sees a
+    subject during training that it is then tested on; a held-out subject it had seen would make the sets look
+    more different (or, for an image and its own reconstruction on opposite sides, less) than they are. Groups are
+    taken largest first (ties in a seeded random order) and each goes to the fold whose share of that group's
+    side(s) is smallest, which balances each side over the folds like scikit-learn's ``StratifiedGroupKFold``.
+
+    Args:
+        sides: the side (0 or 1) of each image.
+        groups: the group of each image; equal values are one subject, on either side. None: one group per image.
+        folds: the number of folds (at least 2).
+        seed: seed of the tie-breaking order.
+
+    Returns:
+        The fold (``0 .. folds - 1``) of each image.
+
+    Raises:
+        ValueError: for fewer than 2 folds, a side other than 0 and 1, groups of another length than the images, or
+            a side with fewer groups than folds (a fold would hold none of its images).
+    """
+    side = np.asarray(sides, dtype=np.int64).reshape(-1)
+    if isinstance(folds, bool) or int(folds) != folds or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
+    if side.size and not np.isin(side, (0, 1)).all():
+        raise ValueError(f"sides must be 0 or 1, got {sorted(set(side.tolist()))}.")
+    labels = [("image", i) for i in range(len(side))] if groups is None else [("group", g) for g in groups]
+    if len(labels) != len(side):
+        raise ValueError(f"expected one group per image ({len(side)}), got {len(labels)}.")
+    keys = sorted(set(labels), key=repr)
+    key_index = {key: i for i, key in enumerate(keys)}
+    members = np.asarray([key_index[label] for label in labels], dtype=np.int64)
+    # images of each group on each side
+    counts = np.zeros((len(keys), 2), dtype=np.int64)
+    np.add.at(counts, (members, side), 1)
+    for s in (0, 1):
+        present = int((counts[:, s] > 0).sum())
+        if present < folds:
+            raise ValueError(
+                f"side {s} has images of {present} subject(s), fewer than the {folds} folds: every fold needs "
+                f"held-out images of both sides; use fewer folds or more images (subjects)."
+            )
+    totals = counts.sum(axis=0).astype(np.float64)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    load = np.zeros((folds, 2), dtype=np.float64)
+    group_fold = np.zeros(len(keys), dtype=np.int64)
+    for key in order:
+        share = counts[key] / totals
+        # the fold holding the least of this group's sides so far (first such fold on ties)
+        fold = int(np.argmin((load * (share > 0)).sum(axis=1)))
+        group_fold[key] = fold
+        load[fold] += share
+    return group_fold[members]
+
+
+class RealismClassifier(torch.nn.Module):
+    """The detector: a 4x4 space-to-depth, strided 3x3 convolutions (each halving the size), global average
+    pooling and a logit.
+
+    Deliberately small (about 60 k weights) and briefly trained: it should notice what a person would (blur,
+    noise, wrong shapes and textures) rather than memorise individual subjects. The space-to-depth step
+    (``PixelUnshuffle``) moves each 4x4 patch into 16 channels: it loses nothing (fine texture and blur stay
+    visible to the first convolution) and makes training about 15x faster on a CPU than convolving the full-size
+    image with a few channels. Images whose size is not a multiple of 4 are zero-padded at the bottom and right,
+    alike on both sides.
+
+    Args:
+        channels: output channels of each strided convolution.
+        dropout: dropout before the final linear layer.
+    """
+
+    patch = 4
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 64), dropout: float = 0.25) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = [torch.nn.PixelUnshuffle(self.patch)]
+        previous = self.patch * self.patch
+        for out in channels:
+            # batch norm brings faint features (noise, fine texture) to unit scale, so a few epochs learn them; it
+            # keeps intensity differences between images (instance norm would remove them, and they are a tell)
+            act = ("leakyrelu", {"negative_slope": 0.2})
+            layers.append(Convolution(2, previous, int(out), strides=2, kernel_size=3, act=act, norm="batch"))
+            previous = int(out)
+        self.features = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(previous, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` that an image belongs to the second set, for images ``(B, 1, S, S)``."""
+        pad = (-images.shape[-1]) % self.patch
+        if pad:
+            images = torch.nn.functional.pad(images, (0, pad, 0, pad))
+        return self.head(self.features(images).mean(dim=(2, 3))).reshape(-1)
+
+
+def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a tensor of square one-channel images (N, 1, S, S), got {shape}.")
+    images = images.detach().float().cpu()
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} holds non-finite values.")
+    return images
+
+
+def _balanced(count: int, keep: int, rng: np.random.Generator) -> np.ndarray:
+    """``keep`` of ``range(count)`` drawn without replacement, in ascending order (all when ``keep >= count``)."""
+    if keep >= count:
+        return np.arange(count)
+    return np.sort(rng.choice(count, size=keep, replace=False))
+
+
+def _train_fold(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    held_out: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Train a fresh classifier on ``images``/``labels``; return its scores (logits) of ``held_out``."""
+    generator = torch.Generator().manual_seed(seed)
+    # callers measure under no_grad (evaluate_generation) or inference mode; training needs autograd, and tensors
+    # made in inference mode cannot be saved for backward, so the inputs are cloned outside it
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+        images, labels, held_out = images.clone(), labels.clone(), held_out.clone()
+        # seeded initialisation and dropout, without touching the caller's RNG
+        torch.manual_seed(seed)
+        network = RealismClassifier().to(device)
+        optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+        loss_function = torch.nn.BCEWithLogitsLoss()
+        network.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                if len(batch) < 2:  # batch norm needs two values per channel; the image is seen in other epochs
+                    continue
+                inputs = images[batch]
+                # left-right flips of half the images: both sides are flipped alike, so this adds no tell, and a
+                # brain mirrored is still a plausible brain
+                flip = torch.rand(len(batch), generator=generator) < 0.5
+                inputs = torch.where(flip[:, None, None, None], inputs.flip(-1), inputs).to(device)
+                optimiser.zero_grad(set_to_none=True)
+                loss = loss_function(network(inputs), labels[batch].to(device))
+                loss.backward()
+                optimiser.step()
+        network.eval()
+        with torch.no_grad():
+            return torch.cat([network(held_out[i : i + 256].to(device)).cpu() for i in range(0, len(held_out), 256)])
+
+
+def classifier_two_sample_test(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    first_groups: Sequence[Any] | None = None,
+    second_groups: Sequence[Any] | None = None,
+    folds: int = 5,
+    epochs: int = 6,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    max_per_side: int | None = None,
+) -> dict[str, Any]:
+    """How well a small CNN tells two sets of images apart: its mean held-out ROC AUC over cross-validation folds.
+
+    The larger set is first subsampled (seeded) to the smaller's size, so the two sides are balanced and chance is
+    exactly 0.5. The images are split into ``folds`` folds stratified per side and grouped by subject (see
+    :func:`assign_folds`); for each fold a fresh :class:`RealismClassifier` is trained for ``epochs`` epochs (Adam,
+    fp32, random left-right flips) on the other folds and scores the held-out fold, whose ROC AUC (MONAI's
+    :func:`~monai.metrics.compute_roc_auc`) is the probability that a held-out image of ``second`` scores higher
+    than one of ``first``. The mean AUC is 0.5 when the classifier cannot tell the sets apart and 1.0 when it
+    always can; values a little below 0.5 are chance, values well below it mean a leak (e.g. an image and its own
+    reconstruction on opposite sides of a fold). The number only means something beside references measured the
+    same way (same image count, resolution and settings): e.g. real training vs real test slices of disjoint
+    subjects (the floor: two real sets), and a decoder's reconstructions vs real slices (the ceiling a perfect
+    prior could reach through that decoder).
+
+    Args:
+        first: the first set, ``(N, 1, S, S)`` (e.g. generated images), in the intensity range of ``second``.
+        second: the second set, ``(M, 1, S, S)`` (e.g. real test slices).
+        first_groups: the subject of each image of ``first`` (see :func:`slice_groups`); None: one per image.
+        second_groups: the same for ``second``. Equal values on both sides are the same subject.
+        folds: cross-validation folds (at least 2); each side needs at least as many subjects as folds.
+        epochs: training epochs per fold.
+        seed: seed of the subsampling, the folds, the initialisation and the batches: the same seed gives the
+            same result on the same device.
+        device: where to train the classifiers.
+        batch_size: images per training step.
+        learning_rate: Adam's learning rate.
+        max_per_side: the most images used per side (None: as many as the smaller set).
+
+    Returns:
+        ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``,
+        ``auc_ci95`` (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, ``num_first`` and
+        ``num_second`` (images used per side, equal), ``folds``, ``epochs``, ``grouped`` (whether any groups were
+        given) and ``seconds``.
+
+    Raises:
+        ValueError: for images that are not ``(N, 1, S, S)`` of one size, non-finite values, bad ``folds`` or
+            ``epochs``, groups of the wrong length, or a side with fewer images (subjects) than folds.
+    """
+    start = time.perf_counter()
+    first, second = _check_images(first, "first"), _check_images(second, "second")
+    if first.shape[2:] != second.shape[2:]:
+        raise ValueError(f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}.")
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
+    if isinstance(folds, bool) or int(folds) != folds or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
+    for groups, images, name in ((first_groups, first, "first_groups"), (second_groups, second, "second_groups")):
+        if groups is not None and len(groups) != len(images):
+            raise ValueError(f"{name} must have one entry per image ({len(images)}), got {len(groups)}.")
+    keep = min(len(first), len(second), *(() if max_per_side is None else (int(max_per_side),)))
+    if keep < folds:
+        raise ValueError(
+            f"too few images for {folds}-fold cross-validation: {len(first)} and {len(second)} images (using "
+            f"{keep} per side); each side needs at least {folds}."
+        )
+    rng = np.random.default_rng(seed)
+    pick_first, pick_second = _balanced(len(first), keep, rng), _balanced(len(second), keep, rng)
+    images = torch.cat([first[pick_first], second[pick_second]])
+    sides = np.concatenate([np.zeros(keep, dtype=np.int64), np.ones(keep, dtype=np.int64)])
+    grouped = first_groups is not None or second_groups is not None
+    groups = None
+    if grouped:
+        # images without groups are their own subjects; the tag keeps them apart from any given group
+        first_labels = [("given", first_groups[i]) if first_groups is not None else ("first", i) for i in pick_first]
+        second_labels = [("given", second_groups[i]) if second_groups is not None else ("second", i) for i in pick_second]
+        groups = first_labels + second_labels
+    fold_of = assign_folds(sides, groups, folds=int(folds), seed=seed)
+
+    device = torch.device(device)
+    labels = torch.as_tensor(sides, dtype=torch.float32)
+    aucs = []
+    for fold in range(int(folds)):
+        held = torch.as_tensor(np.flatnonzero(fold_of == fold))
+        train = torch.as_tensor(np.flatnonzero(fold_of != fold))
+        scores = _train_fold(
+            images[train], labels[train], images[held], int(epochs), int(batch_size), float(learning_rate),
+            seed * 1000 + fold, device,
+        )
+        aucs.append(float(compute_roc_auc(scores, labels[held])))
+    values = np.asarray(aucs)
+    mean, std = float(values.mean()), float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+    return {
+        "auc": mean,
+        "auc_std": std,
+        "auc_folds": aucs,
+        "auc_ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+        "ci95_method": CI95_METHOD,
+        "num_first": int(keep),
+        "num_second": int(keep),
+        "folds": int(folds),
+        "epochs": int(epochs),
+        "grouped": grouped,
+        "seconds": time.perf_counter() - start,
+    }
