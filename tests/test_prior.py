@@ -315,6 +315,8 @@ def test_generating_writes_samples_grid_and_metrics(generated):
     niftis = sorted(generated.glob("sample_*.nii.gz"))
     assert [p.name for p in pngs] == [f"sample_{i:03d}.png" for i in range(NUM_SAMPLES)]
     assert len(niftis) == NUM_SAMPLES and (generated / "grid.png").stat().st_size > 0
+    with Image.open(generated / "nearest_training_slices.png") as figure:  # samples beside their nearest slices
+        assert figure.format == "PNG" and figure.size[0] > figure.size[1]
     metrics = json.loads((generated / "generation_metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics, key
@@ -463,3 +465,11 @@ def test_generating_does_not_replace_earlier_output_without_overwrite(prior_root
     generate(tmp_path, demo_root, num_samples=2, seed=2, overwrite=True)
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_000.png", "sample_001.png"]
     assert mine.read_text() == "mine"
+
+
+def test_slice_position_bins_are_described_by_their_slices():
+    labels = SlicePositionLabels("slice_position", 4, index_range=(0, 15), class_counts=[4, 4, 4, 4])
+    assert [labels.bin_description(b) for b in range(4)] == [
+        "slices 0-3 of 0-15", "slices 4-7 of 0-15", "slices 8-11 of 0-15", "slices 12-15 of 0-15"
+    ]
+    assert SlicePositionLabels("none", 4).bin_description(0) == ""

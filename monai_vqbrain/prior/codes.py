@@ -448,6 +448,19 @@ class SlicePositionLabels:
             labels.append(min(int(math.floor(position * self.num_classes)), self.num_classes - 1))
         return torch.tensor(labels, dtype=torch.long)
 
+    def bin_description(self, label: int) -> str:
+        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range)."""
+        if self.num_classes is None:
+            return ""
+        if self.index_range is None:
+            return f"position bin {int(label)}"
+        low, high = self.index_range
+        members = [i for i in range(low, high + 1) if int(self([i])[0]) == int(label)]
+        if not members:
+            return f"position bin {int(label)}"
+        covered = f"{members[0]}" if len(members) == 1 else f"{members[0]}-{members[-1]}"
+        return f"slice{'s' if len(members) > 1 else ''} {covered} of {low}-{high}"
+
     def sample_labels(self, num_samples: int) -> torch.Tensor | None:
         """Labels for ``num_samples`` samples following the training distribution of the bins, in order.
 

@@ -33,6 +33,7 @@ from ..utils.checkpoint import (
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
+from .figures import plot_nearest_training_slices
 from .metrics import evaluate_generation
 
 __all__ = [
@@ -408,6 +409,25 @@ class BrainGenerator:
         """
         _refuse_to_replace(self.output_dir, self.overwrite)
 
+    def _plot_nearest(self, images: torch.Tensor, names: list[str], train: Any, nearest: list[dict]) -> None:
+        """``nearest_training_slices.png``: 8 samples (evenly spaced) beside their most similar training slices."""
+        index_of = {str(item.get("name")): i for i, item in enumerate(getattr(train, "data", []) or [])}
+        shown = [int(i) for i in np.unique(np.linspace(0, len(images) - 1, num=min(8, len(images))).round())]
+        shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
+        if not shown:
+            return
+        references = torch.stack([
+            torch.as_tensor(train[index_of[nearest[i]["nearest_train"]]]["image"]).float() for i in shown
+        ])
+        plot_nearest_training_slices(
+            images[shown],
+            references,
+            self.output_dir / "nearest_training_slices.png",
+            [names[i][: -len(".png")] for i in shown],
+            [str(nearest[i]["nearest_train"]) for i in shown],
+            [float(nearest[i]["ssim"]) for i in shown],
+        )
+
     def run(self) -> dict[str, Any]:
         """Sample, decode, write the files and the metrics; return the metrics."""
         self.check()
@@ -453,7 +473,11 @@ class BrainGenerator:
         # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
         shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
         shown = shown.astype(int).tolist()
-        titles = [names[i][: -len(".png")] + ("" if labels is None else f" (bin {int(labels[i])})") for i in shown]
+        positions = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
+        titles = [
+            names[i][: -len(".png")] + ("" if labels is None else f"\n{positions.bin_description(int(labels[i]))}")
+            for i in shown
+        ]
         plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
 
         metrics: dict[str, Any] = {
@@ -488,5 +512,6 @@ class BrainGenerator:
             )
             # num_samples is already recorded; keep the rest
             metrics.update({k: v for k, v in quality.items() if k != "num_samples"})
+            self._plot_nearest(images, names, train, quality["memorisation_per_sample"])
         atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(metrics, indent=2))
         return metrics
