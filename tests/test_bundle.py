@@ -50,6 +50,36 @@ def test_training_sees_random_crops_and_validation_whole_slices(demo_root, tmp_p
     assert parser.get_parsed_content("train#dataset", lazy=False)[0]["image"].shape == (1, 32, 32)
 
 
+def test_the_configs_declare_every_preprocessing_step(demo_root, nifti_root, tmp_path):
+    from monai.bundle import ConfigParser
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, MapTransform
+
+    from monai_vqbrain.data import get_dataset
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, *EVALUATE[1:]])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(nifti_root), "image_size": 32,
+                   "train_crop_size": 16})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    assert isinstance(preprocessing, Compose) and all(isinstance(t, MapTransform) for t in preprocessing.transforms)
+    for split in ("train", "validate", "test"):
+        dataset = parser.get_parsed_content(f"{split}#dataset")
+        assert isinstance(dataset, CacheDataset) and dataset.data == parser.get_parsed_content(f"{split}#datalist")
+    # validation and evaluation share the one preprocessing; training appends the random crop to the same steps
+    assert parser.get_parsed_content("validate#dataset").transform is preprocessing
+    assert parser.get_parsed_content("test#dataset").transform is preprocessing
+    train_steps = parser.get_parsed_content("train#preprocessing").transforms
+    assert train_steps[:-1] == preprocessing.transforms and type(train_steps[-1]).__name__ == "RandSpatialCropd"
+    # NIfTI volumes become (volume, slice) items whose images are those of the Python entry point
+    validate = parser.get_parsed_content("validate#dataset")
+    assert all("slice_index" in item for item in validate.data)
+    expected = get_dataset(nifti_root, "validate", image_size=32)
+    assert len(validate) == len(expected)
+    torch.testing.assert_close(validate[0]["image"], expected[0]["image"])
+    assert validate[0]["name"] == expected[0]["name"]
+
+
 def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):
     outputs = tmp_path / "outputs"
     run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root), output_dir=str(outputs))

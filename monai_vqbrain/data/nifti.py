@@ -12,6 +12,7 @@ and the patient's right is on the image's right (neurological convention).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -39,6 +40,10 @@ __all__ = [
     "list_nifti_volumes",
     "check_nifti_header",
     "load_volume_ras",
+    "kept_slices",
+    "volume_plane",
+    "cached_volume_ras",
+    "list_volume_slices",
     "load_nifti_slices",
 ]
 
@@ -372,10 +377,20 @@ def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_fore
     return start, stop
 
 
-def _volume_slices(
-    volume: np.ndarray, name: str, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
-) -> list[dict]:
-    """Cut one RAS volume into display-oriented 2D slice items."""
+def kept_slices(
+    volume: np.ndarray, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
+) -> tuple[int, list[int]]:
+    """The axis a RAS volume is cut along and the indices of the slices kept by ``slice_range`` and ``min_foreground``.
+
+    Args:
+        volume: a scaled RAS volume from :func:`load_volume_ras`.
+        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
+        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
+
+    Returns:
+        ``(axis, indices)``.
+    """
     singleton_axes = [axis for axis, size in enumerate(volume.shape) if size == 1]
     if singleton_axes:
         # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
@@ -384,15 +399,88 @@ def _volume_slices(
         axis, length = slice_axis, volume.shape[slice_axis]
         first = int(np.floor(slice_range[0] * length))
         last = max(int(np.ceil(slice_range[1] * length)), first + 1)
-        indices = range(first, min(last, length))
-    items = []
-    for index in indices:
-        # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
-        plane = np.rot90(np.take(volume, index, axis=axis))
-        if np.mean(plane > FOREGROUND_THRESHOLD) < min_foreground:
-            continue
-        items.append({"image": np.ascontiguousarray(plane[None], dtype=np.float32), "name": f"{name}#slice{index}"})
-    return items
+        indices = list(range(first, min(last, length)))
+    kept = [k for k in indices if np.mean(volume_plane(volume, axis, k) > FOREGROUND_THRESHOLD) >= min_foreground]
+    return axis, kept
+
+
+def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of a RAS volume, in display orientation, as a float32 ``(1, H, W)`` array.
+
+    Args:
+        volume: a RAS volume from :func:`load_volume_ras`.
+        axis: the axis to cut along.
+        index: the slice index along it.
+    """
+    # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
+    plane = np.rot90(np.take(volume, index, axis=axis))
+    return np.ascontiguousarray(plane[None], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_volume(path: str, stamp: tuple[int, int], max_voxels: int | None) -> np.ndarray:
+    """``load_volume_ras`` keyed by the file's modification time and size, so a rewritten file is read again."""
+    volume = load_volume_ras(path, max_voxels)
+    volume.setflags(write=False)  # shared by every slice item of the volume: nobody may change it in place
+    return volume
+
+
+def cached_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
+    """:func:`load_volume_ras` through a small cache of the last volumes read (read-only arrays).
+
+    A split's slice items are ordered by volume, so caching a few volumes reads each volume once per pass
+    instead of once per slice.
+
+    Args:
+        path: the volume file.
+        max_voxels: the most voxels the header may declare; None allows any.
+    """
+    info = os.stat(path)
+    return _cached_volume(str(path), (info.st_mtime_ns, info.st_size), max_voxels)
+
+
+def list_volume_slices(
+    files: Sequence[str | os.PathLike],
+    slice_axis: int = 2,
+    slice_range: Sequence[float] = (0.2, 0.8),
+    min_foreground: float = 0.05,
+    max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    max_items: int | None = None,
+) -> list[dict]:
+    """List the kept 2D slices of volumes as datalist items, without holding their pixels.
+
+    All headers are checked first, so a bad file stops the run before any voxels are read. Each volume is read
+    (to find the slices with enough foreground) until ``max_items`` slices are listed.
+
+    Args:
+        files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
+        slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
+        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+        max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
+        max_items: stop after this many slices; None lists all.
+
+    Returns:
+        ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
+        kept slice, in file order; :class:`~monai_vqbrain.data.transforms.LoadSliced` reads them.
+
+    Raises:
+        ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
+        ValueError: for invalid slicing options.
+    """
+    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
+    paths = [Path(f) for f in files]
+    for path in paths:
+        check_nifti_header(path, max_voxels)
+    items: list[dict] = []
+    for path in paths:
+        axis, indices = kept_slices(cached_volume_ras(path, max_voxels), slice_axis, (start, stop), min_foreground)
+        items += [
+            {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
+        ]
+        if max_items is not None and len(items) >= max_items:
+            break
+    return items[:max_items]
 
 
 def load_nifti_slices(
@@ -422,12 +510,12 @@ def load_nifti_slices(
         ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
         ValueError: for invalid slicing options.
     """
-    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
-    paths = [Path(f) for f in files]
-    for path in paths:
+    _check_slice_options(slice_axis, slice_range, min_foreground)
+    for path in files:
         check_nifti_header(path, max_voxels)
     items: list[dict] = []
-    for path in paths:
-        volume = load_volume_ras(path, max_voxels)
-        items += _volume_slices(volume, path.name, slice_axis, (start, stop), min_foreground)
+    for path in files:  # one volume at a time, so the cache holds it while its slices are cut
+        for item in list_volume_slices([path], slice_axis, slice_range, min_foreground, max_voxels):
+            volume = cached_volume_ras(item["image"], max_voxels)
+            items.append({"image": volume_plane(volume, item["slice_axis"], item["slice_index"]), "name": item["name"]})
     return items
