@@ -131,6 +131,40 @@ def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path, caplog)
     assert json.loads((tmp_path / "metrics.json").read_text())["psnr_mean"] == pytest.approx(float(rows["noisy"]["psnr"]))
 
 
+def test_reconstruction_figure_spreads_from_best_to_worst_with_the_checkpoint_in_the_title(tmp_path, monkeypatch):
+    from ignite.engine import Engine
+
+    from monai_vqbrain.handlers import ReconstructionReportHandler
+    from monai_vqbrain.handlers import reconstruction_report as report
+
+    torch.manual_seed(0)
+    target = torch.rand(12, 1, 32, 32)
+    # noise grows with the index: image 0 is the best reconstruction, image 11 the worst
+    prediction = (target + torch.randn_like(target) * torch.linspace(0.01, 0.5, 12).view(-1, 1, 1, 1)).clamp(0, 1)
+    batches = [{"name": [f"image_{i}" for i in range(b, b + 4)], "index": range(b, b + 4)} for b in (0, 4, 8)]
+    engine = Engine(lambda engine, batch: {"pred": prediction[list(batch["index"])],
+                                           "label": target[list(batch["index"])]})
+    drawn = {}
+    plot = report.plot_reconstructions
+    monkeypatch.setattr(report, "plot_reconstructions",
+                        lambda examples, title, path: drawn.update(examples=examples, title=title) or plot(examples, title, path))
+    ReconstructionReportHandler(tmp_path, image_size=32, num_examples=3,
+                                extra_metadata={"checkpoint": "runs/a/models/model.pt"}).attach(engine)
+    engine.run(batches, max_epochs=1)
+    names = [example[2] for example in drawn["examples"]]
+    assert names[0] == "image_0" and names[-1] == "image_11" and len(names) == 3, names
+    scores = [example[3] for example in drawn["examples"]]
+    assert scores == sorted(scores, reverse=True)
+    mean_ssim = json.loads((tmp_path / "metrics.json").read_text())["ssim_mean"]
+    assert drawn["title"].startswith(f"runs/a/models/model.pt: mean SSIM {mean_ssim:.3f} over 12 images")
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    # no figure examples asked: the report is written without the figure
+    without_figure = Engine(engine._process_function)
+    ReconstructionReportHandler(tmp_path / "none", image_size=32, num_examples=0).attach(without_figure)
+    without_figure.run(batches, max_epochs=1)
+    assert (tmp_path / "none" / "metrics.json").is_file() and not (tmp_path / "none" / "reconstructions.png").exists()
+
+
 def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):
     before = (trained_bundle / "models" / "model.pt").read_bytes()
     user_error(CheckpointError, "already exists", run_bundle, "training", TRAIN,
