@@ -144,7 +144,8 @@ class VectorQuantizer(nn.Module):
         return self._initialized_cache
 
     def _flatten(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.ndim < 3 or latents.shape[1] != self.embedding_dim:
+        # not while tracing (ONNX export): the trace fixes the shapes, and comparing them there only warns
+        if not torch.jit.is_tracing() and (latents.ndim < 3 or latents.shape[1] != self.embedding_dim):
             raise ValueError(
                 f"expected latents of shape (B, {self.embedding_dim}, *spatial), got {tuple(latents.shape)}."
             )
