@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from ..engines.distributed import is_main_process
 from ..errors import CheckpointError
 from ..utils.checkpoint import (
     METADATA_KEY,
@@ -20,7 +21,6 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
-from ._distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 

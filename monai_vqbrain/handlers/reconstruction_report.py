@@ -15,8 +15,8 @@ from ignite.engine import Engine, Events
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.utils.enums import CommonKeys as Keys
 
+from ..engines.distributed import is_main_process
 from ..utils.io import atomic_path, atomic_write_text
-from ._distributed import is_main_process
 from .training_history import read_history
 
 logger = logging.getLogger(__name__)
