@@ -110,6 +110,17 @@ def test_a_config_run_without_train_json_names_the_missing_base_config(tmp_path,
     )
 
 
+def test_help_run_lists_the_override_keys_with_their_values(tmp_path, capsys):
+    run_bundle("help", TRAIN, bundle_root=str(tmp_path), max_epochs=3)
+    out = capsys.readouterr().out
+    lines = out[out.index("override keys of this workflow"):].splitlines()
+    for line in ("  --max_epochs 3", "  --dataset_dir null", "  --slice_range '[0.2, 0.8]'", "  --device auto",
+                 "  --progress false", f"  --ckpt_dir {tmp_path / 'models'}"):
+        assert line in lines, line
+    assert not any("downsample_factor" in line for line in lines)
+    assert not (tmp_path / "models").exists(), "help trains nothing"
+
+
 def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch):
     # training checks its folders before anything else: the missing dataset_dir is never reached
     a_file = tmp_path / "a_file"
