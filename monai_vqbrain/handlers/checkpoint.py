@@ -1,4 +1,11 @@
-"""Checkpoint handlers: the best model by validation metric, the latest training state, and resumption."""
+"""Checkpoint handlers: the best model by validation metric, the latest training state, and resumption.
+
+Not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: those write ignite's ``{name}_key_metric=...pt`` files with
+no metadata, keep the weights only under their names (``monai.bundle.load`` then returns random weights, see
+:func:`best_model_checkpoint`), cannot refuse a checkpoint of another network or image size, load with
+``torch.load``'s pickle defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model
+(``BestMetricRestorer``) after a kill between the two files being written.
+"""
 
 from __future__ import annotations
 
