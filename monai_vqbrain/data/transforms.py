@@ -19,11 +19,14 @@ from monai.transforms import (
     EnsureChannelFirst,
     EnsureChannelFirstd,
     EnsureTyped,
+    InvertibleTransform,
     LoadImage,
     MapTransform,
     Resize,
+    SpatialCrop,
     SpatialPad,
 )
+from monai.utils import TraceKeys
 from PIL import Image
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
@@ -186,8 +189,12 @@ class ToGreyscaled(MapTransform):
         return d
 
 
-class PadToSquared(MapTransform):
-    """Zero-pad a channel-first 2D image symmetrically to a square of its larger side, keeping its aspect ratio."""
+class PadToSquared(MapTransform, InvertibleTransform):
+    """Zero-pad a channel-first 2D image symmetrically to a square of its larger side, keeping its aspect ratio.
+
+    Invertible: on a ``MetaTensor`` the padding is recorded (by MONAI's ``SpatialPad``) and :meth:`inverse` crops it
+    off again.
+    """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -195,19 +202,31 @@ class PadToSquared(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            height, width = d[key].shape[-2:]
-            if height != width:
-                side = max(height, width)
-                d[key] = SpatialPad((side, side), method="symmetric", mode="constant")(d[key])
+            side = max(d[key].shape[-2:])
+            # also when already square, so that every image records one step for inverse() to undo
+            d[key] = SpatialPad((side, side), method="symmetric", mode="constant")(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            # SpatialPad made per image (the size varies): its record is popped without matching the instance
+            padded = self.pop_transform(d[key], check=False)[TraceKeys.EXTRA_INFO]["padded"]
+            start = [before for before, _ in padded[1:]]
+            end = [size - after for size, (_, after) in zip(d[key].shape[1:], padded[1:], strict=True)]
+            cropper = SpatialCrop(roi_start=start, roi_end=end)
+            with cropper.trace_transform(False):
+                d[key] = cropper(d[key])
         return d
 
 
-class ResizeSquared(MapTransform):
+class ResizeSquared(MapTransform, InvertibleTransform):
     """Resize a square channel-first 2D image to ``size`` x ``size``.
 
     Shrinking uses area averaging (each output pixel is the mean of the input pixels it covers, so there is no
     aliasing and an exact 2x reduction is a 2x2 mean); enlarging uses bilinear interpolation, since area mode
-    would replicate pixels into blocks.
+    would replicate pixels into blocks. Invertible on a ``MetaTensor``: :meth:`inverse` resizes back to the recorded
+    size by the same rule (MONAI's ``Resize.inverse`` would enlarge with the area mode used to shrink).
     """
 
     def __init__(self, keys: KeysCollection, size: int, allow_missing_keys: bool = False) -> None:
@@ -216,13 +235,27 @@ class ResizeSquared(MapTransform):
         self._shrink = Resize((self.size, self.size), mode="area")
         self._enlarge = Resize((self.size, self.size), mode="bilinear", align_corners=False)
 
+    @staticmethod
+    def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+        """``image`` resized to ``size`` x ``size`` by area (shrinking) or bilinear (enlarging), untracked."""
+        mode = {"mode": "area"} if max(image.shape[-2:]) >= size else {"mode": "bilinear", "align_corners": False}
+        resizer = Resize((size, size), **mode)
+        with resizer.trace_transform(False):
+            return resizer(image)
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            shape = tuple(d[key].shape[-2:])
-            if shape != (self.size, self.size):
-                resize = self._shrink if max(shape) >= self.size else self._enlarge
-                d[key] = resize(d[key])
+            # also at the right size (a no-op then), so that every image records one step for inverse() to undo
+            resize = self._shrink if max(d[key].shape[-2:]) >= self.size else self._enlarge
+            d[key] = resize(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            original = self.pop_transform(d[key], check=False)[TraceKeys.ORIG_SIZE]
+            d[key] = self.resize(d[key], int(original[-1]))
         return d
 
 
