@@ -510,6 +510,8 @@ def test_non_finite_scores_are_left_empty_with_the_reason(vqvae, input_dir, tmp_
     runner = InferenceRunner(broken, str(input_dir / "grey.png"), tmp_path, image_size=32)
     (result,) = runner.run()
     assert result.ssim == "" and result.psnr == "" and "ssim is nan" in result.error
+    with Image.open(result.reconstruction) as written:  # the non-finite pixels are written black
+        assert np.asarray(written).max() == 0
     row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert row["ssim"] == "" and row["psnr"] == "" and "not finite" in row["error"]
 

@@ -234,7 +234,9 @@ class PngInput(InputImage):
         return cls(path, grey.numpy().astype(np.float32), (height, width), peak, dtype)
 
     def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        levels = np.clip(np.rint(reconstruction[0] * self.peak), 0, np.iinfo(self.dtype).max).astype(self.dtype)
+        # a non-finite pixel (reported in the metrics' error column) is written black, not as whatever a cast makes
+        scaled = np.nan_to_num(reconstruction[0] * self.peak, nan=0.0, posinf=0.0, neginf=0.0)
+        levels = np.clip(np.rint(scaled), 0, np.iinfo(self.dtype).max).astype(self.dtype)
         with atomic_path(path, overwrite=overwrite) as tmp:
             Image.fromarray(levels).save(tmp, format="PNG")
 
