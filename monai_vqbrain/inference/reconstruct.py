@@ -16,6 +16,11 @@ evaluation does (MONAI ``SSIMMetric`` with an 11-pixel Gaussian window and ``PSN
 after padding to a square and resizing to ``image_size``, before the reconstruction is restored to the input's size.
 For a volume, ``ssim`` is the mean over all its slices and ``psnr`` is computed from the mean squared error over all
 its slices.
+
+Not yet MONAI's ``SupervisedEvaluator`` with ``SaveImaged``: a bad file must be named and skipped without stopping the
+run (a MONAI dataset raises), a PNG is written back at its own bit depth and a NIfTI with its own header and data
+type (``SaveImaged`` keeps only the affine), and the slices of many small files share a batch. The padding and
+resizing are the training transforms, undone by their MONAI inverse.
 """
 
 from __future__ import annotations
