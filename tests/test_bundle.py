@@ -50,6 +50,36 @@ def test_training_sees_random_crops_and_validation_whole_slices(demo_root, tmp_p
     assert parser.get_parsed_content("train#dataset", lazy=False)[0]["image"].shape == (1, 32, 32)
 
 
+def test_the_configs_declare_every_preprocessing_step(demo_root, nifti_root, tmp_path):
+    from monai.bundle import ConfigParser
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, MapTransform
+
+    from monai_vqbrain.data import get_dataset
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, *EVALUATE[1:]])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(nifti_root), "image_size": 32,
+                   "train_crop_size": 16})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    assert isinstance(preprocessing, Compose) and all(isinstance(t, MapTransform) for t in preprocessing.transforms)
+    for split in ("train", "validate", "test"):
+        dataset = parser.get_parsed_content(f"{split}#dataset")
+        assert isinstance(dataset, CacheDataset) and dataset.data == parser.get_parsed_content(f"{split}#datalist")
+    # validation and evaluation share the one preprocessing; training appends the random crop to the same steps
+    assert parser.get_parsed_content("validate#dataset").transform is preprocessing
+    assert parser.get_parsed_content("test#dataset").transform is preprocessing
+    train_steps = parser.get_parsed_content("train#preprocessing").transforms
+    assert train_steps[:-1] == preprocessing.transforms and type(train_steps[-1]).__name__ == "RandSpatialCropd"
+    # NIfTI volumes become (volume, slice) items whose images are those of the Python entry point
+    validate = parser.get_parsed_content("validate#dataset")
+    assert all("slice_index" in item for item in validate.data)
+    expected = get_dataset(nifti_root, "validate", image_size=32)
+    assert len(validate) == len(expected)
+    torch.testing.assert_close(validate[0]["image"], expected[0]["image"])
+    assert validate[0]["name"] == expected[0]["name"]
+
+
 def test_evaluating_writes_report(trained_bundle, demo_root, tmp_path):
     outputs = tmp_path / "outputs"
     run_bundle("evaluating", EVALUATE, bundle_root=str(trained_bundle), dataset_dir=str(demo_root), output_dir=str(outputs))
@@ -99,6 +129,40 @@ def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path, caplog)
     assert float(rows["exact"]["ssim"]) == pytest.approx(1.0)
     assert float(rows["noisy"]["psnr"]) > 0 and rows["noisy"]["error"] == ""
     assert json.loads((tmp_path / "metrics.json").read_text())["psnr_mean"] == pytest.approx(float(rows["noisy"]["psnr"]))
+
+
+def test_reconstruction_figure_spreads_from_best_to_worst_with_the_checkpoint_in_the_title(tmp_path, monkeypatch):
+    from ignite.engine import Engine
+
+    from monai_vqbrain.handlers import ReconstructionReportHandler
+    from monai_vqbrain.handlers import reconstruction_report as report
+
+    torch.manual_seed(0)
+    target = torch.rand(12, 1, 32, 32)
+    # noise grows with the index: image 0 is the best reconstruction, image 11 the worst
+    prediction = (target + torch.randn_like(target) * torch.linspace(0.01, 0.5, 12).view(-1, 1, 1, 1)).clamp(0, 1)
+    batches = [{"name": [f"image_{i}" for i in range(b, b + 4)], "index": range(b, b + 4)} for b in (0, 4, 8)]
+    engine = Engine(lambda engine, batch: {"pred": prediction[list(batch["index"])],
+                                           "label": target[list(batch["index"])]})
+    drawn = {}
+    plot = report.plot_reconstructions
+    monkeypatch.setattr(report, "plot_reconstructions",
+                        lambda examples, title, path: drawn.update(examples=examples, title=title) or plot(examples, title, path))
+    ReconstructionReportHandler(tmp_path, image_size=32, num_examples=3,
+                                extra_metadata={"checkpoint": "runs/a/models/model.pt"}).attach(engine)
+    engine.run(batches, max_epochs=1)
+    names = [example[2] for example in drawn["examples"]]
+    assert names[0] == "image_0" and names[-1] == "image_11" and len(names) == 3, names
+    scores = [example[3] for example in drawn["examples"]]
+    assert scores == sorted(scores, reverse=True)
+    mean_ssim = json.loads((tmp_path / "metrics.json").read_text())["ssim_mean"]
+    assert drawn["title"].startswith(f"runs/a/models/model.pt: mean SSIM {mean_ssim:.3f} over 12 images")
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    # no figure examples asked: the report is written without the figure
+    without_figure = Engine(engine._process_function)
+    ReconstructionReportHandler(tmp_path / "none", image_size=32, num_examples=0).attach(without_figure)
+    without_figure.run(batches, max_epochs=1)
+    assert (tmp_path / "none" / "metrics.json").is_file() and not (tmp_path / "none" / "reconstructions.png").exists()
 
 
 def test_existing_checkpoints_are_not_overwritten_unless_asked(trained_bundle, demo_root):

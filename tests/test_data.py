@@ -406,3 +406,20 @@ def test_nifti_dataset_items(nifti_root):
     assert len(get_dataset(nifti_root, "train", image_size=16, max_items=3)) == 3
     with pytest.raises(DatasetError, match="gave no slices"):
         get_dataset(nifti_root, "test", min_foreground=1.0)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 20, 30), 16), ((1, 12, 7), 16), ((1, 16, 16), 16), ((1, 32, 20), 32)])
+def test_padding_and_resizing_are_invertible(shape, size):
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    from monai_vqbrain.data import PadToSquared, ResizeSquared
+
+    steps = Compose([PadToSquared("image"), ResizeSquared("image", size=size)])
+    image = MetaTensor(torch.rand(shape))
+    model_size = steps({"image": image})["image"]
+    assert model_size.shape == (shape[0], size, size)
+    restored = steps.inverse({"image": model_size})["image"]
+    assert restored.shape == shape and not restored.applied_operations
+    if max(shape[1:]) == size:  # padding alone is undone exactly
+        torch.testing.assert_close(restored.as_tensor(), image.as_tensor())

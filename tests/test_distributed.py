@@ -23,13 +23,9 @@ MULTI_GPU = CONFIGS / "multi_gpu_train.json"
 TRAIN_PRIOR = CONFIGS / "train_prior.json"
 MULTI_GPU_PRIOR = CONFIGS / "multi_gpu_train_prior.json"
 
-# handlers that log or write files, which each overlay disables on ranks other than 0 by list position:
+# handlers that log or write files, which the prior's overlay disables on ranks other than 0 by list position:
 # overlay -> (the configs it goes on, {handler list: {position: expected _target_}})
 RANK_ZERO_ONLY = {
-    MULTI_GPU: ([TRAIN], {
-        "train#handlers": {5: "StatsHandler", 6: "TensorBoardStatsHandler", 9: "ignite.handlers.ProgressBar"},
-        "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
-    }),
     MULTI_GPU_PRIOR: ([TRAIN, TRAIN_PRIOR], {
         "prior_train#handlers": {4: "StatsHandler", 5: "TensorBoardStatsHandler", 8: "ignite.handlers.ProgressBar"},
         "prior_validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
@@ -97,6 +93,19 @@ def test_init_wrap_and_destroy_single_process(torchrun_env):
     distributed.destroy_distributed()
     assert not dist.is_initialized()
     distributed.destroy_distributed()  # no group: a no-op
+
+
+def test_training_logs_on_rank_zero_only_without_the_overlay_naming_handlers_by_position():
+    """train.json's logging handlers are off on ranks other than 0 themselves: the overlay patches no list index."""
+    parser = ConfigParser(ConfigParser.load_config_files([str(TRAIN), str(MULTI_GPU)]))
+    for list_id in ("train#handlers", "validate#handlers"):
+        targets = [handler["_target_"] for handler in parser[list_id]]
+        assert {"StatsHandler", "TensorBoardStatsHandler"} <= set(targets), list_id
+        for index, handler in enumerate(parser[list_id]):
+            if handler["_target_"] in LOGGING_HANDLERS:
+                assert "is_main_process()" in str(handler.get("_disabled_")), f"{list_id}#{index} runs on all ranks"
+    overlay = json.loads(MULTI_GPU.read_text())
+    assert not [key for key in overlay if "#handlers#" in key], "the overlay names handlers by position"
 
 
 @pytest.mark.parametrize("overlay", list(RANK_ZERO_ONLY), ids=lambda p: p.stem)

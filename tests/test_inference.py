@@ -186,7 +186,7 @@ def test_nifti_reconstructions_overlay_the_input(inferred, input_dir, name):
     assert original.min() - 1e-3 <= data.min() and data.max() <= original.max() + 1e-3
 
 
-def test_codes_decode_to_the_reconstruction(inferred, vqvae):
+def test_codes_decode_to_the_reconstruction(inferred, input_dir, vqvae):
     output_dir, _ = inferred
     with np.load(output_dir / "grey_codes.npz") as saved:
         codes = saved["codes"]
@@ -194,7 +194,9 @@ def test_codes_decode_to_the_reconstruction(inferred, vqvae):
         assert int(saved["num_embeddings"]) == 32 and int(saved["image_size"]) == 32
     with torch.no_grad():
         decoded = vqvae.decode_samples(torch.from_numpy(codes.astype(np.int64))).clamp(0, 1)
-    expected = np.rint(InferenceRunner._from_model(decoded, 37, 53)[0] * 255)
+    runner = InferenceRunner(vqvae, None, output_dir, image_size=32)
+    _, operations = runner._model_input(read_input(input_dir / "grey.png"))
+    expected = np.rint(runner._from_model(decoded, operations)[0] * 255)
     with Image.open(output_dir / "grey_recon.png") as image:
         np.testing.assert_allclose(np.asarray(image), expected, atol=1)
     with np.load(output_dir / "volume_codes.npz") as saved:
@@ -240,7 +242,8 @@ def test_png_model_input_is_the_training_input(tmp_path, vqvae):
     for name, array in (("grey.png", odd_grey()), ("rgb.png", np.stack([odd_grey()] * 3, -1) // [1, 2, 3])):
         path = save_png(tmp_path / name, array.astype(np.uint8))
         expected = get_slice_transforms(32)({"image": str(path)})["image"]
-        np.testing.assert_allclose(runner._model_input(read_input(path))[0].numpy(), expected.numpy(), atol=1e-6)
+        model_input, _ = runner._model_input(read_input(path))
+        np.testing.assert_allclose(model_input[0].numpy(), expected.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("slice_axis", [0, 1, 2])
@@ -258,7 +261,7 @@ def test_png_padding_and_resizing_are_undone_exactly(tmp_path, vqvae):
     source = save_png(tmp_path / "narrow.png", odd_grey(32, 20))
     image = read_input(source)
     assert isinstance(image, PngInput)
-    restored = runner._from_model(runner._model_input(image), 32, 20)
+    restored = runner._from_model(*runner._model_input(image))
     image.save_reconstruction(restored, tmp_path / "narrow_recon.png")
     with Image.open(source) as original, Image.open(tmp_path / "narrow_recon.png") as written:
         np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
@@ -507,6 +510,8 @@ def test_non_finite_scores_are_left_empty_with_the_reason(vqvae, input_dir, tmp_
     runner = InferenceRunner(broken, str(input_dir / "grey.png"), tmp_path, image_size=32)
     (result,) = runner.run()
     assert result.ssim == "" and result.psnr == "" and "ssim is nan" in result.error
+    with Image.open(result.reconstruction) as written:  # the non-finite pixels are written black
+        assert np.asarray(written).max() == 0
     row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert row["ssim"] == "" and row["psnr"] == "" and "not finite" in row["error"]
 

@@ -98,6 +98,31 @@ def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "error: image_size must be a multiple of 4 (the network halves the image 2 times), got 30; e.g. 28."
 
 
+@pytest.mark.parametrize("config, run_id", [("inference.json", "inferring"), ("evaluate.json", "evaluating")])
+def test_a_config_run_without_train_json_names_the_missing_base_config(tmp_path, config, run_id):
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
+               "--bundle_root", str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {config} extends train.json (it has no 'debug'): pass both, base first, e.g. "
+        f"--config_file \"['bundle/configs/train.json','bundle/configs/{config}']\""
+    )
+
+
+def test_help_run_lists_the_override_keys_with_their_values(tmp_path, capsys):
+    run_bundle("help", TRAIN, bundle_root=str(tmp_path), max_epochs=3)
+    out = capsys.readouterr().out
+    lines = out[out.index("override keys of this workflow"):].splitlines()
+    for line in ("  --max_epochs 3", "  --dataset_dir null", "  --slice_range '[0.2, 0.8]'", "  --device auto",
+                 "  --progress false", f"  --ckpt_dir {tmp_path / 'models'}"):
+        assert line in lines, line
+    assert not any("downsample_factor" in line for line in lines)
+    assert not (tmp_path / "models").exists(), "help trains nothing"
+
+
 def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch):
     # training checks its folders before anything else: the missing dataset_dir is never reached
     a_file = tmp_path / "a_file"

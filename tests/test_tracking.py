@@ -36,8 +36,10 @@ def test_training_and_evaluating_are_tracked_in_a_local_store(demo_root, tmp_pat
 
     client, (training, evaluation) = _runs(outputs)
     metrics = training.data.metrics
-    for key in ("loss", "loss_reconstruction", "perplexity", "val_ssim", "val_psnr"):
+    for key in ("loss", "loss_reconstruction", "batch_perplexity", "train_perplexity", "val_ssim", "val_psnr"):
         assert isinstance(metrics[key], float), key
+    # one batch's codebook statistics are labelled as such, never as the epoch's
+    assert "perplexity" not in metrics and "codebook_usage" not in metrics
     history = client.get_metric_history(training.info.run_id, "val_ssim")
     assert [m.step for m in history] == [1, 2]
     recorded = json.loads((bundle_root / "models" / "training_history.json").read_text())

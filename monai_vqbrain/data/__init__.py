@@ -3,12 +3,12 @@
 Every dataset yields items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``; see :func:`get_dataset`.
 """
 
-from .datasets import DATASET_FORMATS, detect_dataset_format, get_dataset, resolve_dataset_dir
+from .datasets import DATASET_FORMATS, detect_dataset_format, get_datalist, get_dataset, resolve_dataset_dir
 from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
 from .limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from .nifti import list_nifti_volumes, load_nifti_slices
+from .nifti import list_nifti_volumes, list_volume_slices, load_nifti_slices
 from .oasis import SPLITS, list_oasis_png_split
-from .transforms import PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
+from .transforms import LoadSliced, PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
 
 __all__ = [
     "SPLITS",
@@ -24,9 +24,12 @@ __all__ = [
     "detect_dataset_format",
     "list_oasis_png_split",
     "list_nifti_volumes",
+    "list_volume_slices",
     "load_nifti_slices",
     "get_slice_transforms",
+    "get_datalist",
     "get_dataset",
+    "LoadSliced",
     "ScaleByDtyped",
     "ToGreyscaled",
     "PadToSquared",

@@ -6,15 +6,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose
-from monai.utils import convert_to_tensor
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import check_nifti_header, has_volume_files, list_nifti_volumes, load_nifti_slices
+from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices
 from monai_vqbrain.data.oasis import (
     PNG_FOLDER_PREFIX,
     canonical_split,
@@ -23,10 +20,10 @@ from monai_vqbrain.data.oasis import (
     locate_png_root,
     png_split_folder,
 )
-from monai_vqbrain.data.transforms import PadToSquared, ResizeSquared, get_slice_transforms
+from monai_vqbrain.data.transforms import get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
-__all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_dataset"]
+__all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_datalist", "get_dataset"]
 
 DATASET_FORMATS = ("auto", "png", "nifti")
 _EXPECTED_LAYOUT = (
@@ -117,36 +114,73 @@ def _nifti_items(
     test_fraction: float,
     seed: int,
     max_voxels: int | None,
-    image_size: int,
 ) -> list[dict]:
-    """Slice the volumes of a NIfTI split into in-memory items, stopping once ``max_items`` slices are had.
-
-    Each volume's slices are brought to ``image_size`` as soon as it is read (the same padding and resizing the
-    transforms would apply, which then have nothing left to do), so memory holds one full-size volume at a time
-    rather than the whole split at full size.
-    """
-    to_model_size = Compose([PadToSquared("image"), ResizeSquared("image", size=int(image_size))])
+    """List the kept slices of a NIfTI split as (volume, slice index) items, stopping at ``max_items`` slices."""
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    for path in files:  # headers first: a bad file stops the run before minutes of loading
-        check_nifti_header(path, max_voxels)
-    items: list[dict] = []
-    for path in files:
-        slices = load_nifti_slices(
-            [path], slice_axis=slice_axis, slice_range=slice_range, min_foreground=min_foreground, max_voxels=max_voxels
-        )
-        for item in slices:
-            image = to_model_size({"image": torch.from_numpy(item["image"])})["image"]
-            item["image"] = np.ascontiguousarray(convert_to_tensor(image, track_meta=False).numpy(), dtype=np.float32)
-        items += slices
-        if max_items is not None and len(items) >= max_items:
-            break
+    items = list_volume_slices(files, slice_axis, slice_range, min_foreground, max_voxels, max_items=max_items)
     if not items:
         raise DatasetError(
             f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): every "
             f"slice in slice_range={tuple(slice_range)} along slice_axis={slice_axis} has less than "
             f"min_foreground={min_foreground} of its pixels above 0.05; expected brain volumes, or lower min_foreground"
         )
-    return items[:max_items]
+    return items
+
+
+def get_datalist(
+    dataset_dir: str | os.PathLike | None,
+    split: str,
+    dataset_format: str = "auto",
+    slice_axis: int = 2,
+    slice_range: Sequence[float] = (0.2, 0.8),
+    min_foreground: float = 0.05,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    max_items: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+) -> list[dict]:
+    """List the 2D slices of one split as datalist items for ``preprocessing`` (``train.json``) to load.
+
+    OASIS PNG slices (and the demo data, in the same layout) are ``{"image": path, "name": file name}``; NIfTI and
+    Analyze volumes give one ``{"image": path, "slice_axis": a, "slice_index": k, "name": "<file>#slice<k>"}`` per
+    kept slice (see :func:`~monai_vqbrain.data.nifti.list_volume_slices`). Files are checked here, so a missing
+    folder or a corrupt file is reported before training.
+
+    Args:
+        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
+            :func:`resolve_dataset_dir`).
+        split: ``"train"``, ``"validate"`` or ``"test"``.
+        dataset_format: ``"png"`` (OASIS PNG slices), ``"nifti"`` (volumes) or ``"auto"`` to detect.
+        slice_axis: NIfTI only: the RAS axis to slice along (2: axial).
+        slice_range: NIfTI only: the part of that axis to keep, as fractions of its length.
+        min_foreground: NIfTI only: skip slices with a smaller fraction of pixels above 0.05.
+        val_fraction: NIfTI only: fraction of subjects for ``validate`` when there are no split folders.
+        test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
+        seed: NIfTI only: seed of the subject split.
+        max_items: keep only the first this many items (for quick runs); None keeps all.
+        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
+        max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
+
+    Raises:
+        DatasetError: when the folder, the split or its images are missing.
+        ImageFileError: when an image file is unreadable or of an unexpected shape.
+        ValueError: for invalid options.
+    """
+    split = canonical_split(split)
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"dataset_format must be one of {', '.join(DATASET_FORMATS)}, got {dataset_format!r}")
+    if max_items is not None and (int(max_items) != max_items or max_items < 1):
+        raise ValueError(f"max_items must be a positive integer or None, got {max_items!r}")
+    root = resolve_dataset_dir(dataset_dir)
+    found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
+    if found_format == "png":
+        return _png_items(root, split, max_items, max_image_pixels)
+    return _nifti_items(
+        root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
+        max_volume_voxels,
+    )
 
 
 def get_dataset(
@@ -169,7 +203,9 @@ def get_dataset(
 ) -> CacheDataset:
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
-    Files are listed and checked up front, so a missing folder or a corrupt file is reported before training.
+    The Python form of ``train.json``'s ``train#dataset``: a ``CacheDataset`` over :func:`get_datalist` with the
+    ``preprocessing`` steps of :func:`~monai_vqbrain.data.transforms.get_slice_transforms`. Files are listed and
+    checked up front, so a missing folder or a corrupt file is reported before training.
 
     Args:
         dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
@@ -196,22 +232,11 @@ def get_dataset(
         ImageFileError: when an image file is unreadable or of an unexpected shape.
         ValueError: for invalid options.
     """
-    split = canonical_split(split)
-    if dataset_format not in DATASET_FORMATS:
-        raise ValueError(f"dataset_format must be one of {', '.join(DATASET_FORMATS)}, got {dataset_format!r}")
-    if max_items is not None and (int(max_items) != max_items or max_items < 1):
-        raise ValueError(f"max_items must be a positive integer or None, got {max_items!r}")
-    root = resolve_dataset_dir(dataset_dir)
-    found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
-    if found_format == "png":
-        items = _png_items(root, split, max_items, max_image_pixels)
-        transforms = get_slice_transforms(image_size, load_from_file=True)
-    else:
-        items = _nifti_items(
-            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-            max_volume_voxels, image_size,
-        )
-        transforms = get_slice_transforms(image_size, load_from_file=False)
+    transforms = get_slice_transforms(image_size, max_volume_voxels=max_volume_voxels)
+    items = get_datalist(
+        dataset_dir, split, dataset_format, slice_axis, slice_range, min_foreground, val_fraction, test_fraction,
+        seed, max_items, max_image_pixels, max_volume_voxels,
+    )
     if random_transforms:
         # CacheDataset caches the output of the deterministic steps and runs these on every access
         transforms = Compose([*transforms.transforms, *random_transforms])

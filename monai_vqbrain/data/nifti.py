@@ -12,17 +12,17 @@ and the patient's right is on the image's right (neurological convention).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import Orientation
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS, check_image_size
 from monai_vqbrain.data.oasis import canonical_split
@@ -38,7 +38,16 @@ __all__ = [
     "split_subjects",
     "list_nifti_volumes",
     "check_nifti_header",
+    "robust_range",
+    "scale_to_unit",
+    "voxel_orientation",
+    "RasVolume",
+    "read_volume_ras",
     "load_volume_ras",
+    "kept_slices",
+    "volume_plane",
+    "cached_volume_ras",
+    "list_volume_slices",
     "load_nifti_slices",
 ]
 
@@ -48,6 +57,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".img")
 FOREGROUND_THRESHOLD = 0.05
 """Intensity (after scaling to [0, 1]) above which a pixel counts as foreground for ``min_foreground``."""
 
+_RAS = axcodes2ornt("RAS")
 _SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
 # sub-folder names that mark an explicit split, mapped to the split they hold
 _SPLIT_FOLDER_NAMES = {
@@ -306,20 +316,110 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int | None = DEFAULT
     return _open_volume(Path(path), max_voxels)[1]
 
 
-def _scale_robust(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """Scale intensities to [0, 1] between the ``lower`` and ``upper`` percentiles, clipping outliers.
+def robust_range(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
+    """The intensities the per-volume scaling maps to 0 and 1: the ``lower`` and ``upper`` percentiles.
 
     Percentiles rather than min/max so that a few hot voxels do not darken the whole volume. When the percentiles
-    coincide (a volume that is mostly one value, e.g. tiny foreground) min/max is used instead; a constant volume
-    becomes all zeros.
+    coincide (a volume that is mostly one value, e.g. tiny foreground) min/max is used instead; equal values mean a
+    constant volume, which scales to all zeros.
+
+    Args:
+        volume: the voxel intensities.
+        lower: the percentile mapped to 0.
+        upper: the percentile mapped to 1.
     """
-    low, high = np.percentile(volume, [lower, upper])
+    low, high = (float(v) for v in np.percentile(volume, [lower, upper]))
     if high <= low:
         low, high = float(volume.min()), float(volume.max())
+    return low, high
+
+
+def scale_to_unit(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``volume`` mapped linearly from ``[low, high]`` to ``[0, 1]`` and clipped, as float32 (zeros when constant).
+
+    Args:
+        volume: the voxel intensities.
+        low: the intensity mapped to 0, from :func:`robust_range`.
+        high: the intensity mapped to 1.
+    """
     if high <= low:
         return np.zeros_like(volume, dtype=np.float32)
     scaled = (volume - low) / (high - low)
     return np.clip(scaled, 0.0, 1.0, out=scaled).astype(np.float32, copy=False)
+
+
+def voxel_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """nibabel's axis orientation of a 3D volume with this affine, or None when an axis has no direction.
+
+    A singleton axis may have no direction (e.g. a 2D slice saved with a zero slice thickness): it is given a world
+    axis no other voxel axis uses, which cannot change the voxel data since the axis has one voxel.
+
+    Args:
+        affine: the voxel-to-world affine.
+        shape: the 3D voxel shape.
+    """
+    orientation = io_orientation(affine)
+    undefined = np.isnan(orientation[:, 0])
+    if not undefined.any():
+        return orientation
+    if any(shape[axis] != 1 for axis in np.flatnonzero(undefined)):
+        return None
+    free = [axis for axis in range(3) if axis not in orientation[~undefined, 0]]
+    orientation[undefined] = [[axis, 1.0] for axis in free[: int(undefined.sum())]]
+    return orientation
+
+
+class RasVolume(NamedTuple):
+    """A volume read by :func:`read_volume_ras`: what training slices and what inference needs to write it back.
+
+    Attributes:
+        ras: float32 3D voxels reoriented to RAS, intensities as stored (a 2D image has a singleton third axis).
+        image: the nibabel image (header and affine; its voxels are not kept).
+        orientation: the orientation of the file's voxel axes (:func:`voxel_orientation`).
+        shape: the file's spatial shape (2 or 3 dims).
+    """
+
+    ras: np.ndarray
+    image: nib.spatialimages.SpatialImage
+    orientation: np.ndarray
+    shape: tuple[int, ...]
+
+
+def read_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> RasVolume:
+    """Read a NIfTI/Analyze volume, check it, and reorient it to RAS: the one reader of training and inference.
+
+    Args:
+        path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
+        max_voxels: the most voxels the header may declare (checked before reading voxels); None allows any.
+
+    Raises:
+        ImageFileError: naming the file when it cannot be read or is truncated, is too large, is not a 2D/3D grey
+            image, holds NaN or infinite values, or has an affine without clear axis directions.
+    """
+    path = Path(path)
+    image, shape = _open_volume(path, max_voxels)
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
+    except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
+        raise ImageFileError(f"cannot read the voxels of volume '{path}' ({err}); the file may be truncated") from err
+    image.uncache()  # the voxels live on in ``data`` and its derivatives only
+    data = data.reshape(shape + (1,) * (3 - len(shape)))
+    finite = np.isfinite(data)
+    if not finite.all():
+        # zero-filling would make up intensities, for training as for a reconstruction
+        raise ImageFileError(
+            f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
+            "intensities (replace them, e.g. by 0, or leave the file out)"
+        )
+    orientation = voxel_orientation(np.asarray(image.affine, dtype=np.float64), data.shape)
+    if orientation is None:
+        raise ImageFileError(
+            f"'{path}' has an affine with no clear axis directions ({np.asarray(image.affine).tolist()}); expected a "
+            "valid voxel-to-world affine (qform or sform)"
+        )
+    # nibabel affines map to RAS+ world coordinates; this is what MONAI's Orientation("RAS") does to the voxels
+    ras = apply_orientation(data, ornt_transform(orientation, _RAS))
+    return RasVolume(np.ascontiguousarray(ras, dtype=np.float32), image, orientation, shape)
 
 
 def load_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
@@ -333,28 +433,10 @@ def load_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MA
         A 3D array; a 2D image comes back with a singleton third axis.
 
     Raises:
-        ImageFileError: naming the file when it cannot be read, is too large, is not a 2D/3D grey image or holds
-            NaN or infinite values.
+        ImageFileError: as :func:`read_volume_ras`.
     """
-    path = Path(path)
-    image, shape = _open_volume(path, max_voxels)
-    try:
-        data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
-        affine = np.asarray(image.affine, dtype=np.float64)
-    except Exception as err:
-        raise ImageFileError(f"cannot read the voxels of volume '{path}' ({err}); the file may be truncated") from err
-    data = data.reshape(shape + (1,) * (3 - len(shape)))
-    finite = np.isfinite(data)
-    if not finite.all():
-        # zero-filling would train on made-up intensities; inference refuses such a file too
-        raise ImageFileError(
-            f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
-            "intensities (replace them, e.g. by 0, or remove the file from the dataset)"
-        )
-    # nibabel affines map to RAS+ world coordinates; the labels say so explicitly (MONAI's default is changing)
-    to_ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
-    oriented = to_ras(MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine)))
-    return _scale_robust(np.ascontiguousarray(oriented.numpy()[0]))
+    ras = read_volume_ras(path, max_voxels).ras
+    return scale_to_unit(ras, *robust_range(ras))
 
 
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
@@ -372,10 +454,20 @@ def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_fore
     return start, stop
 
 
-def _volume_slices(
-    volume: np.ndarray, name: str, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
-) -> list[dict]:
-    """Cut one RAS volume into display-oriented 2D slice items."""
+def kept_slices(
+    volume: np.ndarray, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
+) -> tuple[int, list[int]]:
+    """The axis a RAS volume is cut along and the indices of the slices kept by ``slice_range`` and ``min_foreground``.
+
+    Args:
+        volume: a scaled RAS volume from :func:`load_volume_ras`.
+        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
+        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
+
+    Returns:
+        ``(axis, indices)``.
+    """
     singleton_axes = [axis for axis, size in enumerate(volume.shape) if size == 1]
     if singleton_axes:
         # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
@@ -384,15 +476,88 @@ def _volume_slices(
         axis, length = slice_axis, volume.shape[slice_axis]
         first = int(np.floor(slice_range[0] * length))
         last = max(int(np.ceil(slice_range[1] * length)), first + 1)
-        indices = range(first, min(last, length))
-    items = []
-    for index in indices:
-        # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
-        plane = np.rot90(np.take(volume, index, axis=axis))
-        if np.mean(plane > FOREGROUND_THRESHOLD) < min_foreground:
-            continue
-        items.append({"image": np.ascontiguousarray(plane[None], dtype=np.float32), "name": f"{name}#slice{index}"})
-    return items
+        indices = list(range(first, min(last, length)))
+    kept = [k for k in indices if np.mean(volume_plane(volume, axis, k) > FOREGROUND_THRESHOLD) >= min_foreground]
+    return axis, kept
+
+
+def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of a RAS volume, in display orientation, as a float32 ``(1, H, W)`` array.
+
+    Args:
+        volume: a RAS volume from :func:`load_volume_ras`.
+        axis: the axis to cut along.
+        index: the slice index along it.
+    """
+    # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
+    plane = np.rot90(np.take(volume, index, axis=axis))
+    return np.ascontiguousarray(plane[None], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_volume(path: str, stamp: tuple[int, int], max_voxels: int | None) -> np.ndarray:
+    """``load_volume_ras`` keyed by the file's modification time and size, so a rewritten file is read again."""
+    volume = load_volume_ras(path, max_voxels)
+    volume.setflags(write=False)  # shared by every slice item of the volume: nobody may change it in place
+    return volume
+
+
+def cached_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
+    """:func:`load_volume_ras` through a small cache of the last volumes read (read-only arrays).
+
+    A split's slice items are ordered by volume, so caching a few volumes reads each volume once per pass
+    instead of once per slice.
+
+    Args:
+        path: the volume file.
+        max_voxels: the most voxels the header may declare; None allows any.
+    """
+    info = os.stat(path)
+    return _cached_volume(str(path), (info.st_mtime_ns, info.st_size), max_voxels)
+
+
+def list_volume_slices(
+    files: Sequence[str | os.PathLike],
+    slice_axis: int = 2,
+    slice_range: Sequence[float] = (0.2, 0.8),
+    min_foreground: float = 0.05,
+    max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    max_items: int | None = None,
+) -> list[dict]:
+    """List the kept 2D slices of volumes as datalist items, without holding their pixels.
+
+    All headers are checked first, so a bad file stops the run before any voxels are read. Each volume is read
+    (to find the slices with enough foreground) until ``max_items`` slices are listed.
+
+    Args:
+        files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
+        slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
+        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+        max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
+        max_items: stop after this many slices; None lists all.
+
+    Returns:
+        ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
+        kept slice, in file order; :class:`~monai_vqbrain.data.transforms.LoadSliced` reads them.
+
+    Raises:
+        ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
+        ValueError: for invalid slicing options.
+    """
+    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
+    paths = [Path(f) for f in files]
+    for path in paths:
+        check_nifti_header(path, max_voxels)
+    items: list[dict] = []
+    for path in paths:
+        axis, indices = kept_slices(cached_volume_ras(path, max_voxels), slice_axis, (start, stop), min_foreground)
+        items += [
+            {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
+        ]
+        if max_items is not None and len(items) >= max_items:
+            break
+    return items[:max_items]
 
 
 def load_nifti_slices(
@@ -422,12 +587,12 @@ def load_nifti_slices(
         ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
         ValueError: for invalid slicing options.
     """
-    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
-    paths = [Path(f) for f in files]
-    for path in paths:
+    _check_slice_options(slice_axis, slice_range, min_foreground)
+    for path in files:
         check_nifti_header(path, max_voxels)
     items: list[dict] = []
-    for path in paths:
-        volume = load_volume_ras(path, max_voxels)
-        items += _volume_slices(volume, path.name, slice_axis, (start, stop), min_foreground)
+    for path in files:  # one volume at a time, so the cache holds it while its slices are cut
+        for item in list_volume_slices([path], slice_axis, slice_range, min_foreground, max_voxels):
+            volume = cached_volume_ras(item["image"], max_voxels)
+            items.append({"image": volume_plane(volume, item["slice_axis"], item["slice_index"]), "name": item["name"]})
     return items

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -212,11 +213,14 @@ def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         ImageFileError: naming the file when it is too large, not a readable image, truncated or has no pixels.
     """
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            mode = image.mode
-            check_image_size(path, (width, height), max_pixels, "max_image_pixels")
-            image.verify()
+        with warnings.catch_warnings():
+            # the size is judged here against max_pixels (PIL's own bomb limit still raises): its warning adds nothing
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                mode = image.mode
+                check_image_size(path, (width, height), max_pixels, "max_image_pixels")
+                image.verify()
         problem = _png_stream_problem(path)
         if problem is None:
             with Image.open(path) as image:

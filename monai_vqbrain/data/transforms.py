@@ -1,4 +1,10 @@
-"""MONAI dictionary transforms that turn a PNG file or an in-memory slice into a square grey image in [0, 1]."""
+"""MONAI dictionary transforms that turn a PNG file, a slice of a volume or an in-memory slice into a square grey image.
+
+``train.json``'s ``preprocessing`` lists them in order; :func:`get_slice_transforms` builds the same pipeline in Python.
+MONAI has no transform for what the ones here do: read one slice of a cached volume, scale by bit depth (MONAI
+rescales by min/max), average RGB to grey, pad to the square of the larger side, and resize by area or bilinear
+depending on the direction.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,27 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, PILReader
 from monai.transforms import (
     Compose,
+    EnsureChannelFirst,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
+    InvertibleTransform,
+    LoadImage,
     MapTransform,
     Resize,
+    SpatialCrop,
     SpatialPad,
 )
+from monai.utils import TraceKeys
 from PIL import Image
 
+from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
+from monai_vqbrain.data.nifti import cached_volume_ras, volume_plane
 from monai_vqbrain.errors import ImageFileError
 
 __all__ = [
     "normalize_pil_mode",
     "SliceReader",
+    "LoadSliced",
     "ScaleByDtyped",
     "ToGreyscaled",
     "PadToSquared",
@@ -70,6 +83,44 @@ class SliceReader(PILReader):
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         data, meta = super().get_data(img)
         return np.array(data), meta
+
+
+class LoadSliced(MapTransform):
+    """Load the 2D slice a datalist item names: a PNG file, or one slice of a NIfTI/Analyze volume.
+
+    An item ``{"image": path}`` is a 2D image file, read by MONAI's ``LoadImage`` with :class:`SliceReader` and made
+    channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
+    :func:`~monai_vqbrain.data.nifti.list_volume_slices`) is that slice of the volume, reoriented to RAS, scaled per
+    volume to [0, 1] by robust percentiles and shown in display orientation, as a float32 ``(1, H, W)`` array.
+    Volumes come from a small cache, so the slices of one volume read it once. Not MONAI's ``LoadImaged``: that
+    would read a whole volume for each of its slices, and the per-volume scaling must see the whole volume.
+
+    Args:
+        keys: the key holding the path (``"image"``).
+        max_volume_voxels: the most voxels a volume's header may declare; None allows any.
+        allow_missing_keys: do not fail when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.max_volume_voxels = max_volume_voxels
+        # dtype=None keeps the stored integer type, which ScaleByDtyped needs to know the bit depth
+        self._load_image = Compose([LoadImage(reader=SliceReader(), image_only=True, dtype=None), EnsureChannelFirst()])
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d.get("slice_index") is None:
+                d[key] = self._load_image(d[key])
+            else:
+                volume = cached_volume_ras(d[key], self.max_volume_voxels)
+                d[key] = torch.from_numpy(volume_plane(volume, int(d["slice_axis"]), int(d["slice_index"])))
+        return d
 
 
 def _image_name(image: torch.Tensor) -> str:
@@ -138,8 +189,12 @@ class ToGreyscaled(MapTransform):
         return d
 
 
-class PadToSquared(MapTransform):
-    """Zero-pad a channel-first 2D image symmetrically to a square of its larger side, keeping its aspect ratio."""
+class PadToSquared(MapTransform, InvertibleTransform):
+    """Zero-pad a channel-first 2D image symmetrically to a square of its larger side, keeping its aspect ratio.
+
+    Invertible: on a ``MetaTensor`` the padding is recorded (by MONAI's ``SpatialPad``) and :meth:`inverse` crops it
+    off again.
+    """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -147,19 +202,31 @@ class PadToSquared(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            height, width = d[key].shape[-2:]
-            if height != width:
-                side = max(height, width)
-                d[key] = SpatialPad((side, side), method="symmetric", mode="constant")(d[key])
+            side = max(d[key].shape[-2:])
+            # also when already square, so that every image records one step for inverse() to undo
+            d[key] = SpatialPad((side, side), method="symmetric", mode="constant")(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            # SpatialPad made per image (the size varies): its record is popped without matching the instance
+            padded = self.pop_transform(d[key], check=False)[TraceKeys.EXTRA_INFO]["padded"]
+            start = [before for before, _ in padded[1:]]
+            end = [size - after for size, (_, after) in zip(d[key].shape[1:], padded[1:], strict=True)]
+            cropper = SpatialCrop(roi_start=start, roi_end=end)
+            with cropper.trace_transform(False):
+                d[key] = cropper(d[key])
         return d
 
 
-class ResizeSquared(MapTransform):
+class ResizeSquared(MapTransform, InvertibleTransform):
     """Resize a square channel-first 2D image to ``size`` x ``size``.
 
     Shrinking uses area averaging (each output pixel is the mean of the input pixels it covers, so there is no
     aliasing and an exact 2x reduction is a 2x2 mean); enlarging uses bilinear interpolation, since area mode
-    would replicate pixels into blocks.
+    would replicate pixels into blocks. Invertible on a ``MetaTensor``: :meth:`inverse` resizes back to the recorded
+    size by the same rule (MONAI's ``Resize.inverse`` would enlarge with the area mode used to shrink).
     """
 
     def __init__(self, keys: KeysCollection, size: int, allow_missing_keys: bool = False) -> None:
@@ -168,26 +235,45 @@ class ResizeSquared(MapTransform):
         self._shrink = Resize((self.size, self.size), mode="area")
         self._enlarge = Resize((self.size, self.size), mode="bilinear", align_corners=False)
 
+    @staticmethod
+    def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+        """``image`` resized to ``size`` x ``size`` by area (shrinking) or bilinear (enlarging), untracked."""
+        mode = {"mode": "area"} if max(image.shape[-2:]) >= size else {"mode": "bilinear", "align_corners": False}
+        resizer = Resize((size, size), **mode)
+        with resizer.trace_transform(False):
+            return resizer(image)
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            shape = tuple(d[key].shape[-2:])
-            if shape != (self.size, self.size):
-                resize = self._shrink if max(shape) >= self.size else self._enlarge
-                d[key] = resize(d[key])
+            # also at the right size (a no-op then), so that every image records one step for inverse() to undo
+            resize = self._shrink if max(d[key].shape[-2:]) >= self.size else self._enlarge
+            d[key] = resize(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            original = self.pop_transform(d[key], check=False)[TraceKeys.ORIG_SIZE]
+            d[key] = self.resize(d[key], int(original[-1]))
         return d
 
 
-def get_slice_transforms(image_size: int = 128, load_from_file: bool = True) -> Compose:
-    """Build the deterministic pipeline from a slice item to ``{"image": float32 (1, S, S) in [0, 1], ...}``.
+def get_slice_transforms(
+    image_size: int = 128, load_from_file: bool = True, max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+) -> Compose:
+    """Build the deterministic pipeline from a datalist item to ``{"image": float32 (1, S, S) in [0, 1], ...}``.
 
-    Only the ``"image"`` key is transformed; other keys (the slice ``"name"``) pass through untouched and collate
-    to a list. No step is random, so a ``CacheDataset`` caches the finished images.
+    The same steps as ``preprocessing`` in ``train.json``. Only the ``"image"`` key is transformed; other keys (the
+    slice ``"name"``) pass through untouched and collate to a list. No step is random, so a ``CacheDataset`` caches
+    the finished images.
 
     Args:
         image_size: the side ``S`` of the square output.
-        load_from_file: True when ``item["image"]`` is a path to a PNG (or other 2D image) file; False when it is
-            an in-memory channel-first array, such as the float slices of :func:`load_nifti_slices`.
+        load_from_file: True when ``item["image"]`` is a path (a PNG file, or a volume with ``"slice_index"``, see
+            :class:`LoadSliced`); False when it is an in-memory channel-first array, such as the float slices of
+            :func:`~monai_vqbrain.data.nifti.load_nifti_slices`.
+        max_volume_voxels: the most voxels a volume's header may declare; None allows any.
 
     Raises:
         ValueError: when ``image_size`` is not a positive integer.
@@ -195,18 +281,15 @@ def get_slice_transforms(image_size: int = 128, load_from_file: bool = True) -> 
     if int(image_size) != image_size or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     keys = "image"
-    steps: list = []
-    if load_from_file:
-        # dtype=None keeps the stored integer type, which ScaleByDtyped needs to know the bit depth
-        steps += [LoadImaged(keys, reader=SliceReader(), image_only=True, dtype=None), EnsureChannelFirstd(keys)]
-    else:
-        steps.append(EnsureChannelFirstd(keys, channel_dim=0))
-    steps += [
-        ScaleByDtyped(keys),
-        ToGreyscaled(keys),
-        PadToSquared(keys),
-        ResizeSquared(keys, size=int(image_size)),
-        # plain tensors: the metadata is not needed downstream and MetaTensor slows every op on the batch
-        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-    ]
-    return Compose(steps)
+    load = LoadSliced(keys, max_volume_voxels=max_volume_voxels) if load_from_file else EnsureChannelFirstd(keys, channel_dim=0)
+    return Compose(
+        [
+            load,
+            ScaleByDtyped(keys),
+            ToGreyscaled(keys),
+            PadToSquared(keys),
+            ResizeSquared(keys, size=int(image_size)),
+            # plain tensors: the metadata is not needed downstream and MetaTensor slows every op on the batch
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )

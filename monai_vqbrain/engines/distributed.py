@@ -31,6 +31,7 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 
 __all__ = [
     "TORCHRUN_ENV",
+    "all_reduce_sum",
     "backend_for",
     "destroy_distributed",
     "distributed_device",
@@ -52,6 +53,9 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+# the package's one rank helper (handlers, the quantizer and the configs use these). Plain torch.distributed rather
+# than ignite.distributed: ignite caches its view of the process group, which outlives a destroyed group and makes
+# a later get_rank fail, and it warns about guessing LOCAL_RANK on every group it discovers.
 def get_rank() -> int:
     """The global rank, or 0 when no process group is initialised."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -65,6 +69,17 @@ def get_world_size() -> int:
 def is_main_process() -> bool:
     """True on rank 0, or when not running distributed: the process that logs and writes files."""
     return get_rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` across ranks in place when more than one process runs; return it.
+
+    Args:
+        tensor: a tensor on this rank's device.
+    """
+    if get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def distributed_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 
 from .precision import autocast, needs_grad_scaler, resolve_amp
@@ -35,6 +36,15 @@ class MixedPrecisionTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.max_grad_norm = max_grad_norm
         self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
+
+    def run(self) -> None:
+        """Run the training, without the ``GradScaler`` MONAI's ``Trainer.run`` makes for ``amp``.
+
+        That one is CUDA's, warns on a CPU and goes unused: this trainer steps with its own ``grad_scaler``, made
+        only where fp16 needs one.
+        """
+        self.scaler = None
+        Workflow.run(self)
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled for fp16), clip the gradients if asked, and step the optimizer."""

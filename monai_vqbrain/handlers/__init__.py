@@ -14,6 +14,8 @@ from .reconstruction_report import (
     ReconstructionReportHandler,
     plot_loss_curves,
     plot_reconstructions,
+    report_title,
+    spread_examples,
     summarize_scores,
 )
 from .training_history import TrainingHistoryHandler, read_history
@@ -35,5 +37,7 @@ __all__ = [
     "plot_loss_curves",
     "plot_reconstructions",
     "read_history",
+    "report_title",
+    "spread_examples",
     "summarize_scores",
 ]

@@ -1,4 +1,11 @@
-"""Checkpoint handlers: the best model by validation metric, the latest training state, and resumption."""
+"""Checkpoint handlers: the best model by validation metric, the latest training state, and resumption.
+
+Not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: those write ignite's ``{name}_key_metric=...pt`` files with
+no metadata, keep the weights only under their names (``monai.bundle.load`` then returns random weights, see
+:func:`best_model_checkpoint`), cannot refuse a checkpoint of another network or image size, load with
+``torch.load``'s pickle defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model
+(``BestMetricRestorer``) after a kill between the two files being written.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from ..engines.distributed import is_main_process
 from ..errors import CheckpointError
 from ..utils.checkpoint import (
     METADATA_KEY,
@@ -20,7 +28,6 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
-from ._distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
+from ..engines.distributed import all_reduce_sum
 from ..networks.quantizer import code_usage_statistics, count_codes
-from ._distributed import all_reduce_sum
 
 
 class CodebookUsageHandler:

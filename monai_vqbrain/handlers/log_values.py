@@ -12,11 +12,20 @@ from ..engines.trainer import LOSS_COMPONENTS
 
 #: entries of the trainer output logged every ``log_interval`` iterations
 ITERATION_LOG_KEYS = ("loss", *(f"loss_{c}" for c in LOSS_COMPONENTS), "perplexity", "codebook_usage")
+#: the codebook statistics of one iteration cover only its batch: their labels say so, next to the whole epoch's
+#: ``train_perplexity`` and ``train_codebook_usage`` (``CodebookUsageHandler``)
+_BATCH_LABELS = {"perplexity": "batch_perplexity", "codebook_usage": "batch_codebook_usage"}
 
 
 def training_log_values(output: dict) -> dict[str, torch.Tensor]:
-    """The scalar entries of a :class:`~monai_vqbrain.engines.VQVAETrainer` output worth logging per iteration."""
-    return {key: output[key].detach() for key in ITERATION_LOG_KEYS if key in output}
+    """The scalar entries of a :class:`~monai_vqbrain.engines.VQVAETrainer` output worth logging per iteration.
+
+    The codebook statistics are labelled ``batch_perplexity`` and ``batch_codebook_usage``: they are of one batch.
+
+    Args:
+        output: the trainer's output of one iteration.
+    """
+    return {_BATCH_LABELS.get(key, key): output[key].detach() for key in ITERATION_LOG_KEYS if key in output}
 
 
 def every_n_iterations(interval: int) -> Callable[[Engine, int], bool]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
+from ..engines.distributed import all_reduce_sum
 from ..engines.trainer import LOSS_COMPONENTS
-from ._distributed import all_reduce_sum
 
 
 class LossComponentsHandler:

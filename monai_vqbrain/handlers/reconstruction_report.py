@@ -15,8 +15,8 @@ from ignite.engine import Engine, Events
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.utils.enums import CommonKeys as Keys
 
+from ..engines.distributed import is_main_process
 from ..utils.io import atomic_path, atomic_write_text
-from ._distributed import is_main_process
 from .training_history import read_history
 
 logger = logging.getLogger(__name__)
@@ -62,29 +62,67 @@ def _figure_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def plot_reconstructions(
-    originals: list[np.ndarray], reconstructions: list[np.ndarray], names: list[str], ssim: list[float], path: Path
-) -> None:
-    """Save a figure with each original above its reconstruction and the reconstruction's SSIM."""
+Example = tuple[np.ndarray, np.ndarray, str, float]
+"""One figure example: (original, reconstruction, name, SSIM)."""
+
+
+def spread_examples(candidates: list[Example], count: int) -> list[Example]:
+    """Pick ``count`` examples from best to worst SSIM, evenly spaced in SSIM rank, the best and the worst included.
+
+    Args:
+        candidates: the examples to choose from.
+        count: how many to pick; all candidates when there are fewer.
+    """
+    ranked = sorted(candidates, key=lambda example: -example[3] if math.isfinite(example[3]) else math.inf)
+    if count >= len(ranked):
+        return ranked
+    if count <= 0:
+        return []
+    positions = np.linspace(0, len(ranked) - 1, num=count).round().astype(int)
+    return [ranked[i] for i in positions]
+
+
+def report_title(mean_ssim: float, count: int, checkpoint: str | os.PathLike | None) -> str:
+    """The title of ``reconstructions.png``: the checkpoint, the mean SSIM and what the columns show."""
+    source = f"{checkpoint}: " if checkpoint else ""
+    return f"{source}mean SSIM {mean_ssim:.3f} over {count} images; examples from best to worst SSIM"
+
+
+def plot_reconstructions(examples: list[Example], title: str, path: Path) -> None:
+    """Save a figure of each original above its reconstruction and their absolute difference, under ``title``.
+
+    Args:
+        examples: (original, reconstruction, name, SSIM) per column, e.g. from :func:`spread_examples`.
+        title: the figure title, e.g. from :func:`report_title`.
+        path: the PNG to write, atomically.
+    """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    count = len(originals)
-    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.8), squeeze=False)
-    for column in range(count):
-        for row, image in enumerate((originals[column], reconstructions[column])):
-            axis = axes[row, column]
-            # the data pipeline keeps images in viewing orientation (rows x columns)
-            axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+    count = len(examples)
+    figure, axes = plt.subplots(3, count, figsize=(2.2 * count, 7.4), squeeze=False, layout="constrained")
+    # one error scale for all columns, so that a darker map is a better reconstruction
+    error_max = max(max(float(np.abs(o - r).max()) for o, r, _, _ in examples), 1e-6)
+    error_image = None
+    for column, (original, reconstruction, name, ssim) in enumerate(examples):
+        # the data pipeline keeps images in viewing orientation (rows x columns)
+        axes[0, column].imshow(original, cmap="gray", vmin=0.0, vmax=1.0)
+        axes[1, column].imshow(reconstruction, cmap="gray", vmin=0.0, vmax=1.0)
+        error_image = axes[2, column].imshow(np.abs(original - reconstruction), cmap="magma", vmin=0.0, vmax=error_max)
+        for axis in axes[:, column]:
             axis.set_xticks([])
             axis.set_yticks([])
-        axes[0, column].set_title(names[column][:22], fontsize=7)
-        axes[1, column].set_title(f"SSIM {ssim[column]:.3f}", fontsize=8)
-    axes[0, 0].set_ylabel("original")
-    axes[1, 0].set_ylabel("reconstruction")
-    figure.tight_layout()
+        # wrapped, not cut: a long file name gets more lines
+        axes[0, column].set_title("\n".join(textwrap.wrap(name, 24, break_on_hyphens=False)), fontsize=7)
+        axes[1, column].set_title(f"SSIM {ssim:.3f}", fontsize=8)
+    for row, label in enumerate(("original", "reconstruction", "|error|")):
+        axes[row, 0].set_ylabel(label)
+    figure.colorbar(error_image, ax=axes[2, :].tolist(), shrink=0.8, label="absolute error")
+    figure.suptitle("\n".join(textwrap.wrap(title, max(40, int(16 * count)))), fontsize=9)
     with atomic_path(path) as tmp:
         tmp.write_bytes(_figure_bytes(figure))
     plt.close(figure)
@@ -136,7 +174,8 @@ class ReconstructionReportHandler:
     Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
     and more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a
     non-finite score is an empty cell with the reason in ``error``), ``reconstructions.png``
-    (originals above reconstructions, each with its SSIM) and ``loss_curves.png`` (per-epoch training losses
+    (``num_examples`` originals above their reconstructions and absolute error maps, from the best to the worst
+    SSIM, titled with the checkpoint and the mean SSIM; none when ``num_examples`` is 0) and ``loss_curves.png`` (per-epoch training losses
     from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
     ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
 
@@ -144,7 +183,8 @@ class ReconstructionReportHandler:
         output_dir: folder for the report; created if needed.
         image_size: the evaluated image size, recorded in ``metrics.json``.
         history_file: the training history written by ``TrainingHistoryHandler``; None skips the loss curves.
-        num_examples: how many images the reconstruction figure shows (spread over the split).
+        num_examples: how many images the reconstruction figure shows, spread from the best to the worst SSIM
+            (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
         name_key: key of the image names in the batch.
         extra_metadata: more entries for ``metrics.json`` (e.g. the checkpoint and dataset used).
     """
@@ -172,7 +212,9 @@ class ReconstructionReportHandler:
         self.names: list[str] = []
         self.ssim: list[float] = []
         self.psnr: list[float] = []
-        self.examples: list[tuple[np.ndarray, np.ndarray, str, float]] = []
+        # figure candidates: every image of a few evenly spaced batches, plus the best and the worst seen so far
+        self.examples: list[Example] = []
+        self.extremes: dict[str, Example] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -198,11 +240,20 @@ class ReconstructionReportHandler:
         # keep one example from each of `num_examples` evenly spaced batches, not the whole split
         local_iteration = (engine.state.iteration - 1) % engine.state.epoch_length
         shown_iterations = np.linspace(0, engine.state.epoch_length - 1, num=self.num_examples).round().astype(int)
-        shown_in_batch = int(np.sum(shown_iterations == local_iteration))
-        for i in range(min(shown_in_batch, len(batch_ssim))):
-            self.examples.append(
-                (targets[i, 0].cpu().numpy(), predictions[i, 0].cpu().numpy(), self.names[-len(batch_ssim) + i], batch_ssim[i])
-            )
+        batch_names = self.names[-len(batch_ssim) :]
+
+        def example(i: int) -> Example:
+            return targets[i, 0].cpu().numpy(), predictions[i, 0].cpu().numpy(), batch_names[i], float(batch_ssim[i])
+
+        if self.num_examples > 0 and local_iteration in shown_iterations:
+            self.examples.extend(example(i) for i in range(len(batch_ssim)))
+        finite = np.flatnonzero(np.isfinite(batch_ssim))
+        if self.num_examples > 0 and finite.size:
+            best, worst = finite[np.argmax(batch_ssim[finite])], finite[np.argmin(batch_ssim[finite])]
+            if "best" not in self.extremes or batch_ssim[best] > self.extremes["best"][3]:
+                self.extremes["best"] = example(best)
+            if "worst" not in self.extremes or batch_ssim[worst] < self.extremes["worst"][3]:
+                self.extremes["worst"] = example(worst)
 
     def _write(self, engine: Engine) -> None:
         if not is_main_process() or not self.ssim:
@@ -227,10 +278,11 @@ class ReconstructionReportHandler:
             f"report in {self.output_dir}"
         )
 
-        originals, reconstructions, names, scores = zip(*self.examples, strict=True)
-        plot_reconstructions(
-            list(originals), list(reconstructions), list(names), list(scores), self.output_dir / "reconstructions.png"
-        )
+        candidates = {example[2]: example for example in [*self.examples, *self.extremes.values()]}
+        shown = spread_examples(list(candidates.values()), self.num_examples)
+        if shown:
+            title = report_title(metrics["ssim_mean"], metrics["n"], self.extra_metadata.get("checkpoint"))
+            plot_reconstructions(shown, title, self.output_dir / "reconstructions.png")
         if self.history_file is not None:
             plot_loss_curves(read_history(self.history_file), self.output_dir / "loss_curves.png")
         engine.state.metrics.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

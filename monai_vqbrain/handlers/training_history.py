@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from ..engines.distributed import is_main_process
 from ..utils.io import atomic_write_text
-from ._distributed import is_main_process
 
 
 def read_history(history_file: str | os.PathLike) -> list[dict]:

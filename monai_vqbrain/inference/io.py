@@ -36,11 +36,11 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import EnsureChannelFirst, LoadImage
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 from PIL import Image
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import check_nifti_header
+from monai_vqbrain.data.nifti import kept_slices, read_volume_ras, robust_range, scale_to_unit, volume_plane
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
 from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError
@@ -152,35 +152,6 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
     return list(files)
 
 
-def robust_range(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
-    """The intensities mapped to 0 and 1 by the per-volume scaling used in training.
-
-    The ``lower`` and ``upper`` percentiles; their min and max when the percentiles coincide (a volume that is mostly
-    one value). Equal values mean a constant volume, which scales to all zeros.
-    """
-    low, high = (float(v) for v in np.percentile(volume, [lower, upper]))
-    if high <= low:
-        low, high = float(volume.min()), float(volume.max())
-    return low, high
-
-
-def _orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """nibabel's axis orientation of a 3D volume with this affine, or None when an axis has no direction.
-
-    A singleton axis may have no direction (e.g. a 2D slice saved with a zero slice thickness): it is given a world
-    axis no other voxel axis uses, which cannot change the voxel data since the axis has one voxel.
-    """
-    orientation = io_orientation(affine)
-    undefined = np.isnan(orientation[:, 0])
-    if not undefined.any():
-        return orientation
-    if any(shape[axis] != 1 for axis in np.flatnonzero(undefined)):
-        return None
-    free = [axis for axis in range(3) if axis not in orientation[~undefined, 0]]
-    orientation[undefined] = [[axis, 1.0] for axis in free[: int(undefined.sum())]]
-    return orientation
-
-
 def _check_slice_size(path: Path, plane_shape: tuple[int, int], min_slice_size: int, detail: str = "") -> None:
     if min(plane_shape) < min_slice_size:
         raise ImageFileError(
@@ -263,7 +234,9 @@ class PngInput(InputImage):
         return cls(path, grey.numpy().astype(np.float32), (height, width), peak, dtype)
 
     def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        levels = np.clip(np.rint(reconstruction[0] * self.peak), 0, np.iinfo(self.dtype).max).astype(self.dtype)
+        # a non-finite pixel (reported in the metrics' error column) is written black, not as whatever a cast makes
+        scaled = np.nan_to_num(reconstruction[0] * self.peak, nan=0.0, posinf=0.0, neginf=0.0)
+        levels = np.clip(np.rint(scaled), 0, np.iinfo(self.dtype).max).astype(self.dtype)
         with atomic_path(path, overwrite=overwrite) as tmp:
             Image.fromarray(levels).save(tmp, format="PNG")
 
@@ -321,35 +294,15 @@ class NiftiInput(InputImage):
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
         path = Path(path)
-        spatial_shape = check_nifti_header(path, max_voxels)
-        image = nib.load(str(path))
-        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise ImageFileError(f"'{path}' is a {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
-        try:
-            data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
-        except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
-            raise ImageFileError(f"cannot read the voxels of '{path}' ({err}); the file may be truncated") from err
-        image.uncache()  # the voxels live on in ``data`` and its smaller derivatives only
-        finite = np.isfinite(data)
-        if not finite.all():
-            raise ImageFileError(
-                f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
-                "intensities (replace them, e.g. by 0, before inference)"
-            )
-        volume = data.reshape(spatial_shape + (1,) * (3 - len(spatial_shape)))
-        orientation = _orientation(image.affine, volume.shape)
-        if orientation is None:
-            raise ImageFileError(
-                f"'{path}' has an affine with no clear axis directions ({image.affine.tolist()}); expected a valid "
-                "voxel-to-world affine (qform or sform)"
-            )
-        # the same reorientation as training (MONAI's Orientation to RAS is this nibabel transform)
-        ras = apply_orientation(volume, ornt_transform(orientation, _RAS))
+        # the reader training uses: header checks, NaN check, reorientation to RAS
+        volume = read_volume_ras(path, max_voxels)
+        if not isinstance(volume.image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ImageFileError(f"'{path}' is a {type(volume.image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
+        ras = volume.ras
         low, high = robust_range(ras)
-        scaled = np.zeros_like(ras) if high <= low else np.clip((ras - low) / (high - low), 0.0, 1.0)
-        singleton_axes = [a for a, size in enumerate(ras.shape) if size == 1]
-        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis, as in training
-        axis = singleton_axes[-1] if singleton_axes else slice_axis
+        scaled = scale_to_unit(ras, low, high)
+        # every slice, along the axis training would cut (a 2D image is one slice whatever the slice axis)
+        axis, indices = kept_slices(scaled, slice_axis, (0.0, 1.0), min_foreground=0.0)
         plane_shape = tuple(ras.shape[a] for a in range(3) if a != axis)[::-1]  # rot90 swaps the in-plane axes
         _check_slice_size(
             path,
@@ -357,11 +310,8 @@ class NiftiInput(InputImage):
             min_slice_size,
             f" (its RAS shape is {'x'.join(map(str, ras.shape))}, sliced along RAS axis {axis})",
         )
-        # rot90 puts the anterior/superior end at the top and keeps the patient's right on the right, as in training
-        slices = np.stack([np.rot90(np.take(scaled, i, axis=axis)) for i in range(ras.shape[axis])])
-        return cls(
-            path, np.ascontiguousarray(slices, dtype=np.float32), spatial_shape, image, orientation, axis, low, high
-        )
+        slices = np.concatenate([volume_plane(scaled, axis, i) for i in indices])
+        return cls(path, slices, volume.shape, volume.image, volume.orientation, axis, low, high)
 
     def _to_file_intensities(self, reconstruction: np.ndarray) -> np.ndarray:
         """Slices in ``[0, 1]`` back to a volume in the file's voxel order and intensity scale (float64)."""

@@ -16,6 +16,11 @@ evaluation does (MONAI ``SSIMMetric`` with an 11-pixel Gaussian window and ``PSN
 after padding to a square and resizing to ``image_size``, before the reconstruction is restored to the input's size.
 For a volume, ``ssim`` is the mean over all its slices and ``psnr`` is computed from the mean squared error over all
 its slices.
+
+Not yet MONAI's ``SupervisedEvaluator`` with ``SaveImaged``: a bad file must be named and skipped without stopping the
+run (a MONAI dataset raises), a PNG is written back at its own bit depth and a NIfTI with its own header and data
+type (``SaveImaged`` keeps only the affine), and the slices of many small files share a batch. The padding and
+resizing are the training transforms, undone by their MONAI inverse.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.metrics import SSIMMetric
 from monai.transforms import Compose
 from monai.utils import convert_to_tensor
@@ -121,7 +127,7 @@ class _Prepared:
     image: InputImage  # its full-size slices are released once model_input is made
     model_input: torch.Tensor  # (N, 1, S, S)
     result: FileResult
-    plane_shape: tuple[int, int]  # (H, W) of the input's slices, to restore the reconstruction to
+    operations: list  # the padding and resizing applied, for their inverse to restore the reconstruction
 
 
 class InferenceRunner:
@@ -289,20 +295,20 @@ class InferenceRunner:
             outputs_images.append(decoded.float().clamp(0.0, 1.0).cpu())
         return torch.cat(outputs_codes), torch.cat(outputs_images)
 
-    def _model_input(self, image: InputImage) -> torch.Tensor:
-        # all slices of a file as channels: padding and resizing act on each channel alike
-        resized = self._to_model({"image": torch.from_numpy(image.slices)})["image"]
-        return convert_to_tensor(resized, dtype=torch.float32, track_meta=False)[:, None]
+    def _model_input(self, image: InputImage) -> tuple[torch.Tensor, list]:
+        """A file's slices at model size ``(N, 1, S, S)``, and the record of the padding and resizing done."""
+        # all slices of a file as channels: padding and resizing act on each channel alike; a MetaTensor records them
+        resized = self._to_model({"image": MetaTensor(torch.from_numpy(image.slices))})["image"]
+        return resized.as_tensor().float()[:, None], list(resized.applied_operations)
 
-    @staticmethod
-    def _from_model(reconstruction: torch.Tensor, height: int, width: int) -> np.ndarray:
-        """Undo :class:`ResizeSquared` and :class:`PadToSquared`: ``(N, 1, S, S)`` to ``(N, height, width)``."""
-        side = max(height, width)
-        restored = ResizeSquared("image", size=side)({"image": reconstruction[:, 0]})["image"]
-        restored = convert_to_tensor(restored, track_meta=False).clamp(0.0, 1.0)
-        # SpatialPad's symmetric method puts the smaller half of the padding first
-        top, left = (side - height) // 2, (side - width) // 2
-        return restored[:, top : top + height, left : left + width].numpy()
+    def _from_model(self, reconstruction: torch.Tensor, operations: list) -> np.ndarray:
+        """Undo the padding and resizing ``operations`` recorded: ``(N, 1, S, S)`` to the input's ``(N, H, W)``.
+
+        The inverse of the same :class:`PadToSquared` and :class:`ResizeSquared` steps training uses.
+        """
+        recorded = MetaTensor(reconstruction[:, 0], applied_operations=list(operations))
+        restored = self._to_model.inverse({"image": recorded})["image"]
+        return convert_to_tensor(restored, track_meta=False).clamp(0.0, 1.0).numpy()
 
     # ------------------------------------------------------------------------------------------------------------
     # the run
@@ -326,12 +332,11 @@ class InferenceRunner:
             return result
         result.shape = "x".join(str(s) for s in image.shape)
         result.slices = int(image.slices.shape[0])
-        plane_shape = (int(image.slices.shape[1]), int(image.slices.shape[2]))
-        model_input = self._model_input(image)
+        model_input, operations = self._model_input(image)
         # a file waits for its batch at model size: keeping its full-size pixels would let a few huge inputs
         # hold gigabytes until the batch runs
         image.slices = image.slices[:0]
-        return _Prepared(image=image, model_input=model_input, result=result, plane_shape=plane_shape)
+        return _Prepared(image=image, model_input=model_input, result=result, operations=operations)
 
     def _finish(self, item: _Prepared, codes: torch.Tensor, reconstruction: torch.Tensor) -> FileResult:
         """Score one file at model resolution, then write its reconstruction and code map."""
@@ -354,8 +359,8 @@ class InferenceRunner:
         result.error = "; ".join(problems)
 
         recon_path, codes_path = self.output_paths(image.path)
-        height, width = item.plane_shape
-        image.save_reconstruction(self._from_model(reconstruction, height, width), recon_path, overwrite=self.overwrite)
+        restored = self._from_model(reconstruction, item.operations)
+        image.save_reconstruction(restored, recon_path, overwrite=self.overwrite)
         result.reconstruction = str(recon_path)
         result.code_bits_fixed = round(codes.numel() * math.log2(self.num_embeddings), 3)
         result.code_bits = round(code_information_bits(codes), 3)

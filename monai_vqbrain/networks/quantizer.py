@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..engines.distributed import get_world_size, is_main_process
+
 CODEBOOK_INITS = ("kmeans", "data", "random")
 
 
@@ -38,10 +40,6 @@ class QuantizerOutput(NamedTuple):
     commitment_loss: torch.Tensor
     perplexity: torch.Tensor
     codebook_usage: torch.Tensor
-
-
-def _distributed_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def count_codes(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
@@ -144,7 +142,8 @@ class VectorQuantizer(nn.Module):
         return self._initialized_cache
 
     def _flatten(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.ndim < 3 or latents.shape[1] != self.embedding_dim:
+        # not while tracing (ONNX export): the trace fixes the shapes, and comparing them there only warns
+        if not torch.jit.is_tracing() and (latents.ndim < 3 or latents.shape[1] != self.embedding_dim):
             raise ValueError(
                 f"expected latents of shape (B, {self.embedding_dim}, *spatial), got {tuple(latents.shape)}."
             )
@@ -198,7 +197,7 @@ class VectorQuantizer(nn.Module):
                 sums = torch.zeros_like(codebook).index_add_(0, assignment, sample)
                 # codes that attract no vector keep their previous position
                 codebook = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], codebook)
-        if _distributed_world_size() > 1:
+        if get_world_size() > 1:
             dist.broadcast(codebook, src=0)
         self.embedding.data.copy_(codebook)
         if self.use_ema:
@@ -220,10 +219,10 @@ class VectorQuantizer(nn.Module):
             if restarting
             else flat_latents.new_zeros(0, dim)
         )
-        if _distributed_world_size() > 1:
+        if get_world_size() > 1:
             # one collective per step: counts and sums are summed over ranks, and rank 0's restart candidates
             # are shared by zeroing everyone else's before the sum
-            rank_zero = float(dist.get_rank() == 0)
+            rank_zero = float(is_main_process())
             packed = torch.cat([code_counts, embedding_sum.reshape(-1), replacements.reshape(-1) * rank_zero])
             dist.all_reduce(packed)
             code_counts = packed[:num_codes]

@@ -14,6 +14,8 @@ from .settings import (
     check_settings,
     command_line_overrides,
     config_bundle_root,
+    describe_settings,
+    print_settings,
 )
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "check_settings",
     "command_line_overrides",
     "config_bundle_root",
+    "describe_settings",
+    "print_settings",
     "install_error_hook",
     "local_tracking_uri",
     "network_metadata",

@@ -5,7 +5,8 @@ Exit statuses of a bundle run (``python -m monai.bundle run ...``):
 * 0: success;
 * 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
   or forbidden disk;
-* 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key or a value outside what is allowed;
+* 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is allowed,
+  or a config run without the base config it extends;
 * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
   ``--allow_skipped true``.
 
@@ -16,16 +17,37 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from types import TracebackType
 
-from ..errors import VQBrainError
+from ..errors import SettingError, VQBrainError
 from ..utils.flags import as_bool
 
 #: OSError numbers that describe the user's disk rather than a bug: reported in one line like a bad input
 _DISK_ERRORS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
 )
+
+
+# MONAI's parser: "the referring item `@debug` is not defined in the config content."
+_MISSING_REFERENCE = re.compile(r"referring item `@([^`]+)` is not defined")
+
+
+class MissingBaseConfigError(SettingError):
+    """A config that extends another was run without it: its references to the base config's keys are undefined."""
+
+
+def _missing_base_config(error: BaseException) -> MissingBaseConfigError | None:
+    """The one-line error for a reference to an undefined key, when the running config extends a base config."""
+    match = _MISSING_REFERENCE.search(str(error))
+    if match is None or _STATE["base_config"] is None:
+        return None
+    config, base = _STATE["config"], _STATE["base_config"]
+    return MissingBaseConfigError(
+        f"{config} extends {base} (it has no '{match.group(1)}'): pass both, base first, e.g. "
+        f"--config_file \"['bundle/configs/{base}','bundle/configs/{config}']\""
+    )
 
 
 def _find_user_error(error: BaseException | None) -> BaseException | None:
@@ -36,6 +58,8 @@ def _find_user_error(error: BaseException | None) -> BaseException | None:
             return error
         if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
             return error
+        if isinstance(error, (ValueError, KeyError)) and (missing := _missing_base_config(error)) is not None:
+            return missing
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
@@ -50,32 +74,44 @@ def _one_line(error: BaseException) -> str:
     return f"cannot write '{filename}': {reason}" if filename else reason
 
 
-def install_error_hook(debug: object = False) -> None:
+# one hook per process, whatever the number of calls: a config calls it before and after its base config's keys
+_STATE: dict = {"installed": False, "traceback": False, "config": None, "base_config": None}
+
+
+def install_error_hook(debug: object = False, config: str | None = None, base_config: str | None = None) -> None:
     """Make an uncaught user error print ``error: <message>`` on one line and exit with its status.
 
     Bundle configs call this first in ``initialize``. User errors are :class:`~monai_vqbrain.errors.VQBrainError`
     (exit status ``exit_code``: 1, 2 for a bad setting, 3 for skipped inputs) and disk errors (full, read-only,
-    permission denied; status 1). Any other exception keeps Python's usual traceback.
+    permission denied; status 1). Any other exception keeps Python's usual traceback. Calling it again updates the
+    settings of the one hook.
 
     Args:
         debug: True (``--debug true``) keeps full tracebacks for user errors too, as does the environment
             variable ``MONAI_VQBRAIN_TRACEBACK=1``.
+        config: the file name of the config that calls this, when it extends ``base_config``.
+        base_config: the config ``config`` extends (``train.json``): a reference to a key it does not define is
+            then reported as running ``config`` without its base config, in one line, instead of MONAI's traceback.
     """
-    previous_hook = sys.excepthook
-    # the hook goes in first, so that a bad --debug value is itself reported in one line
-    show_traceback = [bool(os.environ.get("MONAI_VQBRAIN_TRACEBACK"))]
+    if config is not None:
+        _STATE["config"], _STATE["base_config"] = config, base_config
+    if not _STATE["installed"]:
+        previous_hook = sys.excepthook
 
-    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
-        user_error = _find_user_error(error)
-        if user_error is None or show_traceback[0]:
-            previous_hook(kind, error, traceback)
-            if user_error is None:
-                return
-        else:
-            print(f"error: {_one_line(user_error)}", file=sys.stderr)
-            sys.stderr.flush()
-        # SystemExit raised by sys.excepthook sets the interpreter's exit status
-        raise SystemExit(getattr(user_error, "exit_code", 1))
+        def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+            user_error = _find_user_error(error)
+            if user_error is None or _STATE["traceback"]:
+                previous_hook(kind, error, traceback)
+                if user_error is None:
+                    return
+            else:
+                print(f"error: {_one_line(user_error)}", file=sys.stderr)
+                sys.stderr.flush()
+            # SystemExit raised by sys.excepthook sets the interpreter's exit status
+            raise SystemExit(getattr(user_error, "exit_code", 1))
 
-    sys.excepthook = hook
-    show_traceback[0] = show_traceback[0] or as_bool(debug, "debug")
+        # the hook goes in first, so that a bad --debug value is itself reported in one line
+        sys.excepthook = hook
+        _STATE["installed"] = True
+    _STATE["traceback"] = bool(os.environ.get("MONAI_VQBRAIN_TRACEBACK"))
+    _STATE["traceback"] = _STATE["traceback"] or as_bool(debug, "debug")
