@@ -407,7 +407,7 @@ def evaluate_generation(
     real_images: int = 512,
     classifier: bool = True,
     classifier_folds: int = 5,
-    classifier_epochs: int = 6,
+    classifier_epochs: int = 10,
     bootstrap: int = 1000,
     fd_bootstrap: int = 50,
     seed: int = 0,
@@ -456,8 +456,8 @@ def evaluate_generation(
         real_images: the real test images (evenly spaced over the split; all when it has fewer) kept for the
             classifier tests, and as many training images; the subjects are split in halves among them for the
             reconstruction reference, so twice the sample count gives that reference as many images as the others.
-        classifier: run the classifier two-sample tests (the slowest metric: one test took 14-80 s of wall time,
-            17-45 CPU-seconds, at 256 images a side of 128x128 with 5 folds on a 2-core CPU shared with other jobs);
+        classifier: run the classifier two-sample tests (the slowest metric: one test took 16-18 s of wall time at
+            256 images a side of 128x128 with 5 folds and 10 epochs on our 2-core CPU, 43 s for all three);
             False leaves their entries None.
         classifier_folds: cross-validation folds of the classifier tests.
         classifier_epochs: training epochs per fold.

@@ -118,41 +118,38 @@ def assign_folds(
 
 
 class RealismClassifier(torch.nn.Module):
-    """The detector: a 4x4 space-to-depth, strided 3x3 convolutions (each halving the size), global average
-    pooling and a logit.
+    """The detector: the image at half resolution, four 3x3 convolution blocks each followed by 2x2 max pooling,
+    global average pooling and a logit.
 
-    Deliberately small (about 60 k weights) and briefly trained: it should notice what a person would (blur,
-    noise, wrong shapes and textures) rather than memorise individual subjects. The space-to-depth step
-    (``PixelUnshuffle``) moves each 4x4 patch into 16 channels: it loses nothing (fine texture and blur stay
-    visible to the first convolution) and makes training about 15x faster on a CPU than convolving the full-size
-    image with a few channels. Images whose size is not a multiple of 4 are zero-padded at the bottom and right,
-    alike on both sides.
+    Small (about 60 k weights) and briefly trained, so that it notices what a person would (wrong shapes and
+    layouts, missing folds and ventricles, blur and texture) rather than memorising subjects. Stride-1
+    convolutions with max pooling see the arrangement of structures that decide realism: on the demo data, a
+    first design of strided convolutions over a 4x4 space-to-depth view scored 0.70 for prior samples that a person
+    rejects at a glance (no folds, no ventricles), against 0.97 for this one, while two real sets of other subjects
+    stay at 0.5 for both. The 2x average pooling first halves the cost; both sides go through it alike.
 
     Args:
-        channels: output channels of each strided convolution.
+        channels: output channels of each convolution block.
         dropout: dropout before the final linear layer.
     """
 
-    patch = 4
-
-    def __init__(self, channels: Sequence[int] = (32, 64, 64), dropout: float = 0.25) -> None:
+    def __init__(self, channels: Sequence[int] = (16, 32, 64, 64), dropout: float = 0.25) -> None:
         super().__init__()
-        layers: list[torch.nn.Module] = [torch.nn.PixelUnshuffle(self.patch)]
-        previous = self.patch * self.patch
+        # ceil_mode: images down to a few pixels (the tests' 32x32) keep at least one pixel through every pooling
+        layers: list[torch.nn.Module] = [torch.nn.AvgPool2d(2, ceil_mode=True)]
+        previous = 1
+        act = ("leakyrelu", {"negative_slope": 0.2})
         for out in channels:
             # batch norm brings faint features (noise, fine texture) to unit scale, so a few epochs learn them; it
             # keeps intensity differences between images (instance norm would remove them, and they are a tell)
-            act = ("leakyrelu", {"negative_slope": 0.2})
-            layers.append(Convolution(2, previous, int(out), strides=2, kernel_size=3, act=act, norm="batch"))
+            layers.append(Convolution(2, previous, int(out), kernel_size=3, act=act, norm="batch"))
+            layers.append(torch.nn.MaxPool2d(2, ceil_mode=True))
             previous = int(out)
         self.features = torch.nn.Sequential(*layers)
         self.head = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(previous, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` that an image belongs to the second set, for images ``(B, 1, S, S)``."""
-        pad = (-images.shape[-1]) % self.patch
-        if pad:
-            images = torch.nn.functional.pad(images, (0, pad, 0, pad))
         return self.head(self.features(images).mean(dim=(2, 3))).reshape(-1)
 
 
@@ -222,7 +219,7 @@ def classifier_two_sample_test(
     first_groups: Sequence[Any] | None = None,
     second_groups: Sequence[Any] | None = None,
     folds: int = 5,
-    epochs: int = 6,
+    epochs: int = 10,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
