@@ -138,11 +138,13 @@ def _frechet_distance_from_samples(a: torch.Tensor, b: torch.Tensor) -> float:
 def bootstrap_frechet_interval(
     features_a: torch.Tensor, features_b: torch.Tensor, resamples: int = 50, seed: int = 0
 ) -> list[float] | None:
-    """A 95% percentile-bootstrap interval of the Fréchet distance: both sets resampled with replacement.
+    """A 95% bias-corrected bootstrap interval of the Fréchet distance: both sets resampled with replacement.
 
-    Repeated vectors shrink a resample's effective size and the distance grows as the size shrinks, so the
-    interval sits a little above the point estimate: it shows the spread of the estimate at this sample count, not
-    an unbiased interval of the population distance.
+    Repeated vectors shrink a resample's effective size and the distance grows as the size shrinks, so the raw
+    bootstrap distances sit above the point estimate (on the demo data the raw percentile interval did not even
+    contain it). The percentiles are therefore shifted down by that bootstrap bias (the mean of the resampled
+    distances minus the point estimate) and clipped at 0: the interval shows the spread of the estimate at this
+    sample count, centred where the estimate is.
 
     Returns:
         ``[low, high]``, or None with fewer than 2 resamples or fewer than 2 vectors in a set.
@@ -156,8 +158,9 @@ def bootstrap_frechet_interval(
         pick_a = torch.randint(len(a), (len(a),), generator=generator)
         pick_b = torch.randint(len(b), (len(b),), generator=generator)
         values.append(_frechet_distance_from_samples(a[pick_a], b[pick_b]))
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [float(low), float(high)]
+    bias = float(np.mean(values)) - _frechet_distance_from_samples(a, b)
+    low, high = np.percentile(values, [2.5, 97.5]) - bias
+    return [max(float(low), 0.0), max(float(high), 0.0)]
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float | None:
