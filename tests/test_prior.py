@@ -18,7 +18,7 @@ from monai.metrics import FIDMetric
 from PIL import Image
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, OutputPathError
+from monai_vqbrain.errors import CheckpointError, OutputPathError, SettingError
 from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
@@ -37,9 +37,11 @@ from monai_vqbrain.prior import (
     parse_slice_index,
     position_channels,
     position_map,
+    write_samples,
 )
 from monai_vqbrain.prior import codes as codes_module
 from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
+from monai_vqbrain.workflows import check_settings
 
 TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
 GENERATE = [TRAIN, str(CONFIGS / "generate.json")]
@@ -408,6 +410,30 @@ def test_generated_png_and_nifti_hold_the_same_image(generated):
     # the package's own NIfTI reader shows it the way the PNG shows it (up to its per-volume intensity scaling)
     (item,) = load_nifti_slices([generated / "sample_001.nii.gz"], min_foreground=0.0)
     assert np.corrcoef(item["image"][0].ravel(), png.ravel())[0, 1] > 0.99
+
+
+def _world_of_voxel(image: nib.Nifti1Image, voxel) -> np.ndarray:
+    return nib.affines.apply_affine(image.affine, voxel)
+
+
+def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, tmp_path):
+    image = nib.load(generated / "sample_000.nii.gz")
+    # default: 1 mm pixels, as both the sform and the qform (what ITK/FSL read) say, in RAS voxel order
+    assert image.header.get_zooms() == (1.0, 1.0, 1.0) and image.header.get_xyzt_units()[0] == "mm"
+    assert int(image.header["sform_code"]) > 0 and int(image.header["qform_code"]) > 0
+    np.testing.assert_allclose(image.get_qform(), image.get_sform())
+    assert "".join(nib.aff2axcodes(image.affine)) == "RAS"
+    np.testing.assert_allclose(_world_of_voxel(image, [15.5, 15.5, 0]), [0.0, 0.0, 0.0])  # centre of the 32x32 slice
+    # another pixel size (the training images' one, when known) scales the affine and keeps the image
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    write_samples(tmp_path / "half", images, pixel_spacing=0.5)
+    half = nib.load(tmp_path / "half" / "sample_001.nii.gz")
+    assert half.header.get_zooms() == (0.5, 0.5, 0.5) and "".join(nib.aff2axcodes(half.affine)) == "RAS"
+    np.testing.assert_allclose(_world_of_voxel(half, [31, 31, 0]) - _world_of_voxel(half, [0, 0, 0]), [15.5, 15.5, 0])
+    np.testing.assert_allclose(np.rot90(half.get_fdata()[:, :, 0]), images[1, 0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="pixel_spacing"):
+        write_samples(tmp_path / "bad", images, pixel_spacing=0.0)
+    user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0}, [])
 
 
 def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):

@@ -32,6 +32,7 @@ from .generate import (
     load_prior,
     plot_sample_grid,
     prior_summary,
+    sample_affine,
     sample_class_labels,
     write_samples,
 )
@@ -105,5 +106,6 @@ __all__ = [
     "slice_groups",
     "training_loss",
     "vqvae_fingerprint",
+    "sample_affine",
     "write_samples",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "load_prior",
     "plot_sample_grid",
     "prior_summary",
+    "sample_affine",
     "sample_class_labels",
     "write_samples",
 ]
@@ -211,19 +212,44 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.rint(image.detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False) -> list[str]:
+def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
+    """The voxel-to-world (RAS, mm) affine of a generated ``(size, size, 1)`` axial slice.
+
+    Diagonal, so viewers show the slice in RAS orientation with square ``pixel_spacing`` mm pixels (and as thick);
+    the image centre sits at the world origin, as the samples stand for no particular scanner position.
+
+    Args:
+        size: the image size ``S`` in pixels.
+        pixel_spacing: the pixel size in mm.
+
+    Raises:
+        ValueError: for a spacing that is not a finite positive number.
+    """
+    spacing = float(pixel_spacing)
+    if not (math.isfinite(spacing) and spacing > 0.0):
+        raise ValueError(f"pixel_spacing must be a finite number of mm > 0, got {pixel_spacing!r}.")
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:2, 3] = -spacing * (size - 1) / 2.0
+    return affine
+
+
+def write_samples(
+    output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False, pixel_spacing: float = 1.0
+) -> list[str]:
     """Write each image ``(1, S, S)`` as ``sample_<i>.png`` (8-bit grey) and ``sample_<i>.nii.gz`` (float32).
 
     The arrays are in display orientation, rows as the PNG shows them (as the package's readers return slices).
-    The NIfTI volume is ``(S, S, 1)`` with an identity (RAS, 1 mm) affine, rotated as
-    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image. Every file is
-    written atomically.
+    The NIfTI volume is an axial slice ``(S, S, 1)`` in RAS voxel order, rotated as
+    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image; its affine (qform
+    and sform) has ``pixel_spacing`` mm pixels and slice thickness and puts the image centre at the world origin (see
+    :func:`sample_affine`). Every file is written atomically.
 
     Args:
         output_dir: the folder to write to.
         images: the samples, ``(N, 1, S, S)`` in [0, 1].
         overwrite: replace the files of an earlier run, removing its sample files first so the folder holds exactly
             this run's samples; without it a folder holding generated files is refused.
+        pixel_spacing: the pixel size in mm (the training images' pixel size, when known).
 
     Raises:
         OutputPathError: when ``output_dir`` holds an earlier run's files and not ``overwrite``.
@@ -237,6 +263,7 @@ def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite
     for stale in _earlier_outputs(output_dir):
         if _SAMPLE_FILE.match(stale.name):
             stale.unlink()
+    affine = sample_affine(images.shape[-1], pixel_spacing)
     digits = max(3, len(str(len(images) - 1)))
     names = []
     for index, image in enumerate(images):
@@ -246,7 +273,10 @@ def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite
             Image.fromarray(_to_uint8(image[0]), mode="L").save(tmp, format="PNG")
         # load_nifti_slices shows a volume's plane as np.rot90(plane); undo it so a round trip is the identity
         volume = np.ascontiguousarray(np.rot90(plane, k=-1)[:, :, None], dtype=np.float32)
-        nifti = nib.Nifti1Image(volume, affine=np.eye(4))
+        nifti = nib.Nifti1Image(volume, affine=affine)
+        # both transforms, so readers that prefer the qform (ITK, FSL) place the slice like those reading the sform
+        nifti.set_qform(affine, code=2)
+        nifti.set_sform(affine, code=2)
         nifti.header.set_xyzt_units("mm")
         with atomic_path(output_dir / f"{stem}.nii.gz") as tmp:
             nib.save(nifti, str(tmp))
@@ -347,6 +377,7 @@ class BrainGenerator:
         progress: show a progress bar while sampling.
         overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
             folder is refused before anything is sampled.
+        pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine (see :func:`sample_affine`).
     """
 
     def __init__(
@@ -372,6 +403,7 @@ class BrainGenerator:
         device: str | torch.device | None = None,
         progress: bool = False,
         overwrite: bool = False,
+        pixel_spacing: float = 1.0,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -400,6 +432,8 @@ class BrainGenerator:
         self.device = device
         self.progress = as_bool(progress, "progress")
         self.overwrite = as_bool(overwrite, "overwrite")
+        sample_affine(self.image_size, pixel_spacing)  # a bad spacing fails here, before anything is sampled
+        self.pixel_spacing = float(pixel_spacing)
 
     def check(self) -> None:
         """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
@@ -469,7 +503,7 @@ class BrainGenerator:
         seconds = time.perf_counter() - start
         logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
 
-        names = write_samples(self.output_dir, images, overwrite=self.overwrite)
+        names = write_samples(self.output_dir, images, overwrite=self.overwrite, pixel_spacing=self.pixel_spacing)
         # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
         shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
         shown = shown.astype(int).tolist()
