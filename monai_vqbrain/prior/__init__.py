@@ -28,7 +28,9 @@ from .codes import (
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
     BrainGenerator,
+    GenerationEvaluator,
     decode_codes,
+    generation_log_values,
     load_prior,
     plot_sample_grid,
     prior_summary,
@@ -65,6 +67,8 @@ __all__ = [
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
     "BrainGenerator",
+    "GenerationEvaluator",
+    "generation_log_values",
     "CodeAccuracyMetric",
     "CodeDataset",
     "CodeNLLMetric",

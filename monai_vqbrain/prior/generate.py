@@ -17,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine
 from PIL import Image
 
 from ..data.datasets import get_dataset
@@ -38,6 +39,8 @@ from .metrics import evaluate_generation
 
 __all__ = [
     "BrainGenerator",
+    "GenerationEvaluator",
+    "generation_log_values",
     "decode_codes",
     "load_prior",
     "plot_sample_grid",
@@ -549,3 +552,59 @@ class BrainGenerator:
             self._plot_nearest(images, names, train, quality["memorisation_per_sample"])
         atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(metrics, indent=2))
         return metrics
+
+
+def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a ``generation_metrics.json`` that a tracker logs as metrics.
+
+    Every finite number at the top level (FDs, diversity, memorisation, classifier AUCs and their spreads, sampling
+    seconds, the prior's bits per code, ...), and each ``*_ci95`` interval as ``<key>_low`` and ``<key>_high``;
+    entries that are None (a metric not computed), flags, texts and per-sample lists are left out, as a tracker only
+    takes numbers.
+
+    Args:
+        metrics: the generation metrics, as :meth:`BrainGenerator.run` returns them.
+    """
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    values: dict[str, float] = {}
+    for key, value in metrics.items():
+        if number(value):
+            values[key] = float(value)
+        elif key.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
+            for side, bound in zip(("low", "high"), value, strict=True):
+                if number(bound):
+                    values[f"{key}_{side}"] = float(bound)
+    return values
+
+
+class GenerationEvaluator(Engine):
+    """Generating as an Ignite engine, so MONAI's event handlers (``MLFlowHandler`` of ``--tracking mlflow``,
+    ``StatsHandler``, ...) attach to it as they do to the evaluators of the other workflows.
+
+    One epoch of one iteration runs the generator (:meth:`BrainGenerator.run`); the iteration's output is the
+    generation metrics, and their numbers (:func:`generation_log_values`) become ``state.metrics``, which handlers
+    read at the end of the epoch. Its files are written by then, so handlers can log them when the run completes.
+
+    Args:
+        generator: the configured generator.
+        val_handlers: handlers to attach (each has an ``attach(engine)`` method), like a MONAI evaluator's.
+    """
+
+    def __init__(self, generator: BrainGenerator, val_handlers: Sequence[Any] | None = None) -> None:
+        super().__init__(self._generate)
+        self.generator = generator
+        for handler in val_handlers or []:
+            handler.attach(self)
+
+    def _generate(self, engine: Engine, batch: Any) -> dict[str, Any]:
+        metrics = self.generator.run()
+        engine.state.metrics.update(generation_log_values(metrics))
+        return metrics
+
+    def run(self) -> dict[str, Any]:  # type: ignore[override]
+        """Generate once (one epoch of one iteration); return the generation metrics."""
+        state = super().run([None], max_epochs=1)
+        return state.output
