@@ -468,6 +468,9 @@ def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root,
     torch.save(prior, models / "other_prior.pt")
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "other_prior.pt"))
+    # generate.json's prior_def set to other settings than the checkpoint records
+    user_error(CheckpointError, "records channels=8 (configured: 16): set prior_def#channels", generate, tmp_path, demo_root,
+               **{"prior_def#channels": 16})
     # a VQ-VAE with another codebook
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        **{"network_def#num_embeddings": 64})

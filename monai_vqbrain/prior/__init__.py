@@ -34,6 +34,7 @@ from .generate import (
     load_prior,
     plot_sample_grid,
     prior_summary,
+    read_prior_settings,
     sample_affine,
     sample_class_labels,
     write_samples,
@@ -110,6 +111,7 @@ __all__ = [
     "slice_groups",
     "training_loss",
     "vqvae_fingerprint",
+    "read_prior_settings",
     "sample_affine",
     "write_samples",
 ]

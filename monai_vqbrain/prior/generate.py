@@ -36,6 +36,7 @@ from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
 from .figures import plot_nearest_training_slices
 from .metrics import evaluate_generation
+from .trainer import prior_network_settings
 
 __all__ = [
     "BrainGenerator",
@@ -45,6 +46,7 @@ __all__ = [
     "load_prior",
     "plot_sample_grid",
     "prior_summary",
+    "read_prior_settings",
     "sample_affine",
     "sample_class_labels",
     "write_samples",
@@ -96,30 +98,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def load_prior(
-    checkpoint: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    vqvae: torch.nn.Module | None = None,
-    vqvae_sha256: str | None = None,
-    image_size: int | None = None,
-) -> tuple[GatedPixelCNN, dict[str, Any]]:
-    """Build a prior from its checkpoint alone (its metadata records the architecture) and check it fits the VQ-VAE.
-
-    Args:
-        checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
-        device: where to put the network.
-        vqvae: the VQ-VAE whose codes will be decoded; its codebook size must be the prior's.
-        vqvae_sha256: the fingerprint of that VQ-VAE's checkpoint; it must be the one the prior was trained over.
-        image_size: the configured image size; it must be the one the prior's code maps came from.
-
-    Returns:
-        The prior in eval mode and its checkpoint metadata.
-
-    Raises:
-        CheckpointError: naming the file when it is missing, not a prior checkpoint, holds weights of another
-            architecture than its metadata says, or does not fit the VQ-VAE or the image size.
-    """
-    path = Path(checkpoint)
+def _read_prior_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's."""
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
     saved = load_checkpoint(path)
@@ -130,10 +110,75 @@ def load_prior(
             f"'{path}' is not a prior checkpoint: its metadata describes network={metadata.get('network')!r}, not a "
             f"{GatedPixelCNN.__name__} (was the VQ-VAE's model.pt given?); use the prior.pt written by training_prior."
         )
-    try:
-        network = GatedPixelCNN(**settings)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    return saved, metadata, settings
+
+
+def read_prior_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`~monai_vqbrain.networks.GatedPixelCNN` arguments a prior checkpoint's metadata records.
+
+    ``generate.json``'s ``prior_def`` takes its defaults from them, so a prior trained with other ``prior_def#...``
+    settings (or ``prior_large.json``) generates without repeating them.
+
+    Args:
+        checkpoint: the prior's checkpoint, ``<ckpt_dir>/prior.pt``.
+
+    Raises:
+        CheckpointError: naming the file when it is missing or not a prior checkpoint.
+    """
+    return dict(_read_prior_checkpoint(Path(checkpoint))[2])
+
+
+# settings of a prior that change its weights or what it computes; dropout is off when sampling, so it may differ
+_CHECKED_PRIOR_SETTINGS = (
+    "spatial_dims", "num_embeddings", "out_channels", "channels", "num_layers", "kernel_size", "num_classes",
+    "cond_channels",
+)
+
+
+def load_prior(
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    vqvae: torch.nn.Module | None = None,
+    vqvae_sha256: str | None = None,
+    image_size: int | None = None,
+    network: GatedPixelCNN | None = None,
+) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    """Load a prior's weights into the configured network (or one built from the checkpoint's metadata), checking
+    the network against that metadata and the prior against the VQ-VAE.
+
+    Args:
+        checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
+        device: where to put the network.
+        vqvae: the VQ-VAE whose codes will be decoded; its codebook size must be the prior's.
+        vqvae_sha256: the fingerprint of that VQ-VAE's checkpoint; it must be the one the prior was trained over.
+        image_size: the configured image size; it must be the one the prior's code maps came from.
+        network: the configured prior (``generate.json``'s ``prior_def``); its settings must be those the
+            checkpoint's metadata records. None builds the network from that metadata.
+
+    Returns:
+        The prior in eval mode and its checkpoint metadata.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, not a prior checkpoint, records other settings than the
+            configured network's, holds weights of another architecture than its metadata says, or does not fit
+            the VQ-VAE or the image size.
+    """
+    path = Path(checkpoint)
+    saved, metadata, settings = _read_prior_checkpoint(path)
+    if network is None:
+        try:
+            network = GatedPixelCNN(**settings)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    else:
+        configured = prior_network_settings(network)
+        differing = [k for k in _CHECKED_PRIOR_SETTINGS if k in settings and settings[k] != configured.get(k)]
+        if differing:
+            found = ", ".join(f"{k}={settings[k]!r} (configured: {configured.get(k)!r})" for k in differing)
+            raise CheckpointError(
+                f"prior checkpoint '{path}' records {found}: set prior_def#{differing[0]} to the checkpoint's value, "
+                f"or leave prior_def to the checkpoint's metadata."
+            )
     frequencies = int(metadata.get("position_frequencies") or 0)
     if settings.get("cond_channels") != position_channels(frequencies):
         raise CheckpointError(
@@ -266,6 +311,8 @@ def write_samples(
     for stale in _earlier_outputs(output_dir):
         if _SAMPLE_FILE.match(stale.name):
             stale.unlink()
+    # not MONAI's SaveImage: its writers save straight to the final path, so a killed run would leave a truncated
+    # sample beside complete ones; atomic_path keeps every file whole (written aside, then renamed)
     affine = sample_affine(images.shape[-1], pixel_spacing)
     digits = max(3, len(str(len(images) - 1)))
     names = []
@@ -381,6 +428,8 @@ class BrainGenerator:
         overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
             folder is refused before anything is sampled.
         pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine (see :func:`sample_affine`).
+        prior: the configured prior network, checked against the checkpoint's metadata before its weights are
+            loaded (see :func:`load_prior`); None builds it from that metadata.
     """
 
     def __init__(
@@ -407,6 +456,7 @@ class BrainGenerator:
         progress: bool = False,
         overwrite: bool = False,
         pixel_spacing: float = 1.0,
+        prior: GatedPixelCNN | None = None,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -437,6 +487,7 @@ class BrainGenerator:
         self.overwrite = as_bool(overwrite, "overwrite")
         sample_affine(self.image_size, pixel_spacing)  # a bad spacing fails here, before anything is sampled
         self.pixel_spacing = float(pixel_spacing)
+        self.prior = prior
 
     def check(self) -> None:
         """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
@@ -476,6 +527,7 @@ class BrainGenerator:
             vqvae=model,
             vqvae_sha256=vqvae_fingerprint(self.vqvae_checkpoint),
             image_size=self.image_size,
+            network=self.prior,
         )
         code_size = tuple(int(s) for s in metadata.get("code_size") or [self.image_size // model.downsample_factor] * 2)
         labels = sample_class_labels(metadata, self.num_samples, self.class_labels)
@@ -580,6 +632,10 @@ def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
+def _not_ignite_termination(record: logging.LogRecord) -> bool:
+    return "is terminating due to exception" not in record.getMessage()
+
+
 class GenerationEvaluator(Engine):
     """Generating as an Ignite engine, so MONAI's event handlers (``MLFlowHandler`` of ``--tracking mlflow``,
     ``StatsHandler``, ...) attach to it as they do to the evaluators of the other workflows.
@@ -595,6 +651,9 @@ class GenerationEvaluator(Engine):
 
     def __init__(self, generator: BrainGenerator, val_handlers: Sequence[Any] | None = None) -> None:
         super().__init__(self._generate)
+        # Ignite logs every error twice as it ends the run, before re-raising it; the error still reaches the caller
+        # (and the bundle's one-line error report), so those lines only repeat it
+        self.logger.addFilter(_not_ignite_termination)  # one function: added once to Ignite's shared logger
         self.generator = generator
         for handler in val_handlers or []:
             handler.attach(self)
