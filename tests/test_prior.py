@@ -401,6 +401,17 @@ def test_bootstrap_intervals_bracket_their_estimates():
     assert mean == pytest.approx(mean_pairwise_ssim(images)) and low <= mean <= high
 
 
+def test_generation_is_measured_on_the_configured_test_dataset(prior_root, demo_root, tmp_path):
+    # generate.json declares the real slices it measures against (test#dataset, as evaluate.json does): a config
+    # override of that dataset is what the metrics see
+    copy_models(prior_root, tmp_path)
+    out = generate(tmp_path, demo_root, generation_metrics=True, generation_classifier=False,
+                   **{"test#dataset#data": "$@test#datalist[:3]", "generation_train#dataset#data": "$@generation_train#datalist[:5]"})
+    metrics = json.loads((out / "generation_metrics.json").read_text())
+    assert metrics["num_test_images"] == 3 and metrics["num_train_images"] == 5
+    assert math.isfinite(metrics["fd_generated_vs_test"])
+
+
 def test_generated_png_and_nifti_hold_the_same_image(generated):
     png = np.asarray(Image.open(generated / "sample_001.png"), dtype=np.float32) / 255.0
     assert png.shape == (32, 32)

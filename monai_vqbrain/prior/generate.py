@@ -415,7 +415,8 @@ class BrainGenerator:
         batch_size: samples drawn at once (None: all).
         history_file: the prior's training history (for the validation accuracy at its best epoch).
         dataset_kwargs: :func:`~monai_vqbrain.data.get_dataset` arguments to read the real train and test splits
-            for the quality metrics; None skips them.
+            for the quality metrics (those not given as ``train_dataset`` / ``test_dataset``); None skips the metrics
+            unless both datasets are given.
         compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
         metrics_batch_size: images per batch when reading the real splits.
         grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
@@ -428,6 +429,11 @@ class BrainGenerator:
         overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
             folder is refused before anything is sampled.
         pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine (see :func:`sample_affine`).
+        train_dataset: the real training slices the samples are compared with (memorisation, references), items
+            ``{"image": (1, S, S), "name": str}`` (``generate.json``: ``generation_train#dataset``); None reads the
+            split with ``dataset_kwargs``.
+        test_dataset: the real test slices the samples are measured against (``generate.json``: ``test#dataset``,
+            as in ``evaluate.json``); None reads the split with ``dataset_kwargs``.
         prior: the configured prior network, checked against the checkpoint's metadata before its weights are
             loaded (see :func:`load_prior`); None builds it from that metadata.
     """
@@ -457,6 +463,8 @@ class BrainGenerator:
         overwrite: bool = False,
         pixel_spacing: float = 1.0,
         prior: GatedPixelCNN | None = None,
+        train_dataset: Any | None = None,
+        test_dataset: Any | None = None,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -488,6 +496,8 @@ class BrainGenerator:
         sample_affine(self.image_size, pixel_spacing)  # a bad spacing fails here, before anything is sampled
         self.pixel_spacing = float(pixel_spacing)
         self.prior = prior
+        self.train_dataset = train_dataset
+        self.test_dataset = test_dataset
 
     def check(self) -> None:
         """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
@@ -582,10 +592,11 @@ class BrainGenerator:
             "vqvae_checkpoint": str(self.vqvae_checkpoint),
             **prior_summary(metadata, self.history_file),
         }
-        if self.compute_metrics and self.dataset_kwargs is not None:
-            kwargs = {**self.dataset_kwargs, "image_size": self.image_size, "cache_rate": 0.0}
-            train = get_dataset(split="train", **kwargs)
-            test = get_dataset(split="test", **kwargs)
+        datasets_given = self.train_dataset is not None and self.test_dataset is not None
+        if self.compute_metrics and (datasets_given or self.dataset_kwargs is not None):
+            kwargs = {**(self.dataset_kwargs or {}), "image_size": self.image_size, "cache_rate": 0.0}
+            train = self.train_dataset if self.train_dataset is not None else get_dataset(split="train", **kwargs)
+            test = self.test_dataset if self.test_dataset is not None else get_dataset(split="test", **kwargs)
             quality = evaluate_generation(
                 images,
                 model,
@@ -593,7 +604,7 @@ class BrainGenerator:
                 test,
                 sample_names=names,
                 batch_size=self.metrics_batch_size,
-                num_workers=int(self.dataset_kwargs.get("num_workers", 0) or 0),
+                num_workers=int((self.dataset_kwargs or {}).get("num_workers", 0) or 0),
                 fd_grid=self.fd_grid,
                 real_images=self.real_images,
                 classifier=self.classifier,
