@@ -19,7 +19,7 @@ from PIL import Image
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
 from monai_vqbrain.errors import CheckpointError, OutputPathError, SettingError
-from monai_vqbrain.networks import VQVAE
+from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
     CodeDataset,
@@ -32,11 +32,13 @@ from monai_vqbrain.prior import (
     file_sha256,
     frechet_distance,
     load_or_encode_codes,
+    load_prior,
     load_vqvae,
     mean_pairwise_ssim,
     parse_slice_index,
     position_channels,
     position_map,
+    prior_network_settings,
     write_samples,
 )
 from monai_vqbrain.prior import codes as codes_module
@@ -485,6 +487,15 @@ def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root,
     # a VQ-VAE with another codebook
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        **{"network_def#num_embeddings": 64})
+
+
+def test_prior_of_another_codebook_is_named_as_such(prior_root):
+    # a configured prior_def over the new VQ-VAE's codebook: the message names the VQ-VAE, not a prior_def key
+    other = VQVAE(**{**TINY_NETWORK, "num_embeddings": 64})
+    prior = load_prior(prior_root / "models" / "prior.pt")[0]
+    configured = GatedPixelCNN(**{**prior_network_settings(prior), "num_embeddings": 64})
+    user_error(CheckpointError, "models 32 codes but the VQ-VAE configured here has num_embeddings=64",
+               load_prior, prior_root / "models" / "prior.pt", vqvae=other, network=configured)
 
 
 def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_root, tmp_path):

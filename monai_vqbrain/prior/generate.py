@@ -135,6 +135,15 @@ _CHECKED_PRIOR_SETTINGS = (
 )
 
 
+def _check_codebook(path: Path, vqvae: torch.nn.Module, num_embeddings: int) -> None:
+    codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
+    if codebook is not None and codebook != num_embeddings:
+        raise CheckpointError(
+            f"prior checkpoint '{path}' models {num_embeddings} codes but the VQ-VAE configured here has "
+            f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
+        )
+
+
 def load_prior(
     checkpoint: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -165,6 +174,8 @@ def load_prior(
     """
     path = Path(checkpoint)
     saved, metadata, settings = _read_prior_checkpoint(path)
+    if vqvae is not None:  # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
+        _check_codebook(path, vqvae, int(settings.get("num_embeddings") or 0))
     if network is None:
         try:
             network = GatedPixelCNN(**settings)
@@ -190,14 +201,6 @@ def load_prior(
     check_finite_weights(network_state_dict(saved), str(path))
     network.load_state_dict(network_state_dict(saved))
 
-    if vqvae is not None:
-        model = getattr(vqvae, "module", vqvae)
-        codebook = getattr(model, "num_embeddings", None)
-        if codebook is not None and codebook != network.num_embeddings:
-            raise CheckpointError(
-                f"prior checkpoint '{path}' models {network.num_embeddings} codes but the VQ-VAE configured here has "
-                f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
-            )
     if image_size is not None and "image_size" in metadata and int(metadata["image_size"]) != int(image_size):
         raise CheckpointError(
             f"prior checkpoint '{path}' was trained on the codes of {metadata['image_size']}-pixel images, but "
