@@ -18,8 +18,8 @@ from monai.metrics import FIDMetric
 from PIL import Image
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, OutputPathError
-from monai_vqbrain.networks import VQVAE
+from monai_vqbrain.errors import CheckpointError, OutputPathError, SettingError
+from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
     CodeDataset,
@@ -32,14 +32,18 @@ from monai_vqbrain.prior import (
     file_sha256,
     frechet_distance,
     load_or_encode_codes,
+    load_prior,
     load_vqvae,
     mean_pairwise_ssim,
     parse_slice_index,
     position_channels,
     position_map,
+    prior_network_settings,
+    write_samples,
 )
 from monai_vqbrain.prior import codes as codes_module
 from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
+from monai_vqbrain.workflows import check_settings
 
 TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
 GENERATE = [TRAIN, str(CONFIGS / "generate.json")]
@@ -399,6 +403,17 @@ def test_bootstrap_intervals_bracket_their_estimates():
     assert mean == pytest.approx(mean_pairwise_ssim(images)) and low <= mean <= high
 
 
+def test_generation_is_measured_on_the_configured_test_dataset(prior_root, demo_root, tmp_path):
+    # generate.json declares the real slices it measures against (test#dataset, as evaluate.json does): a config
+    # override of that dataset is what the metrics see
+    copy_models(prior_root, tmp_path)
+    out = generate(tmp_path, demo_root, generation_metrics=True, generation_classifier=False,
+                   **{"test#dataset#data": "$@test#datalist[:3]", "generation_train#dataset#data": "$@generation_train#datalist[:5]"})
+    metrics = json.loads((out / "generation_metrics.json").read_text())
+    assert metrics["num_test_images"] == 3 and metrics["num_train_images"] == 5
+    assert math.isfinite(metrics["fd_generated_vs_test"])
+
+
 def test_generated_png_and_nifti_hold_the_same_image(generated):
     png = np.asarray(Image.open(generated / "sample_001.png"), dtype=np.float32) / 255.0
     assert png.shape == (32, 32)
@@ -408,6 +423,30 @@ def test_generated_png_and_nifti_hold_the_same_image(generated):
     # the package's own NIfTI reader shows it the way the PNG shows it (up to its per-volume intensity scaling)
     (item,) = load_nifti_slices([generated / "sample_001.nii.gz"], min_foreground=0.0)
     assert np.corrcoef(item["image"][0].ravel(), png.ravel())[0, 1] > 0.99
+
+
+def _world_of_voxel(image: nib.Nifti1Image, voxel) -> np.ndarray:
+    return nib.affines.apply_affine(image.affine, voxel)
+
+
+def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, tmp_path):
+    image = nib.load(generated / "sample_000.nii.gz")
+    # default: 1 mm pixels, as both the sform and the qform (what ITK/FSL read) say, in RAS voxel order
+    assert image.header.get_zooms() == (1.0, 1.0, 1.0) and image.header.get_xyzt_units()[0] == "mm"
+    assert int(image.header["sform_code"]) > 0 and int(image.header["qform_code"]) > 0
+    np.testing.assert_allclose(image.get_qform(), image.get_sform())
+    assert "".join(nib.aff2axcodes(image.affine)) == "RAS"
+    np.testing.assert_allclose(_world_of_voxel(image, [15.5, 15.5, 0]), [0.0, 0.0, 0.0])  # centre of the 32x32 slice
+    # another pixel size (the training images' one, when known) scales the affine and keeps the image
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    write_samples(tmp_path / "half", images, pixel_spacing=0.5)
+    half = nib.load(tmp_path / "half" / "sample_001.nii.gz")
+    assert half.header.get_zooms() == (0.5, 0.5, 0.5) and "".join(nib.aff2axcodes(half.affine)) == "RAS"
+    np.testing.assert_allclose(_world_of_voxel(half, [31, 31, 0]) - _world_of_voxel(half, [0, 0, 0]), [15.5, 15.5, 0])
+    np.testing.assert_allclose(np.rot90(half.get_fdata()[:, :, 0]), images[1, 0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="pixel_spacing"):
+        write_samples(tmp_path / "bad", images, pixel_spacing=0.0)
+    user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0}, [])
 
 
 def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):
@@ -442,9 +481,21 @@ def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root,
     torch.save(prior, models / "other_prior.pt")
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "other_prior.pt"))
+    # generate.json's prior_def set to other settings than the checkpoint records
+    user_error(CheckpointError, "records channels=8 (configured: 16): set prior_def#channels", generate, tmp_path, demo_root,
+               **{"prior_def#channels": 16})
     # a VQ-VAE with another codebook
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        **{"network_def#num_embeddings": 64})
+
+
+def test_prior_of_another_codebook_is_named_as_such(prior_root):
+    # a configured prior_def over the new VQ-VAE's codebook: the message names the VQ-VAE, not a prior_def key
+    other = VQVAE(**{**TINY_NETWORK, "num_embeddings": 64})
+    prior = load_prior(prior_root / "models" / "prior.pt")[0]
+    configured = GatedPixelCNN(**{**prior_network_settings(prior), "num_embeddings": 64})
+    user_error(CheckpointError, "models 32 codes but the VQ-VAE configured here has num_embeddings=64",
+               load_prior, prior_root / "models" / "prior.pt", vqvae=other, network=configured)
 
 
 def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_root, tmp_path):

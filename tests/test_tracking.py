@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from conftest import CONFIGS, TRAIN, run_bundle, user_error
+from test_prior import GENERATE, NUM_SAMPLES, copy_models, train_prior
 
 from monai_vqbrain.errors import SettingError
 from monai_vqbrain.workflows import check_settings
@@ -86,6 +87,61 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
     assert [m.step for m in client.get_metric_history(prior.info.run_id, "val_bits_per_code")] == [1, 2]
     assert prior.data.params["prior_max_epochs"] == "2"
     assert "prior_training_history.json" in {a.path for a in client.list_artifacts(prior.info.run_id)}
+
+
+@pytest.fixture(scope="module")
+def prior_root(tmp_path_factory, trained_bundle, demo_root):
+    """The tiny VQ-VAE plus a prior trained for two epochs, as in test_prior (read-only: copy it)."""
+    root = tmp_path_factory.mktemp("prior_bundle")
+    copy_models(trained_bundle, root, ("model.pt",))
+    train_prior(root, demo_root)
+    return root
+
+
+def test_generating_is_tracked(prior_root, demo_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    bundle_root = tmp_path / "bundle"
+    copy_models(prior_root, bundle_root)
+    common = {"bundle_root": str(bundle_root), "dataset_dir": str(demo_root), "num_samples": NUM_SAMPLES}
+    for tracking, outputs in ((TRACKING, tmp_path / "outputs"), ("mlflow", tmp_path / "default")):
+        run_bundle("generating", GENERATE, output_dir=str(outputs), tracking=tracking, **common)
+    assert not (tmp_path / "mlruns.db").exists()
+
+    outputs = tmp_path / "outputs"
+    report = json.loads((outputs / "generated" / "generation_metrics.json").read_text())
+    client, (generation,) = _runs(outputs)
+    metrics = generation.data.metrics
+    for key in ("fd_generated_vs_test", "fd_train_vs_test", "diversity_ssim_generated", "memorisation_ssim_mean",
+                "memorisation_ssim_max", "sampling_seconds", "prior_val_bits_per_code", "prior_val_accuracy"):
+        assert metrics[key] == pytest.approx(report[key]), key
+    low, high = report["fd_generated_vs_test_ci95"]
+    assert (metrics["fd_generated_vs_test_ci95_low"], metrics["fd_generated_vs_test_ci95_high"]) == pytest.approx(
+        (low, high))
+    # the demo's 2 test subjects are too few for the classifier's folds: its AUCs are null, so not logged
+    assert report["classifier_auc_generated_vs_test"] is None and "classifier_auc_generated_vs_test" not in metrics
+    params = generation.data.params
+    assert params["num_samples"] == str(NUM_SAMPLES) and params["sample_seed"] == "0"
+    assert params["sample_pixel_spacing"] == "1.0"
+    artifacts = {a.path for a in client.list_artifacts(generation.info.run_id)}
+    assert {"generation_metrics.json", "grid.png", "nearest_training_slices.png"} <= artifacts
+    # nothing of evaluating's report is logged as generating's
+    assert not artifacts & {"metrics.json", "reconstructions.png"}
+
+    # MONAI's default tracking settings track generating too (its numbers, without our artifacts)
+    _, (default,) = _runs(tmp_path / "default", experiment="monai_vqbrain")
+    assert default.data.metrics["fd_generated_vs_test"] == pytest.approx(report["fd_generated_vs_test"])
+
+
+def test_generation_numbers_for_tracking():
+    from monai_vqbrain.prior import generation_log_values
+
+    report = {"classifier_auc_generated_vs_test": 0.75, "classifier_auc_train_vs_test": None, "seed": 3,
+              "diversity_ssim_generated_ci95": [0.2, 0.4], "classifier": {"enabled": True}, "fd_train_vs_test": 1.5,
+              "sample_files": ["sample_000.png"], "prior_conditioning": "none", "flag": True, "nan": float("nan")}
+    assert generation_log_values(report) == {
+        "classifier_auc_generated_vs_test": 0.75, "seed": 3.0, "diversity_ssim_generated_ci95_low": 0.2,
+        "diversity_ssim_generated_ci95_high": 0.4, "fd_train_vs_test": 1.5}
 
 
 def test_tracking_never_uses_a_server():

@@ -28,10 +28,14 @@ from .codes import (
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
     BrainGenerator,
+    GenerationEvaluator,
     decode_codes,
+    generation_log_values,
     load_prior,
     plot_sample_grid,
     prior_summary,
+    read_prior_settings,
+    sample_affine,
     sample_class_labels,
     write_samples,
 )
@@ -64,6 +68,8 @@ __all__ = [
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
     "BrainGenerator",
+    "GenerationEvaluator",
+    "generation_log_values",
     "CodeAccuracyMetric",
     "CodeDataset",
     "CodeNLLMetric",
@@ -105,5 +111,7 @@ __all__ = [
     "slice_groups",
     "training_loss",
     "vqvae_fingerprint",
+    "read_prior_settings",
+    "sample_affine",
     "write_samples",
 ]

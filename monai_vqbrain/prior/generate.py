@@ -17,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine
 from PIL import Image
 
 from ..data.datasets import get_dataset
@@ -35,13 +36,18 @@ from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
 from .figures import plot_nearest_training_slices
 from .metrics import evaluate_generation
+from .trainer import prior_network_settings
 
 __all__ = [
     "BrainGenerator",
+    "GenerationEvaluator",
+    "generation_log_values",
     "decode_codes",
     "load_prior",
     "plot_sample_grid",
     "prior_summary",
+    "read_prior_settings",
+    "sample_affine",
     "sample_class_labels",
     "write_samples",
 ]
@@ -92,30 +98,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def load_prior(
-    checkpoint: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    vqvae: torch.nn.Module | None = None,
-    vqvae_sha256: str | None = None,
-    image_size: int | None = None,
-) -> tuple[GatedPixelCNN, dict[str, Any]]:
-    """Build a prior from its checkpoint alone (its metadata records the architecture) and check it fits the VQ-VAE.
-
-    Args:
-        checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
-        device: where to put the network.
-        vqvae: the VQ-VAE whose codes will be decoded; its codebook size must be the prior's.
-        vqvae_sha256: the fingerprint of that VQ-VAE's checkpoint; it must be the one the prior was trained over.
-        image_size: the configured image size; it must be the one the prior's code maps came from.
-
-    Returns:
-        The prior in eval mode and its checkpoint metadata.
-
-    Raises:
-        CheckpointError: naming the file when it is missing, not a prior checkpoint, holds weights of another
-            architecture than its metadata says, or does not fit the VQ-VAE or the image size.
-    """
-    path = Path(checkpoint)
+def _read_prior_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's."""
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
     saved = load_checkpoint(path)
@@ -126,10 +110,86 @@ def load_prior(
             f"'{path}' is not a prior checkpoint: its metadata describes network={metadata.get('network')!r}, not a "
             f"{GatedPixelCNN.__name__} (was the VQ-VAE's model.pt given?); use the prior.pt written by training_prior."
         )
-    try:
-        network = GatedPixelCNN(**settings)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    return saved, metadata, settings
+
+
+def read_prior_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`~monai_vqbrain.networks.GatedPixelCNN` arguments a prior checkpoint's metadata records.
+
+    ``generate.json``'s ``prior_def`` takes its defaults from them, so a prior trained with other ``prior_def#...``
+    settings (or ``prior_large.json``) generates without repeating them.
+
+    Args:
+        checkpoint: the prior's checkpoint, ``<ckpt_dir>/prior.pt``.
+
+    Raises:
+        CheckpointError: naming the file when it is missing or not a prior checkpoint.
+    """
+    return dict(_read_prior_checkpoint(Path(checkpoint))[2])
+
+
+# settings of a prior that change its weights or what it computes; dropout is off when sampling, so it may differ
+_CHECKED_PRIOR_SETTINGS = (
+    "spatial_dims", "num_embeddings", "out_channels", "channels", "num_layers", "kernel_size", "num_classes",
+    "cond_channels",
+)
+
+
+def _check_codebook(path: Path, vqvae: torch.nn.Module, num_embeddings: int) -> None:
+    codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
+    if codebook is not None and codebook != num_embeddings:
+        raise CheckpointError(
+            f"prior checkpoint '{path}' models {num_embeddings} codes but the VQ-VAE configured here has "
+            f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
+        )
+
+
+def load_prior(
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    vqvae: torch.nn.Module | None = None,
+    vqvae_sha256: str | None = None,
+    image_size: int | None = None,
+    network: GatedPixelCNN | None = None,
+) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    """Load a prior's weights into the configured network (or one built from the checkpoint's metadata), checking
+    the network against that metadata and the prior against the VQ-VAE.
+
+    Args:
+        checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
+        device: where to put the network.
+        vqvae: the VQ-VAE whose codes will be decoded; its codebook size must be the prior's.
+        vqvae_sha256: the fingerprint of that VQ-VAE's checkpoint; it must be the one the prior was trained over.
+        image_size: the configured image size; it must be the one the prior's code maps came from.
+        network: the configured prior (``generate.json``'s ``prior_def``); its settings must be those the
+            checkpoint's metadata records. None builds the network from that metadata.
+
+    Returns:
+        The prior in eval mode and its checkpoint metadata.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, not a prior checkpoint, records other settings than the
+            configured network's, holds weights of another architecture than its metadata says, or does not fit
+            the VQ-VAE or the image size.
+    """
+    path = Path(checkpoint)
+    saved, metadata, settings = _read_prior_checkpoint(path)
+    if vqvae is not None:  # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
+        _check_codebook(path, vqvae, int(settings.get("num_embeddings") or 0))
+    if network is None:
+        try:
+            network = GatedPixelCNN(**settings)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+    else:
+        configured = prior_network_settings(network)
+        differing = [k for k in _CHECKED_PRIOR_SETTINGS if k in settings and settings[k] != configured.get(k)]
+        if differing:
+            found = ", ".join(f"{k}={settings[k]!r} (configured: {configured.get(k)!r})" for k in differing)
+            raise CheckpointError(
+                f"prior checkpoint '{path}' records {found}: set prior_def#{differing[0]} to the checkpoint's value, "
+                f"or leave prior_def to the checkpoint's metadata."
+            )
     frequencies = int(metadata.get("position_frequencies") or 0)
     if settings.get("cond_channels") != position_channels(frequencies):
         raise CheckpointError(
@@ -141,14 +201,6 @@ def load_prior(
     check_finite_weights(network_state_dict(saved), str(path))
     network.load_state_dict(network_state_dict(saved))
 
-    if vqvae is not None:
-        model = getattr(vqvae, "module", vqvae)
-        codebook = getattr(model, "num_embeddings", None)
-        if codebook is not None and codebook != network.num_embeddings:
-            raise CheckpointError(
-                f"prior checkpoint '{path}' models {network.num_embeddings} codes but the VQ-VAE configured here has "
-                f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
-            )
     if image_size is not None and "image_size" in metadata and int(metadata["image_size"]) != int(image_size):
         raise CheckpointError(
             f"prior checkpoint '{path}' was trained on the codes of {metadata['image_size']}-pixel images, but "
@@ -211,19 +263,44 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.rint(image.detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False) -> list[str]:
+def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
+    """The voxel-to-world (RAS, mm) affine of a generated ``(size, size, 1)`` axial slice.
+
+    Diagonal, so viewers show the slice in RAS orientation with square ``pixel_spacing`` mm pixels (and as thick);
+    the image centre sits at the world origin, as the samples stand for no particular scanner position.
+
+    Args:
+        size: the image size ``S`` in pixels.
+        pixel_spacing: the pixel size in mm.
+
+    Raises:
+        ValueError: for a spacing that is not a finite positive number.
+    """
+    spacing = float(pixel_spacing)
+    if not (math.isfinite(spacing) and spacing > 0.0):
+        raise ValueError(f"pixel_spacing must be a finite number of mm > 0, got {pixel_spacing!r}.")
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:2, 3] = -spacing * (size - 1) / 2.0
+    return affine
+
+
+def write_samples(
+    output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False, pixel_spacing: float = 1.0
+) -> list[str]:
     """Write each image ``(1, S, S)`` as ``sample_<i>.png`` (8-bit grey) and ``sample_<i>.nii.gz`` (float32).
 
     The arrays are in display orientation, rows as the PNG shows them (as the package's readers return slices).
-    The NIfTI volume is ``(S, S, 1)`` with an identity (RAS, 1 mm) affine, rotated as
-    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image. Every file is
-    written atomically.
+    The NIfTI volume is an axial slice ``(S, S, 1)`` in RAS voxel order, rotated as
+    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image; its affine (qform
+    and sform) has ``pixel_spacing`` mm pixels and slice thickness and puts the image centre at the world origin (see
+    :func:`sample_affine`). Every file is written atomically.
 
     Args:
         output_dir: the folder to write to.
         images: the samples, ``(N, 1, S, S)`` in [0, 1].
         overwrite: replace the files of an earlier run, removing its sample files first so the folder holds exactly
             this run's samples; without it a folder holding generated files is refused.
+        pixel_spacing: the pixel size in mm (the training images' pixel size, when known).
 
     Raises:
         OutputPathError: when ``output_dir`` holds an earlier run's files and not ``overwrite``.
@@ -237,6 +314,9 @@ def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite
     for stale in _earlier_outputs(output_dir):
         if _SAMPLE_FILE.match(stale.name):
             stale.unlink()
+    # not MONAI's SaveImage: its writers save straight to the final path, so a killed run would leave a truncated
+    # sample beside complete ones; atomic_path keeps every file whole (written aside, then renamed)
+    affine = sample_affine(images.shape[-1], pixel_spacing)
     digits = max(3, len(str(len(images) - 1)))
     names = []
     for index, image in enumerate(images):
@@ -246,7 +326,10 @@ def write_samples(output_dir: str | os.PathLike, images: torch.Tensor, overwrite
             Image.fromarray(_to_uint8(image[0]), mode="L").save(tmp, format="PNG")
         # load_nifti_slices shows a volume's plane as np.rot90(plane); undo it so a round trip is the identity
         volume = np.ascontiguousarray(np.rot90(plane, k=-1)[:, :, None], dtype=np.float32)
-        nifti = nib.Nifti1Image(volume, affine=np.eye(4))
+        nifti = nib.Nifti1Image(volume, affine=affine)
+        # both transforms, so readers that prefer the qform (ITK, FSL) place the slice like those reading the sform
+        nifti.set_qform(affine, code=2)
+        nifti.set_sform(affine, code=2)
         nifti.header.set_xyzt_units("mm")
         with atomic_path(output_dir / f"{stem}.nii.gz") as tmp:
             nib.save(nifti, str(tmp))
@@ -335,7 +418,8 @@ class BrainGenerator:
         batch_size: samples drawn at once (None: all).
         history_file: the prior's training history (for the validation accuracy at its best epoch).
         dataset_kwargs: :func:`~monai_vqbrain.data.get_dataset` arguments to read the real train and test splits
-            for the quality metrics; None skips them.
+            for the quality metrics (those not given as ``train_dataset`` / ``test_dataset``); None skips the metrics
+            unless both datasets are given.
         compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
         metrics_batch_size: images per batch when reading the real splits.
         grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
@@ -347,6 +431,14 @@ class BrainGenerator:
         progress: show a progress bar while sampling.
         overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
             folder is refused before anything is sampled.
+        pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine (see :func:`sample_affine`).
+        train_dataset: the real training slices the samples are compared with (memorisation, references), items
+            ``{"image": (1, S, S), "name": str}`` (``generate.json``: ``generation_train#dataset``); None reads the
+            split with ``dataset_kwargs``.
+        test_dataset: the real test slices the samples are measured against (``generate.json``: ``test#dataset``,
+            as in ``evaluate.json``); None reads the split with ``dataset_kwargs``.
+        prior: the configured prior network, checked against the checkpoint's metadata before its weights are
+            loaded (see :func:`load_prior`); None builds it from that metadata.
     """
 
     def __init__(
@@ -372,6 +464,10 @@ class BrainGenerator:
         device: str | torch.device | None = None,
         progress: bool = False,
         overwrite: bool = False,
+        pixel_spacing: float = 1.0,
+        prior: GatedPixelCNN | None = None,
+        train_dataset: Any | None = None,
+        test_dataset: Any | None = None,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -400,6 +496,11 @@ class BrainGenerator:
         self.device = device
         self.progress = as_bool(progress, "progress")
         self.overwrite = as_bool(overwrite, "overwrite")
+        sample_affine(self.image_size, pixel_spacing)  # a bad spacing fails here, before anything is sampled
+        self.pixel_spacing = float(pixel_spacing)
+        self.prior = prior
+        self.train_dataset = train_dataset
+        self.test_dataset = test_dataset
 
     def check(self) -> None:
         """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
@@ -439,6 +540,7 @@ class BrainGenerator:
             vqvae=model,
             vqvae_sha256=vqvae_fingerprint(self.vqvae_checkpoint),
             image_size=self.image_size,
+            network=self.prior,
         )
         code_size = tuple(int(s) for s in metadata.get("code_size") or [self.image_size // model.downsample_factor] * 2)
         labels = sample_class_labels(metadata, self.num_samples, self.class_labels)
@@ -469,7 +571,7 @@ class BrainGenerator:
         seconds = time.perf_counter() - start
         logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
 
-        names = write_samples(self.output_dir, images, overwrite=self.overwrite)
+        names = write_samples(self.output_dir, images, overwrite=self.overwrite, pixel_spacing=self.pixel_spacing)
         # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
         shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
         shown = shown.astype(int).tolist()
@@ -493,10 +595,11 @@ class BrainGenerator:
             "vqvae_checkpoint": str(self.vqvae_checkpoint),
             **prior_summary(metadata, self.history_file),
         }
-        if self.compute_metrics and self.dataset_kwargs is not None:
-            kwargs = {**self.dataset_kwargs, "image_size": self.image_size, "cache_rate": 0.0}
-            train = get_dataset(split="train", **kwargs)
-            test = get_dataset(split="test", **kwargs)
+        datasets_given = self.train_dataset is not None and self.test_dataset is not None
+        if self.compute_metrics and (datasets_given or self.dataset_kwargs is not None):
+            kwargs = {**(self.dataset_kwargs or {}), "image_size": self.image_size, "cache_rate": 0.0}
+            train = self.train_dataset if self.train_dataset is not None else get_dataset(split="train", **kwargs)
+            test = self.test_dataset if self.test_dataset is not None else get_dataset(split="test", **kwargs)
             quality = evaluate_generation(
                 images,
                 model,
@@ -504,7 +607,7 @@ class BrainGenerator:
                 test,
                 sample_names=names,
                 batch_size=self.metrics_batch_size,
-                num_workers=int(self.dataset_kwargs.get("num_workers", 0) or 0),
+                num_workers=int((self.dataset_kwargs or {}).get("num_workers", 0) or 0),
                 fd_grid=self.fd_grid,
                 real_images=self.real_images,
                 classifier=self.classifier,
@@ -515,3 +618,66 @@ class BrainGenerator:
             self._plot_nearest(images, names, train, quality["memorisation_per_sample"])
         atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(metrics, indent=2))
         return metrics
+
+
+def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a ``generation_metrics.json`` that a tracker logs as metrics.
+
+    Every finite number at the top level (FDs, diversity, memorisation, classifier AUCs and their spreads, sampling
+    seconds, the prior's bits per code, ...), and each ``*_ci95`` interval as ``<key>_low`` and ``<key>_high``;
+    entries that are None (a metric not computed), flags, texts and per-sample lists are left out, as a tracker only
+    takes numbers.
+
+    Args:
+        metrics: the generation metrics, as :meth:`BrainGenerator.run` returns them.
+    """
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    values: dict[str, float] = {}
+    for key, value in metrics.items():
+        if number(value):
+            values[key] = float(value)
+        elif key.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
+            for side, bound in zip(("low", "high"), value, strict=True):
+                if number(bound):
+                    values[f"{key}_{side}"] = float(bound)
+    return values
+
+
+def _not_ignite_termination(record: logging.LogRecord) -> bool:
+    return "is terminating due to exception" not in record.getMessage()
+
+
+class GenerationEvaluator(Engine):
+    """Generating as an Ignite engine, so MONAI's event handlers (``MLFlowHandler`` of ``--tracking mlflow``,
+    ``StatsHandler``, ...) attach to it as they do to the evaluators of the other workflows.
+
+    One epoch of one iteration runs the generator (:meth:`BrainGenerator.run`); the iteration's output is the
+    generation metrics, and their numbers (:func:`generation_log_values`) become ``state.metrics``, which handlers
+    read at the end of the epoch. Its files are written by then, so handlers can log them when the run completes.
+
+    Args:
+        generator: the configured generator.
+        val_handlers: handlers to attach (each has an ``attach(engine)`` method), like a MONAI evaluator's.
+    """
+
+    def __init__(self, generator: BrainGenerator, val_handlers: Sequence[Any] | None = None) -> None:
+        super().__init__(self._generate)
+        # Ignite logs every error twice as it ends the run, before re-raising it; the error still reaches the caller
+        # (and the bundle's one-line error report), so those lines only repeat it
+        self.logger.addFilter(_not_ignite_termination)  # one function: added once to Ignite's shared logger
+        self.generator = generator
+        for handler in val_handlers or []:
+            handler.attach(self)
+
+    def _generate(self, engine: Engine, batch: Any) -> dict[str, Any]:
+        metrics = self.generator.run()
+        engine.state.metrics.update(generation_log_values(metrics))
+        return metrics
+
+    def run(self) -> dict[str, Any]:  # type: ignore[override]
+        """Generate once (one epoch of one iteration); return the generation metrics."""
+        state = super().run([None], max_epochs=1)
+        return state.output

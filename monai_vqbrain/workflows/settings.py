@@ -198,6 +198,7 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "fd_grid": _integer(1),
     "generation_classifier": _boolean,
     "generation_real_images": _integer(1),
+    "sample_pixel_spacing": _number(0.0, False),
     # experiment tracking (--tracking mlflow)
     "tracking_uri": _local_tracking_uri,
     "experiment_name": _name(allow_none=False),
