@@ -105,6 +105,25 @@ class TransformerPrior(torch.nn.Module):
         return codes.flatten(1)[:, self.ordering.get_sequence_ordering()].long()
 
 
+class _CodesOnly(torch.nn.Module):
+    """The transformer as the sampler sees it: the condition tokens (never a next code) get no probability.
+
+    ``VQVAETransformerInferer.sample`` zeroes only the token ``num_embeddings`` (its start token); the other condition
+    tokens are never targets in training, yet they keep a small probability that would be sampled now and then.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, num_embeddings: int) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.num_embeddings = num_embeddings
+        self.max_seq_len = transformer.max_seq_len
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.transformer(x=x, context=context)
+        logits[..., self.num_embeddings + 1 :] = float("-inf")
+        return logits
+
+
 class _CodeDecoder:
     """The VQ-VAE as ``VQVAETransformerInferer.sample`` expects it (``num_embeddings``, ``decode_samples``)."""
 
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.add_argument("--demo_dir", default=None)
     args.add_argument("--budget", type=float, default=300.0, help="training seconds per prior")
     args.add_argument("--num_samples", type=int, default=256, help="samples per prior for the classifier test")
-    args.add_argument("--monai_samples", type=int, default=8,
+    args.add_argument("--monai_samples", type=int, default=16,
                       help="samples of MONAI's prior: its sampler reruns the whole sequence for every code (no cache), "
                       "so on a CPU a few samples give its time per sample; the classifier AUC needs at least 10")
     args.add_argument("--monai_dim", type=int, default=96)
@@ -271,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         monai_images = VQVAETransformerInferer().sample(
             latent_spatial_dim=code_size, starting_tokens=start_tokens, vqvae_model=_CodeDecoder(vqvae),
-            transformer_model=monai_prior.transformer, ordering=monai_prior.ordering, verbose=False,
+            transformer_model=_CodesOnly(monai_prior.transformer, int(vqvae.num_embeddings)),
+            ordering=monai_prior.ordering, verbose=False,
         ).float().cpu()
     seconds = time.perf_counter() - start
     report["monai_transformer"] = {
