@@ -525,3 +525,18 @@ def test_slice_position_bins_are_described_by_their_slices():
         "slices 0-3 of 0-15", "slices 4-7 of 0-15", "slices 8-11 of 0-15", "slices 12-15 of 0-15"
     ]
     assert SlicePositionLabels("none", 4).bin_description(0) == ""
+
+
+def test_prior_large_preset_is_a_larger_prior_of_the_same_recipe():
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / name) for name in ("train.json", "train_prior.json", "prior_large.json")])
+    prior = parser.get_parsed_content("prior_def")
+    default = ConfigParser()
+    default.read_config([str(configs / name) for name in ("train.json", "train_prior.json")])
+    small = default.get_parsed_content("prior_def")
+    assert (prior.channels, len(prior.layers)) == (128, 20) and (small.channels, len(small.layers)) == (48, 12)
+    assert prior.num_embeddings == small.num_embeddings and prior.num_classes == small.num_classes
+    assert parser.get_parsed_content("prior_max_epochs") == 40

@@ -193,7 +193,7 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs
             f"refusing to write into it. Remove it, or choose another folder via {DEMO_DIR_ENV}"
         )
 
-    _logger.info("generating the demo dataset (synthetic brain MRI slices) in %s", root)
+    _logger.info("generating the demo dataset (slices of deformed MNI152-atlas brains) in %s", root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     stale = None
