@@ -137,6 +137,23 @@ class _CodeDecoder:
         return decode_codes(self.vqvae, codes)
 
 
+def training_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, logits_fn):
+    """One optimisation step of a prior (cross-entropy of its float32 logits, gradients clipped to norm 1) as a
+    function of a batch, returning the loss in nats: the same step for both priors."""
+
+    def step(batch) -> float:
+        network.train()
+        logits, target = logits_fn(batch)
+        loss = F.cross_entropy(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def train_for(budget: float, step, optimizer: torch.optim.Optimizer, base_lr: float, batches) -> dict[str, Any]:
     """Run ``step(batch)`` over ``batches`` (cycled) until ``budget`` seconds have passed."""
     start = time.perf_counter()
@@ -230,16 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with autocast(device, amp):
             return ours(x, **kwargs), x
 
-    def ours_step(batch) -> float:
-        ours.train()
-        logits, target = ours_logits(batch)
-        loss = F.cross_entropy(logits.float(), target)
-        ours_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-        ours_optimizer.step()
-        return loss.item()
-
+    ours_step = training_step(ours, ours_optimizer, ours_logits)
     training = train_for(opts.budget, ours_step, ours_optimizer, base_lr, train_loader)
     ours.eval()
     val_bits = bits_per_code(ours_logits, val_loader)
@@ -268,16 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with autocast(device, amp):
             return monai_prior(x, y), monai_prior.targets(x)
 
-    def monai_step(batch) -> float:
-        monai_prior.train()
-        logits, target = monai_logits(batch)
-        loss = F.cross_entropy(logits.float(), target)
-        monai_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(monai_prior.parameters(), 1.0)
-        monai_optimizer.step()
-        return loss.item()
-
+    monai_step = training_step(monai_prior, monai_optimizer, monai_logits)
     training = train_for(opts.budget, monai_step, monai_optimizer, opts.monai_lr, monai_loader)
     monai_prior.eval()
     val_bits = bits_per_code(monai_logits, val_loader)

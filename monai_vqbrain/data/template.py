@@ -24,7 +24,16 @@ import torch.nn.functional as F
 
 from monai_vqbrain.errors import DatasetError
 
-__all__ = ["TEMPLATE_NAME", "BrainTemplate", "load_brain_template", "template_folder"]
+__all__ = [
+    "AXIAL_RANGE_MM",
+    "SEG_LEVELS",
+    "TEMPLATE_NAME",
+    "BrainTemplate",
+    "draw_subject",
+    "load_brain_template",
+    "render_subject",
+    "template_folder",
+]
 
 TEMPLATE_NAME = "MNI ICBM 152 non-linear symmetric 2009a (nilearn)"
 _TEMPLATE_FILES = {
