@@ -189,3 +189,20 @@ def test_missing_template_is_one_clear_error_and_writes_nothing(tmp_path, monkey
     finally:
         template_module.load_brain_template.cache_clear()
     assert not (tmp_path / "demo").exists()
+
+
+def test_damaged_template_is_one_clear_error(tmp_path, monkeypatch):
+    from monai_vqbrain.data import template as template_module
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in template_module._TEMPLATE_FILES.values():
+        (folder / name).write_bytes(b"not a nifti file")
+    monkeypatch.setattr(template_module, "template_folder", lambda: folder)
+    template_module.load_brain_template.cache_clear()
+    try:
+        with pytest.raises(DatasetError, match="cannot read the brain template .*mni_icbm152"):
+            generate_demo_dataset(tmp_path / "demo", **SMALL)
+    finally:
+        template_module.load_brain_template.cache_clear()
+    assert not (tmp_path / "demo").exists()

@@ -103,9 +103,15 @@ def load_brain_template() -> BrainTemplate:
     folder = template_folder()
     volumes, affine = {}, None
     for key, name in _TEMPLATE_FILES.items():
-        image = nib.load(folder / name)
-        volumes[key] = np.asarray(image.dataobj, dtype=np.float32) / 255.0
+        try:
+            image = nib.load(folder / name)
+            volumes[key] = np.asarray(image.dataobj, dtype=np.float32) / 255.0
+        except Exception as error:  # nibabel raises many types for a damaged file: name the file, once
+            raise DatasetError(f"cannot read the brain template '{folder / name}' ({error}); reinstall nilearn") from error
         affine = image.affine
+    shapes = {volume.shape for volume in volumes.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise DatasetError(f"the brain template files in '{folder}' are not three volumes of one shape: {sorted(shapes)}")
     return BrainTemplate(volumes["t1"], volumes["grey"], volumes["white"], affine)
 
 
