@@ -537,6 +537,7 @@ def test_prior_large_preset_is_a_larger_prior_of_the_same_recipe():
     default = ConfigParser()
     default.read_config([str(configs / name) for name in ("train.json", "train_prior.json")])
     small = default.get_parsed_content("prior_def")
-    assert (prior.channels, len(prior.layers)) == (128, 20) and (small.channels, len(small.layers)) == (48, 12)
+    assert (prior.channels, prior.num_layers) == (128, 20) and (small.channels, small.num_layers) == (48, 12)
+    assert prior.layers[1].dropout.p == 0.1 and small.layers[1].dropout.p == 0.0
     assert prior.num_embeddings == small.num_embeddings and prior.num_classes == small.num_classes
     assert parser.get_parsed_content("prior_max_epochs") == 40
