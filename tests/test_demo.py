@@ -178,31 +178,29 @@ def test_default_demo_dir(monkeypatch, tmp_path):
     assert default_demo_dir() == tmp_path / "elsewhere"
 
 
-def test_missing_template_is_one_clear_error_and_writes_nothing(tmp_path, monkeypatch):
+@pytest.fixture
+def uncached_template():
+    """The template module with its once-per-process template cache empty before and after the test."""
     from monai_vqbrain.data import template as template_module
 
-    monkeypatch.setattr(template_module.importlib.util, "find_spec", lambda name: None)
     template_module.load_brain_template.cache_clear()
-    try:
-        with pytest.raises(DatasetError, match="pip install nilearn"):
-            generate_demo_dataset(tmp_path / "demo", **SMALL)
-    finally:
-        template_module.load_brain_template.cache_clear()
+    yield template_module
+    template_module.load_brain_template.cache_clear()
+
+
+def test_missing_template_is_one_clear_error_and_writes_nothing(tmp_path, monkeypatch, uncached_template):
+    monkeypatch.setattr(uncached_template.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match="pip install nilearn"):
+        generate_demo_dataset(tmp_path / "demo", **SMALL)
     assert not (tmp_path / "demo").exists()
 
 
-def test_damaged_template_is_one_clear_error(tmp_path, monkeypatch):
-    from monai_vqbrain.data import template as template_module
-
+def test_damaged_template_is_one_clear_error(tmp_path, monkeypatch, uncached_template):
     folder = tmp_path / "data"
     folder.mkdir()
-    for name in template_module._TEMPLATE_FILES.values():
+    for name in uncached_template._TEMPLATE_FILES.values():
         (folder / name).write_bytes(b"not a nifti file")
-    monkeypatch.setattr(template_module, "template_folder", lambda: folder)
-    template_module.load_brain_template.cache_clear()
-    try:
-        with pytest.raises(DatasetError, match="cannot read the brain template .*mni_icbm152"):
-            generate_demo_dataset(tmp_path / "demo", **SMALL)
-    finally:
-        template_module.load_brain_template.cache_clear()
+    monkeypatch.setattr(uncached_template, "template_folder", lambda: folder)
+    with pytest.raises(DatasetError, match="cannot read the brain template .*mni_icbm152"):
+        generate_demo_dataset(tmp_path / "demo", **SMALL)
     assert not (tmp_path / "demo").exists()
