@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
@@ -33,7 +32,6 @@ from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
 from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, InputsSkippedError, OutputWriteError
 from monai_vqbrain.inference import (
     METRICS_FILE,
-    InferenceRunner,
     NiftiInput,
     OutputPathError,
     PngInput,
@@ -60,6 +58,30 @@ def infer(bundle_root: Path, inputs, output_dir: Path, **overrides) -> list[dict
     run_bundle("inferring", INFER, bundle_root=str(bundle_root), input=inputs, output_dir=str(output_dir), **overrides)
     with open(output_dir / METRICS_FILE, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def parsed(key: str, **overrides):
+    """The object ``key`` of the inference config, with the tiny settings (and ``overrides``) applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(INFER)
+    parser.update({**TINY_OVERRIDES, **overrides})
+    return parser.get_parsed_content(key)
+
+
+def preprocess(path: Path, slice_axis: int = 2) -> dict:
+    """The inference config's ``preprocessing`` applied to ``path`` (with the Compose, for its inverse)."""
+    transforms = parsed("preprocessing", slice_axis=slice_axis)
+    return {"transforms": transforms, **transforms({"image": path})}
+
+
+def restore(item: dict, reconstruction: torch.Tensor) -> np.ndarray:
+    """Undo the preprocessing of ``item`` on ``reconstruction`` ``(N, S, S)``, as the postprocessing's Invertd does."""
+    from monai.data import MetaTensor
+
+    recorded = MetaTensor(reconstruction, meta=item["image"].meta, applied_operations=item["image"].applied_operations)
+    return np.asarray(item["transforms"].inverse({"image": recorded})["image"])
 
 
 
@@ -194,9 +216,7 @@ def test_codes_decode_to_the_reconstruction(inferred, input_dir, vqvae):
         assert int(saved["num_embeddings"]) == 32 and int(saved["image_size"]) == 32
     with torch.no_grad():
         decoded = vqvae.decode_samples(torch.from_numpy(codes.astype(np.int64))).clamp(0, 1)
-    runner = InferenceRunner(vqvae, None, output_dir, image_size=32)
-    _, operations = runner._model_input(read_input(input_dir / "grey.png"))
-    expected = np.rint(runner._from_model(decoded, operations)[0] * 255)
+    expected = np.rint(restore(preprocess(input_dir / "grey.png"), decoded[:, 0]))
     with Image.open(output_dir / "grey_recon.png") as image:
         np.testing.assert_allclose(np.asarray(image), expected, atol=1)
     with np.load(output_dir / "volume_codes.npz") as saved:
@@ -237,13 +257,12 @@ def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):
 # preprocessing and restoring, without a network
 
 
-def test_png_model_input_is_the_training_input(tmp_path, vqvae):
-    runner = InferenceRunner(vqvae, None, tmp_path, image_size=32)
+def test_png_model_input_is_the_training_input(tmp_path):
     for name, array in (("grey.png", odd_grey()), ("rgb.png", np.stack([odd_grey()] * 3, -1) // [1, 2, 3])):
         path = save_png(tmp_path / name, array.astype(np.uint8))
         expected = get_slice_transforms(32)({"image": str(path)})["image"]
-        model_input, _ = runner._model_input(read_input(path))
-        np.testing.assert_allclose(model_input[0].numpy(), expected.numpy(), atol=1e-6)
+        model_input = preprocess(path)["image"]
+        np.testing.assert_allclose(model_input.numpy(), expected.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("slice_axis", [0, 1, 2])
@@ -255,14 +274,15 @@ def test_nifti_slices_are_the_training_slices(tmp_path, slice_axis):
     np.testing.assert_allclose(image.slices, np.stack([item["image"][0] for item in expected]), atol=1e-6)
 
 
-def test_png_padding_and_resizing_are_undone_exactly(tmp_path, vqvae):
+def test_png_padding_and_resizing_are_undone_exactly(tmp_path):
     # 32x20 pads to 32x32 = image_size: no resizing, so restoring must give back every pixel
-    runner = InferenceRunner(vqvae, None, tmp_path, image_size=32)
     source = save_png(tmp_path / "narrow.png", odd_grey(32, 20))
     image = read_input(source)
     assert isinstance(image, PngInput)
-    restored = runner._from_model(*runner._model_input(image))
-    image.save_reconstruction(restored, tmp_path / "narrow_recon.png")
+    item = preprocess(source)
+    restored = restore(item, item["image"].as_tensor())
+    np.testing.assert_array_equal(np.rint(restored), np.asarray(Image.open(source)))
+    image.save_reconstruction(image.slices, tmp_path / "narrow_recon.png")
     with Image.open(source) as original, Image.open(tmp_path / "narrow_recon.png") as written:
         np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
 
@@ -417,12 +437,12 @@ def test_inputs_with_the_same_name_are_refused(trained_bundle, tmp_path):
                tmp_path / "out")
 
 
-def test_a_non_image_file_does_not_block_its_namesake(vqvae, tmp_path):
+def test_a_non_image_file_does_not_block_its_namesake(trained_bundle, tmp_path):
     save_png(tmp_path / "scan.png", odd_grey())
     (tmp_path / "scan.txt").write_text("notes on the scan")
-    runner = InferenceRunner(vqvae, str(tmp_path / "scan.*"), tmp_path / "out", image_size=32, allow_skipped=True)
-    results = {Path(result.input).name: result for result in runner.run()}
-    assert results["scan.png"].error == "" and "not a supported image file" in results["scan.txt"].error
+    rows = {Path(row["input"]).name: row for row in infer(trained_bundle, str(tmp_path / "scan.*"), tmp_path / "out",
+                                                           allow_skipped=True)}
+    assert rows["scan.png"]["error"] == "" and "not a supported image file" in rows["scan.txt"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reconstruction_metrics.csv", "scan_codes.npz",
                                                                    "scan_recon.png"]
 
@@ -485,9 +505,9 @@ def test_reconstruction_network_loads_training_checkpoints(trained_bundle, vqvae
     network.load_state_dict(network.state_dict())  # its own, prefixed keys too
 
 
-def test_skipped_inputs_end_the_run_with_an_error_after_writing_the_rest(vqvae, input_dir, tmp_path):
-    runner = InferenceRunner(vqvae, [str(input_dir / "grey.png"), str(input_dir / "bad.png")], tmp_path, image_size=32)
-    error = user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", runner.run)
+def test_skipped_inputs_end_the_run_with_an_error_after_writing_the_rest(trained_bundle, input_dir, tmp_path):
+    inputs = [str(input_dir / "grey.png"), str(input_dir / "bad.png")]
+    error = user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", infer, trained_bundle, inputs, tmp_path)
     assert error.exit_code == 3 and [bool(r.error) for r in error.results] == [False, True]
     assert (tmp_path / "grey_recon.png").is_file() and "bad.png" in (tmp_path / METRICS_FILE).read_text()
 
@@ -503,31 +523,36 @@ def test_checkpoint_with_non_finite_weights_is_refused(trained_bundle, input_dir
     assert not (tmp_path / "out").exists()
 
 
-def test_non_finite_scores_are_left_empty_with_the_reason(vqvae, input_dir, tmp_path):
-    broken = copy.deepcopy(vqvae)
-    with torch.no_grad():
-        next(p for n, p in broken.named_parameters() if n.startswith("decoder")).fill_(float("nan"))
-    runner = InferenceRunner(broken, str(input_dir / "grey.png"), tmp_path, image_size=32)
-    (result,) = runner.run()
-    assert result.ssim == "" and result.psnr == "" and "ssim is nan" in result.error
-    with Image.open(result.reconstruction) as written:  # the non-finite pixels are written black
-        assert np.asarray(written).max() == 0
+def test_non_finite_scores_are_left_empty_with_the_reason(trained_bundle, input_dir, tmp_path):
+    from monai.bundle import create_workflow
+
+    workflow = create_workflow(config_file=INFER, workflow_type="infer", bundle_root=str(trained_bundle),
+                               input=str(input_dir / "grey.png"), output_dir=str(tmp_path), **TINY_OVERRIDES)
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("inference_network")
+    with torch.no_grad():  # weights broken after loading, as a diverged training run could leave them
+        next(p for n, p in network.named_parameters() if n.startswith("vqvae.decoder")).fill_(float("nan"))
+    workflow.run()
     row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
-    assert row["ssim"] == "" and row["psnr"] == "" and "not finite" in row["error"]
+    assert row["ssim"] == "" and row["psnr"] == "" and "ssim is nan" in row["error"] and "not finite" in row["error"]
+    with Image.open(row["reconstruction"]) as written:  # the non-finite pixels are written black
+        assert np.asarray(written).max() == 0
 
 
-def test_a_disk_failing_mid_run_still_leaves_the_metrics_of_what_was_written(vqvae, input_dir, tmp_path, monkeypatch):
-    original = PngInput.save_reconstruction
+def test_a_disk_failing_mid_run_still_leaves_the_metrics_of_what_was_written(trained_bundle, input_dir, tmp_path,
+                                                                            monkeypatch):
+    from monai_vqbrain.inference import transforms
 
-    def save(self, reconstruction, path, overwrite=False):
-        if self.path.name == "rgb.png":
+    original = transforms.write_png
+
+    def write(levels, path, *args, **kwargs):
+        if Path(path).name == "rgb_recon.png":
             raise OutputWriteError(f"cannot write '{path}': No space left on device; free some space")
-        original(self, reconstruction, path, overwrite)
+        original(levels, path, *args, **kwargs)
 
-    monkeypatch.setattr(PngInput, "save_reconstruction", save)
+    monkeypatch.setattr(transforms, "write_png", write)
     inputs = [str(input_dir / "grey.png"), str(input_dir / "rgb.png")]
-    runner = InferenceRunner(vqvae, inputs, tmp_path, image_size=32, batch_size=1)
-    user_error(OutputWriteError, "No space left on device", runner.run)
+    user_error(OutputWriteError, "No space left on device", infer, trained_bundle, inputs, tmp_path, batch_size=1)
     rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert [Path(row["input"]).name for row in rows] == ["grey.png", "rgb.png"]
     assert rows[0]["error"] == "" and rows[0]["reconstruction"].endswith("grey_recon.png")

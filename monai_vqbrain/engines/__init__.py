@@ -1,6 +1,6 @@
-"""Ignite/MONAI engines: the VQ-VAE trainer, the reconstruction inferer, batch preparation and precision."""
+"""Ignite/MONAI engines: the VQ-VAE trainer, the reconstruction inferers, batch preparation and precision."""
 
-from .inferer import ReconstructionInferer
+from .inferer import ReconstructionInferer, SliceCodesInferer
 from .precision import (
     autocast,
     autocast_dtype,
@@ -20,6 +20,7 @@ __all__ = [
     "AutoencoderPrepareBatch",
     "MixedPrecisionTrainer",
     "ReconstructionInferer",
+    "SliceCodesInferer",
     "VQVAETrainer",
     "autocast",
     "autocast_dtype",

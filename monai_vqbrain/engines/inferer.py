@@ -1,4 +1,4 @@
-"""Inferer that reconstructs images through a VQ-VAE's codes, under mixed precision when asked."""
+"""Inferers that reconstruct images through a VQ-VAE's codes, under mixed precision when asked."""
 
 from __future__ import annotations
 
@@ -37,3 +37,49 @@ class ReconstructionInferer(Inferer):
         if self.clamp is not None:
             reconstruction = reconstruction.clamp(*self.clamp)
         return reconstruction
+
+
+class SliceCodesInferer(Inferer):
+    """Encode and decode the slices of each input, held as the channels of a 2D image, ``batch_size`` slices a call.
+
+    ``inputs`` is ``(B, N, S, S)``: ``N`` model-size slices of each of ``B`` files (one slice for a PNG, every slice
+    of a volume along ``slice_axis``). Each slice goes through ``vqvae.index_quantize`` and the reconstruction is
+    decoded from those codes (so a saved code map decodes to exactly it). Not MONAI's ``SliceInferer``: that cuts
+    spatial slices of 3D inputs and returns only the network's output, while here a volume is already cut into
+    display-oriented slices by the preprocessing and the code maps are an output too.
+
+    Args:
+        batch_size: slices per network call.
+        amp: run under autocast (bf16/fp16): True, False, or ``"auto"`` for mixed precision only where the inputs'
+            device runs it natively.
+    """
+
+    def __init__(self, batch_size: int = 32, amp: bool | str = False) -> None:
+        super().__init__()
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.amp = parse_amp(amp)
+
+    def __call__(
+        self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the reconstructions ``(B, N, S, S)`` (clamped to [0, 1]) and code maps ``(B, N, h, w)`` of ``inputs``."""
+        model = unwrap_network(network)
+        vqvae = getattr(model, "vqvae", model)
+        amp = resolve_amp(self.amp, inputs.device)
+        images = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        batch, count = images.shape[:2]
+        slices = images.reshape(batch * count, 1, *images.shape[2:]).float()
+        codes, decoded = [], []
+        for start in range(0, slices.shape[0], self.batch_size):
+            with autocast(inputs.device, amp):
+                chunk_codes = vqvae.index_quantize(slices[start : start + self.batch_size])
+                chunk_images = vqvae.decode_samples(chunk_codes)
+            codes.append(chunk_codes)
+            decoded.append(chunk_images.float().clamp(0.0, 1.0))
+        codes_map, reconstruction = torch.cat(codes), torch.cat(decoded)
+        return (
+            reconstruction.reshape(batch, count, *reconstruction.shape[2:]),
+            codes_map.reshape(batch, count, *codes_map.shape[1:]),
+        )

@@ -1,9 +1,13 @@
 """Inference on the user's own files: PNG and NIfTI in, reconstructions, code maps and metrics out.
 
-The bundle's ``inferring`` workflow (``bundle/configs/inference.json``) builds an :class:`InferenceRunner` around a
-:class:`ReconstructionNetwork`; the same classes work from Python.
+The bundle's ``inferring`` workflow (``bundle/configs/inference.json``) is a MONAI ``SupervisedEvaluator``
+(:class:`ReconstructionEvaluator`) over an :class:`InferenceDataset` of the input files: ``LoadInputd``,
+``PadToSquared`` and ``ResizeSquared`` prepare each file's slices, the ``SliceCodesInferer`` encodes and decodes them,
+MONAI's ``Invertd`` and :class:`SaveReconstructiond` restore and write each reconstruction, and the handlers
+:class:`CodesSaver` and :class:`InferenceMetricsWriter` write the code maps and ``reconstruction_metrics.csv``.
 """
 
+from .handlers import METRICS_FILE, CodesSaver, FileResult, InferenceMetricsWriter, code_information_bits
 from .io import (
     DEFAULT_MIN_SLICE_SIZE,
     NIFTI_SUFFIXES,
@@ -16,28 +20,45 @@ from .io import (
     find_input_files,
     image_format,
     read_input,
+    restore_input_layout,
     robust_range,
     strip_image_suffix,
+    write_nifti,
+    write_png,
 )
 from .network import ReconstructionNetwork
-from .reconstruct import METRICS_FILE, FileResult, InferenceRunner
+from .transforms import OUTPUT_EXTENSIONS, LoadInputd, SaveReconstructiond, codes_file, output_file
+from .workflow import InferenceDataset, ReconstructionEvaluator, check_outputs
 
 __all__ = [
     "DEFAULT_MIN_SLICE_SIZE",
     "METRICS_FILE",
     "NIFTI_SUFFIXES",
+    "OUTPUT_EXTENSIONS",
     "PNG_SUFFIXES",
     "SUPPORTED_SUFFIXES",
+    "CodesSaver",
     "FileResult",
-    "InferenceRunner",
+    "InferenceDataset",
+    "InferenceMetricsWriter",
     "InputImage",
+    "LoadInputd",
     "NiftiInput",
     "OutputPathError",
     "PngInput",
+    "ReconstructionEvaluator",
     "ReconstructionNetwork",
+    "SaveReconstructiond",
+    "check_outputs",
+    "code_information_bits",
+    "codes_file",
     "find_input_files",
     "image_format",
+    "output_file",
     "read_input",
+    "restore_input_layout",
     "robust_range",
     "strip_image_suffix",
+    "write_nifti",
+    "write_png",
 ]

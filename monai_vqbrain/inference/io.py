@@ -10,9 +10,10 @@ Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepar
   RAS volume, as :func:`~monai_vqbrain.data.nifti.load_nifti_slices` does for training. A 2D image, or a 3D one with
   a singleton axis, is one slice whatever ``slice_axis`` is (as in training). Every slice is kept.
 
-Padding to a square and resizing to the model's ``image_size`` (and undoing both) are done by the caller,
-:mod:`monai_vqbrain.inference.reconstruct`; the objects here undo the slicing, the reorientation and the intensity
-scaling when writing a reconstruction back:
+Padding to a square and resizing to the model's ``image_size`` (and undoing both) are the next preprocessing
+steps of ``inference.json``; :class:`~monai_vqbrain.inference.LoadInputd` records what :func:`restore_input_layout`
+needs to undo the slicing, the reorientation and the intensity scaling, and :func:`write_png` and
+:func:`write_nifti` write a reconstruction back:
 
 * PNG: a grey PNG of the input's size and bit depth (0..255 or 0..65535).
 * NIfTI: the input's voxel order, shape, affine, header and on-disk data type; intensities mapped back through the
@@ -60,6 +61,9 @@ __all__ = [
     "PngInput",
     "NiftiInput",
     "read_input",
+    "restore_input_layout",
+    "write_png",
+    "write_nifti",
 ]
 
 PNG_SUFFIXES = (".png",)
@@ -175,6 +179,10 @@ class InputImage(ABC):
         self.shape = shape
 
     @abstractmethod
+    def inverse_info(self) -> dict:
+        """What :func:`restore_input_layout` needs to bring reconstructed slices back to this file's layout and scale."""
+
+    @abstractmethod
     def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write the reconstructed slices ``(N, H, W)`` in ``[0, 1]`` to ``path`` in the input's format, atomically.
 
@@ -233,12 +241,12 @@ class PngInput(InputImage):
         grey = ToGreyscaled.to_grey(ScaleByDtyped.scale(image))
         return cls(path, grey.numpy().astype(np.float32), (height, width), peak, dtype)
 
+    def inverse_info(self) -> dict:
+        return {"format": "png", "peak": self.peak, "dtype": self.dtype.name}
+
     def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        # a non-finite pixel (reported in the metrics' error column) is written black, not as whatever a cast makes
-        scaled = np.nan_to_num(reconstruction[0] * self.peak, nan=0.0, posinf=0.0, neginf=0.0)
-        levels = np.clip(np.rint(scaled), 0, np.iinfo(self.dtype).max).astype(self.dtype)
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            Image.fromarray(levels).save(tmp, format="PNG")
+        levels = restore_input_layout(self.inverse_info(), reconstruction)
+        write_png(levels, path, self.dtype, self.peak, overwrite=overwrite)
 
 
 class NiftiInput(InputImage):
@@ -313,32 +321,105 @@ class NiftiInput(InputImage):
         slices = np.concatenate([volume_plane(scaled, axis, i) for i in indices])
         return cls(path, slices, volume.shape, volume.image, volume.orientation, axis, low, high)
 
-    def _to_file_intensities(self, reconstruction: np.ndarray) -> np.ndarray:
-        """Slices in ``[0, 1]`` back to a volume in the file's voxel order and intensity scale (float64)."""
-        planes = [np.rot90(plane, k=-1) for plane in reconstruction.astype(np.float64)]
-        ras = np.stack(planes, axis=self.axis)
-        ras = ras * (self.high - self.low) + self.low if self.high > self.low else np.full_like(ras, self.low)
-        volume = apply_orientation(ras, ornt_transform(_RAS, self.orientation))
-        return volume.reshape(self.image.shape)
+    def inverse_info(self) -> dict:
+        return {
+            "format": "nifti",
+            "orientation": self.orientation.tolist(),
+            "axis": self.axis,
+            "low": self.low,
+            "high": self.high,
+            "shape": list(self.image.shape),
+        }
 
     def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        volume = self._to_file_intensities(reconstruction)
-        dtype = self.image.get_data_dtype()
-        slope = float(getattr(self.image.dataobj, "slope", 1.0))
-        inter = float(getattr(self.image.dataobj, "inter", 0.0))
-        if np.issubdtype(dtype, np.integer) and slope == 1.0 and inter == 0.0:
-            # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields
-            info = np.iinfo(dtype)
-            data = np.clip(np.rint(volume), info.min, info.max).astype(dtype)
-        elif np.issubdtype(dtype, np.floating):
-            data = volume.astype(dtype)
-        else:
-            # integers stored with a slope/intercept: nibabel chooses new scaling factors for the stored type
-            data = volume.astype(np.float32)
-        output = type(self.image)(data, self.image.affine, self.image.header)
-        output.set_data_dtype(dtype)
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            nib.save(output, str(tmp))
+        write_nifti(restore_input_layout(self.inverse_info(), reconstruction), self.image, path, overwrite=overwrite)
+
+
+def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
+    """Reconstructed slices ``(N, H, W)`` in ``[0, 1]`` back to the input file's layout and intensity scale (float64).
+
+    Args:
+        info: an input's :meth:`InputImage.inverse_info`.
+        reconstruction: the reconstructed slices, as the input's :attr:`InputImage.slices` were cut.
+
+    Returns:
+        For a PNG, its ``(H, W)`` pixels on its own scale (0..255 or 0..65535), in the reconstruction's precision.
+        For a NIfTI image, the volume in its voxel order and shape, mapped back through the inverse of the
+        per-volume scaling (float64).
+    """
+    if info["format"] == "png":
+        return reconstruction[0] * float(info["peak"])
+    planes = [np.rot90(plane, k=-1) for plane in reconstruction.astype(np.float64)]
+    ras = np.stack(planes, axis=int(info["axis"]))
+    low, high = float(info["low"]), float(info["high"])
+    ras = ras * (high - low) + low if high > low else np.full_like(ras, low)
+    volume = apply_orientation(ras, ornt_transform(_RAS, np.asarray(info["orientation"], dtype=float)))
+    return volume.reshape(tuple(int(s) for s in info["shape"]))
+
+
+def write_png(
+    levels: np.ndarray,
+    path: str | os.PathLike,
+    dtype: np.dtype | str,
+    peak: float,
+    output_dtype: np.dtype | str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write pixels on an input PNG's own scale as a grey PNG, atomically.
+
+    Args:
+        levels: ``(H, W)`` pixels on the input's scale (0..``peak``), as :func:`restore_input_layout` gives them.
+        path: the output file.
+        dtype: the input's pixel type (``uint8`` or ``uint16``).
+        peak: the value white had in the input.
+        output_dtype: ``uint8`` or ``uint16`` to write another bit depth (rescaled to its range); None keeps
+            ``dtype``.
+        overwrite: replace ``path`` if it exists (else ``FileExistsError``).
+    """
+    stored = np.dtype(dtype)
+    dtype = np.dtype(output_dtype) if output_dtype is not None else stored
+    # a non-finite pixel (reported in the metrics' error column) is written black, not as whatever a cast makes
+    scaled = np.nan_to_num(levels, nan=0.0, posinf=0.0, neginf=0.0)
+    if dtype != stored:
+        scaled = scaled / peak * np.iinfo(dtype).max
+    pixels = np.clip(np.rint(scaled), 0, np.iinfo(dtype).max).astype(dtype)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def write_nifti(
+    volume: np.ndarray,
+    template: nib.Nifti1Image,
+    path: str | os.PathLike,
+    output_dtype: np.dtype | str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write a volume with the header and affine of ``template``, atomically.
+
+    Args:
+        volume: the volume in the template's voxel order and intensity scale (float).
+        template: the input image whose header (descriptions, units, qform/sform, data type) the output keeps.
+        path: the output file.
+        output_dtype: the on-disk data type; None keeps the template's.
+        overwrite: replace ``path`` if it exists (else ``FileExistsError``).
+    """
+    dtype = np.dtype(output_dtype) if output_dtype is not None else template.get_data_dtype()
+    slope = float(getattr(template.dataobj, "slope", 1.0))
+    inter = float(getattr(template.dataobj, "inter", 0.0))
+    unscaled = output_dtype is not None or (slope == 1.0 and inter == 0.0)
+    if np.issubdtype(dtype, np.integer) and unscaled:
+        # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields
+        info = np.iinfo(dtype)
+        data = np.clip(np.rint(volume), info.min, info.max).astype(dtype)
+    elif np.issubdtype(dtype, np.floating):
+        data = volume.astype(dtype)
+    else:
+        # integers stored with a slope/intercept: nibabel chooses new scaling factors for the stored type
+        data = volume.astype(np.float32)
+    output = type(template)(data, template.affine, template.header)
+    output.set_data_dtype(dtype)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(output, str(tmp))
 
 
 def read_input(

@@ -131,6 +131,11 @@ def _name(allow_none: bool) -> Callable[[Any], str | None]:
     return rule
 
 
+def _file_name_part(value: Any) -> str | None:
+    # appended to output file names: a path separator would write outside output_dir
+    return None if isinstance(value, str) and not {"/", os.sep} & set(value) else "a name part without '/' (or '')"
+
+
 def _path(value: Any) -> str | None:
     return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
 
@@ -182,6 +187,10 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "save_codes": _boolean,
     "strict": _boolean,
     "min_slice_size": _integer(1),
+    "output_postfix": _file_name_part,
+    "output_ext": _choice(None, ".png", ".nii.gz", ".nii"),
+    "output_dtype": _choice(None, "uint8", "uint16", "int16", "int32", "float32", "float64"),
+    "separate_folder": _boolean,
     # prior and generation
     "prior_max_epochs": _integer(1),
     "prior_batch_size": _integer(1),

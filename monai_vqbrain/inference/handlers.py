@@ -1,0 +1,341 @@
+"""Ignite handlers of the ``inferring`` workflow: the code-map files and the per-file metrics table.
+
+* :class:`CodesSaver` writes ``<name>_codes.npz`` for each input: ``codes`` of shape ``(N, h, w)`` (``N`` slices,
+  ``h = w = image_size / 2**levels``) as ``uint16``, with ``num_embeddings``, ``image_size`` and ``slice_axis``
+  (-1 for PNG); ``VQVAE.decode_samples(torch.from_numpy(codes).long())`` decodes it.
+* :class:`InferenceMetricsWriter` writes ``reconstruction_metrics.csv``, a row per input file (bad files included,
+  with their ``error``). SSIM and PSNR compare the reconstruction with the input at the model's resolution, in
+  ``[0, 1]``, exactly as the evaluation does (MONAI ``SSIMMetric`` with an 11-pixel Gaussian window and the PSNR of
+  the mean squared error, data range 1): after padding to a square and resizing to ``image_size``, before the
+  reconstruction is restored to the input's size. For a volume, ``ssim`` is the mean over all its slices and
+  ``psnr`` is computed from the mean squared error over all its slices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.metrics import SSIMMetric
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_vqbrain import errors
+from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError
+from monai_vqbrain.utils.io import atomic_path
+
+from .io import image_format
+from .transforms import codes_file
+
+__all__ = ["METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
+
+METRICS_FILE = "reconstruction_metrics.csv"
+"""Name of the per-file metrics table written into ``output_dir``."""
+
+_ERROR_KEY = "error"  # the dataset's key for a file it could not read (see InferenceDataset)
+_CODES_FILE_KEY = "codes_file"  # where CodesSaver leaves the path it wrote, for the metrics table
+
+_logger = logging.getLogger(__name__)
+
+
+def code_information_bits(codes: torch.Tensor) -> float:
+    """Information content of a code map under its own code frequencies: ``N * H(p)`` bits for ``N`` codes.
+
+    Args:
+        codes: integer code indices of any shape.
+    """
+    counts = torch.bincount(codes.reshape(-1).long()).double()
+    counts = counts[counts > 0]
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    return float(-(counts * torch.log2(counts / total)).sum())
+
+
+@dataclass
+class FileResult:
+    """One row of ``reconstruction_metrics.csv``.
+
+    Attributes:
+        input: the input file.
+        format: ``png`` or ``nifti`` (empty for an unsupported file).
+        shape: the input's image shape, e.g. ``256x256`` or ``176x208x176``.
+        slices: number of slices reconstructed.
+        ssim: SSIM of reconstruction vs input at model resolution in [0, 1] (mean over slices).
+        psnr: PSNR in dB at model resolution in [0, 1] (from the mean squared error over slices).
+        reconstruction: the reconstruction file.
+        codes: the code-map file (empty when ``save_codes`` is off).
+        input_bytes: size of the input file.
+        codes_bytes: size of the code-map file.
+        code_bits_fixed: size of the codes at a fixed length per code: number of codes x log2(num_embeddings).
+        code_bits: information content of the codes under their own usage: number of codes x the entropy (bits) of
+            the file's code frequencies, what an ideal entropy coder of independent codes would need (without
+            the frequency table); at most ``code_bits_fixed``.
+        error: why the file was skipped (empty on success).
+    """
+
+    input: str
+    format: str = ""
+    shape: str = ""
+    slices: int | str = ""
+    ssim: float | str = ""
+    psnr: float | str = ""
+    reconstruction: str = ""
+    codes: str = ""
+    input_bytes: int | str = ""
+    codes_bytes: int | str = ""
+    code_bits_fixed: float | str = ""
+    code_bits: float | str = ""
+    error: str = ""
+
+
+def _items(output: Any) -> list[dict]:
+    """The per-file items of a decollated engine output (a single dict when decollation is off)."""
+    return output if isinstance(output, list) else [output]
+
+
+def _source(item: dict) -> str:
+    """The input file an engine output item came from."""
+    image = item[Keys.IMAGE]
+    return str(image.meta["filename_or_obj"]) if hasattr(image, "meta") else str(image)
+
+
+class CodesSaver:
+    """Write each input's code map to ``<name>_codes.npz`` (atomically) once its iteration's model run completes.
+
+    Attached to ``MODEL_COMPLETED``, after MONAI's decollation and post-processing; the path written is left in the
+    item as ``codes_file`` for :class:`InferenceMetricsWriter`.
+
+    Args:
+        output_dir: the output folder.
+        num_embeddings: the codebook size (stored in the file; ``uint32`` codes beyond 65536 entries).
+        image_size: the model's image size (stored in the file).
+        separate_folder: put each input's outputs in a sub-folder named like the input.
+        overwrite: replace existing files (else ``FileExistsError``).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        num_embeddings: int,
+        image_size: int,
+        separate_folder: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_embeddings = int(num_embeddings)
+        self.image_size = int(image_size)
+        self.separate_folder = bool(separate_folder)
+        self.overwrite = bool(overwrite)
+
+    def attach(self, engine: Engine) -> None:
+        """Register with ``engine``'s ``MODEL_COMPLETED`` event."""
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for item in _items(engine.state.output):
+            if _ERROR_KEY in item:
+                continue
+            source = _source(item)
+            path = codes_file(source, self.output_dir, self.separate_folder)
+            codes = torch.as_tensor(item["codes"]).cpu().numpy()
+            buffer = io.BytesIO()
+            np.savez_compressed(
+                buffer,
+                codes=codes.astype(np.uint16 if self.num_embeddings <= 1 << 16 else np.uint32),
+                num_embeddings=np.int64(self.num_embeddings),
+                image_size=np.int64(self.image_size),
+                slice_axis=np.int64(int(item[Keys.IMAGE].meta["slice_axis"])),
+            )
+            with atomic_path(path, overwrite=self.overwrite) as tmp:
+                tmp.write_bytes(buffer.getvalue())
+            item[_CODES_FILE_KEY] = str(path)
+
+
+class InferenceMetricsWriter:
+    """Score each file, name each skipped one, and write ``reconstruction_metrics.csv`` (atomically) at the end.
+
+    Scores are taken on ``FORWARD_COMPLETED`` (reconstruction and input at model resolution, before post-processing
+    restores the reconstruction to the input's size); the row is completed on ``ITERATION_COMPLETED`` with the files
+    written, and the table is written on ``COMPLETED``. When the disk fails mid-run (``OutputWriteError``), the table
+    is still written, when possible, with the files done so far. :meth:`raise_for_skipped` then says whether the run
+    skipped inputs.
+
+    Args:
+        inputs: the input files, in the order of the rows.
+        output_dir: the output folder.
+        num_embeddings: the codebook size, for ``code_bits_fixed``.
+        overwrite: replace an existing table (else ``FileExistsError``).
+        allow_skipped: :meth:`raise_for_skipped` accepts skipped inputs.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike],
+        output_dir: str | os.PathLike,
+        num_embeddings: int,
+        overwrite: bool = False,
+        allow_skipped: bool = False,
+    ) -> None:
+        self.inputs = [str(path) for path in inputs]
+        self.output_dir = Path(output_dir)
+        self.num_embeddings = int(num_embeddings)
+        self.overwrite = bool(overwrite)
+        self.allow_skipped = bool(allow_skipped)
+        self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
+        self._scores: dict[str, FileResult] = {}
+        self._rows: dict[str, FileResult] = {}
+        self._errors: dict[str, VQBrainError] = {}
+        self.results: list[FileResult] = []
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.output_dir / METRICS_FILE
+
+    def attach(self, engine: Engine) -> None:
+        """Register with ``engine``'s events."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._score)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.COMPLETED, self._write_all)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _reset(self, engine: Engine) -> None:
+        self._scores, self._rows, self._errors, self.results = {}, {}, {}, []
+
+    def _score(self, engine: Engine) -> None:
+        output = engine.state.output
+        image, reconstruction, codes = output[Keys.IMAGE], output[Keys.PRED], output["codes"]
+        names = image.meta["filename_or_obj"]
+        names = [names] if isinstance(names, str) else list(names)
+        for index, name in enumerate(names):
+            target = torch.as_tensor(image[index]).float().cpu()[:, None]
+            recon = torch.as_tensor(reconstruction[index]).float().cpu()[:, None]
+            ssim = float(self._ssim(recon, target).reshape(-1).mean())
+            self._ssim.reset()
+            mse = float(torch.mean((recon - target) ** 2))
+            result = FileResult(input=str(name), slices=int(target.shape[0]))
+            # a NaN or infinite score is not a number a reader can compare: leave the cell empty and say why
+            problems = []
+            if math.isfinite(ssim):
+                result.ssim = round(ssim, 6)
+            else:
+                problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
+            if math.isfinite(mse) and mse > 0:
+                result.psnr = round(10.0 * math.log10(1.0 / mse), 4)
+            else:
+                problems.append(
+                    "psnr is infinite (the reconstruction equals the input)"
+                    if mse == 0
+                    else f"psnr is undefined (mean squared error {mse})"
+                )
+            result.error = "; ".join(problems)
+            file_codes = codes[index]
+            result.code_bits_fixed = round(file_codes.numel() * math.log2(self.num_embeddings), 3)
+            result.code_bits = round(code_information_bits(file_codes.cpu()), 3)
+            self._scores[result.input] = result
+
+    def _record(self, engine: Engine) -> None:
+        for item in _items(engine.state.output):
+            source = _source(item)
+            if _ERROR_KEY in item:
+                result = FileResult(input=source, error=str(item[_ERROR_KEY]))
+                with contextlib.suppress(VQBrainError):
+                    result.format = image_format(source)
+                with contextlib.suppress(OSError):
+                    result.input_bytes = Path(source).stat().st_size if Path(source).is_file() else ""
+                error_type = getattr(errors, str(item.get("error_type", "")), None)
+                is_error_type = isinstance(error_type, type) and issubclass(error_type, VQBrainError)
+                self._errors[source] = (error_type if is_error_type else VQBrainError)(result.error)
+                _logger.warning("skipping '%s': %s", source, result.error)
+            else:
+                meta = item[Keys.IMAGE].meta
+                result = self._scores.pop(source)
+                result.format, result.shape = str(meta["format"]), str(meta["shape"])
+                result.input_bytes = int(meta["input_bytes"])
+                result.reconstruction = str(item[Keys.PRED].meta.get("saved_to", ""))
+                if _CODES_FILE_KEY in item:
+                    result.codes = item[_CODES_FILE_KEY]
+                    result.codes_bytes = Path(result.codes).stat().st_size
+                _logger.info("reconstructed '%s' (SSIM %s, PSNR %s dB)", source, result.ssim, result.psnr)
+            self._rows[source] = result
+
+    def write(self, results: Sequence[FileResult]) -> Path:
+        """Write ``reconstruction_metrics.csv`` (one row per input file) atomically and return its path."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[field.name for field in fields(FileResult)], lineterminator="\n")
+        writer.writeheader()
+        for result in results:
+            writer.writerow(asdict(result))
+        with atomic_path(self.metrics_file, overwrite=self.overwrite) as tmp:
+            tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        return self.metrics_file
+
+    def _write_all(self, engine: Engine) -> None:
+        self.results = [self._rows[path] for path in self.inputs]
+        self.write(self.results)
+        failed = [result for result in self.results if not result.reconstruction]
+        _logger.info(
+            "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
+            len(self.results) - len(failed),
+            len(self.results),
+            self.output_dir,
+            self.metrics_file,
+        )
+
+    def _on_exception(self, engine: Engine, error: BaseException) -> None:
+        """Record what was written before the disk failed (full, read-only), if the disk still allows it; re-raise."""
+        cause = error
+        while cause is not None and not isinstance(cause, VQBrainError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OutputWriteError):
+            done = [
+                self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")
+                for path in self.inputs
+            ]
+            with contextlib.suppress(OutputWriteError):
+                self.write(done)
+        # the package's own error, not MONAI's wrapper around a failing post-processing transform, is the message
+        raise cause if cause is not None else error
+
+    def raise_for_skipped(self) -> list[FileResult]:
+        """Return the rows of a run that reconstructed every input; else raise what was skipped.
+
+        Returns:
+            One :class:`FileResult` per input file, in input order.
+
+        Raises:
+            VQBrainError: the only input's own error (e.g. ``ImageFileError``) when it is bad.
+            DatasetError: when every one of several input files is bad.
+            InputsSkippedError: when some inputs were skipped and not ``allow_skipped``; its ``results`` attribute
+                holds the rows.
+        """
+        failed = [result for result in self.results if not result.reconstruction]
+        if failed and len(failed) == len(self.results):
+            if len(self.results) == 1:
+                # the one input is bad: its own error is the clearest message
+                raise self._errors[failed[0].input]
+            raise DatasetError(
+                f"none of the {len(self.results)} input files could be reconstructed (first: {failed[0].error}); "
+                f"see '{self.metrics_file}'"
+            )
+        if failed and not self.allow_skipped:
+            error = InputsSkippedError(
+                f"{len(failed)} of {len(self.results)} input file(s) were skipped (first: {failed[0].error}); the "
+                f"others were reconstructed, see '{self.metrics_file}'; pass --allow_skipped true to accept skipped "
+                "inputs"
+            )
+            error.results = self.results
+            raise error
+        return self.results

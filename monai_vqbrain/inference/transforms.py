@@ -1,0 +1,229 @@
+"""The dictionary transforms of ``inference.json``: read a user's file as model-ready slices, and save a reconstruction.
+
+``preprocessing`` is ``LoadInputd`` followed by the training transforms ``PadToSquared`` and ``ResizeSquared``;
+all three are invertible, so ``postprocessing``'s MONAI ``Invertd`` undoes the resizing, the padding, and then the
+slicing, reorientation and intensity scaling, before ``SaveReconstructiond`` writes the result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import InvertibleTransform, MapTransform
+from monai.utils import TraceKeys, convert_to_numpy
+
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
+from monai_vqbrain.errors import OutputPathError, SettingError
+
+from .io import (
+    DEFAULT_MIN_SLICE_SIZE,
+    image_format,
+    read_input,
+    restore_input_layout,
+    strip_image_suffix,
+    write_nifti,
+    write_png,
+)
+
+__all__ = ["OUTPUT_EXTENSIONS", "LoadInputd", "SaveReconstructiond", "codes_file", "output_file"]
+
+OUTPUT_EXTENSIONS = {"png": (".png",), "nifti": (".nii.gz", ".nii")}
+"""The ``output_ext`` values each input format can be written as (the first is the default)."""
+
+_PNG_DTYPES = ("uint8", "uint16")
+
+
+def output_file(
+    path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    output_postfix: str,
+    output_ext: str | None = None,
+    separate_folder: bool = False,
+) -> Path:
+    """The output for input ``path``: ``output_dir/[<name>/]<name>_<output_postfix><ext>``, as MONAI's ``SaveImaged``.
+
+    ``<name>`` is the file name without its image ending (``x.nii.gz`` -> ``x``, ``slice_0.nii.png`` ->
+    ``slice_0.nii``).
+
+    Args:
+        path: the input file.
+        output_dir: the output folder.
+        output_postfix: appended to the name after ``_`` (nothing when empty).
+        output_ext: the output's ending; None for the input's own format (``.png`` or ``.nii.gz``).
+        separate_folder: put each input's outputs in a sub-folder named like the input.
+
+    Raises:
+        ImageFileError: when ``path`` is not named like a PNG or NIfTI file.
+        OutputPathError: when ``output_ext`` cannot hold the input's format.
+    """
+    kind = image_format(path)
+    extension = output_ext if output_ext is not None else OUTPUT_EXTENSIONS[kind][0]
+    if extension.lower() not in OUTPUT_EXTENSIONS[kind]:
+        raise OutputPathError(
+            f"output_ext '{output_ext}' cannot hold '{path}'; expected null (the input's format) or one of "
+            f"{', '.join(OUTPUT_EXTENSIONS[kind])} for a {kind} input"
+        )
+    return _named(path, output_dir, output_postfix, extension, separate_folder)
+
+
+def codes_file(path: str | os.PathLike, output_dir: str | os.PathLike, separate_folder: bool = False) -> Path:
+    """The code-map file for input ``path``: ``output_dir/[<name>/]<name>_codes.npz`` (see :func:`output_file`)."""
+    return _named(path, output_dir, "codes", ".npz", separate_folder)
+
+
+def _named(
+    path: str | os.PathLike, output_dir: str | os.PathLike, postfix: str, extension: str, separate: bool
+) -> Path:
+    stem = strip_image_suffix(path)
+    folder = Path(output_dir) / stem if separate else Path(output_dir)
+    return folder / (f"{stem}_{postfix}{extension}" if postfix else f"{stem}{extension}")
+
+
+class LoadInputd(MapTransform, InvertibleTransform):
+    """Read a PNG or NIfTI file named by ``d[key]`` as its slices ``(N, H, W)`` in ``[0, 1]``, the channels of a 2D image.
+
+    The reading is :func:`~monai_vqbrain.inference.read_input`: a PNG is one slice made as in training (bit-depth
+    scaling, grey); a NIfTI image is reoriented to RAS, scaled per volume by robust percentiles and cut into every
+    slice along ``slice_axis``. Not MONAI's ``LoadImaged`` with ``ScaleByDtyped``/``ToGreyscaled``: a volume's slices
+    must be cut from the whole reoriented, scaled volume, and those transforms would take its slices for colour
+    channels. The result is a ``MetaTensor`` whose ``meta`` holds ``filename_or_obj``, ``format``, ``shape`` (the file's
+    image shape, e.g. ``24x28x20``), ``slice_axis`` (-1 for a PNG) and ``input_bytes``; :meth:`inverse` maps slices
+    back to the file's voxel order and intensity scale (float64): the volume, or the PNG's pixels on its own scale.
+
+    Args:
+        keys: the key holding the path (``"image"``).
+        slice_axis: the RAS axis volumes are sliced along: 0 sagittal, 1 coronal, 2 axial.
+        min_slice_size: smallest accepted in-plane side of a slice, in pixels.
+        max_image_pixels: the most pixels a PNG header may declare; None allows any.
+        max_volume_voxels: the most voxels a NIfTI header may declare; None allows any.
+        allow_missing_keys: do not fail when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        slice_axis: int = 2,
+        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
+        if int(min_slice_size) < 1:
+            raise ValueError(f"min_slice_size must be a positive integer, got {min_slice_size!r}")
+        self.slice_axis = slice_axis
+        self.min_slice_size = int(min_slice_size)
+        self.max_image_pixels = max_image_pixels
+        self.max_volume_voxels = max_volume_voxels
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = Path(d[key])
+            image = read_input(
+                path, self.slice_axis, self.min_slice_size, self.max_image_pixels, self.max_volume_voxels
+            )
+            info = image.inverse_info()
+            meta = {
+                "filename_or_obj": str(path),
+                "format": info["format"],
+                "shape": "x".join(str(s) for s in image.shape),
+                "slice_axis": int(getattr(image, "axis", -1)),
+                "input_bytes": path.stat().st_size,
+            }
+            if info["format"] == "png":
+                meta.update(dtype=info["dtype"], peak=float(info["peak"]))
+            slices = MetaTensor(torch.from_numpy(image.slices), meta=meta)
+            self.push_transform(slices, extra_info=info)
+            d[key] = slices
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            info = self.pop_transform(d[key], check=False)[TraceKeys.EXTRA_INFO]
+            slices = convert_to_numpy(d[key], wrap_sequence=True).astype(np.float32)
+            restored = restore_input_layout(info, np.clip(slices, 0.0, 1.0))
+            meta = dict(d[key].meta) if isinstance(d[key], MetaTensor) else {}
+            d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(restored)), meta=meta)
+        return d
+
+
+class SaveReconstructiond(MapTransform):
+    """Write ``d[key]``, restored to its input's layout by ``Invertd``, in the input's format.
+
+    The keys are those of MONAI's ``SaveImaged``. Not ``SaveImaged`` itself: its writers write in place (a killed run
+    leaves a half-written file), replace existing files without asking, keep only a NIfTI's affine (not its header
+    and data type) and write PNGs at one bit depth. Here a
+    PNG is written at the input's bit depth and a NIfTI image with the input's header, affine and data type, each
+    through a temporary file renamed into place with the umask's permissions. The written path is recorded in the
+    data's ``meta["saved_to"]``, as ``SaveImaged(savepath_in_metadict=True)`` does.
+
+    Args:
+        keys: the key of the restored reconstruction (``"pred"``).
+        output_dir: the output folder.
+        output_postfix: appended to each input's name after ``_`` (``recon``: ``<name>_recon.png``).
+        output_ext: the output's ending; None (default) for the input's own format (``.png`` or ``.nii.gz``).
+        output_dtype: the written data type; None (default) for the input's own (a PNG also takes ``uint8`` or
+            ``uint16``).
+        separate_folder: put each input's outputs in a sub-folder named like the input.
+        overwrite: replace existing outputs (else ``FileExistsError``).
+        allow_missing_keys: pass over data without ``key`` (inputs that could not be read).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        output_postfix: str = "recon",
+        output_ext: str | None = None,
+        output_dtype: str | None = None,
+        separate_folder: bool = False,
+        overwrite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.output_dtype = output_dtype
+        self.separate_folder = bool(separate_folder)
+        self.overwrite = bool(overwrite)
+
+    def output_file(self, path: str | os.PathLike) -> Path:
+        """The file written for input ``path`` (see :func:`output_file`)."""
+        return output_file(path, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
+
+    def check_dtype(self, path: str | os.PathLike) -> None:
+        """Raise a one-line ``SettingError`` when ``output_dtype`` cannot be written in input ``path``'s format."""
+        if self.output_dtype is not None and image_format(path) == "png" and self.output_dtype not in _PNG_DTYPES:
+            raise SettingError(
+                f"output_dtype '{self.output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"
+            )
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            meta = image.meta
+            source = Path(meta["filename_or_obj"])
+            self.check_dtype(source)
+            path = self.output_file(source)
+            array = convert_to_numpy(image, wrap_sequence=True)
+            if meta["format"] == "png":
+                write_png(array, path, meta["dtype"], float(meta["peak"]), self.output_dtype, overwrite=self.overwrite)
+            else:
+                # the input's own header (read again: a header does not travel through a DataLoader's collation)
+                template = nib.load(str(source))
+                write_nifti(array, template, path, self.output_dtype, overwrite=self.overwrite)
+            meta["saved_to"] = str(path)
+        return d

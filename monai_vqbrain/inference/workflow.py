@@ -1,0 +1,172 @@
+"""The engine pieces of the ``inferring`` workflow: a dataset that passes over bad files, the evaluator, output checks.
+
+``bundle/configs/inference.json`` wires them as MONAI model-zoo bundles do: ``preprocessing`` -> ``dataset`` ->
+``dataloader`` -> ``inferer`` -> ``postprocessing`` -> ``handlers`` -> ``evaluator``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.data import Dataset, MetaTensor
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_vqbrain.errors import OutputPathError, VQBrainError
+
+from .handlers import METRICS_FILE
+from .transforms import codes_file, output_file
+
+__all__ = ["ERROR_KEY", "InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
+
+ERROR_KEY = "error"
+"""The key of an item the dataset could not read: its error message (and ``error_type``, the error's class name)."""
+
+_logger = logging.getLogger(__name__)
+
+
+def _user_error(error: BaseException | None) -> VQBrainError | None:
+    """The package's own error in an exception's chain (MONAI wraps errors raised inside transforms)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, VQBrainError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class InferenceDataset(Dataset):
+    """A MONAI ``Dataset`` of input files that hands on a file it cannot read as an error item, unless ``strict``.
+
+    A file whose preprocessing raises one of the package's errors (unreadable, damaged, too small, not an image)
+    becomes ``{"image": <path>, "error": <message>, "error_type": <class name>}``: the evaluator runs no network on
+    it, and the metrics handler names it in one log line and in the CSV. MONAI's ``Dataset`` would stop the run.
+
+    Args:
+        data: items ``{"image": path}``.
+        transform: the preprocessing.
+        strict: raise the first bad file's error instead.
+    """
+
+    def __init__(self, data: Sequence[dict], transform: Any = None, strict: bool = False) -> None:
+        super().__init__(data, transform)
+        self.strict = bool(strict)
+
+    def _transform(self, index: int) -> dict:
+        try:
+            return super()._transform(index)
+        except Exception as error:
+            user_error = _user_error(error)
+            if user_error is None:
+                raise
+            if self.strict:
+                raise user_error from None
+            return {
+                Keys.IMAGE: str(self.data[index][Keys.IMAGE]),
+                ERROR_KEY: str(user_error),
+                "error_type": type(user_error).__name__,
+            }
+
+
+class ReconstructionEvaluator(SupervisedEvaluator):
+    """MONAI's ``SupervisedEvaluator`` for an inferer that returns code maps with the reconstructions.
+
+    Its iteration is ``SupervisedEvaluator``'s (prepare the batch, run the inferer in eval mode, fire
+    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``, on which MONAI decollates and post-processes), with two
+    differences ``SupervisedEvaluator``'s own iteration has no room for: the inferer's ``(reconstruction, codes)``
+    become ``pred`` and ``codes`` of the output, with the input as ``label`` (an autoencoder's target); and an error
+    item of :class:`InferenceDataset` passes without a forward pass (without ``pred``, so that post-processing with
+    ``allow_missing_keys`` passes over it). Takes ``SupervisedEvaluator``'s arguments.
+    """
+
+    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        if ERROR_KEY in batchdata:
+            engine.state.output = {key: batchdata[key] for key in (Keys.IMAGE, ERROR_KEY, "error_type")}
+            engine.fire_event(IterationEvents.MODEL_COMPLETED)
+            return engine.state.output
+        inputs, *_ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: inputs}
+        with engine.mode(engine.network):
+            reconstruction, codes = engine.inferer(inputs, engine.network)
+        if isinstance(inputs, MetaTensor):
+            # the input's metadata and transforms, for Invertd to undo (as SupervisedEvaluator does after compile)
+            reconstruction = MetaTensor(reconstruction, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        engine.state.output.update({Keys.PRED: reconstruction, "codes": codes})
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+def check_outputs(
+    files: Sequence[Path],
+    output_dir: str | os.PathLike,
+    output_postfix: str = "recon",
+    output_ext: str | None = None,
+    separate_folder: bool = False,
+    save_codes: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
+
+    The bundle calls it before loading the checkpoint, so that a run that would clobber something stops before
+    doing any work.
+
+    Args:
+        files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
+        output_dir: the output folder.
+        output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
+            :func:`~monai_vqbrain.inference.output_file`); code maps are ``<name>_codes.npz`` beside them.
+        save_codes: whether code maps are written.
+        overwrite: whether existing outputs may be replaced.
+
+    Returns:
+        The input files.
+
+    Raises:
+        OutputPathError: when ``output_dir`` is a file, ``output_ext`` cannot hold an input's format, an output
+            would overwrite an input file, two inputs would write the same output, or outputs exist and ``overwrite``
+            is off.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
+    inputs = {Path(path).resolve(): Path(path) for path in files}
+    planned: dict[Path, Path] = {(output_dir / METRICS_FILE).resolve(): Path(METRICS_FILE)}
+    for path in files:
+        try:
+            outputs = [output_file(path, output_dir, output_postfix, output_ext, separate_folder)]
+        except OutputPathError:
+            raise
+        except VQBrainError:
+            continue  # not an image file: it is reported by the run, and nothing is written for it
+        if save_codes:
+            outputs.append(codes_file(path, output_dir, separate_folder))
+        for output in outputs:
+            resolved = output.resolve()
+            if resolved in inputs:
+                raise OutputPathError(
+                    f"output '{output}' would overwrite the input file '{inputs[resolved]}'; choose another --output_dir"
+                )
+            if resolved in planned:
+                raise OutputPathError(
+                    f"inputs '{planned[resolved]}' and '{path}' would both write '{output}'; "
+                    "reconstruct files with the same name into different output folders"
+                )
+            planned[resolved] = Path(path)
+    if not overwrite:
+        existing = [output for output in planned if output.exists()]
+        if existing:
+            raise OutputPathError(
+                f"output '{existing[0]}' already exists"
+                + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                + "; pass --overwrite true to replace outputs, or choose another --output_dir"
+            )
+    return list(files)
