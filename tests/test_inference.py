@@ -29,7 +29,15 @@ from conftest import (
 from PIL import Image
 
 from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, InputsSkippedError, OutputWriteError
+from monai_vqbrain.engines import autocast, resolve_amp
+from monai_vqbrain.errors import (
+    CheckpointError,
+    DatasetError,
+    ImageFileError,
+    InputsSkippedError,
+    OutputWriteError,
+    SettingError,
+)
 from monai_vqbrain.inference import (
     METRICS_FILE,
     NiftiInput,
@@ -221,6 +229,79 @@ def test_codes_decode_to_the_reconstruction(inferred, input_dir, vqvae):
         np.testing.assert_allclose(np.asarray(image), expected, atol=1)
     with np.load(output_dir / "volume_codes.npz") as saved:
         assert saved["codes"].shape == (VOLUME[2], LATENT, LATENT) and int(saved["slice_axis"]) == 2
+
+
+@pytest.mark.parametrize("name", ["grey.png", "grey16.png", "rgb.png", "volume.nii.gz", "permuted.nii.gz", "slice2d.nii"])
+def test_outputs_are_the_decoded_codes_restored_to_the_input(inferred, input_dir, vqvae, name, tmp_path):
+    """What the workflow writes equals the VQ-VAE run by hand on the preprocessed input, restored and saved."""
+    output_dir, _ = inferred
+    item = preprocess(input_dir / name)
+    cpu = torch.device("cpu")
+    # as the workflow runs it: batch_size slices a call, at the precision amp=auto gives this machine
+    with torch.no_grad(), autocast(cpu, resolve_amp("auto", cpu)):
+        slices = item["image"].as_tensor()[:, None].split(TINY_OVERRIDES["batch_size"])
+        codes = torch.cat([vqvae.index_quantize(chunk) for chunk in slices])
+        decoded = torch.cat([vqvae.decode_samples(chunk).float() for chunk in codes.split(len(slices[0]))])
+    decoded = decoded.clamp(0, 1)[:, 0]
+    stem = name.split(".")[0]
+    with np.load(output_dir / f"{stem}_codes.npz") as saved:
+        np.testing.assert_array_equal(saved["codes"], codes.numpy())
+    restored = restore(item, decoded)
+    if name.endswith(".png"):
+        with Image.open(output_dir / f"{stem}_recon.png") as written:
+            written = np.asarray(written)
+        np.testing.assert_allclose(written, np.clip(np.rint(restored), 0, np.iinfo(written.dtype).max), atol=1)
+    else:
+        source = nib.load(str(input_dir / name))
+        written = nib.load(str(output_dir / f"{stem}_recon.nii.gz"))
+        assert_same_header(written, source)
+        # integer data are rounded to the input's type; float data keep their values
+        tolerance = 1.0 if np.issubdtype(source.get_data_dtype(), np.integer) else 1e-3 * np.ptp(source.get_fdata())
+        np.testing.assert_allclose(written.get_fdata(), restored, atol=tolerance)
+
+
+def test_the_workflow_is_a_monai_evaluator_with_the_declared_pieces(trained_bundle, input_dir, tmp_path):
+    from monai.bundle import create_workflow
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import Invertd
+
+    from monai_vqbrain.inference import CodesSaver, InferenceMetricsWriter, LoadInputd, SaveReconstructiond
+
+    workflow = create_workflow(config_file=INFER, workflow_type="infer", bundle_root=str(trained_bundle),
+                               input=str(input_dir / "grey.png"), output_dir=str(tmp_path), **TINY_OVERRIDES)
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, SupervisedEvaluator) and workflow.evaluator.inferer is workflow.inferer
+    assert workflow.dataset.transform is workflow.preprocessing
+    assert isinstance(workflow.preprocessing.transforms[0], LoadInputd)
+    assert [type(t) for t in workflow.postprocessing.transforms] == [Invertd, SaveReconstructiond]
+    assert [type(h) for h in workflow.handlers] == [CodesSaver, InferenceMetricsWriter]
+    parser = workflow.parser
+    parser["save_codes"] = False
+    assert [type(h) for h in parser.get_parsed_content("handlers", lazy=False)] == [InferenceMetricsWriter]
+
+
+def test_saveimage_keys_name_and_type_the_outputs(trained_bundle, input_dir, tmp_path):
+    inputs = [str(input_dir / "grey.png"), str(input_dir / "volume.nii.gz")]
+    infer(trained_bundle, inputs, tmp_path / "ref")
+    rows = infer(trained_bundle, [inputs[1]], tmp_path / "out", output_postfix="rec", output_ext=".nii",
+                 output_dtype="float32", separate_folder=True)
+    written = tmp_path / "out" / "volume" / "volume_rec.nii"
+    assert Path(rows[0]["reconstruction"]) == written and Path(rows[0]["codes"]) == written.with_name("volume_codes.npz")
+    image, reference = nib.load(str(written)), nib.load(str(tmp_path / "ref" / "volume_recon.nii.gz"))
+    assert image.get_data_dtype() == np.float32 and reference.get_data_dtype() == np.int16
+    np.testing.assert_allclose(image.affine, reference.affine)
+    np.testing.assert_allclose(np.rint(image.get_fdata()), reference.get_fdata(), atol=1)
+    infer(trained_bundle, [inputs[0]], tmp_path / "png16", output_dtype="uint16", save_codes=False)
+    with Image.open(tmp_path / "png16" / "grey_recon.png") as wide, Image.open(tmp_path / "ref" / "grey_recon.png") as narrow:
+        assert wide.mode == "I;16" and narrow.mode == "L"
+        np.testing.assert_allclose(np.asarray(wide) / 65535, np.asarray(narrow) / 255, atol=1 / 255)
+    assert sorted(p.name for p in (tmp_path / "png16").iterdir()) == ["grey_recon.png", METRICS_FILE]
+    user_error(OutputPathError, "output_ext '.png' cannot hold", infer, trained_bundle, inputs, tmp_path / "bad",
+               output_ext=".png")
+    user_error(SettingError, "output_dtype 'float32' cannot be written as PNG", infer, trained_bundle, inputs,
+               tmp_path / "bad_dtype", output_dtype="float32")
+    user_error(SettingError, "output_ext must be one of", infer, trained_bundle, inputs, tmp_path / "bad_ext",
+               output_ext="tif")
 
 
 def test_existing_outputs_are_not_overwritten_unless_asked(inferred, trained_bundle, input_dir, tmp_path):

@@ -32,7 +32,7 @@ from .io import (
     write_png,
 )
 
-__all__ = ["OUTPUT_EXTENSIONS", "LoadInputd", "SaveReconstructiond", "codes_file", "output_file"]
+__all__ = ["OUTPUT_EXTENSIONS", "LoadInputd", "SaveReconstructiond", "check_output_dtype", "codes_file", "output_file"]
 
 OUTPUT_EXTENSIONS = {"png": (".png",), "nifti": (".nii.gz", ".nii")}
 """The ``output_ext`` values each input format can be written as (the first is the default)."""
@@ -84,6 +84,18 @@ def _named(
     stem = strip_image_suffix(path)
     folder = Path(output_dir) / stem if separate else Path(output_dir)
     return folder / (f"{stem}_{postfix}{extension}" if postfix else f"{stem}{extension}")
+
+
+def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> None:
+    """Check that ``output_dtype`` can be written in the format of input ``path``.
+
+    Raises:
+        SettingError: one line naming the file, when a PNG input is to be written as other than ``uint8``/``uint16``.
+    """
+    if output_dtype is not None and image_format(path) == "png" and output_dtype not in _PNG_DTYPES:
+        raise SettingError(
+            f"output_dtype '{output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"
+        )
 
 
 class LoadInputd(MapTransform, InvertibleTransform):
@@ -203,20 +215,13 @@ class SaveReconstructiond(MapTransform):
         """The file written for input ``path`` (see :func:`output_file`)."""
         return output_file(path, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
 
-    def check_dtype(self, path: str | os.PathLike) -> None:
-        """Raise a one-line ``SettingError`` when ``output_dtype`` cannot be written in input ``path``'s format."""
-        if self.output_dtype is not None and image_format(path) == "png" and self.output_dtype not in _PNG_DTYPES:
-            raise SettingError(
-                f"output_dtype '{self.output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"
-            )
-
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
             meta = image.meta
             source = Path(meta["filename_or_obj"])
-            self.check_dtype(source)
+            check_output_dtype(source, self.output_dtype)
             path = self.output_file(source)
             array = convert_to_numpy(image, wrap_sequence=True)
             if meta["format"] == "png":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_vqbrain.errors import OutputPathError, VQBrainError
+from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError
 
 from .handlers import METRICS_FILE
-from .transforms import codes_file, output_file
+from .transforms import check_output_dtype, codes_file, output_file
 
 __all__ = ["ERROR_KEY", "InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
 
@@ -74,6 +75,16 @@ class InferenceDataset(Dataset):
             }
 
 
+class _UserErrorsOnce(logging.Filter):
+    """Drop the evaluator's own log lines about a user error ending its run: the error hook prints it, in one line.
+
+    Ignite logs the exception that ends a run from inside its ``except`` block, so the exception is at hand here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or _user_error(sys.exc_info()[1]) is None
+
+
 class ReconstructionEvaluator(SupervisedEvaluator):
     """MONAI's ``SupervisedEvaluator`` for an inferer that returns code maps with the reconstructions.
 
@@ -82,8 +93,14 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     differences ``SupervisedEvaluator``'s own iteration has no room for: the inferer's ``(reconstruction, codes)``
     become ``pred`` and ``codes`` of the output, with the input as ``label`` (an autoencoder's target); and an error
     item of :class:`InferenceDataset` passes without a forward pass (without ``pred``, so that post-processing with
-    ``allow_missing_keys`` passes over it). Takes ``SupervisedEvaluator``'s arguments.
+    ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends the run with the
+    package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any(isinstance(entry, _UserErrorsOnce) for entry in self.logger.filters):
+            self.logger.addFilter(_UserErrorsOnce())
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -110,6 +127,7 @@ def check_outputs(
     output_dir: str | os.PathLike,
     output_postfix: str = "recon",
     output_ext: str | None = None,
+    output_dtype: str | None = None,
     separate_folder: bool = False,
     save_codes: bool = True,
     overwrite: bool = False,
@@ -124,6 +142,7 @@ def check_outputs(
         output_dir: the output folder.
         output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
             :func:`~monai_vqbrain.inference.output_file`); code maps are ``<name>_codes.npz`` beside them.
+        output_dtype: the data type of the reconstructions (None: each input's own).
         save_codes: whether code maps are written.
         overwrite: whether existing outputs may be replaced.
 
@@ -134,6 +153,7 @@ def check_outputs(
         OutputPathError: when ``output_dir`` is a file, ``output_ext`` cannot hold an input's format, an output
             would overwrite an input file, two inputs would write the same output, or outputs exist and ``overwrite``
             is off.
+        SettingError: when ``output_dtype`` cannot be written in an input's format.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -143,7 +163,8 @@ def check_outputs(
     for path in files:
         try:
             outputs = [output_file(path, output_dir, output_postfix, output_ext, separate_folder)]
-        except OutputPathError:
+            check_output_dtype(path, output_dtype)
+        except (OutputPathError, SettingError):
             raise
         except VQBrainError:
             continue  # not an image file: it is reported by the run, and nothing is written for it
