@@ -44,3 +44,18 @@ class InputsSkippedError(VQBrainError):
     """A run finished but skipped some of its inputs; raised last so that the exit status tells the caller."""
 
     exit_code = 3
+
+
+def find_user_error(error: BaseException | None) -> VQBrainError | None:
+    """The first :class:`VQBrainError` in an exception's chain, or None (MONAI wraps errors raised in transforms).
+
+    Args:
+        error: the exception caught.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, VQBrainError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

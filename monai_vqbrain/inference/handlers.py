@@ -32,18 +32,19 @@ from monai.metrics import SSIMMetric
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_vqbrain import errors
-from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError
+from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
 from monai_vqbrain.utils.io import atomic_path
 
 from .io import image_format
 from .transforms import codes_file
 
-__all__ = ["METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
+__all__ = ["ERROR_KEY", "METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
 
 METRICS_FILE = "reconstruction_metrics.csv"
 """Name of the per-file metrics table written into ``output_dir``."""
 
-_ERROR_KEY = "error"  # the dataset's key for a file it could not read (see InferenceDataset)
+ERROR_KEY = "error"
+"""The key of an item the dataset could not read: its error message (and ``error_type``, the error's class name)."""
 _CODES_FILE_KEY = "codes_file"  # where CodesSaver leaves the path it wrote, for the metrics table
 
 _logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class CodesSaver:
 
     def __call__(self, engine: Engine) -> None:
         for item in _items(engine.state.output):
-            if _ERROR_KEY in item:
+            if ERROR_KEY in item:
                 continue
             source = _source(item)
             path = codes_file(source, self.output_dir, self.separate_folder)
@@ -219,9 +220,11 @@ class InferenceMetricsWriter:
         image, reconstruction, codes = output[Keys.IMAGE], output[Keys.PRED], output["codes"]
         names = image.meta["filename_or_obj"]
         names = [names] if isinstance(names, str) else list(names)
+        # plain tensors: the metadata has served its purpose and MetaTensor slows every operation
+        images, reconstructions = (t.as_tensor() if hasattr(t, "as_tensor") else t for t in (image, reconstruction))
         for index, name in enumerate(names):
-            target = torch.as_tensor(image[index]).float().cpu()[:, None]
-            recon = torch.as_tensor(reconstruction[index]).float().cpu()[:, None]
+            target = images[index].float().cpu()[:, None]
+            recon = reconstructions[index].float().cpu()[:, None]
             ssim = float(self._ssim(recon, target).reshape(-1).mean())
             self._ssim.reset()
             mse = float(torch.mean((recon - target) ** 2))
@@ -249,8 +252,8 @@ class InferenceMetricsWriter:
     def _record(self, engine: Engine) -> None:
         for item in _items(engine.state.output):
             source = _source(item)
-            if _ERROR_KEY in item:
-                result = FileResult(input=source, error=str(item[_ERROR_KEY]))
+            if ERROR_KEY in item:
+                result = FileResult(input=source, error=str(item[ERROR_KEY]))
                 with contextlib.suppress(VQBrainError):
                     result.format = image_format(source)
                 with contextlib.suppress(OSError):
@@ -296,9 +299,7 @@ class InferenceMetricsWriter:
 
     def _on_exception(self, engine: Engine, error: BaseException) -> None:
         """Record what was written before the disk failed (full, read-only), if the disk still allows it; re-raise."""
-        cause = error
-        while cause is not None and not isinstance(cause, VQBrainError):
-            cause = cause.__cause__ or cause.__context__
+        cause = find_user_error(error)
         if isinstance(cause, OutputWriteError):
             done = [
                 self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")

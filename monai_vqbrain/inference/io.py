@@ -336,7 +336,7 @@ class NiftiInput(InputImage):
 
 
 def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
-    """Reconstructed slices ``(N, H, W)`` in ``[0, 1]`` back to the input file's layout and intensity scale (float64).
+    """Reconstructed slices ``(N, H, W)`` in ``[0, 1]`` back to the input file's layout and intensity scale.
 
     Args:
         info: an input's :meth:`InputImage.inverse_info`.

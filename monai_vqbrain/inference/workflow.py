@@ -18,28 +18,12 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError
+from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError, find_user_error
 
-from .handlers import METRICS_FILE
+from .handlers import ERROR_KEY, METRICS_FILE
 from .transforms import check_output_dtype, codes_file, output_file
 
-__all__ = ["ERROR_KEY", "InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
-
-ERROR_KEY = "error"
-"""The key of an item the dataset could not read: its error message (and ``error_type``, the error's class name)."""
-
-_logger = logging.getLogger(__name__)
-
-
-def _user_error(error: BaseException | None) -> VQBrainError | None:
-    """The package's own error in an exception's chain (MONAI wraps errors raised inside transforms)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, VQBrainError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+__all__ = ["InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
 
 
 class InferenceDataset(Dataset):
@@ -63,7 +47,7 @@ class InferenceDataset(Dataset):
         try:
             return super()._transform(index)
         except Exception as error:
-            user_error = _user_error(error)
+            user_error = find_user_error(error)
             if user_error is None:
                 raise
             if self.strict:
@@ -82,7 +66,7 @@ class _UserErrorsOnce(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or _user_error(sys.exc_info()[1]) is None
+        return record.levelno < logging.ERROR or find_user_error(sys.exc_info()[1]) is None
 
 
 class ReconstructionEvaluator(SupervisedEvaluator):
