@@ -70,6 +70,7 @@ def output_file(
             f"output_ext '{output_ext}' cannot hold '{path}'; expected null (the input's format) or one of "
             f"{', '.join(OUTPUT_EXTENSIONS[kind])} for a {kind} input"
         )
+    # not MONAI's FolderLayout: it strips one ending (and .gz) case-sensitively, so 'X.NII.GZ' would name 'X.NII_recon'
     return _named(path, output_dir, output_postfix, extension, separate_folder)
 
 
@@ -175,10 +176,10 @@ class SaveReconstructiond(MapTransform):
 
     The keys are those of MONAI's ``SaveImaged``. Not ``SaveImaged`` itself: its writers write in place (a killed run
     leaves a half-written file), replace existing files without asking, keep only a NIfTI's affine (not its header
-    and data type) and write PNGs at one bit depth. Here a
-    PNG is written at the input's bit depth and a NIfTI image with the input's header, affine and data type, each
-    through a temporary file renamed into place with the umask's permissions. The written path is recorded in the
-    data's ``meta["saved_to"]``, as ``SaveImaged(savepath_in_metadict=True)`` does.
+    and data type) and write PNGs at one bit depth. Here a PNG is written at the input's bit depth and a NIfTI image
+    with the input's header, affine and data type, each through a temporary file renamed into place with the
+    umask's permissions. The written path is recorded in the data's ``meta["saved_to"]``, as
+    ``SaveImaged(savepath_in_metadict=True)`` does.
 
     Args:
         keys: the key of the restored reconstruction (``"pred"``).
@@ -211,10 +212,6 @@ class SaveReconstructiond(MapTransform):
         self.separate_folder = bool(separate_folder)
         self.overwrite = bool(overwrite)
 
-    def output_file(self, path: str | os.PathLike) -> Path:
-        """The file written for input ``path`` (see :func:`output_file`)."""
-        return output_file(path, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
-
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -222,7 +219,7 @@ class SaveReconstructiond(MapTransform):
             meta = image.meta
             source = Path(meta["filename_or_obj"])
             check_output_dtype(source, self.output_dtype)
-            path = self.output_file(source)
+            path = output_file(source, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
             array = convert_to_numpy(image, wrap_sequence=True)
             if meta["format"] == "png":
                 write_png(array, path, meta["dtype"], float(meta["peak"]), self.output_dtype, overwrite=self.overwrite)
