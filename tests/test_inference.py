@@ -317,6 +317,26 @@ def test_strict_stops_at_the_first_bad_file(trained_bundle, input_dir, tmp_path)
     user_error(ImageFileError, str(input_dir / "bad.png"), infer, trained_bundle, str(input_dir), tmp_path, strict=True)
 
 
+def test_a_bad_file_ending_a_strict_run_is_reported_once(trained_bundle, input_dir, tmp_path):
+    import logging
+
+    class Records(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append((record.levelname, record.getMessage()))
+
+    messages: list[tuple[str, str]] = []
+    evaluator_log = logging.getLogger("ignite.engine.engine.ReconstructionEvaluator")
+    handler = Records()
+    evaluator_log.addHandler(handler)
+    try:
+        user_error(ImageFileError, "bad.png", infer, trained_bundle, str(input_dir), tmp_path, strict=True)
+    finally:
+        evaluator_log.removeHandler(handler)
+    # the error hook prints it; Ignite's own "terminating due to exception" lines would repeat it
+    assert any("Engine run resuming" in message for _, message in messages), "the evaluator's log is captured"
+    assert [message for level, message in messages if level == "ERROR"] == []
+
+
 def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):
     overrides = [f"--{key}={value}" for key, value in TINY_OVERRIDES.items()]
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(INFER),
