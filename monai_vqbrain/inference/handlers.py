@@ -116,7 +116,8 @@ class CodesSaver:
     """Write each input's code map to ``<name>_codes.npz`` (atomically) once its iteration's model run completes.
 
     Attached to ``MODEL_COMPLETED``, after MONAI's decollation and post-processing; the path written is left in the
-    item as ``codes_file`` for :class:`InferenceMetricsWriter`.
+    item as ``codes_file`` for :class:`InferenceMetricsWriter`. MONAI has no handler for this: ``SaveImaged`` would
+    write the codes as an image, not the documented ``.npz`` with the codebook size, image size and slice axis.
 
     Args:
         output_dir: the output folder.
@@ -171,7 +172,9 @@ class InferenceMetricsWriter:
     restores the reconstruction to the input's size); the row is completed on ``ITERATION_COMPLETED`` with the files
     written, and the table is written on ``COMPLETED``. When the disk fails mid-run (``OutputWriteError``), the table
     is still written, when possible, with the files done so far. :meth:`raise_for_skipped` then says whether the run
-    skipped inputs.
+    skipped inputs. Not MONAI's ``IgniteMetricHandler`` with ``MetricsSaver``: those keep one number per image and
+    metric, while a row here also holds the files written, their sizes and code bits, and the error of a skipped
+    file, and the table is written atomically and never over an existing one without ``overwrite``.
 
     Args:
         inputs: the input files, in the order of the rows.
