@@ -8,28 +8,30 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, TINY_NETWORK, TRAIN, brain_like_slice, run_bundle, user_error
+from conftest import CONFIGS, TINY_NETWORK, TINY_OVERRIDES, TRAIN, brain_like_slice, run_bundle, user_error
 from monai.metrics import FIDMetric
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, OutputPathError, SettingError
+from monai_vqbrain.errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
     CodeDataset,
     CodeNLLMetric,
+    GenerationQuality,
     PriorPrepareBatch,
     SlicePositionLabels,
     bootstrap_frechet_interval,
     bootstrap_mean_interval,
     decode_codes,
-    evaluate_generation,
     file_sha256,
     frechet_distance,
     load_or_encode_codes,
@@ -40,6 +42,7 @@ from monai_vqbrain.prior import (
     position_channels,
     position_map,
     prior_network_settings,
+    real_image_batch,
     sample_affine,
     sample_class_labels,
 )
@@ -383,7 +386,19 @@ def slice_items(cases: range, slices: int) -> list[dict]:
     ]
 
 
-def test_evaluate_generation_measures_realism_beside_its_references(trained_bundle):
+def evaluate_generation(samples, vqvae, train, test, **settings) -> dict:
+    """The quality metric of ``samples`` as an evaluator over ``test`` computes it (generate.json's ``evaluator``)."""
+    from ignite.engine import Engine
+
+    quality = GenerationQuality(SimpleNamespace(images=samples, names=[f"s{i}" for i in range(len(samples))]), vqvae,
+                                train, batch_size=8, **settings)
+    engine = Engine(real_image_batch)
+    quality.attach(engine)
+    engine.run(DataLoader(test, batch_size=8), max_epochs=1)
+    return engine.state.metrics["generation"]
+
+
+def test_generation_quality_measures_realism_beside_its_references(trained_bundle):
     vqvae = tiny_vqvae(trained_bundle / "models" / "model.pt")
     train, test = slice_items(range(1, 9), 3), slice_items(range(20, 32), 3)  # 8 and 12 subjects
     # noise as "generated" images: a realism measure must fail them
@@ -476,6 +491,40 @@ def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, p
     user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0}, [])
 
 
+def _save_sample(folder: Path, image: torch.Tensor) -> dict:
+    """generate.json's saving of one sample ``(1, S, S)`` as ``sample_000.png`` and ``sample_000.nii.gz``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "generate.json")])
+    parser["generation_dir"] = str(folder)
+    meta = {"filename_or_obj": "sample_000", "affine": torch.as_tensor(sample_affine(image.shape[-1]))}
+    return parser.get_parsed_content("postprocessing")({"pred": image, "pred_meta_dict": meta})
+
+
+def test_samples_are_written_atomically_with_the_umask(tmp_path, monkeypatch):
+    image = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    previous = os.umask(0o027)
+    try:
+        _save_sample(tmp_path / "out", image)
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample_000.nii.gz", "sample_000.png"]
+    assert all(p.stat().st_mode & 0o777 == 0o640 for p in (tmp_path / "out").iterdir())
+    # uint8, rounded to the nearest level; the NIfTI holds the float image
+    png = np.asarray(Image.open(tmp_path / "out" / "sample_000.png"))
+    np.testing.assert_array_equal(png, np.rint(image[0].numpy() * 255).astype(np.uint8))
+    volume = nib.load(tmp_path / "out" / "sample_000.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(np.rot90(volume[:, :, 0]), image[0].numpy(), atol=1e-6)
+    # a full disk is one error naming the file, and leaves neither a partial file nor a temporary one
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", full_disk)
+    user_error(OutputWriteError, "sample_000.nii.gz': No space left on device", _save_sample, tmp_path / "full", image)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["sample_000.png"]
+
+
 def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):
     copy_models(prior_root, tmp_path)
     first = generate(tmp_path, demo_root, seed=3, generation_dir=str(tmp_path / "a"))
@@ -515,6 +564,24 @@ def test_generating_draws_the_priors_samples_whatever_the_batch_size(prior_root,
             png = np.asarray(Image.open(out / f"sample_{index:03d}.png"))
             assert png.dtype == np.uint8
             np.testing.assert_array_equal(png, np.rint(expected[index].clip(0, 1) * 255).astype(np.uint8))
+
+
+def test_generate_workflow_has_every_required_property(prior_root, demo_root, tmp_path):
+    # MONAI's inference-bundle properties: the sample requests are the dataset, the prior-sampling inferer the
+    # inferer; the evaluator (what tracking attaches to) is the metrics evaluator over test#dataset
+    from monai.bundle import create_workflow
+    from monai.engines import Evaluator, SupervisedEvaluator
+
+    copy_models(prior_root, tmp_path)
+    workflow = create_workflow(config_file=GENERATE, workflow_type="infer", bundle_root=str(tmp_path),
+                               dataset_dir=str(demo_root), num_samples=2, generation_classifier=False,
+                               **TINY_OVERRIDES)
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, Evaluator) and not isinstance(workflow.evaluator, SupervisedEvaluator)
+    assert len(workflow.dataset) == 2
+    workflow.run()
+    report = json.loads((tmp_path / "outputs" / "generated" / "generation_metrics.json").read_text())
+    assert tuple(report) == REPORT_KEYS and workflow.evaluator.state.metrics["num_test_images"] == 8
 
 
 def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):

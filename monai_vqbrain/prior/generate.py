@@ -2,9 +2,9 @@
 handlers that keep, plot and report its samples.
 
 ``generate.json`` declares the workflow: a ``SupervisedEvaluator`` over :class:`SampleRequests` whose inferer
-(:class:`PriorSamplingInferer`) draws code maps from the prior and decodes them, with ``SaveImaged``
-postprocessing (:class:`SamplePNGWriter`, :class:`SampleNiftiWriter`); then an evaluator of the real test images
-with the quality metric (:class:`~monai_vqbrain.prior.GenerationQuality`).
+(:class:`PriorSamplingInferer`) draws code maps from the prior and decodes them, with ``SaveImaged`` postprocessing
+(:class:`SaveSampled`, :class:`SamplePNGWriter`, :class:`SampleNiftiWriter`); then an evaluator of the real test
+images with the quality metric (:class:`~monai_vqbrain.prior.GenerationQuality`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from monai.data import NibabelWriter, PILWriter
 from monai.data.utils import to_affine_nd
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.inferers import Inferer
+from monai.transforms import SaveImaged
 from monai.utils import CommonKeys, convert_to_numpy
 from torch.utils.data import Dataset
 
@@ -59,6 +61,7 @@ __all__ = [
     "SamplePNGWriter",
     "SampleRequestBatch",
     "SampleRequests",
+    "SaveSampled",
     "decode_codes",
     "generation_log_values",
     "load_prior",
@@ -513,8 +516,39 @@ class PriorSamplingInferer(Inferer):
         return decode_codes(self.vqvae, codes)
 
 
-# MONAI's writers save straight to the final path, so a killed run would leave a truncated sample beside whole ones:
-# these write through atomic_path (aside, then renamed; the user's umask)
+# SaveImage reports any error of its writers as missing writer libraries (a RuntimeError holding the error as text);
+# the writers keep a failed write's own error here, for SaveSampled to re-raise as the one-line error it is
+_WRITE_ERROR: ContextVar[OSError | None] = ContextVar("sample_write_error", default=None)
+
+
+@contextlib.contextmanager
+def _sample_path(filename: PathLike) -> Iterator[Path]:
+    """:func:`~monai_vqbrain.utils.atomic_path` for a writer: MONAI's writers save straight to the final path, so a
+    killed run would leave a truncated sample beside whole ones; a failure is also kept for :class:`SaveSampled`."""
+    try:
+        with atomic_path(filename) as tmp:
+            yield tmp
+    except OSError as error:
+        _WRITE_ERROR.set(error)
+        raise
+
+
+class SaveSampled(SaveImaged):
+    """MONAI's ``SaveImaged`` whose writers' failures (a full disk, a read-only folder) surface as themselves,
+    one line naming the file, rather than as ``SaveImage``'s "cannot find a suitable writer"."""
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        """Save the items as ``SaveImaged`` does."""
+        _WRITE_ERROR.set(None)
+        try:
+            return super().__call__(data)
+        except RuntimeError as error:
+            failure = _WRITE_ERROR.get()
+            if failure is None:
+                raise
+            raise failure from error
+
+
 class SamplePNGWriter(PILWriter):
     """MONAI's ``PILWriter`` writing atomically, and rounding to the nearest 8-bit level (``PILWriter`` truncates)."""
 
@@ -523,7 +557,7 @@ class SamplePNGWriter(PILWriter):
         if self.scale == np.iinfo(np.uint8).max:
             data = convert_to_numpy(self.data_obj, wrap_sequence=True).astype(np.float64)
             self.data_obj, self.scale = np.rint(np.clip(data, 0.0, 1.0) * 255.0).astype(np.uint8), None
-        with atomic_path(filename) as tmp:
+        with _sample_path(filename) as tmp:
             super().write(str(tmp), verbose=verbose, format="PNG", **kwargs)
 
 
@@ -553,7 +587,7 @@ class SampleNiftiWriter(NibabelWriter):
         nifti.set_qform(affine, code=2)
         nifti.set_sform(affine, code=2)
         nifti.header.set_xyzt_units("mm")
-        with atomic_path(filename) as tmp:
+        with _sample_path(filename) as tmp:
             nib.save(nifti, str(tmp))
 
 

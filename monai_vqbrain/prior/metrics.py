@@ -7,7 +7,7 @@
 * :func:`mean_pairwise_ssim`, :class:`NearestImageSearch`: diversity and memorisation by SSIM.
 * :class:`GenerationQuality`: all of the above, and the classifier two-sample test of :mod:`.realism`, for a set
   of generated images against the real splits, with bootstrap confidence intervals: an Ignite metric of an
-  evaluator streaming the real test images (:func:`evaluate_generation` runs one).
+  evaluator streaming the real test images (``generate.json``'s ``evaluator``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,6 @@ __all__ = [
     "bootstrap_frechet_interval",
     "bootstrap_mean_interval",
     "encoder_features",
-    "evaluate_generation",
     "frechet_distance",
     "mean_pairwise_ssim",
     "pairwise_ssim",
@@ -664,41 +662,6 @@ def real_image_batch(engine: Engine, batch: dict[str, Any]) -> dict[str, Any]:
     return {"image": _images(batch), "name": batch.get("name")}
 
 
-def evaluate_generation(
-    samples: torch.Tensor,
-    vqvae: torch.nn.Module,
-    train_dataset: Dataset,
-    test_dataset: Dataset,
-    sample_names: Sequence[str] | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    **settings: Any,
-) -> dict[str, Any]:
-    """Measure generated images against the real training and test images (see :class:`GenerationQuality`).
-
-    Args:
-        samples: generated images ``(N, 1, S, S)`` in [0, 1].
-        vqvae: the VQ-VAE (eval mode) whose encoder gives the features.
-        train_dataset: the training images (``{"image", "name"}`` items), streamed once.
-        test_dataset: the test images, streamed once.
-        sample_names: names of the samples for the per-sample list (default ``sample_<i>``).
-        batch_size: images per batch when streaming the splits.
-        num_workers: data loader workers.
-        settings: the other :class:`GenerationQuality` arguments.
-
-    Returns:
-        A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
-    """
-    names = list(sample_names) if sample_names is not None else [f"sample_{i}" for i in range(len(samples))]
-    quality = GenerationQuality(
-        SimpleNamespace(images=samples, names=names), vqvae, train_dataset, batch_size, num_workers, **settings
-    )
-    engine = Engine(real_image_batch)
-    quality.attach(engine, "generation")
-    engine.run(DataLoader(test_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers), max_epochs=1)
-    return engine.state.metrics["generation"]
-
-
 def _realism(
     samples: torch.Tensor,
     test_images: list[torch.Tensor],
@@ -712,7 +675,7 @@ def _realism(
     seed: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """The ``classifier_*`` entries of :func:`evaluate_generation`."""
+    """The ``classifier_*`` entries of :class:`GenerationQuality`."""
     comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
     entries: dict[str, Any] = {
         "classifier": {
