@@ -445,7 +445,10 @@ class SampleRequestBatch(PrepareBatch):
     """
 
     def __call__(
-        self, batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None, tuple, dict[str, Any]]:
         """Split a request batch into ``(seeds, None, (), {"class_labels": labels or None})``."""
@@ -510,8 +513,14 @@ class PriorSamplingInferer(Inferer):
             cond_map = position_map(self.code_size, self.frequencies).expand(len(inputs), -1, -1, -1)
         with _one_cpu_thread(device):
             codes = prior.sample(
-                len(inputs), self.code_size, temperature=self.temperature, class_labels=class_labels,
-                cond_map=cond_map, fast=True, progress=self.progress, seeds=inputs,
+                len(inputs),
+                self.code_size,
+                temperature=self.temperature,
+                class_labels=class_labels,
+                cond_map=cond_map,
+                fast=True,
+                progress=self.progress,
+                seeds=inputs,
             )
         return decode_codes(self.vqvae, codes)
 
@@ -676,7 +685,10 @@ class SampleGrid:
     """
 
     def __init__(
-        self, samples: GeneratedSamples, metadata: Mapping[str, Any], output_dir: str | os.PathLike,
+        self,
+        samples: GeneratedSamples,
+        metadata: Mapping[str, Any],
+        output_dir: str | os.PathLike,
         grid_samples: int = 64,
     ) -> None:
         self.samples = samples
@@ -694,7 +706,8 @@ class SampleGrid:
         count = len(images)
         shown = np.unique(np.linspace(0, count - 1, num=min(count, self.grid_samples)).round()).astype(int).tolist()
         titles = [
-            names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}") for i in shown
+            names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
+            for i in shown
         ]
         plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
 
@@ -776,7 +789,10 @@ class NearestTrainingSlices:
     """
 
     def __init__(
-        self, samples: GeneratedSamples, train_dataset: Any, output_dir: str | os.PathLike,
+        self,
+        samples: GeneratedSamples,
+        train_dataset: Any,
+        output_dir: str | os.PathLike,
         metric_name: str = "generation",
     ) -> None:
         self.samples = samples
@@ -797,9 +813,9 @@ class NearestTrainingSlices:
         shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
         if not shown:
             return
-        references = torch.stack([
-            torch.as_tensor(self.train_dataset[index_of[nearest[i]["nearest_train"]]]["image"]).float() for i in shown
-        ])
+        references = torch.stack(
+            [torch.as_tensor(self.train_dataset[index_of[nearest[i]["nearest_train"]]]["image"]).float() for i in shown]
+        )
         plot_nearest_training_slices(
             images[shown],
             references,

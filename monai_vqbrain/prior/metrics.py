@@ -599,9 +599,12 @@ class GenerationQuality(Metric):
         sample_nearest = nearest_ssim[:num_samples]
         test_nearest = nearest_ssim[num_samples : num_samples + num_subset]
         recon_nearest = nearest_ssim[num_samples + num_subset :]
-        generated_features = torch.cat([
-            encoder_features(model, samples[i : i + batch_size], self.fd_grid) for i in range(0, num_samples, batch_size)
-        ])
+        generated_features = torch.cat(
+            [
+                encoder_features(model, samples[i : i + batch_size], self.fd_grid)
+                for i in range(0, num_samples, batch_size)
+            ]
+        )
         train_subset = _evenly_spaced(len(train_features_all), num_samples)
 
         memorisation = _stats(sample_nearest)
@@ -643,8 +646,19 @@ class GenerationQuality(Metric):
             "foreground_fraction_test": float(torch.cat(self._test_foreground).mean()),
         }
         metrics.update(
-            _realism(samples, self._pool_images, self._pool_recons, self._pool_names, train_pool_images,
-                     train_pool_names, self.classifier, self.classifier_folds, self.classifier_epochs, seed, device)
+            _realism(
+                samples,
+                self._pool_images,
+                self._pool_recons,
+                self._pool_names,
+                train_pool_images,
+                train_pool_names,
+                self.classifier,
+                self.classifier_folds,
+                self.classifier_epochs,
+                seed,
+                device,
+            )
         )
         return metrics
 
