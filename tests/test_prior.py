@@ -562,8 +562,8 @@ def test_generating_draws_the_priors_samples_whatever_the_batch_size(prior_root,
             volume = nib.load(out / f"sample_{index:03d}.nii.gz").get_fdata(dtype=np.float32)[:, :, 0]
             np.testing.assert_allclose(np.rot90(volume), expected[index], atol=1e-6)
             png = np.asarray(Image.open(out / f"sample_{index:03d}.png"))
-            assert png.dtype == np.uint8
-            np.testing.assert_array_equal(png, np.rint(expected[index].clip(0, 1) * 255).astype(np.uint8))
+            assert png.dtype == np.uint8  # rounded to the nearest level (rounding noise of another batching: one)
+            np.testing.assert_allclose(png, np.rint(expected[index].clip(0, 1) * 255), atol=1)
 
 
 def test_generate_workflow_has_every_required_property(prior_root, demo_root, tmp_path):

@@ -441,7 +441,8 @@ class SampleRequests(Dataset):
 
 class SampleRequestBatch(PrepareBatch):
     """The sampler's ``prepare_batch``: a batch of :class:`SampleRequests` as the seeds (the inputs) and the class
-    labels (a keyword argument of :class:`PriorSamplingInferer`); the seeds stay on the CPU, where the noise is drawn.
+    labels (a keyword argument of :class:`PriorSamplingInferer`). Nothing is moved: the noise is drawn from the seeds
+    on the CPU, and the prior puts the labels where its weights are.
     """
 
     def __call__(
@@ -452,8 +453,7 @@ class SampleRequestBatch(PrepareBatch):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None, tuple, dict[str, Any]]:
         """Split a request batch into ``(seeds, None, (), {"class_labels": labels or None})``."""
-        labels = batchdata.get("class_label")
-        return batchdata["seed"], None, (), {"class_labels": None if labels is None else labels.to(device)}
+        return batchdata["seed"], None, (), {"class_labels": batchdata.get("class_label")}
 
 
 class PriorSamplingInferer(Inferer):
