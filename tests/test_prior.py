@@ -8,27 +8,30 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, TINY_NETWORK, TRAIN, brain_like_slice, run_bundle, user_error
+from conftest import CONFIGS, TINY_NETWORK, TINY_OVERRIDES, TRAIN, brain_like_slice, run_bundle, user_error
 from monai.metrics import FIDMetric
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, OutputPathError, SettingError
+from monai_vqbrain.errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
     CodeDataset,
     CodeNLLMetric,
+    GenerationQuality,
     PriorPrepareBatch,
     SlicePositionLabels,
     bootstrap_frechet_interval,
     bootstrap_mean_interval,
-    evaluate_generation,
+    decode_codes,
     file_sha256,
     frechet_distance,
     load_or_encode_codes,
@@ -39,7 +42,9 @@ from monai_vqbrain.prior import (
     position_channels,
     position_map,
     prior_network_settings,
-    write_samples,
+    real_image_batch,
+    sample_affine,
+    sample_class_labels,
 )
 from monai_vqbrain.prior import codes as codes_module
 from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
@@ -87,6 +92,27 @@ METRIC_KEYS = (
         for key, suffix in (("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("images_per_side", ""))
     ),
 )
+
+# generation_metrics.json's entries in their order, as the monolithic generator before the workflow wrote them
+REPORT_KEYS = (
+    "num_samples", "seed", "temperature", "image_size", "code_size", "sample_files", "sample_class_labels",
+    "sampling_seconds", "prior_checkpoint", "vqvae_checkpoint", "prior_best_epoch", "prior_val_bits_per_code",
+    "prior_val_accuracy", "prior_uniform_bits_per_code", "prior_conditioning", "num_train_images", "num_test_images",
+    "num_test_subset_images", "fd_feature_space", "fd_generated_vs_test", "fd_generated_vs_test_ci95",
+    "fd_train_vs_test", "fd_train_subset_vs_test", "fd_reconstructed_test_vs_test", "diversity_ssim_generated",
+    "diversity_ssim_generated_ci95", "diversity_ssim_test", "diversity_ssim_reconstructed_test",
+    "memorisation_ssim_mean", "memorisation_ssim_mean_ci95", "memorisation_ssim_max", "memorisation_ssim_test_mean",
+    "memorisation_ssim_reconstructed_test_mean", "memorisation_candidates", "memorisation_per_sample",
+    "foreground_fraction_generated", "foreground_fraction_test", "classifier",
+    *(
+        f"classifier_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("images_per_side", ""))
+    ),
+    "classifier_notes",
+)
+# the entries with the prior's results alone (generation_metrics false)
+SAMPLING_REPORT_KEYS = REPORT_KEYS[: REPORT_KEYS.index("prior_conditioning") + 1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -322,8 +348,11 @@ def test_generating_writes_samples_grid_and_metrics(generated):
     with Image.open(generated / "nearest_training_slices.png") as figure:  # samples beside their nearest slices
         assert figure.format == "PNG" and figure.size[0] > figure.size[1]
     metrics = json.loads((generated / "generation_metrics.json").read_text())
+    assert tuple(metrics) == REPORT_KEYS
     for key in METRIC_KEYS:
         assert key in metrics, key
+    assert metrics["sample_files"] == [p.name for p in pngs]
+    assert [entry["sample"] for entry in metrics["memorisation_per_sample"]] == metrics["sample_files"]
     assert metrics["num_samples"] == NUM_SAMPLES and metrics["prior_best_epoch"] in (1, 2)
     assert metrics["prior_uniform_bits_per_code"] == pytest.approx(5.0)
     assert 0.0 <= metrics["prior_val_accuracy"] <= 1.0 and metrics["prior_val_bits_per_code"] > 0
@@ -357,7 +386,19 @@ def slice_items(cases: range, slices: int) -> list[dict]:
     ]
 
 
-def test_evaluate_generation_measures_realism_beside_its_references(trained_bundle):
+def evaluate_generation(samples, vqvae, train, test, **settings) -> dict:
+    """The quality metric of ``samples`` as an evaluator over ``test`` computes it (generate.json's ``evaluator``)."""
+    from ignite.engine import Engine
+
+    quality = GenerationQuality(SimpleNamespace(images=samples, names=[f"s{i}" for i in range(len(samples))]), vqvae,
+                                train, batch_size=8, **settings)
+    engine = Engine(real_image_batch)
+    quality.attach(engine)
+    engine.run(DataLoader(test, batch_size=8), max_epochs=1)
+    return engine.state.metrics["generation"]
+
+
+def test_generation_quality_measures_realism_beside_its_references(trained_bundle):
     vqvae = tiny_vqvae(trained_bundle / "models" / "model.pt")
     train, test = slice_items(range(1, 9), 3), slice_items(range(20, 32), 3)  # 8 and 12 subjects
     # noise as "generated" images: a realism measure must fail them
@@ -429,7 +470,7 @@ def _world_of_voxel(image: nib.Nifti1Image, voxel) -> np.ndarray:
     return nib.affines.apply_affine(image.affine, voxel)
 
 
-def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, tmp_path):
+def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, prior_root, demo_root, tmp_path):
     image = nib.load(generated / "sample_000.nii.gz")
     # default: 1 mm pixels, as both the sform and the qform (what ITK/FSL read) say, in RAS voxel order
     assert image.header.get_zooms() == (1.0, 1.0, 1.0) and image.header.get_xyzt_units()[0] == "mm"
@@ -438,15 +479,50 @@ def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, t
     assert "".join(nib.aff2axcodes(image.affine)) == "RAS"
     np.testing.assert_allclose(_world_of_voxel(image, [15.5, 15.5, 0]), [0.0, 0.0, 0.0])  # centre of the 32x32 slice
     # another pixel size (the training images' one, when known) scales the affine and keeps the image
-    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    write_samples(tmp_path / "half", images, pixel_spacing=0.5)
-    half = nib.load(tmp_path / "half" / "sample_001.nii.gz")
+    copy_models(prior_root, tmp_path)
+    out = generate(tmp_path, demo_root, num_samples=2, sample_pixel_spacing=0.5)
+    half = nib.load(out / "sample_001.nii.gz")
     assert half.header.get_zooms() == (0.5, 0.5, 0.5) and "".join(nib.aff2axcodes(half.affine)) == "RAS"
     np.testing.assert_allclose(_world_of_voxel(half, [31, 31, 0]) - _world_of_voxel(half, [0, 0, 0]), [15.5, 15.5, 0])
-    np.testing.assert_allclose(np.rot90(half.get_fdata()[:, :, 0]), images[1, 0].numpy(), atol=1e-6)
+    png = np.asarray(Image.open(out / "sample_001.png"), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(np.rot90(half.get_fdata()[:, :, 0]), png, atol=0.5 / 255 + 1e-6)
     with pytest.raises(ValueError, match="pixel_spacing"):
-        write_samples(tmp_path / "bad", images, pixel_spacing=0.0)
+        sample_affine(32, 0.0)
     user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0}, [])
+
+
+def _save_sample(folder: Path, image: torch.Tensor) -> dict:
+    """generate.json's saving of one sample ``(1, S, S)`` as ``sample_000.png`` and ``sample_000.nii.gz``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "generate.json")])
+    parser["generation_dir"] = str(folder)
+    meta = {"filename_or_obj": "sample_000", "affine": torch.as_tensor(sample_affine(image.shape[-1]))}
+    return parser.get_parsed_content("postprocessing")({"pred": image, "pred_meta_dict": meta})
+
+
+def test_samples_are_written_atomically_with_the_umask(tmp_path, monkeypatch):
+    image = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    previous = os.umask(0o027)
+    try:
+        _save_sample(tmp_path / "out", image)
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample_000.nii.gz", "sample_000.png"]
+    assert all(p.stat().st_mode & 0o777 == 0o640 for p in (tmp_path / "out").iterdir())
+    # uint8, rounded to the nearest level; the NIfTI holds the float image
+    png = np.asarray(Image.open(tmp_path / "out" / "sample_000.png"))
+    np.testing.assert_array_equal(png, np.rint(image[0].numpy() * 255).astype(np.uint8))
+    volume = nib.load(tmp_path / "out" / "sample_000.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(np.rot90(volume[:, :, 0]), image[0].numpy(), atol=1e-6)
+    # a full disk is one error naming the file, and leaves neither a partial file nor a temporary one
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", full_disk)
+    user_error(OutputWriteError, "sample_000.nii.gz': No space left on device", _save_sample, tmp_path / "full", image)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["sample_000.png"]
 
 
 def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path):
@@ -462,6 +538,50 @@ def test_generating_is_deterministic_for_a_seed(prior_root, demo_root, tmp_path)
     assert [(greedy[0] / n).read_bytes() for n in names] == [(greedy[1] / n).read_bytes() for n in names]
     metrics = json.loads((greedy[0] / "generation_metrics.json").read_text())
     assert metrics["temperature"] == 0.0 and metrics["seed"] == 3
+
+
+def test_generating_draws_the_priors_samples_whatever_the_batch_size(prior_root, demo_root, tmp_path):
+    # the samples the prior draws from a generator seeded with the seed, as one call (what generating wrote before
+    # it was a workflow of batches): each sample keeps its own seed, label and conditioning map in every batching
+    copy_models(prior_root, tmp_path)
+    models = tmp_path / "models"
+    runs = [generate(tmp_path, demo_root, seed=5, num_samples=5, generation_dir=str(tmp_path / "all"))]
+    runs.append(generate(tmp_path, demo_root, seed=5, num_samples=5, sample_batch_size=2,
+                         generation_dir=str(tmp_path / "twos")))
+    prior, metadata = load_prior(models / "prior.pt")
+    code_size = tuple(metadata["code_size"])
+    frequencies = int(metadata["position_frequencies"])
+    labels = sample_class_labels(metadata, 5)
+    codes = prior.sample(5, code_size, generator=torch.Generator().manual_seed(5), class_labels=labels,
+                         cond_map=position_map(code_size, frequencies).expand(5, -1, -1, -1) if frequencies else None)
+    expected = decode_codes(tiny_vqvae(models / "model.pt"), codes)[:, 0].numpy()
+    for out in runs:
+        report = json.loads((out / "generation_metrics.json").read_text())
+        assert tuple(report) == SAMPLING_REPORT_KEYS and report["sample_class_labels"] == labels.tolist()
+        for index in range(5):
+            volume = nib.load(out / f"sample_{index:03d}.nii.gz").get_fdata(dtype=np.float32)[:, :, 0]
+            np.testing.assert_allclose(np.rot90(volume), expected[index], atol=1e-6)
+            png = np.asarray(Image.open(out / f"sample_{index:03d}.png"))
+            assert png.dtype == np.uint8  # rounded to the nearest level (rounding noise of another batching: one)
+            np.testing.assert_allclose(png, np.rint(expected[index].clip(0, 1) * 255), atol=1)
+
+
+def test_generate_workflow_has_every_required_property(prior_root, demo_root, tmp_path):
+    # MONAI's inference-bundle properties: the sample requests are the dataset, the prior-sampling inferer the
+    # inferer; the evaluator (what tracking attaches to) is the metrics evaluator over test#dataset
+    from monai.bundle import create_workflow
+    from monai.engines import Evaluator, SupervisedEvaluator
+
+    copy_models(prior_root, tmp_path)
+    workflow = create_workflow(config_file=GENERATE, workflow_type="infer", bundle_root=str(tmp_path),
+                               dataset_dir=str(demo_root), num_samples=2, generation_classifier=False,
+                               **TINY_OVERRIDES)
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, Evaluator) and not isinstance(workflow.evaluator, SupervisedEvaluator)
+    assert len(workflow.dataset) == 2
+    workflow.run()
+    report = json.loads((tmp_path / "outputs" / "generated" / "generation_metrics.json").read_text())
+    assert tuple(report) == REPORT_KEYS and workflow.evaluator.state.metrics["num_test_images"] == 8
 
 
 def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):

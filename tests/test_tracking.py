@@ -132,6 +132,15 @@ def test_generating_is_tracked(prior_root, demo_root, tmp_path, monkeypatch):
     _, (default,) = _runs(tmp_path / "default", experiment="monai_vqbrain")
     assert default.data.metrics["fd_generated_vs_test"] == pytest.approx(report["fd_generated_vs_test"])
 
+    # without the metrics evaluator the sampler carries the tracking: the prior's results and the sampling time
+    off = tmp_path / "off"
+    run_bundle("generating", GENERATE, output_dir=str(off), tracking=TRACKING, generation_metrics=False, **common)
+    client, (sampling,) = _runs(off)
+    assert sampling.data.metrics["sampling_seconds"] == pytest.approx(
+        json.loads((off / "generated" / "generation_metrics.json").read_text())["sampling_seconds"])
+    assert "fd_generated_vs_test" not in sampling.data.metrics
+    assert {"generation_metrics.json", "grid.png"} <= {a.path for a in client.list_artifacts(sampling.info.run_id)}
+
 
 def test_generation_numbers_for_tracking():
     from monai_vqbrain.prior import generation_log_values

@@ -422,6 +422,7 @@ class GatedPixelCNN(nn.Module):
         batch_size: int | None = None,
         fast: bool = True,
         progress: bool = False,
+        seeds: Sequence[int] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw code maps from the model in raster order.
 
@@ -443,6 +444,8 @@ class GatedPixelCNN(nn.Module):
             fast: True for the cached sampler (O(H * W * layers) small steps); False for the naive one, a full
                 forward pass per position (slow; the reference for the fast one).
             progress: show a tqdm progress bar over the positions.
+            seeds: one seed per sample, instead of drawing them from ``generator``; a sample's code map depends only
+                on its seed (and label and conditioning map), so a sampler can draw any subset of samples at a time.
 
         Returns:
             (num_samples, H, W) long tensor of codes, on the device of the network.
@@ -480,8 +483,12 @@ class GatedPixelCNN(nn.Module):
         self._check_conditioning(num_samples, (height, width), class_labels, cond_map)
 
         # one seed per sample, so each sample's noise is independent of the batching and of the device
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device).tolist()
+        if seeds is None:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device)
+        seeds = torch.as_tensor(seeds, dtype=torch.long).reshape(-1).tolist()
+        if len(seeds) != num_samples:
+            raise ValueError(f"seeds must hold one seed per sample ({num_samples}), got {len(seeds)}.")
 
         chunks = range(0, num_samples, batch_size)
         bar = None

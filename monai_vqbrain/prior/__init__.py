@@ -7,7 +7,8 @@
   generated images, with bootstrap intervals.
 * :mod:`.realism`: the classifier two-sample test of realism (held-out ROC AUC of a small CNN, grouped folds).
 * :mod:`.figures`: the prior's learning curves; samples beside their nearest training slices.
-* :mod:`.generate`: the bundle's ``generating``: load a prior from its checkpoint, sample, decode, write, measure.
+* :mod:`.generate`: the pieces of the bundle's ``generating``: load a prior from its checkpoint; the sampler's
+  requests, inferer and writers; the handlers that keep, plot and report the samples.
 """
 
 from .codes import (
@@ -27,8 +28,16 @@ from .codes import (
 )
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
-    BrainGenerator,
-    GenerationEvaluator,
+    GeneratedSamples,
+    GenerationReport,
+    NearestTrainingSlices,
+    PriorSamplingInferer,
+    SampleGrid,
+    SampleNiftiWriter,
+    SamplePNGWriter,
+    SampleRequestBatch,
+    SampleRequests,
+    SaveSampled,
     decode_codes,
     generation_log_values,
     load_prior,
@@ -37,19 +46,19 @@ from .generate import (
     read_prior_settings,
     sample_affine,
     sample_class_labels,
-    write_samples,
 )
 from .metrics import (
     CodeAccuracyMetric,
     CodeNLLMetric,
+    GenerationQuality,
     NearestImageSearch,
     bootstrap_frechet_interval,
     bootstrap_mean_interval,
     encoder_features,
-    evaluate_generation,
     frechet_distance,
     mean_pairwise_ssim,
     pairwise_ssim,
+    real_image_batch,
 )
 from .realism import RealismClassifier, assign_folds, classifier_two_sample_test, slice_groups
 from .trainer import (
@@ -67,8 +76,17 @@ from .trainer import (
 __all__ = [
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
-    "BrainGenerator",
-    "GenerationEvaluator",
+    "GeneratedSamples",
+    "GenerationQuality",
+    "GenerationReport",
+    "NearestTrainingSlices",
+    "PriorSamplingInferer",
+    "SampleGrid",
+    "SampleNiftiWriter",
+    "SamplePNGWriter",
+    "SampleRequestBatch",
+    "SampleRequests",
+    "SaveSampled",
     "generation_log_values",
     "CodeAccuracyMetric",
     "CodeDataset",
@@ -88,7 +106,6 @@ __all__ = [
     "decode_codes",
     "encode_dataset",
     "encoder_features",
-    "evaluate_generation",
     "file_sha256",
     "frechet_distance",
     "load_or_encode_codes",
@@ -113,5 +130,5 @@ __all__ = [
     "vqvae_fingerprint",
     "read_prior_settings",
     "sample_affine",
-    "write_samples",
+    "real_image_batch",
 ]

@@ -1,4 +1,11 @@
-"""Generating brains: load a trained prior, sample code maps, decode them, and write and measure the images."""
+"""Generating brains as MONAI workflow pieces: load a trained prior, a sampler (requests, inferer, writers) and the
+handlers that keep, plot and report its samples.
+
+``generate.json`` declares the workflow: a ``SupervisedEvaluator`` over :class:`SampleRequests` whose inferer
+(:class:`PriorSamplingInferer`) draws code maps from the prior and decodes them, with ``SaveImaged`` postprocessing
+(:class:`SaveSampled`, :class:`SamplePNGWriter`, :class:`SampleNiftiWriter`); then an evaluator of the real test
+images with the quality metric (:class:`~monai_vqbrain.prior.GenerationQuality`).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +18,23 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-from ignite.engine import Engine
-from PIL import Image
+from ignite.engine import Engine, Events
+from monai.config import PathLike
+from monai.data import NibabelWriter, PILWriter
+from monai.data.utils import to_affine_nd
+from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.inferers import Inferer
+from monai.transforms import SaveImaged
+from monai.utils import CommonKeys, convert_to_numpy
+from torch.utils.data import Dataset
 
-from ..data.datasets import get_dataset
 from ..errors import CheckpointError, OutputPathError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
@@ -33,23 +47,29 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
-from .codes import SlicePositionLabels, position_channels, position_map, vqvae_fingerprint
+from .codes import SlicePositionLabels, position_channels, position_map
 from .figures import plot_nearest_training_slices
-from .metrics import evaluate_generation
 from .trainer import prior_network_settings
 
 __all__ = [
-    "BrainGenerator",
-    "GenerationEvaluator",
-    "generation_log_values",
+    "GeneratedSamples",
+    "GenerationReport",
+    "NearestTrainingSlices",
+    "PriorSamplingInferer",
+    "SampleGrid",
+    "SampleNiftiWriter",
+    "SamplePNGWriter",
+    "SampleRequestBatch",
+    "SampleRequests",
+    "SaveSampled",
     "decode_codes",
+    "generation_log_values",
     "load_prior",
     "plot_sample_grid",
     "prior_summary",
     "read_prior_settings",
     "sample_affine",
     "sample_class_labels",
-    "write_samples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +78,7 @@ _TRAIN_PRIOR_COMMAND = (
     "python -m monai.bundle run training_prior --config_file "
     "\"['bundle/configs/train.json','bundle/configs/train_prior.json']\""
 )
-# the files write_samples owns in its folder; stale ones from a run with more samples are removed with overwrite
+# the sample files of a run; stale ones from a run with more samples are removed with overwrite
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
 # the other files a generating run writes into its folder
 _RUN_FILES = ("grid.png", "generation_metrics.json")
@@ -259,10 +279,6 @@ def decode_codes(vqvae: torch.nn.Module, codes: torch.Tensor, batch_size: int = 
     return torch.cat(images)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return np.rint(image.detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
     """The voxel-to-world (RAS, mm) affine of a generated ``(size, size, 1)`` axial slice.
 
@@ -282,59 +298,6 @@ def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:2, 3] = -spacing * (size - 1) / 2.0
     return affine
-
-
-def write_samples(
-    output_dir: str | os.PathLike, images: torch.Tensor, overwrite: bool = False, pixel_spacing: float = 1.0
-) -> list[str]:
-    """Write each image ``(1, S, S)`` as ``sample_<i>.png`` (8-bit grey) and ``sample_<i>.nii.gz`` (float32).
-
-    The arrays are in display orientation, rows as the PNG shows them (as the package's readers return slices).
-    The NIfTI volume is an axial slice ``(S, S, 1)`` in RAS voxel order, rotated as
-    :func:`~monai_vqbrain.data.load_nifti_slices` expects, so reading it back gives the same image; its affine (qform
-    and sform) has ``pixel_spacing`` mm pixels and slice thickness and puts the image centre at the world origin (see
-    :func:`sample_affine`). Every file is written atomically.
-
-    Args:
-        output_dir: the folder to write to.
-        images: the samples, ``(N, 1, S, S)`` in [0, 1].
-        overwrite: replace the files of an earlier run, removing its sample files first so the folder holds exactly
-            this run's samples; without it a folder holding generated files is refused.
-        pixel_spacing: the pixel size in mm (the training images' pixel size, when known).
-
-    Raises:
-        OutputPathError: when ``output_dir`` holds an earlier run's files and not ``overwrite``.
-
-    Returns:
-        The PNG file names, in sample order.
-    """
-    output_dir = Path(output_dir)
-    _refuse_to_replace(output_dir, overwrite)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in _earlier_outputs(output_dir):
-        if _SAMPLE_FILE.match(stale.name):
-            stale.unlink()
-    # not MONAI's SaveImage: its writers save straight to the final path, so a killed run would leave a truncated
-    # sample beside complete ones; atomic_path keeps every file whole (written aside, then renamed)
-    affine = sample_affine(images.shape[-1], pixel_spacing)
-    digits = max(3, len(str(len(images) - 1)))
-    names = []
-    for index, image in enumerate(images):
-        stem = f"sample_{index:0{digits}d}"
-        plane = image[0].float().cpu().numpy()
-        with atomic_path(output_dir / f"{stem}.png") as tmp:
-            Image.fromarray(_to_uint8(image[0]), mode="L").save(tmp, format="PNG")
-        # load_nifti_slices shows a volume's plane as np.rot90(plane); undo it so a round trip is the identity
-        volume = np.ascontiguousarray(np.rot90(plane, k=-1)[:, :, None], dtype=np.float32)
-        nifti = nib.Nifti1Image(volume, affine=affine)
-        # both transforms, so readers that prefer the qform (ITK, FSL) place the slice like those reading the sform
-        nifti.set_qform(affine, code=2)
-        nifti.set_sform(affine, code=2)
-        nifti.header.set_xyzt_units("mm")
-        with atomic_path(output_dir / f"{stem}.nii.gz") as tmp:
-            nib.save(nifti, str(tmp))
-        names.append(f"{stem}.png")
-    return names
 
 
 def plot_sample_grid(
@@ -392,234 +355,6 @@ def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike |
     return summary
 
 
-class BrainGenerator:
-    """Sample brains from a trained prior and VQ-VAE, write them and measure them.
-
-    :meth:`run` writes into ``output_dir``: ``sample_<i>.png`` and ``sample_<i>.nii.gz`` per sample (see
-    :func:`write_samples`), ``grid.png`` (up to ``grid_samples`` samples, titled with their slice-position bin when the
-    prior is conditioned) and ``generation_metrics.json`` (see :func:`prior_summary` and
-    :func:`~monai_vqbrain.prior.evaluate_generation` for its entries).
-
-    The same ``seed`` (and settings) gives identical files: the code maps are drawn with the prior's exact fast
-    sampler from a generator seeded with ``seed``, and decoding is deterministic.
-
-    Args:
-        prior_checkpoint: the prior's best checkpoint (``<ckpt_dir>/prior.pt``).
-        vqvae: the trained VQ-VAE (see :func:`~monai_vqbrain.prior.load_vqvae`).
-        vqvae_checkpoint: the checkpoint it was loaded from; the prior must have been trained over it.
-        output_dir: where the files go.
-        image_size: the image size (checked against the prior's).
-        num_samples: number of brains to draw.
-        temperature: sampling temperature: 1 samples the model's distribution, lower values are more conservative,
-            0 always picks the most likely code (greedy; the same for every seed).
-        seed: the seed of the draw.
-        class_labels: slice-position bin of every sample (one int, or one per sample); None spreads the samples
-            over the bins like the training data.
-        batch_size: samples drawn at once (None: all).
-        history_file: the prior's training history (for the validation accuracy at its best epoch).
-        dataset_kwargs: :func:`~monai_vqbrain.data.get_dataset` arguments to read the real train and test splits
-            for the quality metrics (those not given as ``train_dataset`` / ``test_dataset``); None skips the metrics
-            unless both datasets are given.
-        compute_metrics: False writes only the prior's results into ``generation_metrics.json``.
-        metrics_batch_size: images per batch when reading the real splits.
-        grid_samples: the most samples shown in ``grid.png`` (evenly spaced over the samples).
-        fd_grid: the encoder latents are average-pooled to ``fd_grid x fd_grid`` for the Fréchet distances.
-        classifier: run the classifier two-sample tests of realism (see
-            :func:`~monai_vqbrain.prior.realism.classifier_two_sample_test`); False leaves their entries None.
-        real_images: the real test images (and as many training images) the classifier tests draw from.
-        device: where to run the prior (default: where the VQ-VAE is).
-        progress: show a progress bar while sampling.
-        overwrite: replace an earlier run's files in ``output_dir`` (see :func:`write_samples`); without it such a
-            folder is refused before anything is sampled.
-        pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine (see :func:`sample_affine`).
-        train_dataset: the real training slices the samples are compared with (memorisation, references), items
-            ``{"image": (1, S, S), "name": str}`` (``generate.json``: ``generation_train#dataset``); None reads the
-            split with ``dataset_kwargs``.
-        test_dataset: the real test slices the samples are measured against (``generate.json``: ``test#dataset``,
-            as in ``evaluate.json``); None reads the split with ``dataset_kwargs``.
-        prior: the configured prior network, checked against the checkpoint's metadata before its weights are
-            loaded (see :func:`load_prior`); None builds it from that metadata.
-    """
-
-    def __init__(
-        self,
-        prior_checkpoint: str | os.PathLike,
-        vqvae: torch.nn.Module,
-        vqvae_checkpoint: str | os.PathLike,
-        output_dir: str | os.PathLike,
-        image_size: int,
-        num_samples: int = 16,
-        temperature: float = 1.0,
-        seed: int = 0,
-        class_labels: int | Sequence[int] | None = None,
-        batch_size: int | None = None,
-        history_file: str | os.PathLike | None = None,
-        dataset_kwargs: Mapping[str, Any] | None = None,
-        compute_metrics: bool = True,
-        metrics_batch_size: int = 64,
-        grid_samples: int = 64,
-        fd_grid: int = 4,
-        classifier: bool = True,
-        real_images: int = 512,
-        device: str | torch.device | None = None,
-        progress: bool = False,
-        overwrite: bool = False,
-        pixel_spacing: float = 1.0,
-        prior: GatedPixelCNN | None = None,
-        train_dataset: Any | None = None,
-        test_dataset: Any | None = None,
-    ) -> None:
-        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if not float(temperature) >= 0.0 or not math.isfinite(float(temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
-        self.prior_checkpoint = Path(prior_checkpoint)
-        self.vqvae = vqvae
-        self.vqvae_checkpoint = Path(vqvae_checkpoint)
-        self.output_dir = Path(output_dir)
-        self.image_size = int(image_size)
-        self.num_samples = int(num_samples)
-        self.temperature = float(temperature)
-        self.seed = int(seed)
-        self.class_labels = class_labels
-        self.batch_size = batch_size
-        self.history_file = history_file
-        self.dataset_kwargs = None if dataset_kwargs is None else dict(dataset_kwargs)
-        self.compute_metrics = as_bool(compute_metrics, "generation_metrics")
-        self.metrics_batch_size = metrics_batch_size
-        self.grid_samples = max(1, int(grid_samples))
-        self.fd_grid = int(fd_grid)
-        self.classifier = as_bool(classifier, "generation_classifier")
-        if isinstance(real_images, bool) or int(real_images) != real_images or real_images < 1:
-            raise ValueError(f"real_images must be a positive integer, got {real_images!r}.")
-        self.real_images = int(real_images)
-        self.device = device
-        self.progress = as_bool(progress, "progress")
-        self.overwrite = as_bool(overwrite, "overwrite")
-        sample_affine(self.image_size, pixel_spacing)  # a bad spacing fails here, before anything is sampled
-        self.pixel_spacing = float(pixel_spacing)
-        self.prior = prior
-        self.train_dataset = train_dataset
-        self.test_dataset = test_dataset
-
-    def check(self) -> None:
-        """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
-
-        Raises:
-            OutputPathError: naming ``output_dir`` when it holds generated files and not ``overwrite``.
-        """
-        _refuse_to_replace(self.output_dir, self.overwrite)
-
-    def _plot_nearest(self, images: torch.Tensor, names: list[str], train: Any, nearest: list[dict]) -> None:
-        """``nearest_training_slices.png``: 8 samples (evenly spaced) beside their most similar training slices."""
-        index_of = {str(item.get("name")): i for i, item in enumerate(getattr(train, "data", []) or [])}
-        shown = [int(i) for i in np.unique(np.linspace(0, len(images) - 1, num=min(8, len(images))).round())]
-        shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
-        if not shown:
-            return
-        references = torch.stack([
-            torch.as_tensor(train[index_of[nearest[i]["nearest_train"]]]["image"]).float() for i in shown
-        ])
-        plot_nearest_training_slices(
-            images[shown],
-            references,
-            self.output_dir / "nearest_training_slices.png",
-            [names[i][: -len(".png")] for i in shown],
-            [str(nearest[i]["nearest_train"]) for i in shown],
-            [float(nearest[i]["ssim"]) for i in shown],
-        )
-
-    def run(self) -> dict[str, Any]:
-        """Sample, decode, write the files and the metrics; return the metrics."""
-        self.check()
-        model = getattr(self.vqvae, "module", self.vqvae).eval()
-        device = torch.device(self.device) if self.device is not None else next(model.parameters()).device
-        prior, metadata = load_prior(
-            self.prior_checkpoint,
-            device,
-            vqvae=model,
-            vqvae_sha256=vqvae_fingerprint(self.vqvae_checkpoint),
-            image_size=self.image_size,
-            network=self.prior,
-        )
-        code_size = tuple(int(s) for s in metadata.get("code_size") or [self.image_size // model.downsample_factor] * 2)
-        labels = sample_class_labels(metadata, self.num_samples, self.class_labels)
-        # metrics of an earlier run must not sit beside this run's samples if this run fails before its own
-        (self.output_dir / "generation_metrics.json").unlink(missing_ok=True)
-
-        frequencies = int(metadata.get("position_frequencies") or 0)
-        cond_map = None
-        if frequencies > 0:
-            cond_map = position_map(code_size, frequencies).expand(self.num_samples, -1, -1, -1)
-
-        start = time.perf_counter()
-        # a CPU generator whatever the device: the prior draws per-sample seeds from it and its noise on the CPU
-        generator = torch.Generator().manual_seed(self.seed)
-        with _one_cpu_thread(device):
-            codes = prior.sample(
-                self.num_samples,
-                code_size,
-                temperature=self.temperature,
-                generator=generator,
-                class_labels=labels,
-                cond_map=cond_map,
-                batch_size=self.batch_size,
-                fast=True,
-                progress=self.progress,
-            )
-        images = decode_codes(model, codes)
-        seconds = time.perf_counter() - start
-        logger.info(f"sampled {self.num_samples} brains in {seconds:.1f} s")
-
-        names = write_samples(self.output_dir, images, overwrite=self.overwrite, pixel_spacing=self.pixel_spacing)
-        # the grid shows at most grid_samples samples, evenly spaced so every slice-position bin stays in view
-        shown = np.unique(np.linspace(0, self.num_samples - 1, num=min(self.num_samples, self.grid_samples)).round())
-        shown = shown.astype(int).tolist()
-        positions = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
-        titles = [
-            names[i][: -len(".png")] + ("" if labels is None else f"\n{positions.bin_description(int(labels[i]))}")
-            for i in shown
-        ]
-        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
-
-        metrics: dict[str, Any] = {
-            "num_samples": self.num_samples,
-            "seed": self.seed,
-            "temperature": self.temperature,
-            "image_size": self.image_size,
-            "code_size": list(code_size),
-            "sample_files": names,
-            "sample_class_labels": None if labels is None else labels.tolist(),
-            "sampling_seconds": seconds,
-            "prior_checkpoint": str(self.prior_checkpoint),
-            "vqvae_checkpoint": str(self.vqvae_checkpoint),
-            **prior_summary(metadata, self.history_file),
-        }
-        datasets_given = self.train_dataset is not None and self.test_dataset is not None
-        if self.compute_metrics and (datasets_given or self.dataset_kwargs is not None):
-            kwargs = {**(self.dataset_kwargs or {}), "image_size": self.image_size, "cache_rate": 0.0}
-            train = self.train_dataset if self.train_dataset is not None else get_dataset(split="train", **kwargs)
-            test = self.test_dataset if self.test_dataset is not None else get_dataset(split="test", **kwargs)
-            quality = evaluate_generation(
-                images,
-                model,
-                train,
-                test,
-                sample_names=names,
-                batch_size=self.metrics_batch_size,
-                num_workers=int((self.dataset_kwargs or {}).get("num_workers", 0) or 0),
-                fd_grid=self.fd_grid,
-                real_images=self.real_images,
-                classifier=self.classifier,
-                seed=self.seed,
-            )
-            # num_samples is already recorded; keep the rest
-            metrics.update({k: v for k, v in quality.items() if k != "num_samples"})
-            self._plot_nearest(images, names, train, quality["memorisation_per_sample"])
-        atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(metrics, indent=2))
-        return metrics
-
-
 def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a ``generation_metrics.json`` that a tracker logs as metrics.
 
@@ -629,7 +364,7 @@ def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     takes numbers.
 
     Args:
-        metrics: the generation metrics, as :meth:`BrainGenerator.run` returns them.
+        metrics: the generation metrics, as ``generation_metrics.json`` holds them.
     """
 
     def number(value: Any) -> bool:
@@ -646,38 +381,446 @@ def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
-def _not_ignite_termination(record: logging.LogRecord) -> bool:
-    return "is terminating due to exception" not in record.getMessage()
+# ------------------------------------------------------------------------------------------------------- sampler
+class SampleRequests(Dataset):
+    """The samples to draw, one item each: the dataset of ``generate.json``'s sampler.
 
-
-class GenerationEvaluator(Engine):
-    """Generating as an Ignite engine, so MONAI's event handlers (``MLFlowHandler`` of ``--tracking mlflow``,
-    ``StatsHandler``, ...) attach to it as they do to the evaluators of the other workflows.
-
-    One epoch of one iteration runs the generator (:meth:`BrainGenerator.run`); the iteration's output is the
-    generation metrics, and their numbers (:func:`generation_log_values`) become ``state.metrics``, which handlers
-    read at the end of the epoch. Its files are written by then, so handlers can log them when the run completes.
+    Item ``i`` is ``{"seed": int64, "name": "sample_<i>", "pred_meta_dict": {"filename_or_obj", "affine"}}``, with
+    ``"class_label"`` (int64) for a conditioned prior. The seeds are drawn once from a generator seeded with
+    ``seed``, one per sample, and each code map depends only on its own seed: the same ``seed`` gives the same
+    samples whatever the batch size. ``pred_meta_dict`` names the files ``SaveImaged`` writes and gives them the
+    affine of :func:`sample_affine`.
 
     Args:
-        generator: the configured generator.
-        val_handlers: handlers to attach (each has an ``attach(engine)`` method), like a MONAI evaluator's.
+        num_samples: number of brains to draw.
+        seed: the seed of the draw.
+        metadata: the prior checkpoint's metadata (see :func:`load_prior`): the slice-position bins.
+        class_labels: slice-position bin of every sample (one int, or one per sample); None spreads the samples
+            over the bins like the training data (see :func:`sample_class_labels`).
+        image_size: the size ``S`` of the decoded images.
+        pixel_spacing: the pixel size in mm recorded in the NIfTI files' affine.
+
+    Raises:
+        ValueError: for a count that is not a positive integer, labels that do not fit the prior, or a spacing
+            that is not a positive number.
     """
 
-    def __init__(self, generator: BrainGenerator, val_handlers: Sequence[Any] | None = None) -> None:
-        super().__init__(self._generate)
-        # Ignite logs every error twice as it ends the run, before re-raising it; the error still reaches the caller
-        # (and the bundle's one-line error report), so those lines only repeat it
-        self.logger.addFilter(_not_ignite_termination)  # one function: added once to Ignite's shared logger
-        self.generator = generator
-        for handler in val_handlers or []:
-            handler.attach(self)
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        metadata: Mapping[str, Any],
+        class_labels: int | Sequence[int] | None = None,
+        image_size: int = 64,
+        pixel_spacing: float = 1.0,
+    ) -> None:
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        self.num_samples = int(num_samples)
+        self.labels = sample_class_labels(metadata, self.num_samples, class_labels)
+        # the draw GatedPixelCNN.sample makes from a generator: the seeds of earlier runs' samples stay theirs
+        generator = torch.Generator().manual_seed(int(seed))
+        self.seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator)
+        digits = max(3, len(str(self.num_samples - 1)))
+        self.names = [f"sample_{index:0{digits}d}" for index in range(self.num_samples)]
+        self.affine = sample_affine(int(image_size), pixel_spacing)
 
-    def _generate(self, engine: Engine, batch: Any) -> dict[str, Any]:
-        metrics = self.generator.run()
-        engine.state.metrics.update(generation_log_values(metrics))
-        return metrics
+    def __len__(self) -> int:
+        return self.num_samples
 
-    def run(self) -> dict[str, Any]:  # type: ignore[override]
-        """Generate once (one epoch of one iteration); return the generation metrics."""
-        state = super().run([None], max_epochs=1)
-        return state.output
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {
+            "seed": self.seeds[index],
+            "name": self.names[index],
+            "pred_meta_dict": {"filename_or_obj": self.names[index], "affine": self.affine.copy()},
+        }
+        if self.labels is not None:
+            item["class_label"] = self.labels[index]
+        return item
+
+
+class SampleRequestBatch(PrepareBatch):
+    """The sampler's ``prepare_batch``: a batch of :class:`SampleRequests` as the seeds (the inputs) and the class
+    labels (a keyword argument of :class:`PriorSamplingInferer`). Nothing is moved: the noise is drawn from the seeds
+    on the CPU, and the prior puts the labels where its weights are.
+    """
+
+    def __call__(
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None, tuple, dict[str, Any]]:
+        """Split a request batch into ``(seeds, None, (), {"class_labels": labels or None})``."""
+        return batchdata["seed"], None, (), {"class_labels": batchdata.get("class_label")}
+
+
+class PriorSamplingInferer(Inferer):
+    """The sampler's inferer: draw a code map per seed from the prior (the network) and decode it with the VQ-VAE.
+
+    Each code map is drawn with the prior's exact fast sampler from its own seed (see
+    :meth:`~monai_vqbrain.networks.GatedPixelCNN.sample`), with the prior's slice-position conditioning map when it
+    was trained with one; decoding is deterministic.
+
+    Args:
+        vqvae: the trained VQ-VAE (see :func:`~monai_vqbrain.prior.load_vqvae`).
+        metadata: the prior checkpoint's metadata: the code map size and the conditioning map's frequencies.
+        temperature: sampling temperature: 1 samples the model's distribution, lower values are more conservative,
+            0 always picks the most likely code (greedy; the same for every seed).
+        image_size: the image size, for the code map size of a checkpoint that does not record it.
+        progress: show a progress bar while sampling.
+
+    Raises:
+        ValueError: for a temperature that is not a finite number >= 0.
+    """
+
+    def __init__(
+        self,
+        vqvae: torch.nn.Module,
+        metadata: Mapping[str, Any],
+        temperature: float = 1.0,
+        image_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if not float(temperature) >= 0.0 or not math.isfinite(float(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
+        self.vqvae = getattr(vqvae, "module", vqvae).eval()
+        size = metadata.get("code_size") or [int(image_size or 0) // self.vqvae.downsample_factor] * 2
+        self.code_size = tuple(int(s) for s in size)
+        self.frequencies = int(metadata.get("position_frequencies") or 0)
+        self.temperature = float(temperature)
+        self.progress = as_bool(progress, "progress")
+
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor, network: GatedPixelCNN, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sample and decode one batch.
+
+        Args:
+            inputs: the samples' seeds ``(B,)``.
+            network: the prior.
+            class_labels: the samples' slice-position bins ``(B,)``, for a conditioned prior.
+
+        Returns:
+            The images ``(B, 1, S, S)`` in [0, 1] (float32, on the CPU), rows as a PNG shows them.
+        """
+        prior = getattr(network, "module", network)
+        device = next(prior.parameters()).device
+        cond_map = None
+        if self.frequencies > 0:
+            cond_map = position_map(self.code_size, self.frequencies).expand(len(inputs), -1, -1, -1)
+        with _one_cpu_thread(device):
+            codes = prior.sample(
+                len(inputs),
+                self.code_size,
+                temperature=self.temperature,
+                class_labels=class_labels,
+                cond_map=cond_map,
+                fast=True,
+                progress=self.progress,
+                seeds=inputs,
+            )
+        return decode_codes(self.vqvae, codes)
+
+
+# SaveImage reports any error of its writers as missing writer libraries (a RuntimeError holding the error as text);
+# the writers keep a failed write's own error here, for SaveSampled to re-raise as the one-line error it is
+_WRITE_ERROR: ContextVar[OSError | None] = ContextVar("sample_write_error", default=None)
+
+
+@contextlib.contextmanager
+def _sample_path(filename: PathLike) -> Iterator[Path]:
+    """:func:`~monai_vqbrain.utils.atomic_path` for a writer: MONAI's writers save straight to the final path, so a
+    killed run would leave a truncated sample beside whole ones; a failure is also kept for :class:`SaveSampled`."""
+    try:
+        with atomic_path(filename) as tmp:
+            yield tmp
+    except OSError as error:
+        _WRITE_ERROR.set(error)
+        raise
+
+
+class SaveSampled(SaveImaged):
+    """MONAI's ``SaveImaged`` whose writers' failures (a full disk, a read-only folder) surface as themselves,
+    one line naming the file, rather than as ``SaveImage``'s "cannot find a suitable writer"."""
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        """Save the items as ``SaveImaged`` does."""
+        _WRITE_ERROR.set(None)
+        try:
+            return super().__call__(data)
+        except RuntimeError as error:
+            failure = _WRITE_ERROR.get()
+            if failure is None:
+                raise
+            raise failure from error
+
+
+class SamplePNGWriter(PILWriter):
+    """MONAI's ``PILWriter`` writing atomically, and rounding to the nearest 8-bit level (``PILWriter`` truncates)."""
+
+    def write(self, filename: PathLike, verbose: bool = False, **kwargs: Any) -> None:
+        """Write the image to ``filename`` (a temporary file beside it, then renamed)."""
+        if self.scale == np.iinfo(np.uint8).max:
+            data = convert_to_numpy(self.data_obj, wrap_sequence=True).astype(np.float64)
+            self.data_obj, self.scale = np.rint(np.clip(data, 0.0, 1.0) * 255.0).astype(np.uint8), None
+        with _sample_path(filename) as tmp:
+            super().write(str(tmp), verbose=verbose, format="PNG", **kwargs)
+
+
+class SampleNiftiWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` writing a ``(S, S, 1)`` axial slice atomically, both transforms coded "aligned".
+
+    The qform too, so readers that prefer it (ITK, FSL) place the slice like those reading the sform; code 2, not
+    ``NibabelWriter``'s 1 (scanner), as a sample stands for no scanner position; units mm.
+    """
+
+    def set_metadata(self, meta_dict: Mapping[str, Any] | None = None, resample: bool = True, **options: Any) -> None:
+        """Take the affine of ``meta_dict``; a sample is on its own grid, with nothing to resample it to.
+
+        Args:
+            meta_dict: the sample's metadata (``affine``, see :class:`SampleRequests`).
+            resample: ignored.
+            options: ignored.
+        """
+        self.affine = None if meta_dict is None else meta_dict.get("affine")
+
+    def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        """Write the image to ``filename`` (a temporary file beside it, then renamed)."""
+        plane = np.asarray(convert_to_numpy(self.data_obj, wrap_sequence=True), dtype=self.output_dtype or np.float32)
+        volume = np.ascontiguousarray(plane.reshape(plane.shape[0], plane.shape[1], 1))
+        affine = to_affine_nd(3, convert_to_numpy(self.affine if self.affine is not None else np.eye(4)))
+        nifti = nib.Nifti1Image(volume, affine=affine)
+        nifti.set_qform(affine, code=2)
+        nifti.set_sform(affine, code=2)
+        nifti.header.set_xyzt_units("mm")
+        with _sample_path(filename) as tmp:
+            nib.save(nifti, str(tmp))
+
+
+# ------------------------------------------------------------------------------------------------------ handlers
+class GeneratedSamples:
+    """The sampler's samples: guards their folder and keeps the images for the grid, the report and the metrics.
+
+    Before anything is sampled (:meth:`check`, in ``initialize``, and when the sampler starts) an earlier run's files
+    in ``output_dir`` are refused unless ``overwrite``; with it, its sample files and metrics are removed when the
+    sampler starts, so the folder holds exactly this run's samples. Each iteration's decoded images are kept (on
+    the CPU) with their names and labels, and the time spent sampling and decoding is summed.
+
+    Args:
+        output_dir: the folder the samples are saved to.
+        overwrite: replace an earlier run's files.
+
+    Attributes:
+        images: ``(N, 1, S, S)`` in [0, 1] once the sampler's epoch completed.
+        names: the samples' PNG file names, ``sample_<i>.png`` (how the report and its metrics name them).
+        labels: their class labels (None for an unconditioned prior).
+        seconds: time spent sampling and decoding.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.images: torch.Tensor | None = None
+        self.names: list[str] = []
+        self.labels: torch.Tensor | None = None
+        self.seconds = 0.0
+        self._batches: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._started = 0.0
+
+    def check(self) -> None:
+        """Refuse, before any work, to replace an earlier run's files unless ``overwrite``.
+
+        Raises:
+            OutputPathError: naming ``output_dir`` when it holds generated files and not ``overwrite``.
+        """
+        _refuse_to_replace(self.output_dir, self.overwrite)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the sampler (a MONAI ``SupervisedEvaluator``)."""
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._collect)
+        # the end of the epoch, not of the run: the grid and the report are made at the end of the epoch too
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
+
+    def _start(self, engine: Engine) -> None:
+        self.check()
+        for earlier in _earlier_outputs(self.output_dir):
+            if _SAMPLE_FILE.match(earlier.name) or earlier.name == "generation_metrics.json":
+                earlier.unlink()
+        self.images, self.names, self.labels, self.seconds = None, [], None, 0.0
+        self._batches, self._labels = [], []
+
+    def _iteration_started(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
+
+    def _collect(self, engine: Engine) -> None:
+        # FORWARD_COMPLETED comes before MONAI's decollation and postprocessing (at MODEL_COMPLETED): the batch as decoded
+        self._batches.append(engine.state.output[CommonKeys.PRED].detach().float().cpu())
+        self.names += [f"{name}.png" for name in engine.state.batch["name"]]
+        if "class_label" in engine.state.batch:
+            self._labels.append(torch.as_tensor(engine.state.batch["class_label"]).cpu())
+        self.seconds += time.perf_counter() - self._started
+
+    def _complete(self, engine: Engine) -> None:
+        self.images = torch.cat(self._batches)
+        self.labels = torch.cat(self._labels) if self._labels else None
+        self._batches, self._labels = [], []
+        logger.info(f"sampled {len(self.images)} brains in {self.seconds:.1f} s")
+
+
+class SampleGrid:
+    """Plot ``grid.png`` when the sampler's epoch completes: at most ``grid_samples`` samples, evenly spaced so every
+    slice-position bin stays in view, titled with their name and (for a conditioned prior) their bin.
+
+    Args:
+        samples: the sampler's :class:`GeneratedSamples`.
+        metadata: the prior checkpoint's metadata (the bins' descriptions).
+        output_dir: the folder of ``grid.png``.
+        grid_samples: the most samples shown.
+    """
+
+    def __init__(
+        self,
+        samples: GeneratedSamples,
+        metadata: Mapping[str, Any],
+        output_dir: str | os.PathLike,
+        grid_samples: int = 64,
+    ) -> None:
+        self.samples = samples
+        self.positions = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
+        self.output_dir = Path(output_dir)
+        self.grid_samples = max(1, int(grid_samples))
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the sampler, after :class:`GeneratedSamples`."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Plot the grid."""
+        images, names, labels = self.samples.images, self.samples.names, self.samples.labels
+        count = len(images)
+        shown = np.unique(np.linspace(0, count - 1, num=min(count, self.grid_samples)).round()).astype(int).tolist()
+        titles = [
+            names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
+            for i in shown
+        ]
+        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
+
+
+class GenerationReport:
+    """Write ``generation_metrics.json`` when an engine's epoch completes, and make its numbers the engine's metrics.
+
+    Attached to the sampler it records the samples and the prior's results (see :func:`prior_summary`); attached to
+    the metrics evaluator it adds the quality metrics that :class:`~monai_vqbrain.prior.GenerationQuality` put in
+    ``state.metrics[metric_name]``. ``state.metrics`` then holds the report's numbers
+    (:func:`generation_log_values`), which the tracking handlers attached after it log.
+
+    Args:
+        samples: the sampler's :class:`GeneratedSamples`.
+        metadata: the prior checkpoint's metadata.
+        output_dir: the folder of ``generation_metrics.json``.
+        run: the settings the report records: ``seed``, ``temperature``, ``image_size``, ``prior_checkpoint``,
+            ``vqvae_checkpoint``.
+        code_size: the code maps' size.
+        history_file: the prior's training history (for the validation accuracy at its best epoch).
+        metric_name: the name of the quality metric in ``state.metrics``.
+    """
+
+    def __init__(
+        self,
+        samples: GeneratedSamples,
+        metadata: Mapping[str, Any],
+        output_dir: str | os.PathLike,
+        run: Mapping[str, Any],
+        code_size: Sequence[int],
+        history_file: str | os.PathLike | None = None,
+        metric_name: str = "generation",
+    ) -> None:
+        self.samples = samples
+        self.metadata = metadata
+        self.output_dir = Path(output_dir)
+        self.run = dict(run)
+        self.code_size = [int(s) for s in code_size]
+        self.history_file = history_file
+        self.metric_name = metric_name
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the sampler or the metrics evaluator (after its quality metric, before tracking handlers)."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the report; replace ``state.metrics`` with its numbers."""
+        labels = self.samples.labels
+        report: dict[str, Any] = {
+            "num_samples": len(self.samples.names),
+            "seed": int(self.run["seed"]),
+            "temperature": float(self.run["temperature"]),
+            "image_size": int(self.run["image_size"]),
+            "code_size": self.code_size,
+            "sample_files": list(self.samples.names),
+            "sample_class_labels": None if labels is None else labels.tolist(),
+            "sampling_seconds": self.samples.seconds,
+            "prior_checkpoint": str(self.run["prior_checkpoint"]),
+            "vqvae_checkpoint": str(self.run["vqvae_checkpoint"]),
+            **prior_summary(self.metadata, self.history_file),
+        }
+        quality = engine.state.metrics.get(self.metric_name)
+        if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
+            report.update({k: v for k, v in quality.items() if k != "num_samples"})
+        atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(report, indent=2))
+        engine.state.metrics = generation_log_values(report)
+        engine.state.output = report
+
+
+class NearestTrainingSlices:
+    """Plot ``nearest_training_slices.png`` when the metrics evaluator's epoch completes: 8 samples (evenly spaced)
+    beside their most similar training slices, from the quality metric's ``memorisation_per_sample``.
+
+    Args:
+        samples: the sampler's :class:`GeneratedSamples`.
+        train_dataset: the training slices the memorisation search ran over (items ``{"image", "name"}``).
+        output_dir: the folder of the figure.
+        metric_name: the name of the quality metric in ``state.metrics``.
+    """
+
+    def __init__(
+        self,
+        samples: GeneratedSamples,
+        train_dataset: Any,
+        output_dir: str | os.PathLike,
+        metric_name: str = "generation",
+    ) -> None:
+        self.samples = samples
+        self.train_dataset = train_dataset
+        self.output_dir = Path(output_dir)
+        self.metric_name = metric_name
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the metrics evaluator, after its quality metric and before :class:`GenerationReport`."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Plot the figure (nothing when no nearest slice is known)."""
+        nearest = engine.state.metrics[self.metric_name]["memorisation_per_sample"]
+        images, names = self.samples.images, self.samples.names
+        index_of = {str(item.get("name")): i for i, item in enumerate(getattr(self.train_dataset, "data", []) or [])}
+        shown = [int(i) for i in np.unique(np.linspace(0, len(images) - 1, num=min(8, len(images))).round())]
+        shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
+        if not shown:
+            return
+        references = torch.stack(
+            [torch.as_tensor(self.train_dataset[index_of[nearest[i]["nearest_train"]]]["image"]).float() for i in shown]
+        )
+        plot_nearest_training_slices(
+            images[shown],
+            references,
+            self.output_dir / "nearest_training_slices.png",
+            [names[i][: -len(".png")] for i in shown],
+            [str(nearest[i]["nearest_train"]) for i in shown],
+            [float(nearest[i]["ssim"]) for i in shown],
+        )

@@ -5,8 +5,9 @@
 * :func:`frechet_distance`: MONAI's ``FIDMetric`` on feature vectors, made safe for small sample counts.
 * :func:`encoder_features`: the offline feature space used for it, spatially averaged VQ-VAE encoder latents.
 * :func:`mean_pairwise_ssim`, :class:`NearestImageSearch`: diversity and memorisation by SSIM.
-* :func:`evaluate_generation`: all of the above, and the classifier two-sample test of :mod:`.realism`, for a set
-  of generated images against the real splits, with bootstrap confidence intervals.
+* :class:`GenerationQuality`: all of the above, and the classifier two-sample test of :mod:`.realism`, for a set
+  of generated images against the real splits, with bootstrap confidence intervals: an Ignite metric of an
+  evaluator streaming the real test images (``generate.json``'s ``evaluator``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from ignite.metrics.metric import EpochWise
 from monai.metrics import CumulativeIterationMetric, FIDMetric, SSIMMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
@@ -33,14 +37,15 @@ from .realism import classifier_two_sample_test, slice_groups
 __all__ = [
     "CodeAccuracyMetric",
     "CodeNLLMetric",
+    "GenerationQuality",
     "NearestImageSearch",
     "bootstrap_frechet_interval",
     "bootstrap_mean_interval",
     "encoder_features",
-    "evaluate_generation",
     "frechet_distance",
     "mean_pairwise_ssim",
     "pairwise_ssim",
+    "real_image_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -394,28 +399,13 @@ def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
     return [i for i, g in enumerate(groups) if g in first_half], [i for i, g in enumerate(groups) if g not in first_half]
 
 
-@torch.no_grad()
-def evaluate_generation(
-    samples: torch.Tensor,
-    vqvae: torch.nn.Module,
-    train_dataset: Dataset,
-    test_dataset: Dataset,
-    sample_names: Sequence[str] | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    candidates: int = 16,
-    max_pairs: int = 5000,
-    foreground_threshold: float = 0.05,
-    fd_grid: int = 4,
-    real_images: int = 512,
-    classifier: bool = True,
-    classifier_folds: int = 5,
-    classifier_epochs: int = 10,
-    bootstrap: int = 1000,
-    fd_bootstrap: int = 50,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Measure generated images against the real training and test images.
+class GenerationQuality(Metric):
+    """The quality metrics of generated images as an Ignite metric of the real test images an evaluator streams.
+
+    Attached to an engine whose iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of
+    the real test split (``generate.json``'s ``evaluator`` over ``test#dataset``), it accumulates the test images'
+    features, reconstructions and the subsets the references need; at the end of the epoch it streams the training
+    split once and computes every entry below against the samples (the result is one dictionary).
 
     * Fréchet distances (``fd_*``) in the space of :func:`encoder_features`: generated vs test, and as references
       all training vs test images, as many training images as samples vs test (the fair comparison, since the
@@ -445,13 +435,12 @@ def evaluate_generation(
     * Foreground fraction (pixels above ``foreground_threshold``): a whole brain covers a similar area as a real one.
 
     Args:
-        samples: generated images ``(N, 1, S, S)`` in [0, 1].
+        samples: the generated images: an object with ``images`` ``(N, 1, S, S)`` in [0, 1] and ``names`` (one per
+            image), read when the evaluator starts (the sampler's :class:`~monai_vqbrain.prior.GeneratedSamples`).
         vqvae: the VQ-VAE (eval mode) whose encoder gives the features.
-        train_dataset: the training images (``{"image", "name"}`` items), streamed once.
-        test_dataset: the test images, streamed once.
-        sample_names: names of the samples for the per-sample list (default ``sample_<i>``).
-        batch_size: images per batch when streaming the splits.
-        num_workers: data loader workers.
+        train_dataset: the training images (``{"image", "name"}`` items), streamed once at the end of the epoch.
+        batch_size: images per batch when streaming the training split.
+        num_workers: data loader workers of that stream.
         candidates: training images per sample rescored by SSIM.
         max_pairs: the most pairs scored for the pairwise SSIM.
         foreground_threshold: intensity above which a pixel is brain.
@@ -467,115 +456,224 @@ def evaluate_generation(
         bootstrap: resamples of the bootstrap intervals of the diversity and memorisation means.
         fd_bootstrap: resamples of the Fréchet distance's bootstrap interval (0: none).
         seed: seed of the classifier tests and the bootstraps.
+    """
+
+    required_output_keys = ("image", "name")
+
+    def __init__(
+        self,
+        samples: Any,
+        vqvae: torch.nn.Module,
+        train_dataset: Dataset,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        candidates: int = 16,
+        max_pairs: int = 5000,
+        foreground_threshold: float = 0.05,
+        fd_grid: int = 4,
+        real_images: int = 512,
+        classifier: bool = True,
+        classifier_folds: int = 5,
+        classifier_epochs: int = 10,
+        bootstrap: int = 1000,
+        fd_bootstrap: int = 50,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.model = getattr(vqvae, "module", vqvae)
+        self.train_dataset = train_dataset
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers or 0)
+        self.candidates = candidates
+        self.max_pairs = max_pairs
+        self.foreground_threshold = foreground_threshold
+        self.fd_grid = fd_grid
+        self.real_images = real_images
+        self.classifier = bool(classifier)
+        self.classifier_folds = classifier_folds
+        self.classifier_epochs = classifier_epochs
+        self.bootstrap = bootstrap
+        self.fd_bootstrap = fd_bootstrap
+        self.seed = seed
+        self._num_real = 0
+        # one dictionary in state.metrics under the attached name: its entries are not all numbers
+        super().__init__(skip_unrolling=True, metrics_result_mode="named")
+
+    def attach(self, engine: Engine, name: str = "generation", usage: Any = EpochWise()) -> None:  # noqa: B008
+        """Attach to an evaluator as its metric ``name``; the default name lets a MONAI evaluator take the metric
+        among its ``val_handlers`` (in order, before the handlers that read it), not as a key metric: MONAI compares
+        key metrics between epochs, which a dictionary cannot be.
+
+        Args:
+            engine: the evaluator.
+            name: the key of the result in ``state.metrics``.
+            usage: when the metric is reset, updated and computed (every epoch).
+        """
+        super().attach(engine, name, usage)
+
+    def started(self, engine: Engine) -> None:
+        """Read the size of the evaluator's test split (the subsets are spread over it) and reset."""
+        self._num_real = len(engine.state.dataloader.dataset)
+        super().started(engine)
+
+    def reset(self) -> None:
+        """Forget the test images seen; pick the subsets of the split (its size known) to keep."""
+        num_samples = len(self.samples.images) if getattr(self.samples, "images", None) is not None else 0
+        self._subset = set(_evenly_spaced(self._num_real, num_samples))
+        self._pool = set(_evenly_spaced(self._num_real, max(int(self.real_images), 1))) if self.classifier else set()
+        self._test_features, self._recon_features, self._test_foreground = [], [], []
+        self._test_subset, self._recon_subset = [], []
+        self._pool_images, self._pool_recons, self._pool_names = [], [], []
+        self._seen = 0
+
+    @torch.no_grad()
+    def update(self, output: tuple[torch.Tensor, Sequence[str]]) -> None:
+        """Accumulate a batch of real test images: features of the images and of their reconstructions, and the
+        images of the evenly spaced subset (the diversity and memorisation references) and classifier pool.
+
+        Args:
+            output: ``(images (B, 1, S, S), names)``; None names number the images ``test_<i>``.
+        """
+        images, names = output
+        images = _images({"image": images})
+        names = [f"test_{self._seen + i}" for i in range(len(images))] if names is None else names
+        device = next(self.model.parameters()).device
+        self._test_features.append(encoder_features(self.model, images, self.fd_grid))
+        reconstructions = self.model.reconstruct(images.to(device)).float().clamp(0, 1).cpu()
+        self._recon_features.append(encoder_features(self.model, reconstructions, self.fd_grid))
+        self._test_foreground.append((images > self.foreground_threshold).float().flatten(1).mean(dim=1))
+        for i in range(len(images)):
+            if self._seen + i in self._subset:
+                self._test_subset.append(images[i])
+                self._recon_subset.append(reconstructions[i])
+            if self._seen + i in self._pool:
+                # clones: a view would keep its whole batch alive
+                self._pool_images.append(images[i].clone())
+                self._pool_recons.append(reconstructions[i].clone())
+                self._pool_names.append(str(names[i]))
+        self._seen += len(images)
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, Any]:
+        """Stream the training split and measure the samples against both splits.
+
+        Returns:
+            A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
+        """
+        samples = self.samples.images.float().cpu()
+        names = list(self.samples.names)
+        num_samples = len(samples)
+        model, train_dataset, batch_size, seed = self.model.eval(), self.train_dataset, self.batch_size, self.seed
+        device = next(model.parameters()).device
+        if not self._test_features:
+            raise ValueError("the real test split holds no images to measure the samples against.")
+        test_features_all = torch.cat(self._test_features)
+        test_subset_images, recon_subset_images = torch.stack(self._test_subset), torch.stack(self._recon_subset)
+        num_subset = len(test_subset_images)
+
+        # training split: features, the nearest training images of the samples and of the test subset (as is and
+        # reconstructed), and as many evenly spaced training images as the classifier's test pool
+        train_pool = set(_evenly_spaced(len(train_dataset), len(self._pool_images))) if self.classifier else set()
+        search = NearestImageSearch(
+            torch.cat([samples, test_subset_images, recon_subset_images]), candidates=self.candidates
+        )
+        train_features, train_names, train_pool_images, train_pool_names = [], [], [], []
+        loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
+        for batch in loader:
+            images = _images(batch)
+            train_features.append(encoder_features(model, images, self.fd_grid))
+            search.update(images)
+            seen = len(train_names)
+            batch_train_names = [str(n) for n in batch.get("name", [f"train_{seen + i}" for i in range(len(images))])]
+            for i in range(len(images)):
+                if seen + i in train_pool:
+                    train_pool_images.append(images[i].clone())
+                    train_pool_names.append(batch_train_names[i])
+            train_names += batch_train_names
+        train_features_all = torch.cat(train_features)
+
+        def fetch(indices: list[int]) -> torch.Tensor:
+            return torch.stack([_images({"image": train_dataset[i]["image"]}) for i in indices])
+
+        nearest_ssim, nearest_index = search.best(fetch)
+        sample_nearest = nearest_ssim[:num_samples]
+        test_nearest = nearest_ssim[num_samples : num_samples + num_subset]
+        recon_nearest = nearest_ssim[num_samples + num_subset :]
+        generated_features = torch.cat(
+            [
+                encoder_features(model, samples[i : i + batch_size], self.fd_grid)
+                for i in range(0, num_samples, batch_size)
+            ]
+        )
+        train_subset = _evenly_spaced(len(train_features_all), num_samples)
+
+        memorisation = _stats(sample_nearest)
+        max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
+        diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
+        metrics: dict[str, Any] = {
+            "num_samples": num_samples,
+            "num_train_images": len(train_features_all),
+            "num_test_images": len(test_features_all),
+            "num_test_subset_images": num_subset,
+            "fd_feature_space": (
+                f"VQ-VAE encoder latents (before quantisation) average-pooled to {fd_grid}x{fd_grid}, "
+                f"{generated_features.shape[1]} features"
+            ),
+            "fd_generated_vs_test": frechet_distance(generated_features, test_features_all),
+            "fd_generated_vs_test_ci95": bootstrap_frechet_interval(
+                generated_features, test_features_all, self.fd_bootstrap, seed
+            ),
+            "fd_train_vs_test": frechet_distance(train_features_all, test_features_all),
+            "fd_train_subset_vs_test": frechet_distance(train_features_all[train_subset], test_features_all),
+            "fd_reconstructed_test_vs_test": frechet_distance(torch.cat(self._recon_features), test_features_all),
+            "diversity_ssim_generated": diversity,
+            "diversity_ssim_generated_ci95": diversity_ci95,
+            "diversity_ssim_test": mean_pairwise_ssim(test_subset_images, max_pairs=max_pairs),
+            "diversity_ssim_reconstructed_test": mean_pairwise_ssim(recon_subset_images, max_pairs=max_pairs),
+            "memorisation_ssim_mean": memorisation["mean"],
+            "memorisation_ssim_mean_ci95": bootstrap_mean_interval(sample_nearest, bootstrap, seed),
+            "memorisation_ssim_max": memorisation["max"],
+            "memorisation_ssim_test_mean": _stats(test_nearest)["mean"],
+            "memorisation_ssim_reconstructed_test_mean": _stats(recon_nearest)["mean"],
+            "memorisation_candidates": min(self.candidates, len(train_features_all)),
+            "memorisation_per_sample": [
+                {"sample": name, "nearest_train": train_names[int(index)] if index >= 0 else None, "ssim": float(score)}
+                for name, score, index in zip(
+                    names, sample_nearest.tolist(), nearest_index[:num_samples].tolist(), strict=True
+                )
+            ],
+            "foreground_fraction_generated": float((samples > self.foreground_threshold).float().mean()),
+            "foreground_fraction_test": float(torch.cat(self._test_foreground).mean()),
+        }
+        metrics.update(
+            _realism(
+                samples,
+                self._pool_images,
+                self._pool_recons,
+                self._pool_names,
+                train_pool_images,
+                train_pool_names,
+                self.classifier,
+                self.classifier_folds,
+                self.classifier_epochs,
+                seed,
+                device,
+            )
+        )
+        return metrics
+
+
+def real_image_batch(engine: Engine, batch: dict[str, Any]) -> dict[str, Any]:
+    """The iteration of an evaluator of :class:`GenerationQuality`: a batch of real images as its output.
+
+    Args:
+        engine: the evaluator.
+        batch: a collated batch of ``{"image", "name"}`` items (``name`` may be missing).
 
     Returns:
-        A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
+        ``{"image": float (B, 1, S, S), "name": [str] or None}``.
     """
-    samples = samples.float().cpu()
-    num_samples = len(samples)
-    names = list(sample_names) if sample_names is not None else [f"sample_{i}" for i in range(num_samples)]
-    model = getattr(vqvae, "module", vqvae).eval()
-    device = next(model.parameters()).device
-
-    def loader(dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-    def batch_names(batch: dict[str, Any], seen: int, count: int, prefix: str) -> list[str]:
-        return [str(n) for n in batch.get("name", [f"{prefix}_{seen + i}" for i in range(count)])]
-
-    # test split: features of the images and of their reconstructions; keep an evenly spaced subset of images
-    # (the diversity and memorisation references) and a larger evenly spaced pool (the classifier's)
-    subset = set(_evenly_spaced(len(test_dataset), num_samples))
-    pool = set(_evenly_spaced(len(test_dataset), max(int(real_images), 1))) if classifier else set()
-    test_features, recon_features, test_subset, recon_subset, test_foreground = [], [], [], [], []
-    pool_images, pool_recons, pool_names = [], [], []
-    seen = 0
-    for batch in loader(test_dataset):
-        images = _images(batch)
-        batch_test_names = batch_names(batch, seen, len(images), "test")
-        test_features.append(encoder_features(model, images, fd_grid))
-        reconstructions = model.reconstruct(images.to(device)).float().clamp(0, 1).cpu()
-        recon_features.append(encoder_features(model, reconstructions, fd_grid))
-        test_foreground.append((images > foreground_threshold).float().flatten(1).mean(dim=1))
-        for i in range(len(images)):
-            if seen + i in subset:
-                test_subset.append(images[i])
-                recon_subset.append(reconstructions[i])
-            if seen + i in pool:
-                # clones: a view would keep its whole batch alive
-                pool_images.append(images[i].clone())
-                pool_recons.append(reconstructions[i].clone())
-                pool_names.append(batch_test_names[i])
-        seen += len(images)
-    test_features_all = torch.cat(test_features)
-    test_subset_images, recon_subset_images = torch.stack(test_subset), torch.stack(recon_subset)
-    num_subset = len(test_subset_images)
-
-    # training split: features, the nearest training images of the samples and of the test subset (as is and
-    # reconstructed), and as many evenly spaced training images as the classifier's test pool
-    train_pool = set(_evenly_spaced(len(train_dataset), len(pool_images))) if classifier else set()
-    search = NearestImageSearch(torch.cat([samples, test_subset_images, recon_subset_images]), candidates=candidates)
-    train_features, train_names, train_pool_images, train_pool_names = [], [], [], []
-    for batch in loader(train_dataset):
-        images = _images(batch)
-        train_features.append(encoder_features(model, images, fd_grid))
-        search.update(images)
-        batch_train_names = batch_names(batch, len(train_names), len(images), "train")
-        for i in range(len(images)):
-            if len(train_names) + i in train_pool:
-                train_pool_images.append(images[i].clone())
-                train_pool_names.append(batch_train_names[i])
-        train_names += batch_train_names
-    train_features_all = torch.cat(train_features)
-
-    def fetch(indices: list[int]) -> torch.Tensor:
-        return torch.stack([_images({"image": train_dataset[i]["image"]}) for i in indices])
-
-    nearest_ssim, nearest_index = search.best(fetch)
-    sample_nearest = nearest_ssim[:num_samples]
-    test_nearest = nearest_ssim[num_samples : num_samples + num_subset]
-    recon_nearest = nearest_ssim[num_samples + num_subset :]
-    generated_features = torch.cat([encoder_features(model, samples[i : i + batch_size], fd_grid) for i in range(0, num_samples, batch_size)])
-    train_subset = _evenly_spaced(len(train_features_all), num_samples)
-
-    memorisation = _stats(sample_nearest)
-    diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
-    metrics: dict[str, Any] = {
-        "num_samples": num_samples,
-        "num_train_images": len(train_features_all),
-        "num_test_images": len(test_features_all),
-        "num_test_subset_images": num_subset,
-        "fd_feature_space": (
-            f"VQ-VAE encoder latents (before quantisation) average-pooled to {fd_grid}x{fd_grid}, "
-            f"{generated_features.shape[1]} features"
-        ),
-        "fd_generated_vs_test": frechet_distance(generated_features, test_features_all),
-        "fd_generated_vs_test_ci95": bootstrap_frechet_interval(generated_features, test_features_all, fd_bootstrap, seed),
-        "fd_train_vs_test": frechet_distance(train_features_all, test_features_all),
-        "fd_train_subset_vs_test": frechet_distance(train_features_all[train_subset], test_features_all),
-        "fd_reconstructed_test_vs_test": frechet_distance(torch.cat(recon_features), test_features_all),
-        "diversity_ssim_generated": diversity,
-        "diversity_ssim_generated_ci95": diversity_ci95,
-        "diversity_ssim_test": mean_pairwise_ssim(test_subset_images, max_pairs=max_pairs),
-        "diversity_ssim_reconstructed_test": mean_pairwise_ssim(recon_subset_images, max_pairs=max_pairs),
-        "memorisation_ssim_mean": memorisation["mean"],
-        "memorisation_ssim_mean_ci95": bootstrap_mean_interval(sample_nearest, bootstrap, seed),
-        "memorisation_ssim_max": memorisation["max"],
-        "memorisation_ssim_test_mean": _stats(test_nearest)["mean"],
-        "memorisation_ssim_reconstructed_test_mean": _stats(recon_nearest)["mean"],
-        "memorisation_candidates": min(candidates, len(train_features_all)),
-        "memorisation_per_sample": [
-            {"sample": name, "nearest_train": train_names[int(index)] if index >= 0 else None, "ssim": float(score)}
-            for name, score, index in zip(names, sample_nearest.tolist(), nearest_index[:num_samples].tolist(), strict=True)
-        ],
-        "foreground_fraction_generated": float((samples > foreground_threshold).float().mean()),
-        "foreground_fraction_test": float(torch.cat(test_foreground).mean()),
-    }
-    metrics.update(
-        _realism(samples, pool_images, pool_recons, pool_names, train_pool_images, train_pool_names, classifier,
-                 classifier_folds, classifier_epochs, seed, device)
-    )
-    return metrics
+    return {"image": _images(batch), "name": batch.get("name")}
 
 
 def _realism(
@@ -591,7 +689,7 @@ def _realism(
     seed: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """The ``classifier_*`` entries of :func:`evaluate_generation`."""
+    """The ``classifier_*`` entries of :class:`GenerationQuality`."""
     comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
     entries: dict[str, Any] = {
         "classifier": {

@@ -182,7 +182,7 @@ def _train_fold(
 ) -> torch.Tensor:
     """Train a fresh classifier on ``images``/``labels``; return its scores (logits) of ``held_out``."""
     generator = torch.Generator().manual_seed(seed)
-    # callers measure under no_grad (evaluate_generation) or inference mode; training needs autograd, and tensors
+    # callers measure under no_grad (GenerationQuality) or inference mode; training needs autograd, and tensors
     # made in inference mode cannot be saved for backward, so the inputs are cloned outside it
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
