@@ -25,7 +25,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS, check_image_size
-from monai_vqbrain.data.oasis import canonical_split
+from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -59,15 +59,7 @@ FOREGROUND_THRESHOLD = 0.05
 _RAS = axcodes2ornt("RAS")
 _SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
 # sub-folder names that mark an explicit split, mapped to the split they hold
-_SPLIT_FOLDER_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validate": "validate",
-    "val": "validate",
-    "validation": "validate",
-    "test": "test",
-    "testing": "test",
-}
+_SPLIT_FOLDER_NAMES = {**SPLIT_ALIASES, "training": "train", "testing": "test"}
 
 
 def is_volume_file(path: str | os.PathLike) -> bool:

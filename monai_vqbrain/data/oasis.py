@@ -27,6 +27,7 @@ from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
     "SPLITS",
+    "SPLIT_ALIASES",
     "PNG_FOLDER_PREFIX",
     "canonical_split",
     "png_split_folder",
@@ -42,7 +43,8 @@ SPLITS = ("train", "validate", "test")
 PNG_FOLDER_PREFIX = "keras_png_slices_"
 # the archive unpacks to a folder of this name; users often point at its parent instead
 _PNG_ARCHIVE_FOLDER = "keras_png_slices_data"
-_SPLIT_ALIASES = {"train": "train", "validate": "validate", "val": "validate", "validation": "validate", "test": "test"}
+#: split names accepted for each of :data:`SPLITS`
+SPLIT_ALIASES = {"train": "train", "validate": "validate", "val": "validate", "validation": "validate", "test": "test"}
 _OASIS_SLICE_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$", re.IGNORECASE)
 
 
@@ -55,7 +57,7 @@ def canonical_split(split: str) -> str:
     Raises:
         DatasetError: when ``split`` names no known split.
     """
-    canonical = _SPLIT_ALIASES.get(str(split).strip().lower())
+    canonical = SPLIT_ALIASES.get(str(split).strip().lower())
     if canonical is None:
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return canonical
