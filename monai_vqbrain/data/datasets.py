@@ -12,14 +12,7 @@ from monai.transforms import Compose
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices
-from monai_vqbrain.data.oasis import (
-    PNG_FOLDER_PREFIX,
-    canonical_split,
-    check_png_file,
-    find_png_files,
-    locate_png_root,
-    png_split_folder,
-)
+from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
 from monai_vqbrain.data.transforms import get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
@@ -95,14 +88,6 @@ def detect_dataset_format(root: str | os.PathLike) -> str:
     )
 
 
-def _png_items(root: Path, split: str, max_items: int | None, max_pixels: int | None) -> list[dict]:
-    """List a PNG split, checking only the files that will be used (all of them unless ``max_items``)."""
-    files = find_png_files(png_split_folder(root, split))[:max_items]
-    for path in files:
-        check_png_file(path, max_pixels)
-    return [{"image": str(path), "name": path.name} for path in files]
-
-
 def _nifti_items(
     root: Path,
     split: str,
@@ -176,7 +161,7 @@ def get_datalist(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        return _png_items(root, split, max_items, max_image_pixels)
+        return list_oasis_png_split(root, split, max_items, max_image_pixels)
     return _nifti_items(
         root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
         max_volume_voxels,

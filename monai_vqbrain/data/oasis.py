@@ -239,14 +239,21 @@ def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
 
 
-def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:
+def list_oasis_png_split(
+    root: str | os.PathLike,
+    split: str,
+    max_items: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> list[dict]:
     """List and validate the PNG slices of one split of an OASIS PNG dataset.
 
-    Every file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
+    Every listed file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
 
     Args:
         root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
+        max_items: list (and check) only the first this many slices; None lists all.
+        max_pixels: the most pixels a file's header may declare (``max_image_pixels``); None allows any.
 
     Returns:
         One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).
@@ -255,7 +262,7 @@ def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:
         DatasetError: when the split folder is missing or holds no PNG file.
         ImageFileError: when a ``.png`` file is not a readable image.
     """
-    files = find_png_files(png_split_folder(root, split))
+    files = find_png_files(png_split_folder(root, split))[:max_items]
     for path in files:
-        check_png_file(path)
+        check_png_file(path, max_pixels)
     return [{"image": str(path), "name": path.name} for path in files]
