@@ -1,14 +1,6 @@
-"""Ignite handlers of the ``inferring`` workflow: the code-map files and the per-file metrics table.
-
-* :class:`CodesSaver` writes ``<name>_codes.npz`` for each input: ``codes`` of shape ``(N, h, w)`` (``N`` slices,
-  ``h = w = image_size / 2**levels``) as ``uint16``, with ``num_embeddings``, ``image_size`` and ``slice_axis``
-  (-1 for PNG); ``VQVAE.decode_samples(torch.from_numpy(codes).long())`` decodes it.
-* :class:`InferenceMetricsWriter` writes ``reconstruction_metrics.csv``, a row per input file (bad files included,
-  with their ``error``). SSIM and PSNR compare the reconstruction with the input at the model's resolution, in
-  ``[0, 1]``, exactly as the evaluation does (MONAI ``SSIMMetric`` with an 11-pixel Gaussian window and the PSNR of
-  the mean squared error, data range 1): after padding to a square and resizing to ``image_size``, before the
-  reconstruction is restored to the input's size. For a volume, ``ssim`` is the mean over all its slices and
-  ``psnr`` is computed from the mean squared error over all its slices.
+"""Ignite handlers of the ``inferring`` workflow: the code-map files (:class:`CodesSaver`) and the per-file metrics
+table ``reconstruction_metrics.csv`` (:class:`InferenceMetricsWriter`), described in the model card
+(``bundle/docs/README.md``, "Inference on your files").
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """Reading the user's PNG and NIfTI files into model-ready slices, and writing reconstructions in their own format.
 
-Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training:
-
-* PNG (grey, grey+alpha, RGB/RGBA, palette, 8 or 16 bit): read with MONAI's ``LoadImage`` and the training
-  :class:`~monai_vqbrain.data.transforms.SliceReader`, scaled by bit depth (8-bit / 255, 16-bit / 65535), made grey
-  (mean of R, G and B; alpha dropped). One slice.
-* NIfTI (``.nii``, ``.nii.gz``), 2D or 3D: reoriented to RAS, scaled per volume to ``[0, 1]`` between the 0.5 and
-  99.5 intensity percentiles (clipping outside), and cut into display-oriented slices along ``slice_axis`` of the
-  RAS volume, as :func:`~monai_vqbrain.data.nifti.load_nifti_slices` does for training. A 2D image, or a 3D one with
-  a singleton axis, is one slice whatever ``slice_axis`` is (as in training). Every slice is kept.
-
-Padding to a square and resizing to the model's ``image_size`` (and undoing both) are the next preprocessing
-steps of ``inference.json``; :class:`~monai_vqbrain.inference.LoadInputd` records what :func:`restore_input_layout`
-needs to undo the slicing, the reorientation and the intensity scaling, and :func:`write_png` and
-:func:`write_nifti` write a reconstruction back:
-
-* PNG: a grey PNG of the input's size and bit depth (0..255 or 0..65535).
-* NIfTI: the input's voxel order, shape, affine, header and on-disk data type; intensities mapped back through the
-  inverse of the per-volume scaling. Values the percentile scaling clipped (below the 0.5th or above the 99.5th
-  percentile) cannot be restored: they come back at the percentile values.
-
-Size rule: every slice must be at least ``min_slice_size`` pixels (default 16) along both in-plane axes. Smaller
-images hold too little to be resized to ``image_size`` meaningfully, and a 3D volume that is thin along an in-plane
-axis (e.g. ``24 x 3 x 20`` sliced axially) is not a stack of slices.
+Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training (a PNG is
+one slice; a NIfTI image gives every slice along ``slice_axis`` of its RAS volume); :func:`restore_input_layout`
+undoes the slicing, the reorientation and the intensity scaling, and :func:`write_png` and :func:`write_nifti` write
+a reconstruction in the input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``,
+"Preprocessing" and "Inference on your files") describes each step, the outputs and the size rule: every slice must be at least
+``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized to ``image_size``.
 """
 
 from __future__ import annotations
