@@ -4,8 +4,9 @@ Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepar
 one slice; a NIfTI image gives every slice along ``slice_axis`` of its RAS volume); :func:`restore_input_layout`
 undoes the slicing, the reorientation and the intensity scaling, and :func:`write_png` and :func:`write_nifti` write
 a reconstruction in the input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``,
-"Preprocessing" and "Inference on your files") describes each step, the outputs and the size rule: every slice must be at least
-``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized to ``image_size``.
+"Preprocessing" and "Inference on your files") describes each step, the outputs and the size rule: every slice
+must be at least ``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized
+to ``image_size``.
 """
 
 from __future__ import annotations
