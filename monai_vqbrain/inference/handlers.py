@@ -25,7 +25,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from monai_vqbrain import errors
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
-from monai_vqbrain.utils.io import atomic_path
+from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 
 from .io import image_format
 from .transforms import codes_file
@@ -152,8 +152,7 @@ class CodesSaver:
                 image_size=np.int64(self.image_size),
                 slice_axis=np.int64(int(item[Keys.IMAGE].meta["slice_axis"])),
             )
-            with atomic_path(path, overwrite=self.overwrite) as tmp:
-                tmp.write_bytes(buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue(), overwrite=self.overwrite)
             item[_CODES_FILE_KEY] = str(path)
 
 
@@ -276,9 +275,7 @@ class InferenceMetricsWriter:
         writer.writeheader()
         for result in results:
             writer.writerow(asdict(result))
-        with atomic_path(self.metrics_file, overwrite=self.overwrite) as tmp:
-            tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        return self.metrics_file
+        return atomic_write_text(self.metrics_file, buffer.getvalue(), overwrite=self.overwrite)
 
     def _write_all(self, engine: Engine) -> None:
         self.results = [self._rows[path] for path in self.inputs]
