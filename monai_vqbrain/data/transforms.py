@@ -143,17 +143,18 @@ class ScaleByDtyped(MapTransform):
         super().__init__(keys, allow_missing_keys)
 
     @staticmethod
+    def peak(image: torch.Tensor) -> float:
+        """The value white has in an integer image: 255 at 8 bits (and for booleans), else 65535 or its maximum."""
+        if image.dtype in (torch.uint8, torch.bool):
+            return 255.0
+        return max(float(image.max()), 65535.0) if image.numel() else 65535.0
+
+    @staticmethod
     def scale(image: torch.Tensor) -> torch.Tensor:
         """Return ``image`` as float32 in [0, 1] (integer input) or as float32 unchanged (float input)."""
-        if image.dtype.is_floating_point:
+        if image.dtype.is_floating_point or image.dtype == torch.bool:
             return image.float()
-        if image.dtype == torch.bool:
-            return image.float()
-        if image.dtype == torch.uint8:
-            peak = 255.0
-        else:
-            peak = max(float(image.max()), 65535.0) if image.numel() else 65535.0
-        return (image.float() / peak).clamp_(0.0, 1.0)
+        return (image.float() / ScaleByDtyped.peak(image)).clamp_(0.0, 1.0)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)

@@ -159,10 +159,8 @@ def _read_png(path: Path, min_slice_size: int, max_pixels: int | None) -> tuple[
     _check_slice_size(path, (height, width), min_slice_size)
     image = image.as_tensor() if hasattr(image, "as_tensor") else image
     # the peak ScaleByDtyped divides by, so that writing multiplies by the same value
-    if image.dtype == torch.uint8 or image.dtype == torch.bool:
-        peak, dtype = 255.0, "uint8"
-    else:
-        peak, dtype = max(float(image.max()), 65535.0), "uint16"
+    peak = ScaleByDtyped.peak(image)
+    dtype = "uint8" if image.dtype in (torch.uint8, torch.bool) else "uint16"
     grey = ToGreyscaled.to_grey(ScaleByDtyped.scale(image))
     return grey.numpy().astype(np.float32), (height, width), {"format": "png", "peak": peak, "dtype": dtype}
 
