@@ -39,7 +39,6 @@ __all__ = [
     "image_format",
     "strip_image_suffix",
     "find_input_files",
-    "robust_range",
     "read_input",
     "restore_input_layout",
     "write_png",
