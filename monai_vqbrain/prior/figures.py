@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from monai_vqbrain.engines.distributed import is_main_process
+from monai_vqbrain.handlers.training_history import read_history
 from monai_vqbrain.utils.io import pyplot, save_figure
 
 __all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves"]
@@ -24,12 +25,9 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
     Returns:
         The PNG's path, or None when the history holds no epoch yet or this is not rank 0 (nothing is written).
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not is_main_process():
         return None  # one figure per run: rank 0 draws it
-    history = Path(history_file)
-    if not history.is_file():
-        return None
-    records = [r for r in json.loads(history.read_text()) if isinstance(r, dict) and "epoch" in r]
+    records = [r for r in read_history(history_file) if isinstance(r, dict) and "epoch" in r]
     if not records:
         return None
     plt = pyplot()
