@@ -1,13 +1,9 @@
 """OASIS-style NIfTI/Analyze volumes: finding them, splitting subjects without leakage, and cutting 2D slices.
 
-A dataset is a folder searched recursively for ``.nii``, ``.nii.gz`` and Analyze ``.img`` + ``.hdr`` pairs (OASIS-1
-ships e.g. ``OAS1_0001_MR1/PROCESSED/MPRAGE/T88_111/OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.img``). When the
-folder has ``train``/``validate``/``test`` sub-folders they define the splits; otherwise subjects are split by a
-seeded shuffle, keeping all sessions and files of one subject in the same split.
-
-Slices come out in display orientation: each volume is reoriented to RAS, and a slice is rotated so that the
-higher end of its vertical world axis (anterior for axial, superior for coronal and sagittal slices) is at the top
-and the patient's right is on the image's right (neurological convention).
+The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"). Slices come out in display
+orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher end of its vertical world axis
+(anterior for axial, superior for coronal and sagittal slices) is at the top and the patient's right is on the
+image's right (neurological convention).
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""The OASIS preprocessed PNG slice layout (``keras_png_slices_data``): split folders, file order and validation.
-
-The layout is a root folder holding one folder of 2D slices per split and one of segmentation masks per split::
-
-    keras_png_slices_data/
-        keras_png_slices_train/         case_001_slice_0.nii.png ... (256x256 8-bit grey)
-        keras_png_slices_validate/
-        keras_png_slices_test/
-        keras_png_slices_seg_train/     seg_001_slice_0.nii.png ...  (masks, ignored here)
-        keras_png_slices_seg_validate/
-        keras_png_slices_seg_test/
+"""The OASIS preprocessed PNG slice layout (``keras_png_slices_data``, drawn in README.md): split folders, file order
+and validation. The ``keras_png_slices_seg_*`` mask folders beside the image folders are ignored.
 """
 
 from __future__ import annotations
