@@ -40,10 +40,10 @@ from monai_vqbrain.errors import (
 )
 from monai_vqbrain.inference import (
     METRICS_FILE,
-    NiftiInput,
+    LoadInputd,
     OutputPathError,
-    PngInput,
     ReconstructionNetwork,
+    SaveReconstructiond,
     find_input_files,
     read_input,
 )
@@ -90,6 +90,13 @@ def restore(item: dict, reconstruction: torch.Tensor) -> np.ndarray:
 
     recorded = MetaTensor(reconstruction, meta=item["image"].meta, applied_operations=item["image"].applied_operations)
     return np.asarray(item["transforms"].inverse({"image": recorded})["image"])
+
+
+def save_round_trip(path: Path, slice_axis: int = 2) -> Path:
+    """``path``'s own slices restored by ``LoadInputd``'s inverse and written beside it by ``SaveReconstructiond``."""
+    load = LoadInputd("image", slice_axis=slice_axis)
+    restored = load.inverse(load({"image": path}))
+    return Path(SaveReconstructiond("image", output_dir=path.parent)(restored)["image"].meta["saved_to"])
 
 
 
@@ -369,21 +376,20 @@ def test_png_model_input_is_the_training_input(tmp_path):
 @pytest.mark.parametrize("slice_axis", [0, 1, 2])
 def test_nifti_slices_are_the_training_slices(tmp_path, slice_axis):
     path = save_nifti(tmp_path / "v.nii.gz", brain_like_volume(VOLUME, seed=2), PERMUTED_AFFINE)
-    image = read_input(path, slice_axis=slice_axis)
+    slices, _, info = read_input(path, slice_axis=slice_axis)
     expected = load_nifti_slices([path], slice_axis=slice_axis, slice_range=(0.0, 1.0), min_foreground=0.0)
-    assert isinstance(image, NiftiInput) and image.slices.shape[0] == len(expected)
-    np.testing.assert_allclose(image.slices, np.stack([item["image"][0] for item in expected]), atol=1e-6)
+    assert info["format"] == "nifti" and slices.shape[0] == len(expected)
+    np.testing.assert_allclose(slices, np.stack([item["image"][0] for item in expected]), atol=1e-6)
 
 
 def test_png_padding_and_resizing_are_undone_exactly(tmp_path):
     # 32x20 pads to 32x32 = image_size: no resizing, so restoring must give back every pixel
     source = save_png(tmp_path / "narrow.png", odd_grey(32, 20))
-    image = read_input(source)
-    assert isinstance(image, PngInput)
+    assert read_input(source)[2]["format"] == "png"
     item = preprocess(source)
     restored = restore(item, item["image"].as_tensor())
     np.testing.assert_array_equal(np.rint(restored), np.asarray(Image.open(source)))
-    image.save_reconstruction(image.slices, tmp_path / "narrow_recon.png")
+    assert save_round_trip(source) == tmp_path / "narrow_recon.png"
     with Image.open(source) as original, Image.open(tmp_path / "narrow_recon.png") as written:
         np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
 
@@ -394,33 +400,32 @@ def test_nifti_intensities_and_voxel_order_are_restored(tmp_path, affine, slice_
     data = brain_like_volume(VOLUME, seed=3)
     data[0, 0, 0] = 5000  # a hot voxel above the 99.5th percentile: clipped by the scaling, not restorable
     source = save_nifti(tmp_path / "v.nii.gz", data, affine)
-    image = read_input(source, slice_axis=slice_axis)
-    image.save_reconstruction(image.slices, tmp_path / "v_recon.nii.gz")
+    info = read_input(source, slice_axis=slice_axis)[2]
+    assert save_round_trip(source, slice_axis) == tmp_path / "v_recon.nii.gz"
     output = nib.load(str(tmp_path / "v_recon.nii.gz"))
     assert output.get_data_dtype() == np.int16
     assert_same_header(output, nib.load(str(source)))
     restored = np.asarray(output.dataobj)
-    assert np.abs(restored - np.clip(data, image.low, image.high)).max() <= 0.5 + 1e-6
-    assert restored[0, 0, 0] == round(image.high) < 5000
+    assert np.abs(restored - np.clip(data, info["low"], info["high"])).max() <= 0.5 + 1e-6
+    assert restored[0, 0, 0] == round(info["high"]) < 5000
 
 
 def test_singleton_axis_makes_one_slice(tmp_path):
     path = save_nifti(tmp_path / "thin.nii.gz", brain_like_volume((24, 1, 20), seed=1))
-    image = read_input(path, slice_axis=2)
-    assert image.slices.shape == (1, 20, 24)
-    image.save_reconstruction(image.slices, tmp_path / "thin_recon.nii.gz")
+    assert read_input(path, slice_axis=2)[0].shape == (1, 20, 24)
+    save_round_trip(path, slice_axis=2)
     assert nib.load(str(tmp_path / "thin_recon.nii.gz")).shape == (24, 1, 20)
 
 
 @pytest.mark.parametrize("shape", [(24, 28), (24, 28, 1)])
 def test_slice_without_a_slice_direction(tmp_path, shape):
     path = _without_direction("slice.nii.gz", shape)(tmp_path)
-    image = read_input(path)
-    assert image.slices.shape == (1, 28, 24)
-    image.save_reconstruction(image.slices, tmp_path / "slice_recon.nii.gz")
+    slices, _, info = read_input(path)
+    assert slices.shape == (1, 28, 24)
+    save_round_trip(path)
     output, source = nib.load(str(tmp_path / "slice_recon.nii.gz")), nib.load(str(path))
     assert output.shape == shape
-    assert np.abs(output.get_fdata() - np.clip(source.get_fdata(), image.low, image.high)).max() <= 0.5 + 1e-6
+    assert np.abs(output.get_fdata() - np.clip(source.get_fdata(), info["low"], info["high"])).max() <= 0.5 + 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from monai.data import CacheDataset
 from monai.transforms import Compose
@@ -12,14 +13,7 @@ from monai.transforms import Compose
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices
-from monai_vqbrain.data.oasis import (
-    PNG_FOLDER_PREFIX,
-    canonical_split,
-    check_png_file,
-    find_png_files,
-    locate_png_root,
-    png_split_folder,
-)
+from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
 from monai_vqbrain.data.transforms import get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
@@ -95,14 +89,6 @@ def detect_dataset_format(root: str | os.PathLike) -> str:
     )
 
 
-def _png_items(root: Path, split: str, max_items: int | None, max_pixels: int | None) -> list[dict]:
-    """List a PNG split, checking only the files that will be used (all of them unless ``max_items``)."""
-    files = find_png_files(png_split_folder(root, split))[:max_items]
-    for path in files:
-        check_png_file(path, max_pixels)
-    return [{"image": str(path), "name": path.name} for path in files]
-
-
 def _nifti_items(
     root: Path,
     split: str,
@@ -176,7 +162,7 @@ def get_datalist(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        return _png_items(root, split, max_items, max_image_pixels)
+        return list_oasis_png_split(root, split, max_items, max_image_pixels)
     return _nifti_items(
         root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
         max_volume_voxels,
@@ -187,19 +173,11 @@ def get_dataset(
     dataset_dir: str | os.PathLike | None,
     split: str,
     image_size: int = 128,
-    dataset_format: str = "auto",
     cache_rate: float = 1.0,
     num_workers: int = 0,
-    slice_axis: int = 2,
-    slice_range: Sequence[float] = (0.2, 0.8),
-    min_foreground: float = 0.05,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    max_items: int | None = None,
     random_transforms: Sequence[Callable] | None = None,
-    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    **datalist_kwargs: Any,
 ) -> CacheDataset:
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
@@ -212,20 +190,14 @@ def get_dataset(
             :func:`resolve_dataset_dir`).
         split: ``"train"``, ``"validate"`` or ``"test"``.
         image_size: the side ``S`` of the square images.
-        dataset_format: ``"png"`` (OASIS PNG slices), ``"nifti"`` (volumes) or ``"auto"`` to detect.
         cache_rate: fraction of the items cached in memory by ``CacheDataset``.
         num_workers: threads that fill the cache (0 or 1: one thread).
-        slice_axis: NIfTI only: the RAS axis to slice along (2: axial).
-        slice_range: NIfTI only: the part of that axis to keep, as fractions of its length.
-        min_foreground: NIfTI only: skip slices with a smaller fraction of pixels above 0.05.
-        val_fraction: NIfTI only: fraction of subjects for ``validate`` when there are no split folders.
-        test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
-        seed: NIfTI only: seed of the subject split.
-        max_items: keep only the first this many items (for quick runs); None keeps all.
         random_transforms: dictionary transforms applied after the cache on every access, e.g. the training
             split's random crops (``train_augmentation`` in ``train.json``).
-        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
         max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
+        datalist_kwargs: the other arguments of :func:`get_datalist`, by name: ``dataset_format``, the NIfTI
+            options (``slice_axis``, ``slice_range``, ``min_foreground``, ``val_fraction``, ``test_fraction``,
+            ``seed``), ``max_items`` and ``max_image_pixels``.
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -233,10 +205,7 @@ def get_dataset(
         ValueError: for invalid options.
     """
     transforms = get_slice_transforms(image_size, max_volume_voxels=max_volume_voxels)
-    items = get_datalist(
-        dataset_dir, split, dataset_format, slice_axis, slice_range, min_foreground, val_fraction, test_fraction,
-        seed, max_items, max_image_pixels, max_volume_voxels,
-    )
+    items = get_datalist(dataset_dir, split, max_volume_voxels=max_volume_voxels, **datalist_kwargs)
     if random_transforms:
         # CacheDataset caches the output of the deterministic steps and runs these on every access
         transforms = Compose([*transforms.transforms, *random_transforms])

@@ -1,11 +1,9 @@
 """Built-in demo data: skull-stripped axial T1 brain slices in the OASIS PNG layout, made locally from a real atlas.
 
-Each case is a subject drawn from the MNI152 brain template (:mod:`monai_vqbrain.data.template`): the atlas's
-anatomy under a random smooth deformation (head size and shape, tilt, elastic warps, ventricles enlarged with
-atrophy), with its own tissue contrast, bias field, texture and noise, sliced axially from the base of the
-cerebellum to near the vertex. The output mirrors ``keras_png_slices_data`` exactly, including the segmentation
-masks (0 background, 85 CSF, 170 grey matter, 255 white matter), so the demo exercises the same code path as the
-real data.
+Each case is a subject drawn from the MNI152 brain template (:mod:`monai_vqbrain.data.template`), as the model card
+(``bundle/docs/README.md``, "Data") describes. The output mirrors ``keras_png_slices_data`` exactly, including the
+segmentation masks (0 background, 85 CSF, 170 grey matter, 255 white matter), so the demo exercises the same code
+path as the real data.
 """
 
 from __future__ import annotations

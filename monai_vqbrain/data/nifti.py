@@ -1,13 +1,9 @@
 """OASIS-style NIfTI/Analyze volumes: finding them, splitting subjects without leakage, and cutting 2D slices.
 
-A dataset is a folder searched recursively for ``.nii``, ``.nii.gz`` and Analyze ``.img`` + ``.hdr`` pairs (OASIS-1
-ships e.g. ``OAS1_0001_MR1/PROCESSED/MPRAGE/T88_111/OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.img``). When the
-folder has ``train``/``validate``/``test`` sub-folders they define the splits; otherwise subjects are split by a
-seeded shuffle, keeping all sessions and files of one subject in the same split.
-
-Slices come out in display orientation: each volume is reoriented to RAS, and a slice is rotated so that the
-higher end of its vertical world axis (anterior for axial, superior for coronal and sagittal slices) is at the top
-and the patient's right is on the image's right (neurological convention).
+The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"). Slices come out in display
+orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher end of its vertical world axis
+(anterior for axial, superior for coronal and sagittal slices) is at the top and the patient's right is on the
+image's right (neurological convention).
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS, check_image_size
-from monai_vqbrain.data.oasis import canonical_split
+from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -43,7 +39,6 @@ __all__ = [
     "voxel_orientation",
     "RasVolume",
     "read_volume_ras",
-    "load_volume_ras",
     "kept_slices",
     "volume_plane",
     "cached_volume_ras",
@@ -60,15 +55,7 @@ FOREGROUND_THRESHOLD = 0.05
 _RAS = axcodes2ornt("RAS")
 _SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
 # sub-folder names that mark an explicit split, mapped to the split they hold
-_SPLIT_FOLDER_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validate": "validate",
-    "val": "validate",
-    "validation": "validate",
-    "test": "test",
-    "testing": "test",
-}
+_SPLIT_FOLDER_NAMES = {**SPLIT_ALIASES, "training": "train", "testing": "test"}
 
 
 def is_volume_file(path: str | os.PathLike) -> bool:
@@ -422,23 +409,6 @@ def read_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MA
     return RasVolume(np.ascontiguousarray(ras, dtype=np.float32), image, orientation, shape)
 
 
-def load_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
-    """Load a volume as float32, reoriented to RAS and scaled per volume to [0, 1] by robust percentiles.
-
-    Args:
-        path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
-        max_voxels: the most voxels the header may declare; None allows any.
-
-    Returns:
-        A 3D array; a 2D image comes back with a singleton third axis.
-
-    Raises:
-        ImageFileError: as :func:`read_volume_ras`.
-    """
-    ras = read_volume_ras(path, max_voxels).ras
-    return scale_to_unit(ras, *robust_range(ras))
-
-
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
     """Validate the slicing options, returning ``slice_range`` as two floats."""
     if slice_axis not in (0, 1, 2):
@@ -460,7 +430,7 @@ def kept_slices(
     """The axis a RAS volume is cut along and the indices of the slices kept by ``slice_range`` and ``min_foreground``.
 
     Args:
-        volume: a scaled RAS volume from :func:`load_volume_ras`.
+        volume: a scaled RAS volume from :func:`cached_volume_ras`.
         slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
         slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
         min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
@@ -485,7 +455,7 @@ def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a RAS volume, in display orientation, as a float32 ``(1, H, W)`` array.
 
     Args:
-        volume: a RAS volume from :func:`load_volume_ras`.
+        volume: a RAS volume from :func:`cached_volume_ras`.
         axis: the axis to cut along.
         index: the slice index along it.
     """
@@ -496,21 +466,28 @@ def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _cached_volume(path: str, stamp: tuple[int, int], max_voxels: int | None) -> np.ndarray:
-    """``load_volume_ras`` keyed by the file's modification time and size, so a rewritten file is read again."""
-    volume = load_volume_ras(path, max_voxels)
+    """The scaled RAS volume, keyed by the file's modification time and size, so a rewritten file is read again."""
+    ras = read_volume_ras(path, max_voxels).ras
+    volume = scale_to_unit(ras, *robust_range(ras))
     volume.setflags(write=False)  # shared by every slice item of the volume: nobody may change it in place
     return volume
 
 
 def cached_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> np.ndarray:
-    """:func:`load_volume_ras` through a small cache of the last volumes read (read-only arrays).
+    """Load a volume as float32, reoriented to RAS and scaled per volume to [0, 1] by robust percentiles (read-only).
 
-    A split's slice items are ordered by volume, so caching a few volumes reads each volume once per pass
-    instead of once per slice.
+    A small cache keeps the last volumes read: a split's slice items are ordered by volume, so each volume is read
+    once per pass instead of once per slice.
 
     Args:
-        path: the volume file.
+        path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
         max_voxels: the most voxels the header may declare; None allows any.
+
+    Returns:
+        A 3D array; a 2D image comes back with a singleton third axis.
+
+    Raises:
+        ImageFileError: as :func:`read_volume_ras`.
     """
     info = os.stat(path)
     return _cached_volume(str(path), (info.st_mtime_ns, info.st_size), max_voxels)

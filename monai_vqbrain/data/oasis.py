@@ -1,14 +1,5 @@
-"""The OASIS preprocessed PNG slice layout (``keras_png_slices_data``): split folders, file order and validation.
-
-The layout is a root folder holding one folder of 2D slices per split and one of segmentation masks per split::
-
-    keras_png_slices_data/
-        keras_png_slices_train/         case_001_slice_0.nii.png ... (256x256 8-bit grey)
-        keras_png_slices_validate/
-        keras_png_slices_test/
-        keras_png_slices_seg_train/     seg_001_slice_0.nii.png ...  (masks, ignored here)
-        keras_png_slices_seg_validate/
-        keras_png_slices_seg_test/
+"""The OASIS preprocessed PNG slice layout (``keras_png_slices_data``, drawn in README.md): split folders, file order
+and validation. The ``keras_png_slices_seg_*`` mask folders beside the image folders are ignored.
 """
 
 from __future__ import annotations
@@ -27,6 +18,7 @@ from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
     "SPLITS",
+    "SPLIT_ALIASES",
     "PNG_FOLDER_PREFIX",
     "canonical_split",
     "png_split_folder",
@@ -42,7 +34,8 @@ SPLITS = ("train", "validate", "test")
 PNG_FOLDER_PREFIX = "keras_png_slices_"
 # the archive unpacks to a folder of this name; users often point at its parent instead
 _PNG_ARCHIVE_FOLDER = "keras_png_slices_data"
-_SPLIT_ALIASES = {"train": "train", "validate": "validate", "val": "validate", "validation": "validate", "test": "test"}
+#: split names accepted for each of :data:`SPLITS`
+SPLIT_ALIASES = {"train": "train", "validate": "validate", "val": "validate", "validation": "validate", "test": "test"}
 _OASIS_SLICE_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$", re.IGNORECASE)
 
 
@@ -55,7 +48,7 @@ def canonical_split(split: str) -> str:
     Raises:
         DatasetError: when ``split`` names no known split.
     """
-    canonical = _SPLIT_ALIASES.get(str(split).strip().lower())
+    canonical = SPLIT_ALIASES.get(str(split).strip().lower())
     if canonical is None:
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return canonical
@@ -237,14 +230,21 @@ def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
 
 
-def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:
+def list_oasis_png_split(
+    root: str | os.PathLike,
+    split: str,
+    max_items: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> list[dict]:
     """List and validate the PNG slices of one split of an OASIS PNG dataset.
 
-    Every file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
+    Every listed file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
 
     Args:
         root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
+        max_items: list (and check) only the first this many slices; None lists all.
+        max_pixels: the most pixels a file's header may declare (``max_image_pixels``); None allows any.
 
     Returns:
         One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).
@@ -253,7 +253,7 @@ def list_oasis_png_split(root: str | os.PathLike, split: str) -> list[dict]:
         DatasetError: when the split folder is missing or holds no PNG file.
         ImageFileError: when a ``.png`` file is not a readable image.
     """
-    files = find_png_files(png_split_folder(root, split))
+    files = find_png_files(png_split_folder(root, split))[:max_items]
     for path in files:
-        check_png_file(path)
+        check_png_file(path, max_pixels)
     return [{"image": str(path), "name": path.name} for path in files]

@@ -5,10 +5,9 @@ probability maps) that ships inside the ``nilearn`` wheel (``nilearn/datasets/da
 nibabel, offline, without importing nilearn. Its licence (redistribution with the copyright notice) is quoted in
 ``bundle/docs/data_license.txt``.
 
-A subject is the template seen through a random smooth deformation (head size and shape, a small head tilt,
-coarse and fine elastic warps, ventricles enlarged with atrophy), with its own tissue contrast, sharper tissue
-boundaries than the averaged atlas, a bias field, texture and noise. Axial slices of a subject are resampled
-directly from the template volumes at the deformed positions, so only the slices written are ever computed.
+A subject is the template under a random smooth deformation with its own contrast, bias field and noise (the model
+card's "Data" section lists them). Axial slices of a subject are resampled directly from the template volumes at the
+deformed positions, so only the slices written are ever computed.
 """
 
 from __future__ import annotations

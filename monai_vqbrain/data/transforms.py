@@ -22,8 +22,8 @@ from monai.transforms import (
     InvertibleTransform,
     LoadImage,
     MapTransform,
+    Pad,
     Resize,
-    SpatialCrop,
     SpatialPad,
 )
 from monai.utils import TraceKeys
@@ -143,17 +143,18 @@ class ScaleByDtyped(MapTransform):
         super().__init__(keys, allow_missing_keys)
 
     @staticmethod
+    def peak(image: torch.Tensor) -> float:
+        """The value white has in an integer image: 255 at 8 bits (and for booleans), else 65535 or its maximum."""
+        if image.dtype in (torch.uint8, torch.bool):
+            return 255.0
+        return max(float(image.max()), 65535.0) if image.numel() else 65535.0
+
+    @staticmethod
     def scale(image: torch.Tensor) -> torch.Tensor:
         """Return ``image`` as float32 in [0, 1] (integer input) or as float32 unchanged (float input)."""
-        if image.dtype.is_floating_point:
+        if image.dtype.is_floating_point or image.dtype == torch.bool:
             return image.float()
-        if image.dtype == torch.bool:
-            return image.float()
-        if image.dtype == torch.uint8:
-            peak = 255.0
-        else:
-            peak = max(float(image.max()), 65535.0) if image.numel() else 65535.0
-        return (image.float() / peak).clamp_(0.0, 1.0)
+        return (image.float() / ScaleByDtyped.peak(image)).clamp_(0.0, 1.0)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -192,31 +193,27 @@ class ToGreyscaled(MapTransform):
 class PadToSquared(MapTransform, InvertibleTransform):
     """Zero-pad a channel-first 2D image symmetrically to a square of its larger side, keeping its aspect ratio.
 
-    Invertible: on a ``MetaTensor`` the padding is recorded (by MONAI's ``SpatialPad``) and :meth:`inverse` crops it
-    off again.
+    Invertible: on a ``MetaTensor`` MONAI's ``Pad`` records the padding and its ``inverse`` crops it off again. One
+    ``Pad`` pads every image (by the amounts ``SpatialPad`` computes for its size), so its records are its own.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self._pad = Pad(mode="constant")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             side = max(d[key].shape[-2:])
+            to_pad = SpatialPad((side, side), method="symmetric").compute_pad_width(d[key].shape[1:])
             # also when already square, so that every image records one step for inverse() to undo
-            d[key] = SpatialPad((side, side), method="symmetric", mode="constant")(d[key])
+            d[key] = self._pad(d[key], to_pad=to_pad)
         return d
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            # SpatialPad made per image (the size varies): its record is popped without matching the instance
-            padded = self.pop_transform(d[key], check=False)[TraceKeys.EXTRA_INFO]["padded"]
-            start = [before for before, _ in padded[1:]]
-            end = [size - after for size, (_, after) in zip(d[key].shape[1:], padded[1:], strict=True)]
-            cropper = SpatialCrop(roi_start=start, roi_end=end)
-            with cropper.trace_transform(False):
-                d[key] = cropper(d[key])
+            d[key] = self._pad.inverse(d[key])
         return d
 
 

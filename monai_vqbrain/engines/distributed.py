@@ -1,17 +1,13 @@
 """Helpers for multi-process (DDP) training launched with ``torchrun``.
 
-``bundle/configs/multi_gpu_train.json`` calls these; they work as well from plain Python::
-
-    device = distributed_device("auto")  # cuda:<LOCAL_RANK>, or cpu when there is no GPU
-    init_distributed(device)  # NCCL on CUDA, gloo on CPU, from torchrun's environment variables
-    network = wrap_ddp(VQVAE(...).to(device, memory_format=torch.channels_last), device)
-    loader = distributed_loader(dataset, batch_size=16, shuffle=True)
-    ...
-    destroy_distributed()
+``bundle/configs/multi_gpu_train.json`` calls these around torch's ``DistributedDataParallel`` and MONAI's
+``DistributedSampler``: :func:`distributed_device` picks ``cuda:<LOCAL_RANK>`` (or the CPU), :func:`init_distributed`
+joins the group (NCCL on CUDA, gloo on CPU) and :func:`destroy_distributed` leaves it.
 
 The VQ-VAE's codebook is a set of buffers updated inside ``forward`` (EMA statistics, dead-code restarts); the
 quantizer itself sums its statistics across ranks and broadcasts restarts from rank 0, so every rank keeps the
-same codebook without DDP's per-forward buffer broadcast (which would also overwrite the other ranks' updates).
+same codebook without DDP's per-forward buffer broadcast (which would also overwrite the other ranks' updates):
+the config turns ``broadcast_buffers`` off.
 """
 
 from __future__ import annotations
@@ -23,8 +19,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.data import DistributedSampler
-from torch.utils.data import DataLoader, Dataset
 
 #: environment variables ``torchrun`` sets for every process and ``init_process_group("env://")`` reads
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -35,22 +29,14 @@ __all__ = [
     "backend_for",
     "destroy_distributed",
     "distributed_device",
-    "distributed_loader",
     "get_rank",
     "get_world_size",
     "init_distributed",
     "is_main_process",
-    "local_rank",
     "main_process_first_begin",
     "main_process_first_end",
     "quiet_non_main_logging",
-    "wrap_ddp",
 ]
-
-
-def local_rank() -> int:
-    """This process's index on its node, from ``LOCAL_RANK`` (0 when not launched by ``torchrun``)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 # the package's one rank helper (handlers, the quantizer and the configs use these). Plain torch.distributed rather
@@ -105,7 +91,7 @@ def distributed_device(device: str | torch.device | None = "auto") -> torch.devi
         )
     if not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
-    index = local_rank()
+    index = int(os.environ.get("LOCAL_RANK", "0"))  # this process's index on its node (0 without torchrun)
     if index >= torch.cuda.device_count():
         raise ValueError(
             f"LOCAL_RANK {index} has no GPU: only {torch.cuda.device_count()} visible; start at most that many "
@@ -201,54 +187,3 @@ def destroy_distributed() -> None:
         # a barrier first, so no rank tears the group down while another is still in a collective
         dist.barrier()
         dist.destroy_process_group()
-
-
-def wrap_ddp(network: torch.nn.Module, device: torch.device | str, **ddp_kwargs: Any) -> torch.nn.Module:
-    """Wrap ``network`` (already on ``device``) in ``DistributedDataParallel`` the way the VQ-VAE needs.
-
-    ``broadcast_buffers`` is off: the codebook buffers are synchronised by the quantizer itself, and rank 0's
-    buffers broadcast before each forward would be wasted traffic at best. Returns ``network`` unchanged when
-    no process group with more than one rank is initialised, so single-process code paths stay as they are.
-
-    Args:
-        network: the model, already moved to ``device``.
-        device: this process's device; on CUDA it becomes DDP's ``device_ids``.
-        ddp_kwargs: further arguments of :class:`torch.nn.parallel.DistributedDataParallel`.
-    """
-    if get_world_size() < 2:
-        return network
-    device = torch.device(device)
-    options: dict[str, Any] = {"broadcast_buffers": False, **ddp_kwargs}
-    if device.type == "cuda":
-        options.setdefault("device_ids", [device])
-        options.setdefault("output_device", device)
-    return torch.nn.parallel.DistributedDataParallel(network, **options)
-
-
-def distributed_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = True,
-    even_divisible: bool = True,
-    num_workers: int = 0,
-    **loader_kwargs: Any,
-) -> DataLoader:
-    """A data loader over this rank's share of ``dataset`` (MONAI's ``DistributedSampler``).
-
-    MONAI's engines call ``sampler.set_epoch`` at every epoch start, so the shuffling differs between epochs and
-    agrees across ranks.
-
-    Args:
-        dataset: the whole dataset (every rank gets a disjoint part).
-        batch_size: the per-rank batch size; the effective batch is ``batch_size * world_size``.
-        shuffle: shuffle the order each epoch (training).
-        even_divisible: give every rank the same number of items by repeating a few; training needs this (DDP
-            ranks must run the same number of steps); evaluation should not, so no item is counted twice.
-        num_workers: loader worker processes.
-        loader_kwargs: further :class:`torch.utils.data.DataLoader` arguments.
-    """
-    sampler = DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers, **loader_kwargs
-    )
-

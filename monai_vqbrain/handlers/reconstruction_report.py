@@ -16,7 +16,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.utils.enums import CommonKeys as Keys
 
 from ..engines.distributed import is_main_process
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_write_text, pyplot, save_figure
 from .training_history import read_history
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,6 @@ def summarize_scores(ssim: np.ndarray, psnr: np.ndarray) -> dict[str, float]:
     }
 
 
-def _figure_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
 Example = tuple[np.ndarray, np.ndarray, str, float]
 """One figure example: (original, reconstruction, name, SSIM)."""
 
@@ -98,13 +92,8 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
     """
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     count = len(examples)
-    figure, axes = plt.subplots(3, count, figsize=(2.2 * count, 7.4), squeeze=False, layout="constrained")
+    figure, axes = pyplot().subplots(3, count, figsize=(2.2 * count, 7.4), squeeze=False, layout="constrained")
     # one error scale for all columns, so that a darker map is a better reconstruction
     error_max = max(max(float(np.abs(o - r).max()) for o, r, _, _ in examples), 1e-6)
     error_image = None
@@ -123,9 +112,7 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
         axes[row, 0].set_ylabel(label)
     figure.colorbar(error_image, ax=axes[2, :].tolist(), shrink=0.8, label="absolute error")
     figure.suptitle("\n".join(textwrap.wrap(title, max(40, int(16 * count)))), fontsize=9)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(_figure_bytes(figure))
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_loss_curves(history: list[dict], path: Path) -> bool:
@@ -133,10 +120,7 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     records = [r for r in history if "train_loss" in r]
     if not records:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
@@ -162,9 +146,7 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     for axis in axes.flat:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(_figure_bytes(figure))
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 

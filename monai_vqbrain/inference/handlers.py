@@ -1,14 +1,6 @@
-"""Ignite handlers of the ``inferring`` workflow: the code-map files and the per-file metrics table.
-
-* :class:`CodesSaver` writes ``<name>_codes.npz`` for each input: ``codes`` of shape ``(N, h, w)`` (``N`` slices,
-  ``h = w = image_size / 2**levels``) as ``uint16``, with ``num_embeddings``, ``image_size`` and ``slice_axis``
-  (-1 for PNG); ``VQVAE.decode_samples(torch.from_numpy(codes).long())`` decodes it.
-* :class:`InferenceMetricsWriter` writes ``reconstruction_metrics.csv``, a row per input file (bad files included,
-  with their ``error``). SSIM and PSNR compare the reconstruction with the input at the model's resolution, in
-  ``[0, 1]``, exactly as the evaluation does (MONAI ``SSIMMetric`` with an 11-pixel Gaussian window and the PSNR of
-  the mean squared error, data range 1): after padding to a square and resizing to ``image_size``, before the
-  reconstruction is restored to the input's size. For a volume, ``ssim`` is the mean over all its slices and
-  ``psnr`` is computed from the mean squared error over all its slices.
+"""Ignite handlers of the ``inferring`` workflow: the code-map files (:class:`CodesSaver`) and the per-file metrics
+table ``reconstruction_metrics.csv`` (:class:`InferenceMetricsWriter`), described in the model card
+(``bundle/docs/README.md``, "Inference on your files").
 """
 
 from __future__ import annotations
@@ -33,7 +25,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from monai_vqbrain import errors
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
-from monai_vqbrain.utils.io import atomic_path
+from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 
 from .io import image_format
 from .transforms import codes_file
@@ -160,8 +152,7 @@ class CodesSaver:
                 image_size=np.int64(self.image_size),
                 slice_axis=np.int64(int(item[Keys.IMAGE].meta["slice_axis"])),
             )
-            with atomic_path(path, overwrite=self.overwrite) as tmp:
-                tmp.write_bytes(buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue(), overwrite=self.overwrite)
             item[_CODES_FILE_KEY] = str(path)
 
 
@@ -284,9 +275,7 @@ class InferenceMetricsWriter:
         writer.writeheader()
         for result in results:
             writer.writerow(asdict(result))
-        with atomic_path(self.metrics_file, overwrite=self.overwrite) as tmp:
-            tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        return self.metrics_file
+        return atomic_write_text(self.metrics_file, buffer.getvalue(), overwrite=self.overwrite)
 
     def _write_all(self, engine: Engine) -> None:
         self.results = [self._rows[path] for path in self.inputs]

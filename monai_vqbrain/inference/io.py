@@ -1,35 +1,18 @@
 """Reading the user's PNG and NIfTI files into model-ready slices, and writing reconstructions in their own format.
 
-Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training:
-
-* PNG (grey, grey+alpha, RGB/RGBA, palette, 8 or 16 bit): read with MONAI's ``LoadImage`` and the training
-  :class:`~monai_vqbrain.data.transforms.SliceReader`, scaled by bit depth (8-bit / 255, 16-bit / 65535), made grey
-  (mean of R, G and B; alpha dropped). One slice.
-* NIfTI (``.nii``, ``.nii.gz``), 2D or 3D: reoriented to RAS, scaled per volume to ``[0, 1]`` between the 0.5 and
-  99.5 intensity percentiles (clipping outside), and cut into display-oriented slices along ``slice_axis`` of the
-  RAS volume, as :func:`~monai_vqbrain.data.nifti.load_nifti_slices` does for training. A 2D image, or a 3D one with
-  a singleton axis, is one slice whatever ``slice_axis`` is (as in training). Every slice is kept.
-
-Padding to a square and resizing to the model's ``image_size`` (and undoing both) are the next preprocessing
-steps of ``inference.json``; :class:`~monai_vqbrain.inference.LoadInputd` records what :func:`restore_input_layout`
-needs to undo the slicing, the reorientation and the intensity scaling, and :func:`write_png` and
-:func:`write_nifti` write a reconstruction back:
-
-* PNG: a grey PNG of the input's size and bit depth (0..255 or 0..65535).
-* NIfTI: the input's voxel order, shape, affine, header and on-disk data type; intensities mapped back through the
-  inverse of the per-volume scaling. Values the percentile scaling clipped (below the 0.5th or above the 99.5th
-  percentile) cannot be restored: they come back at the percentile values.
-
-Size rule: every slice must be at least ``min_slice_size`` pixels (default 16) along both in-plane axes. Smaller
-images hold too little to be resized to ``image_size`` meaningfully, and a 3D volume that is thin along an in-plane
-axis (e.g. ``24 x 3 x 20`` sliced axially) is not a stack of slices.
+Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training (a PNG is
+one slice; a NIfTI image gives every slice along ``slice_axis`` of its RAS volume); :func:`restore_input_layout`
+undoes the slicing, the reorientation and the intensity scaling, and :func:`write_png` and :func:`write_nifti` write
+a reconstruction in the input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``,
+"Preprocessing" and "Inference on your files") describes each step, the outputs and the size rule: every slice
+must be at least ``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized
+to ``image_size``.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,10 +39,6 @@ __all__ = [
     "image_format",
     "strip_image_suffix",
     "find_input_files",
-    "robust_range",
-    "InputImage",
-    "PngInput",
-    "NiftiInput",
     "read_input",
     "restore_input_layout",
     "write_png",
@@ -164,183 +143,67 @@ def _check_slice_size(path: Path, plane_shape: tuple[int, int], min_slice_size: 
         )
 
 
-class InputImage(ABC):
-    """One input file: its slices ready for the model, and the means to write a reconstruction in its format.
-
-    Attributes:
-        path: the input file.
-        slices: float32 ``(N, H, W)`` in ``[0, 1]``, before padding and resizing to the model's image size.
-        shape: the file's own image shape (for reporting).
-    """
-
-    def __init__(self, path: Path, slices: np.ndarray, shape: tuple[int, ...]) -> None:
-        self.path = path
-        self.slices = slices
-        self.shape = shape
-
-    @abstractmethod
-    def inverse_info(self) -> dict:
-        """What :func:`restore_input_layout` needs to bring reconstructed slices back to this file's layout and scale."""
-
-    @abstractmethod
-    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the reconstructed slices ``(N, H, W)`` in ``[0, 1]`` to ``path`` in the input's format, atomically.
-
-        Args:
-            reconstruction: reconstructed slices, shaped like :attr:`slices`.
-            path: the output file.
-            overwrite: replace ``path`` if it exists (else ``FileExistsError``).
-        """
+def _read_png(path: Path, min_slice_size: int, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, ...], dict]:
+    """Read and check a PNG file as one grey slice, made as in training (bit-depth scaling, grey)."""
+    check_png_file(path, max_pixels)
+    try:
+        # dtype=None keeps the stored integer type: its bit depth decides the scaling, as in training
+        image = LoadImage(reader=SliceReader(), image_only=True, dtype=None)(str(path))
+    except Exception as err:  # PIL raises several types for pixel data that fails to decode
+        raise ImageFileError(f"cannot decode the pixels of '{path}' ({err}); the file may be truncated") from err
+    image = EnsureChannelFirst()(image)
+    if image.ndim != 3:
+        raise ImageFileError(f"'{path}' has shape {tuple(image.shape)}; expected a 2D image")
+    height, width = (int(s) for s in image.shape[-2:])
+    _check_slice_size(path, (height, width), min_slice_size)
+    image = image.as_tensor() if hasattr(image, "as_tensor") else image
+    # the peak ScaleByDtyped divides by, so that writing multiplies by the same value
+    peak = ScaleByDtyped.peak(image)
+    dtype = "uint8" if image.dtype in (torch.uint8, torch.bool) else "uint16"
+    grey = ToGreyscaled.to_grey(ScaleByDtyped.scale(image))
+    return grey.numpy().astype(np.float32), (height, width), {"format": "png", "peak": peak, "dtype": dtype}
 
 
-class PngInput(InputImage):
-    """A PNG slice; its reconstruction is a grey PNG of the same size and bit depth."""
-
-    def __init__(self, path: Path, slices: np.ndarray, shape: tuple[int, ...], peak: float, dtype: np.dtype) -> None:
-        super().__init__(path, slices, shape)
-        self.peak = peak
-        self.dtype = np.dtype(dtype)
-
-    @classmethod
-    def read(
-        cls,
-        path: str | os.PathLike,
-        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
-        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> PngInput:
-        """Read and check a PNG file.
-
-        Args:
-            path: the file.
-            min_slice_size: smallest accepted side, in pixels.
-            max_pixels: the most pixels its header may declare (checked before decoding); None allows any.
-
-        Raises:
-            ImageFileError: naming the file when it is not a whole, readable grey/RGB(A) image, or is too small or
-                too large.
-        """
-        path = Path(path)
-        check_png_file(path, max_pixels)
-        try:
-            # dtype=None keeps the stored integer type: its bit depth decides the scaling, as in training
-            image = LoadImage(reader=SliceReader(), image_only=True, dtype=None)(str(path))
-        except Exception as err:  # PIL raises several types for pixel data that fails to decode
-            raise ImageFileError(f"cannot decode the pixels of '{path}' ({err}); the file may be truncated") from err
-        image = EnsureChannelFirst()(image)
-        if image.ndim != 3:
-            raise ImageFileError(f"'{path}' has shape {tuple(image.shape)}; expected a 2D image")
-        height, width = (int(s) for s in image.shape[-2:])
-        _check_slice_size(path, (height, width), min_slice_size)
-        image = image.as_tensor() if hasattr(image, "as_tensor") else image
-        stored = image.dtype
-        # the peak ScaleByDtyped divides by, so that writing multiplies by the same value
-        if stored == torch.uint8 or stored == torch.bool:
-            peak, dtype = 255.0, np.uint8
-        else:
-            peak, dtype = max(float(image.max()), 65535.0), np.uint16
-        grey = ToGreyscaled.to_grey(ScaleByDtyped.scale(image))
-        return cls(path, grey.numpy().astype(np.float32), (height, width), peak, dtype)
-
-    def inverse_info(self) -> dict:
-        return {"format": "png", "peak": self.peak, "dtype": self.dtype.name}
-
-    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        levels = restore_input_layout(self.inverse_info(), reconstruction)
-        write_png(levels, path, self.dtype, self.peak, overwrite=overwrite)
-
-
-class NiftiInput(InputImage):
-    """A 2D or 3D NIfTI image; its reconstruction keeps the voxel order, affine, header and data type.
-
-    Attributes:
-        image: the nibabel image (header and affine).
-        orientation: the nibabel orientation of the file's voxel axes (``io_orientation`` of its affine; a singleton
-            axis without direction is given an unused one).
-        axis: the axis of the RAS volume the slices were cut along.
-        low, high: the intensities the per-volume scaling mapped to 0 and 1.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        slices: np.ndarray,
-        shape: tuple[int, ...],
-        image: nib.Nifti1Image,
-        orientation: np.ndarray,
-        axis: int,
-        low: float,
-        high: float,
-    ) -> None:
-        super().__init__(path, slices, shape)
-        self.image = image
-        self.orientation = orientation
-        self.axis = axis
-        self.low = low
-        self.high = high
-
-    @classmethod
-    def read(
-        cls,
-        path: str | os.PathLike,
-        slice_axis: int = 2,
-        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
-        max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
-    ) -> NiftiInput:
-        """Read, check, reorient, scale and slice a NIfTI file.
-
-        Args:
-            path: a ``.nii`` or ``.nii.gz`` file.
-            slice_axis: the RAS axis to slice a 3D volume along: 0 sagittal, 1 coronal, 2 axial.
-            min_slice_size: smallest accepted in-plane side, in pixels.
-            max_voxels: the most voxels its header may declare (checked before reading voxels); None allows any.
-
-        Raises:
-            ImageFileError: naming the file when it is unreadable or truncated, too large, not a NIfTI image of
-                grey values, 4D, holds NaN or infinite values, or gives slices smaller than ``min_slice_size``.
-            ValueError: when ``slice_axis`` is not 0, 1 or 2.
-        """
-        if slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
-        path = Path(path)
-        # the reader training uses: header checks, NaN check, reorientation to RAS
-        volume = read_volume_ras(path, max_voxels)
-        if not isinstance(volume.image, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise ImageFileError(f"'{path}' is a {type(volume.image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
-        ras = volume.ras
-        low, high = robust_range(ras)
-        scaled = scale_to_unit(ras, low, high)
-        # every slice, along the axis training would cut (a 2D image is one slice whatever the slice axis)
-        axis, indices = kept_slices(scaled, slice_axis, (0.0, 1.0), min_foreground=0.0)
-        plane_shape = tuple(ras.shape[a] for a in range(3) if a != axis)[::-1]  # rot90 swaps the in-plane axes
-        _check_slice_size(
-            path,
-            plane_shape,
-            min_slice_size,
-            f" (its RAS shape is {'x'.join(map(str, ras.shape))}, sliced along RAS axis {axis})",
-        )
-        slices = np.concatenate([volume_plane(scaled, axis, i) for i in indices])
-        return cls(path, slices, volume.shape, volume.image, volume.orientation, axis, low, high)
-
-    def inverse_info(self) -> dict:
-        return {
-            "format": "nifti",
-            "orientation": self.orientation.tolist(),
-            "axis": self.axis,
-            "low": self.low,
-            "high": self.high,
-            "shape": list(self.image.shape),
-        }
-
-    def save_reconstruction(self, reconstruction: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:
-        write_nifti(restore_input_layout(self.inverse_info(), reconstruction), self.image, path, overwrite=overwrite)
+def _read_nifti(
+    path: Path, slice_axis: int, min_slice_size: int, max_voxels: int | None
+) -> tuple[np.ndarray, tuple[int, ...], dict]:
+    """Read, check, reorient, scale and slice a NIfTI file with the reader training uses."""
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
+    # the reader training uses: header checks, NaN check, reorientation to RAS
+    volume = read_volume_ras(path, max_voxels)
+    if not isinstance(volume.image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageFileError(f"'{path}' is a {type(volume.image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
+    ras = volume.ras
+    low, high = robust_range(ras)
+    scaled = scale_to_unit(ras, low, high)
+    # every slice, along the axis training would cut (a 2D image is one slice whatever the slice axis)
+    axis, indices = kept_slices(scaled, slice_axis, (0.0, 1.0), min_foreground=0.0)
+    plane_shape = tuple(ras.shape[a] for a in range(3) if a != axis)[::-1]  # rot90 swaps the in-plane axes
+    _check_slice_size(
+        path,
+        plane_shape,
+        min_slice_size,
+        f" (its RAS shape is {'x'.join(map(str, ras.shape))}, sliced along RAS axis {axis})",
+    )
+    slices = np.concatenate([volume_plane(scaled, axis, i) for i in indices])
+    info = {
+        "format": "nifti",
+        "orientation": volume.orientation.tolist(),
+        "axis": axis,
+        "low": low,
+        "high": high,
+        "shape": list(volume.image.shape),
+    }
+    return slices, volume.shape, info
 
 
 def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
     """Reconstructed slices ``(N, H, W)`` in ``[0, 1]`` back to the input file's layout and intensity scale.
 
     Args:
-        info: an input's :meth:`InputImage.inverse_info`.
-        reconstruction: the reconstructed slices, as the input's :attr:`InputImage.slices` were cut.
+        info: an input's restoring information from :func:`read_input`.
+        reconstruction: the reconstructed slices, as :func:`read_input`'s slices were cut.
 
     Returns:
         For a PNG, its ``(H, W)`` pixels on its own scale (0..255 or 0..65535), in the reconstruction's precision.
@@ -428,8 +291,8 @@ def read_input(
     min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
-) -> InputImage:
-    """Read one input file as a :class:`PngInput` or :class:`NiftiInput`, by its ending.
+) -> tuple[np.ndarray, tuple[int, ...], dict]:
+    """Read one input file, by its ending, as its slices and what :func:`restore_input_layout` needs to undo them.
 
     Args:
         path: the file.
@@ -438,12 +301,20 @@ def read_input(
         max_pixels: the most pixels a PNG header may declare; None allows any.
         max_voxels: the most voxels a NIfTI header may declare; None allows any.
 
+    Returns:
+        The slices, float32 ``(N, H, W)`` in ``[0, 1]`` before padding and resizing to the model's image size; the
+        file's own image shape (for reporting); and the restoring information: ``format`` and, for a PNG, the
+        ``peak`` white had and the pixel ``dtype``; for a NIfTI image, the ``orientation`` of its voxel axes, the RAS
+        ``axis`` it was sliced along, the intensities ``low`` and ``high`` the scaling mapped to 0 and 1, and its
+        ``shape``.
+
     Raises:
         ImageFileError: naming the file and what was expected, for any bad input.
+        ValueError: when ``slice_axis`` is not 0, 1 or 2.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":
-        return PngInput.read(path, min_slice_size=min_slice_size, max_pixels=max_pixels)
-    return NiftiInput.read(path, slice_axis=slice_axis, min_slice_size=min_slice_size, max_voxels=max_voxels)
+        return _read_png(path, min_slice_size, max_pixels)
+    return _read_nifti(path, slice_axis, min_slice_size, max_voxels)

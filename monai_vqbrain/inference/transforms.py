@@ -142,20 +142,19 @@ class LoadInputd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = Path(d[key])
-            image = read_input(
+            slices, shape, info = read_input(
                 path, self.slice_axis, self.min_slice_size, self.max_image_pixels, self.max_volume_voxels
             )
-            info = image.inverse_info()
             meta = {
                 "filename_or_obj": str(path),
                 "format": info["format"],
-                "shape": "x".join(str(s) for s in image.shape),
-                "slice_axis": int(getattr(image, "axis", -1)),
+                "shape": "x".join(str(s) for s in shape),
+                "slice_axis": int(info.get("axis", -1)),
                 "input_bytes": path.stat().st_size,
             }
             if info["format"] == "png":
                 meta.update(dtype=info["dtype"], peak=float(info["peak"]))
-            slices = MetaTensor(torch.from_numpy(image.slices), meta=meta)
+            slices = MetaTensor(torch.from_numpy(slices), meta=meta)
             self.push_transform(slices, extra_info=info)
             d[key] = slices
         return d

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from monai_vqbrain.utils.io import atomic_path
+from monai_vqbrain.engines.distributed import is_main_process
+from monai_vqbrain.handlers.training_history import read_history
+from monai_vqbrain.utils.io import pyplot, save_figure
 
 __all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves"]
-
-
-def _save(figure, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return Path(path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.PathLike) -> Path | None:
@@ -45,15 +25,12 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
     Returns:
         The PNG's path, or None when the history holds no epoch yet or this is not rank 0 (nothing is written).
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not is_main_process():
         return None  # one figure per run: rank 0 draws it
-    history = Path(history_file)
-    if not history.is_file():
-        return None
-    records = [r for r in json.loads(history.read_text()) if isinstance(r, dict) and "epoch" in r]
+    records = [r for r in read_history(history_file) if isinstance(r, dict) and "epoch" in r]
     if not records:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     figure, (bits_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -76,7 +53,7 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_nearest_training_slices(
@@ -97,7 +74,7 @@ def plot_nearest_training_slices(
         nearest_names: the training slices' names.
         similarity: the SSIM of each pair.
     """
-    plt = _pyplot()
+    plt = pyplot()
     count = len(samples)
     figure, axes = plt.subplots(2, count, figsize=(1.9 * count, 4.3), squeeze=False)
     for column in range(count):
@@ -116,4 +93,4 @@ def plot_nearest_training_slices(
     axes[1, 0].set_ylabel("nearest training slice", fontsize=8)
     figure.suptitle("Generated samples and their most similar training slices (SSIM near 1 would mean a copy)", fontsize=9)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)

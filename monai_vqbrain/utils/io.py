@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import OutputWriteError
 
@@ -118,3 +120,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = T
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def pyplot() -> ModuleType:
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend (imported on first use: only figures need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: object, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure to ``path`` as a PNG (110 dpi, tight box) atomically; close it; return ``path``.
+
+    Args:
+        figure: the matplotlib figure.
+        path: the PNG to write.
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())

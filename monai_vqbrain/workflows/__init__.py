@@ -14,7 +14,6 @@ from .settings import (
     check_settings,
     command_line_overrides,
     config_bundle_root,
-    describe_settings,
     print_settings,
 )
 
@@ -27,7 +26,6 @@ __all__ = [
     "check_settings",
     "command_line_overrides",
     "config_bundle_root",
-    "describe_settings",
     "print_settings",
     "install_error_hook",
     "local_tracking_uri",

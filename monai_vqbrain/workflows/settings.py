@@ -24,7 +24,7 @@ from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
-__all__ = ["SETTING_RULES", "check_settings", "describe_settings", "print_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
+__all__ = ["SETTING_RULES", "check_settings", "print_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
 
 # ``monai.bundle run``'s own arguments: never config keys
 _RUN_ARGUMENTS = frozenset(
@@ -263,8 +263,12 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     return settings
 
 
-def describe_settings(settings: Mapping[str, Any]) -> str:
-    """The override keys of a workflow with their values, one ``--key value`` per line as a shell would take it.
+def print_settings(settings: Mapping[str, Any]) -> None:
+    """Print the override keys of a workflow with their values, one ``--key value`` per line as a shell would take it.
+
+    The ``help`` run of every bundle config: ``python -m monai.bundle run --help`` shows MONAI's own options (its
+    command line is MONAI's, not ours); ``python -m monai.bundle run help --config_file <config>`` shows the config's
+    keys.
 
     Args:
         settings: the config's settings (``@settings``, plus the workflow's own), as :func:`check_settings` takes them.
@@ -276,19 +280,7 @@ def describe_settings(settings: Mapping[str, Any]) -> str:
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         lines.append(f"  --{key} {shlex.quote(text)}")
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
-    return "\n".join(lines)
-
-
-def print_settings(settings: Mapping[str, Any]) -> None:
-    """Print :func:`describe_settings` to standard output: the ``help`` run of every bundle config.
-
-    ``python -m monai.bundle run --help`` shows MONAI's own options (its command line is MONAI's, not ours);
-    ``python -m monai.bundle run help --config_file <config>`` shows the config's keys.
-
-    Args:
-        settings: the config's settings.
-    """
-    print(describe_settings(settings), flush=True)
+    print("\n".join(lines), flush=True)
 
 
 def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]] | None:
