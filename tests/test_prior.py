@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ from monai_vqbrain.prior import (
     decode_codes,
     file_sha256,
     frechet_distance,
+    generation_summary,
     load_or_encode_codes,
     load_prior,
     load_vqvae,
@@ -566,7 +568,7 @@ def test_generating_draws_the_priors_samples_whatever_the_batch_size(prior_root,
             np.testing.assert_allclose(png, np.rint(expected[index].clip(0, 1) * 255), atol=1)
 
 
-def test_generate_workflow_has_every_required_property(prior_root, demo_root, tmp_path):
+def test_generate_workflow_has_every_required_property(prior_root, demo_root, tmp_path, caplog):
     # MONAI's inference-bundle properties: the sample requests are the dataset, the prior-sampling inferer the
     # inferer; the evaluator (what tracking attaches to) is the metrics evaluator over test#dataset
     from monai.bundle import create_workflow
@@ -574,14 +576,36 @@ def test_generate_workflow_has_every_required_property(prior_root, demo_root, tm
 
     copy_models(prior_root, tmp_path)
     workflow = create_workflow(config_file=GENERATE, workflow_type="infer", bundle_root=str(tmp_path),
-                               dataset_dir=str(demo_root), num_samples=2, generation_classifier=False,
-                               **TINY_OVERRIDES)
+                               dataset_dir=str(demo_root), num_samples=2, **TINY_OVERRIDES)
     assert workflow.check_properties() == []
     assert isinstance(workflow.evaluator, Evaluator) and not isinstance(workflow.evaluator, SupervisedEvaluator)
     assert len(workflow.dataset) == 2
-    workflow.run()
+    # the bundle's logging.conf has replaced the root handlers (and with them caplog's): listen on our logger itself
+    package_logger = logging.getLogger("monai_vqbrain")
+    package_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="monai_vqbrain"):
+            workflow.run()
+    finally:
+        package_logger.removeHandler(caplog.handler)
     report = json.loads((tmp_path / "outputs" / "generated" / "generation_metrics.json").read_text())
     assert tuple(report) == REPORT_KEYS and workflow.evaluator.state.metrics["num_test_images"] == 8
+    # the minute of metric computation is announced, and its headline numbers end in the console
+    assert "measuring 2 samples against 8 real test and" in caplog.text
+    assert "classifier two-sample tests)" in caplog.text and "only 2 samples: a classifier AUC" in caplog.text
+    assert "generation: classifier AUC generated vs test" in caplog.text and "all metrics in" in caplog.text
+
+
+def test_generation_summary_is_one_line_of_headline_metrics():
+    report = {
+        "classifier_auc_generated_vs_test": 0.971, "classifier_auc_generated_vs_test_ci95": [0.88, 1.0],
+        "classifier_auc_train_vs_test": 0.46, "classifier_auc_reconstructed_vs_test": float("nan"),
+        "fd_generated_vs_test": 1.02, "diversity_ssim_generated": 0.534, "memorisation_ssim_mean": 0.66,
+    }
+    line = generation_summary(report)
+    assert "\n" not in line
+    assert "generated vs test 0.97 [0.88, 1.00]" in line and "real train vs test 0.46" in line
+    assert "reconstructed vs test n/a" in line and "diversity 0.534" in line and "(real test n/a)" in line
 
 
 def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):

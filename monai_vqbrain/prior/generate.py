@@ -64,6 +64,7 @@ __all__ = [
     "SaveSampled",
     "decode_codes",
     "generation_log_values",
+    "generation_summary",
     "load_prior",
     "plot_sample_grid",
     "prior_summary",
@@ -353,6 +354,32 @@ def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike |
                 if summary["prior_val_bits_per_code"] is None:
                     summary["prior_val_bits_per_code"] = record.get("val_bits_per_code")
     return summary
+
+
+def generation_summary(report: Mapping[str, Any]) -> str:
+    """One line of the headline generation metrics: the realism AUC with its references, FD, diversity, memorisation.
+
+    Args:
+        report: the content of ``generation_metrics.json``.
+    """
+
+    def value(key: str, digits: int = 2) -> str:
+        number = report.get(key)
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number):
+            return "n/a"
+        interval = report.get(f"{key}_ci95")
+        if isinstance(interval, Sequence) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+            return f"{number:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+        return f"{number:.{digits}f}"
+
+    return (
+        f"generation: classifier AUC generated vs test {value('classifier_auc_generated_vs_test')} "
+        f"(0.5 = indistinguishable; real train vs test {value('classifier_auc_train_vs_test')}, reconstructed vs test "
+        f"{value('classifier_auc_reconstructed_vs_test')}); FD generated vs test {value('fd_generated_vs_test')} "
+        f"(train subset vs test {value('fd_train_subset_vs_test')}); diversity {value('diversity_ssim_generated', 3)} "
+        f"(real test {value('diversity_ssim_test', 3)}); memorisation {value('memorisation_ssim_mean', 3)} "
+        f"(real test {value('memorisation_ssim_test_mean', 3)})"
+    )
 
 
 def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -772,7 +799,10 @@ class GenerationReport:
         quality = engine.state.metrics.get(self.metric_name)
         if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
             report.update({k: v for k, v in quality.items() if k != "num_samples"})
-        atomic_write_text(self.output_dir / "generation_metrics.json", json.dumps(report, indent=2))
+        path = self.output_dir / "generation_metrics.json"
+        atomic_write_text(path, json.dumps(report, indent=2))
+        if isinstance(quality, Mapping):
+            logger.info(f"{generation_summary(report)}; all metrics in '{path}'")
         engine.state.metrics = generation_log_values(report)
         engine.state.output = report
 
