@@ -529,10 +529,18 @@ def test_outputs_never_overwrite_inputs(trained_bundle, tmp_path):
     save_png(tmp_path / "a.png", odd_grey())
     victim = save_png(tmp_path / "a_recon.png", odd_grey(seed=2))
     before = victim.read_bytes()
+    # with separate_folder, a.png's reconstruction is <output_dir>/a/a_recon.png: give that path as an input too
+    nested = tmp_path / "out" / "a"
+    nested.mkdir(parents=True)
+    nested_victim = save_png(nested / "a_recon.png", odd_grey(seed=3))
     for overwrite in (False, True):
-        user_error(OutputPathError, f"would overwrite the input file '{victim}'", infer, trained_bundle,
-                   str(tmp_path), tmp_path, overwrite=overwrite)
-    assert victim.read_bytes() == before
+        user_error(OutputPathError, f"would overwrite the input file '{nested_victim}'", infer, trained_bundle,
+                   [str(tmp_path / "a.png"), str(nested_victim)], tmp_path / "out", overwrite=overwrite,
+                   separate_folder=True)
+    # writing into the input folder is refused outright: its outputs would be the next run's inputs
+    user_error(OutputPathError, f"output_dir '{tmp_path}' holds input files", infer, trained_bundle, str(tmp_path),
+               tmp_path, overwrite=True)
+    assert victim.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_recon.png", "out"]
 
 
 def test_inputs_with_the_same_name_are_refused(trained_bundle, tmp_path):

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from monai_vqbrain.data import get_dataset, load_nifti_slices
-from monai_vqbrain.errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
+from monai_vqbrain.errors import CheckpointError, DatasetError, OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
@@ -32,6 +32,7 @@ from monai_vqbrain.prior import (
     SlicePositionLabels,
     bootstrap_frechet_interval,
     bootstrap_mean_interval,
+    check_real_splits,
     decode_codes,
     file_sha256,
     frechet_distance,
@@ -661,6 +662,36 @@ def test_generating_does_not_replace_earlier_output_without_overwrite(prior_root
     generate(tmp_path, demo_root, num_samples=2, seed=2, overwrite=True)
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_000.png", "sample_001.png"]
     assert mine.read_text() == "mine"
+
+
+def test_an_overwriting_run_leaves_no_figure_of_the_earlier_samples(generated, demo_root, tmp_path):
+    # the earlier run measured its samples (nearest_training_slices.png); this one only samples, over it
+    shutil.copytree(generated.parents[1] / "models", tmp_path / "models")
+    out = tmp_path / "outputs" / "generated"
+    shutil.copytree(generated, out)
+    assert (out / "nearest_training_slices.png").is_file()
+    generate(tmp_path, demo_root, num_samples=2, overwrite=True)
+    assert not (out / "nearest_training_slices.png").exists()
+    assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_000.png", "sample_001.png"]
+
+
+def test_missing_real_data_is_refused_before_anything_is_sampled(prior_root, tmp_path):
+    copy_models(prior_root, tmp_path)
+    user_error(DatasetError, "does not exist", generate, tmp_path, tmp_path / "no_such_data", generation_metrics=True)
+    empty = tmp_path / "empty"
+    for split in ("train", "validate", "test"):
+        (empty / f"keras_png_slices_{split}").mkdir(parents=True)
+    user_error(DatasetError, "", generate, tmp_path, empty, generation_metrics=True)  # an empty split
+    assert not (tmp_path / "outputs" / "generated").exists() or not any((tmp_path / "outputs" / "generated").iterdir())
+    user_error(DatasetError, "holds no slices", check_real_splits, [], [{"image": "x"}])
+
+
+def test_bad_sample_class_labels_are_one_setting_error(prior_root, demo_root, tmp_path):
+    copy_models(prior_root, tmp_path)
+    error = user_error(SettingError, "sample_class_labels must lie in [0, ", generate, tmp_path, demo_root,
+                       sample_class_labels=[99])
+    assert "99" in str(error)
+    user_error(SettingError, "one label or 4 labels", generate, tmp_path, demo_root, sample_class_labels=[0, 1])
 
 
 def test_slice_position_bins_are_described_by_their_slices():

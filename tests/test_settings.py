@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import OutputWriteError, SettingError
-from monai_vqbrain.workflows import check_override_keys, command_line_overrides
+from monai_vqbrain.workflows import check_override_keys, check_settings, command_line_overrides
 
 GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
@@ -116,7 +117,7 @@ def test_help_run_lists_the_override_keys_with_their_values(tmp_path, capsys):
     run_bundle("help", TRAIN, bundle_root=str(tmp_path), max_epochs=3)
     out = capsys.readouterr().out
     lines = out[out.index("override keys of this workflow"):].splitlines()
-    for line in ("  --max_epochs 3", "  --dataset_dir null", "  --slice_range '[0.2, 0.8]'", "  --device auto",
+    for line in ("  --max_epochs 3", "  --dataset_dir None", "  --slice_range '[0.2, 0.8]'", "  --device auto",
                  "  --progress false", f"  --ckpt_dir {tmp_path / 'models'}"):
         assert line in lines, line
     assert not any("downsample_factor" in line for line in lines)
@@ -160,3 +161,39 @@ def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised,
                             env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == status, result.stderr
     assert result.stderr.strip() == line
+
+
+def test_help_of_inference_and_generating_lists_their_keys_before_any_input_or_output(trained_bundle, tmp_path, capsys):
+    # help runs before a user has inputs, and in a bundle whose outputs already exist
+    shutil.copytree(trained_bundle / "models", tmp_path / "models")
+    (tmp_path / "outputs" / "generated").mkdir(parents=True)
+    (tmp_path / "outputs" / "generated" / "sample_000.png").write_bytes(b"earlier run")
+    run_bundle("help", INFERENCE, bundle_root=str(tmp_path))
+    out = capsys.readouterr().out
+    for line in ("  --input None", "  --output_postfix recon", "  --output_ext None", "  --save_codes true"):
+        assert line in out.splitlines(), line
+    run_bundle("help", GENERATE, bundle_root=str(tmp_path))
+    out = capsys.readouterr().out
+    for line in ("  --num_samples 256", "  --sample_class_labels None", f"  --generation_dir {tmp_path}/outputs/generated"):
+        assert line in out.splitlines(), line
+
+
+def test_null_typed_on_the_command_line_gets_a_hint():
+    error = user_error(SettingError, "output_ext must be one of", check_settings, {"output_ext": "null"}, argv=[])
+    assert "null is written None" in str(error)
+    error = user_error(SettingError, "output_postfix must be", check_settings, {"output_postfix": "a/b"}, argv=[])
+    assert "written None" not in str(error)  # no hint where null is not allowed anyway
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("config", [INFERENCE, [TRAIN, str(CONFIGS / "evaluate.json")]])
+def test_an_unavailable_device_is_a_setting_error_in_every_workflow(config, tmp_path):
+    error = user_error(SettingError, "CUDA is not available", run_bundle, "help", config, bundle_root=str(tmp_path),
+                       device="cuda")
+    assert str(error).startswith("device must be")
+
+
+def test_sample_class_labels_are_checked_with_the_settings():
+    assert check_settings({"sample_class_labels": [0, 3]}, argv=[]) and check_settings({"sample_class_labels": None}, argv=[])
+    for bad in ("abc", -1, [1, "x"], [], 2.5):
+        user_error(SettingError, "sample_class_labels must be", check_settings, {"sample_class_labels": bad}, argv=[])

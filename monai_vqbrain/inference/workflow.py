@@ -134,7 +134,7 @@ def check_outputs(
         The input files.
 
     Raises:
-        OutputPathError: when ``output_dir`` is a file, ``output_ext`` cannot hold an input's format, an output
+        OutputPathError: when ``output_dir`` is a file or holds inputs, ``output_ext`` cannot hold an input's format, an output
             would overwrite an input file, two inputs would write the same output, or outputs exist and ``overwrite``
             is off.
         SettingError: when ``output_dtype`` cannot be written in an input's format.
@@ -143,6 +143,13 @@ def check_outputs(
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
     inputs = {Path(path).resolve(): Path(path) for path in files}
+    # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png)
+    shared = sorted({str(path.parent) for path in inputs if path.parent == output_dir.resolve()})
+    if shared:
+        raise OutputPathError(
+            f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
+            f"are never read as inputs of a later run"
+        )
     planned: dict[Path, Path] = {(output_dir / METRICS_FILE).resolve(): Path(METRICS_FILE)}
     for path in files:
         try:

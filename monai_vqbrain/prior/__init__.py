@@ -38,6 +38,7 @@ from .generate import (
     SampleRequestBatch,
     SampleRequests,
     SaveSampled,
+    check_real_splits,
     decode_codes,
     generation_log_values,
     generation_summary,
@@ -75,6 +76,7 @@ from .trainer import (
 )
 
 __all__ = [
+    "check_real_splits",
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
     "GeneratedSamples",

@@ -35,7 +35,7 @@ from monai.transforms import SaveImaged
 from monai.utils import CommonKeys, convert_to_numpy
 from torch.utils.data import Dataset
 
-from ..errors import CheckpointError, OutputPathError
+from ..errors import CheckpointError, DatasetError, OutputPathError, SettingError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import (
@@ -52,6 +52,7 @@ from .figures import plot_nearest_training_slices
 from .trainer import prior_network_settings
 
 __all__ = [
+    "check_real_splits",
     "GeneratedSamples",
     "GenerationReport",
     "NearestTrainingSlices",
@@ -82,7 +83,7 @@ _TRAIN_PRIOR_COMMAND = (
 # the sample files of a run; stale ones from a run with more samples are removed with overwrite
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
 # the other files a generating run writes into its folder
-_RUN_FILES = ("grid.png", "generation_metrics.json")
+_RUN_FILES = ("grid.png", "generation_metrics.json", "nearest_training_slices.png")
 
 
 def _earlier_outputs(output_dir: Path) -> list[Path]:
@@ -237,6 +238,23 @@ def load_prior(
     return network.to(device).eval(), metadata
 
 
+def check_real_splits(test_datalist: Sequence[Any], train_datalist: Sequence[Any]) -> None:
+    """Refuse, before anything is sampled, to measure samples against a real split that holds no slices.
+
+    Listing the splits (``test#datalist``, ``generation_train#datalist``) already names a missing ``dataset_dir``;
+    this names an empty split.
+
+    Raises:
+        DatasetError: naming the empty split.
+    """
+    for split, datalist in (("test", test_datalist), ("train", train_datalist)):
+        if len(datalist) == 0:
+            raise DatasetError(
+                f"the {split} split of the dataset holds no slices to measure the samples against; check "
+                f"--dataset_dir, or pass --generation_metrics false to only sample."
+            )
+
+
 def sample_class_labels(
     metadata: Mapping[str, Any], num_samples: int, requested: int | Sequence[int] | None = None
 ) -> torch.Tensor | None:
@@ -249,22 +267,28 @@ def sample_class_labels(
         requested: one label for every sample, or one per sample; None for the training distribution.
 
     Raises:
-        ValueError: for labels given to an unconditioned prior, or of the wrong count or range.
+        SettingError: for labels given to an unconditioned prior, or of the wrong type, count or range.
     """
     labels = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
     if labels.num_classes is None:
         if requested is not None:
-            raise ValueError("sample_class_labels were given but the prior is not conditioned (prior_conditioning none).")
+            raise SettingError("sample_class_labels were given but the prior is not conditioned (prior_conditioning none).")
         return None
     if requested is None:
         return labels.sample_labels(num_samples)
-    values = torch.as_tensor(requested, dtype=torch.long).reshape(-1)
+    flat = [requested] if not isinstance(requested, (list, tuple)) else list(requested)
+    if not flat or not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise SettingError(
+            f"sample_class_labels must be null, one integer label or a list of {num_samples} integer labels in "
+            f"[0, {labels.num_classes}), got {requested!r}."
+        )
+    values = torch.as_tensor(flat, dtype=torch.long).reshape(-1)
     if values.numel() == 1:
         values = values.expand(num_samples).clone()
     if values.numel() != num_samples:
-        raise ValueError(f"sample_class_labels must be one label or {num_samples} labels, got {values.numel()}.")
+        raise SettingError(f"sample_class_labels must be one label or {num_samples} labels, got {values.numel()}.")
     if int(values.min()) < 0 or int(values.max()) >= labels.num_classes:
-        raise ValueError(f"sample_class_labels must lie in [0, {labels.num_classes}), got {values.tolist()}.")
+        raise SettingError(f"sample_class_labels must lie in [0, {labels.num_classes}), got {values.tolist()}.")
     return values
 
 
@@ -676,9 +700,8 @@ class GeneratedSamples:
 
     def _start(self, engine: Engine) -> None:
         self.check()
-        for earlier in _earlier_outputs(self.output_dir):
-            if _SAMPLE_FILE.match(earlier.name) or earlier.name == "generation_metrics.json":
-                earlier.unlink()
+        for earlier in _earlier_outputs(self.output_dir):  # a figure left from it would show other samples
+            earlier.unlink()
         self.images, self.names, self.labels, self.seconds = None, [], None, 0.0
         self._batches, self._labels = [], []
 

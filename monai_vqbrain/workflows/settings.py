@@ -136,6 +136,14 @@ def _file_name_part(value: Any) -> str | None:
     return None if isinstance(value, str) and not {"/", os.sep} & set(value) else "a name part without '/' (or '')"
 
 
+def _class_labels(value: Any) -> str | None:
+    # the upper bound is the prior's number of slice-position bins, checked against its checkpoint when sampling
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if value is None or (values and all(_is_int(v) and v >= 0 for v in values)):
+        return None
+    return "null, one label >= 0 or a list of labels >= 0 (slice-position bins)"
+
+
 def _path(value: Any) -> str | None:
     return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
 
@@ -208,6 +216,10 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "generation_classifier": _boolean,
     "generation_real_images": _integer(1),
     "sample_pixel_spacing": _number(0.0, False),
+    "sample_class_labels": _class_labels,
+    "generation_dir": _path,
+    "prior_checkpoint": _path,
+    "vqvae_checkpoint": _path,
     # experiment tracking (--tracking mlflow)
     "tracking_uri": _local_tracking_uri,
     "experiment_name": _name(allow_none=False),
@@ -252,7 +264,10 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         if expected is None and key == "device":
             expected = _check_device_available(value)
         if expected is not None:
-            raise SettingError(f"{key} must be {expected}, got {value!r}.")
+            hint = ""
+            if isinstance(value, str) and value.strip().lower() in ("null", "none") and rule(None) is None:
+                hint = " (on the command line null is written None: the value is parsed as Python, not JSON)"
+            raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
     for key in ("image_size", "train_crop_size"):
         size = settings.get(key)
         if _is_int(factor) and factor > 1 and _is_int(size) and size % factor:
@@ -277,7 +292,8 @@ def print_settings(settings: Mapping[str, Any]) -> None:
     for key, value in settings.items():
         if key == "downsample_factor":  # derived from network_def, not a key of its own
             continue
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        # as the command line takes them: it parses values as Python literals, so JSON's null is written None
+        text = value if isinstance(value, str) else "None" if value is None else json.dumps(value, default=str)
         lines.append(f"  --{key} {shlex.quote(text)}")
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
