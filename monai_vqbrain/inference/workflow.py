@@ -134,9 +134,9 @@ def check_outputs(
         The input files.
 
     Raises:
-        OutputPathError: when ``output_dir`` is a file or holds inputs, ``output_ext`` cannot hold an input's format, an output
-            would overwrite an input file, two inputs would write the same output, or outputs exist and ``overwrite``
-            is off.
+        OutputPathError: when ``output_dir`` is a file or holds inputs, ``output_ext`` cannot hold an input's format,
+            an output would overwrite an input file, two inputs would write the same output, or outputs exist and
+            ``overwrite`` is off.
         SettingError: when ``output_dtype`` cannot be written in an input's format.
     """
     output_dir = Path(output_dir)
@@ -144,8 +144,7 @@ def check_outputs(
         raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
     inputs = {Path(path).resolve(): Path(path) for path in files}
     # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png)
-    shared = sorted({str(path.parent) for path in inputs if path.parent == output_dir.resolve()})
-    if shared:
+    if any(path.parent == output_dir.resolve() for path in inputs):
         raise OutputPathError(
             f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
             f"are never read as inputs of a later run"
