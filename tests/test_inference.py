@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import pickle
@@ -671,3 +672,18 @@ def test_a_disk_failing_mid_run_still_leaves_the_metrics_of_what_was_written(tra
     assert [Path(row["input"]).name for row in rows] == ["grey.png", "rgb.png"]
     assert rows[0]["error"] == "" and rows[0]["reconstruction"].endswith("grey_recon.png")
     assert rows[1]["reconstruction"] == "" and "not reconstructed: cannot write" in rows[1]["error"]
+
+
+def test_a_narrower_output_dtype_warns_about_clipped_voxels(tmp_path, caplog):
+    from monai_vqbrain.inference.io import write_nifti
+
+    template = nib.Nifti1Image(np.zeros((4, 4, 2), dtype=np.int16), np.eye(4))
+    volume = np.linspace(0.0, 600.0, 32).reshape(4, 4, 2)
+    with caplog.at_level(logging.WARNING, logger="monai_vqbrain.inference.io"):
+        write_nifti(volume, template, tmp_path / "wide.nii.gz")  # int16 holds it: silent
+        assert not caplog.text
+        write_nifti(volume, template, tmp_path / "narrow.nii.gz", output_dtype="uint8")
+    written = np.asarray(nib.load(tmp_path / "narrow.nii.gz").dataobj)
+    assert written.dtype == np.uint8 and written.max() == 255
+    clipped = int(np.count_nonzero(np.rint(volume) > 255))
+    assert f"{clipped} voxel value(s) outside uint8's range [0, 255] were clipped" in caplog.text

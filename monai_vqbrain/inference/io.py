@@ -12,6 +12,7 @@ to ``image_size``.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
 from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError
 from monai_vqbrain.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PNG_SUFFIXES",
@@ -273,7 +276,14 @@ def write_nifti(
     if np.issubdtype(dtype, np.integer) and unscaled:
         # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields
         info = np.iinfo(dtype)
-        data = np.clip(np.rint(volume), info.min, info.max).astype(dtype)
+        rounded = np.rint(volume)
+        clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+        if clipped:  # a chosen output_dtype narrower than the data: say so rather than flatten the bright tissue
+            logger.warning(
+                f"'{path}': {clipped} voxel value(s) outside {dtype}'s range [{info.min}, {info.max}] were clipped; "
+                f"choose a wider --output_dtype (or None, the input's own)"
+            )
+        data = np.clip(rounded, info.min, info.max).astype(dtype)
     elif np.issubdtype(dtype, np.floating):
         data = volume.astype(dtype)
     else:
