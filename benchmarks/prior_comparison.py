@@ -29,7 +29,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,55 @@ def load_recipe(bundle_root: Path, demo_dir: str | None) -> Any:
         parser["demo_dir"] = demo_dir
     parser["progress"] = False
     return parser
+
+
+class Recipe(NamedTuple):
+    """What the prior benchmarks read from the bundle's recipe: the run, the cached codes and the real test slices."""
+
+    device: torch.device
+    amp: bool
+    vqvae: torch.nn.Module
+    codes: dict[str, Any]
+    labels: Any
+    batch_size: int
+    base_lr: float
+    frequencies: int
+    code_size: tuple[int, ...]
+    num_classes: int
+    test_images: torch.Tensor
+
+
+def read_recipe(parser: Any) -> Recipe:
+    """The :class:`Recipe` of a parsed train + train_prior config (see :func:`load_recipe`)."""
+    from monai_vqbrain.data import get_dataset
+    from monai_vqbrain.engines import resolve_amp
+
+    device = parser.get_parsed_content("run_device")
+    codes = parser.get_parsed_content("prior_codes")
+    labels = parser.get_parsed_content("prior_labels")
+    dataset_kwargs = parser.get_parsed_content("dataset_kwargs")
+    image_size = int(parser.get_parsed_content("image_size"))
+    test = get_dataset(split="test", **{**dataset_kwargs, "image_size": image_size, "cache_rate": 0.0})
+    return Recipe(
+        device=device,
+        amp=resolve_amp("auto", device, log=True),
+        vqvae=parser.get_parsed_content("vqvae").eval(),
+        codes=codes,
+        labels=labels,
+        batch_size=int(parser.get_parsed_content("prior_batch_size")),
+        base_lr=float(parser.get_parsed_content("prior_learning_rate")),
+        frequencies=int(parser.get_parsed_content("prior_position_frequencies")),
+        code_size=tuple(int(s) for s in codes["train"]["code_size"]),
+        num_classes=int(labels.num_classes or 1) if labels is not None else 1,
+        test_images=torch.stack([torch.as_tensor(test[i]["image"]).float() for i in range(len(test))]),
+    )
+
+
+def machine_report(device: torch.device, amp: bool) -> dict[str, Any]:
+    """The machine a benchmark ran on, for its report."""
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
+            "precision": "bf16" if amp else "fp32", "torch": torch.__version__}
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float) -> None:
@@ -198,33 +247,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from monai.inferers import VQVAETransformerInferer
     from torch.utils.data import DataLoader
 
-    from monai_vqbrain.data import get_dataset
-    from monai_vqbrain.engines import autocast, resolve_amp
+    from monai_vqbrain.engines import autocast
     from monai_vqbrain.prior import CodeDataset, decode_codes, position_map
     from monai_vqbrain.prior.realism import classifier_two_sample_test
 
     parser = load_recipe(opts.bundle_root.resolve(), opts.demo_dir)
-    device = parser.get_parsed_content("run_device")
-    amp = resolve_amp("auto", device, log=True)
-    vqvae = parser.get_parsed_content("vqvae").eval()
-    codes = parser.get_parsed_content("prior_codes")
-    labels = parser.get_parsed_content("prior_labels")
-    batch_size = int(parser.get_parsed_content("prior_batch_size"))
-    base_lr = float(parser.get_parsed_content("prior_learning_rate"))
-    frequencies = int(parser.get_parsed_content("prior_position_frequencies"))
+    (device, amp, vqvae, codes, labels, batch_size, base_lr, frequencies, code_size, num_classes,
+     test_images) = read_recipe(parser)
     train_loader = DataLoader(CodeDataset(codes["train"], labels), batch_size=batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(CodeDataset(codes["validate"], labels), batch_size=64, shuffle=False)
-    code_size = tuple(int(s) for s in codes["train"]["code_size"])
-    num_classes = int(labels.num_classes or 1) if labels is not None else 1
     sample_labels = labels.sample_labels(opts.num_samples) if labels is not None else None
-    dataset_kwargs = parser.get_parsed_content("dataset_kwargs")
-    image_size = int(parser.get_parsed_content("image_size"))
-    test = get_dataset(split="test", **{**dataset_kwargs, "image_size": image_size, "cache_rate": 0.0})
-    test_images = torch.stack([torch.as_tensor(test[i]["image"]).float() for i in range(len(test))])
     report: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
-                    "precision": "bf16" if amp else "fp32", "torch": torch.__version__},
+        "machine": machine_report(device, amp),
         "budget_seconds": opts.budget, "num_train": len(train_loader.dataset), "num_validate": len(val_loader.dataset),
         "num_test": len(test_images), "code_size": list(code_size),
     }

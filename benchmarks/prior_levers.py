@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prior_comparison import REPO_ROOT, bits_per_code, load_recipe, training_step  # noqa: E402
+from prior_comparison import (  # noqa: E402
+    REPO_ROOT,
+    bits_per_code,
+    cosine_lr,
+    load_recipe,
+    machine_report,
+    read_recipe,
+    training_step,
+)
 
 
 def train_steps(steps: int, step, optimizer: torch.optim.Optimizer, base_lr: float, batches) -> dict[str, Any]:
@@ -52,9 +59,7 @@ def train_steps(steps: int, step, optimizer: torch.optim.Optimizer, base_lr: flo
         for batch in batches:
             if done >= steps:
                 break
-            low = 0.02 * base_lr
-            for group in optimizer.param_groups:
-                group["lr"] = low + 0.5 * (base_lr - low) * (1 + math.cos(math.pi * done / steps))
+            cosine_lr(optimizer, base_lr, done / steps)
             losses.append(step(batch) / math.log(2))
             done += 1
     return {"steps": done, "seconds": time.perf_counter() - start, "final_train_bits": sum(losses[-20:]) / len(losses[-20:])}
@@ -163,8 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from torch.utils.data import DataLoader
 
-    from monai_vqbrain.data import get_dataset
-    from monai_vqbrain.engines import autocast, resolve_amp
+    from monai_vqbrain.engines import autocast
     from monai_vqbrain.prior import CodeDataset, decode_codes, position_map
     from monai_vqbrain.prior.realism import classifier_two_sample_test
 
@@ -172,34 +176,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for item in opts.set:
         key, value = item.split("=", 1)
         parser[key] = json.loads(value)
-    device = parser.get_parsed_content("run_device")
-    amp = resolve_amp("auto", device, log=True)
-    vqvae = parser.get_parsed_content("vqvae").eval()
-    codes = parser.get_parsed_content("prior_codes")
-    labels = parser.get_parsed_content("prior_labels")
-    batch_size = int(parser.get_parsed_content("prior_batch_size"))
-    base_lr = float(parser.get_parsed_content("prior_learning_rate"))
-    frequencies = int(parser.get_parsed_content("prior_position_frequencies"))
-    code_size = tuple(int(s) for s in codes["train"]["code_size"])
-    num_classes = int(labels.num_classes or 1) if labels is not None else 1
+    (device, amp, vqvae, codes, labels, batch_size, base_lr, frequencies, code_size, num_classes,
+     test_images) = read_recipe(parser)
     position = position_map(code_size, frequencies)
     train_set, val_set = CodeDataset(codes["train"], labels), CodeDataset(codes["validate"], labels)
-    # the layouts are indexed by position in the split, so the batches carry each map's index
+    # the layouts are stored in split order; a batch names its maps, and these find their rows
     train_index = {name: i for i, name in enumerate(codes["train"]["names"])}
     val_index = {name: i for i, name in enumerate(codes["validate"]["names"])}
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False)
-    dataset_kwargs = parser.get_parsed_content("dataset_kwargs")
-    image_size = int(parser.get_parsed_content("image_size"))
-    test = get_dataset(split="test", **{**dataset_kwargs, "image_size": image_size, "cache_rate": 0.0})
-    test_images = torch.stack([torch.as_tensor(test[i]["image"]).float() for i in range(len(test))])
     generator = torch.Generator().manual_seed(0)
     picks = torch.randint(0, len(train_set), (opts.num_samples,), generator=generator)
     sample_labels = torch.stack([torch.as_tensor(train_set[int(i)].get("label", 0)) for i in picks]).long()
     report: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
-                    "precision": "bf16" if amp else "fp32", "torch": torch.__version__},
+        "machine": machine_report(device, amp),
         "steps": opts.steps, "batch_size": batch_size, "learning_rate": base_lr, "num_samples": opts.num_samples,
         "overrides": opts.set, "code_size": list(code_size), "num_train": len(train_set), "num_test": len(test_images),
     }
