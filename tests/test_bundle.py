@@ -34,6 +34,17 @@ def test_training_writes_checkpoints_and_history(trained_bundle):
     assert (trained_bundle / "outputs" / "tensorboard").is_dir()
 
 
+def test_training_shows_a_validation_image_and_its_reconstruction_in_tensorboard(trained_bundle):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    events = EventAccumulator(str(trained_bundle / "outputs" / "tensorboard"), size_guidance={IMAGES: 0}).Reload()
+    images = {tag: events.Images(tag) for tag in events.Tags()[IMAGES]}
+    assert set(images) == {"input_0_HW_0", "output_HW_0"}, sorted(images)
+    for tag, records in images.items():
+        assert [record.step for record in records] == [1, 2], tag  # one per validation epoch
+        assert (records[-1].width, records[-1].height) == (32, 32), tag
+
+
 def test_training_sees_random_crops_and_validation_whole_slices(demo_root, tmp_path):
     from monai.bundle import ConfigParser
 
