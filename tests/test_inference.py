@@ -499,14 +499,27 @@ def test_bad_file_is_named_with_what_was_expected(tmp_path, kind):
     assert str(path) in str(error)
 
 
-def test_single_bad_input_fails_the_run_with_its_own_error(trained_bundle, tmp_path):
+def test_single_bad_input_fails_the_run_with_its_own_error_and_leaves_nothing(trained_bundle, tmp_path):
     path = _nifti_with("4d.nii.gz", np.zeros((24, 28, 20, 3), np.int16))(tmp_path)
     user_error(ImageFileError, f"'{path}' is a 4D volume", infer, trained_bundle, str(path), tmp_path / "out")
-    assert (tmp_path / "out" / METRICS_FILE).is_file(), "the CSV still lists the failure"
+    assert not any((tmp_path / "out").glob("*")), "a run that reconstructed nothing writes nothing"
+    # so the run, repeated once the file is mended, is not refused for an earlier run's outputs
+    _nifti_with("4d.nii.gz", np.random.default_rng(0).integers(0, 900, (24, 28, 20), dtype=np.int16))(tmp_path)
+    [row] = infer(trained_bundle, str(path), tmp_path / "out")
+    assert row["error"] == "" and Path(row["reconstruction"]).is_file()
 
 
 def test_all_inputs_bad_is_an_error(trained_bundle, input_dir, tmp_path):
-    user_error(DatasetError, "none of the 2 input files", infer, trained_bundle, str(input_dir / "bad*"), tmp_path)
+    user_error(DatasetError, "none of the 2 input files", infer, trained_bundle, str(input_dir / "bad*"),
+               tmp_path / "out")
+    assert not any((tmp_path / "out").glob("*"))
+
+
+def test_the_table_names_files_by_absolute_paths(trained_bundle, input_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [row] = infer(trained_bundle, str(input_dir / "grey.png"), Path("out"))
+    for column in ("input", "reconstruction", "codes"):
+        assert Path(row[column]).is_absolute() and Path(row[column]).is_file(), (column, row[column])
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty folder", "glob"])

@@ -127,7 +127,7 @@ class CodesSaver:
         separate_folder: bool = False,
         overwrite: bool = False,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.image_size = int(image_size)
         self.separate_folder = bool(separate_folder)
@@ -161,7 +161,7 @@ class InferenceMetricsWriter:
 
     Scores are taken on ``FORWARD_COMPLETED`` (reconstruction and input at model resolution, before post-processing
     restores the reconstruction to the input's size); the row is completed on ``ITERATION_COMPLETED`` with the files
-    written, and the table is written on ``COMPLETED``. When the disk fails mid-run (``OutputWriteError``), the table
+    written, and the table is written on ``COMPLETED`` (not when no input could be reconstructed). When the disk fails mid-run (``OutputWriteError``), the table
     is still written, when possible, with the files done so far. :meth:`raise_for_skipped` then says whether the run
     skipped inputs. Not MONAI's ``IgniteMetricHandler`` with ``MetricsSaver``: those keep one number per image and
     metric, while a row here also holds the files written, their sizes and code bits, and the error of a skipped
@@ -184,7 +184,7 @@ class InferenceMetricsWriter:
         allow_skipped: bool = False,
     ) -> None:
         self.inputs = [str(path) for path in inputs]
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.overwrite = bool(overwrite)
         self.allow_skipped = bool(allow_skipped)
@@ -261,7 +261,8 @@ class InferenceMetricsWriter:
                 result = self._scores.pop(source)
                 result.format, result.shape = str(meta["format"]), str(meta["shape"])
                 result.input_bytes = int(meta["input_bytes"])
-                result.reconstruction = str(item[Keys.PRED].meta.get("saved_to", ""))
+                saved_to = item[Keys.PRED].meta.get("saved_to")
+                result.reconstruction = str(Path(saved_to).absolute()) if saved_to else ""
                 if _CODES_FILE_KEY in item:
                     result.codes = item[_CODES_FILE_KEY]
                     result.codes_bytes = Path(result.codes).stat().st_size
@@ -279,8 +280,12 @@ class InferenceMetricsWriter:
 
     def _write_all(self, engine: Engine) -> None:
         self.results = [self._rows[path] for path in self.inputs]
-        self.write(self.results)
         failed = [result for result in self.results if not result.reconstruction]
+        if len(failed) == len(self.results):
+            # nothing was written: leave the folder as it was, so that the run can be repeated once the inputs are
+            # mended; the log has named every file and why
+            return
+        self.write(self.results)
         _logger.info(
             "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
             len(self.results) - len(failed),
@@ -321,7 +326,7 @@ class InferenceMetricsWriter:
                 raise self._errors[failed[0].input]
             raise DatasetError(
                 f"none of the {len(self.results)} input files could be reconstructed (first: {failed[0].error}); "
-                f"see '{self.metrics_file}'"
+                "the log above names each file and why, and nothing was written"
             )
         if failed and not self.allow_skipped:
             error = InputsSkippedError(
