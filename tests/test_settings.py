@@ -40,6 +40,7 @@ MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py
         (GENERATE, "generation_classifier", "perhaps", "true or false"),
         (GENERATE, "generation_real_images", 0, "integer >= 1"),
         (INFERENCE, "min_slice_size", -3, "integer >= 1"),
+        (INFERENCE, "max_image_pixels", 200_000_000, "PIL, which decodes PNGs, refuses larger images"),
         (INFERENCE, "save_codes", "perhaps", "true or false"),
     ],
 )

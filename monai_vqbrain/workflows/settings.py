@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
@@ -50,6 +52,14 @@ def _integer(minimum: int, allow_none: bool = False) -> Callable[[Any], str | No
         return f"an integer >= {minimum}" + (" or null" if allow_none else "")
 
     return rule
+
+
+def _image_pixels(value: Any) -> str | None:
+    # PIL refuses to open an image of more than twice its MAX_IMAGE_PIXELS (a DecompressionBombError), whatever ours
+    most = 2 * Image.MAX_IMAGE_PIXELS
+    if _is_int(value) and 1 <= value <= most:
+        return None
+    return f"an integer in [1, {most}] (PIL, which decodes PNGs, refuses larger images)"
 
 
 def _number(minimum: float, inclusive: bool, maximum: float | None = None, allow_none: bool = False):
@@ -168,7 +178,7 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "min_foreground": _number(0.0, True, 1.0),
     "val_fraction": _number(0.0, True, 1.0),
     "test_fraction": _number(0.0, True, 1.0),
-    "max_image_pixels": _integer(1),
+    "max_image_pixels": _image_pixels,
     "max_volume_voxels": _integer(1),
     "seed": _integer(0),
     # training
