@@ -575,6 +575,29 @@ def test_a_non_image_file_does_not_block_its_namesake(trained_bundle, tmp_path):
                                                                    "scan_recon.png"]
 
 
+def test_symbolic_links_are_inputs_named_as_given(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    target = save_png(tmp_path / "in" / "b.png", odd_grey())
+    save_png(tmp_path / "elsewhere" / "a.png", odd_grey(seed=2))
+    (tmp_path / "in" / "link.png").symlink_to(target)
+    (tmp_path / "in" / "other.png").symlink_to(tmp_path / "elsewhere" / "a.png")
+    rows = infer(trained_bundle, str(tmp_path / "in"), tmp_path / "out")
+    # one output per file given, named after the name given, even when two names lead to one file
+    assert [row["input"] for row in rows] == [str(tmp_path / "in" / name) for name in ("b.png", "link.png", "other.png")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{stem}_{kind}" for stem in ("b", "link", "other") for kind in ("recon.png", "codes.npz")] + [METRICS_FILE])
+    assert rows[2]["reconstruction"] == str(tmp_path / "out" / "other_recon.png")
+
+
+def test_an_output_that_is_a_link_to_an_input_is_refused(trained_bundle, tmp_path):
+    source = save_png(tmp_path / "a.png", odd_grey())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_recon.png").symlink_to(source)
+    user_error(OutputPathError, f"would overwrite the input file '{source}'", infer, trained_bundle, str(source),
+               tmp_path / "out", overwrite=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 

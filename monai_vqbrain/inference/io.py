@@ -120,7 +120,8 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
             matches is taken, so a non-image file it matches is reported as a bad input), or a list of these.
 
     Returns:
-        The files, absolute, without duplicates, in the order given (folders and globs sorted by name).
+        The files as absolute paths, symbolic links not resolved (a link is an input of its own, named as the user
+        named it), without duplicate paths, in the order given (folders and globs sorted by name).
 
     Raises:
         DatasetError: when no input is given, or a path does not exist, a folder holds no images, or a glob
@@ -134,7 +135,9 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
     files: dict[Path, None] = {}
     for spec in specs:
         for path in _files_of(str(spec)):
-            files.setdefault(path.resolve(), None)
+            # not resolve(): a link's outputs and row are named after the link, and a link beside its target is
+            # a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
+            files.setdefault(path.absolute(), None)
     return list(files)
 
 

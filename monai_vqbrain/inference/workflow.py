@@ -143,8 +143,10 @@ def check_outputs(
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
     inputs = {Path(path).resolve(): Path(path) for path in files}
-    # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png)
-    if any(path.parent == output_dir.resolve() for path in inputs):
+    # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png); a
+    # symbolic link given as an input lies in its own folder, whatever folder its target lies in
+    folders = {path.parent for path in inputs} | {Path(path).absolute().parent.resolve() for path in files}
+    if output_dir.resolve() in folders:
         raise OutputPathError(
             f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
             f"are never read as inputs of a later run"
