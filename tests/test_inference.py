@@ -534,6 +534,19 @@ def test_inputs_that_name_no_file(trained_bundle, tmp_path, kind):
     user_error(DatasetError, str(spec), infer, trained_bundle, str(spec), tmp_path / "out")
 
 
+def test_messages_name_absolute_paths_when_given_relative_ones(trained_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for spec, expected in (("nope.png", "does not exist"), ("empty", "holds no PNG"), ("*.nii.gz", "matched no")):
+        error = user_error(DatasetError, f"'{tmp_path / spec}'", infer, trained_bundle, spec, Path("out"))
+        assert expected in str(error)
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        save_png(tmp_path / folder / "slice.png", odd_grey())
+    user_error(OutputPathError, f"'{tmp_path / 'two' / 'slice.png'}' would both write '{tmp_path / 'out'}", infer,
+               trained_bundle, "*/slice.png", Path("out"))
+
+
 def test_no_input_given(trained_bundle, tmp_path):
     user_error(DatasetError, "no input given", infer, trained_bundle, None, tmp_path)
     user_error(DatasetError, "no input given", find_input_files, [])

@@ -127,7 +127,7 @@ class CodesSaver:
         separate_folder: bool = False,
         overwrite: bool = False,
     ) -> None:
-        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
+        self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.image_size = int(image_size)
         self.separate_folder = bool(separate_folder)
@@ -184,7 +184,7 @@ class InferenceMetricsWriter:
         allow_skipped: bool = False,
     ) -> None:
         self.inputs = [str(path) for path in inputs]
-        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
+        self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.overwrite = bool(overwrite)
         self.allow_skipped = bool(allow_skipped)

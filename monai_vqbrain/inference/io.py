@@ -89,7 +89,8 @@ def _is_supported(path: Path) -> bool:
 
 def _files_of(spec: str) -> list[Path]:
     """The files one input specification names: a file, the image files in a folder, or the files a glob matches."""
-    path = Path(spec).expanduser()
+    # absolute (not resolved) at once, so that every message and row names the file wherever the run started
+    path = Path(spec).expanduser().absolute()
     if path.is_file():
         # a file named explicitly is taken whatever its ending, so a non-image file is reported, not ignored
         return [path]
@@ -102,13 +103,14 @@ def _files_of(spec: str) -> list[Path]:
             )
         return files
     if _GLOB_CHARACTERS & set(spec):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+        # the glob made absolute (``path``) matches absolute paths
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         files = [p for p in matches if p.is_file() and not p.name.startswith(".")]
         if not files:
-            raise DatasetError(f"input glob '{spec}' matched no files; expected it to match PNG or NIfTI files")
+            raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files
     raise DatasetError(
-        f"input '{spec}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
+        f"input '{path}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
     )
 
 

@@ -204,7 +204,7 @@ class SaveReconstructiond(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).expanduser().absolute()  # a failed write names the absolute path
         self.output_postfix = output_postfix
         self.output_ext = output_ext
         self.output_dtype = output_dtype

@@ -139,7 +139,7 @@ def check_outputs(
             ``overwrite`` is off.
         SettingError: when ``output_dtype`` cannot be written in an input's format.
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser().absolute()  # messages name absolute paths
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
     inputs = {Path(path).resolve(): Path(path) for path in files}
