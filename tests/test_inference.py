@@ -548,8 +548,10 @@ def test_messages_name_absolute_paths_when_given_relative_ones(trained_bundle, t
 
 
 def test_no_input_given(trained_bundle, tmp_path):
-    user_error(DatasetError, "no input given", infer, trained_bundle, None, tmp_path)
-    user_error(DatasetError, "no input given", find_input_files, [])
+    # a missing setting (exit status 2), naming it
+    for error in (user_error(SettingError, "no input given", infer, trained_bundle, None, tmp_path),
+                  user_error(SettingError, "no input given", find_input_files, [])):
+        assert str(error).startswith("input must be ") and error.exit_code == 2
 
 
 def test_outputs_never_overwrite_inputs(trained_bundle, tmp_path):

@@ -28,7 +28,7 @@ from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLU
 from monai_vqbrain.data.nifti import kept_slices, read_volume_ras, robust_range, scale_to_unit, volume_plane
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
-from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError
+from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError, SettingError
 from monai_vqbrain.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -126,14 +126,18 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
         named it), without duplicate paths, in the order given (folders and globs sorted by name).
 
     Raises:
-        DatasetError: when no input is given, or a path does not exist, a folder holds no images, or a glob
-            matches nothing.
+        SettingError: when no input is given.
+        DatasetError: when a path does not exist, a folder holds no images, or a glob matches nothing.
     """
     # the command line may hand over a number for a name like "123"; anything but a list or tuple is one path
     specs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     specs = [spec for spec in specs if spec is not None and str(spec).strip()]
     if not specs:
-        raise DatasetError("no input given; pass --input with a PNG or NIfTI file, a folder of them, or a quoted glob")
+        # a missing setting, not a bad dataset: exit status 2, as for any other setting
+        raise SettingError(
+            "input must be a PNG or NIfTI file, a folder of them, a quoted glob or a list of these, got none "
+            "(no input given); pass --input PATH"
+        )
     files: dict[Path, None] = {}
     for spec in specs:
         for path in _files_of(str(spec)):
