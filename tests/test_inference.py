@@ -304,8 +304,11 @@ def test_saveimage_keys_name_and_type_the_outputs(trained_bundle, input_dir, tmp
         assert wide.mode == "I;16" and narrow.mode == "L"
         np.testing.assert_allclose(np.asarray(wide) / 65535, np.asarray(narrow) / 255, atol=1 / 255)
     assert sorted(p.name for p in (tmp_path / "png16").iterdir()) == ["grey_recon.png", METRICS_FILE]
-    user_error(OutputPathError, "output_ext '.png' cannot hold", infer, trained_bundle, inputs, tmp_path / "bad",
-               output_ext=".png")
+    # like output_dtype, an output_ext that cannot hold an input's format is a setting error (exit status 2)
+    user_error(SettingError, f"output_ext '.png' cannot hold '{inputs[1]}'; expected null (the input's format) or "
+               "one of .nii.gz, .nii", infer, trained_bundle, inputs, tmp_path / "bad", output_ext=".png")
+    user_error(SettingError, f"output_ext '.nii' cannot hold '{inputs[0]}'", infer, trained_bundle, [inputs[0]],
+               tmp_path / "bad_png", output_ext=".nii")
     user_error(SettingError, "output_dtype 'float32' cannot be written as PNG", infer, trained_bundle, inputs,
                tmp_path / "bad_dtype", output_dtype="float32")
     user_error(SettingError, "output_ext must be one of", infer, trained_bundle, inputs, tmp_path / "bad_ext",

@@ -134,10 +134,9 @@ def check_outputs(
         The input files.
 
     Raises:
-        OutputPathError: when ``output_dir`` is a file or holds inputs, ``output_ext`` cannot hold an input's format,
-            an output would overwrite an input file, two inputs would write the same output, or outputs exist and
-            ``overwrite`` is off.
-        SettingError: when ``output_dtype`` cannot be written in an input's format.
+        OutputPathError: when ``output_dir`` is a file or holds inputs, an output would overwrite an input file, two
+            inputs would write the same output, or outputs exist and ``overwrite`` is off.
+        SettingError: when ``output_ext`` or ``output_dtype`` cannot be written in an input's format.
     """
     output_dir = Path(output_dir).expanduser().absolute()  # messages name absolute paths
     if output_dir.exists() and not output_dir.is_dir():
