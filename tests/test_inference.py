@@ -607,6 +607,15 @@ def test_temporary_files_a_killed_run_left_are_removed_and_nothing_else(trained_
         others + ["grey_recon.png", "grey_codes.npz", METRICS_FILE])
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_an_output_dir_that_cannot_be_created_is_refused_before_the_checkpoint_is_read(trained_bundle, input_dir,
+                                                                                      tmp_path):
+    # os.access says /proc is writable to root; creating a folder there fails all the same
+    user_error(OutputWriteError, "output_dir '/proc/vqbrain_out' cannot be created or written in its existing parent "
+               "'/proc'", infer, trained_bundle, str(input_dir / "grey.png"), Path("/proc/vqbrain_out"),
+               checkpoint=str(tmp_path / "no_such_checkpoint.pt"))
+
+
 def test_symbolic_links_are_inputs_named_as_given(trained_bundle, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "elsewhere").mkdir()
