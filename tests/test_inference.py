@@ -631,6 +631,24 @@ def test_symbolic_links_are_inputs_named_as_given(trained_bundle, tmp_path):
     assert rows[2]["reconstruction"] == str(tmp_path / "out" / "other_recon.png")
 
 
+def test_a_dangling_link_in_a_folder_is_a_bad_input_and_a_fifo_is_never_read(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "good.png", odd_grey())
+    dangling = tmp_path / "in" / "gone.nii.gz"
+    dangling.symlink_to(tmp_path / "moved_away.nii.gz")
+    os.mkfifo(tmp_path / "in" / "pipe.png")  # reading it would block the run for ever
+    error = user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", infer, trained_bundle,
+                       str(tmp_path / "in"), tmp_path / "out")
+    assert error.exit_code == 3
+    rows = {Path(row.input).name: row for row in error.results}
+    assert sorted(rows) == ["gone.nii.gz", "good.png"]
+    assert rows["gone.nii.gz"].error == (f"input file '{dangling}' is a symbolic link to '{tmp_path / 'moved_away.nii.gz'}', "
+                                         "which does not exist; expected a link to a PNG or NIfTI file")
+    # a glob takes it too
+    user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", infer, trained_bundle,
+               str(tmp_path / "in" / "g*"), tmp_path / "out_glob")
+
+
 def test_an_output_that_is_a_link_to_an_input_is_refused(trained_bundle, tmp_path):
     source = save_png(tmp_path / "a.png", odd_grey())
     (tmp_path / "out").mkdir()

@@ -87,6 +87,15 @@ def _is_supported(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
+def _is_listed(path: Path) -> bool:
+    """Whether a folder's or glob's entry is an input: a file, or a dangling symbolic link (reported as bad).
+
+    A dangling link is the user's file gone missing, so it is named in the run's report rather than dropped;
+    FIFOs, sockets and devices are never taken, as reading one would block or never end.
+    """
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _files_of(spec: str) -> list[Path]:
     """The files one input specification names: a file, the image files in a folder, or the files a glob matches."""
     # absolute (not resolved) at once, so that every message and row names the file wherever the run started
@@ -95,7 +104,7 @@ def _files_of(spec: str) -> list[Path]:
         # a file named explicitly is taken whatever its ending, so a non-image file is reported, not ignored
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_supported(p))
+        files = sorted(p for p in path.iterdir() if _is_listed(p) and _is_supported(p))
         if not files:
             raise DatasetError(
                 f"input folder '{path}' holds no PNG or NIfTI files; expected files ending in "
@@ -105,7 +114,7 @@ def _files_of(spec: str) -> list[Path]:
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.is_file() and not p.name.startswith(".")]
+        files = [p for p in matches if _is_listed(p) and not p.name.startswith(".")]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files
@@ -332,6 +341,11 @@ def read_input(
         ValueError: when ``slice_axis`` is not 0, 1 or 2.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ImageFileError(
+            f"input file '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; expected a link "
+            "to a PNG or NIfTI file"
+        )
     if not path.is_file():
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":
