@@ -315,6 +315,23 @@ def test_saveimage_keys_name_and_type_the_outputs(trained_bundle, input_dir, tmp
                output_ext="tif")
 
 
+def test_overwrite_removes_the_earlier_outputs_of_an_input_now_skipped(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", odd_grey())
+    save_png(tmp_path / "in" / "b.png", odd_grey(seed=2))
+    output_dir = tmp_path / "out"
+    infer(trained_bundle, str(tmp_path / "in"), output_dir)
+    (output_dir / "b_recon.nii.gz").write_bytes(b"not written by this run's settings: kept")
+    (tmp_path / "in" / "b.png").write_bytes(b"damaged since")
+    # without --overwrite nothing is removed: the run is refused
+    user_error(OutputPathError, "already exists", infer, trained_bundle, str(tmp_path / "in"), output_dir)
+    assert (output_dir / "b_recon.png").is_file() and (output_dir / "b_codes.npz").is_file()
+    rows = infer(trained_bundle, str(tmp_path / "in"), output_dir, overwrite=True, allow_skipped=True)
+    assert rows[1]["reconstruction"] == "" and "b.png" in rows[1]["error"]
+    assert sorted(p.name for p in output_dir.iterdir()) == ["a_codes.npz", "a_recon.png", "b_recon.nii.gz",
+                                                           METRICS_FILE]
+
+
 def test_existing_outputs_are_not_overwritten_unless_asked(inferred, trained_bundle, input_dir, tmp_path):
     output_dir = shutil.copytree(inferred[0], tmp_path / "out")
     before = {p.name: p.read_bytes() for p in output_dir.iterdir()}

@@ -28,7 +28,7 @@ from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteEr
 from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 
 from .io import image_format
-from .transforms import codes_file
+from .transforms import codes_file, output_file
 
 __all__ = ["ERROR_KEY", "METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
 
@@ -171,8 +171,13 @@ class InferenceMetricsWriter:
         inputs: the input files, in the order of the rows.
         output_dir: the output folder.
         num_embeddings: the codebook size, for ``code_bits_fixed``.
-        overwrite: replace an existing table (else ``FileExistsError``).
+        overwrite: replace an existing table (else ``FileExistsError``), and remove the outputs an earlier run
+            wrote for an input this run skips (those this run would have written for it), so that no reconstruction
+            is left beside a table that lists its input as an error.
         allow_skipped: :meth:`raise_for_skipped` accepts skipped inputs.
+        output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
+            :func:`~monai_vqbrain.inference.output_file`), to find a skipped input's earlier outputs.
+        save_codes: whether this run writes code maps (only then is a skipped input's earlier code map removed).
     """
 
     def __init__(
@@ -182,12 +187,20 @@ class InferenceMetricsWriter:
         num_embeddings: int,
         overwrite: bool = False,
         allow_skipped: bool = False,
+        output_postfix: str = "recon",
+        output_ext: str | None = None,
+        separate_folder: bool = False,
+        save_codes: bool = True,
     ) -> None:
         self.inputs = [str(path) for path in inputs]
         self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.overwrite = bool(overwrite)
         self.allow_skipped = bool(allow_skipped)
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.separate_folder = bool(separate_folder)
+        self.save_codes = bool(save_codes)
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
         self._scores: dict[str, FileResult] = {}
         self._rows: dict[str, FileResult] = {}
@@ -285,6 +298,7 @@ class InferenceMetricsWriter:
             # nothing was written: leave the folder as it was, so that the run can be repeated once the inputs are
             # mended; the log has named every file and why
             return
+        self._remove_outputs_of_skipped(failed)
         self.write(self.results)
         _logger.info(
             "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
@@ -293,6 +307,28 @@ class InferenceMetricsWriter:
             self.output_dir,
             self.metrics_file,
         )
+
+    def _remove_outputs_of_skipped(self, skipped: Sequence[FileResult]) -> None:
+        """With ``overwrite``, remove the files this run would have written for its skipped inputs.
+
+        They are an earlier run's outputs of an input that is now bad: kept, they would sit beside a table that
+        lists the input as an error. Only the exact files this run's settings name for the input go (check_outputs
+        has made sure none of them is an input); without ``overwrite`` nothing is removed.
+        """
+        if not self.overwrite:
+            return
+        for result in skipped:
+            try:
+                stale = [output_file(result.input, self.output_dir, self.output_postfix, self.output_ext,
+                                     self.separate_folder)]
+            except VQBrainError:
+                continue  # not named like an image: this run writes nothing for it
+            if self.save_codes:
+                stale.append(codes_file(result.input, self.output_dir, self.separate_folder))
+            for path in stale:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+                    _logger.info("removed '%s', an earlier output of the skipped input '%s'", path, result.input)
 
     def _on_exception(self, engine: Engine, error: BaseException) -> None:
         """Record what was written before the disk failed (full, read-only), if the disk still allows it; re-raise."""
