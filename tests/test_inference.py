@@ -345,6 +345,17 @@ def test_strict_stops_at_the_first_bad_file(trained_bundle, input_dir, tmp_path)
     user_error(ImageFileError, str(input_dir / "bad.png"), infer, trained_bundle, str(input_dir), tmp_path, strict=True)
 
 
+def test_a_strict_run_stopped_after_writing_files_leaves_their_table(trained_bundle, input_dir, tmp_path):
+    inputs = [str(input_dir / name) for name in ("grey.png", "bad.png", "rgb.png")]
+    error = user_error(ImageFileError, inputs[1], infer, trained_bundle, inputs, tmp_path, strict=True)
+    rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert [row["input"] for row in rows] == inputs
+    assert rows[0]["error"] == "" and rows[0]["reconstruction"] == str(tmp_path / "grey_recon.png")
+    assert rows[1]["reconstruction"] == "" and rows[1]["error"] == str(error) and rows[1]["format"] == "png"
+    assert rows[2]["reconstruction"] == "" and rows[2]["error"] == "not reconstructed: stopped by --strict"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grey_codes.npz", "grey_recon.png", METRICS_FILE]
+
+
 def test_a_bad_file_ending_a_strict_run_is_reported_once(trained_bundle, input_dir, tmp_path):
     import logging
 

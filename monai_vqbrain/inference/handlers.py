@@ -104,6 +104,16 @@ def _source(item: dict) -> str:
     return str(image.meta["filename_or_obj"]) if hasattr(image, "meta") else str(image)
 
 
+def _error_row(source: str, error: str) -> FileResult:
+    """The row of an input that could not be reconstructed: its format and size when known, and why."""
+    result = FileResult(input=source, error=error)
+    with contextlib.suppress(VQBrainError):
+        result.format = image_format(source)
+    with contextlib.suppress(OSError):
+        result.input_bytes = Path(source).stat().st_size if Path(source).is_file() else ""
+    return result
+
+
 class CodesSaver:
     """Write each input's code map to ``<name>_codes.npz`` (atomically) once its iteration's model run completes.
 
@@ -178,6 +188,8 @@ class InferenceMetricsWriter:
         output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
             :func:`~monai_vqbrain.inference.output_file`), to find a skipped input's earlier outputs.
         save_codes: whether this run writes code maps (only then is a skipped input's earlier code map removed).
+        strict: the run stops at its first bad input (the dataset raises its error); the table is then written with
+            the rows done, the bad input's error and the rest as not reconstructed.
     """
 
     def __init__(
@@ -191,6 +203,7 @@ class InferenceMetricsWriter:
         output_ext: str | None = None,
         separate_folder: bool = False,
         save_codes: bool = True,
+        strict: bool = False,
     ) -> None:
         self.inputs = [str(path) for path in inputs]
         self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
@@ -201,6 +214,7 @@ class InferenceMetricsWriter:
         self.output_ext = output_ext
         self.separate_folder = bool(separate_folder)
         self.save_codes = bool(save_codes)
+        self.strict = bool(strict)
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
         self._scores: dict[str, FileResult] = {}
         self._rows: dict[str, FileResult] = {}
@@ -260,11 +274,7 @@ class InferenceMetricsWriter:
         for item in _items(engine.state.output):
             source = _source(item)
             if ERROR_KEY in item:
-                result = FileResult(input=source, error=str(item[ERROR_KEY]))
-                with contextlib.suppress(VQBrainError):
-                    result.format = image_format(source)
-                with contextlib.suppress(OSError):
-                    result.input_bytes = Path(source).stat().st_size if Path(source).is_file() else ""
+                result = _error_row(source, str(item[ERROR_KEY]))
                 error_type = getattr(errors, str(item.get("error_type", "")), None)
                 is_error_type = isinstance(error_type, type) and issubclass(error_type, VQBrainError)
                 self._errors[source] = (error_type if is_error_type else VQBrainError)(result.error)
@@ -331,13 +341,30 @@ class InferenceMetricsWriter:
                     _logger.info("removed '%s', an earlier output of the skipped input '%s'", path, result.input)
 
     def _on_exception(self, engine: Engine, error: BaseException) -> None:
-        """Record what was written before the disk failed (full, read-only), if the disk still allows it; re-raise."""
+        """Record what was written before the disk failed (full, read-only) or ``strict`` met a bad input; re-raise.
+
+        The table is written if the disk still allows it.
+        """
         cause = find_user_error(error)
         if isinstance(cause, OutputWriteError):
             done = [
                 self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")
                 for path in self.inputs
             ]
+            with contextlib.suppress(OutputWriteError):
+                self.write(done)
+        elif self.strict and cause is not None and self._rows:
+            # a bad input under --strict: the loader reads the inputs in order, so it is the first without a row;
+            # files were written before it, so the table says which (a run that wrote nothing writes no table)
+            bad = next((path for path in self.inputs if path not in self._rows), None)
+            done = [
+                self._rows.get(path)
+                or (_error_row(path, str(cause)) if path == bad else
+                    FileResult(input=path, error="not reconstructed: stopped by --strict"))
+                for path in self.inputs
+            ]
+            if bad is not None:
+                self._remove_outputs_of_skipped([done[self.inputs.index(bad)]])
             with contextlib.suppress(OutputWriteError):
                 self.write(done)
         # the package's own error, not MONAI's wrapper around a failing post-processing transform, is the message
