@@ -624,9 +624,8 @@ def test_a_non_image_file_does_not_block_its_namesake(trained_bundle, tmp_path):
 def test_temporary_files_a_killed_run_left_are_removed_and_nothing_else(trained_bundle, input_dir, tmp_path):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
-    # what atomic writes leave when killed: of this run's outputs, and of an earlier run's over another input
-    debris = [".grey_recon.oboqjrg3.png", ".grey_codes.a1b2c3d4.npz", ".reconstruction_metrics.zz9_yy8x.csv",
-              ".v0_recon.oboqjrg3.nii.gz"]
+    # what atomic writes leave when killed while writing this run's outputs
+    debris = [".grey_recon.oboqjrg3.png", ".grey_codes.a1b2c3d4.npz", ".reconstruction_metrics.zz9_yy8x.csv"]
     others = [".grey_recon.png.swp", "notes.oboqjrg3.png", ".mine.a1b2c3d4.txt", ".grey_recon.short.png"]
     for name in debris + others:
         (output_dir / name).write_bytes(b"x")

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError, fi
 from monai_vqbrain.utils.io import remove_stale_temporary_files
 
 from .handlers import ERROR_KEY, METRICS_FILE
-from .transforms import OUTPUT_EXTENSIONS, check_output_dtype, codes_file, output_file
+from .transforms import check_output_dtype, codes_file, output_file
 
-__all__ = ["InferenceDataset", "ReconstructionEvaluator", "check_outputs", "remove_stale_temporary_outputs"]
+__all__ = ["InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
 
 
 class InferenceDataset(Dataset):
@@ -121,8 +120,7 @@ def check_outputs(
     """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
 
     The bundle calls it before the evaluator runs, so that a run that would clobber something stops before doing any
-    work. When the checks pass, temporary files that a killed run left in the output folders are removed
-    (:func:`remove_stale_temporary_outputs`).
+    work. When the checks pass, the temporary files that a killed run left for this run's outputs are removed.
 
     Args:
         files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
@@ -184,50 +182,8 @@ def check_outputs(
                 + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
                 + "; pass --overwrite true to replace outputs, or choose another --output_dir"
             )
-    folders = {output_dir} | {output.parent for output in planned}
-    remove_stale_temporary_outputs(folders, [output.name for output in planned], output_postfix)
+    # what a killed run left of these outputs: only the names atomic_path gives their temporary files
+    for folder in {output.parent for output in planned}:
+        remove_stale_temporary_files(folder, [output.name for output in planned if output.parent == folder])
     return list(files)
 
-
-# a temporary file of atomic_path: ".<stem>.<8 random characters><suffix>" for the output "<stem><suffix>", the stem
-# being the name up to its first dot (see monai_vqbrain.utils.io.temporary_file_pattern)
-_TEMPORARY_NAME = re.compile(r"^\.(?P<stem>[^.]+)\.[a-z0-9_]{8}(?P<suffix>\..+)$")
-
-
-def remove_stale_temporary_outputs(
-    folders: Iterable[Path], names: Iterable[str], output_postfix: str = "recon"
-) -> list[Path]:
-    """Remove the temporary files that a killed inferring run left in its output folders.
-
-    Only files named as :func:`~monai_vqbrain.utils.io.atomic_path` names the temporary files of this package's
-    outputs are removed: those of ``names`` (this run's outputs), and those of the outputs an earlier run over other
-    inputs wrote (``<name>_<output_postfix><ext>``, ``<name>_codes.npz``, the metrics table). Nothing else is touched.
-
-    Args:
-        folders: the output folder and, with ``separate_folder``, the inputs' sub-folders.
-        names: the file names of this run's outputs.
-        output_postfix: the reconstructions' postfix.
-
-    Returns:
-        The files removed.
-    """
-    # without a postfix a reconstruction's name is any image name: then only this run's own names are known as ours
-    postfix = f"_{output_postfix}" if output_postfix else None
-    endings = ("_codes.npz",) + (
-        tuple(postfix + ext for exts in OUTPUT_EXTENSIONS.values() for ext in exts) if postfix else ()
-    )
-    names = set(names)
-    removed = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        ours = set(names)
-        for entry in folder.iterdir():
-            match = _TEMPORARY_NAME.match(entry.name)
-            if match:
-                final = match["stem"] + match["suffix"]
-                if final == METRICS_FILE or final.endswith(endings):
-                    ours.add(final)
-        # the clean-up checkpoints get (utils.io): only names matching an output's temporary-file pattern go
-        removed += remove_stale_temporary_files(folder, sorted(ours))
-    return removed
