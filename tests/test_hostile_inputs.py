@@ -86,6 +86,20 @@ def test_png_declaring_too_many_pixels_is_refused_from_its_header(png_dataset, t
         get_dataset(root, "train", image_size=32, max_image_pixels=1000)
 
 
+def test_png_beyond_pils_bomb_limit_gets_our_message_not_pils(png_dataset, tmp_path):
+    # 10 gigapixels: PIL's Image.open itself raises its "decompression bomb" error for this header
+    huge = png_with_stream(tmp_path / "bomb.png", 100000, 100000, zlib.compress(b"\x00" * 1000))
+    expected = f"'{huge}' declares 100000x100000 = 10,000,000,000 pixels/voxels, more than max_image_pixels="
+    for read in (check_png_file, read_input):
+        error = pytest.raises(ImageFileError, read, huge).value
+        assert str(error).startswith(expected) and "pass --max_image_pixels" in str(error)
+        assert "decompression" not in str(error).lower() and "\n" not in str(error)
+    root, victim = png_dataset  # training reads the same check
+    shutil.copy(huge, victim)
+    with pytest.raises(ImageFileError, match=f"'{victim}' declares 100000x100000 = 10,000,000,000 "):
+        get_dataset(root, "train", image_size=32)
+
+
 def test_volume_declaring_too_many_voxels_is_refused_from_its_header(tmp_path):
     huge = nifti_header_only(tmp_path / "huge.nii", (640, 640, 640))
     with pytest.raises(ImageFileError, match=r"declares 640x640x640 = 262,144,000 .*max_volume_voxels=134,217,728"):

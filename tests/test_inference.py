@@ -304,12 +304,32 @@ def test_saveimage_keys_name_and_type_the_outputs(trained_bundle, input_dir, tmp
         assert wide.mode == "I;16" and narrow.mode == "L"
         np.testing.assert_allclose(np.asarray(wide) / 65535, np.asarray(narrow) / 255, atol=1 / 255)
     assert sorted(p.name for p in (tmp_path / "png16").iterdir()) == ["grey_recon.png", METRICS_FILE]
-    user_error(OutputPathError, "output_ext '.png' cannot hold", infer, trained_bundle, inputs, tmp_path / "bad",
-               output_ext=".png")
+    # like output_dtype, an output_ext that cannot hold an input's format is a setting error (exit status 2)
+    user_error(SettingError, f"output_ext '.png' cannot hold '{inputs[1]}'; expected null (the input's format) or "
+               "one of .nii.gz, .nii", infer, trained_bundle, inputs, tmp_path / "bad", output_ext=".png")
+    user_error(SettingError, f"output_ext '.nii' cannot hold '{inputs[0]}'", infer, trained_bundle, [inputs[0]],
+               tmp_path / "bad_png", output_ext=".nii")
     user_error(SettingError, "output_dtype 'float32' cannot be written as PNG", infer, trained_bundle, inputs,
                tmp_path / "bad_dtype", output_dtype="float32")
     user_error(SettingError, "output_ext must be one of", infer, trained_bundle, inputs, tmp_path / "bad_ext",
                output_ext="tif")
+
+
+def test_overwrite_removes_the_earlier_outputs_of_an_input_now_skipped(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", odd_grey())
+    save_png(tmp_path / "in" / "b.png", odd_grey(seed=2))
+    output_dir = tmp_path / "out"
+    infer(trained_bundle, str(tmp_path / "in"), output_dir)
+    (output_dir / "b_recon.nii.gz").write_bytes(b"not written by this run's settings: kept")
+    (tmp_path / "in" / "b.png").write_bytes(b"damaged since")
+    # without --overwrite nothing is removed: the run is refused
+    user_error(OutputPathError, "already exists", infer, trained_bundle, str(tmp_path / "in"), output_dir)
+    assert (output_dir / "b_recon.png").is_file() and (output_dir / "b_codes.npz").is_file()
+    rows = infer(trained_bundle, str(tmp_path / "in"), output_dir, overwrite=True, allow_skipped=True)
+    assert rows[1]["reconstruction"] == "" and "b.png" in rows[1]["error"]
+    assert sorted(p.name for p in output_dir.iterdir()) == ["a_codes.npz", "a_recon.png", "b_recon.nii.gz",
+                                                           METRICS_FILE]
 
 
 def test_existing_outputs_are_not_overwritten_unless_asked(inferred, trained_bundle, input_dir, tmp_path):
@@ -323,6 +343,17 @@ def test_existing_outputs_are_not_overwritten_unless_asked(inferred, trained_bun
 
 def test_strict_stops_at_the_first_bad_file(trained_bundle, input_dir, tmp_path):
     user_error(ImageFileError, str(input_dir / "bad.png"), infer, trained_bundle, str(input_dir), tmp_path, strict=True)
+
+
+def test_a_strict_run_stopped_after_writing_files_leaves_their_table(trained_bundle, input_dir, tmp_path):
+    inputs = [str(input_dir / name) for name in ("grey.png", "bad.png", "rgb.png")]
+    error = user_error(ImageFileError, inputs[1], infer, trained_bundle, inputs, tmp_path, strict=True)
+    rows = list(csv.DictReader(open(tmp_path / METRICS_FILE)))
+    assert [row["input"] for row in rows] == inputs
+    assert rows[0]["error"] == "" and rows[0]["reconstruction"] == str(tmp_path / "grey_recon.png")
+    assert rows[1]["reconstruction"] == "" and rows[1]["error"] == str(error) and rows[1]["format"] == "png"
+    assert rows[2]["reconstruction"] == "" and rows[2]["error"] == "not reconstructed: stopped by --strict"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grey_codes.npz", "grey_recon.png", METRICS_FILE]
 
 
 def test_a_bad_file_ending_a_strict_run_is_reported_once(trained_bundle, input_dir, tmp_path):
@@ -534,9 +565,24 @@ def test_inputs_that_name_no_file(trained_bundle, tmp_path, kind):
     user_error(DatasetError, str(spec), infer, trained_bundle, str(spec), tmp_path / "out")
 
 
+def test_messages_name_absolute_paths_when_given_relative_ones(trained_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for spec, expected in (("nope.png", "does not exist"), ("empty", "holds no PNG"), ("*.nii.gz", "matched no")):
+        error = user_error(DatasetError, f"'{tmp_path / spec}'", infer, trained_bundle, spec, Path("out"))
+        assert expected in str(error)
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        save_png(tmp_path / folder / "slice.png", odd_grey())
+    user_error(OutputPathError, f"'{tmp_path / 'two' / 'slice.png'}' would both write '{tmp_path / 'out'}", infer,
+               trained_bundle, "*/slice.png", Path("out"))
+
+
 def test_no_input_given(trained_bundle, tmp_path):
-    user_error(DatasetError, "no input given", infer, trained_bundle, None, tmp_path)
-    user_error(DatasetError, "no input given", find_input_files, [])
+    # a missing setting (exit status 2), naming it
+    for error in (user_error(SettingError, "no input given", infer, trained_bundle, None, tmp_path),
+                  user_error(SettingError, "no input given", find_input_files, [])):
+        assert str(error).startswith("input must be ") and error.exit_code == 2
 
 
 def test_outputs_never_overwrite_inputs(trained_bundle, tmp_path):
@@ -573,6 +619,69 @@ def test_a_non_image_file_does_not_block_its_namesake(trained_bundle, tmp_path):
     assert rows["scan.png"]["error"] == "" and "not a supported image file" in rows["scan.txt"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reconstruction_metrics.csv", "scan_codes.npz",
                                                                    "scan_recon.png"]
+
+
+def test_temporary_files_a_killed_run_left_are_removed_and_nothing_else(trained_bundle, input_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    # what atomic writes leave when killed while writing this run's outputs
+    debris = [".grey_recon.oboqjrg3.png", ".grey_codes.a1b2c3d4.npz", ".reconstruction_metrics.zz9_yy8x.csv"]
+    others = [".grey_recon.png.swp", "notes.oboqjrg3.png", ".mine.a1b2c3d4.txt", ".grey_recon.short.png"]
+    for name in debris + others:
+        (output_dir / name).write_bytes(b"x")
+    infer(trained_bundle, str(input_dir / "grey.png"), output_dir)
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted(
+        others + ["grey_recon.png", "grey_codes.npz", METRICS_FILE])
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_an_output_dir_that_cannot_be_created_is_refused_before_the_checkpoint_is_read(trained_bundle, input_dir,
+                                                                                      tmp_path):
+    # os.access says /proc is writable to root; creating a folder there fails all the same
+    user_error(OutputWriteError, "output_dir '/proc/vqbrain_out' cannot be created or written in its existing parent "
+               "'/proc'", infer, trained_bundle, str(input_dir / "grey.png"), Path("/proc/vqbrain_out"),
+               checkpoint=str(tmp_path / "no_such_checkpoint.pt"))
+
+
+def test_symbolic_links_are_inputs_named_as_given(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    target = save_png(tmp_path / "in" / "b.png", odd_grey())
+    save_png(tmp_path / "elsewhere" / "a.png", odd_grey(seed=2))
+    (tmp_path / "in" / "link.png").symlink_to(target)
+    (tmp_path / "in" / "other.png").symlink_to(tmp_path / "elsewhere" / "a.png")
+    rows = infer(trained_bundle, str(tmp_path / "in"), tmp_path / "out")
+    # one output per file given, named after the name given, even when two names lead to one file
+    assert [row["input"] for row in rows] == [str(tmp_path / "in" / name) for name in ("b.png", "link.png", "other.png")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{stem}_{kind}" for stem in ("b", "link", "other") for kind in ("recon.png", "codes.npz")] + [METRICS_FILE])
+    assert rows[2]["reconstruction"] == str(tmp_path / "out" / "other_recon.png")
+
+
+def test_a_dangling_link_in_a_folder_is_a_bad_input_and_a_fifo_is_never_read(trained_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "good.png", odd_grey())
+    dangling = tmp_path / "in" / "gone.nii.gz"
+    dangling.symlink_to(tmp_path / "moved_away.nii.gz")
+    os.mkfifo(tmp_path / "in" / "pipe.png")  # reading it would block the run for ever
+    error = user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", infer, trained_bundle,
+                       str(tmp_path / "in"), tmp_path / "out")
+    assert error.exit_code == 3
+    rows = {Path(row.input).name: row for row in error.results}
+    assert sorted(rows) == ["gone.nii.gz", "good.png"]
+    assert rows["gone.nii.gz"].error == (f"input file '{dangling}' is a symbolic link to '{tmp_path / 'moved_away.nii.gz'}', "
+                                         "which does not exist; expected a link to a PNG or NIfTI file")
+    # a glob takes it too
+    user_error(InputsSkippedError, "1 of 2 input file(s) were skipped", infer, trained_bundle,
+               str(tmp_path / "in" / "g*"), tmp_path / "out_glob")
+
+
+def test_an_output_that_is_a_link_to_an_input_is_refused(trained_bundle, tmp_path):
+    source = save_png(tmp_path / "a.png", odd_grey())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_recon.png").symlink_to(source)
+    user_error(OutputPathError, f"would overwrite the input file '{source}'", infer, trained_bundle, str(source),
+               tmp_path / "out", overwrite=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -190,6 +190,24 @@ def _png_stream_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def png_declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The ``(width, height)`` a PNG's IHDR chunk declares, read from its first 24 bytes; None for another format.
+
+    PIL's ``Image.open`` refuses a header of more than twice its ``MAX_IMAGE_PIXELS`` with its own "decompression
+    bomb" error, so the size is read here first, for the ``max_image_pixels`` message and its hint.
+
+    Args:
+        path: the file.
+    """
+    with open(path, "rb") as handle:
+        start = handle.read(24)
+    # the signature, then the IHDR chunk's length and type, then its first fields: width and height
+    if len(start) < 24 or not start.startswith(_PNG_SIGNATURE) or start[12:16] != b"IHDR":
+        return None  # not a PNG (or a damaged one): PIL's reading judges it
+    width, height = struct.unpack(">II", start[16:24])
+    return width, height
+
+
 def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Check that ``path`` is a whole, decodable, non-empty image of at most ``max_pixels`` pixels.
 
@@ -206,6 +224,10 @@ def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         ImageFileError: naming the file when it is too large, not a readable image, truncated or has no pixels.
     """
     try:
+        declared = png_declared_size(path)
+        if declared is not None:
+            # before PIL opens it: PIL's own bomb error would hide the max_image_pixels message and its hint
+            check_image_size(path, declared, max_pixels, "max_image_pixels")
         with warnings.catch_warnings():
             # the size is judged here against max_pixels (PIL's own bomb limit still raises): its warning adds nothing
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -28,7 +28,7 @@ from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteEr
 from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 
 from .io import image_format
-from .transforms import codes_file
+from .transforms import codes_file, output_file
 
 __all__ = ["ERROR_KEY", "METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
 
@@ -104,6 +104,16 @@ def _source(item: dict) -> str:
     return str(image.meta["filename_or_obj"]) if hasattr(image, "meta") else str(image)
 
 
+def _error_row(source: str, error: str) -> FileResult:
+    """The row of an input that could not be reconstructed: its format and size when known, and why."""
+    result = FileResult(input=source, error=error)
+    with contextlib.suppress(VQBrainError):
+        result.format = image_format(source)
+    with contextlib.suppress(OSError):
+        result.input_bytes = Path(source).stat().st_size if Path(source).is_file() else ""
+    return result
+
+
 class CodesSaver:
     """Write each input's code map to ``<name>_codes.npz`` (atomically) once its iteration's model run completes.
 
@@ -127,7 +137,7 @@ class CodesSaver:
         separate_folder: bool = False,
         overwrite: bool = False,
     ) -> None:
-        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
+        self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.image_size = int(image_size)
         self.separate_folder = bool(separate_folder)
@@ -171,8 +181,15 @@ class InferenceMetricsWriter:
         inputs: the input files, in the order of the rows.
         output_dir: the output folder.
         num_embeddings: the codebook size, for ``code_bits_fixed``.
-        overwrite: replace an existing table (else ``FileExistsError``).
+        overwrite: replace an existing table (else ``FileExistsError``), and remove the outputs an earlier run
+            wrote for an input this run skips (those this run would have written for it), so that no reconstruction
+            is left beside a table that lists its input as an error.
         allow_skipped: :meth:`raise_for_skipped` accepts skipped inputs.
+        output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
+            :func:`~monai_vqbrain.inference.output_file`), to find a skipped input's earlier outputs.
+        save_codes: whether this run writes code maps (only then is a skipped input's earlier code map removed).
+        strict: the run stops at its first bad input (the dataset raises its error); the table is then written with
+            the rows done, the bad input's error and the rest as not reconstructed.
     """
 
     def __init__(
@@ -182,12 +199,22 @@ class InferenceMetricsWriter:
         num_embeddings: int,
         overwrite: bool = False,
         allow_skipped: bool = False,
+        output_postfix: str = "recon",
+        output_ext: str | None = None,
+        separate_folder: bool = False,
+        save_codes: bool = True,
+        strict: bool = False,
     ) -> None:
         self.inputs = [str(path) for path in inputs]
-        self.output_dir = Path(output_dir).absolute()  # the table names files by absolute paths
+        self.output_dir = Path(output_dir).expanduser().absolute()  # the table names files by absolute paths
         self.num_embeddings = int(num_embeddings)
         self.overwrite = bool(overwrite)
         self.allow_skipped = bool(allow_skipped)
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.separate_folder = bool(separate_folder)
+        self.save_codes = bool(save_codes)
+        self.strict = bool(strict)
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
         self._scores: dict[str, FileResult] = {}
         self._rows: dict[str, FileResult] = {}
@@ -247,11 +274,7 @@ class InferenceMetricsWriter:
         for item in _items(engine.state.output):
             source = _source(item)
             if ERROR_KEY in item:
-                result = FileResult(input=source, error=str(item[ERROR_KEY]))
-                with contextlib.suppress(VQBrainError):
-                    result.format = image_format(source)
-                with contextlib.suppress(OSError):
-                    result.input_bytes = Path(source).stat().st_size if Path(source).is_file() else ""
+                result = _error_row(source, str(item[ERROR_KEY]))
                 error_type = getattr(errors, str(item.get("error_type", "")), None)
                 is_error_type = isinstance(error_type, type) and issubclass(error_type, VQBrainError)
                 self._errors[source] = (error_type if is_error_type else VQBrainError)(result.error)
@@ -285,6 +308,7 @@ class InferenceMetricsWriter:
             # nothing was written: leave the folder as it was, so that the run can be repeated once the inputs are
             # mended; the log has named every file and why
             return
+        self._remove_outputs_of_skipped(failed)
         self.write(self.results)
         _logger.info(
             "reconstructed %d of %d file(s) into '%s'; metrics in '%s'",
@@ -294,14 +318,53 @@ class InferenceMetricsWriter:
             self.metrics_file,
         )
 
+    def _remove_outputs_of_skipped(self, skipped: Sequence[FileResult]) -> None:
+        """With ``overwrite``, remove the files this run would have written for its skipped inputs.
+
+        They are an earlier run's outputs of an input that is now bad: kept, they would sit beside a table that
+        lists the input as an error. Only the exact files this run's settings name for the input go (check_outputs
+        has made sure none of them is an input); without ``overwrite`` nothing is removed.
+        """
+        if not self.overwrite:
+            return
+        for result in skipped:
+            try:
+                stale = [output_file(result.input, self.output_dir, self.output_postfix, self.output_ext,
+                                     self.separate_folder)]
+            except VQBrainError:
+                continue  # not named like an image: this run writes nothing for it
+            if self.save_codes:
+                stale.append(codes_file(result.input, self.output_dir, self.separate_folder))
+            for path in stale:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+                    _logger.info("removed '%s', an earlier output of the skipped input '%s'", path, result.input)
+
     def _on_exception(self, engine: Engine, error: BaseException) -> None:
-        """Record what was written before the disk failed (full, read-only), if the disk still allows it; re-raise."""
+        """Record what was written before the disk failed (full, read-only) or ``strict`` met a bad input; re-raise.
+
+        The table is written if the disk still allows it.
+        """
         cause = find_user_error(error)
         if isinstance(cause, OutputWriteError):
             done = [
                 self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")
                 for path in self.inputs
             ]
+            with contextlib.suppress(OutputWriteError):
+                self.write(done)
+        elif self.strict and cause is not None and self._rows:
+            # a bad input under --strict: the loader reads the inputs in order, so it is the first without a row;
+            # files were written before it, so the table says which (a run that wrote nothing writes no table)
+            bad = next((path for path in self.inputs if path not in self._rows), None)
+            done = [
+                self._rows.get(path)
+                or (_error_row(path, str(cause)) if path == bad else
+                    FileResult(input=path, error="not reconstructed: stopped by --strict"))
+                for path in self.inputs
+            ]
+            if bad is not None:
+                self._remove_outputs_of_skipped([done[self.inputs.index(bad)]])
             with contextlib.suppress(OutputWriteError):
                 self.write(done)
         # the package's own error, not MONAI's wrapper around a failing post-processing transform, is the message

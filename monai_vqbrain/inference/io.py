@@ -28,7 +28,7 @@ from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLU
 from monai_vqbrain.data.nifti import kept_slices, read_volume_ras, robust_range, scale_to_unit, volume_plane
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
-from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError
+from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError, SettingError
 from monai_vqbrain.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -87,14 +87,24 @@ def _is_supported(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
+def _is_listed(path: Path) -> bool:
+    """Whether a folder's or glob's entry is an input: a file, or a dangling symbolic link (reported as bad).
+
+    A dangling link is the user's file gone missing, so it is named in the run's report rather than dropped;
+    FIFOs, sockets and devices are never taken, as reading one would block or never end.
+    """
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _files_of(spec: str) -> list[Path]:
     """The files one input specification names: a file, the image files in a folder, or the files a glob matches."""
-    path = Path(spec).expanduser()
+    # absolute (not resolved) at once, so that every message and row names the file wherever the run started
+    path = Path(spec).expanduser().absolute()
     if path.is_file():
         # a file named explicitly is taken whatever its ending, so a non-image file is reported, not ignored
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_supported(p))
+        files = sorted(p for p in path.iterdir() if _is_listed(p) and _is_supported(p))
         if not files:
             raise DatasetError(
                 f"input folder '{path}' holds no PNG or NIfTI files; expected files ending in "
@@ -102,13 +112,14 @@ def _files_of(spec: str) -> list[Path]:
             )
         return files
     if _GLOB_CHARACTERS & set(spec):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-        files = [p for p in matches if p.is_file() and not p.name.startswith(".")]
+        # the glob made absolute (``path``) matches absolute paths
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in matches if _is_listed(p) and not p.name.startswith(".")]
         if not files:
-            raise DatasetError(f"input glob '{spec}' matched no files; expected it to match PNG or NIfTI files")
+            raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files
     raise DatasetError(
-        f"input '{spec}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
+        f"input '{path}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
     )
 
 
@@ -120,21 +131,28 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
             matches is taken, so a non-image file it matches is reported as a bad input), or a list of these.
 
     Returns:
-        The files, absolute, without duplicates, in the order given (folders and globs sorted by name).
+        The files as absolute paths, symbolic links not resolved (a link is an input of its own, named as the user
+        named it), without duplicate paths, in the order given (folders and globs sorted by name).
 
     Raises:
-        DatasetError: when no input is given, or a path does not exist, a folder holds no images, or a glob
-            matches nothing.
+        SettingError: when no input is given.
+        DatasetError: when a path does not exist, a folder holds no images, or a glob matches nothing.
     """
     # the command line may hand over a number for a name like "123"; anything but a list or tuple is one path
     specs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     specs = [spec for spec in specs if spec is not None and str(spec).strip()]
     if not specs:
-        raise DatasetError("no input given; pass --input with a PNG or NIfTI file, a folder of them, or a quoted glob")
+        # a missing setting, not a bad dataset: exit status 2, as for any other setting
+        raise SettingError(
+            "input must be a PNG or NIfTI file, a folder of them, a quoted glob or a list of these, got none "
+            "(no input given); pass --input PATH"
+        )
     files: dict[Path, None] = {}
     for spec in specs:
         for path in _files_of(str(spec)):
-            files.setdefault(path.resolve(), None)
+            # not resolve(): a link's outputs and row are named after the link, and a link beside its target is
+            # a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
+            files.setdefault(path.absolute(), None)
     return list(files)
 
 
@@ -323,6 +341,11 @@ def read_input(
         ValueError: when ``slice_axis`` is not 0, 1 or 2.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ImageFileError(
+            f"input file '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; expected a link "
+            "to a PNG or NIfTI file"
+        )
     if not path.is_file():
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":

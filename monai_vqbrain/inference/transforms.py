@@ -20,7 +20,7 @@ from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import TraceKeys, convert_to_numpy
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.errors import OutputPathError, SettingError
+from monai_vqbrain.errors import SettingError
 
 from .io import (
     DEFAULT_MIN_SLICE_SIZE,
@@ -61,12 +61,13 @@ def output_file(
 
     Raises:
         ImageFileError: when ``path`` is not named like a PNG or NIfTI file.
-        OutputPathError: when ``output_ext`` cannot hold the input's format.
+        SettingError: when ``output_ext`` cannot hold the input's format.
     """
     kind = image_format(path)
     extension = output_ext if output_ext is not None else OUTPUT_EXTENSIONS[kind][0]
     if extension.lower() not in OUTPUT_EXTENSIONS[kind]:
-        raise OutputPathError(
+        # a setting that does not fit the inputs, like an output_dtype PNG cannot hold: exit status 2
+        raise SettingError(
             f"output_ext '{output_ext}' cannot hold '{path}'; expected null (the input's format) or one of "
             f"{', '.join(OUTPUT_EXTENSIONS[kind])} for a {kind} input"
         )
@@ -204,7 +205,7 @@ class SaveReconstructiond(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).expanduser().absolute()  # a failed write names the absolute path
         self.output_postfix = output_postfix
         self.output_ext = output_ext
         self.output_dtype = output_dtype

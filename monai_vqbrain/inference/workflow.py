@@ -19,6 +19,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError, find_user_error
+from monai_vqbrain.utils.io import remove_stale_temporary_files
 
 from .handlers import ERROR_KEY, METRICS_FILE
 from .transforms import check_output_dtype, codes_file, output_file
@@ -118,8 +119,8 @@ def check_outputs(
 ) -> list[Path]:
     """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
 
-    The bundle calls it before loading the checkpoint, so that a run that would clobber something stops before
-    doing any work.
+    The bundle calls it before the evaluator runs, so that a run that would clobber something stops before doing any
+    work. When the checks pass, the temporary files that a killed run left for this run's outputs are removed.
 
     Args:
         files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
@@ -134,17 +135,18 @@ def check_outputs(
         The input files.
 
     Raises:
-        OutputPathError: when ``output_dir`` is a file or holds inputs, ``output_ext`` cannot hold an input's format,
-            an output would overwrite an input file, two inputs would write the same output, or outputs exist and
-            ``overwrite`` is off.
-        SettingError: when ``output_dtype`` cannot be written in an input's format.
+        OutputPathError: when ``output_dir`` is a file or holds inputs, an output would overwrite an input file, two
+            inputs would write the same output, or outputs exist and ``overwrite`` is off.
+        SettingError: when ``output_ext`` or ``output_dtype`` cannot be written in an input's format.
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser().absolute()  # messages name absolute paths
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputPathError(f"output_dir '{output_dir}' is a file; expected a folder (or a new path)")
     inputs = {Path(path).resolve(): Path(path) for path in files}
-    # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png)
-    if any(path.parent == output_dir.resolve() for path in inputs):
+    # outputs written among the inputs become inputs of the next run over that folder (x_recon_recon.png); a
+    # symbolic link given as an input lies in its own folder, whatever folder its target lies in
+    folders = {path.parent for path in inputs} | {Path(path).absolute().parent.resolve() for path in files}
+    if output_dir.resolve() in folders:
         raise OutputPathError(
             f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
             f"are never read as inputs of a later run"
@@ -180,4 +182,8 @@ def check_outputs(
                 + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
                 + "; pass --overwrite true to replace outputs, or choose another --output_dir"
             )
+    # what a killed run left of these outputs: only the names atomic_path gives their temporary files
+    for folder in {output.parent for output in planned}:
+        remove_stale_temporary_files(folder, [output.name for output in planned if output.parent == folder])
     return list(files)
+

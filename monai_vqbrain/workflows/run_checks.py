@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,16 @@ def check_output_dirs(dirs: Mapping[str, str | os.PathLike]) -> None:
             raise OutputWriteError(
                 f"{key} '{path}' is not writable{where}: a read-only disk or no permission; choose another --{key}."
             )
+        # os.access trusts permission bits: root passes them everywhere, yet cannot create a folder in /proc or on
+        # some mounts; creating (and at once removing) an empty folder of our own is the test that decides
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".vqbrain_write_check.", dir=existing))
+        except OSError as error:
+            where = "" if existing == path else f" in its existing parent '{existing}'"
+            raise OutputWriteError(
+                f"{key} '{path}' cannot be created or written{where}: {error.strerror or error}; choose another "
+                f"--{key}."
+            ) from error
 
 
 def check_outputs_absent(
