@@ -68,14 +68,26 @@ def test_unknown_override_key_suggests_the_nearest():
     argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--train#handlerz#0#_disabled_", "true"]
     with pytest.raises(SettingError, match="did you mean --train#handlers"):
         check_override_keys(argv)
+    # a new key inside a component must be an argument of its constructor, else MONAI fails building it
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#foo", "3"]
+    with pytest.raises(SettingError, match="^unknown setting --network_def#foo: no config file defines it and "
+                       "monai_vqbrain.networks.VQVAE takes no argument 'foo'; see the override keys"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#embeding_dim=3"]
+    with pytest.raises(SettingError, match="did you mean --network_def#embedding_dim"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#dropout", "0.1"]
+    with pytest.raises(SettingError, match="VQVAE takes no argument 'dropout'"):
+        check_override_keys(argv)
 
 
 def test_known_override_keys_pass():
     argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--max_epochs", "3", "--save_codes",
-            "false", "--network_def#num_embeddings", "64", "--network_def#dropout", "0.1", "--meta_file", "m.json"]
+            "false", "--network_def#num_embeddings", "64", "--network_def#output_act", "sigmoid", "--meta_file", "m.json"]
+    # output_act is not in the config but is an argument of the network's constructor
     check_override_keys(argv)
     keys, files = command_line_overrides(argv)
-    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#dropout"]
+    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#output_act"]
     assert files == INFERENCE
     # only a `python -m monai.bundle run` command line is inspected
     assert command_line_overrides(["pytest", "--max_epoch", "3"]) is None
@@ -86,6 +98,20 @@ def _cli(tmp_path, *args):
                "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "not_read"), *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+
+
+def test_cli_a_value_a_component_refuses_or_an_unknown_nested_key_is_one_line_with_exit_status_2(tmp_path):
+    result = _cli(tmp_path, "--network_def#num_embeddings", "0")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot build monai_vqbrain.networks.VQVAE from the settings: num_embeddings and embedding_dim must be "
+        "positive, got 0, 64."
+    )
+    result = _cli(tmp_path, "--network_def#foo", "3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown setting --network_def#foo: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
@@ -152,6 +178,9 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
          "error: 2 of 6 input file(s) were skipped"),
         ("SettingError('batch_size must be an integer >= 1, got 0.')", 2,
          "error: batch_size must be an integer >= 1, got 0."),
+        # MONAI's wrapping of a constructor's error, as monai.utils.instantiate raises it
+        ("RuntimeError(\"Failed to instantiate component 'a.Net' with keywords: k\\n set '_mode_=debug'\") from "
+         "ValueError('k must be positive')", 2, "error: cannot build a.Net from the settings: k must be positive"),
     ],
 )
 def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised, status, line):
@@ -162,6 +191,19 @@ def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised,
                             env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == status, result.stderr
     assert result.stderr.strip() == line
+
+
+def test_error_hook_keeps_the_traceback_of_an_error_deeper_than_a_constructor():
+    # a transform failing while a dataset caches is wrapped twice: not a setting the constructor refused
+    script = ("from monai_vqbrain.workflows.cli_errors import install_error_hook\n"
+              "install_error_hook()\n"
+              "try:\n    try:\n        raise ValueError('bad pixel')\n"
+              "    except ValueError as e:\n        raise RuntimeError('applying transform') from e\n"
+              "except RuntimeError as e:\n"
+              "    raise RuntimeError(\"Failed to instantiate component 'CacheDataset' with keywords: data\") from e\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
 
 
 def test_help_of_inference_and_generating_lists_their_keys_before_any_input_or_output(trained_bundle, tmp_path, capsys):

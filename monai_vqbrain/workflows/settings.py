@@ -355,7 +355,8 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     """Refuse ``--key value`` overrides whose key the config files do not define.
 
     ``monai.bundle`` adds an unknown key to the config, where nothing reads it, so a typo such as ``--max_epoch 3``
-    would train with the default. A nested key (``--network_def#num_embeddings 256``) needs its parent to exist.
+    would train with the default. A nested key (``--network_def#num_embeddings 256``) must exist too, or be an
+    argument that its parent component's constructor takes (``--network_def#output_act sigmoid``).
 
     Args:
         argv: the command line; ``sys.argv`` when None. Nothing is checked unless it is a ``monai.bundle run`` one.
@@ -372,18 +373,67 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     config = ConfigParser(ConfigParser.load_config_files(files))
     for key in keys:
         parts = key.split("#")
-        # a nested key may add a constructor argument, so only its parent has to exist
-        if key in config or (len(parts) > 1 and "#".join(parts[:-1]) in config):
+        if key in config:
+            continue
+        # a new nested key may add an argument to a component's constructor (--network_def#output_act sigmoid), but
+        # only one that the constructor takes: MONAI would otherwise fail with a traceback when building it
+        parent_id = "#".join(parts[:-1])
+        arguments = _component_arguments(config[parent_id]) if len(parts) > 1 and parent_id in config else None
+        if arguments is _ANY_ARGUMENT or (arguments is not None and parts[-1] in arguments):
             continue
         depth = max(d for d in range(len(parts)) if d == 0 or "#".join(parts[:d]) in config)
         parent = "#".join(parts[:depth])
         content = config[parent] if depth else config.get()
         siblings = [str(k) for k in (content if isinstance(content, dict) else range(len(content)))]
+        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+            siblings += sorted(arguments - set(siblings))
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
         hint = "; see the override keys in README.md"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
-        raise SettingError(f"unknown setting --{key}: no config file defines it{hint}")
+        where = "no config file defines it"
+        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
+        raise SettingError(f"unknown setting --{key}: {where}{hint}")
+
+
+#: :func:`_component_arguments` of a component whose constructor takes ``**kwargs``: any new key may be an argument
+_ANY_ARGUMENT: frozenset[str] = frozenset({"**"})
+
+# keys MONAI reads itself from a component's config, never passed to its constructor
+_COMPONENT_KEYS = frozenset({"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"})
+
+
+def _component_arguments(content: Any) -> frozenset[str] | None:
+    """The keys a config component (a dict with ``_target_``) accepts: its constructor's arguments and MONAI's own.
+
+    Args:
+        content: the raw config content of the parent of a nested override key.
+
+    Returns:
+        None when ``content`` is not a component; :data:`_ANY_ARGUMENT` when its constructor takes ``**kwargs`` or
+        cannot be inspected (then nothing is refused that might be valid); else the argument names.
+    """
+    import inspect
+    from pydoc import locate
+
+    from monai.bundle.config_item import ComponentLocator
+
+    if not isinstance(content, dict) or not isinstance(content.get("_target_"), str):
+        return None
+    target = content["_target_"]
+    # a short name (Compose, DataLoader) is looked up in MONAI's modules, as MONAI does when it builds the component
+    module = ComponentLocator().get_component_module_name(target)
+    module = module[0] if isinstance(module, list) else module
+    try:
+        component = locate(f"{module}.{target}" if module else target)
+        parameters = inspect.signature(component).parameters.values() if component is not None else None
+    except Exception:  # pydoc's ErrorDuringImport, a signature it cannot read: build errors are MONAI's to report
+        parameters = None
+    if parameters is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return _ANY_ARGUMENT
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    return frozenset(names | _COMPONENT_KEYS)
 
 
 def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle") -> str:
