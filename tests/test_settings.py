@@ -13,11 +13,13 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
-from monai_vqbrain.errors import OutputWriteError, SettingError
+from monai_vqbrain.errors import OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.workflows import check_override_keys, check_settings, command_line_overrides
 
 GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
+EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
+TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
 MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py")
 
 
@@ -167,6 +169,34 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
                run_bundle, "training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
                ckpt_dir=str(read_only / "models"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
+
+
+@pytest.mark.parametrize(
+    ("run_id", "config", "key", "folder"),
+    [
+        ("training", TRAIN, "ckpt_dir", "data"),
+        ("training", TRAIN, "output_dir", "data/keras_png_slices_train/../runs"),
+        ("training_prior", TRAIN_PRIOR, "output_dir", "data/outputs"),
+        ("evaluating", EVALUATE, "output_dir", "demo/report"),
+        ("generating", GENERATE, "generation_dir", "data/keras_png_slices_train"),
+    ],
+)
+def test_an_output_folder_inside_the_data_the_run_reads_is_refused_at_start_up(tmp_path, run_id, config, key, folder):
+    # written there, samples or figures would be read as data by the next run: refused before anything is read
+    data = tmp_path / ("demo" if folder.startswith("demo") else "data")
+    (data / "keras_png_slices_train").mkdir(parents=True)
+    (data / "keras_png_slices_train" / "case_001_slice_0.nii.png").write_bytes(b"a slice")
+    dataset_dir = None if folder.startswith("demo") else str(data)
+    output = tmp_path / folder
+    read_key = "demo_dir" if dataset_dir is None else "dataset_dir"
+    where = "is" if output.resolve() == data else "is inside"
+    error = user_error(OutputPathError, f"{key} '{output}' {where} {read_key} '{data}', which this run reads",
+                       run_bundle, run_id, config, bundle_root=str(tmp_path), dataset_dir=dataset_dir,
+                       demo_dir=str(tmp_path / "demo"), **{key: str(output)})
+    assert str(error).endswith(f"choose another --{key}.")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        data.name, f"{data.name}/keras_png_slices_train", f"{data.name}/keras_png_slices_train/case_001_slice_0.nii.png"
+    ]
 
 
 @pytest.mark.parametrize(
