@@ -251,6 +251,28 @@ def test_help_of_inference_and_generating_lists_their_keys_before_any_input_or_o
         assert line in out.splitlines(), line
 
 
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [(INFERENCE, "  --save_codes true"), (EVALUATE, "  --num_figure_examples 8"), (TRAIN_PRIOR, "  --prior_max_epochs 12"),
+     (GENERATE, "  --num_samples 256")],
+)
+def test_help_of_every_config_works_before_any_checkpoint_exists(tmp_path, capsys, config, line):
+    run_bundle("help", config, bundle_root=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "  --max_epochs 15" in out.splitlines() and line in out.splitlines(), out
+    assert list(tmp_path.iterdir()) == [], "help reads and writes nothing"
+
+
+def test_help_command_line_works_before_any_checkpoint_exists(tmp_path):
+    configs = f"['{TRAIN}','{CONFIGS / 'inference.json'}']"
+    command = [sys.executable, "-m", "monai.bundle", "run", "help", "--config_file", configs]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "  --save_codes true" in result.stdout.splitlines()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_null_typed_on_the_command_line_gets_a_hint():
     error = user_error(SettingError, "output_ext must be one of", check_settings, {"output_ext": "null"}, argv=[])
     assert "null is written None" in str(error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import json
 import math
 import os
@@ -26,7 +27,15 @@ from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
-__all__ = ["SETTING_RULES", "check_settings", "print_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
+__all__ = [
+    "SETTING_RULES",
+    "check_settings",
+    "print_settings",
+    "check_override_keys",
+    "command_line_overrides",
+    "config_bundle_root",
+    "is_help_run",
+]
 
 # ``monai.bundle run``'s own arguments: never config keys
 _RUN_ARGUMENTS = frozenset(
@@ -414,7 +423,6 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
         None when ``content`` is not a component; :data:`_ANY_ARGUMENT` when its constructor takes ``**kwargs`` or
         cannot be inspected (then nothing is refused that might be valid); else the argument names.
     """
-    import inspect
     from pydoc import locate
 
     from monai.bundle.config_item import ComponentLocator
@@ -454,3 +462,34 @@ def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle
         first = Path(parsed[1][0]).expanduser().absolute()
         return str(first.parent.parent if first.parent.name == "configs" else first.parent)
     return str(Path(default).expanduser().absolute())
+
+
+def _running_workflow() -> Any | None:
+    """The MONAI ``ConfigWorkflow`` whose ``initialize`` or ``run`` is evaluating the config now, or None.
+
+    MONAI does not hand the workflow to the expressions it evaluates, but the workflow's own method is on the call
+    stack (its ``self``) whenever it evaluates them: from ``python -m monai.bundle run``, ``monai.bundle.run``,
+    ``create_workflow`` or ``ConfigWorkflow`` alike. A bare ``ConfigParser`` has no workflow.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, ConfigWorkflow):
+                return candidate
+            frame = frame.f_back
+        return None
+    finally:
+        del frame  # a frame kept in a local would keep every frame above it alive
+
+
+def is_help_run() -> bool:
+    """Whether the running workflow is ``help`` (``python -m monai.bundle run help``), which only lists the keys.
+
+    MONAI runs a config's ``initialize`` before every run id, ``help`` included; the configs skip loading
+    checkpoints there when this is true, so that ``help`` works before anything is trained.
+    """
+    workflow = _running_workflow()
+    return workflow is not None and getattr(workflow, "run_id", None) == "help"
