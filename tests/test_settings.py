@@ -95,6 +95,42 @@ def test_known_override_keys_pass():
     assert command_line_overrides(["pytest", "--max_epoch", "3"]) is None
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--batch_size", "None"], "batch_size must be an integer >= 1, got None."),
+        (["--output_dir=None"], "output_dir must be a path, got None."),
+        # allowed, but MONAI's command line drops None values: the configured value would silently apply
+        (["--train_crop_size", "None"], "--train_crop_size None would be ignored: MONAI's command line drops None "
+         "values, so train_crop_size would stay 64; set it to null in a JSON config file added last to --config_file."),
+        (["--network_def#decay", "None"], "network_def#decay would stay 0.99"),
+        (["--network_def#output_act", "None"], "network_def#output_act would stay its constructor's default"),
+    ],
+)
+def test_none_on_the_command_line_is_refused_where_it_would_not_apply(override, message):
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), *override]
+    with pytest.raises(SettingError) as caught:
+        check_override_keys(argv)
+    assert message in str(caught.value)
+
+
+def test_none_on_the_command_line_passes_where_null_is_configured():
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--output_ext", "None", "--max_items",
+            "None", "--dataset_dir=None", "--output_postfix", "None_recon"]
+    check_override_keys(argv)
+
+
+def test_cli_none_for_a_setting_that_allows_no_null_exits_2_before_inferring(tmp_path):
+    # the probe's case: --batch_size None was dropped by MONAI and the run inferred with the default, exit 0
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(INFERENCE),
+               "--bundle_root", str(tmp_path), "--input", str(tmp_path / "not_read"), "--batch_size", "None"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "error: batch_size must be an integer >= 1, got None."
+    assert list(tmp_path.iterdir()) == []
+
+
 def _cli(tmp_path, *args):
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
                "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "not_read"), *args]

@@ -328,13 +328,19 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
         the bundle is run from Python, whose keyword arguments are not visible here).
     """
+    parsed = _command_line(argv)
+    return None if parsed is None else ([key for key, _ in parsed[0]], parsed[1])
+
+
+def _command_line(argv: Sequence[str] | None = None) -> tuple[list[tuple[str, str | None]], list[str]] | None:
+    """``([(key, value text or None), ...], config_files)`` of a ``monai.bundle run`` command line, else None."""
     argv = list(sys.argv if argv is None else argv)
     if not argv or Path(argv[0]).as_posix().rsplit("/", 2)[-2:] != ["bundle", "__main__.py"]:
         return None
     args = argv[1:]
     if not args or args[0] != "run":
         return None
-    keys: list[str] = []
+    pairs: list[tuple[str, str | None]] = []
     config_file: Any = None
     index = 1
     while index < len(args):
@@ -344,12 +350,12 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
             continue
         key, has_value, value = token[2:].partition("=")
         if not has_value and index < len(args) and not args[index].startswith("--"):
-            value = args[index]
+            value, has_value = args[index], True
             index += 1
         if key == "config_file":
             config_file = value
         elif key not in _RUN_ARGUMENTS:
-            keys.append(key)
+            pairs.append((key, value if has_value else None))
     files: list[str] = []
     if config_file is not None:
         try:
@@ -357,7 +363,7 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         except (ValueError, SyntaxError):
             parsed = config_file
         files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
-    return keys, files
+    return pairs, files
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
@@ -367,20 +373,23 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     would train with the default. A nested key (``--network_def#num_embeddings 256``) must exist too, or be an
     argument that its parent component's constructor takes (``--network_def#output_act sigmoid``).
 
+    A ``None`` value is refused too where it is not allowed or where the config does not already hold null: MONAI's
+    command line drops None values, so the configured value would silently apply.
+
     Args:
         argv: the command line; ``sys.argv`` when None. Nothing is checked unless it is a ``monai.bundle run`` one.
 
     Raises:
-        SettingError: naming the unknown key and the nearest known one.
+        SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
-    parsed = command_line_overrides(argv)
+    parsed = _command_line(argv)
     if parsed is None or not parsed[1]:
         return
-    keys, files = parsed
+    pairs, files = parsed
     from monai.bundle import ConfigParser
 
     config = ConfigParser(ConfigParser.load_config_files(files))
-    for key in keys:
+    for key in [key for key, _ in pairs]:
         parts = key.split("#")
         if key in config:
             continue
@@ -404,7 +413,26 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if depth == len(parts) - 1 and isinstance(arguments, frozenset):
             where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
         raise SettingError(f"unknown setting --{key}: {where}{hint}")
+    for key, value in pairs:
+        # MONAI's command line parses the text None as None, and then drops it (update_kwargs ignores None): the
+        # run would silently keep the configured value, so a None is refused unless it is already what is configured
+        if value is None or value.strip() != "None":
+            continue
+        rule = SETTING_RULES.get(key)
+        expected = rule(None) if rule is not None else None
+        if expected is not None:
+            raise SettingError(f"{key} must be {expected}, got None.")
+        configured = config[key] if key in config else _NOT_CONFIGURED
+        if configured is not None:
+            kept = "its constructor's default" if configured is _NOT_CONFIGURED else json.dumps(configured)
+            raise SettingError(
+                f"--{key} None would be ignored: MONAI's command line drops None values, so {key} would stay "
+                f"{kept}; set it to null in a JSON config file added last to --config_file."
+            )
 
+
+# a new nested key's value in the config: none, its constructor's default applies
+_NOT_CONFIGURED = object()
 
 #: :func:`_component_arguments` of a component whose constructor takes ``**kwargs``: any new key may be an argument
 _ANY_ARGUMENT: frozenset[str] = frozenset({"**"})
