@@ -472,24 +472,39 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
     return frozenset(names | _COMPONENT_KEYS)
 
 
-def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle") -> str:
-    """The default ``bundle_root``: the bundle folder of the config files on the command line, as an absolute path.
+def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = None) -> str:
+    """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
 
-    MONAI's ``ConfigWorkflow`` knows where its config files are but does not tell the config, and model-zoo bundles
-    set ``bundle_root`` to ``"."`` (the working directory). Here the bundle folder is taken from the first
-    ``--config_file`` of a ``python -m monai.bundle run`` command line (the folder above ``configs/``), so that the
-    commands work from any directory. Elsewhere (the bundle run from Python) it is ``default`` below the working
-    directory.
+    The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is taken from the MONAI
+    ``ConfigWorkflow`` evaluating the config (its ``config_root_path``: ``python -m monai.bundle run``,
+    ``monai.bundle.run``, ``create_workflow``), else from the first ``--config_file`` of a ``monai.bundle run``
+    command line. A bare ``ConfigParser`` does not record where its files came from: there ``bundle_root`` must be
+    set, rather than the run writing outputs and demo data below whatever the working directory is.
 
     Args:
         argv: the command line; ``sys.argv`` when None.
-        default: the bundle folder, relative to the working directory, when no config file is on the command line.
+        default: a bundle folder, relative to the working directory, to use when the config files' folder is not
+            known; None refuses instead.
+
+    Raises:
+        SettingError: when the config files' folder is not known and no ``default`` is given.
     """
-    parsed = command_line_overrides(argv)
-    if parsed is not None and parsed[1]:
-        first = Path(parsed[1][0]).expanduser().absolute()
-        return str(first.parent.parent if first.parent.name == "configs" else first.parent)
-    return str(Path(default).expanduser().absolute())
+    workflow = _running_workflow() if argv is None else None
+    root = getattr(workflow, "config_root_path", None)
+    if root is None:
+        parsed = command_line_overrides(argv)
+        if parsed is not None and parsed[1]:
+            root = Path(parsed[1][0]).parent
+    if root is not None:
+        root = Path(root).expanduser().absolute()
+        return str(root.parent if root.name == "configs" else root)
+    if default is not None:
+        return str(Path(default).expanduser().absolute())
+    raise SettingError(
+        "bundle_root must be set when the config is parsed without a monai.bundle workflow (a ConfigParser does not "
+        "record where its config files are), e.g. parser['bundle_root'] = '/path/to/monai_vqbrain/bundle'."
+    )
 
 
 def _running_workflow() -> Any | None:
