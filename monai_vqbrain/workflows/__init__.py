@@ -14,7 +14,6 @@ from .settings import (
     check_settings,
     command_line_overrides,
     config_bundle_root,
-    is_help_run,
     print_settings,
 )
 
@@ -29,7 +28,6 @@ __all__ = [
     "config_bundle_root",
     "print_settings",
     "install_error_hook",
-    "is_help_run",
     "local_tracking_uri",
     "network_metadata",
 ]

@@ -34,7 +34,6 @@ __all__ = [
     "check_override_keys",
     "command_line_overrides",
     "config_bundle_root",
-    "is_help_run",
 ]
 
 # ``monai.bundle run``'s own arguments: never config keys
@@ -527,12 +526,3 @@ def _running_workflow() -> Any | None:
     finally:
         del frame  # a frame kept in a local would keep every frame above it alive
 
-
-def is_help_run() -> bool:
-    """Whether the running workflow is ``help`` (``python -m monai.bundle run help``), which only lists the keys.
-
-    MONAI runs a config's ``initialize`` before every run id, ``help`` included; the configs skip loading
-    checkpoints there when this is true, so that ``help`` works before anything is trained.
-    """
-    workflow = _running_workflow()
-    return workflow is not None and getattr(workflow, "run_id", None) == "help"
