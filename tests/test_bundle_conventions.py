@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from conftest import CONFIGS, REPO_ROOT, TINY_NETWORK, TINY_OVERRIDES, TRAIN, run_bundle, user_error
 
-from monai_vqbrain.errors import CheckpointError
+from monai_vqbrain.errors import CheckpointError, SettingError
 
 META = CONFIGS / "metadata.json"
 SCHEMA = CONFIGS / "schema" / "meta_schema_20240725.json"
@@ -279,8 +279,33 @@ def test_bundle_root_follows_the_config_files(tmp_path):
     argv = [main, "run", "inferring", "--config_file", f"['{configs}/train.json','{configs}/inference.json']"]
     assert config_bundle_root(argv) == str(tmp_path / "mybundle")
     assert config_bundle_root([main, "run", "--config_file=" + str(tmp_path / "train.json")]) == str(tmp_path)
-    # run from Python (not a monai.bundle command line): below the working directory, absolute
-    assert config_bundle_root(["pytest"]) == str(Path("bundle").absolute())
+    # neither a workflow nor a monai.bundle command line: refused, not a folder below the working directory
+    user_error(SettingError, "bundle_root must be set", config_bundle_root, ["pytest"])
+    assert config_bundle_root(["pytest"], default="bundle") == str(Path("bundle").absolute())
+
+
+def test_bundle_root_follows_the_config_files_of_a_workflow_created_from_python(tmp_path, monkeypatch):
+    import shutil
+
+    from monai.bundle import ConfigParser, create_workflow
+
+    bundle = tmp_path / "mybundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    workflow = create_workflow(config_file=[str(bundle / "configs" / "train.json")], workflow_type="train",
+                               **TINY_OVERRIDES)
+    assert workflow.parser.get_parsed_content("bundle_root") == str(bundle)
+    assert workflow.parser.get_parsed_content("ckpt_dir") == str(bundle / "models")
+    # a bare ConfigParser does not know where its files are: it must be told, not write below the working directory
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    user_error(SettingError, "bundle_root must be set when the config is parsed without a monai.bundle workflow",
+               parser.get_parsed_content, "ckpt_dir")
+    parser["bundle_root"] = str(bundle)
+    assert parser.get_parsed_content("ckpt_dir") == str(bundle / "models")
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_inference_command_works_from_outside_the_repository(trained_bundle, demo_root, tmp_path):

@@ -27,6 +27,7 @@ from conftest import (
     run_bundle,
     user_error,
 )
+from ignite.engine import Events
 from PIL import Image
 
 from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
@@ -767,8 +768,12 @@ def test_non_finite_scores_are_left_empty_with_the_reason(trained_bundle, input_
                                input=str(input_dir / "grey.png"), output_dir=str(tmp_path), **TINY_OVERRIDES)
     workflow.initialize()
     network = workflow.parser.get_parsed_content("inference_network")
-    with torch.no_grad():  # weights broken after loading, as a diverged training run could leave them
+
+    @torch.no_grad()
+    def break_weights(engine):  # after the checkpoint is loaded, as a diverged training run could leave them
         next(p for n, p in network.named_parameters() if n.startswith("vqvae.decoder")).fill_(float("nan"))
+
+    workflow.parser.get_parsed_content("evaluator").add_event_handler(Events.STARTED, break_weights)
     workflow.run()
     row = next(csv.DictReader(open(tmp_path / METRICS_FILE)))
     assert row["ssim"] == "" and row["psnr"] == "" and "ssim is nan" in row["error"] and "not finite" in row["error"]

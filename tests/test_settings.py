@@ -13,11 +13,13 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
-from monai_vqbrain.errors import OutputWriteError, SettingError
+from monai_vqbrain.errors import OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.workflows import check_override_keys, check_settings, command_line_overrides
 
 GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
+EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
+TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
 MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py")
 
 
@@ -68,17 +70,65 @@ def test_unknown_override_key_suggests_the_nearest():
     argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--train#handlerz#0#_disabled_", "true"]
     with pytest.raises(SettingError, match="did you mean --train#handlers"):
         check_override_keys(argv)
+    # a new key inside a component must be an argument of its constructor, else MONAI fails building it
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#foo", "3"]
+    with pytest.raises(SettingError, match="^unknown setting --network_def#foo: no config file defines it and "
+                       "monai_vqbrain.networks.VQVAE takes no argument 'foo'; see the override keys"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#embeding_dim=3"]
+    with pytest.raises(SettingError, match="did you mean --network_def#embedding_dim"):
+        check_override_keys(argv)
+    argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#dropout", "0.1"]
+    with pytest.raises(SettingError, match="VQVAE takes no argument 'dropout'"):
+        check_override_keys(argv)
 
 
 def test_known_override_keys_pass():
     argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--max_epochs", "3", "--save_codes",
-            "false", "--network_def#num_embeddings", "64", "--network_def#dropout", "0.1", "--meta_file", "m.json"]
+            "false", "--network_def#num_embeddings", "64", "--network_def#output_act", "sigmoid", "--meta_file", "m.json"]
+    # output_act is not in the config but is an argument of the network's constructor
     check_override_keys(argv)
     keys, files = command_line_overrides(argv)
-    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#dropout"]
+    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#output_act"]
     assert files == INFERENCE
     # only a `python -m monai.bundle run` command line is inspected
     assert command_line_overrides(["pytest", "--max_epoch", "3"]) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--batch_size", "None"], "batch_size must be an integer >= 1, got None."),
+        (["--output_dir=None"], "output_dir must be a path, got None."),
+        # allowed, but MONAI's command line drops None values: the configured value would silently apply
+        (["--train_crop_size", "None"], "--train_crop_size None would be ignored: MONAI's command line drops None "
+         "values, so train_crop_size would stay 64; set it to null in a JSON config file added last to --config_file."),
+        (["--network_def#decay", "None"], "network_def#decay would stay 0.99"),
+        (["--network_def#output_act", "None"], "network_def#output_act would stay its constructor's default"),
+    ],
+)
+def test_none_on_the_command_line_is_refused_where_it_would_not_apply(override, message):
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), *override]
+    with pytest.raises(SettingError) as caught:
+        check_override_keys(argv)
+    assert message in str(caught.value)
+
+
+def test_none_on_the_command_line_passes_where_null_is_configured():
+    argv = [MONAI_MAIN, "run", "inferring", "--config_file", str(INFERENCE), "--output_ext", "None", "--max_items",
+            "None", "--dataset_dir=None", "--output_postfix", "None_recon"]
+    check_override_keys(argv)
+
+
+def test_cli_none_for_a_setting_that_allows_no_null_exits_2_before_inferring(tmp_path):
+    # the probe's case: --batch_size None was dropped by MONAI and the run inferred with the default, exit 0
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(INFERENCE),
+               "--bundle_root", str(tmp_path), "--input", str(tmp_path / "not_read"), "--batch_size", "None"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "error: batch_size must be an integer >= 1, got None."
+    assert list(tmp_path.iterdir()) == []
 
 
 def _cli(tmp_path, *args):
@@ -86,6 +136,20 @@ def _cli(tmp_path, *args):
                "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "not_read"), *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": ""})
+
+
+def test_cli_a_value_a_component_refuses_or_an_unknown_nested_key_is_one_line_with_exit_status_2(tmp_path):
+    result = _cli(tmp_path, "--network_def#num_embeddings", "0")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot build monai_vqbrain.networks.VQVAE from the settings: num_embeddings and embedding_dim must be "
+        "positive, got 0, 64."
+    )
+    result = _cli(tmp_path, "--network_def#foo", "3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown setting --network_def#foo: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_settings_are_one_line_with_exit_status_2(tmp_path):
@@ -144,6 +208,34 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize(
+    ("run_id", "config", "key", "folder"),
+    [
+        ("training", TRAIN, "ckpt_dir", "data"),
+        ("training", TRAIN, "output_dir", "data/keras_png_slices_train/../runs"),
+        ("training_prior", TRAIN_PRIOR, "output_dir", "data/outputs"),
+        ("evaluating", EVALUATE, "output_dir", "demo/report"),
+        ("generating", GENERATE, "generation_dir", "data/keras_png_slices_train"),
+    ],
+)
+def test_an_output_folder_inside_the_data_the_run_reads_is_refused_at_start_up(tmp_path, run_id, config, key, folder):
+    # written there, samples or figures would be read as data by the next run: refused before anything is read
+    data = tmp_path / ("demo" if folder.startswith("demo") else "data")
+    (data / "keras_png_slices_train").mkdir(parents=True)
+    (data / "keras_png_slices_train" / "case_001_slice_0.nii.png").write_bytes(b"a slice")
+    dataset_dir = None if folder.startswith("demo") else str(data)
+    output = tmp_path / folder
+    read_key = "demo_dir" if dataset_dir is None else "dataset_dir"
+    where = "is" if output.resolve() == data else "is inside"
+    error = user_error(OutputPathError, f"{key} '{output}' {where} {read_key} '{data}', which this run reads",
+                       run_bundle, run_id, config, bundle_root=str(tmp_path), dataset_dir=dataset_dir,
+                       demo_dir=str(tmp_path / "demo"), **{key: str(output)})
+    assert str(error).endswith(f"choose another --{key}.")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        data.name, f"{data.name}/keras_png_slices_train", f"{data.name}/keras_png_slices_train/case_001_slice_0.nii.png"
+    ]
+
+
+@pytest.mark.parametrize(
     ("raised", "status", "line"),
     [
         ("OSError(28, 'No space left on device', '/data/out/x.png')", 1,
@@ -152,6 +244,9 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
          "error: 2 of 6 input file(s) were skipped"),
         ("SettingError('batch_size must be an integer >= 1, got 0.')", 2,
          "error: batch_size must be an integer >= 1, got 0."),
+        # MONAI's wrapping of a constructor's error, as monai.utils.instantiate raises it
+        ("RuntimeError(\"Failed to instantiate component 'a.Net' with keywords: k\\n set '_mode_=debug'\") from "
+         "ValueError('k must be positive')", 2, "error: cannot build a.Net from the settings: k must be positive"),
     ],
 )
 def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised, status, line):
@@ -162,6 +257,19 @@ def test_error_hook_prints_one_line_and_exits_with_the_documented_status(raised,
                             env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == status, result.stderr
     assert result.stderr.strip() == line
+
+
+def test_error_hook_keeps_the_traceback_of_an_error_deeper_than_a_constructor():
+    # a transform failing while a dataset caches is wrapped twice: not a setting the constructor refused
+    script = ("from monai_vqbrain.workflows.cli_errors import install_error_hook\n"
+              "install_error_hook()\n"
+              "try:\n    try:\n        raise ValueError('bad pixel')\n"
+              "    except ValueError as e:\n        raise RuntimeError('applying transform') from e\n"
+              "except RuntimeError as e:\n"
+              "    raise RuntimeError(\"Failed to instantiate component 'CacheDataset' with keywords: data\") from e\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
 
 
 def test_help_of_inference_and_generating_lists_their_keys_before_any_input_or_output(trained_bundle, tmp_path, capsys):
@@ -177,6 +285,28 @@ def test_help_of_inference_and_generating_lists_their_keys_before_any_input_or_o
     out = capsys.readouterr().out
     for line in ("  --num_samples 256", "  --sample_class_labels None", f"  --generation_dir {tmp_path}/outputs/generated"):
         assert line in out.splitlines(), line
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [(INFERENCE, "  --save_codes true"), (EVALUATE, "  --num_figure_examples 8"), (TRAIN_PRIOR, "  --prior_max_epochs 12"),
+     (GENERATE, "  --num_samples 256")],
+)
+def test_help_of_every_config_works_before_any_checkpoint_exists(tmp_path, capsys, config, line):
+    run_bundle("help", config, bundle_root=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "  --max_epochs 15" in out.splitlines() and line in out.splitlines(), out
+    assert list(tmp_path.iterdir()) == [], "help reads and writes nothing"
+
+
+def test_help_command_line_works_before_any_checkpoint_exists(tmp_path):
+    configs = f"['{TRAIN}','{CONFIGS / 'inference.json'}']"
+    command = [sys.executable, "-m", "monai.bundle", "run", "help", "--config_file", configs]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "  --save_codes true" in result.stdout.splitlines()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_null_typed_on_the_command_line_gets_a_hint():

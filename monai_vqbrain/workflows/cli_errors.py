@@ -6,7 +6,8 @@ Exit statuses of a bundle run (``python -m monai.bundle run ...``):
 * 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
   or forbidden disk;
 * 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is allowed,
-  or a config run without the base config it extends;
+  a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds it), or a
+  config run without the base config it extends;
 * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
   ``--allow_skipped true``.
 
@@ -50,7 +51,40 @@ def _missing_base_config(error: BaseException) -> MissingBaseConfigError | None:
     )
 
 
+# MONAI's monai.utils.instantiate: "Failed to instantiate component 'x.Y' with keywords: a,b\n set '_mode_=..."
+_FAILED_COMPONENT = re.compile(r"^Failed to instantiate component '([^']+)'")
+
+
+class ComponentSettingError(SettingError):
+    """A component's constructor refused the values the settings gave it (``--network_def#num_embeddings 0``)."""
+
+
+def _component_setting_error(error: BaseException | None) -> ComponentSettingError | None:
+    """The one-line error for a ValueError or TypeError that a component's constructor raised while MONAI built it.
+
+    Only a constructor's own error counts (the direct cause of MONAI's "Failed to instantiate component"), not one
+    from deeper work such as a dataset applying transforms while it caches, which MONAI wraps again.
+    """
+    seen = set()
+    found = None
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = error.__cause__
+        match = _FAILED_COMPONENT.match(str(error)) if isinstance(error, RuntimeError) else None
+        if match is not None and isinstance(cause, (ValueError, TypeError)):
+            # the innermost one: a component built from another names the one whose constructor refused
+            reason = " ".join(str(cause).split()) or type(cause).__name__
+            found = ComponentSettingError(f"cannot build {match.group(1)} from the settings: {reason}")
+        error = cause or error.__context__
+    return found
+
+
 def _find_user_error(error: BaseException | None) -> BaseException | None:
+    found = _find_input_error(error)
+    return found if found is not None else _component_setting_error(error)
+
+
+def _find_input_error(error: BaseException | None) -> BaseException | None:
     # MONAI's config parser wraps errors raised while instantiating components; look through the chain
     seen = set()
     while error is not None and id(error) not in seen:

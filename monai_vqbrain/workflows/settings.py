@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import json
 import math
 import os
@@ -26,7 +27,14 @@ from ..engines.precision import parse_amp
 from ..errors import SettingError
 from ..utils.flags import as_bool
 
-__all__ = ["SETTING_RULES", "check_settings", "print_settings", "check_override_keys", "command_line_overrides", "config_bundle_root"]
+__all__ = [
+    "SETTING_RULES",
+    "check_settings",
+    "print_settings",
+    "check_override_keys",
+    "command_line_overrides",
+    "config_bundle_root",
+]
 
 # ``monai.bundle run``'s own arguments: never config keys
 _RUN_ARGUMENTS = frozenset(
@@ -319,13 +327,19 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
         the bundle is run from Python, whose keyword arguments are not visible here).
     """
+    parsed = _command_line(argv)
+    return None if parsed is None else ([key for key, _ in parsed[0]], parsed[1])
+
+
+def _command_line(argv: Sequence[str] | None = None) -> tuple[list[tuple[str, str | None]], list[str]] | None:
+    """``([(key, value text or None), ...], config_files)`` of a ``monai.bundle run`` command line, else None."""
     argv = list(sys.argv if argv is None else argv)
     if not argv or Path(argv[0]).as_posix().rsplit("/", 2)[-2:] != ["bundle", "__main__.py"]:
         return None
     args = argv[1:]
     if not args or args[0] != "run":
         return None
-    keys: list[str] = []
+    pairs: list[tuple[str, str | None]] = []
     config_file: Any = None
     index = 1
     while index < len(args):
@@ -335,12 +349,12 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
             continue
         key, has_value, value = token[2:].partition("=")
         if not has_value and index < len(args) and not args[index].startswith("--"):
-            value = args[index]
+            value, has_value = args[index], True
             index += 1
         if key == "config_file":
             config_file = value
         elif key not in _RUN_ARGUMENTS:
-            keys.append(key)
+            pairs.append((key, value if has_value else None))
     files: list[str] = []
     if config_file is not None:
         try:
@@ -348,59 +362,167 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         except (ValueError, SyntaxError):
             parsed = config_file
         files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
-    return keys, files
+    return pairs, files
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
     """Refuse ``--key value`` overrides whose key the config files do not define.
 
     ``monai.bundle`` adds an unknown key to the config, where nothing reads it, so a typo such as ``--max_epoch 3``
-    would train with the default. A nested key (``--network_def#num_embeddings 256``) needs its parent to exist.
+    would train with the default. A nested key (``--network_def#num_embeddings 256``) must exist too, or be an
+    argument that its parent component's constructor takes (``--network_def#output_act sigmoid``).
+
+    A ``None`` value is refused too where it is not allowed or where the config does not already hold null: MONAI's
+    command line drops None values, so the configured value would silently apply.
 
     Args:
         argv: the command line; ``sys.argv`` when None. Nothing is checked unless it is a ``monai.bundle run`` one.
 
     Raises:
-        SettingError: naming the unknown key and the nearest known one.
+        SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
-    parsed = command_line_overrides(argv)
+    parsed = _command_line(argv)
     if parsed is None or not parsed[1]:
         return
-    keys, files = parsed
+    pairs, files = parsed
     from monai.bundle import ConfigParser
 
     config = ConfigParser(ConfigParser.load_config_files(files))
-    for key in keys:
+    for key in [key for key, _ in pairs]:
         parts = key.split("#")
-        # a nested key may add a constructor argument, so only its parent has to exist
-        if key in config or (len(parts) > 1 and "#".join(parts[:-1]) in config):
+        if key in config:
+            continue
+        # a new nested key may add an argument to a component's constructor (--network_def#output_act sigmoid), but
+        # only one that the constructor takes: MONAI would otherwise fail with a traceback when building it
+        parent_id = "#".join(parts[:-1])
+        arguments = _component_arguments(config[parent_id]) if len(parts) > 1 and parent_id in config else None
+        if arguments is _ANY_ARGUMENT or (arguments is not None and parts[-1] in arguments):
             continue
         depth = max(d for d in range(len(parts)) if d == 0 or "#".join(parts[:d]) in config)
         parent = "#".join(parts[:depth])
         content = config[parent] if depth else config.get()
         siblings = [str(k) for k in (content if isinstance(content, dict) else range(len(content)))]
+        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+            siblings += sorted(arguments - set(siblings))
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
         hint = "; see the override keys in README.md"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
-        raise SettingError(f"unknown setting --{key}: no config file defines it{hint}")
+        where = "no config file defines it"
+        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
+        raise SettingError(f"unknown setting --{key}: {where}{hint}")
+    for key, value in pairs:
+        # MONAI's command line parses the text None as None, and then drops it (update_kwargs ignores None): the
+        # run would silently keep the configured value, so a None is refused unless it is already what is configured
+        if value is None or value.strip() != "None":
+            continue
+        rule = SETTING_RULES.get(key)
+        expected = rule(None) if rule is not None else None
+        if expected is not None:
+            raise SettingError(f"{key} must be {expected}, got None.")
+        configured = config[key] if key in config else _NOT_CONFIGURED
+        if configured is not None:
+            kept = "its constructor's default" if configured is _NOT_CONFIGURED else json.dumps(configured)
+            raise SettingError(
+                f"--{key} None would be ignored: MONAI's command line drops None values, so {key} would stay "
+                f"{kept}; set it to null in a JSON config file added last to --config_file."
+            )
 
 
-def config_bundle_root(argv: Sequence[str] | None = None, default: str = "bundle") -> str:
-    """The default ``bundle_root``: the bundle folder of the config files on the command line, as an absolute path.
+# a new nested key's value in the config: none, its constructor's default applies
+_NOT_CONFIGURED = object()
 
-    MONAI's ``ConfigWorkflow`` knows where its config files are but does not tell the config, and model-zoo bundles
-    set ``bundle_root`` to ``"."`` (the working directory). Here the bundle folder is taken from the first
-    ``--config_file`` of a ``python -m monai.bundle run`` command line (the folder above ``configs/``), so that the
-    commands work from any directory. Elsewhere (the bundle run from Python) it is ``default`` below the working
-    directory.
+#: :func:`_component_arguments` of a component whose constructor takes ``**kwargs``: any new key may be an argument
+_ANY_ARGUMENT: frozenset[str] = frozenset({"**"})
+
+# keys MONAI reads itself from a component's config, never passed to its constructor
+_COMPONENT_KEYS = frozenset({"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"})
+
+
+def _component_arguments(content: Any) -> frozenset[str] | None:
+    """The keys a config component (a dict with ``_target_``) accepts: its constructor's arguments and MONAI's own.
+
+    Args:
+        content: the raw config content of the parent of a nested override key.
+
+    Returns:
+        None when ``content`` is not a component; :data:`_ANY_ARGUMENT` when its constructor takes ``**kwargs`` or
+        cannot be inspected (then nothing is refused that might be valid); else the argument names.
+    """
+    from pydoc import locate
+
+    from monai.bundle.config_item import ComponentLocator
+
+    if not isinstance(content, dict) or not isinstance(content.get("_target_"), str):
+        return None
+    target = content["_target_"]
+    # a short name (Compose, DataLoader) is looked up in MONAI's modules, as MONAI does when it builds the component
+    module = ComponentLocator().get_component_module_name(target)
+    module = module[0] if isinstance(module, list) else module
+    try:
+        component = locate(f"{module}.{target}" if module else target)
+        parameters = inspect.signature(component).parameters.values() if component is not None else None
+    except Exception:  # pydoc's ErrorDuringImport, a signature it cannot read: build errors are MONAI's to report
+        parameters = None
+    if parameters is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return _ANY_ARGUMENT
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    return frozenset(names | _COMPONENT_KEYS)
+
+
+def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = None) -> str:
+    """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
+
+    The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is taken from the MONAI
+    ``ConfigWorkflow`` evaluating the config (its ``config_root_path``: ``python -m monai.bundle run``,
+    ``monai.bundle.run``, ``create_workflow``), else from the first ``--config_file`` of a ``monai.bundle run``
+    command line. A bare ``ConfigParser`` does not record where its files came from: there ``bundle_root`` must be
+    set, rather than the run writing outputs and demo data below whatever the working directory is.
 
     Args:
         argv: the command line; ``sys.argv`` when None.
-        default: the bundle folder, relative to the working directory, when no config file is on the command line.
+        default: a bundle folder, relative to the working directory, to use when the config files' folder is not
+            known; None refuses instead.
+
+    Raises:
+        SettingError: when the config files' folder is not known and no ``default`` is given.
     """
-    parsed = command_line_overrides(argv)
-    if parsed is not None and parsed[1]:
-        first = Path(parsed[1][0]).expanduser().absolute()
-        return str(first.parent.parent if first.parent.name == "configs" else first.parent)
-    return str(Path(default).expanduser().absolute())
+    workflow = _running_workflow() if argv is None else None
+    root = getattr(workflow, "config_root_path", None)
+    if root is None:
+        parsed = command_line_overrides(argv)
+        if parsed is not None and parsed[1]:
+            root = Path(parsed[1][0]).parent
+    if root is not None:
+        root = Path(root).expanduser().absolute()
+        return str(root.parent if root.name == "configs" else root)
+    if default is not None:
+        return str(Path(default).expanduser().absolute())
+    raise SettingError(
+        "bundle_root must be set when the config is parsed without a monai.bundle workflow (a ConfigParser does not "
+        "record where its config files are), e.g. parser['bundle_root'] = '/path/to/monai_vqbrain/bundle'."
+    )
+
+
+def _running_workflow() -> Any | None:
+    """The MONAI ``ConfigWorkflow`` whose ``initialize`` or ``run`` is evaluating the config now, or None.
+
+    MONAI does not hand the workflow to the expressions it evaluates, but the workflow's own method is on the call
+    stack (its ``self``) whenever it evaluates them: from ``python -m monai.bundle run``, ``monai.bundle.run``,
+    ``create_workflow`` or ``ConfigWorkflow`` alike. A bare ``ConfigParser`` has no workflow.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, ConfigWorkflow):
+                return candidate
+            frame = frame.f_back
+        return None
+    finally:
+        del frame  # a frame kept in a local would keep every frame above it alive
+
