@@ -73,8 +73,9 @@ def check_output_dirs(
 ) -> None:
     """Check, before any work, that the run can write into each of its output folders, and none is its data folder.
 
-    A folder that does not exist yet is judged by its nearest existing parent, and nothing is created here, so a
-    read-only or misnamed folder is reported at start-up rather than after minutes of training or inference. An
+    A folder that does not exist yet is judged by its nearest existing parent, where an empty folder is created and
+    removed at once (nothing is left behind), so a read-only or misnamed folder is reported at start-up rather than
+    after minutes of training or inference. An
     output folder equal to or inside the dataset the run reads is refused: what the run writes there (samples,
     checkpoints, figures) would be read back as data by the next run.
 
