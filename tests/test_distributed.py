@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser
 from monai.data import DistributedSampler
 
 from monai_vqbrain.engines import distributed
+from monai_vqbrain.errors import SettingError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "bundle" / "configs"
@@ -77,7 +78,7 @@ def test_device_and_backend_choice(monkeypatch):
 def test_init_without_torchrun_is_a_clear_error(monkeypatch):
     for name in distributed.TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(RuntimeError, match="torchrun"):
+    with pytest.raises(SettingError, match="multi-process training must be launched by torchrun"):
         distributed.init_distributed("cpu")
 
 

@@ -29,7 +29,10 @@ MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py
         (TRAIN, "amp", "maybe", "true, false or auto"),
         (TRAIN, "image_size", 30, "multiple of 4"),
         (TRAIN, "train_crop_size", 30, "multiple of 4"),
-        (TRAIN, "train_crop_size", -8, "integer >= 0"),
+        (TRAIN, "train_crop_size", -8, "0 or null (whole slices) or an integer >= 12"),
+        (TRAIN, "train_crop_size", 8, "SSIM's 11-pixel window must fit in the image"),
+        (TRAIN, "image_size", 8, "SSIM's 11-pixel window must fit in the image"),
+        (TRAIN, "ckpt_dir", "~/models", "does not start with '~'"),
         (TRAIN, "amp", "maybe", "true, false or auto"),
         (TRAIN, "batch_size", 0, "integer >= 1"),
         (TRAIN, "learning_rate", -1, "finite number > 0"),
@@ -207,6 +210,15 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
 
 
+def test_an_output_folder_behind_a_dangling_link_is_refused_at_start_up(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for key in ("ckpt_dir", "output_dir"):
+        user_error(OutputWriteError, f"{key} '{tmp_path / 'link' / 'run'}' cannot be created: '{tmp_path / 'link'}' is "
+                   f"a symbolic link to '{tmp_path / 'nowhere'}', which does not exist", run_bundle, "training", TRAIN,
+                   bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"), **{key: str(tmp_path / "link" / "run")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
 @pytest.mark.parametrize(
     ("run_id", "config", "key", "folder"),
     [
@@ -215,6 +227,10 @@ def test_unwritable_output_folders_are_refused_at_start_up(tmp_path, monkeypatch
         ("training_prior", TRAIN_PRIOR, "output_dir", "data/outputs"),
         ("evaluating", EVALUATE, "output_dir", "demo/report"),
         ("generating", GENERATE, "generation_dir", "data/keras_png_slices_train"),
+        # the folders and files derived from them are overridable keys too
+        ("training", TRAIN, "tensorboard_dir", "data/tb"),
+        ("training", TRAIN, "history_file", "data/history.json"),
+        ("training_prior", TRAIN_PRIOR, "prior_tensorboard_dir", "data/tb"),
     ],
 )
 def test_an_output_folder_inside_the_data_the_run_reads_is_refused_at_start_up(tmp_path, run_id, config, key, folder):
@@ -225,7 +241,7 @@ def test_an_output_folder_inside_the_data_the_run_reads_is_refused_at_start_up(t
     dataset_dir = None if folder.startswith("demo") else str(data)
     output = tmp_path / folder
     read_key = "demo_dir" if dataset_dir is None else "dataset_dir"
-    where = "is" if output.resolve() == data else "is inside"
+    where = "is" if (output.parent if key.endswith("_file") else output).resolve() == data else "is inside"
     error = user_error(OutputPathError, f"{key} '{output}' {where} {read_key} '{data}', which this run reads",
                        run_bundle, run_id, config, bundle_root=str(tmp_path), dataset_dir=dataset_dir,
                        demo_dir=str(tmp_path / "demo"), **{key: str(output)})

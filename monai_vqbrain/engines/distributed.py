@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import SettingError
+
 #: environment variables ``torchrun`` sets for every process and ``init_process_group("env://")`` reads
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -122,7 +124,8 @@ def init_distributed(
         True when this call initialised the group, False when one was already there.
 
     Raises:
-        RuntimeError: when ``torch.distributed`` is unavailable or the process was not started by ``torchrun``.
+        RuntimeError: when ``torch.distributed`` is unavailable.
+        SettingError: when the process was not started by ``torchrun`` (the multi-process configs were run alone).
     """
     if not dist.is_available():
         raise RuntimeError("this build of torch has no torch.distributed; multi-process training is not possible.")
@@ -130,7 +133,8 @@ def init_distributed(
         return False
     missing = [name for name in TORCHRUN_ENV if name not in os.environ]
     if missing:
-        raise RuntimeError(
+        # a usage problem of the command line, not a fault: one line and exit status 2
+        raise SettingError(
             f"multi-process training must be launched by torchrun (missing environment variables {missing}), e.g. "
             "torchrun --standalone --nproc_per_node=2 -m monai.bundle run training "
             "--config_file \"['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']\""

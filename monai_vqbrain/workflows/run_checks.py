@@ -75,34 +75,40 @@ def check_output_dirs(
 
     A folder that does not exist yet is judged by its nearest existing parent, where an empty folder is created and
     removed at once (nothing is left behind), so a read-only or misnamed folder is reported at start-up rather than
-    after minutes of training or inference. An
-    output folder equal to or inside the dataset the run reads is refused: what the run writes there (samples,
-    checkpoints, figures) would be read back as data by the next run.
+    after minutes of training or inference. An output folder equal to or inside the dataset the run reads is
+    refused: what the run writes there (samples, checkpoints, figures) would be read back as data by the next run.
 
     Args:
-        dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names.
+        dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names; for a setting named
+            ``*_file`` (``history_file``), the folder holding that file is judged.
         dataset_dir: the ``dataset_dir`` setting of a run that reads a dataset; None or ``""`` when it reads the
             demo data in ``demo_dir``.
         demo_dir: the ``demo_dir`` setting: the data folder when ``dataset_dir`` is not set.
 
     Raises:
         OutputPathError: naming the setting and the folder when it is equal to or inside the data folder.
-        OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file or
-            is not writable (read-only file system, no permission).
+        OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file, a
+            symbolic link to nothing, or is not writable (read-only file system, no permission).
     """
     data_key, data_dir = ("dataset_dir", dataset_dir) if dataset_dir not in (None, "") else ("demo_dir", demo_dir)
     # resolved, so that a symbolic link or '..' cannot hide that an output folder is inside the data
     data = Path(data_dir).expanduser().resolve() if data_dir not in (None, "") else None
-    for key, folder in dirs.items():
-        path = Path(folder).expanduser().absolute()
+    for key, named in dirs.items():
+        named = Path(named).expanduser().absolute()
+        path = named.parent if key.endswith("_file") else named
         if data is not None and (path.resolve() == data or data in path.resolve().parents):
             where = "is" if path.resolve() == data else "is inside"
             raise OutputPathError(
-                f"{key} '{path}' {where} {data_key} '{data}', which this run reads: what it writes there would be "
+                f"{key} '{named}' {where} {data_key} '{data}', which this run reads: what it writes there would be "
                 f"read as data by later runs; choose another --{key}."
             )
         existing = path
         while not existing.exists() and existing != existing.parent:
+            if existing.is_symlink():  # exists() follows links: this one points at nothing, and mkdir would fail
+                raise OutputWriteError(
+                    f"{key} '{named}' cannot be created: '{existing}' is a symbolic link to "
+                    f"'{os.readlink(existing)}', which does not exist; choose another --{key} or mend the link."
+                )
             existing = existing.parent
         if not existing.is_dir():
             raise OutputWriteError(f"{key} '{path}' cannot be created: '{existing}' is a file, not a folder.")

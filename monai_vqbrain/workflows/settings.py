@@ -163,7 +163,24 @@ def _class_labels(value: Any) -> str | None:
 
 
 def _path(value: Any) -> str | None:
-    return None if isinstance(value, (str, os.PathLike)) and str(value).strip() else "a path"
+    if not (isinstance(value, (str, os.PathLike)) and str(value).strip()):
+        return "a path"
+    if str(value).startswith("~"):
+        # the checks would expand it, but the writers (MONAI's handlers, torch.save) take it literally: ./~/...
+        return "a path that does not start with '~' (the bundle does not expand it; write the folder out in full)"
+    return None
+
+
+def _image_side(allow_zero: bool) -> Callable[[Any], str | None]:
+    # SSIM, in the training loss and the validation metric, slides an 11-pixel window that must fit in the image
+    def rule(value: Any) -> str | None:
+        if (allow_zero and value is None) or (_is_int(value) and (value >= 12 or (allow_zero and value == 0))):
+            return None
+        whole = "0 or null (whole slices) or " if allow_zero else ""
+        return whole + "an integer >= 12 (SSIM's 11-pixel window must fit in the image)"
+
+    return rule
+
 
 
 #: what each known setting accepts; a rule returns None when the value is allowed, else what is expected
@@ -175,8 +192,8 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     "ckpt_dir": _path,
     "output_dir": _path,
     # data
-    "image_size": _integer(8),
-    "train_crop_size": _integer(0, allow_none=True),
+    "image_size": _image_side(allow_zero=False),
+    "train_crop_size": _image_side(allow_zero=True),
     "dataset_format": _choice("auto", "png", "nifti"),
     "cache_rate": _number(0.0, True, 1.0),
     "num_workers": _integer(0),
