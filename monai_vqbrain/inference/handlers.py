@@ -329,8 +329,11 @@ class InferenceMetricsWriter:
             return
         for result in skipped:
             try:
-                stale = [output_file(result.input, self.output_dir, self.output_postfix, self.output_ext,
-                                     self.separate_folder)]
+                stale = [
+                    output_file(
+                        result.input, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder
+                    )
+                ]
             except VQBrainError:
                 continue  # not named like an image: this run writes nothing for it
             if self.save_codes:
@@ -359,8 +362,11 @@ class InferenceMetricsWriter:
             bad = next((path for path in self.inputs if path not in self._rows), None)
             done = [
                 self._rows.get(path)
-                or (_error_row(path, str(cause)) if path == bad else
-                    FileResult(input=path, error="not reconstructed: stopped by --strict"))
+                or (
+                    _error_row(path, str(cause))
+                    if path == bad
+                    else FileResult(input=path, error="not reconstructed: stopped by --strict")
+                )
                 for path in self.inputs
             ]
             if bad is not None:

@@ -182,7 +182,6 @@ def _image_side(allow_zero: bool) -> Callable[[Any], str | None]:
     return rule
 
 
-
 #: what each known setting accepts; a rule returns None when the value is allowed, else what is expected
 SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     # paths
