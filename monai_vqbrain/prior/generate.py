@@ -76,9 +76,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# the overrides of the run that failed are not known here: the command says to repeat them
 _TRAIN_PRIOR_COMMAND = (
     "python -m monai.bundle run training_prior --config_file "
-    "\"['bundle/configs/train.json','bundle/configs/train_prior.json']\""
+    "\"['<bundle>/configs/train.json','<bundle>/configs/train_prior.json']\" with this run's settings "
+    "(--bundle_root, --image_size, --network_def#... as here)"
 )
 # the sample files of a run; stale ones from a run with more samples are removed with overwrite
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
@@ -232,7 +234,7 @@ def load_prior(
         raise CheckpointError(
             f"prior checkpoint '{path}' was trained over the codes of another VQ-VAE checkpoint than the one "
             f"configured ('{metadata.get('vqvae_checkpoint')}' at the time; the VQ-VAE was retrained or replaced "
-            f"since), so its codes would decode to noise: train the prior again ({_TRAIN_PRIOR_COMMAND} "
+            f"since), so its codes would decode to noise: train the prior again ({_TRAIN_PRIOR_COMMAND} and "
             f"--overwrite true)."
         )
     return network.to(device).eval(), metadata

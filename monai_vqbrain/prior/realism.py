@@ -101,7 +101,7 @@ def assign_folds(
         if present < folds:
             raise ValueError(
                 f"side {s} has images of {present} subject(s), fewer than the {folds} folds: every fold needs "
-                f"held-out images of both sides; use fewer folds or more images (subjects)."
+                f"held-out images of both sides; measure on images of at least {folds} subjects a side (or use fewer folds)."
             )
     totals = counts.sum(axis=0).astype(np.float64)
     order = np.random.default_rng(seed).permutation(len(keys))

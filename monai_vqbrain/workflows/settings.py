@@ -315,7 +315,7 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
 def print_settings(settings: Mapping[str, Any]) -> None:
     """Print the override keys of a workflow with their values, one ``--key value`` per line as a shell would take it.
 
-    The ``help`` run of every bundle config: ``python -m monai.bundle run --help`` shows MONAI's own options (its
+    The ``help`` run of every bundle config: ``python -m monai.bundle run -- --help`` shows MONAI's own options (its
     command line is MONAI's, not ours); ``python -m monai.bundle run help --config_file <config>`` shows the config's
     keys.
 
