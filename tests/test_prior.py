@@ -327,6 +327,22 @@ def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root,
     assert (tmp_path / "models" / "codes_train.pt").read_bytes() == cache_bytes
 
 
+def test_training_prior_saves_the_asked_epoch_snapshots(trained_bundle, demo_root, tmp_path):
+    copy_models(trained_bundle, tmp_path, ("model.pt",))
+    train_prior(tmp_path, demo_root, prior_max_epochs=3, prior_save_epochs=[1, 3])
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.glob("prior_epoch_*.pt")) == ["prior_epoch_1.pt", "prior_epoch_3.pt"]
+    first, last = (torch.load(models / f"prior_epoch_{e}.pt", weights_only=True) for e in (1, 3))
+    assert first["metadata"]["epoch"] == 1 and last["metadata"]["epoch"] == 3
+    final = torch.load(models / "prior_last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last["model"][k], final[k]) for k in final)
+    assert not all(torch.equal(first["model"][k], final[k]) for k in final)
+    # a snapshot is a prior checkpoint the sampler loads like the best model
+    prior, metadata = load_prior(models / "prior_epoch_1.pt", "cpu", vqvae=tiny_vqvae(models / "model.pt"))
+    assert metadata["epoch"] == 1
+    user_error(SettingError, "prior_save_epochs", train_prior, tmp_path / "other", demo_root, prior_save_epochs=[0])
+
+
 def test_training_prior_without_vqvae_is_a_clear_error(tmp_path, demo_root):
     user_error(CheckpointError, "train it first", train_prior, tmp_path, demo_root)
     assert not (tmp_path / "models" / "prior.pt").exists()

@@ -1,6 +1,12 @@
 """Ignite handlers: loss components, codebook usage, training history and the evaluation report."""
 
-from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
+from .checkpoint import (
+    BestMetricRestorer,
+    BestModelSaver,
+    EpochSnapshotSaver,
+    TrainingCheckpointLoader,
+    TrainingCheckpointSaver,
+)
 from .codebook_usage import CodebookUsageHandler
 from .log_values import (
     ITERATION_LOG_KEYS,
@@ -24,6 +30,7 @@ __all__ = [
     "ITERATION_LOG_KEYS",
     "BestMetricRestorer",
     "BestModelSaver",
+    "EpochSnapshotSaver",
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",

@@ -162,6 +162,12 @@ def _class_labels(value: Any) -> str | None:
     return "null, one label >= 0 or a list of labels >= 0 (slice-position bins)"
 
 
+def _epoch_list(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 1 for v in value):
+        return None
+    return "a list of epochs >= 1 (may be empty)"
+
+
 def _path(value: Any) -> str | None:
     if not (isinstance(value, (str, os.PathLike)) and str(value).strip()):
         return "a path"
@@ -236,6 +242,7 @@ SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
     # prior and generation
     "prior_max_epochs": _integer(1),
     "prior_batch_size": _integer(1),
+    "prior_save_epochs": _epoch_list,
     "prior_learning_rate": _number(0.0, False),
     "prior_conditioning": _choice("none", "slice_position", None),
     "prior_slice_bins": _integer(1),
