@@ -543,7 +543,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     {"bits_per_code": bits_per_code(setting, prior, codes, setting.test_labels)})
         measure("ladder", "blurred sigma 1", blur(setting.test_images, 1.0), setting.test_groups)
         for label in [*snapshots, "default"]:
-            codes, labels, _ = setting.sample(label, opts.num_samples, opts.seed)
+            if label == "default":  # the same seeds as the samples drawn above
+                codes, labels = sampled, sampled_labels
+            else:
+                codes, labels, _ = setting.sample(label, opts.num_samples, opts.seed)
             epoch = setting.priors[label][1].get("epoch")
             measure("ladder", f"generated, epoch {epoch} ({label})", setting.decode(codes), None,
                     {"bits_per_code_under_default": bits_per_code(setting, prior, codes, labels)})
