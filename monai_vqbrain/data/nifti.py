@@ -8,7 +8,9 @@ image's right (neurological convention).
 
 from __future__ import annotations
 
+import errno
 import functools
+import math
 import os
 import random
 import re
@@ -103,6 +105,22 @@ def _walk_volume_files(root: Path) -> Iterable[Path]:
                 yield Path(folder) / name
 
 
+def _refuse_link_loop(path: Path) -> None:
+    """Refuse a data file that is a loop of symbolic links (``a -> b -> a``), naming it, rather than a traceback.
+
+    Raises:
+        ImageFileError: naming the file.
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageFileError(
+                f"'{path}' is a loop of symbolic links (it leads back to itself); expected an image file: remove the "
+                "link or point it at the file"
+            ) from None
+
+
 def has_volume_files(root: str | os.PathLike) -> bool:
     """True when any NIfTI/Analyze volume file lies below ``root``; stops at the first one found."""
     return next(iter(_walk_volume_files(Path(root).expanduser())), None) is not None
@@ -119,6 +137,7 @@ def find_volume_files(root: str | os.PathLike) -> list[Path]:
     """
     files = []
     for path in _walk_volume_files(Path(root).expanduser()):
+        _refuse_link_loop(path)
         if path.name.lower().endswith(".img") and _analyze_header(path) is None:
             raise ImageFileError(
                 f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
@@ -279,11 +298,15 @@ def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
 
 
 def _open_volume(
-    path: Path, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+    path: Path, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS, keep_file_open: bool = False
 ) -> tuple[nib.spatialimages.SpatialImage, tuple[int, ...]]:
-    """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape."""
+    """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape.
+
+    ``keep_file_open`` keeps one file handle for the slices read from it, so that a ``.nii.gz`` read slice after
+    slice is decompressed once, not once per slice.
+    """
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path), keep_file_open=keep_file_open) if keep_file_open else nib.load(str(path))
         shape = image.shape
         dtype = image.get_data_dtype()
     except Exception as err:  # nibabel raises many types (ImageFileError, gzip/zlib errors, EOFError, ...)
@@ -377,7 +400,9 @@ def _file_orientation(path: Path, image: nib.spatialimages.SpatialImage, shape: 
     try:
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as err:  # a header whose fields give no affine
-        raise ImageFileError(f"'{path}' has no readable voxel-to-world affine ({err}); expected a valid qform or sform") from err
+        raise ImageFileError(
+            f"'{path}' has no readable voxel-to-world affine ({err}); expected a valid qform or sform"
+        ) from err
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ImageFileError(
             f"'{path}' has a voxel-to-world affine with NaN or infinite values ({affine.tolist()}); expected a valid "
@@ -487,7 +512,7 @@ class VolumeSlices:
 
     def __init__(self, path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> None:
         self.path = Path(path)
-        self.image, self.shape = _open_volume(self.path, max_voxels)
+        self.image, self.shape = _open_volume(self.path, max_voxels, keep_file_open=True)
         self.shape3 = self.shape + (1,) * (3 - len(self.shape))
         self.orientation = _file_orientation(self.path, self.image, self.shape3)
         self.to_ras = ornt_transform(self.orientation, _RAS)
@@ -505,11 +530,12 @@ class VolumeSlices:
         flipped = self.to_ras[file_axis, 1] < 0
         return file_axis, (self.shape3[file_axis] - 1 - index if flipped else index)
 
-    def read_file_slab(self, file_axis: int, file_index: int) -> np.ndarray:
-        """The voxels at ``file_index`` along the file's ``file_axis`` as float32, one voxel thick on that axis."""
+    def read_file_slab(self, file_axis: int, file_index: int, stop: int | None = None) -> np.ndarray:
+        """The voxels from ``file_index`` to ``stop`` (default: one voxel) along the file's ``file_axis``, as float32."""
+        stop = file_index + 1 if stop is None else stop
         ndim = len(self.image.shape)
         slicer = tuple(
-            slice(file_index, file_index + 1) if d == file_axis else (slice(None) if d < 3 else 0) for d in range(ndim)
+            slice(file_index, stop) if d == file_axis else (slice(None) if d < 3 else 0) for d in range(ndim)
         )
         try:
             data = _read_scaled(self.dataobj, slicer)
@@ -521,7 +547,43 @@ class VolumeSlices:
             raise ImageFileError(
                 f"cannot read the voxels of volume '{self.path}' ({err}); the file may be truncated"
             ) from err
-        return data.reshape(tuple(1 if d == file_axis else n for d, n in enumerate(self.shape3)))
+        return data.reshape(tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3)))
+
+    def planes(
+        self,
+        axis: int,
+        indices: Sequence[int],
+        low: float | None = None,
+        high: float | None = None,
+        block_bytes: int = 64 * 2**20,
+    ) -> Iterable[tuple[int, np.ndarray]]:
+        """``(index, plane)`` for the RAS slices ``indices`` along ``axis``, as :meth:`plane` gives them, in file order.
+
+        Slices along the file's last axis lie contiguously in the file and are read one at a time. Slices across it
+        are strided: reading them one by one would read (and, for ``.nii.gz``, decompress) the whole file per slice,
+        so they are read in blocks of consecutive slices of at most ``block_bytes`` (64 MiB), one pass over the
+        file per block.
+        """
+        by_file = sorted((self.file_index(axis, k)[1], k) for k in indices)
+        file_axis = self.file_index(axis, 0)[0]
+        plane_bytes = 4 * math.prod(n for d, n in enumerate(self.shape3) if d != file_axis)
+        per_block = 1 if file_axis == 2 else max(1, block_bytes // max(plane_bytes, 1))
+        position = 0
+        while position < len(by_file):
+            # a run of consecutive file indices, at most per_block long
+            end = position + 1
+            while end < len(by_file) and end - position < per_block and by_file[end][0] == by_file[end - 1][0] + 1:
+                end += 1
+            first = by_file[position][0]
+            block = self.read_file_slab(file_axis, first, by_file[end - 1][0] + 1)
+            for file_index, k in by_file[position:end]:
+                slab = np.take(block, [file_index - first], axis=file_axis)
+                slab = apply_orientation(slab, self.to_ras)
+                if low is not None and high is not None:
+                    slab = scale_to_unit(slab, low, high)
+                yield k, volume_plane(slab, axis, 0)
+            del block
+            position = end
 
     def ras_slab(self, axis: int, index: int) -> np.ndarray:
         """RAS slice ``index`` along ``axis`` as a RAS-ordered float32 array one voxel thick on ``axis``."""
@@ -619,7 +681,9 @@ class VolumeSlices:
         after = np.asarray([values[int(r)] for r in following], dtype=np.float32)
         difference = after - before
         lerp = np.add(before, difference * gamma)
-        np.subtract(after, difference * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe", dtype=type(lerp.dtype))
+        np.subtract(
+            after, difference * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe", dtype=type(lerp.dtype)
+        )
         low, high = (float(v) for v in lerp)
         if high <= low:
             low, high = float(minimum), float(maximum)
@@ -730,8 +794,12 @@ def kept_volume_slices(
     if min_foreground <= 0:
         return axis, indices  # every slice passes: none needs reading
     low, high = intensity_range
-    kept = [k for k in indices if np.mean(volume.plane(axis, k, low, high) > FOREGROUND_THRESHOLD) >= min_foreground]
-    return axis, kept
+    kept = {
+        k
+        for k, plane in volume.planes(axis, indices, low, high)
+        if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground
+    }
+    return axis, [k for k in indices if k in kept]
 
 
 def kept_slices(
@@ -802,7 +870,7 @@ def list_volume_slices(
     min_foreground: float = 0.05,
     max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
     max_items: int | None = None,
-    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+    min_slice_size: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """List the kept 2D slices of volumes as datalist items, without holding their pixels.

@@ -4,6 +4,7 @@ and validation. The ``keras_png_slices_seg_*`` mask folders beside the image fol
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -15,7 +16,6 @@ from PIL import Image, UnidentifiedImageError
 
 from monai_vqbrain.data.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MIN_SLICE_SIZE,
     check_image_size,
     check_slice_shape,
 )
@@ -107,6 +107,14 @@ def _png_sort_key(name: str) -> tuple:
     return (1, 0, 0, name)
 
 
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def find_png_files(folder: str | os.PathLike) -> list[Path]:
     """List the ``.png`` files of one split folder in OASIS order, without opening them.
 
@@ -118,17 +126,24 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
 
     Raises:
         DatasetError: when the folder does not exist or holds no ``.png`` file.
+        ImageFileError: naming a ``.png`` entry that is a loop of symbolic links.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(
             f"split folder '{folder}' does not exist; expected a folder of PNG slices named like case_001_slice_0.nii.png"
         )
-    names = [
-        entry.name
-        for entry in os.scandir(folder)
-        if not entry.name.startswith(".") and entry.name.lower().endswith(".png") and entry.is_file()
-    ]
+    names = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not entry.name.lower().endswith(".png"):
+            continue
+        if entry.is_symlink() and _is_link_loop(entry.path):
+            raise ImageFileError(
+                f"'{entry.path}' is a loop of symbolic links (it leads back to itself); expected a PNG slice: remove "
+                "the link or point it at the file"
+            )
+        if entry.is_file():
+            names.append(entry.name)
     if not names:
         raise DatasetError(
             f"split folder '{folder}' holds no PNG images; expected files named like case_001_slice_0.nii.png"
@@ -216,7 +231,7 @@ def png_declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
 def check_png_file(
     path: str | os.PathLike,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+    min_slice_size: int | None = None,
 ) -> None:
     """Check that ``path`` is a whole, decodable image whose square padding holds at most ``max_pixels`` pixels.
 
@@ -272,7 +287,7 @@ def list_oasis_png_split(
     split: str,
     max_items: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+    min_slice_size: int | None = None,
 ) -> list[dict]:
     """List and validate the PNG slices of one split of an OASIS PNG dataset.
 
