@@ -691,7 +691,8 @@ class VolumeSlices:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_volume_slices(path: str, stamp: tuple[int, int], max_voxels: int | None) -> VolumeSlices:
+def _cached_volume_slices(path: str, stamp: tuple[int, int], max_voxels: int | None, process: int) -> VolumeSlices:
+    # keyed by process: a data-loader worker forked from this process would share the open file's offset
     return VolumeSlices(path, max_voxels)
 
 
@@ -713,12 +714,12 @@ def open_volume_slices(path: str | os.PathLike, max_voxels: int | None = DEFAULT
     Raises:
         ImageFileError: as :class:`VolumeSlices`, or naming a file that vanished since it was listed.
     """
-    return _cached_volume_slices(str(path), _stamp(path), max_voxels)
+    return _cached_volume_slices(str(path), _stamp(path), max_voxels, os.getpid())
 
 
 @functools.lru_cache(maxsize=1024)
 def _cached_range(path: str, stamp: tuple[int, int], max_voxels: int | None) -> tuple[float, float]:
-    return _cached_volume_slices(path, stamp, max_voxels).intensity_range()
+    return _cached_volume_slices(path, stamp, max_voxels, os.getpid()).intensity_range()
 
 
 def volume_intensity_range(
