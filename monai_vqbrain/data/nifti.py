@@ -4,6 +4,11 @@ The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"
 orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher end of its vertical world axis
 (anterior for axial, superior for coronal and sagittal slices) is at the top and the patient's right is on the
 image's right (neurological convention).
+
+Training and inference read volumes through :class:`VolumeSlices`: one slice at a time from nibabel's array proxy,
+the per-volume intensity percentiles streamed, so that memory holds a slice rather than a volume (a 512³ volume
+would take 40 bytes a voxel through the whole-volume reader, :func:`read_volume_ras`, which stays as the reference
+the slice reader is tested against).
 """
 
 from __future__ import annotations
