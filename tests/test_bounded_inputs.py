@@ -321,9 +321,13 @@ def test_a_recursive_glob_follows_no_link_cycle(tmp_path, caplog):
     os.symlink(".", folder / "loop1")
     os.symlink(".", folder / "sub" / "loop2")
     os.symlink("..", folder / "sub" / "up")
+    os.symlink("c.png", folder / "sub" / "c.png")  # a link to itself: a bad input of its own, not a folder
     files = finishes(find_input_files, str(folder / "**" / "*.png"))
-    assert [p.relative_to(folder).as_posix() for p in files] == ["a.png", "sub/b.png"]
+    assert [p.relative_to(folder).as_posix() for p in files] == ["a.png", "sub/b.png", "sub/c.png"]
     assert sum("symbolic link back to" in r.message for r in caplog.records) == 3
+    with pytest.raises(ImageFileError, match="'.*c.png' is a loop of symbolic links"):
+        read_input(files[-1])
+    assert finishes(find_input_files, str(folder / "**")) == files
 
 
 def test_link_loops_in_data_sets_are_one_error_naming_the_file(tmp_path, demo_root, nifti_root):

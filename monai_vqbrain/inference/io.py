@@ -138,7 +138,7 @@ def _glob(path: Path) -> list[Path]:
             for entry in _entries(folder):
                 if entry.name.startswith("."):
                     continue
-                if entry.is_dir():
+                if _is_folder(entry):
                     visit(Path(entry.path), remaining)
                 elif not rest:
                     matches.append(Path(entry.path))  # a trailing '**' matches files too
@@ -149,12 +149,20 @@ def _glob(path: Path) -> list[Path]:
                 visit(candidate, rest)
             return
         for entry in _entries(folder):
-            if _component_matches(entry.name, pattern) and (not rest or entry.is_dir()):
+            if _component_matches(entry.name, pattern) and (not rest or _is_folder(entry)):
                 visit(Path(entry.path), rest)
 
     if root.is_dir():
         visit(root, patterns)
     return sorted(matches)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder (or a link to one); a loop of links (``a -> b -> a``) is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
