@@ -174,6 +174,9 @@ def test_slices_read_from_the_proxy_equal_the_whole_volume_reader(tmp_path):
         # the streamed percentiles are np.percentile's, to the last bit
         assert volume.intensity_range() == (low, high), path
         scaled = scale_to_unit(ras, low, high)
+        for file_axis in (0, 1):  # strided blocks, read through the file one chunk of last-axis slabs at a time
+            whole = volume.read_file_slab(file_axis, 0, volume.shape3[file_axis])
+            np.testing.assert_array_equal(volume.read_file_slab(file_axis, 0, volume.shape3[file_axis], 1), whole)
         for axis in range(3):
             planes = dict(volume.planes(axis, range(ras.shape[axis]), low, high, block_bytes=64))
             for index in range(ras.shape[axis]):
@@ -210,12 +213,19 @@ def test_a_training_slice_reads_only_its_own_voxels(tmp_path):
     # the percentiles stream the volume one file slab (24 x 28 voxels) at a time: never the volume at once
     assert counting.reads and max(counting.reads) == 24 * 28
     counting.reads.clear()
-    for axis in range(3):
-        plane = read_volume_plane(path, axis, 5)
+    ras = scale_to_unit(read_volume_ras(path).ras, low, high)
+    contiguous = int(volume.to_ras[2, 0])  # the RAS axis the file stores last (here 0: the affine permutes axes)
+    for index in range(ras.shape[contiguous]):
+        plane = read_volume_plane(path, contiguous, index)
+        np.testing.assert_array_equal(plane, volume_plane(ras, contiguous, index))
         assert counting.reads[-1] == plane.size, "one read of exactly the slice's voxels"
-    assert len(counting.reads) == 3
-    expected = volume_plane(scale_to_unit(read_volume_ras(path).ras, low, high), 2, 5)
-    np.testing.assert_array_equal(read_volume_plane(path, 2, 5), expected)
+    assert len(counting.reads) == ras.shape[contiguous]
+    # slices across the storage order come from one block of consecutive slices (here, the whole small volume)
+    counting.reads.clear()
+    for axis in sorted({0, 1, 2} - {contiguous}):
+        for index in range(ras.shape[axis]):
+            np.testing.assert_array_equal(read_volume_plane(path, axis, index), volume_plane(ras, axis, index))
+    assert counting.reads == [24 * 28 * 20, 24 * 28 * 20]
 
 
 def test_nifti_training_items_equal_the_whole_volume_slices(nifti_root):

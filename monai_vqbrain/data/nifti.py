@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -535,13 +536,10 @@ class VolumeSlices:
         flipped = self.to_ras[file_axis, 1] < 0
         return file_axis, (self.shape3[file_axis] - 1 - index if flipped else index)
 
-    def read_file_slab(self, file_axis: int, file_index: int, stop: int | None = None) -> np.ndarray:
-        """The voxels from ``file_index`` to ``stop`` (default: one voxel) along the file's ``file_axis``, as float32."""
-        stop = file_index + 1 if stop is None else stop
+    def _read(self, ranges: dict[int, tuple[int, int]]) -> np.ndarray:
+        """The voxels in ``{axis: (start, stop)}`` (whole along the other spatial axes) as a float32 3D array."""
         ndim = len(self.image.shape)
-        slicer = tuple(
-            slice(file_index, stop) if d == file_axis else (slice(None) if d < 3 else 0) for d in range(ndim)
-        )
+        slicer = tuple(slice(*ranges[d]) if d in ranges else (slice(None) if d < 3 else 0) for d in range(ndim))
         try:
             data = _read_scaled(self.dataobj, slicer)
         except FileNotFoundError as err:
@@ -552,7 +550,36 @@ class VolumeSlices:
             raise ImageFileError(
                 f"cannot read the voxels of volume '{self.path}' ({err}); the file may be truncated"
             ) from err
-        return data.reshape(tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3)))
+        sizes = {d: stop - start for d, (start, stop) in ranges.items()}
+        return data.reshape(tuple(sizes.get(d, n) for d, n in enumerate(self.shape3)))
+
+    def read_file_slab(
+        self, file_axis: int, file_index: int, stop: int | None = None, chunk_bytes: int = 16 * 2**20
+    ) -> np.ndarray:
+        """The voxels from ``file_index`` to ``stop`` (default: one voxel) along the file's ``file_axis``, as float32.
+
+        Along the file's last axis the voxels lie together and are read at once. Across it they are strided: nibabel
+        would read them in many small pieces (for ``.nii.gz``, seeking through the compressed stream each time), so
+        the file is read in order instead, ``chunk_bytes`` of it at a time, keeping the wanted part of each chunk.
+        """
+        stop = file_index + 1 if stop is None else stop
+        if file_axis == 2 or len(self.image.shape) < 3:
+            return self._read({file_axis: (file_index, stop)})
+        shape = tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3))
+        block = np.empty(shape, dtype=np.float32)
+        per_chunk = max(1, chunk_bytes // (4 * self.shape3[0] * self.shape3[1]))
+        wanted = [slice(None)] * 3
+        wanted[file_axis] = slice(file_index, stop)
+        for first in range(0, self.shape3[2], per_chunk):
+            last = min(first + per_chunk, self.shape3[2])
+            block[..., first:last] = self._read({2: (first, last)})[tuple(wanted)]
+        return block
+
+    def slices_per_block(self, file_axis: int, block_bytes: int = 64 * 2**20) -> int:
+        """How many slices across ``file_axis`` one read takes: 1 along the file's last (contiguous) axis, else as
+        many as fit in ``block_bytes``."""
+        plane_bytes = 4 * math.prod(n for d, n in enumerate(self.shape3) if d != file_axis)
+        return 1 if file_axis == 2 else max(1, block_bytes // max(plane_bytes, 1))
 
     def planes(
         self,
@@ -571,8 +598,7 @@ class VolumeSlices:
         """
         by_file = sorted((self.file_index(axis, k)[1], k) for k in indices)
         file_axis = self.file_index(axis, 0)[0]
-        plane_bytes = 4 * math.prod(n for d, n in enumerate(self.shape3) if d != file_axis)
-        per_block = 1 if file_axis == 2 else max(1, block_bytes // max(plane_bytes, 1))
+        per_block = self.slices_per_block(file_axis, block_bytes)
         position = 0
         while position < len(by_file):
             # a run of consecutive file indices, at most per_block long
@@ -750,7 +776,28 @@ def read_volume_plane(
         ImageFileError: naming the file when it cannot be read, holds NaN/inf values, or vanished since listing.
     """
     low, high = volume_intensity_range(path, max_voxels)
-    return open_volume_slices(path, max_voxels).plane(int(axis), int(index), low, high)
+    volume = open_volume_slices(path, max_voxels)
+    file_axis, file_index = volume.file_index(int(axis), int(index))
+    per_block = volume.slices_per_block(file_axis)
+    if per_block == 1:
+        return volume.plane(int(axis), int(index), low, high)
+    # a slice across the file's storage order: read the aligned block of slices around it once (at most 64 MiB,
+    # one block for all volumes), so that the next slices of the volume, listed in order, come from memory
+    start = file_index // per_block * per_block
+    key = (str(path), volume.shape3, file_axis, start, _stamp(path), os.getpid())
+    with _BLOCK_LOCK:
+        if _LAST_BLOCK.get("key") != key:
+            _LAST_BLOCK.clear()  # the old block is freed before the next is read
+            stop = min(start + per_block, volume.shape3[file_axis])
+            _LAST_BLOCK.update(key=key, block=volume.read_file_slab(file_axis, start, stop))
+        block = _LAST_BLOCK["block"]
+    slab = apply_orientation(np.take(block, [file_index - start], axis=file_axis), volume.to_ras)
+    return volume_plane(scale_to_unit(slab, low, high), int(axis), 0)
+
+
+# the last block of strided slices read_volume_plane read, shared by all volumes (and the cache's threads)
+_LAST_BLOCK: dict = {}
+_BLOCK_LOCK = threading.Lock()
 
 
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
