@@ -8,6 +8,7 @@ from .run_checks import (
     local_tracking_uri,
     network_metadata,
 )
+from .run_lock import LOCK_FILE, OutputFolderLockedError, lock_output_dirs, release_output_locks
 from .settings import (
     SETTING_RULES,
     check_override_keys,
@@ -18,6 +19,8 @@ from .settings import (
 )
 
 __all__ = [
+    "LOCK_FILE",
+    "OutputFolderLockedError",
     "SETTING_RULES",
     "check_checkpoint_dir",
     "check_output_dirs",
@@ -29,5 +32,7 @@ __all__ = [
     "print_settings",
     "install_error_hook",
     "local_tracking_uri",
+    "lock_output_dirs",
     "network_metadata",
+    "release_output_locks",
 ]
