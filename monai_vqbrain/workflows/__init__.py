@@ -12,6 +12,7 @@ from .run_lock import LOCK_FILE, OutputFolderLockedError, lock_output_dirs, rele
 from .settings import (
     SETTING_RULES,
     check_override_keys,
+    check_setting_combinations,
     check_settings,
     command_line_overrides,
     config_bundle_root,
@@ -26,6 +27,7 @@ __all__ = [
     "check_output_dirs",
     "check_outputs_absent",
     "check_override_keys",
+    "check_setting_combinations",
     "check_settings",
     "command_line_overrides",
     "config_bundle_root",
