@@ -27,6 +27,7 @@ from monai_vqbrain.workflows import (
     OutputFolderLockedError,
     check_checkpoint_dir,
     check_output_dirs,
+    check_resumed_dataset,
     check_setting_combinations,
     check_settings,
     lock_output_dirs,
@@ -274,6 +275,20 @@ def test_resuming_on_another_data_set_is_refused_unless_overwrite(trained_bundle
     # another split of the same folder is another data set too
     user_error(CheckpointError, "mix two data sets", run_bundle, "training", TRAIN, bundle_root=str(tmp_path),
                dataset_dir=str(demo_root), max_epochs=3, resume=True, max_items=3)
+
+
+def test_resuming_on_another_data_set_with_overwrite_continues_with_a_warning(tmp_path, caplog):
+    saved = {"dir": "/data/a", "sizes": {"train": 4, "validate": 2}, "fingerprint": "0123456789abcdef"}
+    torch.save({"metadata": {"dataset": saved}}, tmp_path / "last.pt")
+    other = {**saved, "fingerprint": "fedcba9876543210"}
+    user_error(CheckpointError, "(4 train, 2 validate slices, fingerprint 0123456789abcdef)", check_resumed_dataset,
+               tmp_path / "last.pt", other)
+    with caplog.at_level("WARNING"):
+        check_resumed_dataset(tmp_path / "last.pt", other, overwrite=True)
+    assert "resuming on the new data set as --overwrite true asks" in caplog.text
+    check_resumed_dataset(tmp_path / "last.pt", dict(saved))  # the same data
+    torch.save({"metadata": {}}, tmp_path / "last.pt")
+    check_resumed_dataset(tmp_path / "last.pt", other)  # a checkpoint from before data sets were recorded
 
 
 def test_a_best_model_without_a_training_state_gives_one_message_for_rerun_and_resume(tmp_path):

@@ -5,6 +5,7 @@ from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
     check_outputs_absent,
+    check_resumed_dataset,
     local_tracking_uri,
     network_metadata,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "check_output_dirs",
     "check_outputs_absent",
     "check_override_keys",
+    "check_resumed_dataset",
     "check_setting_combinations",
     "check_settings",
     "command_line_overrides",

@@ -40,18 +40,16 @@ def check_checkpoint_dir(
     Args:
         ckpt_dir: the folder training writes checkpoints to.
         resume: continue from ``<ckpt_dir>/<filenames[-1]>`` (the last training state).
-        overwrite: start a new training run over existing checkpoints; with ``resume``, continue on another data set
-            than the one the state was trained on (``expected_metadata["dataset"]``).
+        overwrite: start a new training run over existing checkpoints.
         filenames: the checkpoint files the run writes; the last one is the resumable training state.
         max_epochs: the run's epochs; resuming a state saved at or after it is refused (nothing left to train).
-        expected_metadata: entries (``image_size``, network settings) the resumed state's metadata must match; a
-            ``dataset`` entry (:func:`~monai_vqbrain.data.dataset_record`) must match by fingerprint.
+        expected_metadata: entries (``image_size``, network settings) the resumed state's metadata must match.
         max_epochs_key: the setting that sets ``max_epochs``, for the message.
 
     Raises:
         CheckpointError: when checkpoints exist and neither ``resume`` nor ``overwrite`` is set, when there is nothing
             to resume from (``resume`` set, or a best model without a training state), or when the state was saved
-            with other settings or on another data set.
+            with other settings.
         SettingError: when the resumed state has already trained ``max_epochs`` epochs.
     """
     ckpt_dir = Path(ckpt_dir)
@@ -71,7 +69,7 @@ def check_checkpoint_dir(
     if resume:
         if not resumable.is_file():
             raise CheckpointError(f"resume was asked for but '{resumable}' does not exist; train without --resume first.")
-        _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key, overwrite)
+        _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key)
         return resumable
     if existing and not overwrite:
         raise CheckpointError(
@@ -194,16 +192,30 @@ def _describe_dataset(record: Mapping[str, Any]) -> str:
     return f"'{record.get('dir')}' ({sizes} slices, fingerprint {record.get('fingerprint')})"
 
 
-def _check_same_dataset(resumable: Path, saved: Any, expected: Any, overwrite: bool) -> None:
-    """Refuse to resume a run on another data set (or another split of it) than it trained on, unless overwrite."""
-    if not isinstance(saved, Mapping) or not isinstance(expected, Mapping):
-        return  # a checkpoint from before data sets were recorded: nothing to compare
-    if saved.get("fingerprint") == expected.get("fingerprint"):
+def check_resumed_dataset(
+    resumable: str | os.PathLike, dataset: Mapping[str, Any], resume: bool = True, overwrite: bool = False
+) -> None:
+    """Refuse to resume a run on another data set (or another split of it) than the one it trained on.
+
+    Called after :func:`check_checkpoint_dir`, which refuses a resumed state of another network or image size
+    without listing the data.
+
+    Args:
+        resumable: the training state to resume (``<ckpt_dir>/last.pt``), whose metadata holds ``"dataset"``.
+        dataset: this run's :func:`~monai_vqbrain.data.dataset_record`.
+        resume: whether the run resumes; nothing is checked otherwise.
+        overwrite: continue on the new data set anyway, with a warning.
+
+    Raises:
+        CheckpointError: naming both data sets (folder, split sizes, fingerprint), unless ``overwrite``.
+    """
+    if not as_bool(resume, "resume"):
         return
-    message = (
-        f"'{resumable}' was trained on {_describe_dataset(saved)}, but this run reads {_describe_dataset(expected)}"
-    )
-    if overwrite:
+    saved = (load_checkpoint(resumable).get(METADATA_KEY, {}) or {}).get("dataset")
+    if not isinstance(saved, Mapping) or saved.get("fingerprint") == dataset.get("fingerprint"):
+        return  # the same data, or a checkpoint from before data sets were recorded: nothing to compare
+    message = f"'{resumable}' was trained on {_describe_dataset(saved)}, but this run reads {_describe_dataset(dataset)}"
+    if as_bool(overwrite, "overwrite"):
         logger.warning(f"{message}; resuming on the new data set as --overwrite true asks.")
         return
     raise CheckpointError(
@@ -213,13 +225,10 @@ def _check_same_dataset(resumable: Path, saved: Any, expected: Any, overwrite: b
 
 
 def _check_resumable(
-    resumable: Path, max_epochs: int | None, expected: Mapping[str, Any], max_epochs_key: str, overwrite: bool = False
+    resumable: Path, max_epochs: int | None, expected: Mapping[str, Any], max_epochs_key: str
 ) -> None:
     metadata = load_checkpoint(resumable).get(METADATA_KEY, {}) or {}
     for key, value in expected.items():
-        if key == "dataset":
-            _check_same_dataset(resumable, metadata.get(key), value, overwrite)
-            continue
         if key in ("epoch", "key_metric") or key not in metadata:
             continue
         saved = list(metadata[key]) if isinstance(metadata[key], tuple) else metadata[key]
