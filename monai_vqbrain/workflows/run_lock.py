@@ -85,13 +85,18 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
-def _lock_one(key: str, folder: Path, workflow: str) -> None:
+def _lock_one(key: str, named: Path, workflow: str) -> Path | None:
+    """Lock ``named`` (created if need be); return the folder, or None when this process holds it already."""
     created = []
-    missing = folder
+    missing = named
     while not missing.exists() and missing != missing.parent:
         created.append(missing)
         missing = missing.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    named.mkdir(parents=True, exist_ok=True)
+    # one key per folder however it is named (a symbolic link, '..'): this process must not lock it twice
+    folder = named.resolve()
+    if folder in _HELD:
+        return None
     path = folder / LOCK_FILE
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -105,7 +110,7 @@ def _lock_one(key: str, folder: Path, workflow: str) -> None:
             os.close(fd)
             _remove_created(created)
             raise OutputFolderLockedError(
-                f"{key} '{folder}' is in use by {_describe(holder)}: wait for it to end, or choose another --{key}."
+                f"{key} '{named}' is in use by {_describe(holder)}: wait for it to end, or choose another --{key}."
             ) from None
         # the holder before us may have removed the file between our open and our lock: then we hold a lock on a
         # file no one else will find, and must lock the one now at the path instead
@@ -122,15 +127,16 @@ def _lock_one(key: str, folder: Path, workflow: str) -> None:
             os.close(fd)
             _remove_created(created)
             raise OutputFolderLockedError(
-                f"{key} '{folder}' is in use by {_describe(previous)} (a lock from another host, which this host "
+                f"{key} '{named}' is in use by {_describe(previous)} (a lock from another host, which this host "
                 f"cannot check): once that run has ended, delete '{path}'."
             )
         state = "no longer runs" if not _pid_alive(previous.get("pid")) else "no longer holds it"
-        logger.warning(f"taking over the stale lock of {key} '{folder}': {_describe(previous)} {state}.")
+        logger.warning(f"taking over the stale lock of {key} '{named}': {_describe(previous)} {state}.")
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(_holder_record(workflow)).encode())
     _HELD[folder] = (fd, created)
+    return folder
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -165,12 +171,9 @@ def lock_output_dirs(dirs: Mapping[str, str | os.PathLike], workflow: str) -> No
     taken = []
     try:
         for key, named in dirs.items():
-            folder = Path(named).expanduser().absolute()
-            folder = folder.resolve() if folder.exists() else folder
-            if folder in _HELD:
-                continue
-            _lock_one(key, folder, workflow)
-            taken.append(folder)
+            folder = _lock_one(key, Path(named).expanduser().absolute(), workflow)
+            if folder is not None:
+                taken.append(folder)
     except BaseException:
         for folder in taken:
             _release(folder)
