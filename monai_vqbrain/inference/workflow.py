@@ -188,15 +188,16 @@ def check_outputs(
             outputs.append(codes_file(path, output_dir, separate_folder))
         for output in outputs:
             resolved = output.resolve()
-            if resolved.parent in folders:
-                # separate_folder puts outputs in a sub-folder named like the input, which can be an input folder
-                raise OutputPathError(
-                    f"output '{output}' would be written into '{resolved.parent}', which holds input files; choose "
-                    f"another --output_dir so that reconstructions are never read as inputs of a later run"
-                )
             if resolved in inputs:
                 raise OutputPathError(
                     f"output '{output}' would overwrite the input file '{inputs[resolved]}'; choose another --output_dir"
+                )
+            # separate_folder puts outputs in a sub-folder named like the input, which can be an input folder
+            folder = output.absolute().parent.resolve()
+            if folder in folders:
+                raise OutputPathError(
+                    f"output '{output}' would be written into '{folder}', which holds input files; choose another "
+                    f"--output_dir so that reconstructions are never read as inputs of a later run"
                 )
             if resolved in planned:
                 raise OutputPathError(
