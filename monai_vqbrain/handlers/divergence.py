@@ -25,7 +25,9 @@ def non_finite_weights(network: torch.nn.Module) -> list[str]:
         network: the network to check (a DDP wrapper's ``module`` is checked).
     """
     state = unwrap_network(network).state_dict()
-    return [name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    return [
+        name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 class StopOnDivergence:
