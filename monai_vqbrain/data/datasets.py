@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,20 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
-from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
 from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
 from monai_vqbrain.data.transforms import get_slice_transforms
 from monai_vqbrain.errors import DatasetError
 
-__all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_datalist", "get_dataset"]
+__all__ = [
+    "DATASET_FORMATS",
+    "dataset_record",
+    "resolve_dataset_dir",
+    "detect_dataset_format",
+    "get_datalist",
+    "get_dataset",
+]
 
 DATASET_FORMATS = ("auto", "png", "nifti")
 _EXPECTED_LAYOUT = (
@@ -100,10 +108,14 @@ def _nifti_items(
     test_fraction: float,
     seed: int,
     max_voxels: int | None,
+    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """List the kept slices of a NIfTI split as (volume, slice index) items, stopping at ``max_items`` slices."""
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    items = list_volume_slices(files, slice_axis, slice_range, min_foreground, max_voxels, max_items=max_items)
+    items = list_volume_slices(
+        files, slice_axis, slice_range, min_foreground, max_voxels, max_items, min_slice_size, max_pixels
+    )
     if not items:
         raise DatasetError(
             f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): every "
@@ -126,6 +138,7 @@ def get_datalist(
     max_items: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
 ) -> list[dict]:
     """List the 2D slices of one split as datalist items for ``preprocessing`` (``train.json``) to load.
 
@@ -146,8 +159,10 @@ def get_datalist(
         test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
         seed: NIfTI only: seed of the subject split.
         max_items: keep only the first this many items (for quick runs); None keeps all.
-        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
+        max_image_pixels: the most pixels a PNG's header may declare, and the most any slice (PNG or cut from a
+            volume) may hold once padded to a square; None allows any.
         max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
+        min_slice_size: the smallest in-plane side a slice may have; None allows any.
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -162,11 +177,36 @@ def get_datalist(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        return list_oasis_png_split(root, split, max_items, max_image_pixels)
+        return list_oasis_png_split(root, split, max_items, max_image_pixels, min_slice_size)
     return _nifti_items(
         root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-        max_volume_voxels,
+        max_volume_voxels, min_slice_size, max_image_pixels,
     )
+
+
+def dataset_record(dataset_dir: str | os.PathLike, splits: Mapping[str, Sequence[Mapping]]) -> dict:
+    """What a training run trained on, for its checkpoints: the folder, each split's size and a fingerprint.
+
+    The fingerprint is a SHA-256 of the sorted ``split:relative path[#slice]`` lines of every item, so it changes when
+    a file is added, removed or renamed, or when items move between splits (another ``seed``, ``val_fraction`` or
+    ``max_items``), but not when the same folder is moved or copied elsewhere. A resumed run compares it with the
+    one in the checkpoint (see :func:`~monai_vqbrain.workflows.check_checkpoint_dir`).
+
+    Args:
+        dataset_dir: the resolved dataset folder.
+        splits: split name (``train``, ``validate``) to its datalist (items with ``image`` and, for volumes,
+            ``slice_index``).
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    lines = []
+    for split, items in splits.items():
+        for item in items:
+            path = Path(str(item["image"])).expanduser().absolute()
+            relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+            suffix = f"#{item['slice_index']}" if "slice_index" in item else ""
+            lines.append(f"{split}:{relative}{suffix}")
+    fingerprint = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+    return {"dir": str(root), "sizes": {split: len(items) for split, items in splits.items()}, "fingerprint": fingerprint}
 
 
 def get_dataset(

@@ -8,6 +8,7 @@ from .checkpoint import (
     TrainingCheckpointSaver,
 )
 from .codebook_usage import CodebookUsageHandler
+from .divergence import StopOnDivergence, TrainingDivergedError, non_finite_weights
 from .log_values import (
     ITERATION_LOG_KEYS,
     every_n_iterations,
@@ -24,7 +25,7 @@ from .reconstruction_report import (
     spread_examples,
     summarize_scores,
 )
-from .training_history import TrainingHistoryHandler, read_history
+from .training_history import HistoryFileError, TrainingHistoryHandler, read_history
 
 __all__ = [
     "ITERATION_LOG_KEYS",
@@ -34,16 +35,20 @@ __all__ = [
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",
+    "StopOnDivergence",
+    "TrainingDivergedError",
     "LossComponentsHandler",
     "ReconstructionReportHandler",
     "TrainingHistoryHandler",
     "every_n_iterations",
+    "non_finite_weights",
     "numeric_tracking_outputs",
     "tracking_log_values",
     "training_log_values",
     "plot_loss_curves",
     "plot_reconstructions",
     "read_history",
+    "HistoryFileError",
     "report_title",
     "spread_examples",
     "summarize_scores",

@@ -10,6 +10,7 @@ no metadata, keep the weights only under their names (``monai.bundle.load`` then
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,17 @@ from ignite.engine import Engine, Events
 from ..engines.distributed import is_main_process
 from ..errors import CheckpointError
 from ..utils.checkpoint import (
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     METADATA_KEY,
     check_finite_weights,
     check_state_dict_matches,
+    checkpoint_byte_limit,
     load_checkpoint,
     save_checkpoint,
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
+from .divergence import TrainingDivergedError, non_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,17 @@ def best_model_checkpoint(state_dict: dict[str, torch.Tensor], metadata: dict[st
     if {"model", METADATA_KEY} & set(state_dict):
         raise ValueError(f"a network state dict may not have a top-level key 'model' or '{METADATA_KEY}'.")
     return {**state_dict, "model": state_dict, METADATA_KEY: metadata}
+
+
+def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric: float = 0.0) -> None:
+    """Never write a checkpoint of a diverged network (the last good one stays): fail the run instead."""
+    bad = non_finite_weights(network) if network is not None else []
+    if bad or not math.isfinite(metric):
+        what = f"{len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]})" if bad else f"its key metric is {metric}"
+        raise TrainingDivergedError(
+            f"training diverged: {what}; '{save_path}' was not written (the last good one is kept): lower the "
+            f"learning rate (--learning_rate, --prior_learning_rate) and train again."
+        )
 
 
 class BestModelSaver:
@@ -85,6 +100,7 @@ class BestModelSaver:
         current = state.metrics.get(getattr(state, "key_metric_name", None) or "")
         if current is None or float(current) != float(state.best_metric):
             return
+        _refuse_non_finite(self.network, self.save_path, float(current))
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
         save_checkpoint(self.save_path, best_model_checkpoint(unwrap_network(self.network).state_dict(), metadata))
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
@@ -166,6 +182,7 @@ class TrainingCheckpointSaver:
         last_epoch = engine.state.epoch == engine.state.max_epochs
         if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
             return
+        _refuse_non_finite(self.save_dict.get("model"), self.save_path)
         checkpoint = {
             key: (unwrap_network(obj) if key == "model" else obj).state_dict()
             for key, obj in self.save_dict.items()
@@ -197,7 +214,11 @@ class TrainingCheckpointLoader:
         engine.add_event_handler(Events.STARTED, self._load)
 
     def _load(self, engine: Engine) -> None:
-        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        # the bound counts every module the state restores (the optimizer's moments are sized like the network)
+        modules = [obj for obj in self.load_dict.values() if isinstance(obj, torch.nn.Module)]
+        checkpoint = load_checkpoint(
+            self.load_path, map_location=self.map_location, max_bytes=checkpoint_byte_limit(*modules)
+        )
         missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
@@ -247,7 +268,9 @@ class BestMetricRestorer:
     def _restore(self, engine: Engine) -> None:
         if not self.enabled or not self.checkpoint.is_file():
             return
-        metadata = load_checkpoint(self.checkpoint).get(METADATA_KEY, {}) or {}
+        network = getattr(self.validator, "network", None)
+        limit = checkpoint_byte_limit(network) if isinstance(network, torch.nn.Module) else DEFAULT_MAX_CHECKPOINT_BYTES
+        metadata = load_checkpoint(self.checkpoint, max_bytes=limit).get(METADATA_KEY, {}) or {}
         if "key_metric" in metadata and "epoch" in metadata:
             self.validator.state.best_metric = float(metadata["key_metric"])
             self.validator.state.best_metric_epoch = int(metadata["epoch"])
