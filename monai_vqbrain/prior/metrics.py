@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -339,7 +339,7 @@ class NearestImageSearch:
         self.distances, order = all_distances.topk(keep, dim=1, largest=False)
         self.indices = all_indices.gather(1, order)
 
-    def best(self, fetch) -> tuple[torch.Tensor, torch.Tensor]:
+    def best(self, fetch: Callable[[list[int]], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Score the candidates by SSIM.
 
         Args:
