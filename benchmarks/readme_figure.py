@@ -15,6 +15,7 @@ Run ``python benchmarks/readme_figure.py --bundle_root <root> --output docs/imag
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ def load_parts(opts: argparse.Namespace) -> dict[str, Any]:
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"bundle_root": str(bundle_root), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir),
-                   "image_size": image_size, "device": "cpu", "amp": False})
+                   "image_size": image_size, "device": "cpu", "amp": False,
+                   **{f"network_def#{key}": value for key, value in opts.network.items()}})
     vqvae = load_vqvae(parser.get_parsed_content("network_def"), vqvae_file, image_size=image_size, device="cpu")
     prior, metadata = load_prior(prior_file, device="cpu", vqvae=vqvae, vqvae_sha256=vqvae_fingerprint(vqvae_file),
                                  image_size=image_size)
@@ -142,8 +144,9 @@ def plot_overview(panels: dict[str, Any], output: Path, overwrite: bool) -> None
         x0 = left + panel * (columns * cell + gap + left)
         for row, (label, images) in enumerate(((top_label, upper), (bottom_label, lower))):
             for column in range(columns):
-                axis = figure.add_axes(((x0 + column * cell) / width, (1 - row) * cell / height, cell / width,
-                                        cell / height))
+                # a thin white line between the slices: each image is a little smaller than its cell
+                axis = figure.add_axes(((x0 + column * cell) / width, (1 - row) * cell / height,
+                                        0.97 * cell / width, 0.97 * cell / height))
                 axis.imshow(images[column].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
                 axis.set_xticks([])
                 axis.set_yticks([])
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--columns", type=int, default=4, help="slices per panel")
     args.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     args.add_argument("--image_size", type=int, default=128, help="only for a checkpoint that does not record it")
+    args.add_argument("--network", type=json.loads, default={}, help="the run's network_def overrides as JSON, "
+                      "e.g. '{\"num_embeddings\": 256}' (default: train.json's network)")
     args.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     opts = args.parse_args(argv)
 
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if opts.columns < 1:
             raise ValueError(f"--columns must be >= 1, got {opts.columns}.")
+        if not isinstance(opts.network, dict):
+            raise ValueError(f"--network must be a JSON object of network_def settings, got {opts.network!r}.")
         if opts.output.exists() and not opts.overwrite:
             raise FileExistsError(f"'{opts.output}' exists; pass --overwrite to replace it.")
         torch.set_grad_enabled(False)
