@@ -10,6 +10,7 @@ no metadata, keep the weights only under their names (``monai.bundle.load`` then
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
+from .divergence import TrainingDivergedError, non_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,17 @@ def best_model_checkpoint(state_dict: dict[str, torch.Tensor], metadata: dict[st
     if {"model", METADATA_KEY} & set(state_dict):
         raise ValueError(f"a network state dict may not have a top-level key 'model' or '{METADATA_KEY}'.")
     return {**state_dict, "model": state_dict, METADATA_KEY: metadata}
+
+
+def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric: float = 0.0) -> None:
+    """Never write a checkpoint of a diverged network (the last good one stays): fail the run instead."""
+    bad = non_finite_weights(network) if network is not None else []
+    if bad or not math.isfinite(metric):
+        what = f"{len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]})" if bad else f"its key metric is {metric}"
+        raise TrainingDivergedError(
+            f"training diverged: {what}; '{save_path}' was not written (the last good one is kept): lower the "
+            f"learning rate (--learning_rate, --prior_learning_rate) and train again."
+        )
 
 
 class BestModelSaver:
@@ -85,6 +98,7 @@ class BestModelSaver:
         current = state.metrics.get(getattr(state, "key_metric_name", None) or "")
         if current is None or float(current) != float(state.best_metric):
             return
+        _refuse_non_finite(self.network, self.save_path, float(current))
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
         save_checkpoint(self.save_path, best_model_checkpoint(unwrap_network(self.network).state_dict(), metadata))
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
@@ -121,6 +135,7 @@ class TrainingCheckpointSaver:
         last_epoch = engine.state.epoch == engine.state.max_epochs
         if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
             return
+        _refuse_non_finite(self.save_dict.get("model"), self.save_path)
         checkpoint = {
             key: (unwrap_network(obj) if key == "model" else obj).state_dict()
             for key, obj in self.save_dict.items()
