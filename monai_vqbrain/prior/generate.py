@@ -39,9 +39,11 @@ from ..errors import CheckpointError, DatasetError, OutputPathError, SettingErro
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import (
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     METADATA_KEY,
     check_finite_weights,
     check_state_dict_matches,
+    checkpoint_byte_limit,
     load_checkpoint,
     network_state_dict,
 )
@@ -122,11 +124,17 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _read_prior_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's."""
+def _read_prior_checkpoint(
+    path: Path, max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's.
+
+    ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
+    of the configured prior, when there is one).
+    """
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, max_bytes=max_bytes)
     metadata = dict(saved.get(METADATA_KEY, {}) or {})
     settings = metadata.get("network_settings")
     if metadata.get("network") != GatedPixelCNN.__name__ or not isinstance(settings, dict):
@@ -197,7 +205,8 @@ def load_prior(
             the VQ-VAE or the image size.
     """
     path = Path(checkpoint)
-    saved, metadata, settings = _read_prior_checkpoint(path)
+    limit = checkpoint_byte_limit(network) if network is not None else DEFAULT_MAX_CHECKPOINT_BYTES
+    saved, metadata, settings = _read_prior_checkpoint(path, limit)
     if vqvae is not None:  # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
         _check_codebook(path, vqvae, int(settings.get("num_embeddings") or 0))
     if network is None:

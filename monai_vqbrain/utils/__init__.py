@@ -6,9 +6,12 @@ from .modules import unwrap_network
 
 __all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporary_files"]
 from .checkpoint import (  # noqa: E402
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     METADATA_KEY,
+    check_checkpoint_size,
     check_finite_weights,
     check_state_dict_matches,
+    checkpoint_byte_limit,
     load_checkpoint,
     load_network_weights,
     network_state_dict,
@@ -16,7 +19,10 @@ from .checkpoint import (  # noqa: E402
 )
 
 __all__ += [
+    "DEFAULT_MAX_CHECKPOINT_BYTES",
     "METADATA_KEY",
+    "check_checkpoint_size",
+    "checkpoint_byte_limit",
     "check_finite_weights",
     "check_state_dict_matches",
     "load_checkpoint",
