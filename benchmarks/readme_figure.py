@@ -58,7 +58,6 @@ def load_parts(opts: argparse.Namespace) -> dict[str, Any]:
 
     from monai_vqbrain.errors import CheckpointError, DatasetError
     from monai_vqbrain.prior import load_prior, load_vqvae, vqvae_fingerprint
-    from monai_vqbrain.utils import load_checkpoint
 
     bundle_root = opts.bundle_root.resolve()
     ckpt_dir = (opts.ckpt_dir or bundle_root / "models").resolve()
@@ -70,8 +69,9 @@ def load_parts(opts: argparse.Namespace) -> dict[str, Any]:
     if not dataset_dir.is_dir():
         raise DatasetError(f"dataset_dir '{dataset_dir}' does not exist; pass --dataset_dir, the data the run used.")
 
-    # the image size the VQ-VAE was trained at (its checkpoint records it), so the run's own override is not needed
-    image_size = int(load_checkpoint(vqvae_file).get("metadata", {}).get("image_size") or opts.image_size)
+    # the image size the prior's code maps came from (its metadata records it, whatever the checkpoint layout), so
+    # the run's own override is not needed; the prior is loaded again below, checked against the VQ-VAE
+    image_size = int(load_prior(prior_file, device="cpu")[1].get("image_size") or opts.image_size)
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"bundle_root": str(bundle_root), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir),
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--ckpt_dir", type=Path, default=None, help="default: <bundle_root>/models")
     args.add_argument("--columns", type=int, default=4, help="slices per panel")
     args.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
-    args.add_argument("--image_size", type=int, default=128, help="only for a checkpoint that does not record it")
+    args.add_argument("--image_size", type=int, default=128, help="only for a prior whose metadata does not record it")
     args.add_argument("--network", type=json.loads, default={}, help="the run's network_def overrides as JSON, "
                       "e.g. '{\"num_embeddings\": 256}' (default: train.json's network)")
     args.add_argument("--overwrite", action="store_true", help="replace an existing --output")

@@ -54,18 +54,24 @@ def test_figure_shows_test_slices_reconstructions_and_samples(prior_bundle, demo
     assert np.array_equal(np.asarray(Image.open(output)), np.asarray(Image.open(io.BytesIO(before))))
 
 
-def test_figure_needs_a_trained_prior_and_the_run_s_network(trained_bundle, demo_root, tmp_path, capsys):
+def test_figure_needs_a_trained_prior_and_the_run_s_network(trained_bundle, prior_bundle, demo_root, tmp_path,
+                                                             capsys):
     import json
 
     output = tmp_path / "overview.png"
-    arguments = ["--bundle_root", str(trained_bundle), "--dataset_dir", str(demo_root), "--output", str(output)]
-    # the tiny run has no prior.pt: one line naming it and the run to do
-    assert _script().main([*arguments, "--network", json.dumps(TINY_NETWORK)]) == 1
+    arguments = ["--dataset_dir", str(demo_root), "--output", str(output)]
+    tiny = ["--network", json.dumps(TINY_NETWORK)]
+    # the tiny training run has no prior.pt: one line naming it and the run to do
+    assert _script().main(["--bundle_root", str(trained_bundle), *arguments, *tiny]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "prior.pt" in err and "training_prior" in err
-    assert not output.exists()
-    # train.json's own network does not fit the tiny checkpoint: refused by the package's checkpoint check
+    # a damaged prior.pt is one line naming it
     shutil.copy2(trained_bundle / "models" / "model.pt", tmp_path / "model.pt")
     (tmp_path / "prior.pt").write_bytes(b"")
-    assert _script().main([*arguments, "--ckpt_dir", str(tmp_path)]) == 1
-    assert "model.pt" in capsys.readouterr().err and not output.exists()
+    assert _script().main(["--bundle_root", str(trained_bundle), "--ckpt_dir", str(tmp_path), *arguments, *tiny]) == 1
+    assert "prior.pt" in capsys.readouterr().err
+    # train.json's own network does not fit the tiny checkpoint: refused by the package's checkpoint check
+    assert _script().main(["--bundle_root", str(prior_bundle), *arguments]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "model.pt" in err
+    assert not output.exists()
