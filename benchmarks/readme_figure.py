@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--network must be a JSON object of network_def settings, got {opts.network!r}.")
         if opts.output.exists() and not opts.overwrite:
             raise FileExistsError(f"'{opts.output}' exists; pass --overwrite to replace it.")
-        torch.set_grad_enabled(False)
-        plot_overview(make_panels(load_parts(opts), opts.columns, opts.seed), opts.output, opts.overwrite)
+        with torch.no_grad():
+            panels = make_panels(load_parts(opts), opts.columns, opts.seed)
+        plot_overview(panels, opts.output, opts.overwrite)
     except (VQBrainError, ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2 if isinstance(error, ValueError) else 1)

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, REPO_ROOT, TINY_NETWORK, TRAIN, run_bundle
 from PIL import Image
 
@@ -42,6 +43,7 @@ def test_figure_shows_test_slices_reconstructions_and_samples(prior_bundle, demo
     arguments = ["--bundle_root", str(prior_bundle), "--dataset_dir", str(demo_root), "--output", str(output),
                  "--network", json.dumps(TINY_NETWORK), "--columns", "2"]
     assert _script().main(arguments) == 0
+    assert torch.is_grad_enabled(), "the script leaves the process as it found it"
     image = np.asarray(Image.open(output).convert("L"), dtype=float)
     assert image.shape[1] > image.shape[0] > 100, "two panels side by side"
     assert image.std() > 10, "slices drawn, not a blank canvas"
