@@ -13,6 +13,7 @@ import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, OutputPathError
+from monai_vqbrain.utils import read_model_metadata
 
 EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
 
@@ -21,8 +22,9 @@ def test_training_writes_checkpoints_and_history(trained_bundle):
     models = trained_bundle / "models"
     assert (models / "model.pt").is_file() and (models / "last.pt").is_file()
     best = torch.load(models / "model.pt", weights_only=True)
-    assert best["metadata"]["image_size"] == 32 and best["metadata"]["num_embeddings"] == 32
-    assert "quantizer.embedding" in best["model"]
+    metadata = read_model_metadata(models / "model.pt")
+    assert metadata["image_size"] == 32 and metadata["num_embeddings"] == 32
+    assert "quantizer.embedding" in best and "model" not in best and "metadata" not in best
     history = json.loads((models / "training_history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2]
     for key in ("train_loss", "train_reconstruction", "train_vq", "train_codebook", "train_commitment",

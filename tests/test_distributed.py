@@ -167,7 +167,8 @@ def _assert_ranks_agree(dump_dir: Path, checkpoint: Path) -> dict:
     assert rank0.keys() == rank1.keys()
     differing = [key for key in rank0 if not torch.equal(rank0[key], rank1[key])]
     assert not differing, f"ranks ended with different values of {differing}"
-    saved = torch.load(checkpoint, weights_only=True)["model"]
+    saved = torch.load(checkpoint, weights_only=True)
+    saved = saved["model"] if "trainer" in saved else saved  # last.pt holds a training state, model.pt weights
     assert saved.keys() == rank0.keys()
     assert all(torch.equal(saved[key], rank0[key]) for key in rank0), f"{checkpoint.name} differs from the final weights"
     return rank0
@@ -190,7 +191,7 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path, de
     assert state["quantizer.ema_cluster_size"].sum() > 0
 
     models = bundle_root / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["last.pt", "model.pt", "training_history.json"]
+    assert sorted(p.name for p in models.iterdir()) == ["last.pt", "model.json", "model.pt", "training_history.json"]
     history = json.loads((models / "training_history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2]
     assert "val_ssim" in history[-1] and "train_loss" in history[-1]

@@ -10,6 +10,7 @@ import torch
 from conftest import TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import CheckpointError, SettingError
+from monai_vqbrain.utils import read_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,8 @@ def _copy(models, tmp_path):
 def test_replayed_epoch_does_not_replace_a_better_best_model(one_epoch_run, demo_root, tmp_path):
     # killed after model.pt of epoch 2 was saved but before last.pt: model.pt is one epoch ahead of last.pt
     models = _copy(one_epoch_run, tmp_path)
-    best = torch.load(models / "model.pt", weights_only=True)
-    best["metadata"].update(epoch=2, key_metric=0.999)
-    torch.save(best, models / "model.pt")
+    state, metadata = read_model(models / "model.pt")
+    save_model(models / "model.pt", state, {**metadata, "epoch": 2, "key_metric": 0.999})
     before = (models / "model.pt").read_bytes()
     run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
     history = json.loads((models / "training_history.json").read_text())

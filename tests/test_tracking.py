@@ -78,7 +78,8 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     bundle_root, outputs = tmp_path / "bundle", tmp_path / "outputs"
     (bundle_root / "models").mkdir(parents=True)
-    shutil.copy2(trained_bundle / "models" / "model.pt", bundle_root / "models" / "model.pt")
+    for name in ("model.pt", "model.json"):
+        shutil.copy2(trained_bundle / "models" / name, bundle_root / "models" / name)
     run_bundle("training_prior", TRAIN_PRIOR, bundle_root=str(bundle_root), dataset_dir=str(demo_root),
                output_dir=str(outputs), prior_max_epochs=2, log_interval=1, tracking=TRACKING, **TINY_PRIOR)
     client, (prior,) = _runs(outputs)
@@ -93,7 +94,7 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
 def prior_root(tmp_path_factory, trained_bundle, demo_root):
     """The tiny VQ-VAE plus a prior trained for two epochs, as in test_prior (read-only: copy it)."""
     root = tmp_path_factory.mktemp("prior_bundle")
-    copy_models(trained_bundle, root, ("model.pt",))
+    copy_models(trained_bundle, root, ("model.pt", "model.json"))
     train_prior(root, demo_root)
     return root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -97,3 +98,48 @@ def test_full_disk_is_a_one_line_write_error(tmp_path, monkeypatch):
     with pytest.raises(OutputWriteError, match="cannot write checkpoint .*disk full"):
         save_checkpoint(tmp_path / "m.pt", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == [], "no temporary file may be left behind"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model files: the state dict alone, its metadata beside it
+
+
+def test_model_file_and_its_metadata_stay_consistent_when_the_second_write_fails(tmp_path, monkeypatch):
+    import os
+
+    from monai_vqbrain.utils import metadata_file, read_model, save_model
+
+    network = torch.nn.Linear(3, 2)
+    path = tmp_path / "model.pt"
+    save_model(path, network.state_dict(), {"epoch": 1})
+    first = {k: v.clone() for k, v in network.state_dict().items()}
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    real_replace = os.replace
+
+    def killed_at_the_weights(source, destination):
+        if os.path.basename(destination) == "model.pt":
+            raise KeyboardInterrupt  # as a kill: the metadata file is replaced, the weights are not
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(path, network.state_dict(), {"epoch": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert json.loads(metadata_file(path).read_text())["metadata"] == {"epoch": 2}
+    state, metadata = read_model(path)
+    assert metadata == {"epoch": 1} and all(torch.equal(state[k], v) for k, v in first.items())
+    torch.nn.Linear(3, 2).load_state_dict(torch.load(path, weights_only=True))  # a plain state dict, strict
+    save_model(path, network.state_dict(), {"epoch": 2})
+    assert read_model(path)[1] == {"epoch": 2}
+
+
+def test_model_file_without_matching_metadata_has_none(tmp_path, caplog):
+    from monai_vqbrain.utils import read_model_metadata, save_model
+
+    path = tmp_path / "model.pt"
+    save_model(path, torch.nn.Linear(3, 2).state_dict(), {"epoch": 1})
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)  # replaced by hand: the metadata describes other weights
+    with caplog.at_level("WARNING"):
+        assert read_model_metadata(path) == {}
+    assert "describes other weights" in caplog.text

@@ -38,13 +38,7 @@ from torch.utils.data import Dataset
 from ..errors import CheckpointError, DatasetError, OutputPathError, SettingError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
-from ..utils.checkpoint import (
-    METADATA_KEY,
-    check_finite_weights,
-    check_state_dict_matches,
-    load_checkpoint,
-    network_state_dict,
-)
+from ..utils.checkpoint import check_finite_weights, check_state_dict_matches, metadata_file, read_model
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text
 from .codes import SlicePositionLabels, position_channels, position_map
@@ -123,18 +117,23 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def _read_prior_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's."""
+    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's."""
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
-    saved = load_checkpoint(path)
-    metadata = dict(saved.get(METADATA_KEY, {}) or {})
+    state, metadata = read_model(path)
     settings = metadata.get("network_settings")
+    if not metadata:
+        raise CheckpointError(
+            f"prior checkpoint '{path}' has no metadata file that describes it ('{metadata_file(path).name}' beside "
+            f"it is missing, or describes other weights): the prior's settings are not known; use the "
+            f"{path.name} and {metadata_file(path).name} that training_prior wrote together."
+        )
     if metadata.get("network") != GatedPixelCNN.__name__ or not isinstance(settings, dict):
         raise CheckpointError(
             f"'{path}' is not a prior checkpoint: its metadata describes network={metadata.get('network')!r}, not a "
             f"{GatedPixelCNN.__name__} (was the VQ-VAE's model.pt given?); use the prior.pt written by training_prior."
         )
-    return saved, metadata, settings
+    return state, metadata, settings
 
 
 def read_prior_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
@@ -221,9 +220,9 @@ def load_prior(
             f"{settings.get('cond_channels')} but its metadata records position_frequencies={frequencies} "
             f"(expected cond_channels={position_channels(frequencies)})."
         )
-    check_state_dict_matches(network, network_state_dict(saved), str(path))
-    check_finite_weights(network_state_dict(saved), str(path))
-    network.load_state_dict(network_state_dict(saved))
+    check_state_dict_matches(network, saved, str(path))
+    check_finite_weights(saved, str(path))
+    network.load_state_dict(saved)
 
     if image_size is not None and "image_size" in metadata and int(metadata["image_size"]) != int(image_size):
         raise CheckpointError(

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
-from ..utils.checkpoint import METADATA_KEY, load_checkpoint
+from ..utils.checkpoint import METADATA_KEY, load_checkpoint, metadata_file
 from ..utils.flags import as_bool
 from ..utils.io import remove_stale_temporary_files
 from ..utils.modules import unwrap_network
@@ -50,14 +50,16 @@ def check_checkpoint_dir(
     """
     ckpt_dir = Path(ckpt_dir)
     resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
-    remove_stale_temporary_files(ckpt_dir, (*filenames, *_OTHER_RUN_FILES))
+    # the best-model files (all but the last) have their metadata file beside them (model.pt: model.json)
+    sidecars = tuple(metadata_file(name).name for name in filenames[:-1])
+    remove_stale_temporary_files(ckpt_dir, (*filenames, *sidecars, *_OTHER_RUN_FILES))
     resumable = ckpt_dir / filenames[-1]
     if resume:
         if not resumable.is_file():
             raise CheckpointError(f"resume was asked for but '{resumable}' does not exist; train without --resume first.")
         _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key)
         return resumable
-    existing = [ckpt_dir / name for name in filenames if (ckpt_dir / name).exists()]
+    existing = [ckpt_dir / name for name in (*filenames, *sidecars) if (ckpt_dir / name).exists()]
     if existing and not overwrite:
         raise CheckpointError(
             f"'{existing[0]}' already exists and would be overwritten by a new training run; pass --resume true to "
