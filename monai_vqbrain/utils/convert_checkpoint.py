@@ -67,7 +67,9 @@ def convert_checkpoints(target: str | os.PathLike) -> list[Path]:
         state = load_checkpoint(target / _PRIOR_LAST)
         metadata = state.get(METADATA_KEY) or {}
         if metadata.get("vqvae_sha256") == fingerprints[0]:
-            save_checkpoint(target / _PRIOR_LAST, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}})
+            save_checkpoint(
+                target / _PRIOR_LAST, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}}
+            )
             rewritten.append(target / _PRIOR_LAST)
     return rewritten
 

@@ -1,6 +1,7 @@
 """Workflow glue the bundle configs call: setting and input checks, clean error reporting, run metadata."""
 
 from .cli_errors import install_error_hook
+from .keys import config_override_keys, reference_markdown
 from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
@@ -9,7 +10,6 @@ from .run_checks import (
     network_metadata,
 )
 from .settings import (
-    SETTING_RULES,
     check_override_keys,
     check_settings,
     command_line_overrides,
@@ -18,15 +18,16 @@ from .settings import (
 )
 
 __all__ = [
-    "SETTING_RULES",
     "check_checkpoint_dir",
     "check_output_dirs",
     "check_outputs_absent",
     "check_override_keys",
     "check_settings",
+    "config_override_keys",
     "command_line_overrides",
     "config_bundle_root",
     "print_settings",
+    "reference_markdown",
     "install_error_hook",
     "local_tracking_uri",
     "network_metadata",
