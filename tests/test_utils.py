@@ -143,3 +143,53 @@ def test_model_file_without_matching_metadata_has_none(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert read_model_metadata(path) == {}
     assert "describes other weights" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "expected"),
+    [
+        ("case_113_slice_15.nii.png", 22, "case_113_slice_\n15.nii.png"),  # textwrap: "...nii.pn" / "g"
+        ("sample_007", 22, "sample_007"),
+        ("a_very_long_part_without_breaks.png", 8, "a_very_\nlong_\npart_\nwithout_\nbreaks.png"),
+    ],
+)
+def test_wrap_label_breaks_only_between_the_parts_of_a_name(text, width, expected):
+    from monai_vqbrain.utils.io import wrap_label
+
+    assert wrap_label(text, width) == expected
+    assert wrap_label(text, width).replace("\n", "") == text
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 31))])
+def test_epoch_axes_have_whole_number_ticks(epochs):
+    from monai_vqbrain.utils.io import epoch_axis, pyplot
+
+    figure, axis = pyplot().subplots()
+    axis.plot(epochs, [float(e) for e in epochs], marker="o")
+    epoch_axis(axis, epochs)
+    figure.canvas.draw()
+    ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+    pyplot().close(figure)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    if len(epochs) == 1:
+        assert ticks == [1]
+
+
+def test_nearest_training_slices_names_sit_with_their_own_images(tmp_path, monkeypatch):
+    from monai_vqbrain.prior import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.setdefault("figure", figure))
+    samples, nearest = torch.rand(3, 1, 16, 16), torch.rand(3, 1, 16, 16)
+    names = [f"case_{i}13_slice_15.nii.png" for i in range(3)]
+    figures.plot_nearest_training_slices(samples, nearest, tmp_path / "n.png", ["s0", "s1", "s2"], names, [0.5] * 3)
+    axes = drawn["figure"].axes
+    upper, lower = axes[:3], axes[3:6]
+    assert [a.get_title() for a in upper] == ["s0", "s1", "s2"]
+    # a training slice's name is under its own image, not a title between the rows (under the sample above)
+    assert all(a.get_title() == "" for a in lower)
+    assert [a.get_xlabel().split("\nSSIM")[0].replace("\n", "") for a in lower] == names

@@ -440,7 +440,11 @@ class SlicePositionLabels:
         return torch.tensor(labels, dtype=torch.long)
 
     def bin_description(self, label: int) -> str:
-        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range)."""
+        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range).
+
+        Slice indices grow from the base of the brain to the vertex (axial slices in RAS order), which
+        ``grid.png``'s heading says.
+        """
         if self.num_classes is None:
             return ""
         if self.index_range is None:

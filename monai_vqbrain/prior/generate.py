@@ -40,7 +40,7 @@ from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import check_finite_weights, check_state_dict_matches, metadata_file, read_model
 from ..utils.flags import as_bool
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path, atomic_write_text, wrap_label
 from .codes import SlicePositionLabels, position_channels, position_map
 from .figures import plot_nearest_training_slices
 from .trainer import prior_network_settings
@@ -327,9 +327,13 @@ def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
 
 
 def plot_sample_grid(
-    images: torch.Tensor, path: str | os.PathLike, titles: Sequence[str] | None = None, columns: int | None = None
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    heading: str | None = None,
 ) -> None:
-    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title."""
+    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title, under ``heading``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,6 +352,8 @@ def plot_sample_grid(
         axis.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         if titles is not None:
             axis.set_title(titles[index], fontsize=7)
+    if heading:
+        figure.suptitle(wrap_label(heading, max(40, 12 * columns)), fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -760,7 +766,14 @@ class SampleGrid:
             names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
             for i in shown
         ]
-        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
+        heading = None
+        if labels is not None and self.positions.index_range is not None:
+            low, high = self.positions.index_range
+            heading = (
+                f"samples by slice position, from the base of the brain (slice {low}, top left) to the vertex "
+                f"(slice {high}, bottom right)"
+            )
+        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles, heading=heading)
 
 
 class GenerationReport:
