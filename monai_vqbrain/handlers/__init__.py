@@ -2,6 +2,7 @@
 
 from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
 from .codebook_usage import CodebookUsageHandler
+from .interrupt import InterruptHandler
 from .log_values import (
     ITERATION_LOG_KEYS,
     every_n_iterations,
@@ -27,6 +28,7 @@ __all__ = [
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",
+    "InterruptHandler",
     "LossComponentsHandler",
     "ReconstructionReportHandler",
     "TrainingHistoryHandler",

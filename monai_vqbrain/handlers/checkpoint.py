@@ -160,7 +160,10 @@ class TrainingCheckpointLoader:
             iteration = int(trainer_state["iteration"])
             engine.state.epoch = iteration // int(trainer_state["epoch_length"])
             engine.state.iteration = engine.state.epoch * engine.state.epoch_length
-        logger.info(f"resumed training from {self.load_path} at epoch {engine.state.epoch}")
+        logger.info(
+            f"resuming training from {self.load_path}: {engine.state.epoch} epoch(s) done, continuing with epoch "
+            f"{engine.state.epoch + 1} of {engine.state.max_epochs}"
+        )
 
 
 class BestMetricRestorer:

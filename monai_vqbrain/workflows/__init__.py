@@ -2,6 +2,7 @@
 
 from .cli_errors import install_error_hook
 from .keys import config_override_keys, reference_markdown
+from .next_steps import log_next_steps, next_step_commands
 from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
@@ -30,5 +31,7 @@ __all__ = [
     "reference_markdown",
     "install_error_hook",
     "local_tracking_uri",
+    "log_next_steps",
+    "next_step_commands",
     "network_metadata",
 ]
