@@ -56,7 +56,9 @@ class InterruptHandler:
             engine.logger.addFilter(_FILTER)
 
     def __call__(self, engine: Engine, error: BaseException) -> None:
-        interrupted = isinstance(error, KeyboardInterrupt) or (isinstance(error, RunInterrupted) and error.epoch is None)
+        interrupted = isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, RunInterrupted) and error.epoch is None
+        )
         if not interrupted:
             raise error
         if self.resume_file is None:

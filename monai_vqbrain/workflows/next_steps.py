@@ -51,7 +51,9 @@ def next_step_commands(finished: str, argv: Sequence[str] | None = None) -> list
             # only the keys the next workflow's configs define (a prior's training keys mean nothing to generating)
             known = _top_level_keys(files)
             kept = [(key, value) for key, value in pairs if key.split("#")[0] in known]
-            overrides = "".join(f" --{key}" + ("" if value is None else f" {shlex.quote(value)}") for key, value in kept)
+            overrides = "".join(
+                f" --{key}" + ("" if value is None else f" {shlex.quote(value)}") for key, value in kept
+            )
         listed = ",".join(f"'{path.as_posix()}'" for path in files)
         commands.append((purpose, f'python -m monai.bundle run {run_id} --config_file "[{listed}]"{overrides}'))
     return commands
