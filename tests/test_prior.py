@@ -597,6 +597,10 @@ def test_generate_workflow_has_every_required_property(prior_root, demo_root, tm
     assert "measuring 2 samples against 8 real test and" in caplog.text
     assert "classifier two-sample tests)" in caplog.text and "only 2 samples: a classifier AUC" in caplog.text
     assert "generation: classifier AUC generated vs test" in caplog.text and "all metrics in" in caplog.text
+    # and its progress: each stage, with the time so far, and each classifier test
+    stages = [line for line in caplog.text.splitlines() if "measuring (" in line]
+    assert [line.split("measuring (")[1].split(",")[0] for line in stages] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "classifier two-sample test 3/3: reconstructed vs test" in caplog.text
 
 
 def test_generation_summary_is_one_line_of_headline_metrics():
