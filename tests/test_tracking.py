@@ -48,11 +48,22 @@ def test_training_and_evaluating_are_tracked_in_a_local_store(demo_root, tmp_pat
     assert training.data.params["batch_size"] == "4" and training.data.params["image_size"] == "32"
     artifacts = {a.path for a in client.list_artifacts(training.info.run_id)}
     assert "training_history.json" in artifacts
+    # the executed config too, although --output_dir made MONAI's save_execute_config the text "<dir> + '/...'"
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
 
     report = json.loads((outputs / "metrics.json").read_text())
     assert evaluation.data.metrics["ssim_mean"] == pytest.approx(report["ssim_mean"])
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert {"metrics.json", "per_image_metrics.csv", "reconstructions.png", "loss_curves.png"} <= artifacts
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
+
+
+def test_executed_config_file_undoes_monais_concatenation():
+    from monai_vqbrain.workflows import executed_config_file
+
+    assert executed_config_file("/x/out + '/config_20261202_172900.json'") == "/x/out/config_20261202_172900.json"
+    assert executed_config_file("/b/outputs/config_20261202_172900.json") == "/b/outputs/config_20261202_172900.json"
+    assert executed_config_file(None) is None and executed_config_file(False) is None
 
 
 def test_monai_default_tracking_logs_the_loss_as_a_number(demo_root, tmp_path, monkeypatch):

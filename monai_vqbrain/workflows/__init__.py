@@ -7,6 +7,7 @@ from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
     check_outputs_absent,
+    executed_config_file,
     local_tracking_uri,
     network_metadata,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "config_bundle_root",
     "print_settings",
     "reference_markdown",
+    "executed_config_file",
     "install_error_hook",
     "local_tracking_uri",
     "log_next_steps",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -188,6 +189,30 @@ def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:
     }
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return {"network": type(network).__name__, **settings, **entries}
+
+
+# what MONAI's tracking patch (ConfigWorkflow.patch_bundle_tracking) makes of save_execute_config when output_dir
+# is a plain path (set on the command line): the text "<dir> + '/config_<time>.json'", not an expression
+_CONCATENATED_CONFIG_PATH = re.compile(r"^(?P<folder>.*) \+ '/(?P<name>config_\d{8}_\d{6}\.json)'$")
+
+
+def executed_config_file(save_execute_config: Any) -> str | None:
+    """The file MONAI wrote the executed config to, for the tracking handlers' ``artifacts``.
+
+    With ``--tracking``, MONAI writes the executed config to ``<output_dir>/config_<time>.json`` and sets
+    ``save_execute_config`` to ``output_dir``'s config text followed by ``+ '/config_<time>.json'``. That is an
+    expression when ``output_dir`` is the config's default (``$@bundle_root + '/outputs'``), but when
+    ``--output_dir /x`` is given it is the literal text ``/x + '/config_<time>.json'``, a file that does not exist,
+    so the executed config would not be logged. This undoes that concatenation; any other value is returned as is.
+
+    Args:
+        save_execute_config: the config's ``save_execute_config`` after MONAI's patch: a path, that text, or None.
+    """
+    if not isinstance(save_execute_config, (str, os.PathLike)):
+        return None
+    text = os.fspath(save_execute_config)
+    concatenated = _CONCATENATED_CONFIG_PATH.match(text)
+    return os.path.join(concatenated["folder"], concatenated["name"]) if concatenated else text
 
 
 def local_tracking_uri(output_dir: str | os.PathLike) -> str:
