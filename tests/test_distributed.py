@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,11 @@ def test_init_wrap_and_destroy_single_process(torchrun_env):
     # the overlay's train#sampler (MONAI's DistributedSampler) gives the one rank every item, once
     sampler = DistributedSampler(torch.utils.data.TensorDataset(torch.arange(10.0)), even_divisible=True, shuffle=True)
     assert sorted(sampler) == list(range(10))
+    # the overlays' wrapper: no per-forward buffer broadcast, and none of torch's deprecation warnings on every rank
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        wrapped = distributed.distributed_data_parallel(torch.nn.BatchNorm1d(2))
+    assert getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", None)) is False
     distributed.destroy_distributed()
     assert not dist.is_initialized()
     distributed.destroy_distributed()  # no group: a no-op
