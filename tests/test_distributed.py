@@ -30,8 +30,8 @@ MULTI_GPU_PRIOR = CONFIGS / "multi_gpu_train_prior.json"
 # overlay -> (the configs it goes on, {handler list: {position: expected _target_}})
 RANK_ZERO_ONLY = {
     MULTI_GPU_PRIOR: ([TRAIN, TRAIN_PRIOR], {
-        "prior_train#handlers": {4: "StatsHandler", 5: "TensorBoardStatsHandler", 8: "ignite.handlers.ProgressBar"},
-        "prior_validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
+        "prior_train#handlers": {5: "StatsHandler", 6: "TensorBoardStatsHandler", 9: "ignite.handlers.ProgressBar"},
+        "prior_validate#handlers": {1: "StatsHandler", 2: "TensorBoardStatsHandler"},
     }),
 }
 LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar")
