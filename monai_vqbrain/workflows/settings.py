@@ -217,7 +217,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if depth == len(parts) - 1 and isinstance(arguments, frozenset):
             siblings += sorted(arguments - set(siblings))
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
-        hint = "; see the override keys in README.md"
+        hint = "; python -m monai.bundle run help --config_file <the same configs> lists the keys"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
         where = "no config file defines it"
