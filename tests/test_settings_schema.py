@@ -104,6 +104,13 @@ def test_help_prints_each_key_with_its_description(tmp_path, capsys):
     assert lines[lines.index("  --max_epochs 15") + 1].strip() == schema["train.json"]["properties"]["max_epochs"]["description"]
 
 
+def test_help_from_python_takes_the_meanings_of_the_configs_run(tmp_path, capsys):
+    run_bundle("help", [TRAIN, str(CONFIGS / "train_prior.json")], bundle_root=str(tmp_path))
+    lines = capsys.readouterr().out.splitlines()
+    described = load_schema()["$defs"]["configs"]["train_prior.json"]["properties"]["prior_max_epochs"]["description"]
+    assert lines[lines.index("  --prior_max_epochs 12") + 1].strip() == described  # not prior_large.json's
+
+
 def test_reference_markdown_lists_every_key_of_every_config_and_the_hook_inserts_it():
     markdown = reference_markdown()
     for name, entry in load_schema()["$defs"]["configs"].items():

@@ -102,12 +102,18 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     Args:
         settings: the config's settings (``@settings``, plus the workflow's own), as :func:`check_settings` takes them.
         argv: the command line, whose ``--config_file`` names the configs; ``sys.argv`` when None. Without one (a
-            run from Python), the configs are those whose keys ``settings`` holds.
+            run from Python), the configs are those with a key of their own in ``settings``.
     """
     parsed = command_line_overrides(argv)
     configs = [Path(f).name for f in parsed[1]] if parsed is not None and parsed[1] else None
     if not configs:
-        configs = [name for name in CONFIG_ORDER if _config_keys(name) and _config_keys(name) <= set(settings)]
+        # a config takes part when a key of its own (one no config before it defines) is among the settings; a
+        # preset has none (prior_large.json's keys are train_prior.json's): only a command line says it was given
+        configs, earlier = [], set()
+        for name in CONFIG_ORDER:
+            if (_config_keys(name) - earlier) & set(settings):
+                configs.append(name)
+            earlier |= _config_keys(name)
     lines = ["override keys of this workflow, with the values this run would use and what they mean:"]
     for key, value in settings.items():
         if key == "downsample_factor":  # derived from network_def, not a key of its own
