@@ -721,3 +721,20 @@ def test_prior_large_preset_is_a_larger_prior_of_the_same_recipe():
     assert prior.layers[1].dropout.p == 0.1 and small.layers[1].dropout.p == 0.0
     assert prior.num_embeddings == small.num_embeddings and prior.num_classes == small.num_classes
     assert parser.get_parsed_content("prior_max_epochs") == 40
+
+
+def test_grid_says_which_end_is_the_base_of_the_brain(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from monai_vqbrain.prior import generate as generate_module
+
+    drawn = {}
+    monkeypatch.setattr(generate_module, "plot_sample_grid",
+                        lambda images, path, titles, heading=None: drawn.update(titles=titles, heading=heading))
+    conditioning = {"type": "slice_position", "num_bins": 4, "slice_index_range": [0, 15], "class_counts": [1, 1, 1, 1]}
+    samples = SimpleNamespace(images=torch.rand(4, 1, 8, 8), names=[f"sample_{i:03d}.png" for i in range(4)],
+                              labels=torch.arange(4))
+    generate_module.SampleGrid(samples, {"conditioning": conditioning}, tmp_path)(None)
+    assert drawn["heading"] == ("samples by slice position, from the base of the brain (slice 0, top left) to the "
+                                "vertex (slice 15, bottom right)")
+    assert drawn["titles"][0] == "sample_000\nslices 0-3 of 0-15"
