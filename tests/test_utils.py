@@ -193,3 +193,20 @@ def test_nearest_training_slices_names_sit_with_their_own_images(tmp_path, monke
     # a training slice's name is under its own image, not a title between the rows (under the sample above)
     assert all(a.get_title() == "" for a in lower)
     assert [a.get_xlabel().split("\nSSIM")[0].replace("\n", "") for a in lower] == names
+
+
+def test_model_metadata_file_that_is_not_one_is_refused_in_one_line(tmp_path):
+    from monai_vqbrain.utils import metadata_file, read_model_metadata, save_model
+
+    path = tmp_path / "model.pt"
+    save_model(path, torch.nn.Linear(3, 2).state_dict(), {"epoch": 1})
+    metadata_file(path).write_text("{not json")
+    with pytest.raises(CheckpointError, match="is not readable JSON"):
+        read_model_metadata(path)
+    metadata_file(path).write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError, match="is not the metadata file of"):
+        read_model_metadata(path)
+    with open(metadata_file(path), "wb") as handle:
+        handle.truncate(17 * 2**20)  # sparse: no disk used
+    with pytest.raises(CheckpointError, match="more than a model's metadata"):
+        read_model_metadata(path)

@@ -40,6 +40,9 @@ CONVERT_COMMAND = "python -m monai_vqbrain.utils.convert_checkpoint <ckpt_dir>"
 # files whose old layout has been reported already: one line per file and process
 _REPORTED: set[Path] = set()
 
+# a model's metadata file holds settings and numbers (a few KB): anything far larger is not one, and is not read
+_MAX_METADATA_FILE_BYTES = 16 * 2**20
+
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
@@ -183,6 +186,11 @@ def _read_metadata_document(path: Path) -> dict[str, Any] | None:
     sidecar = metadata_file(path)
     if not sidecar.is_file():
         return None
+    if sidecar.stat().st_size > _MAX_METADATA_FILE_BYTES:
+        raise CheckpointError(
+            f"metadata file '{sidecar}' of '{path}' is {sidecar.stat().st_size:,} bytes, more than a model's metadata "
+            f"({_MAX_METADATA_FILE_BYTES:,} at most); use the pair that training wrote."
+        )
     try:
         document = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
