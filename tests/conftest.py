@@ -129,8 +129,13 @@ def run_bundle(run_id: str, config_file, **overrides) -> None:
 
 def user_error(error_type, match: str, function, *args, **kwargs) -> Exception:
     """Call ``function`` and return the ``error_type`` in the raised chain (MONAI's parser may wrap it)."""
+    from monai_vqbrain.workflows import release_output_locks
+
     with pytest.raises(Exception) as caught:
         function(*args, **kwargs)
+    # as a command-line run does when it exits: a run from Python that raised keeps its output-folder locks (and
+    # their lock files) until the process ends or releases them
+    release_output_locks()
     error = caught.value
     while error is not None and not isinstance(error, error_type):
         error = error.__cause__ or error.__context__

@@ -30,14 +30,14 @@ MULTI_GPU_PRIOR = CONFIGS / "multi_gpu_train_prior.json"
 # overlay -> (the configs it goes on, {handler list: {position: expected _target_}})
 RANK_ZERO_ONLY = {
     MULTI_GPU_PRIOR: ([TRAIN, TRAIN_PRIOR], {
-        "prior_train#handlers": {5: "StatsHandler", 6: "TensorBoardStatsHandler", 9: "ignite.handlers.ProgressBar"},
+        "prior_train#handlers": {6: "StatsHandler", 7: "TensorBoardStatsHandler", 10: "ignite.handlers.ProgressBar"},
         "prior_validate#handlers": {1: "StatsHandler", 2: "TensorBoardStatsHandler"},
     }),
 }
 LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar")
 
 TINY = [
-    "--image_size", "32", "--batch_size", "4", "--progress", "False", "--max_epochs", "2",
+    "--image_size", "32", "--train_crop_size", "16", "--batch_size", "4", "--progress", "False", "--max_epochs", "2",
     "--network_def#channels", "[8, 16]", "--network_def#num_res_channels", "8",
     "--network_def#num_embeddings", "32", "--network_def#embedding_dim", "8",
 ]

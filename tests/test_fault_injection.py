@@ -9,6 +9,8 @@ subprocess, so nothing after it runs, as with SIGKILL or a power cut of the proc
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,7 @@ import pytest
 from conftest import CONFIGS, REPO_ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 from monai.bundle import ConfigParser
 
-from monai_vqbrain.utils import load_checkpoint, load_network_weights, read_model_metadata
+from monai_vqbrain.utils import load_checkpoint, load_network_weights, read_model, read_model_metadata
 
 KILLED = 86
 MAX_EPOCHS = 3
@@ -136,4 +138,75 @@ def test_kill_after_the_best_model_and_a_worse_replay_keep_the_best(demo_root, t
                resume=True)
     history = json.loads((models / "training_history.json").read_text())
     assert history[-1]["val_ssim"] < read_model_metadata(models / "model.pt")["key_metric"]
+    _assert_consistent(models, demo_root, tmp_path / "scratch")
+
+
+# one process imports torch, MONAI and the package once, then forks a training run per kill point, which SIGKILLs
+# itself when its trainer completes the chosen global iteration (mid-epoch, between the epoch-end saves); each run
+# after the first resumes the one before. After each kill the models folder is copied to snapshots/<n> for the test.
+# Forking a process that has run no torch work yet (one thread) keeps the imports out of every run's time.
+# argv: settings (JSON, the run's keyword arguments), kill points (JSON list), snapshot folder
+_SIGKILL_CHAIN = textwrap.dedent(
+    """
+    import json, os, shutil, signal, sys
+    import torch
+    from monai.bundle import run
+    from monai_vqbrain.engines import VQVAETrainer
+
+    settings, kill_points, snapshots = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    torch.set_num_threads(1)
+    iteration = VQVAETrainer._iteration
+    for n, kill_at in enumerate(kill_points):
+        child = os.fork()
+        if child == 0:
+            def killing_iteration(self, engine, batch, kill_at=kill_at):
+                output = iteration(self, engine, batch)
+                if engine.state.iteration == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return output
+
+            VQVAETrainer._iteration = killing_iteration
+            try:
+                run(run_id="training", **settings, resume=n > 0)
+            finally:
+                os._exit(0)  # never back into this loop: the kill did not happen
+        status = os.waitpid(child, 0)[1]
+        print(f"run {n}: killed at iteration {kill_at}: status {status}", flush=True)
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            sys.exit(f"run {n} was not killed at iteration {kill_at} (status {status})")
+        shutil.copytree(os.path.join(settings["bundle_root"], "models"), os.path.join(snapshots, str(n)))
+    """
+)
+
+
+def test_sigkill_at_seeded_random_iterations_then_resume_keeps_history_and_best_model(demo_root, tmp_path):
+    from monai_vqbrain.data import get_datalist
+    from monai_vqbrain.utils.checkpoint import check_finite_weights
+
+    per_epoch = -(-len(get_datalist(demo_root, "train")) // SETTINGS["batch_size"])
+    # after epoch 1, so that every kill leaves a training state to resume (the state before is covered above)
+    kill_points = sorted(random.Random(19).sample(range(per_epoch + 1, MAX_EPOCHS * per_epoch + 1), 5))
+    bundle_root, snapshots = tmp_path / "bundle", tmp_path / "snapshots"
+    settings = {"config_file": TRAIN, "logging_file": str(CONFIGS / "logging.conf"),
+                "meta_file": str(CONFIGS / "metadata.json"), "bundle_root": str(bundle_root),
+                "dataset_dir": str(demo_root), **SETTINGS}
+    chain = subprocess.run([sys.executable, "-c", _SIGKILL_CHAIN, json.dumps(settings), json.dumps(kill_points),
+                            str(snapshots)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert chain.returncode == 0, chain.stdout[-2000:] + chain.stderr[-3000:]
+    assert chain.stdout.count("killed at iteration") == len(kill_points), chain.stdout
+    for n, kill_at in enumerate(kill_points):
+        models = snapshots / str(n)
+        saved = (kill_at - 1) // per_epoch  # the epochs completed before the kill
+        history = json.loads((models / "training_history.json").read_text())
+        assert [record["epoch"] for record in history] == list(range(1, saved + 1)), (n, kill_at)
+        assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == saved
+        weights, metadata = read_model(models / "model.pt")
+        check_finite_weights(weights, f"model.pt after kill {n}")
+        assert metadata["key_metric"] == pytest.approx(max(r["val_ssim"] for r in history), abs=1e-6)
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **SETTINGS, resume=True)
+    models = bundle_root / "models"
+    check_finite_weights(read_model(models / "model.pt")[0], "model.pt")
+    best_in_history = max(r["val_ssim"] for r in json.loads((models / "training_history.json").read_text()))
+    assert read_model_metadata(models / "model.pt")["key_metric"] == pytest.approx(best_in_history, abs=1e-6)
     _assert_consistent(models, demo_root, tmp_path / "scratch")

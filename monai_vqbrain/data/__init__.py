@@ -3,7 +3,14 @@
 Every dataset yields items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``; see :func:`get_dataset`.
 """
 
-from .datasets import DATASET_FORMATS, detect_dataset_format, get_datalist, get_dataset, resolve_dataset_dir
+from .datasets import (
+    DATASET_FORMATS,
+    dataset_record,
+    detect_dataset_format,
+    get_datalist,
+    get_dataset,
+    resolve_dataset_dir,
+)
 from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
 from .limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from .nifti import list_nifti_volumes, list_volume_slices, load_nifti_slices
@@ -20,6 +27,7 @@ __all__ = [
     "default_demo_dir",
     "generate_demo_dataset",
     "ensure_demo_dataset",
+    "dataset_record",
     "resolve_dataset_dir",
     "detect_dataset_format",
     "list_oasis_png_split",

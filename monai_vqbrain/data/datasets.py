@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from monai_vqbrain.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATASET_FORMATS", "resolve_dataset_dir", "detect_dataset_format", "get_datalist", "get_dataset"]
+__all__ = [
+    "DATASET_FORMATS",
+    "dataset_record",
+    "resolve_dataset_dir",
+    "detect_dataset_format",
+    "get_datalist",
+    "get_dataset",
+]
 
 DATASET_FORMATS = ("auto", "png", "nifti")
 _EXPECTED_LAYOUT = (
@@ -178,6 +186,31 @@ def get_datalist(
         root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
         max_volume_voxels,
     )
+
+
+def dataset_record(dataset_dir: str | os.PathLike, splits: Mapping[str, Sequence[Mapping]]) -> dict:
+    """What a training run trained on, for its checkpoints: the folder, each split's size and a fingerprint.
+
+    The fingerprint is a SHA-256 of the sorted ``split:relative path[#slice]`` lines of every item, so it changes when
+    a file is added, removed or renamed, or when items move between splits (another ``seed``, ``val_fraction`` or
+    ``max_items``), but not when the same folder is moved or copied elsewhere. A resumed run compares it with the
+    one in the checkpoint (see :func:`~monai_vqbrain.workflows.check_checkpoint_dir`).
+
+    Args:
+        dataset_dir: the resolved dataset folder.
+        splits: split name (``train``, ``validate``) to its datalist (items with ``image`` and, for volumes,
+            ``slice_index``).
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    lines = []
+    for split, items in splits.items():
+        for item in items:
+            path = Path(str(item["image"])).expanduser().absolute()
+            relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+            suffix = f"#{item['slice_index']}" if "slice_index" in item else ""
+            lines.append(f"{split}:{relative}{suffix}")
+    fingerprint = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+    return {"dir": str(root), "sizes": {split: len(items) for split, items in splits.items()}, "fingerprint": fingerprint}
 
 
 def get_dataset(

@@ -2,6 +2,7 @@
 
 from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
 from .codebook_usage import CodebookUsageHandler
+from .divergence import StopOnDivergence, TrainingDivergedError, non_finite_weights
 from .interrupt import InterruptHandler
 from .log_values import (
     ITERATION_LOG_KEYS,
@@ -29,10 +30,13 @@ __all__ = [
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",
     "InterruptHandler",
+    "StopOnDivergence",
+    "TrainingDivergedError",
     "LossComponentsHandler",
     "ReconstructionReportHandler",
     "TrainingHistoryHandler",
     "every_n_iterations",
+    "non_finite_weights",
     "numeric_tracking_outputs",
     "tracking_log_values",
     "training_log_values",

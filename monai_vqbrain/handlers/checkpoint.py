@@ -9,6 +9,7 @@ no metadata, cannot refuse a checkpoint of another network or image size, load w
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,23 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
+from .divergence import TrainingDivergedError, non_finite_weights
 
 logger = logging.getLogger(__name__)
 
 # scheduler attributes that hold the schedule's length in epochs (CosineAnnealingLR, LinearLR, PolynomialLR, ...)
 _SCHEDULE_LENGTHS = ("T_max", "total_iters")
+
+
+def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric: float = 0.0) -> None:
+    """Never write a checkpoint of a diverged network (the last good one stays): fail the run instead."""
+    bad = non_finite_weights(network) if network is not None else []
+    if bad or not math.isfinite(metric):
+        what = f"{len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]})" if bad else f"its key metric is {metric}"
+        raise TrainingDivergedError(
+            f"training diverged: {what}; '{save_path}' was not written (the last good one is kept): lower the "
+            f"learning rate (--learning_rate, --prior_learning_rate) and train again."
+        )
 
 
 class BestModelSaver:
@@ -69,6 +82,7 @@ class BestModelSaver:
         current = state.metrics.get(getattr(state, "key_metric_name", None) or "")
         if current is None or float(current) != float(state.best_metric):
             return
+        _refuse_non_finite(self.network, self.save_path, float(current))
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
         save_model(self.save_path, unwrap_network(self.network).state_dict(), metadata)
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
@@ -105,6 +119,7 @@ class TrainingCheckpointSaver:
         last_epoch = engine.state.epoch == engine.state.max_epochs
         if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
             return
+        _refuse_non_finite(self.save_dict.get("model"), self.save_path)
         checkpoint = {
             key: (unwrap_network(obj) if key == "model" else obj).state_dict()
             for key, obj in self.save_dict.items()

@@ -111,6 +111,12 @@ def _files_of(spec: str) -> list[Path]:
                 f"{', '.join(SUPPORTED_SUFFIXES)} directly in it (use a glob such as 'folder/**/*.png' for sub-folders)"
             )
         return files
+    if path.exists() and not _GLOB_CHARACTERS & set(spec):
+        # a FIFO, socket or device: reading it would block or never end
+        raise DatasetError(
+            f"input '{path}' is not a regular file (a FIFO, socket or device); expected a PNG or NIfTI file, a "
+            f"folder of them, or a quoted glob"
+        )
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
@@ -352,6 +358,8 @@ def read_input(
             f"input file '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; expected a link "
             "to a PNG or NIfTI file"
         )
+    if path.exists() and not path.is_file():
+        raise ImageFileError(f"input file '{path}' is not a regular file (a FIFO, socket, device or folder)")
     if not path.is_file():
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -107,6 +108,19 @@ class ReconstructionEvaluator(SupervisedEvaluator):
         return engine.state.output
 
 
+def _recursive_glob_roots(specs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    """The folders below which each recursive glob (``**``) of the ``input`` setting matches, resolved."""
+    specs = [] if specs is None else [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    roots = []
+    for spec in map(str, specs):
+        if "**" not in spec:
+            continue
+        parts = Path(spec).expanduser().absolute().parts
+        fixed = list(itertools.takewhile(lambda part: not set("*?[") & set(part), parts))
+        roots.append(Path(*fixed).resolve())
+    return roots
+
+
 def check_outputs(
     files: Sequence[Path],
     output_dir: str | os.PathLike,
@@ -116,6 +130,7 @@ def check_outputs(
     separate_folder: bool = False,
     save_codes: bool = True,
     overwrite: bool = False,
+    input_specs: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> list[Path]:
     """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
 
@@ -130,6 +145,9 @@ def check_outputs(
         output_dtype: the data type of the reconstructions (None: each input's own).
         save_codes: whether code maps are written.
         overwrite: whether existing outputs may be replaced.
+        input_specs: the ``input`` setting (files, folders, globs): an output folder equal to or inside the root
+            of a recursive glob (``/d`` of ``/d/**/*.png``) is refused, as the next run would take its outputs as
+            inputs.
 
     Returns:
         The input files.
@@ -151,6 +169,12 @@ def check_outputs(
             f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
             f"are never read as inputs of a later run"
         )
+    for root in _recursive_glob_roots(input_specs):
+        if output_dir.resolve() == root or root in output_dir.resolve().parents:
+            raise OutputPathError(
+                f"output_dir '{output_dir.resolve()}' is inside '{root}', the root of a recursive input glob: the "
+                f"next run over that glob would take the reconstructions as inputs; choose another --output_dir"
+            )
     planned: dict[Path, Path] = {(output_dir / METRICS_FILE).resolve(): Path(METRICS_FILE)}
     for path in files:
         try:
@@ -167,6 +191,13 @@ def check_outputs(
             if resolved in inputs:
                 raise OutputPathError(
                     f"output '{output}' would overwrite the input file '{inputs[resolved]}'; choose another --output_dir"
+                )
+            # separate_folder puts outputs in a sub-folder named like the input, which can be an input folder
+            folder = output.absolute().parent.resolve()
+            if folder in folders:
+                raise OutputPathError(
+                    f"output '{output}' would be written into '{folder}', which holds input files; choose another "
+                    f"--output_dir so that reconstructions are never read as inputs of a later run"
                 )
             if resolved in planned:
                 raise OutputPathError(

@@ -87,6 +87,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         start = handle.read(2)
     # torch.save writes a zip archive, or a pickle (protocol >= 2 starts with 0x80) in its legacy format; anything
     # else is not a checkpoint, whatever torch's unpickler would say about it
+    if start == b"PK" and not zipfile.is_zipfile(path):
+        # zip archives end with their table of contents: a cut-short write (full disk, killed copy) loses it
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated or corrupt: a zip archive (as torch.save writes) without its end "
+            f"({path.stat().st_size} bytes); the write or copy that made it was cut short: use another checkpoint, "
+            f"copy it again or train again."
+        )
     if not (zipfile.is_zipfile(path) or start[:1] == b"\x80"):
         raise CheckpointError(
             f"checkpoint '{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with "

@@ -7,12 +7,15 @@ from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
     check_outputs_absent,
+    check_resumed_dataset,
     executed_config_file,
     local_tracking_uri,
     network_metadata,
 )
+from .run_lock import LOCK_FILE, OutputFolderLockedError, lock_output_dirs, release_output_locks
 from .settings import (
     check_override_keys,
+    check_setting_combinations,
     check_settings,
     command_line_overrides,
     config_bundle_root,
@@ -20,10 +23,14 @@ from .settings import (
 )
 
 __all__ = [
+    "LOCK_FILE",
+    "OutputFolderLockedError",
     "check_checkpoint_dir",
     "check_output_dirs",
     "check_outputs_absent",
     "check_override_keys",
+    "check_resumed_dataset",
+    "check_setting_combinations",
     "check_settings",
     "config_override_keys",
     "command_line_overrides",
@@ -35,5 +42,7 @@ __all__ = [
     "local_tracking_uri",
     "log_next_steps",
     "next_step_commands",
+    "lock_output_dirs",
     "network_metadata",
+    "release_output_locks",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -16,6 +17,8 @@ from ..utils.checkpoint import METADATA_KEY, load_checkpoint, metadata_file
 from ..utils.flags import as_bool
 from ..utils.io import remove_stale_temporary_files
 from ..utils.modules import unwrap_network
+
+logger = logging.getLogger(__name__)
 
 # files besides the checkpoints that training runs write atomically into ``ckpt_dir``
 _OTHER_RUN_FILES = ("training_history.json", "prior_training_history.json", "codes_train.pt", "codes_validate.pt")
@@ -45,8 +48,9 @@ def check_checkpoint_dir(
         max_epochs_key: the setting that sets ``max_epochs``, for the message.
 
     Raises:
-        CheckpointError: when checkpoints exist and neither ``resume`` nor ``overwrite`` is set, when ``resume`` is
-            set and there is nothing to resume from, or when the state was saved with other settings.
+        CheckpointError: when checkpoints exist and neither ``resume`` nor ``overwrite`` is set, when there is nothing
+            to resume from (``resume`` set, or a best model without a training state), or when the state was saved
+            with other settings.
         SettingError: when the resumed state has already trained ``max_epochs`` epochs.
     """
     ckpt_dir = Path(ckpt_dir)
@@ -55,12 +59,21 @@ def check_checkpoint_dir(
     sidecars = tuple(metadata_file(name).name for name in filenames[:-1])
     remove_stale_temporary_files(ckpt_dir, (*filenames, *sidecars, *_OTHER_RUN_FILES))
     resumable = ckpt_dir / filenames[-1]
+    existing = [ckpt_dir / name for name in (*filenames, *sidecars) if (ckpt_dir / name).exists()]
+    if existing and not resumable.exists() and (resume or not overwrite):
+        # the best model of epoch 1 is written before the first training state: a run killed (or out of disk) in
+        # between left a best model and nothing to resume from; a rerun and a --resume run say the same
+        raise CheckpointError(
+            f"'{existing[0]}' exists but '{resumable}' does not: the run that wrote it ended before saving a training "
+            f"state (killed or out of disk space in its first epoch), so there is nothing to resume; pass "
+            f"--overwrite true (without --resume) to train again from the start, or --ckpt_dir to train into another "
+            f"folder."
+        )
     if resume:
         if not resumable.is_file():
             raise CheckpointError(f"resume was asked for but '{resumable}' does not exist; train without --resume first.")
         _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key)
         return resumable
-    existing = [ckpt_dir / name for name in (*filenames, *sidecars) if (ckpt_dir / name).exists()]
     if existing and not overwrite:
         raise CheckpointError(
             f"'{existing[0]}' already exists and would be overwritten by a new training run; pass --resume true to "
@@ -83,13 +96,15 @@ def check_output_dirs(
 
     Args:
         dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names; for a setting named
-            ``*_file`` (``history_file``), the folder holding that file is judged.
+            ``*_file`` (``history_file``) and for ``tracking_uri`` (``sqlite:///<path>``), the folder holding that
+            file is judged, and an existing ``tracking_uri`` file must be an SQLite database.
         dataset_dir: the ``dataset_dir`` setting of a run that reads a dataset; None or ``""`` when it reads the
             demo data in ``demo_dir``.
         demo_dir: the ``demo_dir`` setting: the data folder when ``dataset_dir`` is not set.
 
     Raises:
         OutputPathError: naming the setting and the folder when it is equal to or inside the data folder.
+        OutputPathError: naming ``tracking_uri`` when it names an existing file that is not an SQLite database.
         OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file, a
             symbolic link to nothing, or is not writable (read-only file system, no permission).
     """
@@ -97,8 +112,10 @@ def check_output_dirs(
     # resolved, so that a symbolic link or '..' cannot hide that an output folder is inside the data
     data = Path(data_dir).expanduser().resolve() if data_dir not in (None, "") else None
     for key, named in dirs.items():
+        if key == "tracking_uri":
+            named = _tracking_database(str(named))
         named = Path(named).expanduser().absolute()
-        path = named.parent if key.endswith("_file") else named
+        path = named.parent if key.endswith("_file") or key == "tracking_uri" else named
         if data is not None and (path.resolve() == data or data in path.resolve().parents):
             where = "is" if path.resolve() == data else "is inside"
             raise OutputPathError(
@@ -132,6 +149,23 @@ def check_output_dirs(
             ) from error
 
 
+def _tracking_database(tracking_uri: str) -> Path:
+    """The file of a ``sqlite:///<path>`` tracking URI (the settings allow no other), checked to be a database."""
+    path = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().absolute()
+    if path.is_file():
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        # an empty file is what sqlite3 itself creates before the first table; any other content must be a database
+        if header and header != b"SQLite format 3\x00":
+            raise OutputPathError(
+                f"tracking_uri '{tracking_uri}' names '{path}', which exists and is not an SQLite database (MLflow "
+                f"would fail on it after the run's work); choose another --tracking_uri, or move that file away."
+            )
+    elif path.exists():
+        raise OutputPathError(f"tracking_uri '{tracking_uri}' names '{path}', which is not a file; choose another.")
+    return path
+
+
 def check_outputs_absent(
     output_dir: str | os.PathLike, names: Sequence[str], overwrite: bool = False, key: str = "output_dir"
 ) -> None:
@@ -154,6 +188,43 @@ def check_outputs_absent(
             f"'{existing[0]}' already exists and would be replaced by this run; pass --overwrite true to replace it, "
             f"or --{key} to write to another folder."
         )
+
+
+def _describe_dataset(record: Mapping[str, Any]) -> str:
+    sizes = ", ".join(f"{count} {split}" for split, count in dict(record.get("sizes") or {}).items())
+    return f"'{record.get('dir')}' ({sizes} slices, fingerprint {record.get('fingerprint')})"
+
+
+def check_resumed_dataset(
+    resumable: str | os.PathLike, dataset: Mapping[str, Any], resume: bool = True, overwrite: bool = False
+) -> None:
+    """Refuse to resume a run on another data set (or another split of it) than the one it trained on.
+
+    Called after :func:`check_checkpoint_dir`, which refuses a resumed state of another network or image size
+    without listing the data.
+
+    Args:
+        resumable: the training state to resume (``<ckpt_dir>/last.pt``), whose metadata holds ``"dataset"``.
+        dataset: this run's :func:`~monai_vqbrain.data.dataset_record`.
+        resume: whether the run resumes; nothing is checked otherwise.
+        overwrite: continue on the new data set anyway, with a warning.
+
+    Raises:
+        CheckpointError: naming both data sets (folder, split sizes, fingerprint), unless ``overwrite``.
+    """
+    if not as_bool(resume, "resume"):
+        return
+    saved = (load_checkpoint(resumable).get(METADATA_KEY, {}) or {}).get("dataset")
+    if not isinstance(saved, Mapping) or saved.get("fingerprint") == dataset.get("fingerprint"):
+        return  # the same data, or a checkpoint from before data sets were recorded: nothing to compare
+    message = f"'{resumable}' was trained on {_describe_dataset(saved)}, but this run reads {_describe_dataset(dataset)}"
+    if as_bool(overwrite, "overwrite"):
+        logger.warning(f"{message}; resuming on the new data set as --overwrite true asks.")
+        return
+    raise CheckpointError(
+        f"{message}: a resumed run would mix two data sets in one model and history; pass the same --dataset_dir "
+        f"and split settings, or --overwrite true (with --resume true) to continue on this data set anyway."
+    )
 
 
 def _check_resumable(

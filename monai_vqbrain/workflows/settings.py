@@ -23,6 +23,7 @@ from ..errors import SettingError
 from .keys import CONFIG_ORDER, key_description, key_names, setting_error
 
 __all__ = [
+    "check_setting_combinations",
     "check_settings",
     "print_settings",
     "check_override_keys",
@@ -38,6 +39,10 @@ _RUN_ARGUMENTS = frozenset(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_device_available(value: Any) -> str | None:
@@ -89,6 +94,41 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
                 f"times), got {size}; e.g. {max(factor, size // factor * factor)}."
             )
     return settings
+
+
+def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str | None = None) -> None:
+    """Check the settings that are only wrong together, before anything is loaded (after :func:`check_settings`).
+
+    Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
+    training data, a training crop larger than the image, or a training run that would never validate (and so never
+    save ``model.pt``).
+
+    Args:
+        settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
+        max_epochs_key: the setting holding the training run's epochs (``max_epochs``, ``prior_max_epochs``), whose
+            validation every ``val_interval`` epochs must happen at least once; None for a run that does not train.
+
+    Raises:
+        SettingError: one line naming the keys, their values and what they must satisfy.
+    """
+    val, test = settings.get("val_fraction"), settings.get("test_fraction")
+    if _is_number(val) and _is_number(test) and val + test >= 1:
+        raise SettingError(
+            f"val_fraction + test_fraction must be below 1 (the rest is the training split), got {val} + {test}."
+        )
+    image, crop = settings.get("image_size"), settings.get("train_crop_size")
+    if _is_int(image) and _is_int(crop) and crop > image:
+        raise SettingError(
+            f"train_crop_size must be at most image_size ({image}): the crop is taken from the resized image, "
+            f"got {crop}; set it to {image} or less, or 0 to train on whole images."
+        )
+    epochs, interval = settings.get(max_epochs_key) if max_epochs_key else None, settings.get("val_interval")
+    if _is_int(epochs) and _is_int(interval) and interval > epochs:
+        raise SettingError(
+            f"val_interval ({interval}) is larger than {max_epochs_key} ({epochs}): the run would never validate and "
+            f"so never save its best model; set --val_interval {epochs} or less, or --{max_epochs_key} {interval} "
+            f"or more."
+        )
 
 
 def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> None:
