@@ -13,7 +13,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
-from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
 from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices, subject_id
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
 from monai_vqbrain.data.transforms import get_slice_transforms
@@ -111,10 +111,14 @@ def _nifti_items(
     test_fraction: float,
     seed: int,
     max_voxels: int | None,
+    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """List the kept slices of a NIfTI split as (volume, slice index) items, stopping at ``max_items`` slices."""
     files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    items = list_volume_slices(files, slice_axis, slice_range, min_foreground, max_voxels, max_items=max_items)
+    items = list_volume_slices(
+        files, slice_axis, slice_range, min_foreground, max_voxels, max_items, min_slice_size, max_pixels
+    )
     if not items:
         raise DatasetError(
             f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): every "
@@ -145,6 +149,7 @@ def get_datalist(
     max_items: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
 ) -> list[dict]:
     """List the 2D slices of one split as datalist items for ``preprocessing`` (``train.json``) to load.
 
@@ -165,8 +170,10 @@ def get_datalist(
         test_fraction: NIfTI only: fraction of subjects for ``test`` when there are no split folders.
         seed: NIfTI only: seed of the subject split.
         max_items: keep only the first this many items (for quick runs); None keeps all.
-        max_image_pixels: the most pixels a PNG's header may declare; None allows any.
+        max_image_pixels: the most pixels a PNG's header may declare, and the most any slice (PNG or cut from a
+            volume) may hold once padded to a square; None allows any.
         max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
+        min_slice_size: the smallest in-plane side a slice may have; None allows any.
 
     Raises:
         DatasetError: when the folder, the split or its images are missing.
@@ -181,10 +188,10 @@ def get_datalist(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        return list_oasis_png_split(root, split, max_items, max_image_pixels)
+        return list_oasis_png_split(root, split, max_items, max_image_pixels, min_slice_size)
     return _nifti_items(
         root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-        max_volume_voxels,
+        max_volume_voxels, min_slice_size, max_image_pixels,
     )
 
 

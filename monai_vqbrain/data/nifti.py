@@ -4,14 +4,22 @@ The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"
 orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher end of its vertical world axis
 (anterior for axial, superior for coronal and sagittal slices) is at the top and the patient's right is on the
 image's right (neurological convention).
+
+Training and inference read volumes through :class:`VolumeSlices`: one slice at a time from nibabel's array proxy,
+the per-volume intensity percentiles streamed, so that memory holds a slice rather than a volume (a 512³ volume
+would take 40 bytes a voxel through the whole-volume reader, :func:`read_volume_ras`, which stays as the reference
+the slice reader is tested against).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import math
 import os
 import random
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +28,13 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS, check_image_size
+from monai_vqbrain.data.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_VOLUME_VOXELS,
+    DEFAULT_MIN_SLICE_SIZE,
+    check_image_size,
+    check_slice_shape,
+)
 from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
@@ -39,7 +53,12 @@ __all__ = [
     "voxel_orientation",
     "RasVolume",
     "read_volume_ras",
+    "VolumeSlices",
+    "open_volume_slices",
+    "volume_intensity_range",
+    "read_volume_plane",
     "kept_slices",
+    "kept_volume_slices",
     "volume_plane",
     "cached_volume_ras",
     "list_volume_slices",
@@ -92,6 +111,22 @@ def _walk_volume_files(root: Path) -> Iterable[Path]:
                 yield Path(folder) / name
 
 
+def _refuse_link_loop(path: Path) -> None:
+    """Refuse a data file that is a loop of symbolic links (``a -> b -> a``), naming it, rather than a traceback.
+
+    Raises:
+        ImageFileError: naming the file.
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageFileError(
+                f"'{path}' is a loop of symbolic links (it leads back to itself); expected an image file: remove the "
+                "link or point it at the file"
+            ) from None
+
+
 def has_volume_files(root: str | os.PathLike) -> bool:
     """True when any NIfTI/Analyze volume file lies below ``root``; stops at the first one found."""
     return next(iter(_walk_volume_files(Path(root).expanduser())), None) is not None
@@ -108,6 +143,7 @@ def find_volume_files(root: str | os.PathLike) -> list[Path]:
     """
     files = []
     for path in _walk_volume_files(Path(root).expanduser()):
+        _refuse_link_loop(path)
         if path.name.lower().endswith(".img") and _analyze_header(path) is None:
             raise ImageFileError(
                 f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
@@ -268,11 +304,15 @@ def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
 
 
 def _open_volume(
-    path: Path, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+    path: Path, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS, keep_file_open: bool = False
 ) -> tuple[nib.spatialimages.SpatialImage, tuple[int, ...]]:
-    """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape."""
+    """Open a volume (header only; nibabel reads voxels lazily) and return it with its checked spatial shape.
+
+    ``keep_file_open`` keeps one file handle for the slices read from it, so that a ``.nii.gz`` read slice after
+    slice is decompressed once, not once per slice.
+    """
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path), keep_file_open=keep_file_open) if keep_file_open else nib.load(str(path))
         shape = image.shape
         dtype = image.get_data_dtype()
     except Exception as err:  # nibabel raises many types (ImageFileError, gzip/zlib errors, EOFError, ...)
@@ -356,6 +396,36 @@ def voxel_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray 
     return orientation
 
 
+def _file_orientation(path: Path, image: nib.spatialimages.SpatialImage, shape: tuple[int, ...]) -> np.ndarray:
+    """The orientation of a volume's voxel axes, from its affine; ``shape`` is its 3D voxel shape.
+
+    Raises:
+        ImageFileError: naming the file when its affine holds NaN or infinite values, or gives a voxel axis (of more
+            than one voxel) no direction (a singular affine).
+    """
+    try:
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as err:  # a header whose fields give no affine
+        raise ImageFileError(
+            f"'{path}' has no readable voxel-to-world affine ({err}); expected a valid qform or sform"
+        ) from err
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ImageFileError(
+            f"'{path}' has a voxel-to-world affine with NaN or infinite values ({affine.tolist()}); expected a valid "
+            "affine (qform or sform)"
+        )
+    try:
+        orientation = voxel_orientation(affine, shape)
+    except np.linalg.LinAlgError:
+        orientation = None
+    if orientation is None:
+        raise ImageFileError(
+            f"'{path}' has an affine with no clear axis directions ({affine.tolist()}); expected a "
+            "valid voxel-to-world affine (qform or sform)"
+        )
+    return orientation
+
+
 class RasVolume(NamedTuple):
     """A volume read by :func:`read_volume_ras`: what training slices and what inference needs to write it back.
 
@@ -385,6 +455,7 @@ def read_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MA
     """
     path = Path(path)
     image, shape = _open_volume(path, max_voxels)
+    orientation = _file_orientation(path, image, shape + (1,) * (3 - len(shape)))
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
     except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
@@ -398,15 +469,335 @@ def read_volume_ras(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MA
             f"'{path}' holds {int(data.size - finite.sum())} NaN or infinite voxel values; expected finite "
             "intensities (replace them, e.g. by 0, or leave the file out)"
         )
-    orientation = voxel_orientation(np.asarray(image.affine, dtype=np.float64), data.shape)
-    if orientation is None:
-        raise ImageFileError(
-            f"'{path}' has an affine with no clear axis directions ({np.asarray(image.affine).tolist()}); expected a "
-            "valid voxel-to-world affine (qform or sform)"
-        )
     # nibabel affines map to RAS+ world coordinates; this is what MONAI's Orientation("RAS") does to the voxels
     ras = apply_orientation(data, ornt_transform(orientation, _RAS))
     return RasVolume(np.ascontiguousarray(ras, dtype=np.float32), image, orientation, shape)
+
+
+def _read_scaled(dataobj: object, slicer: tuple) -> np.ndarray:
+    """``dataobj[slicer]`` as float32, scaled by the header's slope and intercept exactly as ``get_fdata`` scales.
+
+    nibabel's ``get_fdata(dtype=float32)`` scales in float32 while ``dataobj[slicer]`` scales in the slope's own
+    type; the array proxy's scaling with the float32 type keeps a slice's values those of the whole volume.
+    """
+    get_scaled = getattr(dataobj, "_get_scaled", None)
+    if get_scaled is not None:
+        return np.asarray(get_scaled(dtype=np.float32, slicer=slicer), dtype=np.float32)
+    return np.asarray(np.asarray(dataobj)[slicer], dtype=np.float32)  # an image made in memory
+
+
+def _ordered_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort as the float32 ``values`` do (the IEEE bit pattern, sign handled)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def _key_values(keys: np.ndarray) -> np.ndarray:
+    """The float32 values of :func:`_ordered_keys` keys."""
+    keys = np.asarray(keys, dtype=np.uint32)
+    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+class VolumeSlices:
+    """One volume's RAS slices, read one at a time from nibabel's array proxy: memory for a slice, not the volume.
+
+    Opening reads and checks the header and affine only. :meth:`plane` reads the voxels of one slice (the file's
+    voxels that make RAS slice ``index`` along RAS ``axis``), reorients them and shows them in display orientation:
+    the same values as :func:`volume_plane` of the whole :func:`read_volume_ras` volume. :meth:`intensity_range`
+    streams the volume slab by slab for the percentiles :func:`robust_range` would compute on it.
+
+    Args:
+        path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
+        max_voxels: the most voxels the header may declare; None allows any.
+
+    Raises:
+        ImageFileError: naming the file when its header is unreadable, too large, not a 2D/3D grey image, or its
+            affine is not finite or gives an axis no direction.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> None:
+        self.path = Path(path)
+        self.image, self.shape = _open_volume(self.path, max_voxels, keep_file_open=True)
+        self.shape3 = self.shape + (1,) * (3 - len(self.shape))
+        self.orientation = _file_orientation(self.path, self.image, self.shape3)
+        self.to_ras = ornt_transform(self.orientation, _RAS)
+        self.from_ras = ornt_transform(_RAS, self.orientation)
+        ras_shape = [0, 0, 0]
+        for file_axis, (ras_axis, _) in enumerate(self.to_ras):
+            ras_shape[int(ras_axis)] = self.shape3[file_axis]
+        self.ras_shape = tuple(ras_shape)
+        #: what the voxels are read from; tests may wrap it to count what is read
+        self.dataobj = self.image.dataobj
+
+    def file_index(self, axis: int, index: int) -> tuple[int, int]:
+        """The file's voxel axis and index that hold RAS slice ``index`` along RAS ``axis``."""
+        file_axis = int(np.flatnonzero(self.to_ras[:, 0] == axis)[0])
+        flipped = self.to_ras[file_axis, 1] < 0
+        return file_axis, (self.shape3[file_axis] - 1 - index if flipped else index)
+
+    def _read(self, ranges: dict[int, tuple[int, int]]) -> np.ndarray:
+        """The voxels in ``{axis: (start, stop)}`` (whole along the other spatial axes) as a float32 3D array."""
+        ndim = len(self.image.shape)
+        slicer = tuple(slice(*ranges[d]) if d in ranges else (slice(None) if d < 3 else 0) for d in range(ndim))
+        try:
+            data = _read_scaled(self.dataobj, slicer)
+        except FileNotFoundError as err:
+            raise ImageFileError(
+                f"'{self.path}' can no longer be read ({err}); it was removed or moved while the run used it"
+            ) from err
+        except Exception as err:  # nibabel raises many types (EOFError, zlib and gzip errors, ValueError, ...)
+            raise ImageFileError(
+                f"cannot read the voxels of volume '{self.path}' ({err}); the file may be truncated"
+            ) from err
+        sizes = {d: stop - start for d, (start, stop) in ranges.items()}
+        return data.reshape(tuple(sizes.get(d, n) for d, n in enumerate(self.shape3)))
+
+    def read_file_slab(
+        self, file_axis: int, file_index: int, stop: int | None = None, chunk_bytes: int = 16 * 2**20
+    ) -> np.ndarray:
+        """The voxels from ``file_index`` to ``stop`` (default: one voxel) along the file's ``file_axis``, as float32.
+
+        Along the file's last axis the voxels lie together and are read at once. Across it they are strided: nibabel
+        would read them in many small pieces (for ``.nii.gz``, seeking through the compressed stream each time), so
+        the file is read in order instead, ``chunk_bytes`` of it at a time, keeping the wanted part of each chunk.
+        """
+        stop = file_index + 1 if stop is None else stop
+        if file_axis == 2 or len(self.image.shape) < 3:
+            return self._read({file_axis: (file_index, stop)})
+        shape = tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3))
+        block = np.empty(shape, dtype=np.float32)
+        per_chunk = max(1, chunk_bytes // (4 * self.shape3[0] * self.shape3[1]))
+        wanted = [slice(None)] * 3
+        wanted[file_axis] = slice(file_index, stop)
+        for first in range(0, self.shape3[2], per_chunk):
+            last = min(first + per_chunk, self.shape3[2])
+            block[..., first:last] = self._read({2: (first, last)})[tuple(wanted)]
+        return block
+
+    def slices_per_block(self, file_axis: int, block_bytes: int = 64 * 2**20) -> int:
+        """How many slices across ``file_axis`` one read takes: 1 along the file's last (contiguous) axis, else as
+        many as fit in ``block_bytes``."""
+        plane_bytes = 4 * math.prod(n for d, n in enumerate(self.shape3) if d != file_axis)
+        return 1 if file_axis == 2 else max(1, block_bytes // max(plane_bytes, 1))
+
+    def planes(
+        self,
+        axis: int,
+        indices: Sequence[int],
+        low: float | None = None,
+        high: float | None = None,
+        block_bytes: int = 64 * 2**20,
+    ) -> Iterable[tuple[int, np.ndarray]]:
+        """``(index, plane)`` for the RAS slices ``indices`` along ``axis``, as :meth:`plane` gives them, in file order.
+
+        Slices along the file's last axis lie contiguously in the file and are read one at a time. Slices across it
+        are strided: reading them one by one would read (and, for ``.nii.gz``, decompress) the whole file per slice,
+        so they are read in blocks of consecutive slices of at most ``block_bytes`` (64 MiB), one pass over the
+        file per block.
+        """
+        by_file = sorted((self.file_index(axis, k)[1], k) for k in indices)
+        file_axis = self.file_index(axis, 0)[0]
+        per_block = self.slices_per_block(file_axis, block_bytes)
+        position = 0
+        while position < len(by_file):
+            # a run of consecutive file indices, at most per_block long
+            end = position + 1
+            while end < len(by_file) and end - position < per_block and by_file[end][0] == by_file[end - 1][0] + 1:
+                end += 1
+            first = by_file[position][0]
+            block = self.read_file_slab(file_axis, first, by_file[end - 1][0] + 1)
+            for file_index, k in by_file[position:end]:
+                slab = np.take(block, [file_index - first], axis=file_axis)
+                slab = apply_orientation(slab, self.to_ras)
+                if low is not None and high is not None:
+                    slab = scale_to_unit(slab, low, high)
+                yield k, volume_plane(slab, axis, 0)
+            del block
+            position = end
+
+    def ras_slab(self, axis: int, index: int) -> np.ndarray:
+        """RAS slice ``index`` along ``axis`` as a RAS-ordered float32 array one voxel thick on ``axis``."""
+        return apply_orientation(self.read_file_slab(*self.file_index(axis, index)), self.to_ras)
+
+    def plane(self, axis: int, index: int, low: float | None = None, high: float | None = None) -> np.ndarray:
+        """Slice ``index`` along RAS ``axis`` in display orientation, float32 ``(1, H, W)``, scaled by ``low``/``high``.
+
+        Without ``low`` and ``high`` the intensities are as stored; with them, as :func:`scale_to_unit` maps them.
+        """
+        slab = self.ras_slab(axis, index)
+        if low is not None and high is not None:
+            slab = scale_to_unit(slab, low, high)
+        return volume_plane(slab, axis, 0)
+
+    def plane_shape(self, axis: int) -> tuple[int, int]:
+        """``(height, width)`` of the display-oriented slices along RAS ``axis`` (rot90 swaps the in-plane axes)."""
+        return tuple(self.ras_shape[a] for a in range(3) if a != axis)[::-1]
+
+    def slice_axis(self, slice_axis: int) -> int:
+        """The RAS axis slices are cut along: ``slice_axis``, or the singleton axis of a 2D image (one slice)."""
+        singleton_axes = [axis for axis, size in enumerate(self.ras_shape) if size == 1]
+        return singleton_axes[-1] if singleton_axes else slice_axis
+
+    def check_planes(
+        self,
+        slice_axis: int,
+        min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        """Refuse, from the header, slices smaller than ``min_slice_size`` or padding to more than ``max_pixels``.
+
+        Raises:
+            ImageFileError: naming the file, its slices' shape and its RAS shape.
+        """
+        axis = self.slice_axis(slice_axis)
+        detail = f" (its RAS shape is {'x'.join(map(str, self.ras_shape))}, sliced along RAS axis {axis})"
+        check_slice_shape(self.path, self.plane_shape(axis), min_slice_size, max_pixels, detail)
+
+    def _slabs(self) -> Iterable[np.ndarray]:
+        """The voxels slab by slab along the file's last spatial axis, the order they lie in the file."""
+        for index in range(self.shape3[2]):
+            yield self.read_file_slab(2, index)
+
+    def intensity_range(self, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
+        """:func:`robust_range` of the volume, streamed: a slab of voxels in memory at a time, the same numbers.
+
+        Two passes: the first checks every voxel is finite and counts the high 16 bits of each value's ordered
+        key; the second counts the low 16 bits within the buckets that hold the order statistics the percentiles
+        interpolate. The interpolation is numpy's ``linear`` method.
+
+        Raises:
+            ImageFileError: naming the file when it holds NaN or infinite voxel values or cannot be read.
+        """
+        high_counts = np.zeros(2**16, dtype=np.int64)
+        count, non_finite = 0, 0
+        minimum, maximum = np.float32(np.inf), np.float32(-np.inf)
+        for slab in self._slabs():
+            values = slab.ravel()
+            finite = np.isfinite(values)
+            if not finite.all():
+                non_finite += int(values.size - finite.sum())
+                continue
+            count += values.size
+            minimum, maximum = min(minimum, values.min()), max(maximum, values.max())
+            high_counts += np.bincount(_ordered_keys(values) >> np.uint32(16), minlength=2**16)
+        if non_finite:
+            # zero-filling would make up intensities, for training as for a reconstruction
+            raise ImageFileError(
+                f"'{self.path}' holds {non_finite} NaN or infinite voxel values; expected finite "
+                "intensities (replace them, e.g. by 0, or leave the file out)"
+            )
+        # the order statistics numpy's linear percentile interpolates between, as in np.percentile
+        quantiles = np.asarray([lower, upper], dtype=np.float64) / 100
+        virtual = (count - 1) * quantiles
+        previous = np.clip(np.floor(virtual), 0, count - 1).astype(np.int64)
+        following = np.clip(previous + 1, 0, count - 1)
+        gamma = virtual - np.floor(virtual)
+        ranks = sorted({int(r) for r in (*previous, *following)})
+        cumulative = np.cumsum(high_counts)
+        buckets = {rank: int(np.searchsorted(cumulative, rank, side="right")) for rank in ranks}
+        low_counts = {bucket: np.zeros(2**16, dtype=np.int64) for bucket in set(buckets.values())}
+        for slab in self._slabs():
+            keys = _ordered_keys(slab.ravel())
+            top = keys >> np.uint32(16)
+            for bucket, counts in low_counts.items():
+                counts += np.bincount(keys[top == bucket] & np.uint32(0xFFFF), minlength=2**16)
+        values = {}
+        for rank, bucket in buckets.items():
+            before = int(cumulative[bucket - 1]) if bucket else 0
+            low = int(np.searchsorted(np.cumsum(low_counts[bucket]), rank - before, side="right"))
+            values[rank] = _key_values(np.uint32((bucket << 16) | low))[()]
+        # numpy's _lerp on both quantiles at once, as np.percentile computes it (the same operations, the same bits)
+        before = np.asarray([values[int(r)] for r in previous], dtype=np.float32)
+        after = np.asarray([values[int(r)] for r in following], dtype=np.float32)
+        difference = after - before
+        lerp = np.add(before, difference * gamma)
+        np.subtract(
+            after, difference * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe", dtype=type(lerp.dtype)
+        )
+        low, high = (float(v) for v in lerp)
+        if high <= low:
+            low, high = float(minimum), float(maximum)
+        return low, high
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_volume_slices(path: str, stamp: tuple[int, int], max_voxels: int | None, process: int) -> VolumeSlices:
+    # keyed by process: a data-loader worker forked from this process would share the open file's offset
+    return VolumeSlices(path, max_voxels)
+
+
+def _stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """A file's modification time and size, so that a rewritten file is read again; a vanished file is named."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as err:
+        raise ImageFileError(
+            f"'{path}' was listed but no longer exists; it was removed or moved while the run used it (put it "
+            "back, or start the run again)"
+        ) from err
+    return info.st_mtime_ns, info.st_size
+
+
+def open_volume_slices(path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS) -> VolumeSlices:
+    """A :class:`VolumeSlices` of ``path``, kept for the next slices of the same file (headers only, no voxels).
+
+    Raises:
+        ImageFileError: as :class:`VolumeSlices`, or naming a file that vanished since it was listed.
+    """
+    return _cached_volume_slices(str(path), _stamp(path), max_voxels, os.getpid())
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_range(path: str, stamp: tuple[int, int], max_voxels: int | None) -> tuple[float, float]:
+    return _cached_volume_slices(path, stamp, max_voxels, os.getpid()).intensity_range()
+
+
+def volume_intensity_range(
+    path: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+) -> tuple[float, float]:
+    """The intensities a volume's scaling maps to 0 and 1 (:meth:`VolumeSlices.intensity_range`), computed once.
+
+    Raises:
+        ImageFileError: as :class:`VolumeSlices`, for NaN or infinite voxels, or a file that vanished.
+    """
+    return _cached_range(str(path), _stamp(path), max_voxels)
+
+
+def read_volume_plane(
+    path: str | os.PathLike, axis: int, index: int, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
+) -> np.ndarray:
+    """One kept slice of a volume, scaled per volume to [0, 1], float32 ``(1, H, W)``: what training reads.
+
+    Only the slice's voxels are read (the volume's percentiles are computed once, streaming), so memory holds a
+    slice, not the volume. The values are those of :func:`volume_plane` of :func:`cached_volume_ras`.
+
+    Raises:
+        ImageFileError: naming the file when it cannot be read, holds NaN/inf values, or vanished since listing.
+    """
+    low, high = volume_intensity_range(path, max_voxels)
+    volume = open_volume_slices(path, max_voxels)
+    file_axis, file_index = volume.file_index(int(axis), int(index))
+    per_block = volume.slices_per_block(file_axis)
+    if per_block == 1:
+        return volume.plane(int(axis), int(index), low, high)
+    # a slice across the file's storage order: read the aligned block of slices around it once (at most 64 MiB,
+    # one block for all volumes), so that the next slices of the volume, listed in order, come from memory
+    start = file_index // per_block * per_block
+    key = (str(path), volume.shape3, file_axis, start, _stamp(path), os.getpid())
+    with _BLOCK_LOCK:
+        if _LAST_BLOCK.get("key") != key:
+            _LAST_BLOCK.clear()  # the old block is freed before the next is read
+            stop = min(start + per_block, volume.shape3[file_axis])
+            _LAST_BLOCK.update(key=key, block=volume.read_file_slab(file_axis, start, stop))
+        block = _LAST_BLOCK["block"]
+    slab = apply_orientation(np.take(block, [file_index - start], axis=file_axis), volume.to_ras)
+    return volume_plane(scale_to_unit(slab, low, high), int(axis), 0)
+
+
+# the last block of strided slices read_volume_plane read, shared by all volumes (and the cache's threads)
+_LAST_BLOCK: dict = {}
+_BLOCK_LOCK = threading.Lock()
 
 
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
@@ -424,6 +815,46 @@ def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_fore
     return start, stop
 
 
+def _slice_candidates(shape: Sequence[int], slice_axis: int, slice_range: tuple[float, float]) -> tuple[int, list[int]]:
+    """The axis a RAS volume of ``shape`` is cut along and the slice indices within ``slice_range``."""
+    singleton_axes = [axis for axis, size in enumerate(shape) if size == 1]
+    if singleton_axes:
+        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
+        return singleton_axes[-1], [0]
+    length = shape[slice_axis]
+    first = int(np.floor(slice_range[0] * length))
+    last = max(int(np.ceil(slice_range[1] * length)), first + 1)
+    return slice_axis, list(range(first, min(last, length)))
+
+
+def kept_volume_slices(
+    volume: VolumeSlices,
+    intensity_range: tuple[float, float],
+    slice_axis: int,
+    slice_range: tuple[float, float],
+    min_foreground: float,
+) -> tuple[int, list[int]]:
+    """:func:`kept_slices` read slice by slice from a :class:`VolumeSlices` (the volume is never in memory whole).
+
+    Args:
+        volume: the volume's slices.
+        intensity_range: the intensities mapped to 0 and 1 (:meth:`VolumeSlices.intensity_range`).
+        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
+        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
+        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
+    """
+    axis, indices = _slice_candidates(volume.ras_shape, slice_axis, slice_range)
+    if min_foreground <= 0:
+        return axis, indices  # every slice passes: none needs reading
+    low, high = intensity_range
+    kept = {
+        k
+        for k, plane in volume.planes(axis, indices, low, high)
+        if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground
+    }
+    return axis, [k for k in indices if k in kept]
+
+
 def kept_slices(
     volume: np.ndarray, slice_axis: int, slice_range: tuple[float, float], min_foreground: float
 ) -> tuple[int, list[int]]:
@@ -438,15 +869,7 @@ def kept_slices(
     Returns:
         ``(axis, indices)``.
     """
-    singleton_axes = [axis for axis, size in enumerate(volume.shape) if size == 1]
-    if singleton_axes:
-        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
-        axis, indices = singleton_axes[-1], [0]
-    else:
-        axis, length = slice_axis, volume.shape[slice_axis]
-        first = int(np.floor(slice_range[0] * length))
-        last = max(int(np.ceil(slice_range[1] * length)), first + 1)
-        indices = list(range(first, min(last, length)))
+    axis, indices = _slice_candidates(volume.shape, slice_axis, slice_range)
     kept = [k for k in indices if np.mean(volume_plane(volume, axis, k) > FOREGROUND_THRESHOLD) >= min_foreground]
     return axis, kept
 
@@ -500,11 +923,14 @@ def list_volume_slices(
     min_foreground: float = 0.05,
     max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
     max_items: int | None = None,
+    min_slice_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """List the kept 2D slices of volumes as datalist items, without holding their pixels.
 
-    All headers are checked first, so a bad file stops the run before any voxels are read. Each volume is read
-    (to find the slices with enough foreground) until ``max_items`` slices are listed.
+    All headers (size, affine, slice shape) are checked first, so a bad file stops the run before any voxels are
+    read. Each volume is then streamed slice by slice (for its intensity percentiles and to find the slices with
+    enough foreground) until ``max_items`` slices are listed; memory holds a slice, never a volume.
 
     Args:
         files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
@@ -513,22 +939,28 @@ def list_volume_slices(
         min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
         max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
         max_items: stop after this many slices; None lists all.
+        min_slice_size: the smallest in-plane side a slice may have (``min_slice_size``); None allows any.
+        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None allows
+            any.
 
     Returns:
         ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
         kept slice, in file order; :class:`~monai_vqbrain.data.transforms.LoadSliced` reads them.
 
     Raises:
-        ImageFileError: naming a file that cannot be read or is not a 2D/3D image.
+        ImageFileError: naming a file that cannot be read, is not a 2D/3D image, has a NaN/infinite or singular
+            affine, or whose slices are too small or too elongated.
         ValueError: for invalid slicing options.
     """
     start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
     paths = [Path(f) for f in files]
     for path in paths:
-        check_nifti_header(path, max_voxels)
+        open_volume_slices(path, max_voxels).check_planes(slice_axis, min_slice_size, max_pixels)
     items: list[dict] = []
     for path in paths:
-        axis, indices = kept_slices(cached_volume_ras(path, max_voxels), slice_axis, (start, stop), min_foreground)
+        volume = open_volume_slices(path, max_voxels)
+        intensities = volume_intensity_range(path, max_voxels)
+        axis, indices = kept_volume_slices(volume, intensities, slice_axis, (start, stop), min_foreground)
         items += [
             {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
         ]

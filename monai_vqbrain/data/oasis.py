@@ -4,6 +4,7 @@ and validation. The ``keras_png_slices_seg_*`` mask folders beside the image fol
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size
+from monai_vqbrain.data.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_image_size,
+    check_slice_shape,
+)
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -102,6 +107,14 @@ def _png_sort_key(name: str) -> tuple:
     return (1, 0, 0, name)
 
 
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def find_png_files(folder: str | os.PathLike) -> list[Path]:
     """List the ``.png`` files of one split folder in OASIS order, without opening them.
 
@@ -113,17 +126,24 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
 
     Raises:
         DatasetError: when the folder does not exist or holds no ``.png`` file.
+        ImageFileError: naming a ``.png`` entry that is a loop of symbolic links.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(
             f"split folder '{folder}' does not exist; expected a folder of PNG slices named like case_001_slice_0.nii.png"
         )
-    names = [
-        entry.name
-        for entry in os.scandir(folder)
-        if not entry.name.startswith(".") and entry.name.lower().endswith(".png") and entry.is_file()
-    ]
+    names = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not entry.name.lower().endswith(".png"):
+            continue
+        if entry.is_symlink() and _is_link_loop(entry.path):
+            raise ImageFileError(
+                f"'{entry.path}' is a loop of symbolic links (it leads back to itself); expected a PNG slice: remove "
+                "the link or point it at the file"
+            )
+        if entry.is_file():
+            names.append(entry.name)
     if not names:
         raise DatasetError(
             f"split folder '{folder}' holds no PNG images; expected files named like case_001_slice_0.nii.png"
@@ -208,26 +228,35 @@ def png_declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
     return width, height
 
 
-def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-    """Check that ``path`` is a whole, decodable, non-empty image of at most ``max_pixels`` pixels.
+def check_png_file(
+    path: str | os.PathLike,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    min_slice_size: int | None = None,
+) -> None:
+    """Check that ``path`` is a whole, decodable image whose square padding holds at most ``max_pixels`` pixels.
 
-    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
+    The size comes from the header, before any decoding: the image and the square it is padded to must hold at
+    most ``max_pixels`` pixels, and both sides must be at least ``min_slice_size``. Then the PNG chunks' CRCs are checked (``verify``), the
     compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
     stream), and the image is decoded, so that a bad file is reported before training starts rather than as a
     deep traceback from a data-loader worker, or not at all.
 
     Args:
         path: the image file.
-        max_pixels: the most pixels the header may declare (``max_image_pixels``); None allows any.
+        max_pixels: the most pixels the header (and the padded square) may declare (``max_image_pixels``); None
+            allows any.
+        min_slice_size: the smallest side allowed (``min_slice_size``); None allows any.
 
     Raises:
-        ImageFileError: naming the file when it is too large, not a readable image, truncated or has no pixels.
+        ImageFileError: naming the file when it is too large, too small, not a readable image, truncated or has no
+            pixels.
     """
     try:
         declared = png_declared_size(path)
         if declared is not None:
             # before PIL opens it: PIL's own bomb error would hide the max_image_pixels message and its hint
             check_image_size(path, declared, max_pixels, "max_image_pixels")
+            check_slice_shape(path, declared[::-1], min_slice_size, max_pixels)
         with warnings.catch_warnings():
             # the size is judged here against max_pixels (PIL's own bomb limit still raises): its warning adds nothing
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -235,6 +264,7 @@ def check_png_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
                 width, height = image.size
                 mode = image.mode
                 check_image_size(path, (width, height), max_pixels, "max_image_pixels")
+                check_slice_shape(path, (height, width), min_slice_size, max_pixels)
                 image.verify()
         problem = _png_stream_problem(path)
         if problem is None:
@@ -257,6 +287,7 @@ def list_oasis_png_split(
     split: str,
     max_items: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    min_slice_size: int | None = None,
 ) -> list[dict]:
     """List and validate the PNG slices of one split of an OASIS PNG dataset.
 
@@ -266,7 +297,9 @@ def list_oasis_png_split(
         root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
         max_items: list (and check) only the first this many slices; None lists all.
-        max_pixels: the most pixels a file's header may declare (``max_image_pixels``); None allows any.
+        max_pixels: the most pixels a file's header, and the square it is padded to, may declare
+            (``max_image_pixels``); None allows any.
+        min_slice_size: the smallest side a slice may have (``min_slice_size``); None allows any.
 
     Returns:
         One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).
@@ -277,5 +310,5 @@ def list_oasis_png_split(
     """
     files = find_png_files(png_split_folder(root, split))[:max_items]
     for path in files:
-        check_png_file(path, max_pixels)
+        check_png_file(path, max_pixels, min_slice_size)
     return [{"image": str(path), "name": path.name} for path in files]

@@ -8,6 +8,7 @@ depending on the direction.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -30,7 +31,7 @@ from monai.utils import TraceKeys
 from PIL import Image
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import cached_volume_ras, volume_plane
+from monai_vqbrain.data.nifti import read_volume_plane
 from monai_vqbrain.errors import ImageFileError
 
 __all__ = [
@@ -92,8 +93,10 @@ class LoadSliced(MapTransform):
     channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
     :func:`~monai_vqbrain.data.nifti.list_volume_slices`) is that slice of the volume, reoriented to RAS, scaled per
     volume to [0, 1] by robust percentiles and shown in display orientation, as a float32 ``(1, H, W)`` array.
-    Volumes come from a small cache, so the slices of one volume read it once. Not MONAI's ``LoadImaged``: that
-    would read a whole volume for each of its slices, and the per-volume scaling must see the whole volume.
+    Only that slice's voxels are read, from nibabel's array proxy (the volume's percentiles are computed once, in a
+    streaming pass, and kept), so memory holds a slice, not a volume. Not MONAI's ``LoadImaged``: that would read a
+    whole volume for each of its slices, and the per-volume scaling must see the whole volume. A file that
+    vanished since it was listed is one error naming it.
 
     Args:
         keys: the key holding the path (``"image"``).
@@ -116,10 +119,15 @@ class LoadSliced(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             if d.get("slice_index") is None:
+                if not os.path.exists(d[key]):
+                    raise ImageFileError(
+                        f"'{d[key]}' was listed but no longer exists; it was removed or moved while the run used it "
+                        "(put it back, or start the run again)"
+                    )
                 d[key] = self._load_image(d[key])
             else:
-                volume = cached_volume_ras(d[key], self.max_volume_voxels)
-                d[key] = torch.from_numpy(volume_plane(volume, int(d["slice_axis"]), int(d["slice_index"])))
+                plane = read_volume_plane(d[key], int(d["slice_axis"]), int(d["slice_index"]), self.max_volume_voxels)
+                d[key] = torch.from_numpy(plane)
         return d
 
 

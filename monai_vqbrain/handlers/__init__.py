@@ -20,7 +20,7 @@ from .reconstruction_report import (
     spread_examples,
     summarize_scores,
 )
-from .training_history import TrainingHistoryHandler, read_history
+from .training_history import HistoryFileError, TrainingHistoryHandler, read_history
 
 __all__ = [
     "ITERATION_LOG_KEYS",
@@ -43,6 +43,7 @@ __all__ = [
     "plot_loss_curves",
     "plot_reconstructions",
     "read_history",
+    "HistoryFileError",
     "report_title",
     "spread_examples",
     "summarize_scores",

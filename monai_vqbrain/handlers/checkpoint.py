@@ -20,9 +20,11 @@ from ignite.engine import Engine, Events
 from ..engines.distributed import is_main_process
 from ..errors import CheckpointError
 from ..utils.checkpoint import (
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     METADATA_KEY,
     check_finite_weights,
     check_state_dict_matches,
+    checkpoint_byte_limit,
     load_checkpoint,
     read_model_metadata,
     save_checkpoint,
@@ -151,7 +153,11 @@ class TrainingCheckpointLoader:
         engine.add_event_handler(Events.STARTED, self._load)
 
     def _load(self, engine: Engine) -> None:
-        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        # the bound counts every module the state restores (the optimizer's moments are sized like the network)
+        modules = [obj for obj in self.load_dict.values() if isinstance(obj, torch.nn.Module)]
+        checkpoint = load_checkpoint(
+            self.load_path, map_location=self.map_location, max_bytes=checkpoint_byte_limit(*modules)
+        )
         missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
@@ -205,7 +211,9 @@ class BestMetricRestorer:
     def _restore(self, engine: Engine) -> None:
         if not self.enabled or not self.checkpoint.is_file():
             return
-        metadata = read_model_metadata(self.checkpoint)
+        network = getattr(self.validator, "network", None)
+        limit = checkpoint_byte_limit(network) if isinstance(network, torch.nn.Module) else DEFAULT_MAX_CHECKPOINT_BYTES
+        metadata = read_model_metadata(self.checkpoint, max_bytes=limit)
         if "key_metric" in metadata and "epoch" in metadata:
             self.validator.state.best_metric = float(metadata["key_metric"])
             self.validator.state.best_metric_epoch = int(metadata["epoch"])

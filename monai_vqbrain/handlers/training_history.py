@@ -9,20 +9,42 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 
 from ..engines.distributed import is_main_process
+from ..errors import CheckpointError
 from ..utils.io import atomic_write_text
 
 
+class HistoryFileError(CheckpointError):
+    """A training history file that is not what :class:`TrainingHistoryHandler` writes (damaged or edited)."""
+
+
 def read_history(history_file: str | os.PathLike) -> list[dict]:
-    """Read a history file written by :class:`TrainingHistoryHandler` (an empty list when there is none)."""
+    """Read a history file written by :class:`TrainingHistoryHandler` (an empty list when there is none).
+
+    Raises:
+        HistoryFileError: one line naming the file and how to recover, when it is not readable JSON or not a list
+            of per-epoch records (dictionaries with an integer ``epoch``).
+    """
     path = Path(history_file)
     if not path.is_file():
         return []
+    problem = None
     try:
         records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"training history '{path}' is not readable JSON: {error}") from error
-    if not isinstance(records, list):
-        raise ValueError(f"training history '{path}' should hold a list of per-epoch records.")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        records, problem = None, f"it is not readable JSON: {error}"
+    if problem is None and not isinstance(records, list):
+        problem = f"it holds a {type(records).__name__}, not a list of per-epoch records"
+    if problem is None:
+        for position, record in enumerate(records):
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                problem = f"its record {position} is not a per-epoch record with an integer 'epoch'"
+                break
+    if problem is not None:
+        raise HistoryFileError(
+            f"training history '{path}' is damaged ({problem}); delete it (a resumed run then records only the "
+            f"epochs it trains), or pass --overwrite true to train a new run, which rewrites it."
+        )
     return records
 
 
@@ -49,6 +71,10 @@ class TrainingHistoryHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._record)
 
     def _load(self, engine: Engine) -> None:
+        # a new run (epoch 0) keeps none of an earlier run's records, so it need not read (a damaged) one
+        if engine.state.epoch == 0:
+            self.records = []
+            return
         self.records = [r for r in read_history(self.history_file) if r.get("epoch", 0) <= engine.state.epoch]
 
     def _record(self, engine: Engine) -> None:

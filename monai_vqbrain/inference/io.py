@@ -11,7 +11,8 @@ to ``image_size``.
 
 from __future__ import annotations
 
-import glob
+import errno
+import fnmatch
 import logging
 import os
 from collections.abc import Sequence
@@ -20,14 +21,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import EnsureChannelFirst, LoadImage
+from monai.transforms import EnsureChannelFirst, LoadImage, SpatialPad
 from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 from PIL import Image
 
-from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import kept_slices, read_volume_ras, robust_range, scale_to_unit, volume_plane
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
+from monai_vqbrain.data.nifti import VolumeSlices
 from monai_vqbrain.data.oasis import check_png_file
-from monai_vqbrain.data.transforms import ScaleByDtyped, SliceReader, ToGreyscaled
+from monai_vqbrain.data.transforms import ResizeSquared, ScaleByDtyped, SliceReader, ToGreyscaled
 from monai_vqbrain.errors import DatasetError, ImageFileError, OutputPathError, SettingError
 from monai_vqbrain.utils.io import atomic_path
 
@@ -52,9 +53,6 @@ PNG_SUFFIXES = (".png",)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SUPPORTED_SUFFIXES = PNG_SUFFIXES + NIFTI_SUFFIXES
 """File name endings accepted as inputs (case-insensitive)."""
-
-DEFAULT_MIN_SLICE_SIZE = 16
-"""Smallest accepted in-plane side of a slice, in pixels (see the module docstring)."""
 
 _GLOB_CHARACTERS = frozenset("*?[")
 _RAS = axcodes2ornt("RAS")
@@ -96,6 +94,86 @@ def _is_listed(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
+def _glob_parts(path: Path) -> tuple[Path, list[str]]:
+    """A glob split into the folder before its first wildcard and the path components from there on."""
+    parts = path.parts
+    first = next(i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part))
+    return Path(*parts[:first]), list(parts[first:])
+
+
+def _component_matches(name: str, pattern: str) -> bool:
+    """``glob``'s rule for one path component: wildcards never match a leading dot (hidden files and folders)."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _glob(path: Path) -> list[Path]:
+    """The paths a glob matches, as ``glob.glob(recursive=True)`` finds them, without following a folder twice.
+
+    Python's glob follows every symbolic link to a folder, so a link to ``.`` (or any cycle) makes ``**`` recurse
+    until the path is too long: hours, or forever with two such links. Here each real folder is entered once; a
+    link that leads back to a folder already entered is skipped with one warning naming it.
+    """
+    root, patterns = _glob_parts(path)
+    matches: list[Path] = []
+    entered: set[str] = set()
+
+    def visit(folder: Path, remaining: list[str], real: str | None = None) -> None:
+        if not remaining:
+            matches.append(folder)
+            return
+        pattern, rest = remaining[0], remaining[1:]
+        if pattern == "**":
+            # '**' matches this folder itself and every folder below it, each entered once
+            real = real or os.path.realpath(folder)
+            if real in entered:
+                logger.warning(
+                    f"skipped folder '{folder}': a symbolic link back to '{real}', whose files the glob already "
+                    "lists (a link cycle would make the glob endless)"
+                )
+                return
+            entered.add(real)
+            visit(folder, rest)
+            for entry in _entries(folder):
+                if entry.name.startswith("."):
+                    continue
+                if _is_folder(entry):
+                    visit(Path(entry.path), remaining)
+                elif not rest:
+                    matches.append(Path(entry.path))  # a trailing '**' matches files too
+            return
+        if not _GLOB_CHARACTERS & set(pattern):
+            candidate = folder / pattern
+            if rest and candidate.is_dir() or not rest and (candidate.exists() or candidate.is_symlink()):
+                visit(candidate, rest)
+            return
+        for entry in _entries(folder):
+            if _component_matches(entry.name, pattern) and (not rest or _is_folder(entry)):
+                visit(Path(entry.path), rest)
+
+    if root.is_dir():
+        visit(root, patterns)
+    return sorted(matches)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder (or a link to one); a loop of links (``a -> b -> a``) is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """A folder's entries, sorted by name; none when it cannot be listed (as glob, which skips such folders)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError:
+        return []
+
+
 def _files_of(spec: str) -> list[Path]:
     """The files one input specification names: a file, the image files in a folder, or the files a glob matches."""
     # absolute (not resolved) at once, so that every message and row names the file wherever the run started
@@ -119,7 +197,7 @@ def _files_of(spec: str) -> list[Path]:
         )
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
-        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        matches = _glob(path)
         files = [p for p in matches if _is_listed(p) and not p.name.startswith(".")]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
@@ -168,17 +246,10 @@ def find_input_files(
     return list(files)
 
 
-def _check_slice_size(path: Path, plane_shape: tuple[int, int], min_slice_size: int, detail: str = "") -> None:
-    if min(plane_shape) < min_slice_size:
-        raise ImageFileError(
-            f"'{path}' gives slices of {plane_shape[0]}x{plane_shape[1]} pixels{detail}; expected both in-plane sides "
-            f"to be at least {min_slice_size} pixels (min_slice_size) to be resized to the model's image size"
-        )
-
-
 def _read_png(path: Path, min_slice_size: int, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, ...], dict]:
     """Read and check a PNG file as one grey slice, made as in training (bit-depth scaling, grey)."""
-    check_png_file(path, max_pixels)
+    # its size, its padded square and its sides are judged from the header, before any pixel is decoded
+    check_png_file(path, max_pixels, min_slice_size)
     try:
         # dtype=None keeps the stored integer type: its bit depth decides the scaling, as in training
         image = LoadImage(reader=SliceReader(), image_only=True, dtype=None)(str(path))
@@ -188,7 +259,6 @@ def _read_png(path: Path, min_slice_size: int, max_pixels: int | None) -> tuple[
     if image.ndim != 3:
         raise ImageFileError(f"'{path}' has shape {tuple(image.shape)}; expected a 2D image")
     height, width = (int(s) for s in image.shape[-2:])
-    _check_slice_size(path, (height, width), min_slice_size)
     image = image.as_tensor() if hasattr(image, "as_tensor") else image
     # the peak ScaleByDtyped divides by, so that writing multiplies by the same value
     peak = ScaleByDtyped.peak(image)
@@ -197,29 +267,52 @@ def _read_png(path: Path, min_slice_size: int, max_pixels: int | None) -> tuple[
     return grey.numpy().astype(np.float32), (height, width), {"format": "png", "peak": peak, "dtype": dtype}
 
 
+def _square_padding(height: int, width: int) -> tuple[int, int, int]:
+    """The side of the square :class:`~monai_vqbrain.data.PadToSquared` pads a slice to, and its top and left pads."""
+    side = max(height, width)
+    (_, (top, _), (left, _)) = SpatialPad((side, side), method="symmetric").compute_pad_width((height, width))
+    return side, int(top), int(left)
+
+
+def _to_model_size(plane: np.ndarray, image_size: int) -> np.ndarray:
+    """One ``(1, H, W)`` slice padded to its square and resized to ``image_size``, as ``PadToSquared`` and
+    ``ResizeSquared`` do (the same operations, so the same values)."""
+    height, width = plane.shape[-2:]
+    side, top, left = _square_padding(height, width)
+    square = np.zeros((1, side, side), dtype=np.float32)
+    square[:, top : top + height, left : left + width] = plane
+    return ResizeSquared.resize(torch.from_numpy(square), int(image_size)).numpy()
+
+
 def _read_nifti(
-    path: Path, slice_axis: int, min_slice_size: int, max_voxels: int | None
+    path: Path,
+    slice_axis: int,
+    min_slice_size: int,
+    max_voxels: int | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    image_size: int | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...], dict]:
-    """Read, check, reorient, scale and slice a NIfTI file with the reader training uses."""
+    """Read, check, reorient, scale and slice a NIfTI file with the reader training uses, one slice at a time.
+
+    The header, affine and slice shape are checked before any voxel is read; the percentiles are streamed; and with
+    ``image_size`` each slice is brought to the model's size as soon as it is read, so that memory holds one slice
+    at the file's resolution, never the volume.
+    """
     if slice_axis not in (0, 1, 2):
         raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
-    # the reader training uses: header checks, NaN check, reorientation to RAS
-    volume = read_volume_ras(path, max_voxels)
+    volume = VolumeSlices(path, max_voxels)  # header, size and affine checks: no voxel is read
     if not isinstance(volume.image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ImageFileError(f"'{path}' is a {type(volume.image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
-    ras = volume.ras
-    low, high = robust_range(ras)
-    scaled = scale_to_unit(ras, low, high)
+    volume.check_planes(slice_axis, min_slice_size, max_pixels)
+    low, high = volume.intensity_range()
     # every slice, along the axis training would cut (a 2D image is one slice whatever the slice axis)
-    axis, indices = kept_slices(scaled, slice_axis, (0.0, 1.0), min_foreground=0.0)
-    plane_shape = tuple(ras.shape[a] for a in range(3) if a != axis)[::-1]  # rot90 swaps the in-plane axes
-    _check_slice_size(
-        path,
-        plane_shape,
-        min_slice_size,
-        f" (its RAS shape is {'x'.join(map(str, ras.shape))}, sliced along RAS axis {axis})",
-    )
-    slices = np.concatenate([volume_plane(scaled, axis, i) for i in indices])
+    axis = volume.slice_axis(slice_axis)
+    count = volume.ras_shape[axis]
+    plane_shape = volume.plane_shape(axis)
+    size = plane_shape if image_size is None else (int(image_size), int(image_size))
+    slices = np.empty((count, *size), dtype=np.float32)
+    for index, plane in volume.planes(axis, range(count), low, high):
+        slices[index] = plane[0] if image_size is None else _to_model_size(plane, int(image_size))[0]
     info = {
         "format": "nifti",
         "orientation": volume.orientation.tolist(),
@@ -227,6 +320,8 @@ def _read_nifti(
         "low": low,
         "high": high,
         "shape": list(volume.image.shape),
+        "plane_shape": list(plane_shape),
+        "image_size": None if image_size is None else int(image_size),
     }
     return slices, volume.shape, info
 
@@ -245,12 +340,39 @@ def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
     """
     if info["format"] == "png":
         return reconstruction[0] * float(info["peak"])
+    if info.get("image_size") is not None:
+        return _restore_volume_by_slice(info, reconstruction)
     planes = [np.rot90(plane, k=-1) for plane in reconstruction.astype(np.float64)]
     ras = np.stack(planes, axis=int(info["axis"]))
     low, high = float(info["low"]), float(info["high"])
     ras = ras * (high - low) + low if high > low else np.full_like(ras, low)
     volume = apply_orientation(ras, ornt_transform(_RAS, np.asarray(info["orientation"], dtype=float)))
     return volume.reshape(tuple(int(s) for s in info["shape"]))
+
+
+def _restore_volume_by_slice(info: dict, reconstruction: np.ndarray) -> np.ndarray:
+    """:func:`restore_input_layout` for slices read at the model's size: each is resized back, un-padded, clipped
+    to [0, 1], rotated, unscaled and put in its place in the file's voxel order, one at a time (float64)."""
+    height, width = (int(s) for s in info["plane_shape"])
+    side, top, left = _square_padding(height, width)
+    orientation = np.asarray(info["orientation"], dtype=float)
+    to_ras, from_ras = ornt_transform(orientation, _RAS), ornt_transform(_RAS, orientation)
+    axis = int(info["axis"])
+    file_axis = int(np.flatnonzero(to_ras[:, 0] == axis)[0])
+    shape = tuple(int(s) for s in info["shape"])
+    shape3 = tuple(shape[:3]) + (1,) * (3 - len(shape[:3]))
+    volume = np.empty(shape3, dtype=np.float64)
+    low, high = float(info["low"]), float(info["high"])
+    for index, plane in enumerate(reconstruction):
+        full = ResizeSquared.resize(torch.as_tensor(np.asarray(plane, dtype=np.float32)[None]), side)
+        full = np.clip(np.asarray(full)[0, top : top + height, left : left + width], 0.0, 1.0).astype(np.float64)
+        ras = np.expand_dims(np.rot90(full, k=-1), axis)
+        ras = ras * (high - low) + low if high > low else np.full_like(ras, low)
+        file_index = shape3[file_axis] - 1 - index if to_ras[file_axis, 1] < 0 else index
+        target = [slice(None)] * 3
+        target[file_axis] = slice(file_index, file_index + 1)
+        volume[tuple(target)] = apply_orientation(ras, from_ras)
+    return volume.reshape(shape)
 
 
 def write_png(
@@ -304,16 +426,21 @@ def write_nifti(
     inter = float(getattr(template.dataobj, "inter", 0.0))
     unscaled = output_dtype is not None or (slope == 1.0 and inter == 0.0)
     if np.issubdtype(dtype, np.integer) and unscaled:
-        # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields
+        # unscaled integers: round to the stored type, so the file keeps its data type and scaling fields; a slab
+        # along the last axis at a time, so that no float copy of the whole volume is made
         info = np.iinfo(dtype)
-        rounded = np.rint(volume)
-        clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+        data = np.empty(volume.shape, dtype=dtype)
+        clipped = 0
+        for index in np.ndindex(volume.shape[2:]) if volume.ndim > 2 else [()]:
+            where = (slice(None), slice(None), *index)
+            rounded = np.rint(volume[where])
+            clipped += int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+            data[where] = np.clip(rounded, info.min, info.max)
         if clipped:  # a chosen output_dtype narrower than the data: say so rather than flatten the bright tissue
             logger.warning(
                 f"'{path}': {clipped} voxel value(s) outside {dtype}'s range [{info.min}, {info.max}] were clipped; "
                 f"choose a wider --output_dtype (or None, the input's own)"
             )
-        data = np.clip(rounded, info.min, info.max).astype(dtype)
     elif np.issubdtype(dtype, np.floating):
         data = volume.astype(dtype)
     else:
@@ -331,6 +458,7 @@ def read_input(
     min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+    image_size: int | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...], dict]:
     """Read one input file, by its ending, as its slices and what :func:`restore_input_layout` needs to undo them.
 
@@ -338,15 +466,20 @@ def read_input(
         path: the file.
         slice_axis: for NIfTI volumes, the RAS axis to slice along (0 sagittal, 1 coronal, 2 axial).
         min_slice_size: smallest accepted in-plane side, in pixels.
-        max_pixels: the most pixels a PNG header may declare; None allows any.
+        max_pixels: the most pixels a PNG header may declare, and the most a slice (PNG or NIfTI) may hold once
+            padded to a square; None allows any.
         max_voxels: the most voxels a NIfTI header may declare; None allows any.
+        image_size: NIfTI only: bring each slice to ``image_size`` x ``image_size`` as it is read (padded to its
+            square and resized as ``PadToSquared`` and ``ResizeSquared`` do), so that a volume is never in memory at
+            its own resolution; None returns the slices at the file's resolution.
 
     Returns:
-        The slices, float32 ``(N, H, W)`` in ``[0, 1]`` before padding and resizing to the model's image size; the
+        The slices, float32 ``(N, H, W)`` in ``[0, 1]`` before padding and resizing to the model's image size
+        (NIfTI with ``image_size``: after); the
         file's own image shape (for reporting); and the restoring information: ``format`` and, for a PNG, the
         ``peak`` white had and the pixel ``dtype``; for a NIfTI image, the ``orientation`` of its voxel axes, the RAS
-        ``axis`` it was sliced along, the intensities ``low`` and ``high`` the scaling mapped to 0 and 1, and its
-        ``shape``.
+        ``axis`` it was sliced along, the intensities ``low`` and ``high`` the scaling mapped to 0 and 1, its
+        ``shape``, the ``plane_shape`` of its slices and the ``image_size`` they were read at (None: their own).
 
     Raises:
         ImageFileError: naming the file and what was expected, for any bad input.
@@ -354,6 +487,14 @@ def read_input(
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ImageFileError(
+                    f"input file '{path}' is a loop of symbolic links (it leads back to itself); expected a link to a "
+                    "PNG or NIfTI file"
+                ) from None
         raise ImageFileError(
             f"input file '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; expected a link "
             "to a PNG or NIfTI file"
@@ -364,4 +505,4 @@ def read_input(
         raise ImageFileError(f"input file '{path}' does not exist")
     if image_format(path) == "png":
         return _read_png(path, min_slice_size, max_pixels)
-    return _read_nifti(path, slice_axis, min_slice_size, max_voxels)
+    return _read_nifti(path, slice_axis, min_slice_size, max_voxels, max_pixels, image_size)

@@ -19,11 +19,10 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import TraceKeys, convert_to_numpy
 
-from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
 from monai_vqbrain.errors import SettingError
 
 from .io import (
-    DEFAULT_MIN_SLICE_SIZE,
     image_format,
     read_input,
     restore_input_layout,
@@ -110,6 +109,10 @@ class LoadInputd(MapTransform, InvertibleTransform):
     channels. The result is a ``MetaTensor`` whose ``meta`` holds ``filename_or_obj``, ``format``, ``shape`` (the file's
     image shape, e.g. ``24x28x20``), ``slice_axis`` (-1 for a PNG) and ``input_bytes``; :meth:`inverse` maps slices
     back to the file's voxel order and intensity scale (float64): the volume, or the PNG's pixels on its own scale.
+    With ``image_size``, a volume is read one slice at a time and each slice is padded and resized to the model's
+    size as it is read (``PadToSquared`` and ``ResizeSquared`` then have nothing left to do), and :meth:`inverse`
+    restores it slice by slice: memory holds one slice at the file's resolution and the output volume, never the
+    volume's slices at its resolution.
 
     Args:
         keys: the key holding the path (``"image"``).
@@ -117,6 +120,8 @@ class LoadInputd(MapTransform, InvertibleTransform):
         min_slice_size: smallest accepted in-plane side of a slice, in pixels.
         max_image_pixels: the most pixels a PNG header may declare; None allows any.
         max_volume_voxels: the most voxels a NIfTI header may declare; None allows any.
+        image_size: the model's image size, to read volumes slice by slice at it (see above); None reads them at
+            their own resolution.
         allow_missing_keys: do not fail when a key is missing.
     """
 
@@ -127,6 +132,7 @@ class LoadInputd(MapTransform, InvertibleTransform):
         min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         max_volume_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
+        image_size: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -138,13 +144,19 @@ class LoadInputd(MapTransform, InvertibleTransform):
         self.min_slice_size = int(min_slice_size)
         self.max_image_pixels = max_image_pixels
         self.max_volume_voxels = max_volume_voxels
+        self.image_size = None if image_size is None else int(image_size)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             path = Path(d[key])
             slices, shape, info = read_input(
-                path, self.slice_axis, self.min_slice_size, self.max_image_pixels, self.max_volume_voxels
+                path,
+                self.slice_axis,
+                self.min_slice_size,
+                self.max_image_pixels,
+                self.max_volume_voxels,
+                self.image_size,
             )
             meta = {
                 "filename_or_obj": str(path),
@@ -164,8 +176,11 @@ class LoadInputd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             info = self.pop_transform(d[key], check=False)[TraceKeys.EXTRA_INFO]
-            slices = convert_to_numpy(d[key], wrap_sequence=True).astype(np.float32)
-            restored = restore_input_layout(info, np.clip(slices, 0.0, 1.0))
+            slices = convert_to_numpy(d[key], wrap_sequence=True).astype(np.float32, copy=False)
+            if info.get("image_size") is None:
+                slices = np.clip(slices, 0.0, 1.0)
+            # else: still at the model's size; each slice is clipped once resized back, as the line above does
+            restored = restore_input_layout(info, slices)
             meta = dict(d[key].meta) if isinstance(d[key], MetaTensor) else {}
             d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(restored)), meta=meta)
         return d

@@ -245,6 +245,28 @@ def _read_cache(path: Path) -> dict | None:
     return cache if {"fingerprint", "codes", "names", "slice_indices"} <= set(cache) else None
 
 
+def _cache_problem(cache: Mapping[str, Any], num_embeddings: int | None, image_size: int) -> str | None:
+    """What is wrong with a code cache whose fingerprint matches (a damaged or edited file), or None."""
+    codes, names, indices = cache.get("codes"), cache.get("names"), cache.get("slice_indices")
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 3 or codes.dtype not in (torch.int16, torch.int32):
+        described = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        return f"its codes are {described}, not an int16/int32 tensor of code maps (N, h, w)"
+    count = int(codes.shape[0])
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names):
+        return f"its names are not a list of {count} slice names"
+    if not isinstance(indices, torch.Tensor) or tuple(indices.shape) != (count,) or indices.is_floating_point():
+        return f"its slice indices are not {count} integers"
+    if list(cache.get("code_size", list(codes.shape[1:]))) != list(codes.shape[1:]):
+        return f"its code maps are {tuple(codes.shape[1:])} but it records code_size {cache.get('code_size')}"
+    if int(cache.get("image_size", image_size)) != int(image_size):
+        return f"it was encoded at image_size {cache.get('image_size')}, not {image_size}"
+    if codes.numel():
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or (num_embeddings is not None and high >= num_embeddings):
+            return f"it holds codes from {low} to {high}, outside the VQ-VAE's codebook [0, {num_embeddings})"
+    return None
+
+
 def load_or_encode_codes(
     cache_file: str | os.PathLike,
     vqvae: torch.nn.Module,
@@ -255,6 +277,7 @@ def load_or_encode_codes(
     device: str | torch.device | None = None,
     batch_size: int = 64,
     amp: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """A split's code maps: read from ``cache_file`` when its fingerprint matches, else encoded and cached.
 
@@ -268,19 +291,33 @@ def load_or_encode_codes(
         device: where to encode.
         batch_size: images per encoder pass.
         amp: encode under autocast (see :func:`encode_dataset`).
+        overwrite: encode again over a damaged cache (one whose fingerprint matches but whose contents are not code
+            maps of this VQ-VAE) instead of refusing it.
 
     Returns:
         ``{"codes": int16 (N, h, w), "names": [str], "slice_indices": int64 (N,) (-1: none in the name),
         "fingerprint": str, "split": str, "num_embeddings": int, "code_size": [h, w], "image_size": int}``.
+
+    Raises:
+        CheckpointError: one line naming the cache and how to recover, when it is damaged and ``overwrite`` is off.
     """
     cache_file = Path(cache_file)
     split = canonical_split(split)
     fingerprint = codes_fingerprint(vqvae_sha256, dataset_kwargs, split, image_size)
     cached = _read_cache(cache_file)
-    if cached is not None and cached["fingerprint"] == fingerprint:
-        logger.info(f"using the cached code maps of the {split} split from {cache_file}")
-        return cached
     reason = "no cache yet" if cached is None else "the VQ-VAE checkpoint or the data changed"
+    if cached is not None and cached["fingerprint"] == fingerprint:
+        codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
+        problem = _cache_problem(cached, None if codebook is None else int(codebook), image_size)
+        if problem is None:
+            logger.info(f"using the cached code maps of the {split} split from {cache_file}")
+            return cached
+        if not as_bool(overwrite, "overwrite"):
+            raise CheckpointError(
+                f"code cache '{cache_file}' is damaged ({problem}); delete it, or pass --overwrite true, and the "
+                f"{split} split is encoded again."
+            )
+        reason = f"the cache is damaged: {problem}"
     logger.info(f"encoding the {split} split to code maps ({reason}); caching them in {cache_file}")
     # cache_rate=0: the images are read once here, caching them in memory would only cost memory
     dataset = get_dataset(split=split, **{**dict(dataset_kwargs), "image_size": image_size, "cache_rate": 0.0})

@@ -38,7 +38,14 @@ from torch.utils.data import Dataset
 from ..errors import CheckpointError, DatasetError, OutputPathError, SettingError
 from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
-from ..utils.checkpoint import check_finite_weights, check_state_dict_matches, metadata_file, read_model
+from ..utils.checkpoint import (
+    DEFAULT_MAX_CHECKPOINT_BYTES,
+    check_finite_weights,
+    check_state_dict_matches,
+    checkpoint_byte_limit,
+    metadata_file,
+    read_model,
+)
 from ..utils.flags import as_bool
 from ..utils.io import atomic_path, atomic_write_text, wrap_label
 from .codes import SlicePositionLabels, position_channels, position_map
@@ -116,11 +123,17 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _read_prior_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's."""
+def _read_prior_checkpoint(
+    path: Path, max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's.
+
+    ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
+    of the configured prior, when there is one).
+    """
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
-    state, metadata = read_model(path)
+    state, metadata = read_model(path, max_bytes=max_bytes)
     settings = metadata.get("network_settings")
     if not metadata:
         raise CheckpointError(
@@ -196,7 +209,8 @@ def load_prior(
             the VQ-VAE or the image size.
     """
     path = Path(checkpoint)
-    saved, metadata, settings = _read_prior_checkpoint(path)
+    limit = checkpoint_byte_limit(network) if network is not None else DEFAULT_MAX_CHECKPOINT_BYTES
+    saved, metadata, settings = _read_prior_checkpoint(path, limit)
     if vqvae is not None:  # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
         _check_codebook(path, vqvae, int(settings.get("num_embeddings") or 0))
     if network is None:

@@ -7,9 +7,12 @@ from .modules import unwrap_network
 __all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporary_files"]
 from .checkpoint import (  # noqa: E402
     CONVERT_COMMAND,
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     METADATA_KEY,
+    check_checkpoint_size,
     check_finite_weights,
     check_state_dict_matches,
+    checkpoint_byte_limit,
     convert_checkpoint,
     file_sha256,
     load_checkpoint,
@@ -24,13 +27,16 @@ from .checkpoint import (  # noqa: E402
 
 __all__ += [
     "CONVERT_COMMAND",
-    "METADATA_KEY",
     "convert_checkpoint",
     "file_sha256",
     "metadata_file",
     "read_model",
     "read_model_metadata",
     "save_model",
+    "DEFAULT_MAX_CHECKPOINT_BYTES",
+    "METADATA_KEY",
+    "check_checkpoint_size",
+    "checkpoint_byte_limit",
     "check_finite_weights",
     "check_state_dict_matches",
     "load_checkpoint",

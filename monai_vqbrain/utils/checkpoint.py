@@ -43,6 +43,61 @@ _REPORTED: set[Path] = set()
 # a model's metadata file holds settings and numbers (a few KB): anything far larger is not one, and is not read
 _MAX_METADATA_FILE_BYTES = 16 * 2**20
 
+DEFAULT_MAX_CHECKPOINT_BYTES = 2**30
+"""Most bytes a checkpoint may unpack to when no network is at hand to bound it (1 GiB; the default prior's
+``prior_last.pt`` holds about 20 MB)."""
+
+# a training checkpoint holds the weights, Adam's two moments and small state; one more copy of slack
+_CHECKPOINT_COPIES = 4
+_CHECKPOINT_SLACK_BYTES = 64 * 2**20  # metadata, history, scheduler and the pickle itself
+
+
+def checkpoint_byte_limit(*networks: nn.Module) -> int:
+    """The most bytes a checkpoint of these networks may unpack to: 4x their weights and buffers, plus 64 MiB.
+
+    ``last.pt`` holds the weights and Adam's two moment estimates (3x), ``model.pt`` the weights alone; anything
+    far beyond is not a checkpoint of these networks (a re-zipped file declaring gigabytes of zeros), and is refused
+    before a byte is unpacked.
+
+    Args:
+        networks: the networks the checkpoint is for (a DDP wrapper's ``module`` is used).
+    """
+    weights = 0
+    for network in networks:
+        network = unwrap_network(network)
+        weights += sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
+    return _CHECKPOINT_COPIES * weights + _CHECKPOINT_SLACK_BYTES
+
+
+def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> None:
+    """Refuse a checkpoint that would unpack to more than ``max_bytes``, from its zip directory, before loading it.
+
+    ``torch.save`` writes a zip archive whose central directory lists the uncompressed size of every entry; a file
+    in the legacy (pickle) format, like a ``.safetensors`` file, holds its tensors uncompressed, so its own size
+    bounds them.
+
+    Args:
+        path: the checkpoint file.
+        max_bytes: the bound (see :func:`checkpoint_byte_limit`); None allows any size.
+
+    Raises:
+        CheckpointError: naming the file, its unpacked size and the bound.
+    """
+    if max_bytes is None:
+        return
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        unpacked = path.stat().st_size  # not a (whole) zip: torch.load judges it, and its tensors are stored as is
+    if unpacked > max_bytes:
+        raise CheckpointError(
+            f"checkpoint '{path}' unpacks to {unpacked:,} bytes, more than the {int(max_bytes):,} a checkpoint of "
+            f"this network can hold; it is not a checkpoint of the network configured here (or it was tampered "
+            f"with): use the checkpoint training wrote."
+        )
+
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
@@ -61,18 +116,29 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwri
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
+) -> dict[str, Any]:
     """Load a checkpoint without executing code from it.
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
     which refuses pickled objects other than tensors and plain containers.
 
+    Args:
+        path: the checkpoint file.
+        map_location: where to load the tensors.
+        max_bytes: the most bytes it may unpack to, checked before loading (:func:`checkpoint_byte_limit` of the
+            network it is for); None allows any size.
+
     Raises:
-        CheckpointError: naming the file, when it is missing, unreadable, unsafe or not a dictionary.
+        CheckpointError: naming the file, when it is missing, too large, unreadable, unsafe or not a dictionary.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist; train first or pass the right path.")
+    check_checkpoint_size(path, max_bytes)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -271,7 +337,11 @@ def save_model(
     return path
 
 
-def read_model_metadata(path: str | os.PathLike, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+def read_model_metadata(
+    path: str | os.PathLike,
+    checkpoint: dict[str, Any] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
+) -> dict[str, Any]:
     """What produced the weights in a model file: the entry of its metadata file that describes them.
 
     A file in the old layout carries its metadata inside (reported once, with how to convert it); a state dict
@@ -281,18 +351,20 @@ def read_model_metadata(path: str | os.PathLike, checkpoint: dict[str, Any] | No
     Args:
         path: the weights file.
         checkpoint: the file's loaded content, when the caller has it (saves loading it again).
+        max_bytes: the most bytes the file may unpack to, when it must be loaded (an old layout, or no metadata
+            file describes it); see :func:`checkpoint_byte_limit`.
 
     Raises:
         CheckpointError: naming the file when it or its metadata file is not readable.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return dict((checkpoint or load_checkpoint(path)).get(METADATA_KEY) or {})
+        return dict((checkpoint or load_checkpoint(path, max_bytes=max_bytes)).get(METADATA_KEY) or {})
     document = _read_metadata_document(path)
     entry = _entry_for(path, document)
     if entry is not None:
         return dict(entry.get("metadata") or {})
-    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    checkpoint = load_checkpoint(path, max_bytes=max_bytes) if checkpoint is None else checkpoint
     if _is_training_state(checkpoint):
         return dict(checkpoint.get(METADATA_KEY) or {})
     if is_old_layout(checkpoint):
@@ -309,7 +381,9 @@ def read_model_metadata(path: str | os.PathLike, checkpoint: dict[str, Any] | No
 
 
 def read_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A model file's state dict and its metadata (see :func:`read_model_metadata`), in either layout.
 
@@ -317,11 +391,12 @@ def read_model(
         path: the weights file (``model.pt``, ``prior.pt``; a ``last.pt`` training state or a ``.safetensors`` file
             work too).
         map_location: where to load the tensors.
+        max_bytes: the most bytes the file may unpack to, checked before loading (:func:`checkpoint_byte_limit`).
 
     Raises:
-        CheckpointError: naming the file when it is missing, unsafe or unreadable.
+        CheckpointError: naming the file when it is missing, too large, unsafe or unreadable.
     """
-    checkpoint = load_checkpoint(path, map_location=map_location)
+    checkpoint = load_checkpoint(path, map_location=map_location, max_bytes=max_bytes)
     return network_state_dict(checkpoint), read_model_metadata(path, checkpoint)
 
 
@@ -370,7 +445,7 @@ def load_network_weights(
             weights, or a metadata mismatch.
     """
     network = unwrap_network(network)
-    state, metadata = read_model(path, map_location=map_location)
+    state, metadata = read_model(path, map_location=map_location, max_bytes=checkpoint_byte_limit(network))
     if not state:
         raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
     check_state_dict_matches(network, state, str(path))

@@ -22,6 +22,7 @@ import errno
 import os
 import re
 import sys
+import warnings
 from types import TracebackType
 
 from ..errors import RunInterrupted, SettingError, VQBrainError
@@ -121,6 +122,9 @@ def _one_line(error: BaseException) -> str:
     return f"cannot write '{filename}': {reason}" if filename else reason
 
 
+# MONAI's UserWarning on every config file it parses (monai.bundle.scripts.create_workflow), and no other
+_MONAI_CONFIG_WARNING = r"parsing config_file .*: any `\"_target_\"` value in it is resolved to an importable callable"
+
 # one hook per process, whatever the number of calls: a config calls it before and after its base config's keys
 _STATE: dict = {"installed": False, "traceback": False, "config": None, "base_config": None}
 
@@ -142,6 +146,9 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
     """
     if config is not None:
         _STATE["config"], _STATE["base_config"] = config, base_config
+    # MONAI warns on every workflow it creates from a config file; the bundle's own configs are what the user runs,
+    # and two lines of warning would bury the one line of an error. Only that warning.
+    warnings.filterwarnings("ignore", message=_MONAI_CONFIG_WARNING, category=UserWarning)
     if not _STATE["installed"]:
         previous_hook = sys.excepthook
 
