@@ -3,6 +3,7 @@
 from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
 from .codebook_usage import CodebookUsageHandler
 from .divergence import StopOnDivergence, TrainingDivergedError, non_finite_weights
+from .interrupt import InterruptHandler
 from .log_values import (
     ITERATION_LOG_KEYS,
     every_n_iterations,
@@ -28,6 +29,7 @@ __all__ = [
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",
+    "InterruptHandler",
     "StopOnDivergence",
     "TrainingDivergedError",
     "LossComponentsHandler",
