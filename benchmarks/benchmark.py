@@ -23,7 +23,9 @@ Sections (choose with ``--sections``):
     samplers are also run to completion on a small grid, where their outputs are checked to be identical.
 
 Run ``python benchmarks/benchmark.py --help``; ``--quick`` is a smoke run with tiny sizes (seconds to minutes).
-Results are written as JSON and as a Markdown table with the machine's details (``--output``).
+Results are written as JSON and as a Markdown table with the machine's details into the folder ``--output``
+(``benchmark.json``, ``benchmark.md``). The demo data, checkpoints and logs of the run go into a new folder of its
+own (in ``--work-dir``, default the system's temporary folder), removed at the end unless ``--keep-work-dir``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +61,8 @@ CONFIGS = REPO_ROOT / "bundle" / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
 TRAIN_PRIOR_CONFIG = CONFIGS / "train_prior.json"
 SECTIONS = ("throughput", "precision", "convergence", "inference", "sampling", "main_job")
+#: the report's files in the ``--output`` folder
+REPORT_JSON, REPORT_MARKDOWN = "benchmark.json", "benchmark.md"
 
 #: environment that caps oneDNN's and ATen's CPU dispatch to AVX2: it emulates a CPU without AVX-512 and native
 #: bf16 (most laptops and many cloud machines), where bf16 autocast is emulated and several times slower than fp32
@@ -1060,10 +1065,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes everywhere: a smoke run, not a benchmark")
     parser.add_argument("--data-dir", default=None, help="a dataset folder to use instead of the demo data")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "monai_vqbrain_benchmark",
-                        help="where demo data and the trainer's checkpoints/logs go")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="a new folder is made in it for the run's demo data, checkpoints and logs")
+    parser.add_argument("--keep-work-dir", "--keep_work_dir", action="store_true",
+                        help="keep the run's work folder (default: removed when the run ends)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "latest",
-                        help="write <output>.json and <output>.md")
+                        help=f"folder to write {REPORT_JSON} and {REPORT_MARKDOWN} into")
     parser.add_argument("--image-size", type=int, default=None, help="training image side; None keeps train.json's")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size; None keeps train.json's")
     parser.add_argument("--demo-cases", type=int, nargs=3, default=[32, 4, 4], help="demo cases (train, val, test)")
@@ -1110,8 +1117,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark: parse ``argv``, measure in a work folder of its own, write the report into ``--output``.
+
+    Args:
+        argv: the command line's arguments; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The report (also written as ``<output>/benchmark.json`` and ``benchmark.md``).
+    """
     opts = parse_args(argv)
     logging.config.fileConfig(CONFIGS / "logging.conf", disable_existing_loggers=False)
+    if opts.output.exists() and not opts.output.is_dir():
+        raise SystemExit(f"error: --output '{opts.output}' is a file; it names the folder the report goes into")
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
+    # a folder of this run's own, the only one it removes: a --work-dir given may hold anything else
+    opts.work_dir = Path(tempfile.mkdtemp(prefix="monai_vqbrain_benchmark_", dir=opts.work_dir))
+    try:
+        return _measure(opts, argv)
+    finally:
+        if opts.keep_work_dir:
+            logger.info(f"kept the work folder {opts.work_dir}")
+        else:
+            shutil.rmtree(opts.work_dir, ignore_errors=True)
+
+
+def _measure(opts: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     from monai.utils import set_determinism
@@ -1120,7 +1150,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from monai_vqbrain.engines import resolve_device
 
     device = resolve_device(opts.device)
-    opts.work_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=0)
     if opts.data_dir is None:
         suffix = f"{opts.demo_size}_{'-'.join(map(str, opts.demo_cases))}_{opts.demo_slices}"
@@ -1162,16 +1191,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {**settings, "config_overrides": overrides, "train_images": len(recipe.train_dataset)},
         "results": results,
     }
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    opts.output.mkdir(parents=True, exist_ok=True)
+    json_file, markdown_file = opts.output / REPORT_JSON, opts.output / REPORT_MARKDOWN
     for name in SECTIONS:
         if name in opts.sections:
             start = time.perf_counter()
             results[name] = functions[name](recipe, opts)
             results[name]["section_seconds"] = time.perf_counter() - start
             # write after every section, so a failure late in a long run keeps what was measured
-            opts.output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-            opts.output.with_suffix(".md").write_text(markdown_report(report) + "\n")
-    logger.info(f"wrote {opts.output.with_suffix('.json')} and {opts.output.with_suffix('.md')}")
+            json_file.write_text(json.dumps(report, indent=1) + "\n")
+            markdown_file.write_text(markdown_report(report) + "\n")
+    logger.info(f"wrote {json_file} and {markdown_file}")
     return report
 
 

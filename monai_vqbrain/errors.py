@@ -40,6 +40,21 @@ class OutputWriteError(VQBrainError, OSError):
     """An output could not be written: the disk is full, the folder is read-only, or permission is denied."""
 
 
+class RunInterrupted(VQBrainError):
+    """A run stopped by Ctrl-C (``KeyboardInterrupt``): reported in one line, with how to resume, and exit status 130
+    (128 + SIGINT, as a shell reports an interrupted command).
+
+    Attributes:
+        epoch: the training epoch in progress when it was interrupted, when known.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted", epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
 class InputsSkippedError(VQBrainError):
     """A run finished but skipped some of its inputs; raised last so that the exit status tells the caller."""
 

@@ -139,6 +139,15 @@ def test_infer_workflow_has_every_required_property(trained_bundle, demo_root, t
         p.name.replace(".png", "_recon.png") for p in inputs]
 
 
+def test_infer_workflow_properties_without_an_input_and_its_run_refuses(trained_bundle, tmp_path):
+    workflow = _tiny_workflow([TRAIN, INFER], "infer", bundle_root=str(trained_bundle),
+                              output_dir=str(tmp_path / "recon"))
+    assert workflow.check_properties() == []
+    assert len(workflow.dataset) == 0
+    user_error(SettingError, "(no input given); pass --input PATH", workflow.run)
+    assert not (tmp_path / "recon").exists()
+
+
 def test_verify_net_in_out_of_network_def():
     from monai.bundle import verify_net_in_out
 
@@ -192,20 +201,18 @@ def test_monai_bundle_load_returns_the_trained_weights(trained_bundle, tmp_path,
     loaded = model.state_dict()
     for key, value in expected.state_dict().items():
         assert torch.equal(loaded[key], value), key
-    # the documented key still selects the same weights
-    again = load(name=folder.name, bundle_dir=str(tmp_path), source="github", device="cpu",
-                 net_override=TINY_NETWORK, key_in_ckpt="model")
-    assert all(torch.equal(again.state_dict()[k], v) for k, v in loaded.items())
 
 
-def test_best_model_file_is_not_larger_for_the_top_level_weights(trained_bundle, tmp_path):
-    checkpoint = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
-    assert set(checkpoint["model"]) < set(checkpoint)
-    for key, value in checkpoint["model"].items():
-        assert checkpoint[key].untyped_storage().data_ptr() == value.untyped_storage().data_ptr(), key
-    nested_only = tmp_path / "nested.pt"
-    torch.save({"model": checkpoint["model"], "metadata": checkpoint["metadata"]}, nested_only)
-    assert (trained_bundle / "models" / "model.pt").stat().st_size < nested_only.stat().st_size * 1.05
+def test_best_model_file_is_a_state_dict_that_loads_strictly(trained_bundle):
+    from monai_vqbrain.networks import VQVAE
+    from monai_vqbrain.utils import file_sha256, metadata_file
+
+    models = trained_bundle / "models"
+    # as model-zoo bundles' model.pt: network_def.load_state_dict(torch.load(...)) with strict=True
+    VQVAE(**TINY_NETWORK).load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    sidecar = json.loads(metadata_file(models / "model.pt").read_text())
+    assert sidecar["weights_sha256"] == file_sha256(models / "model.pt")
+    assert sidecar["metadata"]["image_size"] == 32 and sidecar["metadata"]["key_metric"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +237,7 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
     checkpoint = trained_bundle / "models" / "model.pt"
     exported = tmp_path / "model.onnx"
     onnx_export(net_id="inference_network_def", filepath=str(exported), ckpt_file=str(checkpoint),
-                meta_file=str(META), config_file=[TRAIN, INFER], key_in_ckpt="model", use_trace=True,
+                meta_file=str(META), config_file=[TRAIN, INFER], use_trace=True,
                 input_shape=[1, 1, 32, 32], converter_kwargs=dict(ONNX_CONVERTER),
                 **{f"network_def#{key}": value for key, value in TINY_NETWORK.items()})
     eager = ReconstructionNetwork(VQVAE(**TINY_NETWORK)).eval()

@@ -79,7 +79,7 @@ def test_ckpt_export_matches_the_eager_model(trained_bundle, tmp_path):
     checkpoint = trained_bundle / "models" / "model.pt"
     exported = tmp_path / "model.ts"
     ckpt_export(net_id="inference_network_def", filepath=str(exported), ckpt_file=str(checkpoint), meta_file=META,
-                config_file=INFER, key_in_ckpt="model", use_trace=True, input_shape=[1, 1, 32, 32],
+                config_file=INFER, use_trace=True, input_shape=[1, 1, 32, 32],
                 **{k: v for k, v in TINY_OVERRIDES.items() if k.startswith("network_def#")})
     with zipfile.ZipFile(exported) as archive:
         extra = {Path(name).name for name in archive.namelist() if "/extra/" in name}
@@ -91,6 +91,66 @@ def test_ckpt_export_matches_the_eager_model(trained_bundle, tmp_path):
     images = torch.rand(3, 1, 32, 32)  # another batch size than the traced one
     with torch.no_grad():
         torch.testing.assert_close(scripted(images), eager(images), rtol=1e-5, atol=1e-5)
+
+
+def _monai_bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    network = [f"--network_def#{key}={json.dumps(value)}" for key, value in NETWORK.items()]
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args, *network], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_monai_export_commands_with_their_defaults(trained_bundle, tmp_path):
+    """``ckpt_export network_def`` and ``onnx_export network_def`` as MONAI documents them for model-zoo bundles:
+    no ``--key_in_ckpt``, no ``--use_trace``, no ``--converter_kwargs`` (torch's default ONNX exporter)."""
+    import onnxruntime
+
+    checkpoint = trained_bundle / "models" / "model.pt"
+    common = ["--ckpt_file", str(checkpoint), "--meta_file", META, "--config_file", TRAIN]
+    eager = VQVAE(**NETWORK, forward_output="reconstruction").eval()
+    load_network_weights(eager, checkpoint, {"image_size": 32})
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = eager(images)
+
+    exported = _monai_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *common,
+                             cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(images), expected, rtol=1e-5, atol=1e-5)
+
+    exported = _monai_bundle("onnx_export", "network_def", "--filepath", str(tmp_path / "model.onnx"), *common,
+                             cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    # the metadata's input shape, 1x1x128x128, which the default export takes
+    images = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1))
+    (onnx_output,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(onnx_output), eager(images), rtol=1e-4, atol=1e-4)
+
+
+def test_old_layout_checkpoint_loads_with_one_line_and_converts(trained_bundle, tmp_path, caplog):
+    from monai_vqbrain.utils import CONVERT_COMMAND, file_sha256, read_model_metadata
+    from monai_vqbrain.utils.convert_checkpoint import main as convert
+
+    models = tmp_path / "models"
+    models.mkdir()
+    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
+    metadata = read_model_metadata(trained_bundle / "models" / "model.pt")
+    # the layout before 0.5: the weights under "model" and again at the top level, with the metadata
+    torch.save({**state, "model": state, "metadata": metadata}, models / "model.pt")
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            assert load_network_weights(VQVAE(**NETWORK), models / "model.pt", {"image_size": 32}) == metadata
+    lines = [r.getMessage() for r in caplog.records if "old checkpoint layout" in r.getMessage()]
+    assert len(lines) == 1 and CONVERT_COMMAND in lines[0]
+
+    assert convert([str(models)]) == 0
+    converted = torch.load(models / "model.pt", weights_only=True)
+    VQVAE(**NETWORK).load_state_dict(converted)  # strict
+    assert read_model_metadata(models / "model.pt") == metadata
+    assert json.loads((models / "model.json").read_text())["weights_sha256"] == file_sha256(models / "model.pt")
+    assert convert([str(models)]) == 0  # a second run finds nothing to do
 
 
 def test_networks_from_the_bundle_in_another_project(trained_bundle, tmp_path):

@@ -423,3 +423,19 @@ def test_padding_and_resizing_are_invertible(shape, size):
     assert restored.shape == shape and not restored.applied_operations
     if max(shape[1:]) == size:  # padding alone is undone exactly
         torch.testing.assert_close(restored.as_tensor(), image.as_tensor())
+
+
+def test_nifti_splits_log_their_volumes_subjects_and_slices(nifti_root, caplog):
+    from monai_vqbrain.data import get_datalist
+
+    counts = {}
+    for split in SPLITS:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="monai_vqbrain.data.datasets"):
+            items = get_datalist(nifti_root, split, dataset_format="nifti")
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"NIfTI {split} split:")]
+        volumes = len(list_nifti_volumes(nifti_root, split))
+        assert f"{volumes} volume(s) of " in line and f", {len(items)} slice(s) along slice_axis=2" in line, line
+        counts[split] = int(re.search(r"of (\d+) subject", line)[1])
+    # 7 volumes (the NIfTI files and the Analyze pair) of 6 subjects: OAS2_0004's two sessions are one
+    assert sum(counts.values()) == 6, counts

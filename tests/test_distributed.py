@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,8 @@ MULTI_GPU_PRIOR = CONFIGS / "multi_gpu_train_prior.json"
 # overlay -> (the configs it goes on, {handler list: {position: expected _target_}})
 RANK_ZERO_ONLY = {
     MULTI_GPU_PRIOR: ([TRAIN, TRAIN_PRIOR], {
-        "prior_train#handlers": {5: "StatsHandler", 6: "TensorBoardStatsHandler", 9: "ignite.handlers.ProgressBar"},
-        "prior_validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
+        "prior_train#handlers": {6: "StatsHandler", 7: "TensorBoardStatsHandler", 10: "ignite.handlers.ProgressBar"},
+        "prior_validate#handlers": {1: "StatsHandler", 2: "TensorBoardStatsHandler"},
     }),
 }
 LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar")
@@ -90,6 +91,11 @@ def test_init_wrap_and_destroy_single_process(torchrun_env):
     # the overlay's train#sampler (MONAI's DistributedSampler) gives the one rank every item, once
     sampler = DistributedSampler(torch.utils.data.TensorDataset(torch.arange(10.0)), even_divisible=True, shuffle=True)
     assert sorted(sampler) == list(range(10))
+    # the overlays' wrapper: no per-forward buffer broadcast, and none of torch's deprecation warnings on every rank
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        wrapped = distributed.distributed_data_parallel(torch.nn.BatchNorm1d(2))
+    assert getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", None)) is False
     distributed.destroy_distributed()
     assert not dist.is_initialized()
     distributed.destroy_distributed()  # no group: a no-op
@@ -167,7 +173,8 @@ def _assert_ranks_agree(dump_dir: Path, checkpoint: Path) -> dict:
     assert rank0.keys() == rank1.keys()
     differing = [key for key in rank0 if not torch.equal(rank0[key], rank1[key])]
     assert not differing, f"ranks ended with different values of {differing}"
-    saved = torch.load(checkpoint, weights_only=True)["model"]
+    saved = torch.load(checkpoint, weights_only=True)
+    saved = saved["model"] if "trainer" in saved else saved  # last.pt holds a training state, model.pt weights
     assert saved.keys() == rank0.keys()
     assert all(torch.equal(saved[key], rank0[key]) for key in rank0), f"{checkpoint.name} differs from the final weights"
     return rank0
@@ -190,7 +197,7 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path, de
     assert state["quantizer.ema_cluster_size"].sum() > 0
 
     models = bundle_root / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["last.pt", "model.pt", "training_history.json"]
+    assert sorted(p.name for p in models.iterdir()) == ["last.pt", "model.json", "model.pt", "training_history.json"]
     history = json.loads((models / "training_history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2]
     assert "val_ssim" in history[-1] and "train_loss" in history[-1]

@@ -19,7 +19,7 @@ import pytest
 from conftest import CONFIGS, REPO_ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 from monai.bundle import ConfigParser
 
-from monai_vqbrain.utils import load_checkpoint, load_network_weights
+from monai_vqbrain.utils import load_checkpoint, load_network_weights, read_model, read_model_metadata
 
 KILLED = 86
 MAX_EPOCHS = 3
@@ -83,7 +83,7 @@ def _assert_consistent(models, demo_root, scratch) -> None:
     history = json.loads((models / "training_history.json").read_text())
     assert [record["epoch"] for record in history] == list(range(1, MAX_EPOCHS + 1))
     assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == MAX_EPOCHS
-    claimed = load_checkpoint(models / "model.pt")["metadata"]
+    claimed = read_model_metadata(models / "model.pt")
     assert claimed["key_metric"] >= max(record["val_ssim"] for record in history) - 1e-6
     assert _validation_ssim(models / "model.pt", demo_root, scratch) == pytest.approx(
         claimed["key_metric"], abs=1e-5
@@ -111,13 +111,25 @@ def test_kill_at_any_instant_then_resume_keeps_checkpoints_consistent(kind, n, d
     _assert_consistent(models, demo_root, tmp_path / "scratch")
 
 
+def test_kill_between_the_metadata_file_and_its_weights_keeps_the_pair_consistent(demo_root, tmp_path):
+    # epoch 2's model.json (describing epoch 2's weights) is in place, its model.pt is not: model.pt still holds
+    # epoch 1's weights, which the metadata file's previous entry describes
+    bundle_root = tmp_path / "bundle"
+    _kill("replace_after", 2, bundle_root, demo_root, target="model.json")
+    models = bundle_root / "models"
+    assert json.loads((models / "model.json").read_text())["metadata"]["epoch"] == 2
+    assert read_model_metadata(models / "model.pt")["epoch"] == 1
+    run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **SETTINGS, resume=True)
+    _assert_consistent(models, demo_root, tmp_path / "scratch")
+
+
 def test_kill_after_the_best_model_and_a_worse_replay_keep_the_best(demo_root, tmp_path):
     # killed right after the last epoch's new best model.pt (early training improves every epoch), before its
     # last.pt: the resumed run replays that epoch from the state of the one before
     bundle_root = tmp_path / "bundle"
     _kill("replace_after", MAX_EPOCHS, bundle_root, demo_root, target="model.pt")
     models = bundle_root / "models"
-    assert load_checkpoint(models / "model.pt")["metadata"]["epoch"] == MAX_EPOCHS
+    assert read_model_metadata(models / "model.pt")["epoch"] == MAX_EPOCHS
     assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == MAX_EPOCHS - 1
     # settings that all but stop learning (gradients clipped to nothing leave Adam only its decaying momentum; the
     # codebook barely moves) make the replay worse than the saved best; the first assertion checks that it was
@@ -125,7 +137,7 @@ def test_kill_after_the_best_model_and_a_worse_replay_keep_the_best(demo_root, t
     run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **{**SETTINGS, **frozen},
                resume=True)
     history = json.loads((models / "training_history.json").read_text())
-    assert history[-1]["val_ssim"] < load_checkpoint(models / "model.pt")["metadata"]["key_metric"]
+    assert history[-1]["val_ssim"] < read_model_metadata(models / "model.pt")["key_metric"]
     _assert_consistent(models, demo_root, tmp_path / "scratch")
 
 
@@ -189,12 +201,12 @@ def test_sigkill_at_seeded_random_iterations_then_resume_keeps_history_and_best_
         history = json.loads((models / "training_history.json").read_text())
         assert [record["epoch"] for record in history] == list(range(1, saved + 1)), (n, kill_at)
         assert load_checkpoint(models / "last.pt")["metadata"]["epoch"] == saved
-        best = load_checkpoint(models / "model.pt")
-        check_finite_weights(best["model"], f"model.pt after kill {n}")
-        assert best["metadata"]["key_metric"] == pytest.approx(max(r["val_ssim"] for r in history), abs=1e-6)
+        weights, metadata = read_model(models / "model.pt")
+        check_finite_weights(weights, f"model.pt after kill {n}")
+        assert metadata["key_metric"] == pytest.approx(max(r["val_ssim"] for r in history), abs=1e-6)
     run_bundle("training", TRAIN, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **SETTINGS, resume=True)
     models = bundle_root / "models"
-    check_finite_weights(load_checkpoint(models / "model.pt")["model"], "model.pt")
+    check_finite_weights(read_model(models / "model.pt")[0], "model.pt")
     best_in_history = max(r["val_ssim"] for r in json.loads((models / "training_history.json").read_text()))
-    assert load_checkpoint(models / "model.pt")["metadata"]["key_metric"] == pytest.approx(best_in_history, abs=1e-6)
+    assert read_model_metadata(models / "model.pt")["key_metric"] == pytest.approx(best_in_history, abs=1e-6)
     _assert_consistent(models, demo_root, tmp_path / "scratch")

@@ -20,7 +20,7 @@ from PIL import Image
 from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, OutputPathError, SettingError
 from monai_vqbrain.handlers import TrainingDivergedError
 from monai_vqbrain.inference import check_outputs, find_input_files, read_input
-from monai_vqbrain.utils import load_checkpoint
+from monai_vqbrain.utils import load_checkpoint, network_state_dict
 from monai_vqbrain.utils.checkpoint import check_finite_weights
 from monai_vqbrain.workflows import (
     LOCK_FILE,
@@ -210,7 +210,7 @@ def test_a_diverging_prior_is_stopped_before_its_checkpoints(trained_bundle, dem
                TRAIN_PRIOR, bundle_root=str(tmp_path), dataset_dir=str(demo_root), **prior)
     for name in ("prior.pt", "prior_last.pt"):  # an epoch that ended with finite weights may have been saved
         if (tmp_path / "models" / name).exists():
-            check_finite_weights(load_checkpoint(tmp_path / "models" / name)["model"], name)
+            check_finite_weights(network_state_dict(load_checkpoint(tmp_path / "models" / name)), name)
 
 
 def test_the_savers_never_write_non_finite_weights(tmp_path):

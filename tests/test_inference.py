@@ -735,7 +735,7 @@ def test_safetensors_checkpoint(trained_bundle, input_dir, tmp_path, vqvae):
 
 def test_reconstruction_network_loads_training_checkpoints(trained_bundle, vqvae):
     network = ReconstructionNetwork(VQVAE(**NETWORK)).eval()
-    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)["model"]
+    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
     network.load_state_dict(state)
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
@@ -752,9 +752,9 @@ def test_skipped_inputs_end_the_run_with_an_error_after_writing_the_rest(trained
 
 def test_checkpoint_with_non_finite_weights_is_refused(trained_bundle, input_dir, tmp_path):
     checkpoint = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
-    name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point() and "decoder" in k)
-    checkpoint["model"][name] = checkpoint["model"][name].contiguous()
-    checkpoint["model"][name].view(-1)[0] = float("nan")
+    name = next(k for k, v in checkpoint.items() if v.is_floating_point() and "decoder" in k)
+    checkpoint[name] = checkpoint[name].contiguous()
+    checkpoint[name].view(-1)[0] = float("nan")
     torch.save(checkpoint, tmp_path / "nan.pt")
     user_error(CheckpointError, f"'{tmp_path / 'nan.pt'}' holds non-finite (NaN or inf) weights", infer,
                trained_bundle, str(input_dir / "grey.png"), tmp_path / "out", checkpoint=str(tmp_path / "nan.pt"))

@@ -52,6 +52,7 @@ from monai_vqbrain.prior import (
 )
 from monai_vqbrain.prior import codes as codes_module
 from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
+from monai_vqbrain.utils import read_model, read_model_metadata, save_model
 from monai_vqbrain.workflows import check_settings
 
 TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
@@ -158,7 +159,7 @@ def copy_models(source: Path, bundle_root: Path, names: tuple[str, ...] | None =
 def prior_root(tmp_path_factory, trained_bundle, demo_root) -> Path:
     """The tiny VQ-VAE plus a prior trained for two epochs (read-only: copy it before changing it)."""
     root = tmp_path_factory.mktemp("prior_bundle")
-    copy_models(trained_bundle, root, ("model.pt",))
+    copy_models(trained_bundle, root, ("model.pt", "model.json"))
     train_prior(root, demo_root)
     return root
 
@@ -304,7 +305,8 @@ def test_training_prior_writes_checkpoints_cache_and_history(prior_root):
     for key in ("train_bits_per_code", "train_accuracy", "val_bits_per_code", "val_accuracy"):
         assert key in history[-1], key
     best = torch.load(models / "prior.pt", weights_only=True)
-    metadata = best["metadata"]
+    assert "metadata" not in best and "model" not in best, "prior.pt holds the state dict only"
+    metadata = read_model_metadata(models / "prior.pt")
     assert metadata["key_metric"] == pytest.approx(min(r["val_bits_per_code"] for r in history))
     assert metadata["network"] == "GatedPixelCNN" and metadata["network_settings"]["channels"] == 8
     assert metadata["network_settings"]["num_embeddings"] == 32 and metadata["code_size"] == [8, 8]
@@ -332,7 +334,7 @@ def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root,
     history = json.loads((tmp_path / "models" / "prior_training_history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3]
     assert torch.load(tmp_path / "models" / "prior_last.pt", weights_only=True)["metadata"]["epoch"] == 3
-    best = torch.load(tmp_path / "models" / "prior.pt", weights_only=True)["metadata"]
+    best = read_model_metadata(tmp_path / "models" / "prior.pt")
     assert best["key_metric"] == pytest.approx(min(r["val_bits_per_code"] for r in history))
     assert (tmp_path / "models" / "codes_train.pt").read_bytes() == cache_bytes
 
@@ -343,10 +345,10 @@ def test_training_prior_saves_the_asked_epoch_snapshots(trained_bundle, demo_roo
     models = tmp_path / "models"
     assert sorted(p.name for p in models.glob("prior_epoch_*.pt")) == ["prior_epoch_1.pt", "prior_epoch_3.pt"]
     first, last = (torch.load(models / f"prior_epoch_{e}.pt", weights_only=True) for e in (1, 3))
-    assert first["metadata"]["epoch"] == 1 and last["metadata"]["epoch"] == 3
+    assert [read_model_metadata(models / f"prior_epoch_{e}.pt")["epoch"] for e in (1, 3)] == [1, 3]
     final = torch.load(models / "prior_last.pt", weights_only=True)["model"]
-    assert all(torch.equal(last["model"][k], final[k]) for k in final)
-    assert not all(torch.equal(first["model"][k], final[k]) for k in final)
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    assert not all(torch.equal(first[k], final[k]) for k in final)
     # a snapshot is a prior checkpoint the sampler loads like the best model
     prior, metadata = load_prior(models / "prior_epoch_1.pt", "cpu", vqvae=tiny_vqvae(models / "model.pt"))
     assert metadata["epoch"] == 1
@@ -361,7 +363,7 @@ def test_training_prior_without_vqvae_is_a_clear_error(tmp_path, demo_root):
 def test_unconditioned_prior_trains_and_generates(trained_bundle, demo_root, tmp_path):
     copy_models(trained_bundle, tmp_path)
     train_prior(tmp_path, demo_root, prior_max_epochs=1, prior_conditioning="none")
-    metadata = torch.load(tmp_path / "models" / "prior.pt", weights_only=True)["metadata"]
+    metadata = read_model_metadata(tmp_path / "models" / "prior.pt")
     assert metadata["network_settings"]["num_classes"] is None
     out = generate(tmp_path, demo_root, num_samples=2)
     metrics = json.loads((out / "generation_metrics.json").read_text())
@@ -656,6 +658,10 @@ def test_generate_workflow_has_every_required_property(prior_root, demo_root, tm
     assert "measuring 2 samples against 8 real test and" in caplog.text
     assert "classifier two-sample tests)" in caplog.text and "only 2 samples: a classifier AUC" in caplog.text
     assert "generation: classifier AUC generated vs test" in caplog.text and "all metrics in" in caplog.text
+    # and its progress: each stage, with the time so far, and each classifier test
+    stages = [line for line in caplog.text.splitlines() if "measuring (" in line]
+    assert [line.split("measuring (")[1].split(",")[0] for line in stages] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "classifier two-sample test 3/3: reconstructed vs test" in caplog.text
 
 
 def test_generation_summary_is_one_line_of_headline_metrics():
@@ -684,9 +690,9 @@ def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root,
     user_error(CheckpointError, "not a prior checkpoint", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "model.pt"))
     # weights of another architecture than the metadata records
-    prior = torch.load(models / "prior.pt", weights_only=True)
-    prior["metadata"]["network_settings"]["channels"] = 16
-    torch.save(prior, models / "other_prior.pt")
+    state, metadata = read_model(models / "prior.pt")
+    metadata["network_settings"]["channels"] = 16
+    save_model(models / "other_prior.pt", state, metadata)
     user_error(CheckpointError, "different network", generate, tmp_path, demo_root,
                        prior_checkpoint=str(models / "other_prior.pt"))
     # generate.json's prior_def set to other settings than the checkpoint records
@@ -708,9 +714,8 @@ def test_prior_of_another_codebook_is_named_as_such(prior_root):
 
 def test_generating_after_the_vqvae_changed_is_a_clear_error(prior_root, demo_root, tmp_path):
     copy_models(prior_root, tmp_path)
-    vqvae = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    vqvae["metadata"]["epoch"] = 99  # retrained: other bytes
-    torch.save(vqvae, tmp_path / "models" / "model.pt")
+    state, metadata = read_model(tmp_path / "models" / "model.pt")
+    save_model(tmp_path / "models" / "model.pt", state, {**metadata, "epoch": 99})  # retrained: other bytes
     user_error(CheckpointError, "another VQ-VAE", generate, tmp_path, demo_root)
 
 
@@ -794,3 +799,20 @@ def test_prior_quality_preset_is_the_default_prior_trained_twice_as_long():
     for key in ("prior_batch_size", "prior_learning_rate", "prior_conditioning", "prior_slice_bins"):
         assert quality[key] == default[key], key
     assert quality["prior_lr_scheduler"]["T_max"] == "@prior_max_epochs"
+
+
+def test_grid_says_which_end_is_the_base_of_the_brain(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from monai_vqbrain.prior import generate as generate_module
+
+    drawn = {}
+    monkeypatch.setattr(generate_module, "plot_sample_grid",
+                        lambda images, path, titles, heading=None: drawn.update(titles=titles, heading=heading))
+    conditioning = {"type": "slice_position", "num_bins": 4, "slice_index_range": [0, 15], "class_counts": [1, 1, 1, 1]}
+    samples = SimpleNamespace(images=torch.rand(4, 1, 8, 8), names=[f"sample_{i:03d}.png" for i in range(4)],
+                              labels=torch.arange(4))
+    generate_module.SampleGrid(samples, {"conditioning": conditioning}, tmp_path)(None)
+    assert drawn["heading"] == ("samples by slice position, from the base of the brain (slice 0, top left) to the "
+                                "vertex (slice 15, bottom right)")
+    assert drawn["titles"][0] == "sample_000\nslices 0-3 of 0-15"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
-from conftest import TRAIN, run_bundle, user_error
+from conftest import REPO_ROOT, TINY_OVERRIDES, TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import CheckpointError, SettingError
+from monai_vqbrain.utils import read_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +33,8 @@ def _copy(models, tmp_path):
 def test_replayed_epoch_does_not_replace_a_better_best_model(one_epoch_run, demo_root, tmp_path):
     # killed after model.pt of epoch 2 was saved but before last.pt: model.pt is one epoch ahead of last.pt
     models = _copy(one_epoch_run, tmp_path)
-    best = torch.load(models / "model.pt", weights_only=True)
-    best["metadata"].update(epoch=2, key_metric=0.999)
-    torch.save(best, models / "model.pt")
+    state, metadata = read_model(models / "model.pt")
+    save_model(models / "model.pt", state, {**metadata, "epoch": 2, "key_metric": 0.999})
     before = (models / "model.pt").read_bytes()
     run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
     history = json.loads((models / "training_history.json").read_text())
@@ -70,3 +74,67 @@ def test_stale_temporary_checkpoints_are_removed_on_start(one_epoch_run, demo_ro
     run_bundle("training", TRAIN, bundle_root=str(tmp_path), dataset_dir=str(demo_root), max_epochs=2, resume=True)
     assert not any(path.exists() for path in stale)
     assert unrelated.read_text() == "mine"
+
+
+# runs `python -m monai.bundle <argv>` with a Ctrl-C (KeyboardInterrupt) at the n-th optimizer step, as a user's
+_CTRL_C = textwrap.dedent(
+    """
+    import os, runpy, sys
+    import torch
+    import monai.bundle
+
+    n = int(sys.argv[1])
+    calls = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = step
+    sys.argv = [os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py"), *sys.argv[2:]]
+    runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+def _bundle_command(bundle_root, demo_root, **settings) -> list[str]:
+    overrides = {**TINY_OVERRIDES, "bundle_root": str(bundle_root), "dataset_dir": str(demo_root), **settings}
+    return ["run", "training", "--config_file", TRAIN,
+            *[part for key, value in overrides.items()
+              for part in (f"--{key}", value if isinstance(value, str) else json.dumps(value).replace(" ", ""))]]
+
+
+def test_ctrl_c_prints_one_line_and_the_resume_log_names_the_epoch_once(demo_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MONAI_VQBRAIN_TRACEBACK": ""}
+    # 4 training batches an epoch: the 6th step is in epoch 2, after epoch 1's checkpoints
+    interrupted = subprocess.run([sys.executable, "-c", _CTRL_C, "6", *_bundle_command(tmp_path, demo_root, max_epochs=3)],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    output = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode == 130, output[-3000:]
+    assert interrupted.stderr.strip().splitlines()[-1] == "interrupted at epoch 2; resume with `--resume true`"
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+
+    resumed = subprocess.run([sys.executable, "-m", "monai.bundle",
+                              *_bundle_command(tmp_path, demo_root, max_epochs=3, resume=True)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert "1 epoch(s) done, continuing with epoch 2 of 3" in output
+    assert "resuming from iteration 0" not in output, "ignite's line would say epoch 0"
+    # the finished training says what comes next, with its own overrides but without --resume
+    evaluate = next(line for line in output.splitlines() if "training finished; to evaluate it" in line)
+    assert "run evaluating --config_file" in evaluate and f"--dataset_dir {demo_root}" in evaluate
+    assert "--resume" not in evaluate and "--max_epochs" not in evaluate
+    assert any("to train the prior" in line and "run training_prior" in line for line in output.splitlines())
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(demo_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MONAI_VQBRAIN_TRACEBACK": ""}
+    interrupted = subprocess.run([sys.executable, "-c", _CTRL_C, "2", *_bundle_command(tmp_path, demo_root)],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert interrupted.stderr.strip().splitlines()[-1] == (
+        "interrupted at epoch 1, before its first checkpoint; run the command again to start over")

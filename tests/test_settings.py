@@ -76,7 +76,7 @@ def test_unknown_override_key_suggests_the_nearest():
     # a new key inside a component must be an argument of its constructor, else MONAI fails building it
     argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#foo", "3"]
     with pytest.raises(SettingError, match="^unknown setting --network_def#foo: no config file defines it and "
-                       "monai_vqbrain.networks.VQVAE takes no argument 'foo'; see the override keys"):
+                       "monai_vqbrain.networks.VQVAE takes no argument 'foo'; python -m monai.bundle run help"):
         check_override_keys(argv)
     argv = [MONAI_MAIN, "run", "training", "--config_file", TRAIN, "--network_def#embeding_dim=3"]
     with pytest.raises(SettingError, match="did you mean --network_def#embedding_dim"):

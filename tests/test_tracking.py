@@ -48,11 +48,22 @@ def test_training_and_evaluating_are_tracked_in_a_local_store(demo_root, tmp_pat
     assert training.data.params["batch_size"] == "4" and training.data.params["image_size"] == "32"
     artifacts = {a.path for a in client.list_artifacts(training.info.run_id)}
     assert "training_history.json" in artifacts
+    # the executed config too, although --output_dir made MONAI's save_execute_config the text "<dir> + '/...'"
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
 
     report = json.loads((outputs / "metrics.json").read_text())
     assert evaluation.data.metrics["ssim_mean"] == pytest.approx(report["ssim_mean"])
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert {"metrics.json", "per_image_metrics.csv", "reconstructions.png", "loss_curves.png"} <= artifacts
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
+
+
+def test_executed_config_file_undoes_monais_concatenation():
+    from monai_vqbrain.workflows import executed_config_file
+
+    assert executed_config_file("/x/out + '/config_20261202_172900.json'") == "/x/out/config_20261202_172900.json"
+    assert executed_config_file("/b/outputs/config_20261202_172900.json") == "/b/outputs/config_20261202_172900.json"
+    assert executed_config_file(None) is None and executed_config_file(False) is None
 
 
 def test_monai_default_tracking_logs_the_loss_as_a_number(demo_root, tmp_path, monkeypatch):
@@ -78,7 +89,8 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     bundle_root, outputs = tmp_path / "bundle", tmp_path / "outputs"
     (bundle_root / "models").mkdir(parents=True)
-    shutil.copy2(trained_bundle / "models" / "model.pt", bundle_root / "models" / "model.pt")
+    for name in ("model.pt", "model.json"):
+        shutil.copy2(trained_bundle / "models" / name, bundle_root / "models" / name)
     run_bundle("training_prior", TRAIN_PRIOR, bundle_root=str(bundle_root), dataset_dir=str(demo_root),
                output_dir=str(outputs), prior_max_epochs=2, log_interval=1, tracking=TRACKING, **TINY_PRIOR)
     client, (prior,) = _runs(outputs)
@@ -93,7 +105,7 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
 def prior_root(tmp_path_factory, trained_bundle, demo_root):
     """The tiny VQ-VAE plus a prior trained for two epochs, as in test_prior (read-only: copy it)."""
     root = tmp_path_factory.mktemp("prior_bundle")
-    copy_models(trained_bundle, root, ("model.pt",))
+    copy_models(trained_bundle, root, ("model.pt", "model.json"))
     train_prior(root, demo_root)
     return root
 

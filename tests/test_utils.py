@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -97,3 +98,115 @@ def test_full_disk_is_a_one_line_write_error(tmp_path, monkeypatch):
     with pytest.raises(OutputWriteError, match="cannot write checkpoint .*disk full"):
         save_checkpoint(tmp_path / "m.pt", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == [], "no temporary file may be left behind"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model files: the state dict alone, its metadata beside it
+
+
+def test_model_file_and_its_metadata_stay_consistent_when_the_second_write_fails(tmp_path, monkeypatch):
+    import os
+
+    from monai_vqbrain.utils import metadata_file, read_model, save_model
+
+    network = torch.nn.Linear(3, 2)
+    path = tmp_path / "model.pt"
+    save_model(path, network.state_dict(), {"epoch": 1})
+    first = {k: v.clone() for k, v in network.state_dict().items()}
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    real_replace = os.replace
+
+    def killed_at_the_weights(source, destination):
+        if os.path.basename(destination) == "model.pt":
+            raise KeyboardInterrupt  # as a kill: the metadata file is replaced, the weights are not
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(path, network.state_dict(), {"epoch": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert json.loads(metadata_file(path).read_text())["metadata"] == {"epoch": 2}
+    state, metadata = read_model(path)
+    assert metadata == {"epoch": 1} and all(torch.equal(state[k], v) for k, v in first.items())
+    torch.nn.Linear(3, 2).load_state_dict(torch.load(path, weights_only=True))  # a plain state dict, strict
+    save_model(path, network.state_dict(), {"epoch": 2})
+    assert read_model(path)[1] == {"epoch": 2}
+
+
+def test_model_file_without_matching_metadata_has_none(tmp_path, caplog):
+    from monai_vqbrain.utils import read_model_metadata, save_model
+
+    path = tmp_path / "model.pt"
+    save_model(path, torch.nn.Linear(3, 2).state_dict(), {"epoch": 1})
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)  # replaced by hand: the metadata describes other weights
+    with caplog.at_level("WARNING"):
+        assert read_model_metadata(path) == {}
+    assert "describes other weights" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "expected"),
+    [
+        ("case_113_slice_15.nii.png", 22, "case_113_slice_\n15.nii.png"),  # textwrap: "...nii.pn" / "g"
+        ("sample_007", 22, "sample_007"),
+        ("a_very_long_part_without_breaks.png", 8, "a_very_\nlong_\npart_\nwithout_\nbreaks.png"),
+    ],
+)
+def test_wrap_label_breaks_only_between_the_parts_of_a_name(text, width, expected):
+    from monai_vqbrain.utils.io import wrap_label
+
+    assert wrap_label(text, width) == expected
+    assert wrap_label(text, width).replace("\n", "") == text
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 31))])
+def test_epoch_axes_have_whole_number_ticks(epochs):
+    from monai_vqbrain.utils.io import epoch_axis, pyplot
+
+    figure, axis = pyplot().subplots()
+    axis.plot(epochs, [float(e) for e in epochs], marker="o")
+    epoch_axis(axis, epochs)
+    figure.canvas.draw()
+    ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+    pyplot().close(figure)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    if len(epochs) == 1:
+        assert ticks == [1]
+
+
+def test_nearest_training_slices_names_sit_with_their_own_images(tmp_path, monkeypatch):
+    from monai_vqbrain.prior import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.setdefault("figure", figure))
+    samples, nearest = torch.rand(3, 1, 16, 16), torch.rand(3, 1, 16, 16)
+    names = [f"case_{i}13_slice_15.nii.png" for i in range(3)]
+    figures.plot_nearest_training_slices(samples, nearest, tmp_path / "n.png", ["s0", "s1", "s2"], names, [0.5] * 3)
+    axes = drawn["figure"].axes
+    upper, lower = axes[:3], axes[3:6]
+    assert [a.get_title() for a in upper] == ["s0", "s1", "s2"]
+    # a training slice's name is under its own image, not a title between the rows (under the sample above)
+    assert all(a.get_title() == "" for a in lower)
+    assert [a.get_xlabel().split("\nSSIM")[0].replace("\n", "") for a in lower] == names
+
+
+def test_model_metadata_file_that_is_not_one_is_refused_in_one_line(tmp_path):
+    from monai_vqbrain.utils import metadata_file, read_model_metadata, save_model
+
+    path = tmp_path / "model.pt"
+    save_model(path, torch.nn.Linear(3, 2).state_dict(), {"epoch": 1})
+    metadata_file(path).write_text("{not json")
+    with pytest.raises(CheckpointError, match="is not readable JSON"):
+        read_model_metadata(path)
+    metadata_file(path).write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError, match="is not the metadata file of"):
+        read_model_metadata(path)
+    with open(metadata_file(path), "wb") as handle:
+        handle.truncate(17 * 2**20)  # sparse: no disk used
+    with pytest.raises(CheckpointError, match="more than a model's metadata"):
+        read_model_metadata(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,10 +14,12 @@ from monai.transforms import Compose
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
-from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices
+from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices, subject_id
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
 from monai_vqbrain.data.transforms import get_slice_transforms
 from monai_vqbrain.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_FORMATS",
@@ -122,6 +125,14 @@ def _nifti_items(
             f"slice in slice_range={tuple(slice_range)} along slice_axis={slice_axis} has less than "
             f"min_foreground={min_foreground} of its pixels above 0.05; expected brain volumes, or lower min_foreground"
         )
+    # what the split got, which the subject split and the slice filters decide: worth seeing before training on it
+    volumes = {str(item["image"]) for item in items}
+    subjects = {subject_id(path, root.resolve()) for path in files}
+    read = f" (the first {len(volumes)}: max_items={max_items})" if max_items is not None and len(volumes) < len(files) else ""
+    logger.info(
+        f"NIfTI {split} split: {len(files)} volume(s){read} of {len(subjects)} subject(s), {len(items)} slice(s) "
+        f"along slice_axis={slice_axis} in slice_range={list(slice_range)} with min_foreground={min_foreground}"
+    )
     return items
 
 

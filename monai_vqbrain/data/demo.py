@@ -164,7 +164,7 @@ def _read_marker(root: Path) -> dict | None:
         return None
 
 
-def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs) -> Path:
+def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs: int) -> Path:
     """Return a demo dataset folder, generating it on first use and reusing it afterwards.
 
     The dataset is generated into a temporary sibling folder and renamed into place in one step, so a reader never

@@ -7,7 +7,7 @@ joins the group (NCCL on CUDA, gloo on CPU) and :func:`destroy_distributed` leav
 The VQ-VAE's codebook is a set of buffers updated inside ``forward`` (EMA statistics, dead-code restarts); the
 quantizer itself sums its statistics across ranks and broadcasts restarts from rank 0, so every rank keeps the
 same codebook without DDP's per-forward buffer broadcast (which would also overwrite the other ranks' updates):
-the config turns ``broadcast_buffers`` off.
+the config wraps the network with :func:`distributed_data_parallel`, which turns that broadcast off.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = [
     "all_reduce_sum",
     "backend_for",
     "destroy_distributed",
+    "distributed_data_parallel",
     "distributed_device",
     "get_rank",
     "get_world_size",
@@ -100,6 +101,27 @@ def distributed_device(device: str | torch.device | None = "auto") -> torch.devi
             "processes per node (torchrun --nproc_per_node)."
         )
     return torch.device("cuda", index)
+
+
+def distributed_data_parallel(
+    module: torch.nn.Module, device_ids: list[Any] | None = None, **kwargs: Any
+) -> torch.nn.parallel.DistributedDataParallel:
+    """Torch's ``DistributedDataParallel`` around ``module``, without its buffer broadcast at every forward.
+
+    torch 2.13 deprecates ``broadcast_buffers`` (a ``FutureWarning`` on every rank) for ``forward_sync_buffers``;
+    this passes whichever the installed torch takes. The buffers are still made equal on every rank when the wrapper
+    is built (``forward_sync_buffers=False`` keeps that initial sync), which the ranks' identical codebooks need.
+
+    Args:
+        module: the network.
+        device_ids: the one CUDA device of this rank, or None on the CPU.
+        kwargs: further ``DistributedDataParallel`` arguments.
+    """
+    import inspect
+
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **no_sync, **kwargs)
 
 
 def backend_for(device: torch.device | str) -> str:

@@ -1,8 +1,7 @@
 """Checkpoint handlers: the best model by validation metric, the latest training state, and resumption.
 
 Not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: those write ignite's ``{name}_key_metric=...pt`` files with
-no metadata, keep the weights only under their names (``monai.bundle.load`` then returns random weights, see
-:func:`best_model_checkpoint`), cannot refuse a checkpoint of another network or image size, load with
+no metadata, cannot refuse a checkpoint of another network or image size, load with
 ``torch.load``'s pickle defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model
 (``BestMetricRestorer``) after a kill between the two files being written.
 """
@@ -27,7 +26,9 @@ from ..utils.checkpoint import (
     check_state_dict_matches,
     checkpoint_byte_limit,
     load_checkpoint,
+    read_model_metadata,
     save_checkpoint,
+    save_model,
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
@@ -37,25 +38,6 @@ logger = logging.getLogger(__name__)
 
 # scheduler attributes that hold the schedule's length in epochs (CosineAnnealingLR, LinearLR, PolynomialLR, ...)
 _SCHEDULE_LENGTHS = ("T_max", "total_iters")
-
-
-def best_model_checkpoint(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, Any]:
-    """The content of a best-model file: ``{"model": state_dict, "metadata": metadata}`` plus the weights again at
-    the top level.
-
-    ``monai.bundle.load(name, bundle_dir=...)`` copies the top-level tensors of ``models/model.pt`` into the bundle's
-    ``network_def`` and silently skips keys it does not know, so with the weights only under ``"model"`` it would
-    return random weights. The top-level copies are the same tensor objects as those under ``"model"``, which
-    ``torch.save`` stores once: the file is no larger, and readers of ``"model"`` (``--key_in_ckpt model``) are
-    unaffected.
-
-    Args:
-        state_dict: the network's state dict.
-        metadata: what produced the weights.
-    """
-    if {"model", METADATA_KEY} & set(state_dict):
-        raise ValueError(f"a network state dict may not have a top-level key 'model' or '{METADATA_KEY}'.")
-    return {**state_dict, "model": state_dict, METADATA_KEY: metadata}
 
 
 def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric: float = 0.0) -> None:
@@ -72,9 +54,11 @@ def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric:
 class BestModelSaver:
     """Save the network's weights whenever the evaluator's key metric reaches a new best.
 
-    The file holds ``{"model": state_dict, "metadata": {...}}`` with ``metadata`` extended by the epoch and the
-    metric value, and the same weights at the top level for ``monai.bundle.load`` (see
-    :func:`best_model_checkpoint`); it is written atomically on rank 0.
+    The file holds the network's state dict only, as model-zoo bundles' ``model.pt`` does (``monai.bundle.load``,
+    ``ckpt_export`` and ``onnx_export`` take it with their defaults); ``metadata``, extended by the epoch and the
+    metric value, goes to the metadata file beside it (``model.json``). Both are written on rank 0 by
+    :func:`~monai_vqbrain.utils.checkpoint.save_model`, in an order that a kill at any instant cannot make
+    inconsistent.
 
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/model.pt``).
@@ -102,12 +86,12 @@ class BestModelSaver:
             return
         _refuse_non_finite(self.network, self.save_path, float(current))
         metadata = {**self.metadata, "epoch": engine.state.epoch, "key_metric": float(engine.state.best_metric)}
-        save_checkpoint(self.save_path, best_model_checkpoint(unwrap_network(self.network).state_dict(), metadata))
+        save_model(self.save_path, unwrap_network(self.network).state_dict(), metadata)
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
 
 
 class EpochSnapshotSaver:
-    """Save the network's weights at the end of chosen epochs, each to its own file, in the best-model format.
+    """Save the network's weights at the end of chosen epochs, each to its own file, as the best model is saved.
 
     For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run): every
     snapshot is a complete checkpoint that the sampler loads like the best model. Written atomically on rank 0;
@@ -147,7 +131,7 @@ class EpochSnapshotSaver:
             return
         path = Path(self.save_path.replace("{epoch}", str(engine.state.epoch)))
         metadata = {**self.metadata, "epoch": engine.state.epoch}
-        save_checkpoint(path, best_model_checkpoint(unwrap_network(self.network).state_dict(), metadata))
+        save_model(path, unwrap_network(self.network).state_dict(), metadata)
         logger.info(f"saved the epoch {engine.state.epoch} snapshot to {path}")
 
 
@@ -242,7 +226,10 @@ class TrainingCheckpointLoader:
             iteration = int(trainer_state["iteration"])
             engine.state.epoch = iteration // int(trainer_state["epoch_length"])
             engine.state.iteration = engine.state.epoch * engine.state.epoch_length
-        logger.info(f"resumed training from {self.load_path} at epoch {engine.state.epoch}")
+        logger.info(
+            f"resuming training from {self.load_path}: {engine.state.epoch} epoch(s) done, continuing with epoch "
+            f"{engine.state.epoch + 1} of {engine.state.max_epochs}"
+        )
 
 
 class BestMetricRestorer:
@@ -252,7 +239,8 @@ class BestMetricRestorer:
     best checkpoint even when it is worse than the one saved before the interruption.
 
     Args:
-        checkpoint: the best-model file (e.g. ``<ckpt_dir>/model.pt`` or ``prior.pt``) whose metadata holds ``key_metric`` and ``epoch``.
+        checkpoint: the best-model file (e.g. ``<ckpt_dir>/model.pt`` or ``prior.pt``) whose metadata (``model.json``
+            beside it) holds ``key_metric`` and ``epoch``.
         validator: the evaluator whose ``best_metric`` to restore.
         enabled: False makes the handler do nothing (the bundle passes ``resume``).
     """
@@ -270,7 +258,7 @@ class BestMetricRestorer:
             return
         network = getattr(self.validator, "network", None)
         limit = checkpoint_byte_limit(network) if isinstance(network, torch.nn.Module) else DEFAULT_MAX_CHECKPOINT_BYTES
-        metadata = load_checkpoint(self.checkpoint, max_bytes=limit).get(METADATA_KEY, {}) or {}
+        metadata = read_model_metadata(self.checkpoint, max_bytes=limit)
         if "key_metric" in metadata and "epoch" in metadata:
             self.validator.state.best_metric = float(metadata["key_metric"])
             self.validator.state.best_metric_epoch = int(metadata["epoch"])

@@ -16,7 +16,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.utils.enums import CommonKeys as Keys
 
 from ..engines.distributed import is_main_process
-from ..utils.io import atomic_write_text, pyplot, save_figure
+from ..utils.io import atomic_write_text, epoch_axis, pyplot, save_figure, wrap_label
 from .training_history import read_history
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,10 @@ def spread_examples(candidates: list[Example], count: int) -> list[Example]:
 
 
 def report_title(mean_ssim: float, count: int, checkpoint: str | os.PathLike | None) -> str:
-    """The title of ``reconstructions.png``: the checkpoint, the mean SSIM and what the columns show."""
-    source = f"{checkpoint}: " if checkpoint else ""
+    """The title of ``reconstructions.png``: the checkpoint (its folder and name: ``models/model.pt``; the full path
+    is in ``metrics.json``), the mean SSIM and what the columns show."""
+    path = Path(checkpoint) if checkpoint else None
+    source = f"{Path(path.parent.name, path.name).as_posix()}: " if path is not None else ""
     return f"{source}mean SSIM {mean_ssim:.3f} over {count} images; examples from best to worst SSIM"
 
 
@@ -90,8 +92,6 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
         title: the figure title, e.g. from :func:`report_title`.
         path: the PNG to write, atomically.
     """
-    import textwrap
-
     count = len(examples)
     figure, axes = pyplot().subplots(3, count, figsize=(2.2 * count, 7.4), squeeze=False, layout="constrained")
     # one error scale for all columns, so that a darker map is a better reconstruction
@@ -105,13 +105,13 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
         for axis in axes[:, column]:
             axis.set_xticks([])
             axis.set_yticks([])
-        # wrapped, not cut: a long file name gets more lines
-        axes[0, column].set_title("\n".join(textwrap.wrap(name, 24, break_on_hyphens=False)), fontsize=7)
+        # wrapped between the parts of the name, never inside one: a long file name gets more lines
+        axes[0, column].set_title(wrap_label(name, 22), fontsize=7)
         axes[1, column].set_title(f"SSIM {ssim:.3f}", fontsize=8)
     for row, label in enumerate(("original", "reconstruction", "|error|")):
         axes[row, 0].set_ylabel(label)
     figure.colorbar(error_image, ax=axes[2, :].tolist(), shrink=0.8, label="absolute error")
-    figure.suptitle("\n".join(textwrap.wrap(title, max(40, int(16 * count)))), fontsize=9)
+    figure.suptitle(wrap_label(title, max(40, int(16 * count))), fontsize=9)
     save_figure(figure, path)
 
 
@@ -121,8 +121,6 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     if not records:
         return False
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     epochs = [r["epoch"] for r in records]
     validated = [r for r in records if "val_ssim" in r]
     figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
@@ -144,7 +142,7 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
         ssim_axis.set_ylabel("validation SSIM")
         ssim_axis.grid(alpha=0.3)
     for axis in axes.flat:
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        epoch_axis(axis, epochs)  # epochs are whole numbers
     figure.tight_layout()
     save_figure(figure, path)
     return True

@@ -185,8 +185,10 @@ class InferenceMetricsWriter:
             wrote for an input this run skips (those this run would have written for it), so that no reconstruction
             is left beside a table that lists its input as an error.
         allow_skipped: :meth:`raise_for_skipped` accepts skipped inputs.
-        output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
-            :func:`~monai_vqbrain.inference.output_file`), to find a skipped input's earlier outputs.
+        output_postfix: the postfix of the reconstructions' names (see :func:`~monai_vqbrain.inference.output_file`),
+            to find a skipped input's earlier outputs.
+        output_ext: the reconstructions' extension (None: each input's own), likewise.
+        separate_folder: whether each input's outputs are in a folder of its own, likewise.
         save_codes: whether this run writes code maps (only then is a skipped input's earlier code map removed).
         strict: the run stops at its first bad input (the dataset raises its error); the table is then written with
             the rows done, the bad input's error and the rest as not reconstructed.

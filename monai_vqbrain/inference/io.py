@@ -207,12 +207,16 @@ def _files_of(spec: str) -> list[Path]:
     )
 
 
-def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+def find_input_files(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | None, allow_none: bool = False
+) -> list[Path]:
     """Expand the ``input`` of an inference run into a list of files.
 
     Args:
         inputs: a file, a folder (its PNG and NIfTI files, not recursive), a glob (``**`` recurses; every file it
             matches is taken, so a non-image file it matches is reported as a bad input), or a list of these.
+        allow_none: return no files, rather than refuse, when no input is given: the infer workflow's ``dataset``
+            is then empty, so MONAI's ``check_properties()`` can build it; its run refuses a missing input.
 
     Returns:
         The files as absolute paths, symbolic links not resolved (a link is an input of its own, named as the user
@@ -225,6 +229,8 @@ def find_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike] | N
     # the command line may hand over a number for a name like "123"; anything but a list or tuple is one path
     specs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     specs = [spec for spec in specs if spec is not None and str(spec).strip()]
+    if not specs and allow_none:
+        return []
     if not specs:
         # a missing setting, not a bad dataset: exit status 2, as for any other setting
         raise SettingError(

@@ -140,8 +140,10 @@ def check_outputs(
     Args:
         files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
         output_dir: the output folder.
-        output_postfix, output_ext, separate_folder: the naming of the reconstructions (see
-            :func:`~monai_vqbrain.inference.output_file`); code maps are ``<name>_codes.npz`` beside them.
+        output_postfix: the postfix of the reconstructions' names (see :func:`~monai_vqbrain.inference.output_file`);
+            code maps are ``<name>_codes.npz`` beside them.
+        output_ext: the reconstructions' extension (None: each input's own).
+        separate_folder: whether each input's outputs go into a folder of their own.
         output_dtype: the data type of the reconstructions (None: each input's own).
         save_codes: whether code maps are written.
         overwrite: whether existing outputs may be replaced.

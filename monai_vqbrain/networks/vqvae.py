@@ -235,6 +235,25 @@ class VQVAE(nn.Module):
             codebook_usage=quantizer_output.codebook_usage,
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles instead of this network: its eval-mode forward, traced.
+
+        The quantizer's training step (codebook initialisation and EMA updates across ranks) is not TorchScript, so
+        scripting (``python -m monai.bundle ckpt_export network_def`` with its defaults, ``use_trace=False``) would
+        fail. Exported models run in eval mode, where the forward has no data-dependent branch: its trace, at an
+        example of ``4 * downsample_factor`` pixels a side, is the same function for any batch and image size.
+        """
+        training = self.training
+        size = 4 * self.downsample_factor
+        example = torch.zeros(1, self.in_channels, *([size] * self.spatial_dims), device=self.quantizer.embedding.device)
+        self.eval()
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(self, example)
+        finally:
+            self.train(training)
+        return _TracedReconstruction(traced) if self.forward_output == "reconstruction" else _TracedTuple(traced)
+
     def forward(
         self, images: torch.Tensor, return_details: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | VQVAEOutput:
@@ -250,6 +269,25 @@ class VQVAE(nn.Module):
         if self.forward_output == "reconstruction":
             return output.reconstruction
         return output.reconstruction, output.quantization_loss
+
+
+class _TracedReconstruction(nn.Module):
+    """What ``torch.jit.script`` makes of a :class:`VQVAE` whose forward returns the reconstruction: its traced
+    eval-mode forward (see :meth:`VQVAE.__prepare_scriptable__`)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.traced(images)
+
+
+class _TracedTuple(_TracedReconstruction):
+    """As :class:`_TracedReconstruction`, for ``forward_output="tuple"``: ``(reconstruction, quantization_loss)``."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.traced(images)
 
 
 class VQVAEReconstructor(nn.Module):

@@ -27,7 +27,7 @@ from ..data.nifti import list_nifti_volumes
 from ..data.oasis import canonical_split, find_png_files, png_split_folder
 from ..engines.precision import autocast
 from ..errors import CheckpointError, DatasetError
-from ..utils.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
+from ..utils.checkpoint import file_sha256, load_checkpoint, load_network_weights, save_checkpoint
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 
@@ -81,15 +81,6 @@ def _missing_vqvae_error(path: Path) -> CheckpointError:
         f"first (python -m monai.bundle run training --config_file bundle/configs/train.json) or point --ckpt_dir "
         f"at the folder holding its model.pt."
     )
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def vqvae_fingerprint(path: str | os.PathLike) -> str:
@@ -486,7 +477,11 @@ class SlicePositionLabels:
         return torch.tensor(labels, dtype=torch.long)
 
     def bin_description(self, label: int) -> str:
-        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range)."""
+        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range).
+
+        Slice indices grow from the base of the brain to the vertex (axial slices in RAS order), which
+        ``grid.png``'s heading says.
+        """
         if self.num_classes is None:
             return ""
         if self.index_range is None:

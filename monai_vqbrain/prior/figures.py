@@ -10,7 +10,7 @@ import torch
 
 from monai_vqbrain.engines.distributed import is_main_process
 from monai_vqbrain.handlers.training_history import read_history
-from monai_vqbrain.utils.io import pyplot, save_figure
+from monai_vqbrain.utils.io import epoch_axis, pyplot, save_figure, wrap_label
 
 __all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves"]
 
@@ -31,8 +31,6 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
     if not records:
         return None
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     figure, (bits_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(9, 3.4))
     epochs = [int(r["epoch"]) for r in records]
     for key, label, style in (("train_bits_per_code", "train", "-"), ("val_bits_per_code", "validation", "--")):
@@ -50,7 +48,7 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
     accuracy_axis.set_ylabel("top-1 accuracy")
     accuracy_axis.set_title("validation next-code accuracy")
     for axis in (bits_axis, accuracy_axis):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(axis, epochs)
         axis.grid(alpha=0.3)
     figure.tight_layout()
     return save_figure(figure, path)
@@ -76,21 +74,20 @@ def plot_nearest_training_slices(
     """
     plt = pyplot()
     count = len(samples)
-    figure, axes = plt.subplots(2, count, figsize=(1.9 * count, 4.3), squeeze=False)
+    figure, axes = plt.subplots(2, count, figsize=(1.9 * count, 5.0), squeeze=False, layout="constrained")
     for column in range(count):
-        for row, (image, title) in enumerate(
-            (
-                (samples[column], f"{sample_names[column]}"),
-                (nearest[column], f"{nearest_names[column]}\nSSIM {similarity[column]:.3f}"),
-            )
-        ):
+        for row, image in enumerate((samples[column], nearest[column])):
             axis = axes[row, column]
             axis.imshow(image[0].float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_title(title, fontsize=6)
+        # each name beside its own image: the sample's above it, the training slice's below it (a title of the lower
+        # row would sit under the sample above, as if it named that one)
+        axes[0, column].set_title(wrap_label(sample_names[column], 18), fontsize=7)
+        axes[1, column].set_xlabel(
+            f"{wrap_label(nearest_names[column], 18)}\nSSIM {similarity[column]:.3f}", fontsize=7
+        )
     axes[0, 0].set_ylabel("generated", fontsize=8)
     axes[1, 0].set_ylabel("nearest training slice", fontsize=8)
     figure.suptitle("Generated samples and their most similar training slices (SSIM near 1 would mean a copy)", fontsize=9)
-    figure.tight_layout()
     return save_figure(figure, path)

@@ -40,15 +40,14 @@ from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import (
     DEFAULT_MAX_CHECKPOINT_BYTES,
-    METADATA_KEY,
     check_finite_weights,
     check_state_dict_matches,
     checkpoint_byte_limit,
-    load_checkpoint,
-    network_state_dict,
+    metadata_file,
+    read_model,
 )
 from ..utils.flags import as_bool
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path, atomic_write_text, wrap_label
 from .codes import SlicePositionLabels, position_channels, position_map
 from .figures import plot_nearest_training_slices
 from .trainer import prior_network_settings
@@ -127,22 +126,27 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 def _read_prior_checkpoint(
     path: Path, max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The checkpoint, its metadata and the network settings its metadata records, after checking it is a prior's.
+    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's.
 
     ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
     of the configured prior, when there is one).
     """
     if not path.is_file():
         raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
-    saved = load_checkpoint(path, max_bytes=max_bytes)
-    metadata = dict(saved.get(METADATA_KEY, {}) or {})
+    state, metadata = read_model(path, max_bytes=max_bytes)
     settings = metadata.get("network_settings")
+    if not metadata:
+        raise CheckpointError(
+            f"prior checkpoint '{path}' has no metadata file that describes it ('{metadata_file(path).name}' beside "
+            f"it is missing, or describes other weights): the prior's settings are not known; use the "
+            f"{path.name} and {metadata_file(path).name} that training_prior wrote together."
+        )
     if metadata.get("network") != GatedPixelCNN.__name__ or not isinstance(settings, dict):
         raise CheckpointError(
             f"'{path}' is not a prior checkpoint: its metadata describes network={metadata.get('network')!r}, not a "
             f"{GatedPixelCNN.__name__} (was the VQ-VAE's model.pt given?); use the prior.pt written by training_prior."
         )
-    return saved, metadata, settings
+    return state, metadata, settings
 
 
 def read_prior_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
@@ -230,9 +234,9 @@ def load_prior(
             f"{settings.get('cond_channels')} but its metadata records position_frequencies={frequencies} "
             f"(expected cond_channels={position_channels(frequencies)})."
         )
-    check_state_dict_matches(network, network_state_dict(saved), str(path))
-    check_finite_weights(network_state_dict(saved), str(path))
-    network.load_state_dict(network_state_dict(saved))
+    check_state_dict_matches(network, saved, str(path))
+    check_finite_weights(saved, str(path))
+    network.load_state_dict(saved)
 
     if image_size is not None and "image_size" in metadata and int(metadata["image_size"]) != int(image_size):
         raise CheckpointError(
@@ -337,9 +341,13 @@ def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
 
 
 def plot_sample_grid(
-    images: torch.Tensor, path: str | os.PathLike, titles: Sequence[str] | None = None, columns: int | None = None
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    heading: str | None = None,
 ) -> None:
-    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title."""
+    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title, under ``heading``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,6 +366,8 @@ def plot_sample_grid(
         axis.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         if titles is not None:
             axis.set_title(titles[index], fontsize=7)
+    if heading:
+        figure.suptitle(wrap_label(heading, max(40, 12 * columns)), fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -774,7 +784,14 @@ class SampleGrid:
             names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
             for i in shown
         ]
-        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles)
+        heading = None
+        if labels is not None and self.positions.index_range is not None:
+            low, high = self.positions.index_range
+            heading = (
+                f"samples by slice position, from the base of the brain (slice {low}, top left) to the vertex "
+                f"(slice {high}, bottom right)"
+            )
+        plot_sample_grid(images[shown], self.output_dir / "grid.png", titles, heading=heading)
 
 
 class GenerationReport:

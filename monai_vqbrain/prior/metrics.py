@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,36 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _StageLog:
+    """Log each stage of a long computation with the time spent so far: ``measuring (2/5, 12 s): ...``.
+
+    The metrics of ``generating`` take minutes on a CPU after the sampler's progress bar has ended; these lines
+    show that the run is moving and where.
+
+    Args:
+        stages: how many stages :meth:`__call__` will announce.
+    """
+
+    def __init__(self, stages: int) -> None:
+        self.stages, self.done, self.started = stages, 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        logger.info(f"measuring ({self.done}/{self.stages}, {elapsed:.0f} s): {what}")
+
+    def batches(self, loader: Any, what: str, every: float = 0.25) -> Any:
+        """Yield ``loader``'s batches, logging the items done at every ``every`` of them (a quarter by default)."""
+        total = len(loader.dataset) if hasattr(loader, "dataset") else None
+        next_report, seen = every, 0
+        for batch in loader:
+            yield batch
+            seen += len(_images(batch))
+            if total and seen / total >= next_report and seen < total:
+                logger.info(f"measuring: {what}: {seen}/{total} ({time.perf_counter() - self.started:.0f} s)")
+                next_report = (int(seen / total / every) + 1) * every
 
 #: samples a side below which the classifier two-sample AUC is too noisy to judge realism (on the demo data its 95%
 #: interval is about +-0.2 at 32 a side and +-0.06 at 256)
@@ -392,7 +422,7 @@ class NearestImageSearch:
         self.distances, order = all_distances.topk(keep, dim=1, largest=False)
         self.indices = all_indices.gather(1, order)
 
-    def best(self, fetch) -> tuple[torch.Tensor, torch.Tensor]:
+    def best(self, fetch: Callable[[list[int]], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Score the candidates by SSIM.
 
         Args:
@@ -647,6 +677,7 @@ class GenerationQuality(Metric):
             f"{len(train_dataset)} training slices (Fréchet distance, diversity, memorisation"
             f"{', classifier two-sample tests' if self.classifier else ''})"
         )
+        progress = _StageLog(4 if self.classifier else 3)
         if self.classifier and num_samples < RELIABLE_CLASSIFIER_SAMPLES:
             logger.warning(
                 f"only {num_samples} samples: a classifier AUC from fewer than {RELIABLE_CLASSIFIER_SAMPLES} a side is "
@@ -661,7 +692,8 @@ class GenerationQuality(Metric):
         )
         train_features, train_names, train_pool_images, train_pool_names = [], [], [], []
         loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
-        for batch in loader:
+        progress(f"encoding the {len(train_dataset)} training slices and searching the nearest to each sample")
+        for batch in progress.batches(loader, "training slices"):
             images = _images(batch)
             train_features.append(encoder_features(model, images, self.fd_grid))
             search.update(images)
@@ -677,6 +709,7 @@ class GenerationQuality(Metric):
         def fetch(indices: list[int]) -> torch.Tensor:
             return torch.stack([_images({"image": train_dataset[i]["image"]}) for i in indices])
 
+        progress("rescoring the nearest training slices by SSIM; Fréchet distances, diversity")
         nearest_ssim, nearest_index = search.best(fetch)
         sample_nearest = nearest_ssim[:num_samples]
         test_nearest = nearest_ssim[num_samples : num_samples + num_subset]
@@ -697,6 +730,7 @@ class GenerationQuality(Metric):
         precision_recall = _precision_recall_entries(
             test_features_all, generated_features, train_subset_features, self.precision_recall_k, self.bootstrap, seed
         )
+        progress("bootstrap intervals and pairwise SSIM" + (", then the classifier two-sample tests" if self.classifier else ""))
         max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
         diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
         metrics: dict[str, Any] = {
@@ -741,6 +775,8 @@ class GenerationQuality(Metric):
             "foreground_fraction_generated": float((samples > self.foreground_threshold).float().mean()),
             "foreground_fraction_test": float(torch.cat(self._test_foreground).mean()),
         }
+        if self.classifier:
+            progress("classifier two-sample tests (generated vs test, train vs test, reconstructed vs test)")
         metrics.update(
             _realism(
                 samples,
@@ -836,7 +872,8 @@ def _realism(
             ),
         }
         started = time.perf_counter()
-        for name, (first, second, first_groups, second_groups) in runs.items():
+        for number, (name, (first, second, first_groups, second_groups)) in enumerate(runs.items(), start=1):
+            logger.info(f"measuring: classifier two-sample test {number}/{len(runs)}: {name.replace('_', ' ')}")
             try:
                 # at most as many images per side as samples, so the references are measured at the samples' count
                 results[name] = classifier_two_sample_test(

@@ -1,7 +1,18 @@
-"""Checkpoint files: atomic saving, safe loading (no code execution) and clear errors for the wrong network."""
+"""Checkpoint files: atomic saving, safe loading (no code execution) and clear errors for the wrong network.
+
+A trained network is saved as model-zoo bundles save it: ``model.pt`` holds the network's state dict and nothing
+else, so ``network_def.load_state_dict(torch.load("model.pt"))``, ``monai.bundle.load`` and MONAI's
+``ckpt_export``/``onnx_export`` work with their defaults. What produced the weights (the network's settings, the
+image size, the epoch and the metric they scored, ...) is in the metadata file beside it, ``model.json``, which
+names the weights it describes by their SHA-256. See :func:`save_model` for the order of the two writes that keeps
+the pair consistent if the process is killed at any instant.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import pickle
 import zipfile
@@ -12,11 +23,25 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OutputWriteError
-from .io import atomic_path
+from .io import atomic_path, atomic_write_text
 from .modules import unwrap_network
 
-#: key under which a checkpoint stores what produced it (network settings, image size, epoch, metrics)
+logger = logging.getLogger(__name__)
+
+#: key under which a training state (``last.pt``) stores what produced it (network settings, image size, epoch)
 METADATA_KEY = "metadata"
+
+#: the ``format`` of a model's metadata file
+MODEL_METADATA_FORMAT = "monai_vqbrain.model_metadata/1"
+
+#: how to convert checkpoints written before model files held only the state dict
+CONVERT_COMMAND = "python -m monai_vqbrain.utils.convert_checkpoint <ckpt_dir>"
+
+# files whose old layout has been reported already: one line per file and process
+_REPORTED: set[Path] = set()
+
+# a model's metadata file holds settings and numbers (a few KB): anything far larger is not one, and is not read
+_MAX_METADATA_FILE_BYTES = 16 * 2**20
 
 DEFAULT_MAX_CHECKPOINT_BYTES = 2**30
 """Most bytes a checkpoint may unpack to when no network is at hand to bound it (1 GiB; the default prior's
@@ -155,7 +180,8 @@ def load_checkpoint(
 
 
 def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The network weights of a checkpoint: its ``"model"`` entry, or the checkpoint itself if it is a state dict."""
+    """The network weights of a loaded checkpoint: its ``"model"`` entry (a training state, the old layout), or the
+    checkpoint itself when it is a state dict."""
     state = checkpoint.get("model", checkpoint)
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
 
@@ -195,6 +221,210 @@ def check_finite_weights(state: dict[str, torch.Tensor], source: str) -> None:
         )
 
 
+def metadata_file(path: str | os.PathLike) -> Path:
+    """The metadata file beside a model file: ``model.pt`` -> ``model.json``, ``prior.pt`` -> ``prior.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_training_state(checkpoint: dict[str, Any]) -> bool:
+    """A :class:`~monai_vqbrain.handlers.TrainingCheckpointSaver` file (``last.pt``): weights under ``"model"``."""
+    return isinstance(checkpoint.get("model"), dict) and ("trainer" in checkpoint or "optimizer" in checkpoint)
+
+
+def is_old_layout(checkpoint: dict[str, Any]) -> bool:
+    """Whether a loaded model file is in the layout written before 0.5: ``{"model": weights, "metadata": {...}}``
+    (with or without the same weights again at its top level), which a strict ``load_state_dict`` refuses."""
+    return isinstance(checkpoint.get("model"), dict) and not _is_training_state(checkpoint)
+
+
+def _report_old_layout(path: Path) -> None:
+    if path.absolute() not in _REPORTED:
+        _REPORTED.add(path.absolute())
+        logger.warning(
+            f"'{path}' is in the old checkpoint layout (weights and metadata in one file, which MONAI's tools refuse "
+            f"without --key_in_ckpt model); it still loads; convert it with: {CONVERT_COMMAND}"
+        )
+
+
+def _read_metadata_document(path: Path) -> dict[str, Any] | None:
+    sidecar = metadata_file(path)
+    if not sidecar.is_file():
+        return None
+    if sidecar.stat().st_size > _MAX_METADATA_FILE_BYTES:
+        raise CheckpointError(
+            f"metadata file '{sidecar}' of '{path}' is {sidecar.stat().st_size:,} bytes, more than a model's metadata "
+            f"({_MAX_METADATA_FILE_BYTES:,} at most); use the pair that training wrote."
+        )
+    try:
+        document = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"metadata file '{sidecar}' of '{path}' is not readable JSON: {error}") from error
+    if not isinstance(document, dict) or document.get("format") != MODEL_METADATA_FORMAT:
+        raise CheckpointError(
+            f"'{sidecar}' is not the metadata file of '{path}' (expected a JSON object with format "
+            f"{MODEL_METADATA_FORMAT!r}); move it away or use the pair that training wrote."
+        )
+    return document
+
+
+def _entry_for(path: Path, document: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The entry of the metadata document that describes the bytes of ``path`` now: its own, or the previous one
+    (a run killed after writing the metadata file of new weights but before moving them onto ``path``)."""
+    if document is None or not path.is_file():
+        return None
+    digest = file_sha256(path)
+    for entry in (document, document.get("previous")):
+        if isinstance(entry, dict) and entry.get("weights_sha256") == digest:
+            return entry
+    return None
+
+
+def save_model(
+    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], overwrite: bool = True
+) -> Path:
+    """Save a network's state dict to ``path`` and ``metadata`` to :func:`metadata_file` beside it, consistently.
+
+    The weights file holds the state dict only, as model-zoo bundles' ``model.pt`` does. The metadata file names
+    the weights it describes by their SHA-256, and keeps the entry of the weights it replaces. The writes are
+    ordered so that a process killed at any instant leaves a pair a reader resolves: (1) the weights are written to
+    a temporary file beside ``path``; (2) the metadata file, describing them and keeping the current weights'
+    entry as ``previous``, replaces the old one atomically; (3) the temporary file is renamed onto ``path``. Killed
+    before (2), the old pair is intact; between (2) and (3), ``path`` still holds the old weights, which
+    ``previous`` describes; after (3), the new pair is in place. The temporary file a kill leaves is removed by the
+    next run's start-up checks.
+
+    Args:
+        path: the weights file (``model.pt``, ``prior.pt``).
+        state_dict: the network's state dict.
+        metadata: what produced the weights; must be JSON (numbers, strings, lists, dicts).
+        overwrite: when False and ``path`` exists, refuse (``FileExistsError``).
+
+    Raises:
+        OutputWriteError: naming the file when it cannot be written (full disk, read-only folder, no permission).
+    """
+    path = Path(path)
+    previous = None
+    try:
+        previous = _entry_for(path, _read_metadata_document(path))
+    except CheckpointError:  # an unreadable metadata file is replaced; it described nothing we can use
+        previous = None
+    if previous is not None:
+        previous = {"weights_sha256": previous["weights_sha256"], "metadata": previous.get("metadata", {})}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            torch.save(dict(state_dict), tmp)
+        except RuntimeError as error:
+            raise OutputWriteError(
+                f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
+            ) from error
+        document = {
+            "format": MODEL_METADATA_FORMAT,
+            "weights": path.name,
+            "weights_sha256": file_sha256(tmp),
+            "metadata": metadata,
+            "previous": previous,
+        }
+        atomic_write_text(metadata_file(path), json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_model_metadata(
+    path: str | os.PathLike,
+    checkpoint: dict[str, Any] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
+) -> dict[str, Any]:
+    """What produced the weights in a model file: the entry of its metadata file that describes them.
+
+    A file in the old layout carries its metadata inside (reported once, with how to convert it); a state dict
+    without a metadata file that describes it (copied from elsewhere, or replaced by hand) has none: ``{}``, with a
+    warning, since then its image size and settings cannot be checked.
+
+    Args:
+        path: the weights file.
+        checkpoint: the file's loaded content, when the caller has it (saves loading it again).
+        max_bytes: the most bytes the file may unpack to, when it must be loaded (an old layout, or no metadata
+            file describes it); see :func:`checkpoint_byte_limit`.
+
+    Raises:
+        CheckpointError: naming the file when it or its metadata file is not readable.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return dict((checkpoint or load_checkpoint(path, max_bytes=max_bytes)).get(METADATA_KEY) or {})
+    document = _read_metadata_document(path)
+    entry = _entry_for(path, document)
+    if entry is not None:
+        return dict(entry.get("metadata") or {})
+    checkpoint = load_checkpoint(path, max_bytes=max_bytes) if checkpoint is None else checkpoint
+    if _is_training_state(checkpoint):
+        return dict(checkpoint.get(METADATA_KEY) or {})
+    if is_old_layout(checkpoint):
+        _report_old_layout(path)
+        return dict(checkpoint.get(METADATA_KEY) or {})
+    if path.absolute() not in _REPORTED:
+        _REPORTED.add(path.absolute())
+        why = "there is none" if document is None else "it describes other weights (the file was replaced since)"
+        logger.warning(
+            f"'{path}' has no metadata beside it ('{metadata_file(path).name}': {why}): its image size and training "
+            f"settings are not known and not checked."
+        )
+    return {}
+
+
+def read_model(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A model file's state dict and its metadata (see :func:`read_model_metadata`), in either layout.
+
+    Args:
+        path: the weights file (``model.pt``, ``prior.pt``; a ``last.pt`` training state or a ``.safetensors`` file
+            work too).
+        map_location: where to load the tensors.
+        max_bytes: the most bytes the file may unpack to, checked before loading (:func:`checkpoint_byte_limit`).
+
+    Raises:
+        CheckpointError: naming the file when it is missing, too large, unsafe or unreadable.
+    """
+    checkpoint = load_checkpoint(path, map_location=map_location, max_bytes=max_bytes)
+    return network_state_dict(checkpoint), read_model_metadata(path, checkpoint)
+
+
+def convert_checkpoint(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Convert a model file in the old layout, in place, into the state dict plus its metadata file.
+
+    Nothing is lost: the weights stay in ``path`` (now the state dict only) and the metadata moves to
+    :func:`metadata_file`. A file already in the current layout is left alone.
+
+    Args:
+        path: the model file (``model.pt``, ``prior.pt``).
+
+    Returns:
+        ``(old SHA-256, new SHA-256)`` of the file when it was converted, else None.
+
+    Raises:
+        CheckpointError: naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    if not is_old_layout(checkpoint):
+        return None
+    before = file_sha256(path)
+    save_model(path, network_state_dict(checkpoint), dict(checkpoint.get(METADATA_KEY) or {}))
+    _REPORTED.discard(path.absolute())
+    return before, file_sha256(path)
+
+
 def load_network_weights(
     network: nn.Module,
     path: str | os.PathLike,
@@ -215,13 +445,11 @@ def load_network_weights(
             weights, or a metadata mismatch.
     """
     network = unwrap_network(network)
-    checkpoint = load_checkpoint(path, map_location=map_location, max_bytes=checkpoint_byte_limit(network))
-    state = network_state_dict(checkpoint)
+    state, metadata = read_model(path, map_location=map_location, max_bytes=checkpoint_byte_limit(network))
     if not state:
         raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
     check_state_dict_matches(network, state, str(path))
     check_finite_weights(state, str(path))
-    metadata = checkpoint.get(METADATA_KEY, {}) or {}
     for key, value in (expected_metadata or {}).items():
         if key in metadata and str(metadata[key]) != str(value):
             raise CheckpointError(

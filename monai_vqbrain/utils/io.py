@@ -132,6 +132,53 @@ def pyplot() -> ModuleType:
     return plt
 
 
+def wrap_label(text: str, width: int) -> str:
+    """Wrap a file name or label for a figure at most ``width`` characters a line, only after ``_ - /`` or a space.
+
+    ``textwrap`` cuts a long name wherever the line is full (``case_113_slice_15.nii.pn`` / ``g``); here a line
+    breaks only between the parts of a name (an extension stays with its part), and a part longer than ``width``
+    keeps a line of its own.
+
+    Args:
+        text: the label.
+        width: the most characters a line should hold.
+    """
+    parts = re.findall(r"[^_\-/ ]*[_\-/ ]|[^_\-/ ]+$", text)
+    lines: list[str] = []
+    line = ""
+    for part in parts:
+        if line and len((line + part).rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += part
+    if line or not lines:
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def epoch_axis(axis: object, epochs: Iterable[int]) -> None:
+    """Give a matplotlib axis of epochs whole-number ticks only, one per epoch when there are few.
+
+    ``MaxNLocator(integer=True)`` falls back to fractional ticks (0.945 ... 1.065) when the range holds fewer than two
+    whole numbers, as after one epoch.
+
+    Args:
+        axis: the matplotlib axes whose x axis counts epochs.
+        epochs: the epochs plotted.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    shown = sorted({int(e) for e in epochs})
+    if not shown:
+        return
+    if len(shown) <= 12:
+        axis.set_xticks(shown)
+    else:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(shown) == 1:
+        axis.set_xlim(shown[0] - 1, shown[0] + 1)
+
+
 def save_figure(figure: object, path: str | os.PathLike) -> Path:
     """Write a matplotlib figure to ``path`` as a PNG (110 dpi, tight box) atomically; close it; return ``path``.
 

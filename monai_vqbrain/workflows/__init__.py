@@ -1,17 +1,19 @@
 """Workflow glue the bundle configs call: setting and input checks, clean error reporting, run metadata."""
 
 from .cli_errors import install_error_hook
+from .keys import config_override_keys, reference_markdown
+from .next_steps import log_next_steps, next_step_commands
 from .run_checks import (
     check_checkpoint_dir,
     check_output_dirs,
     check_outputs_absent,
     check_resumed_dataset,
+    executed_config_file,
     local_tracking_uri,
     network_metadata,
 )
 from .run_lock import LOCK_FILE, OutputFolderLockedError, lock_output_dirs, release_output_locks
 from .settings import (
-    SETTING_RULES,
     check_override_keys,
     check_setting_combinations,
     check_settings,
@@ -23,7 +25,6 @@ from .settings import (
 __all__ = [
     "LOCK_FILE",
     "OutputFolderLockedError",
-    "SETTING_RULES",
     "check_checkpoint_dir",
     "check_output_dirs",
     "check_outputs_absent",
@@ -31,11 +32,16 @@ __all__ = [
     "check_resumed_dataset",
     "check_setting_combinations",
     "check_settings",
+    "config_override_keys",
     "command_line_overrides",
     "config_bundle_root",
     "print_settings",
+    "reference_markdown",
+    "executed_config_file",
     "install_error_hook",
     "local_tracking_uri",
+    "log_next_steps",
+    "next_step_commands",
     "lock_output_dirs",
     "network_metadata",
     "release_output_locks",

@@ -9,7 +9,9 @@ Exit statuses of a bundle run (``python -m monai.bundle run ...``):
   a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds it), or a
   config run without the base config it extends;
 * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
-  ``--allow_skipped true``.
+  ``--allow_skipped true``;
+* 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
+  ``interrupted at epoch N; resume with `--resume true```.
 
 Any other exception is a bug and keeps Python's traceback.
 """
@@ -23,7 +25,7 @@ import sys
 import warnings
 from types import TracebackType
 
-from ..errors import SettingError, VQBrainError
+from ..errors import RunInterrupted, SettingError, VQBrainError
 from ..utils.flags import as_bool
 
 #: OSError numbers that describe the user's disk rather than a bug: reported in one line like a bad input
@@ -78,6 +80,17 @@ def _component_setting_error(error: BaseException | None) -> ComponentSettingErr
             found = ComponentSettingError(f"cannot build {match.group(1)} from the settings: {reason}")
         error = cause or error.__context__
     return found
+
+
+def _find_interrupt(error: BaseException | None) -> RunInterrupted | None:
+    """The :class:`RunInterrupted` in an exception's chain (MONAI may wrap it), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, RunInterrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _find_user_error(error: BaseException | None) -> BaseException | None:
@@ -140,6 +153,13 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
         previous_hook = sys.excepthook
 
         def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+            if isinstance(error, KeyboardInterrupt) and not _STATE["traceback"]:
+                error = RunInterrupted()  # Ctrl-C outside a training engine (loading data, evaluating ...)
+            interrupted = _find_interrupt(error)
+            if interrupted is not None and not _STATE["traceback"]:
+                print(str(interrupted), file=sys.stderr)  # not an error: what the user asked for
+                sys.stderr.flush()
+                raise SystemExit(interrupted.exit_code)
             user_error = _find_user_error(error)
             if user_error is None or _STATE["traceback"]:
                 previous_hook(kind, error, traceback)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, OutputPathError, OutputWriteError, SettingError
-from ..utils.checkpoint import METADATA_KEY, load_checkpoint
+from ..utils.checkpoint import METADATA_KEY, load_checkpoint, metadata_file
 from ..utils.flags import as_bool
 from ..utils.io import remove_stale_temporary_files
 from ..utils.modules import unwrap_network
@@ -54,9 +55,11 @@ def check_checkpoint_dir(
     """
     ckpt_dir = Path(ckpt_dir)
     resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
-    remove_stale_temporary_files(ckpt_dir, (*filenames, *_OTHER_RUN_FILES))
+    # the best-model files (all but the last) have their metadata file beside them (model.pt: model.json)
+    sidecars = tuple(metadata_file(name).name for name in filenames[:-1])
+    remove_stale_temporary_files(ckpt_dir, (*filenames, *sidecars, *_OTHER_RUN_FILES))
     resumable = ckpt_dir / filenames[-1]
-    existing = [ckpt_dir / name for name in filenames if (ckpt_dir / name).exists()]
+    existing = [ckpt_dir / name for name in (*filenames, *sidecars) if (ckpt_dir / name).exists()]
     if existing and not resumable.exists() and (resume or not overwrite):
         # the best model of epoch 1 is written before the first training state: a run killed (or out of disk) in
         # between left a best model and nothing to resume from; a rerun and a --resume run say the same
@@ -257,6 +260,30 @@ def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:
     }
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return {"network": type(network).__name__, **settings, **entries}
+
+
+# what MONAI's tracking patch (ConfigWorkflow.patch_bundle_tracking) makes of save_execute_config when output_dir
+# is a plain path (set on the command line): the text "<dir> + '/config_<time>.json'", not an expression
+_CONCATENATED_CONFIG_PATH = re.compile(r"^(?P<folder>.*) \+ '/(?P<name>config_\d{8}_\d{6}\.json)'$")
+
+
+def executed_config_file(save_execute_config: Any) -> str | None:
+    """The file MONAI wrote the executed config to, for the tracking handlers' ``artifacts``.
+
+    With ``--tracking``, MONAI writes the executed config to ``<output_dir>/config_<time>.json`` and sets
+    ``save_execute_config`` to ``output_dir``'s config text followed by ``+ '/config_<time>.json'``. That is an
+    expression when ``output_dir`` is the config's default (``$@bundle_root + '/outputs'``), but when
+    ``--output_dir /x`` is given it is the literal text ``/x + '/config_<time>.json'``, a file that does not exist,
+    so the executed config would not be logged. This undoes that concatenation; any other value is returned as is.
+
+    Args:
+        save_execute_config: the config's ``save_execute_config`` after MONAI's patch: a path, that text, or None.
+    """
+    if not isinstance(save_execute_config, (str, os.PathLike)):
+        return None
+    text = os.fspath(save_execute_config)
+    concatenated = _CONCATENATED_CONFIG_PATH.match(text)
+    return os.path.join(concatenated["folder"], concatenated["name"]) if concatenated else text
 
 
 def local_tracking_uri(output_dir: str | os.PathLike) -> str:

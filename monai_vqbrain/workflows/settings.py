@@ -13,22 +13,16 @@ import difflib
 import inspect
 import json
 import math
-import os
-import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from ..engines.precision import parse_amp
 from ..errors import SettingError
-from ..utils.flags import as_bool
+from .keys import CONFIG_ORDER, key_description, key_names, setting_error
 
 __all__ = [
-    "SETTING_RULES",
     "check_setting_combinations",
     "check_settings",
     "print_settings",
@@ -41,7 +35,6 @@ __all__ = [
 _RUN_ARGUMENTS = frozenset(
     {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}
 )
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
 def _is_int(value: Any) -> bool:
@@ -50,224 +43,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(minimum: int, allow_none: bool = False) -> Callable[[Any], str | None]:
-    def rule(value: Any) -> str | None:
-        if allow_none and value is None:
-            return None
-        if _is_int(value) and value >= minimum:
-            return None
-        return f"an integer >= {minimum}" + (" or null" if allow_none else "")
-
-    return rule
-
-
-def _image_pixels(value: Any) -> str | None:
-    # PIL refuses to open an image of more than twice its MAX_IMAGE_PIXELS (a DecompressionBombError), whatever ours
-    most = 2 * Image.MAX_IMAGE_PIXELS
-    if _is_int(value) and 1 <= value <= most:
-        return None
-    return f"an integer in [1, {most}] (PIL, which decodes PNGs, refuses larger images)"
-
-
-def _number(minimum: float, inclusive: bool, maximum: float | None = None, allow_none: bool = False):
-    def rule(value: Any) -> str | None:
-        if allow_none and value is None:
-            return None
-        ok = _is_number(value) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
-        ok = ok and (maximum is None or value <= maximum)
-        if ok:
-            return None
-        bound = f"{'>=' if inclusive else '>'} {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        return f"a finite number {bound}" + (" or null" if allow_none else "")
-
-    return rule
-
-
-def _boolean(value: Any) -> str | None:
-    try:
-        as_bool(value)
-    except ValueError:
-        return "true or false"
-    return None
-
-
-def _amp(value: Any) -> str | None:
-    try:
-        parse_amp(value)
-    except ValueError:
-        return "true, false or auto"
-    return None
-
-
-def _choice(*allowed: Any) -> Callable[[Any], str | None]:
-    def rule(value: Any) -> str | None:
-        return None if value in allowed and not isinstance(value, bool) else "one of " + ", ".join(map(str, allowed))
-
-    return rule
-
-
-def _device(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and _DEVICE.match(value.strip())):
-        return None
-    return "auto, cpu, cuda or cuda:<index>"
-
-
-def _slice_range(value: Any) -> str | None:
-    expected = "two fractions [start, stop] with 0 <= start < stop <= 1"
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        return expected
-    start, stop = value
-    if not (_is_number(start) and _is_number(stop) and 0.0 <= start < stop <= 1.0):
-        return expected
-    return None
-
-
-def _optional_path(value: Any) -> str | None:
-    return None if value is None or isinstance(value, (str, os.PathLike)) else "a path (or null)"
-
-
-def _paths(value: Any) -> str | None:
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
-        return None
-    return None if value is None or isinstance(value, (str, os.PathLike)) else "a path, a glob or a list of them"
-
-
-def _local_tracking_uri(value: Any) -> str | None:
-    # runs never contact a tracking server: only a local SQLite file (MONAI's MLFlowHandler refuses file:// stores)
-    if isinstance(value, str) and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return None
-    return "a local sqlite:///<path>/mlruns.db URI (no tracking server is contacted)"
-
-
-def _name(allow_none: bool) -> Callable[[Any], str | None]:
-    def rule(value: Any) -> str | None:
-        if (allow_none and value is None) or (isinstance(value, str) and value.strip()):
-            return None
-        return "a non-empty name" + (" or null" if allow_none else "")
-
-    return rule
-
-
-def _file_name_part(value: Any) -> str | None:
-    # appended to output file names: a path separator would write outside output_dir
-    return None if isinstance(value, str) and not {"/", os.sep} & set(value) else "a name part without '/' (or '')"
-
-
-def _class_labels(value: Any) -> str | None:
-    # the upper bound is the prior's number of slice-position bins, checked against its checkpoint when sampling
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if value is None or (values and all(_is_int(v) and v >= 0 for v in values)):
-        return None
-    return "null, one label >= 0 or a list of labels >= 0 (slice-position bins)"
-
-
-def _epoch_list(value: Any) -> str | None:
-    if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 1 for v in value):
-        return None
-    return "a list of epochs >= 1 (may be empty)"
-
-
-def _path(value: Any) -> str | None:
-    if not (isinstance(value, (str, os.PathLike)) and str(value).strip()):
-        return "a path"
-    if str(value).startswith("~"):
-        # the checks would expand it, but the writers (MONAI's handlers, torch.save) take it literally: ./~/...
-        return "a path that does not start with '~' (the bundle does not expand it; write the folder out in full)"
-    return None
-
-
-def _image_side(allow_zero: bool) -> Callable[[Any], str | None]:
-    # SSIM, in the training loss and the validation metric, slides an 11-pixel window that must fit in the image
-    def rule(value: Any) -> str | None:
-        if (allow_zero and value is None) or (_is_int(value) and (value >= 12 or (allow_zero and value == 0))):
-            return None
-        whole = "0 or null (whole slices) or " if allow_zero else ""
-        return whole + "an integer >= 12 (SSIM's 11-pixel window must fit in the image)"
-
-    return rule
-
-
-#: what each known setting accepts; a rule returns None when the value is allowed, else what is expected
-SETTING_RULES: dict[str, Callable[[Any], str | None]] = {
-    # paths
-    "bundle_root": _path,
-    "dataset_dir": _optional_path,
-    "demo_dir": _path,
-    "ckpt_dir": _path,
-    "output_dir": _path,
-    # data
-    "image_size": _image_side(allow_zero=False),
-    "train_crop_size": _image_side(allow_zero=True),
-    "dataset_format": _choice("auto", "png", "nifti"),
-    "cache_rate": _number(0.0, True, 1.0),
-    "num_workers": _integer(0),
-    "max_items": _integer(1, allow_none=True),
-    "slice_axis": _choice(0, 1, 2),
-    "slice_range": _slice_range,
-    "min_foreground": _number(0.0, True, 1.0),
-    "val_fraction": _number(0.0, True, 1.0),
-    "test_fraction": _number(0.0, True, 1.0),
-    "max_image_pixels": _image_pixels,
-    "max_volume_voxels": _integer(1),
-    "seed": _integer(0),
-    # training
-    "max_epochs": _integer(1),
-    "batch_size": _integer(1),
-    "learning_rate": _number(0.0, False),
-    "max_grad_norm": _number(0.0, False, allow_none=True),
-    "ssim_weight": _number(0.0, True),
-    "val_interval": _integer(1),
-    "log_interval": _integer(1),
-    "device": _device,
-    "amp": _amp,
-    "eval_amp": _amp,
-    "inference_amp": _amp,
-    "prior_eval_amp": _amp,
-    "resume": _boolean,
-    "overwrite": _boolean,
-    "progress": _boolean,
-    "debug": _boolean,
-    "allow_skipped": _boolean,
-    # evaluation and inference
-    "num_figure_examples": _integer(0),
-    "input": _paths,
-    "save_codes": _boolean,
-    "strict": _boolean,
-    "min_slice_size": _integer(1),
-    "output_postfix": _file_name_part,
-    "output_ext": _choice(None, ".png", ".nii.gz", ".nii"),
-    "output_dtype": _choice(None, "uint8", "uint16", "int16", "int32", "float32", "float64"),
-    "separate_folder": _boolean,
-    # prior and generation
-    "prior_max_epochs": _integer(1),
-    "prior_batch_size": _integer(1),
-    "prior_save_epochs": _epoch_list,
-    "prior_learning_rate": _number(0.0, False),
-    "prior_conditioning": _choice("none", "slice_position", None),
-    "prior_slice_bins": _integer(1),
-    "prior_position_frequencies": _integer(0),
-    "prior_encode_batch_size": _integer(1),
-    "num_samples": _integer(1),
-    "temperature": _number(0.0, True),
-    "sample_seed": _integer(0),
-    "sample_batch_size": _integer(1, allow_none=True),
-    "generation_metrics": _boolean,
-    "fd_grid": _integer(1),
-    "generation_classifier": _boolean,
-    "generation_real_images": _integer(1),
-    # written into the samples' NIfTI affine: 1e308 would make it infinite; brains are imaged at 0.1-10 mm
-    "sample_pixel_spacing": _number(1e-3, True, 1e3),
-    "sample_class_labels": _class_labels,
-    "generation_dir": _path,
-    "prior_checkpoint": _path,
-    "vqvae_checkpoint": _path,
-    # experiment tracking (--tracking mlflow)
-    "tracking_uri": _local_tracking_uri,
-    "experiment_name": _name(allow_none=False),
-    "run_name": _name(allow_none=True),
-}
 
 
 def _check_device_available(value: Any) -> str | None:
@@ -286,7 +61,9 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     """Check a bundle run's settings before anything is loaded; return them unchanged.
 
     First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
-    in ``settings`` against :data:`SETTING_RULES`, and ``image_size`` against the network's downsampling factor
+    in ``settings`` against its key's entry in the settings schema (``bundle/configs/schema/settings.schema.json``,
+    see :mod:`~monai_vqbrain.workflows.keys`); what the schema cannot say is checked here: that a CUDA ``device``
+    exists on this machine, and ``image_size`` against the network's downsampling factor
     (``settings["downsample_factor"]``, when given).
 
     Args:
@@ -300,15 +77,13 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     settings = dict(settings)
     factor = settings.pop("downsample_factor", None)
     for key, value in settings.items():
-        rule = SETTING_RULES.get(key)
-        if rule is None:  # a config lists a setting this module does not know: a bug, not a user error
-            raise KeyError(f"setting {key!r} has no validation rule; add it to SETTING_RULES")
-        expected = rule(value)
+        # a config listing a setting the schema does not define is a bug, not a user error: setting_error raises
+        expected = setting_error(key, value)
         if expected is None and key == "device":
             expected = _check_device_available(value)
         if expected is not None:
             hint = ""
-            if isinstance(value, str) and value.strip().lower() in ("null", "none") and rule(None) is None:
+            if isinstance(value, str) and value.strip().lower() in ("null", "none") and setting_error(key, None) is None:
                 hint = " (on the command line null is written None: the value is parsed as Python, not JSON)"
             raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
     for key in ("image_size", "train_crop_size"):
@@ -356,25 +131,48 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
         )
 
 
-def print_settings(settings: Mapping[str, Any]) -> None:
-    """Print the override keys of a workflow with their values, one ``--key value`` per line as a shell would take it.
+def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> None:
+    """Print the override keys of a workflow with their values and meanings, as ``--key value`` lines a shell takes.
 
     The ``help`` run of every bundle config: ``python -m monai.bundle run -- --help`` shows MONAI's own options (its
     command line is MONAI's, not ours); ``python -m monai.bundle run help --config_file <config>`` shows the config's
-    keys.
+    keys. Each key's meaning comes from the settings schema (:mod:`~monai_vqbrain.workflows.keys`), from the last
+    of the run's config files that defines the key (``batch_size`` means another thing in ``inference.json``).
 
     Args:
         settings: the config's settings (``@settings``, plus the workflow's own), as :func:`check_settings` takes them.
+        argv: the command line, whose ``--config_file`` names the configs; ``sys.argv`` when None. Without one (a
+            run from Python), the configs are those with a key of their own in ``settings``.
     """
-    lines = ["override keys of this workflow, with the values this run would use (README.md describes each):"]
+    parsed = command_line_overrides(argv)
+    configs = [Path(f).name for f in parsed[1]] if parsed is not None and parsed[1] else None
+    if not configs:
+        # a config takes part when a key of its own (one no config before it defines) is among the settings; a
+        # preset has none (prior_large.json's keys are train_prior.json's): only a command line says it was given
+        configs, earlier = [], set()
+        for name in CONFIG_ORDER:
+            if (_config_keys(name) - earlier) & set(settings):
+                configs.append(name)
+            earlier |= _config_keys(name)
+    lines = ["override keys of this workflow, with the values this run would use and what they mean:"]
     for key, value in settings.items():
         if key == "downsample_factor":  # derived from network_def, not a key of its own
             continue
         # as the command line takes them: it parses values as Python literals, so JSON's null is written None
         text = value if isinstance(value, str) else "None" if value is None else json.dumps(value, default=str)
         lines.append(f"  --{key} {shlex.quote(text)}")
+        description = key_description(key, configs)
+        if description:
+            lines.append(f"      {description}")
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
+
+
+def _config_keys(name: str) -> set[str]:
+    """The override keys the settings schema gives config ``name`` (``inference.json``)."""
+    from .keys import load_schema
+
+    return set(load_schema()["$defs"]["configs"].get(name, {}).get("properties", {}))
 
 
 def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]] | None:
@@ -465,7 +263,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if depth == len(parts) - 1 and isinstance(arguments, frozenset):
             siblings += sorted(arguments - set(siblings))
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
-        hint = "; see the override keys in README.md"
+        hint = "; python -m monai.bundle run help --config_file <the same configs> lists the keys"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
         where = "no config file defines it"
@@ -477,8 +275,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         # run would silently keep the configured value, so a None is refused unless it is already what is configured
         if value is None or value.strip() != "None":
             continue
-        rule = SETTING_RULES.get(key)
-        expected = rule(None) if rule is not None else None
+        expected = setting_error(key, None) if key in key_names() else None
         if expected is not None:
             raise SettingError(f"{key} must be {expected}, got None.")
         configured = config[key] if key in config else _NOT_CONFIGURED

@@ -1,0 +1,306 @@
+"""The one source of the bundle's override keys: ``bundle/configs/schema/settings.schema.json``.
+
+The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) gives every override key of every config its
+type and allowed values (``$defs/keys``) and, per config, its default, which is the config's own value, and what it
+means (``$defs/configs/<config>``). Three things read it: :func:`~monai_vqbrain.workflows.check_settings` validates
+a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its description, and
+:func:`reference_markdown` writes the override-key reference of the documentation. A test compares the schema with
+the configs, so a key cannot be added, removed or given another default in one and not the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SCHEMA_FILE",
+    "CONFIG_ORDER",
+    "config_override_keys",
+    "expected_text",
+    "key_description",
+    "key_names",
+    "load_schema",
+    "reference_markdown",
+    "schema_mismatches",
+    "setting_error",
+]
+
+#: the schema file, beside the bundle's configs
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "schema" / "settings.schema.json"
+
+#: the configs in the order they are layered (a later config's meaning of a key wins) and documented
+CONFIG_ORDER = (
+    "train.json",
+    "evaluate.json",
+    "inference.json",
+    "train_prior.json",
+    "generate.json",
+    "prior_large.json",
+    "prior_quality.json",
+    "multi_gpu_train.json",
+    "multi_gpu_train_prior.json",
+    "mlflow_tracking.json",
+)
+
+# a derived path setting: "$@ckpt_dir + '/model.pt'"
+_PATH_EXPRESSION = re.compile(r"^\$@(\w+) \+ '([^']*)'$")
+# a setting that defaults to another one: "@use_amp"
+_ALIAS = re.compile(r"^@(\w+)$")
+# entries that list a config's settings for check_settings
+_SETTINGS_ENTRIES = ("settings", "evaluate_settings", "inference_settings")
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The settings schema, checked against the JSON Schema meta-schema (cached)."""
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def key_names() -> list[str]:
+    """Every key the schema defines (``$defs/keys``)."""
+    return list(load_schema()["$defs"]["keys"])
+
+
+def _is_literal(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, list):
+        return bool(value) and all(_is_literal(item) and not isinstance(item, list) for item in value)
+    return False
+
+
+def config_override_keys(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """The override keys a config file defines, with their raw values (what the schema's defaults must equal).
+
+    A config's override keys are those its ``settings`` entries list (``settings``, ``settings#<key>``,
+    ``evaluate_settings``, ``inference_settings``) and every other top-level key holding a literal (a number, a
+    string, null, a list of them), a derived path (``"$@ckpt_dir + '/model.pt'"``) or another key's value
+    (``"@use_amp"``); for ``mlflow_tracking.json``, the literal keys of its ``configs``, which MONAI's ``--tracking``
+    sets at the top level. Components, expressions and the workflow ids are not keys.
+
+    Args:
+        config: a config file, or its content (a ``mlflow_tracking.json`` content is recognised by its
+            ``handlers_id``).
+    """
+    content = config if isinstance(config, Mapping) else json.loads(Path(config).read_text(encoding="utf-8"))
+    if "handlers_id" in content:
+        return {k: v for k, v in content.get("configs", {}).items() if _is_literal(v)}
+    keys: dict[str, Any] = {}
+    for entry in _SETTINGS_ENTRIES:
+        if isinstance(content.get(entry), Mapping):
+            keys.update({k: content[k] for k in content[entry] if k in content})
+    for name in content:
+        if name.startswith("settings#") and name[len("settings#") :] in content:
+            keys[name[len("settings#") :]] = content[name[len("settings#") :]]
+    for name, value in content.items():
+        if "#" in name or name.startswith(("+", "_")):
+            continue
+        if _is_literal(value) or (isinstance(value, str) and (_PATH_EXPRESSION.match(value) or _ALIAS.match(value))):
+            keys.setdefault(name, value)
+    return keys
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+
+
+def _formats() -> Any:
+    """The schema's own formats: what JSON Schema cannot say (command-line booleans, finiteness, an ordered pair)."""
+    from jsonschema import FormatChecker
+
+    from ..engines.precision import parse_amp
+    from ..utils.flags import as_bool
+
+    checker = FormatChecker(formats=())
+
+    @checker.checks("flag", raises=ValueError)
+    def _flag(value: Any) -> bool:
+        as_bool(value)
+        return True
+
+    @checker.checks("amp", raises=ValueError)
+    def _amp(value: Any) -> bool:
+        parse_amp(value)
+        return True
+
+    @checker.checks("finite")
+    def _finite(value: Any) -> bool:
+        return not isinstance(value, float) or math.isfinite(value)
+
+    @checker.checks("increasing")
+    def _increasing(value: Any) -> bool:
+        if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+            return True  # the other keywords judge the shape
+        return value[0] < value[1]
+
+    return checker
+
+
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    # JSON's integer admits 3.0; a setting that counts epochs or pixels must be a Python int (never a bool)
+    type_checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return validators.extend(Draft202012Validator, type_checker=type_checker)
+
+
+@functools.cache
+def _key_validator(key: str) -> Any:
+    schema = load_schema()["$defs"]["keys"][key]
+    return _validator_class()(schema, format_checker=_formats())
+
+
+def _as_json(value: Any) -> Any:
+    """A setting as the schema sees it: a path as its text, a tuple as a list."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return value
+
+
+def expected_text(key: str, keyword: str | None = None) -> str:
+    """What ``key`` accepts, as an error message says it (``an integer >= 1``, ``true or false`` ...).
+
+    Args:
+        key: a key of the schema.
+        keyword: the schema keyword a value failed, where the schema words that failure apart
+            (``x-expected-by-keyword``).
+    """
+    schema = load_schema()["$defs"]["keys"][key]
+    if keyword is not None and keyword in schema.get("x-expected-by-keyword", {}):
+        return schema["x-expected-by-keyword"][keyword]
+    if "x-expected" in schema:
+        return schema["x-expected"]
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    nullable = " or null" if "null" in types else ""
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    if "integer" in types:
+        bound = f"in [{low}, {schema['maximum']}]" if "maximum" in schema else f">= {low}"
+        return f"an integer {bound}{nullable}"
+    if "number" in types:
+        if "maximum" in schema:
+            bound = f"in [{low}, {schema['maximum']}]"
+        else:
+            bound = f"{'>' if 'exclusiveMinimum' in schema else '>='} {low}"
+        return f"a finite number {bound}{nullable}"
+    raise KeyError(f"the schema gives {key!r} no x-expected text and no type the message can be derived from")
+
+
+def setting_error(key: str, value: Any) -> str | None:
+    """What ``key`` accepts when ``value`` is not allowed by the schema, else None.
+
+    Raises:
+        KeyError: when the schema does not define ``key`` (a config lists a setting the schema lacks: a bug).
+    """
+    if key not in load_schema()["$defs"]["keys"]:
+        raise KeyError(f"setting {key!r} is not in {SCHEMA_FILE.name}; add it to $defs/keys and the config's entry")
+    errors = list(_key_validator(key).iter_errors(_as_json(value)))
+    if not errors:
+        return None
+    # the keywords that failed at the top of the key's schema (a failure inside "not" or "anyOf" is reported there);
+    # a failure the schema words apart is named only when it is the value's one problem ("~/models" is a path)
+    keywords = {error.relative_schema_path[0] for error in errors if error.relative_schema_path}
+    special = load_schema()["$defs"]["keys"][key].get("x-expected-by-keyword", {})
+    return expected_text(key, keywords.pop() if len(keywords) == 1 and keywords <= set(special) else None)
+
+
+def schema_mismatches(name: str, config: Mapping[str, Any] | str | os.PathLike) -> list[str]:
+    """How config ``name``'s override keys and the schema's entry for it disagree: one line per difference.
+
+    Args:
+        name: the config's file name (``train.json``), as the schema names it.
+        config: that config's file or content.
+
+    Returns:
+        Nothing when every key of the config is in the schema with the config's value as its default, and every key
+        of the schema's entry is in the config.
+    """
+    configured = config_override_keys(config)
+    described = load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
+    problems = [f"{name}: {key} is not in the schema" for key in configured if key not in described]
+    problems += [f"{name}: the schema's {key} is not in the config" for key in described if key not in configured]
+    problems += [
+        f"{name}: {key} defaults to {configured[key]!r} in the config but {described[key].get('default')!r} in the schema"
+        for key in configured
+        # as JSON text: 1 and 1.0, or true and 1, are different defaults
+        if key in described and json.dumps(described[key].get("default")) != json.dumps(configured[key])
+    ]
+    known = load_schema()["$defs"]["keys"]
+    problems += [f"{name}: {key} has no entry in $defs/keys" for key in described if key not in known]
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------- descriptions
+
+
+def key_description(key: str, configs: Sequence[str] | None = None) -> str | None:
+    """What ``key`` means, from the last of ``configs`` (default: all, in :data:`CONFIG_ORDER`) that defines it."""
+    described = load_schema()["$defs"]["configs"]
+    for name in reversed(list(configs or CONFIG_ORDER)):
+        properties = described.get(name, {}).get("properties", {})
+        if key in properties:
+            return properties[key].get("description")
+    return None
+
+
+def _default_text(value: Any) -> str:
+    """A default as the reference shows it: ``<ckpt_dir>/model.pt`` for a derived path, JSON otherwise."""
+    if isinstance(value, str):
+        derived = _PATH_EXPRESSION.match(value)
+        if derived:
+            return f"<{derived[1]}>{derived[2]}"
+        alias = _ALIAS.match(value)
+        if alias:
+            return "the `amp` setting's resolved choice" if alias[1] == "use_amp" else f"the value of {alias[1]}"
+    return json.dumps(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_markdown() -> str:
+    """The override-key reference of the documentation: one table per config (key, default, meaning, allowed).
+
+    Generated from the schema, the source the workflows validate against, so it cannot drift from them.
+    """
+    schema = load_schema()
+    configs = schema["$defs"]["configs"]
+    lines: list[str] = []
+    for name in CONFIG_ORDER:
+        properties = configs.get(name, {}).get("properties", {})
+        lines.append(f"### `{name}`")
+        lines.append("")
+        if not properties:
+            lines.append(configs.get(name, {}).get("description", "No override keys of its own.").capitalize() + ".")
+            lines.append("")
+            continue
+        lines.append("| key | default | meaning | allowed values |")
+        lines.append("| --- | --- | --- | --- |")
+        for key, entry in properties.items():
+            default = _default_text(entry.get("default"))
+            default = entry.get("x-default-text") or (default if default.startswith("the ") else f"`{default}`")
+            lines.append(
+                f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""The settings schema is the one source of the override keys: the configs, the checks, `run help` and the docs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
+from PIL import Image
+
+from monai_vqbrain.errors import SettingError
+from monai_vqbrain.workflows import check_settings
+from monai_vqbrain.workflows.keys import (
+    CONFIG_ORDER,
+    SCHEMA_FILE,
+    config_override_keys,
+    load_schema,
+    reference_markdown,
+    schema_mismatches,
+)
+
+INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
+
+
+def test_schema_is_valid_draft_2020_12_and_covers_every_config():
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert sorted(p.name for p in CONFIGS.glob("*.json") if p.name not in ("metadata.json",)) == sorted(CONFIG_ORDER)
+    for name, entry in schema["$defs"]["configs"].items():
+        for key, prop in entry["properties"].items():
+            assert prop["description"].strip(), f"{name}: {key} has no description"
+    used = {key for entry in schema["$defs"]["configs"].values() for key in entry["properties"]}
+    assert used == set(schema["$defs"]["keys"]), "every key the schema defines belongs to a config"
+
+
+@pytest.mark.parametrize("name", CONFIG_ORDER)
+def test_every_config_default_and_key_is_the_schemas(name):
+    assert schema_mismatches(name, CONFIGS / name) == []
+
+
+def test_a_changed_default_or_a_key_in_one_place_only_is_found():
+    content = json.loads((CONFIGS / "train.json").read_text())
+    content["max_epochs"] = 16
+    content["max_epoch"] = 3  # a new literal key the schema does not know
+    del content["seed"]
+    content["settings"] = {k: v for k, v in content["settings"].items() if k != "seed"}
+    problems = schema_mismatches("train.json", content)
+    assert "train.json: max_epochs defaults to 16 in the config but 15 in the schema" in problems
+    assert "train.json: max_epoch is not in the schema" in problems
+    assert "train.json: the schema's seed is not in the config" in problems
+    content = json.loads((CONFIGS / "train.json").read_text())
+    content["cache_rate"] = 1  # the same number, another JSON value
+    assert schema_mismatches("train.json", content) == [
+        "train.json: cache_rate defaults to 1 in the config but 1.0 in the schema"]
+
+
+def test_every_settings_entry_of_every_config_is_validated_by_the_schema():
+    keys = load_schema()["$defs"]["keys"]
+    for name in CONFIG_ORDER:
+        content = json.loads((CONFIGS / name).read_text())
+        listed = [k for entry in ("settings", "evaluate_settings", "inference_settings")
+                  for k in content.get(entry, {}) if k != "downsample_factor"]
+        listed += [k.split("#", 1)[1] for k in content if k.startswith("settings#")]
+        assert set(listed) <= set(keys), (name, set(listed) - set(keys))
+        assert set(listed) <= set(config_override_keys(content)), name
+
+
+def test_schema_bound_of_png_size_is_pils():
+    assert load_schema()["$defs"]["keys"]["max_image_pixels"]["maximum"] == 2 * Image.MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_epochs", 3.0, "max_epochs must be an integer >= 1, got 3.0."),
+        ("resume", True, None),
+        ("resume", "yes", None),
+        ("slice_axis", True, "slice_axis must be one of 0, 1, 2, got True."),
+        ("val_fraction", float("inf"), "val_fraction must be a finite number in [0.0, 1.0], got inf."),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number > 0.0, got inf."),
+        ("slice_range", (0.1, 0.9), None),
+        ("ckpt_dir", "", "ckpt_dir must be a path, got ''."),
+        ("device", " cuda:x", "device must be auto, cpu, cuda or cuda:<index>, got ' cuda:x'."),
+    ],
+)
+def test_schema_checks_say_what_is_allowed(key, value, message):
+    if message is None:
+        check_settings({key: value}, argv=[])
+    else:
+        error = user_error(SettingError, message, check_settings, {key: value}, argv=[])
+        assert str(error) == message
+
+
+def test_help_prints_each_key_with_its_description(tmp_path, capsys):
+    run_bundle("help", INFERENCE, bundle_root=str(tmp_path))
+    lines = capsys.readouterr().out.splitlines()
+    schema = load_schema()["$defs"]["configs"]
+    # inference.json's meaning of batch_size, train.json's of max_epochs
+    assert lines[lines.index("  --batch_size 4") + 1].strip() == schema["inference.json"]["properties"]["batch_size"]["description"]
+    assert lines[lines.index("  --max_epochs 15") + 1].strip() == schema["train.json"]["properties"]["max_epochs"]["description"]
+
+
+def test_help_from_python_takes_the_meanings_of_the_configs_run(tmp_path, capsys):
+    run_bundle("help", [TRAIN, str(CONFIGS / "train_prior.json")], bundle_root=str(tmp_path))
+    lines = capsys.readouterr().out.splitlines()
+    described = load_schema()["$defs"]["configs"]["train_prior.json"]["properties"]["prior_max_epochs"]["description"]
+    assert lines[lines.index("  --prior_max_epochs 12") + 1].strip() == described  # not prior_large.json's
+
+
+def test_reference_markdown_lists_every_key_of_every_config_and_the_hook_inserts_it():
+    markdown = reference_markdown()
+    for name, entry in load_schema()["$defs"]["configs"].items():
+        section = markdown.split(f"### `{name}`", 1)[1].split("### ", 1)[0]
+        for key, prop in entry["properties"].items():
+            assert f"| `{key}` |" in section and prop["description"].split("`")[0] in section, (name, key)
+    assert "| `ckpt_dir` | `<bundle_root>/models` |" in markdown
+
+    spec = importlib.util.spec_from_file_location("override_keys", REPO_ROOT / "docs" / "hooks" / "override_keys.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (REPO_ROOT / "docs" / "reference" / "override-keys.md").read_text()
+    assert hook.MARKER in page
+    rendered = hook.on_page_markdown(page, page=None, config=None, files=None)
+    assert hook.MARKER not in rendered and markdown in rendered
+    assert hook.on_page_markdown("# other page", page=None, config=None, files=None) == "# other page"
