@@ -204,3 +204,17 @@ def test_damaged_template_is_one_clear_error(tmp_path, monkeypatch, uncached_tem
     with pytest.raises(DatasetError, match="cannot read the brain template .*mni_icbm152"):
         generate_demo_dataset(tmp_path / "demo", **SMALL)
     assert not (tmp_path / "demo").exists()
+
+
+def test_no_demo_slice_is_empty(tmp_path):
+    # case 38 of seed 0 is a small, low head: its top slice lay above the vertex and came out all black
+    root = generate_demo_dataset(tmp_path / "demo", num_cases=(38, 1, 1), slices_per_case=2, image_size=32)
+    for split in SPLITS:
+        for path in sorted((root / f"keras_png_slices_{split}").iterdir()):
+            assert (read(path) > 0).mean() >= 0.015, path.name  # MIN_BRAIN_FRACTION, measured on 64 pixels
+    # a slice the brain covers keeps its level: the lower slice of case 38 is the one it always was
+    from monai_vqbrain.data.template import brain_covering_positions, draw_subject, load_brain_template
+
+    subject = draw_subject(np.random.default_rng([0, 38]))
+    moved = brain_covering_positions(load_brain_template(), subject, np.array([0.0, 0.5, 1.0]), 220.0)
+    assert moved[0] == 0.0 and moved[1] == 0.5 and 0.8 < moved[2] < 1.0

@@ -397,3 +397,21 @@ def test_cuda_sampling_matches_cpu():
     assert fast.is_cuda
     assert torch.equal(fast, naive)
     assert torch.equal(fast.cpu(), cpu)  # the noise is drawn on the CPU, so the device does not matter
+
+
+def test_top_p_draws_only_within_the_nucleus():
+    net = small_net()
+    full = net.sample(6, HW, generator=_gen(0))
+    assert torch.equal(full, net.sample(6, HW, generator=_gen(0), top_p=1.0))  # 1 is plain sampling
+    nucleus = net.sample(6, HW, generator=_gen(0), top_p=0.5)
+    # every code drawn lies in its position's nucleus: the more likely codes before it hold less than top_p
+    probs = net(nucleus).softmax(dim=1)
+    own = probs.gather(1, nucleus[:, None])
+    mass_before = (probs * (probs > own)).sum(dim=1, keepdim=True)
+    assert (mass_before < 0.5 + 1e-5).all()
+    assert not torch.equal(full, nucleus)
+    assert F.cross_entropy(net(nucleus), nucleus).item() < F.cross_entropy(net(full), full).item()
+    # the fast and the naive sampler cut the same nucleus
+    assert torch.equal(nucleus, net.sample(6, HW, generator=_gen(0), top_p=0.5, fast=False))
+    with pytest.raises(ValueError, match="top_p"):
+        net.sample(1, HW, top_p=0.0)

@@ -37,6 +37,7 @@ from monai_vqbrain.prior import (
     file_sha256,
     frechet_distance,
     generation_summary,
+    knn_precision_recall,
     load_or_encode_codes,
     load_prior,
     load_vqvae,
@@ -93,8 +94,12 @@ METRIC_KEYS = (
     *(
         f"classifier_{key}_{comparison}{suffix}"
         for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("images_per_side", ""))
+        for key, suffix in (
+            ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
+            ("dprime", "_ci95"), ("images_per_side", ""),
+        )
     ),
+    "blank_samples", "precision_generated", "recall_generated", "precision_generated_ci95", "recall_generated_ci95",
 )
 
 # generation_metrics.json's entries in their order, as the monolithic generator before the workflow wrote them
@@ -106,12 +111,17 @@ REPORT_KEYS = (
     "fd_train_vs_test", "fd_train_subset_vs_test", "fd_reconstructed_test_vs_test", "diversity_ssim_generated",
     "diversity_ssim_generated_ci95", "diversity_ssim_test", "diversity_ssim_reconstructed_test",
     "memorisation_ssim_mean", "memorisation_ssim_mean_ci95", "memorisation_ssim_max", "memorisation_ssim_test_mean",
-    "memorisation_ssim_reconstructed_test_mean", "memorisation_candidates", "memorisation_per_sample",
-    "foreground_fraction_generated", "foreground_fraction_test", "classifier",
+    "memorisation_ssim_reconstructed_test_mean", "memorisation_candidates", "blank_samples", "memorisation_per_sample",
+    "precision_recall_k", "precision_generated", "recall_generated", "precision_generated_ci95", "recall_generated_ci95",
+    "precision_train_subset", "recall_train_subset", "foreground_fraction_generated", "foreground_fraction_test",
+    "classifier",
     *(
         f"classifier_{key}_{comparison}{suffix}"
         for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("images_per_side", ""))
+        for key, suffix in (
+            ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
+            ("dprime", "_ci95"), ("images_per_side", ""),
+        )
     ),
     "classifier_notes",
 )
@@ -329,6 +339,22 @@ def test_training_prior_resumes_and_reuses_the_code_cache(prior_root, demo_root,
     assert (tmp_path / "models" / "codes_train.pt").read_bytes() == cache_bytes
 
 
+def test_training_prior_saves_the_asked_epoch_snapshots(trained_bundle, demo_root, tmp_path):
+    copy_models(trained_bundle, tmp_path, ("model.pt",))
+    train_prior(tmp_path, demo_root, prior_max_epochs=3, prior_save_epochs=[1, 3])
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.glob("prior_epoch_*.pt")) == ["prior_epoch_1.pt", "prior_epoch_3.pt"]
+    first, last = (torch.load(models / f"prior_epoch_{e}.pt", weights_only=True) for e in (1, 3))
+    assert [read_model_metadata(models / f"prior_epoch_{e}.pt")["epoch"] for e in (1, 3)] == [1, 3]
+    final = torch.load(models / "prior_last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    assert not all(torch.equal(first[k], final[k]) for k in final)
+    # a snapshot is a prior checkpoint the sampler loads like the best model
+    prior, metadata = load_prior(models / "prior_epoch_1.pt", "cpu", vqvae=tiny_vqvae(models / "model.pt"))
+    assert metadata["epoch"] == 1
+    user_error(SettingError, "prior_save_epochs", train_prior, tmp_path / "other", demo_root, prior_save_epochs=[0])
+
+
 def test_training_prior_without_vqvae_is_a_clear_error(tmp_path, demo_root):
     user_error(CheckpointError, "train it first", train_prior, tmp_path, demo_root)
     assert not (tmp_path / "models" / "prior.pt").exists()
@@ -431,6 +457,41 @@ def test_generation_quality_measures_realism_beside_its_references(trained_bundl
     small = evaluate_generation(samples, vqvae, train, test, real_images=12, **settings)
     assert small["classifier"]["num_test_pool_images"] == 12
     assert small["classifier_images_per_side_generated_vs_test"] == 12
+
+
+def test_blank_samples_are_counted_and_not_taken_for_copies(trained_bundle):
+    vqvae = tiny_vqvae(trained_bundle / "models" / "model.pt")
+    train, test = slice_items(range(1, 5), 3), slice_items(range(20, 24), 3)
+    # an empty training slice, as the demo data held before version 3: an empty sample matches it at SSIM 1
+    train.append({"image": torch.zeros(1, 32, 32), "name": "case_009_slice_0.nii.png"})
+    generator = torch.Generator().manual_seed(0)
+    brains = torch.stack([item["image"] for item in slice_items(range(40, 46), 1)])
+    noisy = (brains + 0.05 * torch.randn(brains.shape, generator=generator)).clamp(0, 1)
+    samples = torch.cat([noisy, torch.zeros(2, 1, 32, 32)])
+    metrics = evaluate_generation(samples, vqvae, train, test, classifier=False, bootstrap=50, fd_bootstrap=0)
+    assert metrics["blank_samples"] == 2
+    entries = metrics["memorisation_per_sample"]
+    assert [entry["blank"] for entry in entries] == [False] * 6 + [True] * 2
+    assert all(entry["ssim"] > 0.99 for entry in entries[6:])  # the blank samples "match" the empty slice
+    kept = [entry["ssim"] for entry in entries[:6]]
+    assert metrics["memorisation_ssim_max"] == pytest.approx(max(kept)) and max(kept) < 0.99
+    assert metrics["memorisation_ssim_mean"] == pytest.approx(np.mean(kept))
+
+
+def test_knn_precision_recall_tell_fidelity_from_coverage():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 8, generator=generator)
+    same = knn_precision_recall(real, torch.randn(300, 8, generator=generator))
+    # samples piled on a few real images: all look real (precision), little of the variety is covered (recall)
+    collapsed = knn_precision_recall(real, real[:10].repeat(30, 1) + 0.01 * torch.randn(300, 8, generator=generator))
+    shifted = knn_precision_recall(real, torch.randn(300, 8, generator=generator) + 4.0)
+    assert same["precision"] > 0.6 and same["recall"] > 0.6 and same["k"] == 3
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.2
+    assert shifted["precision"] < 0.1 and shifted["recall"] < 0.1
+    low, high = same["precision_ci95"]
+    assert low <= same["precision"] <= high
+    with pytest.raises(ValueError, match="at least 2"):
+        knn_precision_recall(real, real[:1])
 
 
 def test_bootstrap_intervals_bracket_their_estimates():
@@ -608,11 +669,13 @@ def test_generation_summary_is_one_line_of_headline_metrics():
         "classifier_auc_generated_vs_test": 0.971, "classifier_auc_generated_vs_test_ci95": [0.88, 1.0],
         "classifier_auc_train_vs_test": 0.46, "classifier_auc_reconstructed_vs_test": float("nan"),
         "fd_generated_vs_test": 1.02, "diversity_ssim_generated": 0.534, "memorisation_ssim_mean": 0.66,
+        "classifier_dprime_generated_vs_test": 3.21, "classifier_dprime_generated_vs_test_ci95": [2.5, 3.9],
     }
     line = generation_summary(report)
     assert "\n" not in line
     assert "generated vs test 0.97 [0.88, 1.00]" in line and "real train vs test 0.46" in line
     assert "reconstructed vs test n/a" in line and "diversity 0.534" in line and "(real test n/a)" in line
+    assert "d' generated vs test 3.21 [2.50, 3.90]" in line
 
 
 def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):
@@ -721,6 +784,21 @@ def test_prior_large_preset_is_a_larger_prior_of_the_same_recipe():
     assert prior.layers[1].dropout.p == 0.1 and small.layers[1].dropout.p == 0.0
     assert prior.num_embeddings == small.num_embeddings and prior.num_classes == small.num_classes
     assert parser.get_parsed_content("prior_max_epochs") == 40
+
+
+def test_prior_quality_preset_is_the_default_prior_trained_twice_as_long():
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    quality, default = ConfigParser(), ConfigParser()
+    quality.read_config([str(configs / name) for name in ("train.json", "train_prior.json", "prior_quality.json")])
+    default.read_config([str(configs / name) for name in ("train.json", "train_prior.json")])
+    assert quality.get_parsed_content("prior_max_epochs") == 2 * default.get_parsed_content("prior_max_epochs") == 24
+    # the same network and optimiser: only the schedule is longer (the cosine follows prior_max_epochs)
+    assert quality["prior_def"] == default["prior_def"]
+    for key in ("prior_batch_size", "prior_learning_rate", "prior_conditioning", "prior_slice_bins"):
+        assert quality[key] == default[key], key
+    assert quality["prior_lr_scheduler"]["T_max"] == "@prior_max_epochs"
 
 
 def test_grid_says_which_end_is_the_base_of_the_brain(tmp_path, monkeypatch):

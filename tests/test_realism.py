@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from conftest import brain_like_slice
 
-from monai_vqbrain.prior.realism import RealismClassifier, assign_folds, classifier_two_sample_test, slice_groups
+from monai_vqbrain.prior.realism import (
+    RealismClassifier,
+    assign_folds,
+    classifier_two_sample_test,
+    held_out_separation,
+    slice_groups,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,3 +162,25 @@ def test_classifier_takes_any_size_and_is_small():
     for size in (30, 32, 128):
         assert network(torch.rand(2, 1, size, size)).shape == (2,)
     assert sum(p.numel() for p in network.parameters()) < 100_000
+
+
+def test_separation_keeps_ranking_where_the_auc_saturates():
+    real, others = brains(36, 0), brains(36, 1000)
+    same = classifier_two_sample_test(others, real, **FAST)
+    blur = classifier_two_sample_test(blurred(others), real, **FAST)
+    noise = classifier_two_sample_test(torch.rand(36, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)), real, **FAST)
+    # both corruptions are told apart perfectly: the AUC cannot say which is worse; d' can, with intervals apart
+    assert blur["auc"] > 0.95 and noise["auc"] > 0.95
+    assert abs(same["dprime"]) < 1.0 and same["dprime_ci95"][0] < 0 < same["dprime_ci95"][1]
+    assert same["dprime_ci95"][1] < blur["dprime_ci95"][0] and blur["dprime_ci95"][1] < noise["dprime_ci95"][0]
+    assert len(noise["dprime_folds"]) == FAST["folds"] and noise["dprime_std"] >= 0
+
+
+def test_separation_is_scale_free_and_zero_for_identical_scores():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    scores = torch.tensor([-1.0, 0.0, 1.0, 1.0, 2.0, 3.0])
+    assert held_out_separation(scores, labels) == pytest.approx(2.0)  # gap 2, spread 1
+    assert held_out_separation(scores * 10 + 3, labels) == pytest.approx(2.0)
+    assert held_out_separation(torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])) == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        held_out_separation(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0, 1, 1]))

@@ -21,7 +21,13 @@ import numpy as np
 from PIL import Image
 
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, SPLITS
-from monai_vqbrain.data.template import TEMPLATE_NAME, draw_subject, load_brain_template, render_subject
+from monai_vqbrain.data.template import (
+    TEMPLATE_NAME,
+    brain_covering_positions,
+    draw_subject,
+    load_brain_template,
+    render_subject,
+)
 from monai_vqbrain.errors import DatasetError
 from monai_vqbrain.utils.io import atomic_write_text
 
@@ -47,7 +53,7 @@ FIELD_OF_VIEW_MM = 220.0
 """Side of the square field of view of the demo slices: the brain's length is about 0.8 of it, as in OASIS."""
 
 # bump when the images change, so that cached demo datasets of an older generator are regenerated
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3  # 3: no slice is empty (see template.brain_covering_positions)
 _logger = logging.getLogger(__name__)
 
 
@@ -101,7 +107,9 @@ def generate_demo_dataset(
     """Write a synthetic brain MRI dataset in the OASIS PNG layout.
 
     Cases are numbered from 1 across the splits (train first), so no case is in two splits; a case's anatomy
-    depends only on ``seed`` and its number. Files are named ``case_XXX_slice_Y.nii.png`` (masks
+    depends only on ``seed`` and its number. No slice is empty: the brain covers at least
+    :data:`~monai_vqbrain.data.template.MIN_BRAIN_FRACTION` of every slice (a slice above a subject's vertex moves
+    down into the brain). Files are named ``case_XXX_slice_Y.nii.png`` (masks
     ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is written last, so a folder that has
     it is complete.
 
@@ -135,9 +143,10 @@ def generate_demo_dataset(
         for _ in range(count):
             case_number += 1
             rng = np.random.default_rng([int(seed), case_number])
-            images, labels = render_subject(
-                template, draw_subject(rng), positions, int(image_size), FIELD_OF_VIEW_MM, rng
-            )
+            subject = draw_subject(rng)
+            # near the vertex a small or low head would leave the top slices empty: those move down into the brain
+            covered = brain_covering_positions(template, subject, positions, FIELD_OF_VIEW_MM)
+            images, labels = render_subject(template, subject, covered, int(image_size), FIELD_OF_VIEW_MM, rng)
             pixels = np.rint(images * 255.0).astype(np.uint8)
             for index in range(len(positions)):
                 Image.fromarray(pixels[index]).save(image_dir / f"case_{case_number:03d}_slice_{index}.nii.png")

@@ -28,6 +28,8 @@ __all__ = [
     "SEG_LEVELS",
     "TEMPLATE_NAME",
     "BrainTemplate",
+    "MIN_BRAIN_FRACTION",
+    "brain_covering_positions",
     "draw_subject",
     "load_brain_template",
     "render_subject",
@@ -46,6 +48,12 @@ SEG_LEVELS = {"background": 0, "csf": 85, "grey": 170, "white": 255}
 _VENTRICLE_CENTRE_MM = (0.0, -8.0, 16.0)
 # the axial extent (mm, MNI) the demo slices span: from the base of the cerebellum to near the vertex
 AXIAL_RANGE_MM = (-48.0, 72.0)
+MIN_BRAIN_FRACTION = 0.02
+"""The least share of a demo slice the brain covers: a smaller or shifted head whose vertex lies below a slice's
+level would otherwise give an empty (all black) or nearly empty "brain" slice, which the models learn to copy."""
+# the resolution (pixels) at which :func:`brain_covering_positions` measures the brain's cover, and its step (mm)
+_COVER_PROBE_SIZE = 64
+_COVER_STEP_MM = 1.0
 
 
 def template_folder() -> Path:
@@ -247,3 +255,40 @@ def render_subject(
     for index, name in enumerate(("csf", "grey", "white")):
         labels[(inside >= 0.5) & (winner == index)] = SEG_LEVELS[name]
     return images.numpy().astype(np.float32), labels.numpy()
+
+
+def brain_covering_positions(
+    template: BrainTemplate,
+    subject: dict,
+    positions: np.ndarray,
+    field_of_view_mm: float,
+    min_fraction: float = MIN_BRAIN_FRACTION,
+) -> np.ndarray:
+    """The slice positions of a subject, each moved down (1 mm steps) until the brain covers ``min_fraction``.
+
+    Near the vertex a subject's brain may end below the top slice's level (a small or low head): that slice would be
+    empty. Only such slices move, so a subject whose slices all cover enough brain keeps its positions exactly; the
+    cover is measured on a coarse render with its own noise source, so the subject's own noise draws are unchanged.
+
+    Args:
+        template: the tissue maps.
+        subject: the anatomy of :func:`draw_subject`.
+        positions: axial positions as :func:`render_subject` takes them, 0 (lowest) to 1 (highest).
+        field_of_view_mm: the side of the square field of view in mm.
+        min_fraction: the least share of the slice's pixels inside the brain.
+
+    Returns:
+        The positions (float32), each at most the one given.
+    """
+    low, high = AXIAL_RANGE_MM
+    step = _COVER_STEP_MM / (high - low)
+    moved = np.asarray(positions, dtype=np.float32).copy()
+    for _ in range(int((high - low) / _COVER_STEP_MM)):
+        images, _ = render_subject(
+            template, subject, moved, _COVER_PROBE_SIZE, field_of_view_mm, np.random.default_rng(0)
+        )
+        short = (images > 0).mean(axis=(1, 2)) < min_fraction
+        if not short.any():
+            break
+        moved[short] -= step
+    return moved

@@ -1,6 +1,12 @@
 """Ignite handlers: loss components, codebook usage, training history and the evaluation report."""
 
-from .checkpoint import BestMetricRestorer, BestModelSaver, TrainingCheckpointLoader, TrainingCheckpointSaver
+from .checkpoint import (
+    BestMetricRestorer,
+    BestModelSaver,
+    EpochSnapshotSaver,
+    TrainingCheckpointLoader,
+    TrainingCheckpointSaver,
+)
 from .codebook_usage import CodebookUsageHandler
 from .divergence import StopOnDivergence, TrainingDivergedError, non_finite_weights
 from .interrupt import InterruptHandler
@@ -26,6 +32,7 @@ __all__ = [
     "ITERATION_LOG_KEYS",
     "BestMetricRestorer",
     "BestModelSaver",
+    "EpochSnapshotSaver",
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",

@@ -90,6 +90,51 @@ class BestModelSaver:
         logger.info(f"saved best model (key metric {engine.state.best_metric:.4f}) to {self.save_path}")
 
 
+class EpochSnapshotSaver:
+    """Save the network's weights at the end of chosen epochs, each to its own file, as the best model is saved.
+
+    For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run): every
+    snapshot is a complete checkpoint that the sampler loads like the best model. Written atomically on rank 0;
+    an existing snapshot of a replayed epoch (a resumed run) is replaced by the same epoch's weights.
+
+    Args:
+        save_path: the file of a snapshot, ``{epoch}`` replaced by the epoch (``<ckpt_dir>/prior_epoch_{epoch}.pt``).
+        network: the network whose weights to save.
+        epochs: the epochs (1-based) after which to save; empty: none.
+        metadata: what produced the weights (as :class:`BestModelSaver`'s), extended by the epoch.
+
+    Raises:
+        ValueError: for an epoch that is not an integer >= 1, or a path without ``{epoch}``.
+    """
+
+    def __init__(
+        self,
+        save_path: str | os.PathLike,
+        network: torch.nn.Module,
+        epochs: list[int] | tuple[int, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if "{epoch}" not in str(save_path):
+            raise ValueError(f"save_path must contain '{{epoch}}', got {str(save_path)!r}.")
+        if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
+            raise ValueError(f"epochs must be integers >= 1, got {list(epochs)!r}.")
+        self.save_path = str(save_path)
+        self.network = network
+        self.epochs = set(epochs)
+        self.metadata = dict(metadata or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        if engine.state.epoch not in self.epochs or not is_main_process():
+            return
+        path = Path(self.save_path.replace("{epoch}", str(engine.state.epoch)))
+        metadata = {**self.metadata, "epoch": engine.state.epoch}
+        save_model(path, unwrap_network(self.network).state_dict(), metadata)
+        logger.info(f"saved the epoch {engine.state.epoch} snapshot to {path}")
+
+
 class TrainingCheckpointSaver:
     """Save everything needed to resume training (weights, optimizer, scheduler, engine state) every epoch.
 

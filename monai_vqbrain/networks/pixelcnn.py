@@ -423,6 +423,7 @@ class GatedPixelCNN(nn.Module):
         fast: bool = True,
         progress: bool = False,
         seeds: Sequence[int] | torch.Tensor | None = None,
+        top_p: float = 1.0,
     ) -> torch.Tensor:
         """Draw code maps from the model in raster order.
 
@@ -446,6 +447,9 @@ class GatedPixelCNN(nn.Module):
             progress: show a tqdm progress bar over the positions.
             seeds: one seed per sample, instead of drawing them from ``generator``; a sample's code map depends only
                 on its seed (and label and conditioning map), so a sampler can draw any subset of samples at a time.
+            top_p: nucleus sampling: each code is drawn only among the most likely codes whose probabilities (at
+                the temperature) add up to ``top_p`` (at least the most likely one); 1 draws among all codes. Cuts
+                the long tail of unlikely codes, each of which a prior trained briefly still gives a little mass.
 
         Returns:
             (num_samples, H, W) long tensor of codes, on the device of the network.
@@ -467,6 +471,9 @@ class GatedPixelCNN(nn.Module):
         temperature = float(temperature)
         if not temperature >= 0.0 or temperature == float("inf"):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}.")
+        top_p = float(top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p}.")
         if batch_size is None:
             batch_size = num_samples
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
@@ -504,7 +511,7 @@ class GatedPixelCNN(nn.Module):
                 labels = None if class_labels is None else class_labels[start:stop]
                 cmap = None if cond_map is None else cond_map[start:stop]
                 run = self._sample_fast if fast else self._sample_naive
-                out.append(run(generators, height, width, temperature, labels, cmap, bar))
+                out.append(run(generators, height, width, temperature, labels, cmap, bar, top_p))
         finally:
             self.train(was_training)
             if bar is not None:
@@ -518,13 +525,19 @@ class GatedPixelCNN(nn.Module):
         return (-torch.log(-torch.log(u))).to(device)
 
     @staticmethod
-    def _pick(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float) -> torch.Tensor:
-        """Codes (B,) from logits (B, K): greedy when ``temperature == 0``, else Gumbel-max."""
+    def _pick(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+        """Codes (B,) from logits (B, K): greedy when ``temperature == 0``, else Gumbel-max (within the nucleus)."""
         if temperature == 0.0:
             return logits.argmax(dim=1)
         # at least float32, so low-precision logits do not create ties; never below the logits' own precision
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return (logits / temperature + noise.to(logits.dtype)).argmax(dim=1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        if top_p < 1.0:
+            # drop the codes outside the nucleus: those whose more likely codes already hold top_p of the mass
+            sorted_logits, order = logits.sort(dim=1, descending=True)
+            before = sorted_logits.softmax(dim=1).cumsum(dim=1) - sorted_logits.softmax(dim=1)
+            outside = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, before >= top_p)
+            logits = logits.masked_fill(outside, float("-inf"))
+        return (logits + noise.to(logits.dtype)).argmax(dim=1)
 
     def _head_step(self, skip_sum: torch.Tensor) -> torch.Tensor:
         """``head`` at a single position: (B, C) skip features -> (B, out_channels) logits, as matrix products."""
@@ -545,6 +558,7 @@ class GatedPixelCNN(nn.Module):
         class_labels: torch.Tensor | None,
         cond_map: torch.Tensor | None,
         bar,
+        top_p: float = 1.0,
     ) -> torch.Tensor:
         """Reference sampler: one full forward pass over the whole grid per position."""
         device = self.embedding.weight.device
@@ -553,7 +567,7 @@ class GatedPixelCNN(nn.Module):
             noise = self._gumbel_row(generators, width, device) if temperature > 0 else None
             for c in range(width):
                 logits = self._logits(codes, class_labels, cond_map)[:, :, r, c]
-                codes[:, r, c] = self._pick(logits, None if noise is None else noise[:, :, c], temperature)
+                codes[:, r, c] = self._pick(logits, None if noise is None else noise[:, :, c], temperature, top_p)
                 if bar is not None:
                     bar.update(1)
         return codes
@@ -567,6 +581,7 @@ class GatedPixelCNN(nn.Module):
         class_labels: torch.Tensor | None,
         cond_map: torch.Tensor | None,
         bar,
+        top_p: float = 1.0,
     ) -> torch.Tensor:
         """Cached sampler: the same computation as ``_logits``, done incrementally.
 
@@ -615,7 +630,7 @@ class GatedPixelCNN(nn.Module):
                         h_rows[i + 1][:, :, c + p] = h
                     skip_sum = skip if skip_sum is None else skip_sum + skip
                 logits = self._head_step(skip_sum)
-                code = self._pick(logits, None if noise is None else noise[:, :, c], temperature)
+                code = self._pick(logits, None if noise is None else noise[:, :, c], temperature, top_p)
                 codes[:, r, c] = code
                 h_rows[0][:, :, c + p + 1] = self.embedding(code)
                 if bar is not None:

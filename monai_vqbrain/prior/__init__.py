@@ -58,11 +58,18 @@ from .metrics import (
     bootstrap_mean_interval,
     encoder_features,
     frechet_distance,
+    knn_precision_recall,
     mean_pairwise_ssim,
     pairwise_ssim,
     real_image_batch,
 )
-from .realism import RealismClassifier, assign_folds, classifier_two_sample_test, slice_groups
+from .realism import (
+    RealismClassifier,
+    assign_folds,
+    classifier_two_sample_test,
+    held_out_separation,
+    slice_groups,
+)
 from .trainer import (
     PRIOR_CHECKPOINTS,
     PriorInferer,
@@ -106,6 +113,8 @@ __all__ = [
     "bootstrap_mean_interval",
     "check_prior_run",
     "classifier_two_sample_test",
+    "held_out_separation",
+    "knn_precision_recall",
     "codes_fingerprint",
     "decode_codes",
     "encode_dataset",

@@ -402,7 +402,8 @@ def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike |
 
 
 def generation_summary(report: Mapping[str, Any]) -> str:
-    """One line of the headline generation metrics: the realism AUC with its references, FD, diversity, memorisation.
+    """One line of the headline generation metrics: the realism AUC and d' with their references, FD, diversity and
+    memorisation.
 
     Args:
         report: the content of ``generation_metrics.json``.
@@ -420,7 +421,10 @@ def generation_summary(report: Mapping[str, Any]) -> str:
     return (
         f"generation: classifier AUC generated vs test {value('classifier_auc_generated_vs_test')} "
         f"(0.5 = indistinguishable; real train vs test {value('classifier_auc_train_vs_test')}, reconstructed vs test "
-        f"{value('classifier_auc_reconstructed_vs_test')}); FD generated vs test {value('fd_generated_vs_test')} "
+        f"{value('classifier_auc_reconstructed_vs_test')}); classifier d' generated vs test "
+        f"{value('classifier_dprime_generated_vs_test')} (0 = indistinguishable; real train vs test "
+        f"{value('classifier_dprime_train_vs_test')}, reconstructed vs test "
+        f"{value('classifier_dprime_reconstructed_vs_test')}); FD generated vs test {value('fd_generated_vs_test')} "
         f"(train subset vs test {value('fd_train_subset_vs_test')}); diversity {value('diversity_ssim_generated', 3)} "
         f"(real test {value('diversity_ssim_test', 3)}); memorisation {value('memorisation_ssim_mean', 3)} "
         f"(real test {value('memorisation_ssim_test_mean', 3)})"

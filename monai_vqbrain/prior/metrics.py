@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_mean_interval",
     "encoder_features",
     "frechet_distance",
+    "knn_precision_recall",
     "mean_pairwise_ssim",
     "pairwise_ssim",
     "real_image_batch",
@@ -248,6 +249,58 @@ def encoder_features(vqvae: torch.nn.Module, images: torch.Tensor, grid: int = 4
     return F.adaptive_avg_pool2d(latents, grid).flatten(1).cpu()
 
 
+# ------------------------------------------------------------------------------------ k-NN precision and recall
+def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
+    """The distance of each feature vector to its ``k``-th nearest other vector of the same set."""
+    distances = torch.cdist(features.double(), features.double())
+    distances.fill_diagonal_(float("inf"))
+    k = min(int(k), len(features) - 1)
+    return distances.kthvalue(k, dim=1).values
+
+
+def knn_precision_recall(
+    real: torch.Tensor, generated: torch.Tensor, k: int = 3, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated against real feature vectors.
+
+    Each set's manifold is the union of balls around its vectors, each reaching the vector's ``k``-th nearest
+    neighbour in its own set. Precision is the share of generated vectors inside the real manifold (how many samples
+    look like some real image), recall the share of real vectors inside the generated manifold (how much of the real
+    variety the samples cover). Both are shares in [0, 1] rather than a separation score, so they keep moving while a
+    classifier separates the sets perfectly. The intervals resample the members of the measured set (the manifolds
+    held fixed): they show the sampling noise of the share, not of the manifolds.
+
+    Args:
+        real: ``(N, F)`` features of real images.
+        generated: ``(M, F)`` features of generated images.
+        k: the neighbour defining each ball's radius.
+        bootstrap: resamples of the percentile-bootstrap 95% intervals (0: none).
+        seed: seed of the bootstrap.
+
+    Returns:
+        ``precision``, ``recall``, ``precision_ci95``, ``recall_ci95`` (None without bootstrap) and ``k``.
+
+    Raises:
+        ValueError: for fewer than two vectors in a set, or sets of different feature sizes.
+    """
+    if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
+        raise ValueError(f"expected two (N, F) feature sets of one F, got {tuple(real.shape)} and {tuple(generated.shape)}.")
+    if len(real) < 2 or len(generated) < 2:
+        raise ValueError(f"precision and recall need at least 2 vectors a set, got {len(real)} and {len(generated)}.")
+    real, generated = real.double(), generated.double()
+    cross = torch.cdist(generated, real)  # (M, N)
+    in_real = (cross <= _kth_neighbour_radii(real, k)[None, :]).any(dim=1).double().numpy()
+    in_generated = (cross <= _kth_neighbour_radii(generated, k)[:, None]).any(dim=0).double().numpy()
+    result: dict[str, Any] = {
+        "precision": float(in_real.mean()),
+        "recall": float(in_generated.mean()),
+        "precision_ci95": bootstrap_mean_interval(in_real, bootstrap, seed) if bootstrap else None,
+        "recall_ci95": bootstrap_mean_interval(in_generated, bootstrap, seed) if bootstrap else None,
+        "k": int(min(k, len(real) - 1, len(generated) - 1)),
+    }
+    return result
+
+
 # -------------------------------------------------------------------------------------------------- SSIM based
 def _ssim_metric(image_size: int) -> SSIMMetric:
     # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
@@ -413,15 +466,17 @@ def _stats(values: Sequence[float] | torch.Tensor) -> dict[str, float | None]:
 
 def _classifier_entries(comparison: str, result: dict[str, Any] | None) -> dict[str, Any]:
     """The ``classifier_auc_<comparison>*`` entries of one test (all None when it could not run)."""
-    prefix = f"classifier_auc_{comparison}"
+    prefix, separation = f"classifier_auc_{comparison}", f"classifier_dprime_{comparison}"
     if result is None:
         return {prefix: None, f"{prefix}_std": None, f"{prefix}_ci95": None, f"{prefix}_folds": None,
-                f"classifier_images_per_side_{comparison}": 0}
+                separation: None, f"{separation}_ci95": None, f"classifier_images_per_side_{comparison}": 0}
     return {
         prefix: result["auc"],
         f"{prefix}_std": result["auc_std"],
         f"{prefix}_ci95": result["auc_ci95"],
         f"{prefix}_folds": result["auc_folds"],
+        separation: result["dprime"],
+        f"{separation}_ci95": result["dprime_ci95"],
         f"classifier_images_per_side_{comparison}": result["num_first"],
     }
 
@@ -456,7 +511,13 @@ class GenerationQuality(Metric):
       pixel distance); the same for the test subset is the reference of an unseen real slice. Samples can only
       be as sharp as the VQ-VAE's reconstructions, and SSIM drops with blur, so the reconstructed test subset is
       the closer reference: samples much closer to training images than it are suspect copies.
-      ``memorisation_ssim_mean_ci95`` is a bootstrap of the per-sample SSIMs.
+      ``memorisation_ssim_mean_ci95`` is a bootstrap of the per-sample SSIMs. Blank samples (less than
+      ``blank_fraction`` of their pixels above ``foreground_threshold``) are left out of the memorisation means and
+      maximum (an empty image matches any empty training slice, which is no copy of a brain) and counted in
+      ``blank_samples``; their per-sample entries say ``"blank": true``.
+    * Precision and recall (``precision_generated``, ``recall_generated``, see :func:`knn_precision_recall`) in the
+      same feature space, generated vs test, with as many training images vs test (``*_train_subset``) as the
+      reference two real sets score.
     * Realism (``classifier_auc_*``, see :func:`~monai_vqbrain.prior.realism.classifier_two_sample_test`): the
       held-out ROC AUC of a small CNN trained with grouped cross-validation to tell two sets apart (0.5:
       indistinguishable), for generated vs real test slices and, measured the same way (at most as many images per
@@ -478,6 +539,8 @@ class GenerationQuality(Metric):
         candidates: training images per sample rescored by SSIM.
         max_pairs: the most pairs scored for the pairwise SSIM.
         foreground_threshold: intensity above which a pixel is brain.
+        blank_fraction: the least share of brain pixels of a sample that is not blank.
+        precision_recall_k: the neighbour defining the manifolds of the precision and recall.
         fd_grid: size of the grid the encoder latents are pooled to for the Fréchet distances.
         real_images: the real test images (evenly spaced over the split; all when it has fewer) kept for the
             classifier tests, and as many training images; the subjects are split in halves among them for the
@@ -504,6 +567,8 @@ class GenerationQuality(Metric):
         candidates: int = 16,
         max_pairs: int = 5000,
         foreground_threshold: float = 0.05,
+        blank_fraction: float = 0.01,
+        precision_recall_k: int = 3,
         fd_grid: int = 4,
         real_images: int = 512,
         classifier: bool = True,
@@ -521,6 +586,8 @@ class GenerationQuality(Metric):
         self.candidates = candidates
         self.max_pairs = max_pairs
         self.foreground_threshold = foreground_threshold
+        self.blank_fraction = float(blank_fraction)
+        self.precision_recall_k = int(precision_recall_k)
         self.fd_grid = fd_grid
         self.real_images = real_images
         self.classifier = bool(classifier)
@@ -655,7 +722,14 @@ class GenerationQuality(Metric):
         )
         train_subset = _evenly_spaced(len(train_features_all), num_samples)
 
-        memorisation = _stats(sample_nearest)
+        blank = (samples > self.foreground_threshold).float().flatten(1).mean(dim=1) < self.blank_fraction
+        # an empty sample "matches" an empty training slice at SSIM ~1: no copy of a brain
+        kept_nearest = sample_nearest[~blank]
+        memorisation = _stats(kept_nearest)
+        train_subset_features = train_features_all[train_subset]
+        precision_recall = _precision_recall_entries(
+            test_features_all, generated_features, train_subset_features, self.precision_recall_k, self.bootstrap, seed
+        )
         progress("bootstrap intervals and pairwise SSIM" + (", then the classifier two-sample tests" if self.classifier else ""))
         max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
         diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
@@ -680,17 +754,24 @@ class GenerationQuality(Metric):
             "diversity_ssim_test": mean_pairwise_ssim(test_subset_images, max_pairs=max_pairs),
             "diversity_ssim_reconstructed_test": mean_pairwise_ssim(recon_subset_images, max_pairs=max_pairs),
             "memorisation_ssim_mean": memorisation["mean"],
-            "memorisation_ssim_mean_ci95": bootstrap_mean_interval(sample_nearest, bootstrap, seed),
+            "memorisation_ssim_mean_ci95": bootstrap_mean_interval(kept_nearest, bootstrap, seed),
             "memorisation_ssim_max": memorisation["max"],
             "memorisation_ssim_test_mean": _stats(test_nearest)["mean"],
             "memorisation_ssim_reconstructed_test_mean": _stats(recon_nearest)["mean"],
             "memorisation_candidates": min(self.candidates, len(train_features_all)),
+            "blank_samples": int(blank.sum()),
             "memorisation_per_sample": [
-                {"sample": name, "nearest_train": train_names[int(index)] if index >= 0 else None, "ssim": float(score)}
-                for name, score, index in zip(
-                    names, sample_nearest.tolist(), nearest_index[:num_samples].tolist(), strict=True
+                {
+                    "sample": name,
+                    "nearest_train": train_names[int(index)] if index >= 0 else None,
+                    "ssim": float(score),
+                    "blank": bool(is_blank),
+                }
+                for name, score, index, is_blank in zip(
+                    names, sample_nearest.tolist(), nearest_index[:num_samples].tolist(), blank.tolist(), strict=True
                 )
             ],
+            **precision_recall,
             "foreground_fraction_generated": float((samples > self.foreground_threshold).float().mean()),
             "foreground_fraction_test": float(torch.cat(self._test_foreground).mean()),
         }
@@ -712,6 +793,24 @@ class GenerationQuality(Metric):
             )
         )
         return metrics
+
+
+def _precision_recall_entries(
+    test: torch.Tensor, generated: torch.Tensor, train_subset: torch.Tensor, k: int, bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """The ``precision_*`` / ``recall_*`` entries of :class:`GenerationQuality` (None where a set is too small)."""
+    entries: dict[str, Any] = {"precision_recall_k": int(k)}
+    for name, features in (("generated", generated), ("train_subset", train_subset)):
+        try:
+            result = knn_precision_recall(test, features, k=k, bootstrap=bootstrap, seed=seed)
+        except ValueError:
+            result = {"precision": None, "recall": None, "precision_ci95": None, "recall_ci95": None}
+        entries[f"precision_{name}"] = result["precision"]
+        entries[f"recall_{name}"] = result["recall"]
+        if name == "generated":
+            entries["precision_generated_ci95"] = result["precision_ci95"]
+            entries["recall_generated_ci95"] = result["recall_ci95"]
+    return entries
 
 
 def real_image_batch(engine: Engine, batch: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from scipy import stats
 
 from ..data.nifti import subject_id
 
-__all__ = ["RealismClassifier", "assign_folds", "classifier_two_sample_test", "slice_groups"]
+__all__ = [
+    "RealismClassifier",
+    "assign_folds",
+    "classifier_two_sample_test",
+    "held_out_separation",
+    "slice_groups",
+]
 
 # ``case_XXX`` of OASIS ``case_XXX_slice_Y.nii.png`` names; ``<volume>`` of the NIfTI readers' ``<volume>#slice<k>``
 _CASE = re.compile(r"(case_\d+)_slice_\d+", re.IGNORECASE)
@@ -163,6 +169,38 @@ def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
     return images
 
 
+def held_out_separation(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """How far apart a classifier's held-out scores of the two sets lie: the detectability index d' of signal
+    detection theory, ``(mean of side 1 - mean of side 0) / sqrt((var of side 0 + var of side 1) / 2)``.
+
+    The graded companion of the AUC: the AUC only counts how often a held-out image of the second set outscores one
+    of the first, so once every pair is ordered it sits at 1.0 however easy the task; d' keeps growing with the gap
+    between the two score distributions relative to their spread. It is 0 when the classifier cannot tell the sets
+    apart, and does not depend on the scale of the scores (an over- or under-confident classifier scores the same),
+    unlike the held-out log-loss, which the classifier's calibration after a few epochs dominates. For normal scores
+    of equal spread, AUC = Phi(d' / sqrt(2)): d' 1.0 is an AUC of 0.76, 2.0 of 0.92, 3.0 of 0.98.
+
+    Args:
+        logits: the held-out scores ``(N,)``.
+        labels: their sides ``(N,)``, 0 or 1; both sides need at least two images.
+    """
+    scores, sides = logits.double().reshape(-1), labels.reshape(-1).bool()
+    first, second = scores[~sides], scores[sides]
+    if len(first) < 2 or len(second) < 2:
+        raise ValueError(f"d' needs at least 2 held-out images a side, got {len(first)} and {len(second)}.")
+    spread = math.sqrt((float(first.var()) + float(second.var())) / 2.0)
+    gap = float(second.mean() - first.mean())
+    return gap / spread if spread > 0 else math.copysign(math.inf, gap) if gap else 0.0
+
+
+def _fold_interval(values: Sequence[float]) -> tuple[float, float, list[float]]:
+    """Mean, sample standard deviation and the Student t 95% interval (:data:`CI95_METHOD`, unclipped) of fold values."""
+    array = np.asarray(values, dtype=np.float64)
+    mean, std = float(array.mean()), float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(array) - 1)) * std / math.sqrt(len(array))
+    return mean, std, [mean - half, mean + half]
+
+
 def _balanced(count: int, keep: int, rng: np.random.Generator) -> np.ndarray:
     """``keep`` of ``range(count)`` drawn without replacement, in ascending order (all when ``keep >= count``)."""
     if keep >= count:
@@ -256,7 +294,9 @@ def classifier_two_sample_test(
 
     Returns:
         ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``,
-        ``auc_ci95`` (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, ``num_first`` and
+        ``auc_ci95`` (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, the held-out separation d' of
+        the scores (:func:`held_out_separation`: 0 chance, growing past the AUC's ceiling) as ``dprime`` with
+        ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (the same t interval, unclipped), ``num_first`` and
         ``num_second`` (images used per side, equal), ``folds``, ``epochs``, ``grouped`` (whether any groups were
         given) and ``seconds``.
 
@@ -296,7 +336,7 @@ def classifier_two_sample_test(
 
     device = torch.device(device)
     labels = torch.as_tensor(sides, dtype=torch.float32)
-    aucs = []
+    aucs, separations = [], []
     for fold in range(int(folds)):
         held = torch.as_tensor(np.flatnonzero(fold_of == fold))
         train = torch.as_tensor(np.flatnonzero(fold_of != fold))
@@ -305,14 +345,18 @@ def classifier_two_sample_test(
             seed * 1000 + fold, device,
         )
         aucs.append(float(compute_roc_auc(scores, labels[held])))
-    values = np.asarray(aucs)
-    mean, std = float(values.mean()), float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+        separations.append(held_out_separation(scores, labels[held]))
+    mean, std, interval = _fold_interval(aucs)
+    separation, separation_std, separation_interval = _fold_interval(separations)
     return {
         "auc": mean,
         "auc_std": std,
         "auc_folds": aucs,
-        "auc_ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+        "auc_ci95": [max(0.0, interval[0]), min(1.0, interval[1])],
+        "dprime": separation,
+        "dprime_std": separation_std,
+        "dprime_folds": separations,
+        "dprime_ci95": separation_interval,
         "ci95_method": CI95_METHOD,
         "num_first": int(keep),
         "num_second": int(keep),

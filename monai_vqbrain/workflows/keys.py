@@ -43,6 +43,7 @@ CONFIG_ORDER = (
     "train_prior.json",
     "generate.json",
     "prior_large.json",
+    "prior_quality.json",
     "multi_gpu_train.json",
     "multi_gpu_train_prior.json",
     "mlflow_tracking.json",
