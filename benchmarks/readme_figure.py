@@ -124,8 +124,12 @@ def make_panels(parts: dict[str, Any], columns: int, seed: int) -> dict[str, tor
     }
 
 
-def plot_overview(panels: dict[str, Any], output: Path, overwrite: bool) -> None:
-    """Draw the two panels side by side and write them atomically to ``output``."""
+def plot_overview(panels: dict[str, Any], output: Path, overwrite: bool, which: str = "overview") -> None:
+    """Draw the panels side by side and write them atomically to ``output``.
+
+    ``which`` is ``"overview"`` (reconstructions beside samples: the home page) or ``"generation"`` (only real test
+    slices above samples at the same positions: the generation section).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +140,13 @@ def plot_overview(panels: dict[str, Any], output: Path, overwrite: bool) -> None
     columns = len(panels["originals"])
     rows = (("test slice", panels["originals"], "reconstructed", panels["reconstructions"]),
             ("real test slice", panels["real"], "generated", panels["generated"]))
+    titles = ("test slices and their reconstructions, base of the brain to the vertex",
+              "real test slices and samples of the prior at the same positions")
+    if which == "generation":
+        rows, titles = rows[1:], titles[1:]
     # square cells, a narrow gap between the panels, room for the row labels and the panel titles (inches)
     cell, gap, left, top = 1.25, 0.35, 0.25, 0.3
-    width, height = 2 * columns * cell + gap + 2 * left, 2 * cell + top
+    width, height = len(rows) * (columns * cell + left) + (len(rows) - 1) * gap, 2 * cell + top
     figure = plt.figure(figsize=(width, height))
     for panel, (top_label, upper, bottom_label, lower) in enumerate(rows):
         x0 = left + panel * (columns * cell + gap + left)
@@ -155,9 +163,7 @@ def plot_overview(panels: dict[str, Any], output: Path, overwrite: bool) -> None
                 if column == 0:
                     axis.set_ylabel(label, fontsize=8)
                 if row == 0 and column == 0:
-                    title = ("test slices and their reconstructions, base of the brain to the vertex" if panel == 0
-                             else "real test slices and samples of the prior at the same positions")
-                    axis.set_title(title, fontsize=8, loc="left")
+                    axis.set_title(titles[panel], fontsize=8, loc="left")
     with atomic_path(output, overwrite=overwrite) as tmp:
         figure.savefig(tmp, dpi=100, format="png", facecolor="white")
     plt.close(figure)
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--image_size", type=int, default=128, help="only for a prior whose metadata does not record it")
     args.add_argument("--network", type=json.loads, default={}, help="the run's network_def overrides as JSON, "
                       "e.g. '{\"num_embeddings\": 256}' (default: train.json's network)")
+    args.add_argument("--panels", choices=("overview", "generation"), default="overview",
+                      help="overview: reconstructions beside samples; generation: real test slices above samples only")
     args.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     opts = args.parse_args(argv)
 
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"'{opts.output}' exists; pass --overwrite to replace it.")
         with torch.no_grad():
             panels = make_panels(load_parts(opts), opts.columns, opts.seed)
-        plot_overview(panels, opts.output, opts.overwrite)
+        plot_overview(panels, opts.output, opts.overwrite, opts.panels)
     except (VQBrainError, ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2 if isinstance(error, ValueError) else 1)

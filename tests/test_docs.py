@@ -17,8 +17,8 @@ README = REPO_ROOT / "README.md"
 MODEL_CARD = REPO_ROOT / "bundle" / "docs" / "README.md"
 DOCS = REPO_ROOT / "docs"
 METADATA = CONFIGS / "metadata.json"
-# the pages that show commands; the drafts in docs/_pending are not pages
-DOCUMENTS = [README, MODEL_CARD, *sorted(p for p in DOCS.rglob("*.md") if "_pending" not in p.parts)]
+# the pages that show commands
+DOCUMENTS = [README, MODEL_CARD, *sorted(DOCS.rglob("*.md"))]
 # options of MONAI's `run` that are not config keys
 MONAI_RUN_OPTIONS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "init_id", "final_id"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -55,6 +55,12 @@ def test_figure_shows_test_slices_reconstructions_and_samples(prior_bundle, demo
     assert _script().main([*arguments, "--overwrite"]) == 0
     assert np.array_equal(np.asarray(Image.open(output)), np.asarray(Image.open(io.BytesIO(before))))
 
+    # the generation section's picture: only the real-above-generated panel, half as wide
+    generation = tmp_path / "generation.png"
+    assert _script().main([*arguments[:5], str(generation), *arguments[6:], "--panels", "generation"]) == 0
+    panel = np.asarray(Image.open(generation).convert("L"), dtype=float)
+    assert panel.shape[0] == image.shape[0] and panel.shape[1] < 0.6 * image.shape[1] and panel.std() > 10
+
 
 def test_figure_needs_a_trained_prior_and_the_run_s_network(trained_bundle, prior_bundle, demo_root, tmp_path,
                                                              capsys):

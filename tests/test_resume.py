@@ -51,6 +51,41 @@ def test_resume_with_more_epochs_stretches_the_schedule(one_epoch_run, demo_root
     assert last["optimizer"]["param_groups"][0]["lr"] <= lr_after_one, "the learning rate climbed again"
 
 
+def test_resume_of_a_finished_schedule_follows_the_longer_schedule(tmp_path):
+    # a 2-epoch cosine run resumed to 4 epochs: epochs 3 and 4 train on the 4-epoch cosine, not at its floor
+    from ignite.engine import Engine, Events
+
+    from monai_vqbrain.handlers import TrainingCheckpointLoader
+    from monai_vqbrain.utils import save_checkpoint
+
+    def schedule(max_epochs):
+        network = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=2e-5)
+        return network, optimizer, scheduler
+
+    network, optimizer, scheduler = schedule(2)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    trainer = Engine(lambda engine, batch: None)
+    trainer.run([0], max_epochs=2)
+    save_checkpoint(tmp_path / "last.pt", {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "lr_scheduler": scheduler.state_dict(), "trainer": trainer.state_dict()})
+
+    network, optimizer, scheduler = schedule(4)
+    rates = []
+    resumed = Engine(lambda engine, batch: rates.append(optimizer.param_groups[0]["lr"]))
+    resumed.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    TrainingCheckpointLoader(tmp_path / "last.pt", {"model": network, "optimizer": optimizer,
+                                                    "lr_scheduler": scheduler}).attach(resumed)
+    resumed.run([0], max_epochs=4)
+    planned = schedule(4)[2]
+    expected = [planned.step() or planned.get_last_lr()[0] for _ in range(3)][1:]
+    assert rates == pytest.approx(expected), "the resumed epochs did not follow the 4-epoch schedule"
+    assert rates[0] > 10 * 2e-5
+
+
 def test_resume_with_another_image_size_is_refused_before_loading_data(one_epoch_run, tmp_path):
     _copy(one_epoch_run, tmp_path)
     user_error(CheckpointError, "was trained with image_size=32, but image_size=64", run_bundle, "training", TRAIN,

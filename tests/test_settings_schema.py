@@ -127,3 +127,15 @@ def test_reference_markdown_lists_every_key_of_every_config_and_the_hook_inserts
     rendered = hook.on_page_markdown(page, page=None, config=None, files=None)
     assert hook.MARKER not in rendered and markdown in rendered
     assert hook.on_page_markdown("# other page", page=None, config=None, files=None) == "# other page"
+
+
+def test_a_missing_schema_is_one_line_saying_how_to_install(monkeypatch, tmp_path):
+    from monai_vqbrain.workflows import keys
+
+    monkeypatch.setattr(keys, "SCHEMA_FILE", tmp_path / "settings.schema.json")
+    keys.load_schema.cache_clear()
+    try:
+        with pytest.raises(SettingError, match="pip install -e"):
+            keys.load_schema()
+    finally:
+        keys.load_schema.cache_clear()

@@ -209,6 +209,7 @@ class TrainingCheckpointLoader:
         network = unwrap_network(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
         check_finite_weights(checkpoint["model"], str(self.load_path))
+        stretched = []
         for key, obj in self.load_dict.items():
             if obj is None:
                 continue
@@ -220,6 +221,9 @@ class TrainingCheckpointLoader:
                 if getattr(obj, name) != value:
                     logger.info(f"{key}: {name} follows this run's settings: {getattr(obj, name)} -> {value}")
                     setattr(obj, name, value)
+                    stretched.append((key, obj))
+        for key, scheduler in stretched:
+            _follow_stretched_schedule(key, scheduler)
         trainer_state = checkpoint.get("trainer")
         if trainer_state is not None:
             # ignite's engine state records iterations, not epochs; checkpoints are saved at epoch ends
@@ -230,6 +234,23 @@ class TrainingCheckpointLoader:
             f"resuming training from {self.load_path}: {engine.state.epoch} epoch(s) done, continuing with epoch "
             f"{engine.state.epoch + 1} of {engine.state.max_epochs}"
         )
+
+
+def _follow_stretched_schedule(key: str, scheduler: Any) -> None:
+    """Set the optimizer's learning rates to where the stretched schedule is at the epoch reached.
+
+    PyTorch's schedulers step recursively from the optimizer's current rate, so a new length alone would leave a
+    finished schedule at its floor (12 epochs of a cosine resumed to 24 would all train at ``eta_min``). The
+    closed form is the rate the longer schedule has at this epoch, had it been planned from the start.
+    """
+    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+    if closed_form is None:
+        return
+    rates = closed_form()
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)
+    logger.info(f"{key}: learning rate {', '.join(f'{rate:.3g}' for rate in rates)} at epoch {scheduler.last_epoch}")
 
 
 class BestMetricRestorer:

@@ -62,6 +62,14 @@ def load_schema() -> dict[str, Any]:
     """The settings schema, checked against the JSON Schema meta-schema (cached)."""
     from jsonschema import Draft202012Validator
 
+    if not SCHEMA_FILE.is_file():
+        from ..errors import SettingError
+
+        # the schema lives with the bundle's configs, outside the package: a plain (non-editable) install lacks it
+        raise SettingError(
+            f"the settings schema '{SCHEMA_FILE}' is missing: install monai_vqbrain from its repository checkout "
+            f"with 'pip install -e .', so that the package finds the bundle's configs beside it."
+        )
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return schema
