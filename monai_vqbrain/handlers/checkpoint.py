@@ -247,7 +247,7 @@ def _follow_stretched_schedule(key: str, scheduler: Any) -> None:
     if closed_form is None:
         return
     rates = closed_form()
-    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
     scheduler._last_lr = list(rates)
     logger.info(f"{key}: learning rate {', '.join(f'{rate:.3g}' for rate in rates)} at epoch {scheduler.last_epoch}")
