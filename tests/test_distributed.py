@@ -26,13 +26,11 @@ MULTI_GPU = CONFIGS / "multi_gpu_train.json"
 TRAIN_PRIOR = CONFIGS / "train_prior.json"
 MULTI_GPU_PRIOR = CONFIGS / "multi_gpu_train_prior.json"
 
-# handlers that log or write files, which the prior's overlay disables on ranks other than 0 by list position:
-# overlay -> (the configs it goes on, {handler list: {position: expected _target_}})
-RANK_ZERO_ONLY = {
-    MULTI_GPU_PRIOR: ([TRAIN, TRAIN_PRIOR], {
-        "prior_train#handlers": {6: "StatsHandler", 7: "TensorBoardStatsHandler", 10: "ignite.handlers.ProgressBar"},
-        "prior_validate#handlers": {1: "StatsHandler", 2: "TensorBoardStatsHandler"},
-    }),
+# the handler lists whose logging handlers must be off on ranks other than 0, per run id:
+# (the configs, the multi-GPU overlay, the lists)
+RANK_ZERO_LOGGING = {
+    "training": ([TRAIN], MULTI_GPU, ("train#handlers", "validate#handlers")),
+    "training_prior": ([TRAIN, TRAIN_PRIOR], MULTI_GPU_PRIOR, ("prior_train#handlers", "prior_validate#handlers")),
 }
 LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar")
 
@@ -101,35 +99,19 @@ def test_init_wrap_and_destroy_single_process(torchrun_env):
     distributed.destroy_distributed()  # no group: a no-op
 
 
-def test_training_logs_on_rank_zero_only_without_the_overlay_naming_handlers_by_position():
-    """train.json's logging handlers are off on ranks other than 0 themselves: the overlay patches no list index."""
-    parser = ConfigParser(ConfigParser.load_config_files([str(TRAIN), str(MULTI_GPU)]))
-    for list_id in ("train#handlers", "validate#handlers"):
-        targets = [handler["_target_"] for handler in parser[list_id]]
+@pytest.mark.parametrize("run_id", list(RANK_ZERO_LOGGING))
+def test_logging_handlers_run_on_rank_zero_only_without_the_overlay_naming_handlers_by_position(run_id):
+    """The base configs turn their logging handlers off on ranks other than 0 themselves, so adding or reordering a
+    handler cannot leave one logging on every rank, and the overlays patch no list index."""
+    base, overlay, list_ids = RANK_ZERO_LOGGING[run_id]
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in [*base, overlay]]))
+    for list_id in list_ids:
+        targets = [handler.get("_target_") for handler in parser[list_id]]
         assert {"StatsHandler", "TensorBoardStatsHandler"} <= set(targets), list_id
         for index, handler in enumerate(parser[list_id]):
-            if handler["_target_"] in LOGGING_HANDLERS:
+            if handler.get("_target_") in LOGGING_HANDLERS:
                 assert "is_main_process()" in str(handler.get("_disabled_")), f"{list_id}#{index} runs on all ranks"
-    overlay = json.loads(MULTI_GPU.read_text())
-    assert not [key for key in overlay if "#handlers#" in key], "the overlay names handlers by position"
-
-
-@pytest.mark.parametrize("overlay", list(RANK_ZERO_ONLY), ids=lambda p: p.stem)
-def test_overlay_disables_the_logging_handlers(overlay):
-    """The overlays name handlers by list position: catch a reordering of the base configs' handler lists."""
-    base, positions = RANK_ZERO_ONLY[overlay]
-    if not all(f.is_file() for f in [*base, overlay]):
-        pytest.skip("config not present")
-    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in [*base, overlay]]))
-    for list_id, expected in positions.items():
-        for index, handler in enumerate(parser[list_id]):
-            target = handler.get("_target_") if isinstance(handler, dict) else None
-            if index in expected:
-                assert target == expected[index], f"{list_id}#{index} is {target}, expected {expected[index]}"
-                assert "is_main_process()" in str(handler.get("_disabled_")), f"{list_id}#{index} runs on all ranks"
-            else:
-                # nothing else that logs or writes per rank is left enabled on every rank
-                assert target not in LOGGING_HANDLERS, f"{list_id}#{index} ({target}) is not disabled on rank > 0"
+    assert not [key for key in json.loads(overlay.read_text()) if "#handlers#" in key], "handlers named by position"
 
 
 def _run_torchrun(run_id: str, config_files: list[Path], network_id: str, tmp_path: Path, settings: list[str]) -> Path:

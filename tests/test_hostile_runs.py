@@ -191,10 +191,14 @@ def test_cli_a_diverging_training_run_is_one_line_exit_1_and_saves_nothing(demo_
 
 def test_a_run_diverging_after_good_epochs_keeps_their_checkpoints(trained_bundle, demo_root, tmp_path):
     models = shutil.copytree(trained_bundle / "models", tmp_path / "models")
-    # a resumed run continues the saved optimizer state (--learning_rate does not apply): the state's own learning
-    # rate makes the third epoch diverge
+    # a resumed run continues the saved optimizer and schedule (--learning_rate does not apply; resuming with more
+    # epochs sets the rate from the schedule's base rate): the state's own rate makes the third epoch diverge
     state = torch.load(models / "last.pt", weights_only=True)
     state["optimizer"]["param_groups"][0]["lr"] = 1e30
+    schedules = [entry for entry in state.values() if isinstance(entry, dict) and "base_lrs" in entry]
+    assert schedules, "last.pt holds the learning-rate schedule"
+    for schedule in schedules:
+        schedule["base_lrs"] = [1e30]
     torch.save(state, models / "last.pt")
     before = _tree(models)
     error = user_error(TrainingDivergedError, "training diverged at epoch 3", run_bundle, "training", TRAIN,
