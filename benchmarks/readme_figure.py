@@ -60,7 +60,12 @@ def load_parts(opts: argparse.Namespace) -> dict[str, Any]:
     from monai_vqbrain.prior import load_prior, load_vqvae, vqvae_fingerprint
 
     bundle_root = opts.bundle_root.resolve()
-    ckpt_dir = (opts.ckpt_dir or bundle_root / "models").resolve()
+    presets = [str(CONFIGS / name) if Path(name).name == name else str(name) for name in opts.config]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), *presets, str(CONFIGS / "evaluate.json")])
+    parser["bundle_root"] = str(bundle_root)
+    # the run's checkpoint folder: the presets' (generative.json keeps its own) unless given
+    ckpt_dir = (opts.ckpt_dir or Path(parser.get_parsed_content("ckpt_dir"))).resolve()
     dataset_dir = (opts.dataset_dir or bundle_root / "data" / "demo_oasis").resolve()
     vqvae_file, prior_file = ckpt_dir / "model.pt", ckpt_dir / "prior.pt"
     for path, command in ((vqvae_file, "training"), (prior_file, "training_prior")):
@@ -72,8 +77,6 @@ def load_parts(opts: argparse.Namespace) -> dict[str, Any]:
     # the image size the prior's code maps came from (its metadata records it, whatever the checkpoint layout), so
     # the run's own override is not needed; the prior is loaded again below, checked against the VQ-VAE
     image_size = int(load_prior(prior_file, device="cpu")[1].get("image_size") or opts.image_size)
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"bundle_root": str(bundle_root), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir),
                    "image_size": image_size, "device": "cpu", "amp": False,
                    **{f"network_def#{key}": value for key, value in opts.network.items()}})
@@ -176,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--output", type=Path, required=True, help="the PNG to write, e.g. docs/images/overview.png")
     args.add_argument("--dataset_dir", type=Path, default=None, help="the data the run used (default: the demo data "
                       "in <bundle_root>/data/demo_oasis)")
-    args.add_argument("--ckpt_dir", type=Path, default=None, help="default: <bundle_root>/models")
+    args.add_argument("--ckpt_dir", type=Path, default=None, help="default: the configs' (<bundle_root>/models, "
+                      "<bundle_root>/models/generative with generative.json)")
+    args.add_argument("--config", nargs="*", default=[], help="configs the run added to train.json, e.g. "
+                      "generative.json (a bare name is read from bundle/configs)")
     args.add_argument("--columns", type=int, default=4, help="slices per panel")
     args.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     args.add_argument("--image_size", type=int, default=128, help="only for a prior whose metadata does not record it")

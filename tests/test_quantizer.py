@@ -115,3 +115,48 @@ def test_invalid_arguments():
         VectorQuantizer(codebook_init="magic")
     with pytest.raises(ValueError, match="expected latents"):
         VectorQuantizer(embedding_dim=4)(torch.randn(1, 3, 2, 2))
+
+
+def _line_codebook(quantizer: VectorQuantizer) -> None:
+    """Codes 0..K-1 on a line, so that each code's nearest neighbours are the codes next to it."""
+    positions = torch.arange(quantizer.num_embeddings, dtype=torch.float32)
+    with torch.no_grad():
+        quantizer.embedding.copy_(torch.stack([positions, torch.zeros_like(positions)], dim=1))
+
+
+def test_code_noise_decodes_near_neighbours_but_reports_the_nearest_code():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(num_embeddings=8, embedding_dim=2, decay=None, codebook_init="random",
+                                code_noise=0.5, code_noise_neighbours=2).train()
+    _line_codebook(quantizer)
+    codes = torch.randint(1, 7, (4, 16, 16))
+    latents = quantizer.embedding.detach()[codes].movedim(-1, 1).clone().requires_grad_()
+    output = quantizer(latents)
+    # the indices, the commitment and the codebook losses are the encoder's own nearest codes
+    assert torch.equal(output.indices, codes)
+    assert float(output.commitment_loss.detach()) == 0.0 and float(output.codebook_loss.detach()) == 0.0
+    # about half the positions are decoded through a code one step away (the two nearest), never further
+    decoded = output.quantized.detach()[:, 0]
+    moved = decoded != codes.float()
+    assert 0.4 < float(moved.float().mean()) < 0.6
+    assert torch.equal((decoded - codes.float()).abs()[moved], torch.ones(int(moved.sum())))
+    output.quantized.sum().backward()
+    torch.testing.assert_close(latents.grad, torch.ones_like(latents))  # still straight-through
+
+
+def test_code_noise_is_off_in_eval_mode_and_when_zero():
+    quantizer = VectorQuantizer(num_embeddings=8, embedding_dim=2, codebook_init="random", code_noise=1.0).eval()
+    _line_codebook(quantizer)
+    codes = torch.randint(0, 8, (2, 8, 8))
+    latents = quantizer.embedding.detach()[codes].movedim(-1, 1)
+    torch.testing.assert_close(quantizer(latents).quantized, latents)
+    quiet = VectorQuantizer(num_embeddings=8, embedding_dim=2, decay=None, codebook_init="random").train()
+    _line_codebook(quiet)
+    torch.testing.assert_close(quiet(latents).quantized, latents)
+
+
+@pytest.mark.parametrize("kwargs", [{"code_noise": -0.1}, {"code_noise": 1.5}, {"code_noise_neighbours": 0},
+                                    {"code_noise_neighbours": 2.5}])
+def test_code_noise_arguments_are_checked(kwargs):
+    with pytest.raises(ValueError, match="code_noise"):
+        VectorQuantizer(num_embeddings=8, embedding_dim=2, **kwargs)

@@ -1,5 +1,6 @@
 """Ignite/MONAI engines: the VQ-VAE trainer, the reconstruction inferers, batch preparation and precision."""
 
+from .adversarial import ADVERSARIAL_COMPONENTS, PatchAdversarialTerm
 from .inferer import ReconstructionInferer, SliceCodesInferer
 from .precision import (
     autocast,
@@ -16,9 +17,11 @@ from .prepare_batch import AutoencoderPrepareBatch
 from .trainer import LOSS_COMPONENTS, MixedPrecisionTrainer, VQVAETrainer
 
 __all__ = [
+    "ADVERSARIAL_COMPONENTS",
     "LOSS_COMPONENTS",
     "AutoencoderPrepareBatch",
     "MixedPrecisionTrainer",
+    "PatchAdversarialTerm",
     "ReconstructionInferer",
     "SliceCodesInferer",
     "VQVAETrainer",

@@ -10,6 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 
+from .adversarial import ADVERSARIAL_COMPONENTS, PatchAdversarialTerm
 from .precision import autocast, needs_grad_scaler, resolve_amp
 
 #: names of the loss components in ``engine.state.output`` after each iteration
@@ -74,10 +75,17 @@ class VQVAETrainer(MixedPrecisionTrainer):
     After each iteration ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the reconstruction),
     ``loss`` (the total), ``loss_<component>`` for each of :data:`LOSS_COMPONENTS`, ``perplexity``,
     ``codebook_usage`` and ``indices`` (the code maps), all as tensors: nothing here forces a host sync.
+    With an ``adversarial`` term it also holds ``loss_adversarial`` (the decoder's, already in ``loss`` with its
+    weight) and ``loss_discriminator``, both 0 before the term's ``start_epoch``.
 
     Args:
+        adversarial: a :class:`~monai_vqbrain.engines.PatchAdversarialTerm` trained beside the VQ-VAE; None: none.
         kwargs: arguments of :class:`MixedPrecisionTrainer` (``loss_function`` must be a ``VQVAELoss``).
     """
+
+    def __init__(self, *args: Any, adversarial: PatchAdversarialTerm | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.adversarial = adversarial
 
     def _iteration(self, engine: VQVAETrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -90,15 +98,29 @@ class VQVAETrainer(MixedPrecisionTrainer):
         with autocast(engine.state.device, engine.amp):
             details = engine.inferer(images, engine.network, return_details=True)
         losses = engine.loss_function(details.reconstruction, targets, details.codebook_loss, details.commitment_loss)
+        adversarial = engine.adversarial
+        adversarial_on = adversarial is not None and adversarial.active(engine.state.epoch)
+        total = losses["total"]
+        if adversarial is not None:
+            zero = total.new_zeros(()).detach()
+            losses["adversarial"] = losses["discriminator"] = zero
+        if adversarial_on:
+            with autocast(engine.state.device, engine.amp):
+                losses["adversarial"] = adversarial.generator_loss(details.reconstruction)
+            total = total + adversarial.weight * losses["adversarial"]
         engine.state.output[Keys.PRED] = details.reconstruction
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.state.output[Keys.LOSS] = losses["total"]
-        for component in LOSS_COMPONENTS:
+        engine.state.output[Keys.LOSS] = total
+        for component in LOSS_COMPONENTS + (ADVERSARIAL_COMPONENTS if adversarial is not None else ()):
             engine.state.output[f"loss_{component}"] = losses[component].detach()
         engine.state.output["perplexity"] = details.perplexity
         engine.state.output["codebook_usage"] = details.codebook_usage
         engine.state.output["indices"] = details.indices
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        engine.backward_and_step(losses["total"])
+        engine.backward_and_step(total)
+        if adversarial_on:
+            engine.state.output["loss_discriminator"] = adversarial.discriminator_step(
+                details.reconstruction, targets, engine.state.device, engine.amp
+            )
         return engine.state.output

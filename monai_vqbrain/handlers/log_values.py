@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
+from ..engines.adversarial import ADVERSARIAL_COMPONENTS
 from ..engines.trainer import LOSS_COMPONENTS
 
-#: entries of the trainer output logged every ``log_interval`` iterations
-ITERATION_LOG_KEYS = ("loss", *(f"loss_{c}" for c in LOSS_COMPONENTS), "perplexity", "codebook_usage")
+#: entries of the trainer output logged every ``log_interval`` iterations (those present)
+ITERATION_LOG_KEYS = (
+    "loss", *(f"loss_{c}" for c in LOSS_COMPONENTS + ADVERSARIAL_COMPONENTS), "perplexity", "codebook_usage"
+)
 #: the codebook statistics of one iteration cover only its batch: their labels say so, next to the whole epoch's
 #: ``train_perplexity`` and ``train_codebook_usage`` (``CodebookUsageHandler``)
 _BATCH_LABELS = {"perplexity": "batch_perplexity", "codebook_usage": "batch_codebook_usage"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
+from ..engines.adversarial import ADVERSARIAL_COMPONENTS
 from ..engines.distributed import all_reduce_sum
 from ..engines.trainer import LOSS_COMPONENTS
 
@@ -13,7 +14,8 @@ class LossComponentsHandler:
     """Average ``loss`` and each ``loss_<component>`` of the trainer's output over an epoch.
 
     At the end of every epoch it sets ``engine.state.metrics[f"{prefix}loss"]`` and
-    ``engine.state.metrics[f"{prefix}<component>"]``, so MONAI's ``StatsHandler`` and
+    ``engine.state.metrics[f"{prefix}<component>"]`` for each component the trainer outputs (the adversarial ones
+    only with an adversarial term), so MONAI's ``StatsHandler`` and
     ``TensorBoardStatsHandler`` log them per epoch. Sums stay on the device during the epoch (no host sync
     per iteration) and are summed across ranks under DDP.
 
@@ -25,6 +27,7 @@ class LossComponentsHandler:
         self.prefix = prefix
         self._sums: torch.Tensor | None = None
         self._count = 0
+        self._components: tuple[str, ...] = LOSS_COMPONENTS
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -37,7 +40,14 @@ class LossComponentsHandler:
 
     def _accumulate(self, engine: Engine) -> None:
         output = engine.state.output
-        values = torch.stack([output["loss"].detach().float()] + [output[f"loss_{c}"].float() for c in LOSS_COMPONENTS])
+        if self._sums is None:
+            # fixed for a run: the trainer outputs the adversarial components on every iteration or never
+            self._components = tuple(
+                c for c in LOSS_COMPONENTS + ADVERSARIAL_COMPONENTS if c in LOSS_COMPONENTS or f"loss_{c}" in output
+            )
+        values = torch.stack(
+            [output["loss"].detach().float()] + [output[f"loss_{c}"].float() for c in self._components]
+        )
         self._sums = values if self._sums is None else self._sums + values
         self._count += 1
 
@@ -48,5 +58,5 @@ class LossComponentsHandler:
         totals = all_reduce_sum(totals).tolist()
         means = [value / totals[-1] for value in totals[:-1]]
         engine.state.metrics[f"{self.prefix}loss"] = means[0]
-        for component, mean in zip(LOSS_COMPONENTS, means[1:], strict=True):
+        for component, mean in zip(self._components, means[1:], strict=True):
             engine.state.metrics[f"{self.prefix}{component}"] = mean

@@ -4,6 +4,9 @@ The codebook is kept healthy three ways, each guarding against a known cause of 
 exponential-moving-average updates (van den Oord et al. 2017, appendix) instead of a codebook loss,
 initialisation from the first batch of encoder outputs (k-means, so codes start where the data is),
 and restart of codes that have stopped being used to recent encoder outputs (Dhariwal et al. 2020).
+Optionally, training decodes a share of the codes as one of their nearest codebook neighbours (``code_noise``), so
+the decoder learns to turn a near-miss of a prior into a plausible patch rather than into mottle (RobusTok,
+arXiv 2509.12474); the indices it returns, and the codebook statistics, stay the encoder's own.
 All codebook arithmetic runs in float32, also under bf16/fp16 autocast, and under DDP the statistics
 are summed across ranks so every rank keeps an identical codebook.
 """
@@ -85,6 +88,10 @@ class VectorQuantizer(nn.Module):
         codebook_init: ``"kmeans"`` (k-means on the first training batch), ``"data"`` (random vectors of the
             first training batch) or ``"random"`` (uniform in ``[-1/K, 1/K]``, as in the original VQ-VAE).
         kmeans_iters: Lloyd iterations of the k-means initialisation.
+        code_noise: in training mode, the probability that a latent vector is decoded through one of its code's
+            ``code_noise_neighbours`` nearest codebook vectors instead of the code itself (0 disables it). The
+            returned ``indices``, the losses and the codebook updates use the nearest code all the same.
+        code_noise_neighbours: how many of a code's nearest codebook vectors (Euclidean) it can be replaced by.
     """
 
     def __init__(
@@ -97,10 +104,16 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 1.0,
         codebook_init: str = "kmeans",
         kmeans_iters: int = 10,
+        code_noise: float = 0.0,
+        code_noise_neighbours: int = 8,
     ) -> None:
         super().__init__()
         if num_embeddings < 1 or embedding_dim < 1:
             raise ValueError(f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}.")
+        if not 0.0 <= code_noise <= 1.0:
+            raise ValueError(f"code_noise must be a probability in [0, 1], got {code_noise}.")
+        if isinstance(code_noise_neighbours, bool) or int(code_noise_neighbours) != code_noise_neighbours or code_noise_neighbours < 1:
+            raise ValueError(f"code_noise_neighbours must be an integer >= 1, got {code_noise_neighbours!r}.")
         if decay is not None and not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1) or None, got {decay}.")
         if codebook_init not in CODEBOOK_INITS:
@@ -113,6 +126,8 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.codebook_init = codebook_init
         self.kmeans_iters = kmeans_iters
+        self.code_noise = float(code_noise)
+        self.code_noise_neighbours = int(code_noise_neighbours)
 
         initial = torch.empty(num_embeddings, embedding_dim).uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
         if self.use_ema:
@@ -178,6 +193,21 @@ class VectorQuantizer(nn.Module):
         """Like :meth:`embed` without validating the indices (no host sync; traceable)."""
         vectors = F.embedding(indices.long(), self.embedding.float())
         return vectors.movedim(vectors.ndim - 1, 1)  # positive dims for ONNX, see _flatten
+
+    @torch.no_grad()
+    def neighbour_codes(self, indices: torch.Tensor, probability: float) -> torch.Tensor:
+        """``indices`` with each entry replaced, with ``probability``, by one of its code's
+        ``code_noise_neighbours`` nearest other codes (uniformly among them); the rest are kept."""
+        neighbours = min(self.code_noise_neighbours, self.num_embeddings - 1)
+        if probability <= 0 or neighbours < 1:
+            return indices
+        codebook = self.embedding.float()
+        distances = torch.cdist(codebook, codebook)
+        distances.fill_diagonal_(float("inf"))
+        nearest = distances.topk(neighbours, dim=1, largest=False).indices
+        choice = torch.randint(neighbours, indices.shape, device=indices.device)
+        replaced = torch.rand(indices.shape, device=indices.device) < probability
+        return torch.where(replaced, nearest[indices, choice], indices)
 
     @torch.no_grad()
     def _initialize_from_data(self, flat_latents: torch.Tensor) -> None:
@@ -261,15 +291,18 @@ class VectorQuantizer(nn.Module):
             code_counts = count_codes(indices, self.num_embeddings)
             if self.training and self.use_ema:
                 code_counts = self._ema_update(flat_latents.detach(), indices, code_counts)
-            quantized_flat = F.embedding(indices, self.embedding.float())
+            nearest_flat = F.embedding(indices, self.embedding.float())
 
-            commitment_loss = self.commitment_cost * F.mse_loss(flat_latents, quantized_flat.detach())
+            commitment_loss = self.commitment_cost * F.mse_loss(flat_latents, nearest_flat.detach())
             if self.use_ema:
                 codebook_loss = torch.zeros((), device=latents.device)
             else:
-                codebook_loss = F.mse_loss(quantized_flat, flat_latents.detach())
+                codebook_loss = F.mse_loss(nearest_flat, flat_latents.detach())
+            decoded_flat = nearest_flat
+            if self.training and self.code_noise > 0:
+                decoded_flat = F.embedding(self.neighbour_codes(indices, self.code_noise), self.embedding.float())
             # straight-through estimator: the decoder's gradient w.r.t. the codes is passed to the encoder
-            quantized_flat = flat_latents + (quantized_flat - flat_latents).detach()
+            quantized_flat = flat_latents + (decoded_flat - flat_latents).detach()
             perplexity, codebook_usage = code_usage_statistics(code_counts)
 
         spatial_shape = latents.shape[2:]

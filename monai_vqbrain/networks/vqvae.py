@@ -135,6 +135,9 @@ class VQVAE(nn.Module):
             quantization_loss)`` as MONAI's ``VQVAE`` does; ``"reconstruction"`` gives the reconstruction alone, the
             one-tensor output MONAI's bundle tools (``verify_net_in_out``, ``monai.bundle.load``) expect of a
             bundle's ``network_def``. ``forward(images, return_details=True)`` is the same for both.
+        code_noise: in training, the probability that a latent vector is decoded through a near neighbour of its
+            code (see :class:`VectorQuantizer`), so the decoder forgives a prior's near-misses; 0 disables it.
+        code_noise_neighbours: the nearest codebook vectors a code can be replaced by under ``code_noise``.
     """
 
     def __init__(
@@ -153,6 +156,8 @@ class VQVAE(nn.Module):
         codebook_init: str = "kmeans",
         output_act: str | None = None,
         forward_output: str = "tuple",
+        code_noise: float = 0.0,
+        code_noise_neighbours: int = 8,
     ) -> None:
         super().__init__()
         if forward_output not in _FORWARD_OUTPUTS:
@@ -179,6 +184,8 @@ class VQVAE(nn.Module):
             decay=decay,
             dead_code_threshold=dead_code_threshold,
             codebook_init=codebook_init,
+            code_noise=code_noise,
+            code_noise_neighbours=code_noise_neighbours,
         )
         self.decoder = Decoder(spatial_dims, embedding_dim, out_channels, self.channels, num_res_layers, res_channels)
         self.output_act = nn.Sigmoid() if output_act == "sigmoid" else nn.Identity()

@@ -6,6 +6,7 @@
 * :mod:`.metrics`: NLL (bits per code) and accuracy of a prior; Fréchet distance, diversity and memorisation of
   generated images, with bootstrap intervals.
 * :mod:`.realism`: the classifier two-sample test of realism (held-out ROC AUC of a small CNN, grouped folds).
+* :mod:`.texture`: the texture two-sample test (intensity, gradient and LBP histograms, logistic regression).
 * :mod:`.figures`: the prior's learning curves; samples beside their nearest training slices.
 * :mod:`.generate`: the pieces of the bundle's ``generating``: load a prior from its checkpoint; the sampler's
   requests, inferer and writers; the handlers that keep, plot and report the samples.
@@ -67,9 +68,11 @@ from .realism import (
     RealismClassifier,
     assign_folds,
     classifier_two_sample_test,
+    cross_validated_separation,
     held_out_separation,
     slice_groups,
 )
+from .texture import TEXTURE_FEATURES, texture_features, texture_two_sample_test
 from .trainer import (
     PRIOR_CHECKPOINTS,
     PriorInferer,
@@ -113,6 +116,7 @@ __all__ = [
     "bootstrap_mean_interval",
     "check_prior_run",
     "classifier_two_sample_test",
+    "cross_validated_separation",
     "held_out_separation",
     "knn_precision_recall",
     "codes_fingerprint",
@@ -139,6 +143,9 @@ __all__ = [
     "prior_summary",
     "sample_class_labels",
     "slice_groups",
+    "TEXTURE_FEATURES",
+    "texture_features",
+    "texture_two_sample_test",
     "training_loss",
     "vqvae_fingerprint",
     "read_prior_settings",

@@ -33,6 +33,7 @@ from monai.utils import MetricReduction
 from torch.utils.data import DataLoader, Dataset
 
 from .realism import classifier_two_sample_test, slice_groups
+from .texture import texture_two_sample_test
 
 __all__ = [
     "CodeAccuracyMetric",
@@ -481,6 +482,17 @@ def _classifier_entries(comparison: str, result: dict[str, Any] | None) -> dict[
     }
 
 
+def _texture_entries(comparison: str, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``texture_*_<comparison>`` entries of one texture two-sample test (all None when it could not run)."""
+    entries = {
+        f"texture_auc_{comparison}": "auc",
+        f"texture_auc_{comparison}_ci95": "auc_ci95",
+        f"texture_dprime_{comparison}": "dprime",
+        f"texture_dprime_{comparison}_ci95": "dprime_ci95",
+    }
+    return {key: None if result is None else result[field] for key, field in entries.items()}
+
+
 def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
     subjects = sorted(set(groups))
@@ -854,6 +866,7 @@ def _realism(
     }
     notes: list[str] = []
     results: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
+    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
     if enabled and test_images:
         num_samples = len(samples)
         test = torch.stack(test_images)
@@ -880,6 +893,11 @@ def _realism(
                     first, second, first_groups, second_groups, folds=folds, epochs=epochs, seed=seed,
                     device=device, max_per_side=num_samples,
                 )
+                # the same sides and folds, texture statistics alone: a smooth decoder cannot hide behind its
+                # reconstructions' reference here
+                texture[name] = texture_two_sample_test(
+                    first, second, first_groups, second_groups, folds=folds, seed=seed, max_per_side=num_samples,
+                )
             except ValueError as error:
                 notes.append(f"{name}: not measured: {error}")
                 logger.warning(f"classifier two-sample test {name} not measured: {error}")
@@ -888,5 +906,6 @@ def _realism(
         entries["classifier"]["seconds"] = time.perf_counter() - started
     for name in comparisons:
         entries.update(_classifier_entries(name, results[name]))
+        entries.update(_texture_entries(name, texture[name]))
     entries["classifier_notes"] = notes
     return entries

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "RealismClassifier",
     "assign_folds",
     "classifier_two_sample_test",
+    "cross_validated_separation",
     "held_out_separation",
     "slice_groups",
 ]
@@ -310,6 +311,51 @@ def classifier_two_sample_test(
         raise ValueError(f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}.")
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
+
+    def score_fold(train_images: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor, fold_seed: int):
+        return _train_fold(
+            train_images, train_labels, held_out, int(epochs), int(batch_size), float(learning_rate), fold_seed,
+            torch.device(device),
+        )
+
+    result = cross_validated_separation(first, second, first_groups, second_groups, score_fold, folds, seed, max_per_side)
+    result["epochs"] = int(epochs)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def cross_validated_separation(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    first_groups: Sequence[Any] | None,
+    second_groups: Sequence[Any] | None,
+    score_fold: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
+    folds: int = 5,
+    seed: int = 0,
+    max_per_side: int | None = None,
+) -> dict[str, Any]:
+    """The cross-validation of a two-sample test, whatever the classifier: balanced sides, grouped folds, AUC and d'.
+
+    The larger set is subsampled (seeded) to the smaller's size (at most ``max_per_side``), the items are split into
+    folds stratified per side and grouped by subject (:func:`assign_folds`), and for each fold ``score_fold`` trains
+    a fresh classifier on the other folds and scores the held-out one.
+
+    Args:
+        first: the first set, one item per row (images, or feature vectors).
+        second: the second set, items of the same kind.
+        first_groups: the subject of each item of ``first``; None: one per item.
+        second_groups: the same for ``second``.
+        score_fold: ``(train items, train labels (float, 1 = second), held-out items, seed) -> held-out scores``.
+        folds: cross-validation folds (at least 2).
+        seed: seed of the subsampling and the folds (``seed * 1000 + fold`` is passed to ``score_fold``).
+        max_per_side: the most items used per side (None: as many as the smaller set).
+
+    Returns:
+        The entries of :func:`classifier_two_sample_test` but ``epochs`` and ``seconds``.
+
+    Raises:
+        ValueError: for bad ``folds``, groups of the wrong length, or a side with fewer items (subjects) than folds.
+    """
     if isinstance(folds, bool) or int(folds) != folds or folds < 2:
         raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
     for groups, images, name in ((first_groups, first, "first_groups"), (second_groups, second, "second_groups")):
@@ -334,16 +380,12 @@ def classifier_two_sample_test(
         groups = first_labels + second_labels
     fold_of = assign_folds(sides, groups, folds=int(folds), seed=seed)
 
-    device = torch.device(device)
     labels = torch.as_tensor(sides, dtype=torch.float32)
     aucs, separations = [], []
     for fold in range(int(folds)):
         held = torch.as_tensor(np.flatnonzero(fold_of == fold))
         train = torch.as_tensor(np.flatnonzero(fold_of != fold))
-        scores = _train_fold(
-            images[train], labels[train], images[held], int(epochs), int(batch_size), float(learning_rate),
-            seed * 1000 + fold, device,
-        )
+        scores = score_fold(images[train], labels[train], images[held], seed * 1000 + fold)
         aucs.append(float(compute_roc_auc(scores, labels[held])))
         separations.append(held_out_separation(scores, labels[held]))
     mean, std, interval = _fold_interval(aucs)
@@ -361,7 +403,5 @@ def classifier_two_sample_test(
         "num_first": int(keep),
         "num_second": int(keep),
         "folds": int(folds),
-        "epochs": int(epochs),
         "grouped": grouped,
-        "seconds": time.perf_counter() - start,
     }

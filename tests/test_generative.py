@@ -1,0 +1,77 @@
+"""The generative preset (``generative.json``): a coarser code, a decoder trained on near-miss codes and a patch
+adversarial loss, trained by the same ``training`` run id into its own checkpoint folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import CONFIGS, TRAIN, run_bundle
+
+from monai_vqbrain.engines import PatchAdversarialTerm
+
+GENERATIVE = [TRAIN, str(CONFIGS / "generative.json")]
+# three levels (the preset's 8x downsampling), tiny; the adversarial term from the first epoch
+TINY_GENERATIVE = {
+    "network_def#channels": [8, 16, 16],
+    "adversarial#start_epoch": 1,
+    "discriminator#channels": 8,
+    "discriminator#num_layers_d": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def generative_bundle(tmp_path_factory, demo_root):
+    bundle_root = tmp_path_factory.mktemp("generative_bundle")
+    run_bundle("training", GENERATIVE, bundle_root=str(bundle_root), dataset_dir=str(demo_root), max_epochs=2,
+               **TINY_GENERATIVE)
+    return bundle_root
+
+
+def test_generative_preset_trains_into_its_own_folder_and_logs_the_adversarial_parts(generative_bundle):
+    models = generative_bundle / "models" / "generative"
+    assert (models / "model.pt").is_file() and not (generative_bundle / "models" / "model.pt").exists()
+    history = json.loads((models / "training_history.json").read_text())
+    record = history[-1]
+    assert record["train_adversarial"] > 0 and record["train_discriminator"] > 0
+    # the decoder's adversarial loss is in the total with the preset's weight
+    assert record["train_loss"] == pytest.approx(
+        record["train_reconstruction"] + record["train_vq"] + 0.01 * record["train_adversarial"], rel=1e-4
+    )
+    state = torch.load(models / "last.pt", weights_only=True)
+    # the discriminator is saved with the run, so that a resumed run goes on with it
+    assert {"discriminator", "discriminator_optimizer"} <= set(state)
+    weights = torch.load(models / "model.pt", weights_only=True)
+    assert any(key.startswith("encoder.levels.2.") for key in weights)  # the preset's third downsampling
+
+
+def test_generative_preset_resumes_with_its_discriminator(generative_bundle, demo_root):
+    models = generative_bundle / "models" / "generative"
+    before = torch.load(models / "last.pt", weights_only=True)["discriminator"]
+    run_bundle("training", GENERATIVE, bundle_root=str(generative_bundle), dataset_dir=str(demo_root), max_epochs=3,
+               resume=True, **TINY_GENERATIVE)
+    history = json.loads((models / "training_history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    after = torch.load(models / "last.pt", weights_only=True)["discriminator"]
+    assert any(not torch.equal(before[key], after[key]) for key in before if before[key].is_floating_point())
+
+
+def test_adversarial_term_waits_for_its_start_epoch_and_trains_the_discriminator():
+    from monai.networks.nets import PatchDiscriminator
+
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(spatial_dims=2, channels=8, in_channels=1, num_layers_d=2)
+    term = PatchAdversarialTerm(discriminator, torch.optim.Adam(discriminator.parameters(), lr=1e-2), start_epoch=3)
+    assert not term.active(2) and term.active(3)
+    real, fake = torch.rand(8, 1, 16, 16), torch.zeros(8, 1, 16, 16)
+    losses = [float(term.discriminator_step(fake, real, torch.device("cpu"), False)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]  # it learns to tell the flat images from the textured ones
+    assert float(term.generator_loss(fake)) > float(term.generator_loss(real))
+
+
+@pytest.mark.parametrize("kwargs", [{"weight": -1.0}, {"start_epoch": 0}, {"start_epoch": 1.5}])
+def test_adversarial_term_arguments_are_checked(kwargs):
+    discriminator = torch.nn.Conv2d(1, 1, 3)
+    with pytest.raises(ValueError, match="adversarial"):
+        PatchAdversarialTerm(discriminator, torch.optim.SGD(discriminator.parameters(), lr=0.1), **kwargs)
