@@ -44,6 +44,7 @@ CONFIG_ORDER = (
     "generate.json",
     "prior_large.json",
     "prior_quality.json",
+    "generative.json",
     "multi_gpu_train.json",
     "multi_gpu_train_prior.json",
     "mlflow_tracking.json",
