@@ -99,6 +99,11 @@ METRIC_KEYS = (
             ("dprime", "_ci95"), ("images_per_side", ""),
         )
     ),
+    *(
+        f"texture_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (("auc", ""), ("auc", "_ci95"), ("dprime", ""), ("dprime", "_ci95"))
+    ),
     "blank_samples", "precision_generated", "recall_generated", "precision_generated_ci95", "recall_generated_ci95",
 )
 
@@ -122,6 +127,11 @@ REPORT_KEYS = (
             ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
             ("dprime", "_ci95"), ("images_per_side", ""),
         )
+    ),
+    *(
+        f"texture_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (("auc", ""), ("auc", "_ci95"), ("dprime", ""), ("dprime", "_ci95"))
     ),
     "classifier_notes",
 )

@@ -906,6 +906,7 @@ def _realism(
         entries["classifier"]["seconds"] = time.perf_counter() - started
     for name in comparisons:
         entries.update(_classifier_entries(name, results[name]))
+    for name in comparisons:
         entries.update(_texture_entries(name, texture[name]))
     entries["classifier_notes"] = notes
     return entries
