@@ -41,6 +41,10 @@ MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py
         (TRAIN, "slice_range", [0.8, 0.2], "0 <= start < stop <= 1"),
         (TRAIN, "cache_rate", 2.0, "in [0.0, 1.0]"),
         (GENERATE, "num_samples", 0, "integer >= 1"),
+        # hostile values (issue 25): a count that would fill the memory, seeds beyond what the generators take
+        (GENERATE, "num_samples", 1_000_000_000, "at most max_num_samples (10000)"),
+        (GENERATE, "sample_seed", 99999999999999999999, "integer in [0, 4294967295]"),
+        (TRAIN, "seed", 2**40, "integer in [0, 4294967295]"),
         (GENERATE, "temperature", math.nan, "finite number >= 0"),
         (GENERATE, "generation_classifier", "perhaps", "true or false"),
         (GENERATE, "generation_real_images", 0, "integer >= 1"),

@@ -729,6 +729,10 @@ class GeneratedSamples:
             earlier.unlink()
         self.images, self.names, self.labels, self.seconds = None, [], None, 0.0
         self._batches, self._labels = [], []
+        loader = getattr(engine, "data_loader", None)
+        count, batch = len(getattr(loader, "dataset", []) or []), getattr(loader, "batch_size", None)
+        if count:
+            logger.info(f"sampling {count} brains" + (f" in batches of {batch}" if batch else ""))
 
     def _iteration_started(self, engine: Engine) -> None:
         self._started = time.perf_counter()
