@@ -683,6 +683,25 @@ def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tm
     user_error(CheckpointError, "train the prior first", generate, tmp_path, demo_root)
 
 
+@pytest.mark.parametrize("kind", ["folder", "device", "dangling link"])
+def test_a_checkpoint_path_that_is_no_regular_file_is_named_as_such_not_as_missing(tmp_path, kind):
+    # issue 25: --prior_checkpoint <a folder> or /dev/zero said "does not exist; train the prior first"
+    from monai_vqbrain.prior import load_vqvae, read_prior_settings, vqvae_fingerprint
+    from monai_vqbrain.utils import load_checkpoint
+
+    if kind == "folder":
+        path, expected = tmp_path, "is a folder; expected the checkpoint file itself"
+    elif kind == "device":
+        path, expected = Path("/dev/zero"), "is not a regular file (a FIFO, socket or device)"
+    else:
+        path, expected = tmp_path / "prior.pt", "is a symbolic link to"
+        path.symlink_to(tmp_path / "gone.pt")
+    for load in (read_prior_settings, vqvae_fingerprint, load_checkpoint,
+                 lambda p: load_vqvae(VQVAE(spatial_dims=2, in_channels=1, out_channels=1, **TINY_NETWORK), p)):
+        error = user_error(CheckpointError, expected, load, path)
+        assert "train" not in str(error) and f"'{path}'" in str(error)
+
+
 def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root, demo_root, tmp_path):
     copy_models(prior_root, tmp_path)
     models = tmp_path / "models"

@@ -40,6 +40,7 @@ from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import (
     DEFAULT_MAX_CHECKPOINT_BYTES,
+    check_checkpoint_file,
     check_finite_weights,
     check_state_dict_matches,
     checkpoint_byte_limit,
@@ -131,8 +132,8 @@ def _read_prior_checkpoint(
     ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
     of the configured prior, when there is one).
     """
-    if not path.is_file():
-        raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
+    missing = f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}"
+    check_checkpoint_file(path, missing, "prior checkpoint")
     state, metadata = read_model(path, max_bytes=max_bytes)
     settings = metadata.get("network_settings")
     if not metadata:
