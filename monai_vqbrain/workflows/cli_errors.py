@@ -93,9 +93,62 @@ def _find_interrupt(error: BaseException | None) -> RunInterrupted | None:
     return None
 
 
+#: optional dependencies -> the extra of the package that installs them (``pyproject.toml``)
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "mlflow": "mlflow"}
+_EXTRA_USES = {"onnx": "ONNX export (onnx_export)", "mlflow": "MLflow tracking (--tracking mlflow)"}
+
+
+class MissingExtraError(VQBrainError):
+    """A feature needs an optional dependency that is not installed: an extra of the package names it."""
+
+
+def _missing_extra(error: BaseException | None) -> MissingExtraError | None:
+    """The one-line error for a ``ModuleNotFoundError`` of an optional dependency in an exception's chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _EXTRAS:
+            module = (error.name or "").split(".")[0]
+            extra = _EXTRAS[module]
+            return MissingExtraError(
+                f"{_EXTRA_USES[extra]} needs the optional module '{module}', which is not installed: "
+                f"pip install \"monai_vqbrain[{extra}]\" (from a checkout: pip install -e \".[{extra}]\")"
+            )
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _find_user_error(error: BaseException | None) -> BaseException | None:
     found = _find_input_error(error)
+    if found is None:
+        found = _missing_extra(error)
     return found if found is not None else _component_setting_error(error)
+
+
+def explain_missing_extras() -> None:
+    """Make an uncaught ``ModuleNotFoundError`` of an optional dependency one line naming the extra to install.
+
+    MONAI's own commands (``onnx_export``, ``ckpt_export``) run no ``initialize``, so :func:`install_error_hook`
+    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that
+    ``onnx_export`` without the ``onnx`` extra ends in ``error: ONNX export (onnx_export) needs the optional
+    module 'onnxscript', which is not installed: pip install "monai_vqbrain[onnx]" ...`` (exit status 1), not
+    in a traceback. Any other exception goes to the hook installed before, unchanged. Calling it again does nothing.
+    """
+    if _STATE.get("extras"):
+        return
+    previous_hook = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        missing = _missing_extra(error)
+        if missing is None or _STATE["traceback"] or os.environ.get("MONAI_VQBRAIN_TRACEBACK"):
+            previous_hook(kind, error, traceback)
+            return
+        print(f"error: {missing}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(missing.exit_code)
+
+    sys.excepthook = hook
+    _STATE["extras"] = True
 
 
 def _find_input_error(error: BaseException | None) -> BaseException | None:
