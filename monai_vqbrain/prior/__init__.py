@@ -28,6 +28,7 @@ from .codes import (
 )
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
+    GENERATION_METRICS_KEYS,
     GeneratedSamples,
     GenerationReport,
     NearestTrainingSlices,
@@ -41,6 +42,7 @@ from .generate import (
     check_real_splits,
     decode_codes,
     generation_log_values,
+    generation_metrics_markdown,
     generation_summary,
     load_prior,
     plot_sample_grid,
@@ -84,6 +86,8 @@ from .trainer import (
 
 __all__ = [
     "check_real_splits",
+    "GENERATION_METRICS_KEYS",
+    "generation_metrics_markdown",
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
     "GeneratedSamples",
