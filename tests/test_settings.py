@@ -223,6 +223,24 @@ def test_an_output_folder_behind_a_dangling_link_is_refused_at_start_up(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
 
 
+def test_the_file_system_root_as_an_output_folder_is_refused_at_start_up(tmp_path):
+    # issue 25: --output_dir / was accepted and the run wrote /tensorboard/
+    error = user_error(OutputPathError, "output_dir '/' is the root of the file system", run_bundle, "training", TRAIN,
+                       bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"), output_dir="/")
+    assert str(error).endswith("choose a folder of its own, e.g. --output_dir /vqbrain_run.")
+    assert not Path("/tensorboard").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_generation_dir_that_is_the_checkpoint_folder_is_refused_at_start_up(tmp_path):
+    # issue 25: generation_dir equal to ckpt_dir dropped the samples among model.pt and prior.pt
+    models = tmp_path / "models"
+    models.mkdir()
+    user_error(OutputPathError, f"generation_dir '{models}' is ckpt_dir '{models}', whose checkpoints this run reads",
+               run_bundle, "generating", GENERATE, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               generation_dir=str(models))
+    assert list(models.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("run_id", "config", "key", "folder"),
     [
