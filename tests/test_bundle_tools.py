@@ -129,6 +129,44 @@ def test_monai_export_commands_with_their_defaults(trained_bundle, tmp_path):
         torch.testing.assert_close(torch.from_numpy(onnx_output), eager(images), rtol=1e-4, atol=1e-4)
 
 
+# runs `python -m monai.bundle <argv>` as on a machine without the onnx extra: importing onnxscript fails
+_WITHOUT_ONNXSCRIPT = textwrap.dedent(
+    """
+    import os, runpy, sys
+    import monai.bundle
+
+    class Missing:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "onnxscript":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, Missing())
+    sys.argv = [os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py"), *sys.argv[1:]]
+    runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+def test_onnx_export_without_the_onnx_extra_says_what_to_install(trained_bundle, tmp_path):
+    # issue 25: a raw "ModuleNotFoundError: No module named 'onnxscript'" traceback, with no word of the extra
+    checkpoint = trained_bundle / "models" / "model.pt"
+    network = [f"--network_def#{key}={json.dumps(value)}" for key, value in NETWORK.items()]
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ONNXSCRIPT, "onnx_export", "network_def", "--filepath",
+         str(tmp_path / "model.onnx"), "--ckpt_file", str(checkpoint), "--meta_file", META, "--config_file", TRAIN,
+         *network],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MONAI_VQBRAIN_TRACEBACK": "", "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: ONNX export (onnx_export) needs the optional module 'onnxscript', which is not installed: "
+        'pip install "monai_vqbrain[onnx]" (from a checkout: pip install -e ".[onnx]")'
+    )
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_old_layout_checkpoint_loads_with_one_line_and_converts(trained_bundle, tmp_path, caplog):
     from monai_vqbrain.utils import CONVERT_COMMAND, file_sha256, read_model_metadata
     from monai_vqbrain.utils.convert_checkpoint import main as convert

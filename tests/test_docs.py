@@ -188,3 +188,24 @@ def test_changelog_page_and_metadata_tell_the_same_story():
     for version, summary in metadata["changelog"].items():
         assert entries[version] == " ".join(summary.split()), f"changelog {version} differs from metadata.json"
     assert next(iter(entries)) == metadata["version"], "the newest entry is the current version"
+
+
+def test_every_page_saying_a_checkpoint_cannot_run_code_says_what_can():
+    # issue 25: the README, the model card and the guides said a checkpoint "cannot run code", and nothing said that
+    # configs and command-line overrides can (MONAI evaluates their "$" values as Python, by design)
+    guarantees = (DOCS / "guarantees.md").read_text(encoding="utf-8")
+    section = guarantees.split("## Trust and security", 1)[1].split("\n## ", 1)[0]
+    for phrase in ("What is evaluated as code", "What is never executed", "Run only from a trusted source",
+                   "weights_only=True", "--output_dir", "eval"):
+        assert phrase in section, phrase
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        if "cannot run code" in text:
+            assert "trust-and-security" in text, f"{path.name} says a checkpoint cannot run code without the link"
+    assert "trust-and-security" in README.read_text(encoding="utf-8")
+
+
+def test_the_guarantees_say_what_sigterm_and_links_outside_the_data_set_get():
+    guarantees = (DOCS / "guarantees.md").read_text(encoding="utf-8")
+    assert "terminated (SIGTERM) at epoch 3; resume with" in guarantees and "| `143` |" in guarantees
+    assert "lie outside the data folder" in guarantees

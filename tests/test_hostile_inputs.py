@@ -152,3 +152,58 @@ def test_nifti_items_hold_no_pixels_and_load_the_slices_they_name(nifti_root):
     full_size = [item for item in load_nifti_slices(files) if item["name"] == dataset.data[0]["name"]]
     expected = get_slice_transforms(16, load_from_file=False)(full_size[0])["image"]
     torch.testing.assert_close(dataset[0]["image"], expected)
+
+
+# ------------------------------------------------------------------------------------- links in a data set (issue 25)
+def _png_copy(oasis_png_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "keras_png_slices_data"
+    shutil.copytree(oasis_png_root, root)
+    return root
+
+
+def test_a_data_set_link_to_a_bad_file_is_named_by_its_entry_and_its_target(oasis_png_root, tmp_path):
+    from monai_vqbrain.data import get_datalist
+
+    root = _png_copy(oasis_png_root, tmp_path)
+    entry = root / "keras_png_slices_train" / "zz.nii.png"
+    entry.symlink_to("/etc/passwd")
+    with pytest.raises(ImageFileError) as caught:
+        get_datalist(str(root), "train")
+    # the entry the user can remove, then where it leads (before: "'/etc/passwd' is not a readable image")
+    assert str(caught.value).startswith(f"'{entry}' (a symbolic link to '/etc/passwd') is not a readable image")
+
+
+def test_data_set_links_that_lead_outside_it_are_read_with_one_warning(oasis_png_root, tmp_path, caplog):
+    from monai_vqbrain.data import get_datalist
+
+    root = _png_copy(oasis_png_root, tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = outside / "case_009_slice_0.nii.png"
+    shutil.copy(root / "keras_png_slices_train" / "case_001_slice_0.nii.png", target)
+    entry = root / "keras_png_slices_train" / "case_009_slice_0.nii.png"
+    entry.symlink_to(target)
+    inside = root / "keras_png_slices_train" / "case_009_slice_1.nii.png"
+    inside.symlink_to(root / "keras_png_slices_train" / "case_001_slice_1.nii.png")  # inside: no warning for it
+    with caplog.at_level("WARNING", logger="monai_vqbrain"):
+        items = get_datalist(str(root), "train")
+    assert {"image": str(entry), "name": entry.name} in items and {"image": str(inside), "name": inside.name} in items
+    warnings = [r.getMessage() for r in caplog.records if "outside the data folder" in r.getMessage()]
+    assert warnings == [
+        f"1 file(s) of the train split lie outside the data folder '{root.resolve()}' through symbolic links "
+        f"(e.g. '{entry}' -> '{target.resolve()}'); they are read as data: remove the links if that is not meant."
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_vqbrain"):
+        get_datalist(str(root), "validate")
+    assert not [r for r in caplog.records if "outside the data folder" in r.getMessage()]
+
+
+def test_a_volume_link_in_a_nifti_data_set_is_listed_by_its_entry(nifti_root, tmp_path, caplog):
+    from monai_vqbrain.data.nifti import find_volume_files
+
+    root = tmp_path / "nifti"
+    shutil.copytree(nifti_root, root)
+    entry = root / "linked_T1.nii.gz"
+    entry.symlink_to(root / NIFTI_FILES[0])
+    assert entry.absolute() in find_volume_files(root)

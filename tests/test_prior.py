@@ -24,10 +24,12 @@ from monai_vqbrain.data import get_dataset, load_nifti_slices
 from monai_vqbrain.errors import CheckpointError, DatasetError, OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (
+    GENERATION_METRICS_KEYS,
     CodeAccuracyMetric,
     CodeDataset,
     CodeNLLMetric,
     GenerationQuality,
+    GenerationReport,
     PriorPrepareBatch,
     SlicePositionLabels,
     bootstrap_frechet_interval,
@@ -110,7 +112,7 @@ METRIC_KEYS = (
 # generation_metrics.json's entries in their order, as the monolithic generator before the workflow wrote them
 REPORT_KEYS = (
     "num_samples", "seed", "temperature", "image_size", "code_size", "sample_files", "sample_class_labels",
-    "sampling_seconds", "prior_checkpoint", "vqvae_checkpoint", "prior_best_epoch", "prior_val_bits_per_code",
+    "sampling_seconds", "prior_checkpoint", "vqvae_checkpoint", "metrics_status", "prior_best_epoch", "prior_val_bits_per_code",
     "prior_val_accuracy", "prior_uniform_bits_per_code", "prior_conditioning", "num_train_images", "num_test_images",
     "num_test_subset_images", "fd_feature_space", "fd_generated_vs_test", "fd_generated_vs_test_ci95",
     "fd_train_vs_test", "fd_train_subset_vs_test", "fd_reconstructed_test_vs_test", "diversity_ssim_generated",
@@ -415,6 +417,33 @@ def test_generating_writes_samples_grid_and_metrics(generated):
     assert metrics["classifier"]["enabled"] and metrics["classifier"]["num_test_pool_images"] == 8
     assert metrics["classifier_auc_generated_vs_test"] is None and len(metrics["classifier_notes"]) == 3
     assert all(re.search("too few images for 5-fold|fewer than the 5 folds", n) for n in metrics["classifier_notes"])
+    # not measured is null, not 0 images beside a note that counts them (issue 25)
+    assert metrics["classifier_images_per_side_generated_vs_test"] is None
+    # every key the run wrote is documented, from the one description the docs' table is generated from
+    assert [key for key in metrics if key not in GENERATION_METRICS_KEYS] == []
+    assert metrics["metrics_status"] == "measured"
+
+
+def test_a_report_written_before_the_metrics_says_they_are_pending(tmp_path):
+    # issue 25: a run killed while measuring left a file that read like a --generation_metrics false run
+    samples = SimpleNamespace(names=["sample_000.png"], labels=None, seconds=1.0)
+    run = {"seed": 0, "temperature": 1.0, "image_size": 32, "prior_checkpoint": "p.pt", "vqvae_checkpoint": "m.pt"}
+    for metrics, status in ((True, "pending: the run stopped before the metrics were written; run it again"),
+                            (False, "not measured (--generation_metrics false)")):
+        engine = SimpleNamespace(state=SimpleNamespace(metrics={}, output=None))
+        GenerationReport(samples, {}, tmp_path, run, [8, 8], metrics=metrics)(engine)
+        report = json.loads((tmp_path / "generation_metrics.json").read_text())
+        assert report["metrics_status"] == status
+        assert [key for key in report if key not in GENERATION_METRICS_KEYS] == []
+
+
+def test_the_generation_metrics_reference_is_generated_from_the_key_descriptions():
+    from monai_vqbrain.prior import generation_metrics_markdown
+
+    table = generation_metrics_markdown()
+    for key in ("memorisation_ssim_test_mean", "fd_train_subset_vs_test", "code_size", "classifier_images_per_side_train_vs_test"):
+        assert f"| `{key}` | {GENERATION_METRICS_KEYS[key]} |" in table
+    assert all(text.strip() for text in GENERATION_METRICS_KEYS.values())
 
 
 def slice_items(cases: range, slices: int) -> list[dict]:
@@ -634,6 +663,7 @@ def test_generating_draws_the_priors_samples_whatever_the_batch_size(prior_root,
     for out in runs:
         report = json.loads((out / "generation_metrics.json").read_text())
         assert tuple(report) == SAMPLING_REPORT_KEYS and report["sample_class_labels"] == labels.tolist()
+        assert report["metrics_status"] == "not measured (--generation_metrics false)"
         for index in range(5):
             volume = nib.load(out / f"sample_{index:03d}.nii.gz").get_fdata(dtype=np.float32)[:, :, 0]
             np.testing.assert_allclose(np.rot90(volume), expected[index], atol=1e-6)
@@ -691,6 +721,25 @@ def test_generation_summary_is_one_line_of_headline_metrics():
 def test_generating_without_prior_is_a_clear_error(trained_bundle, demo_root, tmp_path):
     copy_models(trained_bundle, tmp_path)
     user_error(CheckpointError, "train the prior first", generate, tmp_path, demo_root)
+
+
+@pytest.mark.parametrize("kind", ["folder", "device", "dangling link"])
+def test_a_checkpoint_path_that_is_no_regular_file_is_named_as_such_not_as_missing(tmp_path, kind):
+    # issue 25: --prior_checkpoint <a folder> or /dev/zero said "does not exist; train the prior first"
+    from monai_vqbrain.prior import load_vqvae, read_prior_settings, vqvae_fingerprint
+    from monai_vqbrain.utils import load_checkpoint
+
+    if kind == "folder":
+        path, expected = tmp_path, "is a folder; expected the checkpoint file itself"
+    elif kind == "device":
+        path, expected = Path("/dev/zero"), "is not a regular file (a FIFO, socket or device)"
+    else:
+        path, expected = tmp_path / "prior.pt", "is a symbolic link to"
+        path.symlink_to(tmp_path / "gone.pt")
+    for load in (read_prior_settings, vqvae_fingerprint, load_checkpoint,
+                 lambda p: load_vqvae(VQVAE(spatial_dims=2, in_channels=1, out_channels=1, **TINY_NETWORK), p)):
+        error = user_error(CheckpointError, expected, load, path)
+        assert "train" not in str(error) and f"'{path}'" in str(error)
 
 
 def test_generating_with_checkpoint_of_another_architecture_is_clear(prior_root, demo_root, tmp_path):

@@ -166,6 +166,31 @@ def test_ctrl_c_prints_one_line_and_the_resume_log_names_the_epoch_once(demo_roo
     assert any("to train the prior" in line and "run training_prior" in line for line in output.splitlines())
 
 
+# as _CTRL_C, but the process gets SIGTERM (what `timeout`, `docker stop` and Slurm send) at the n-th optimizer step
+_SIGTERM = _CTRL_C.replace("raise KeyboardInterrupt", "os.kill(os.getpid(), signal.SIGTERM)").replace(
+    "import os, runpy, sys", "import os, runpy, signal, sys"
+)
+
+
+def test_sigterm_is_handled_as_ctrl_c_one_line_resume_hint_locks_and_temporary_files_cleaned(demo_root, tmp_path):
+    # issue 25: SIGTERM exited 143 with no line, and left the lock files for the next run to clean
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MONAI_VQBRAIN_TRACEBACK": ""}
+    terminated = subprocess.run([sys.executable, "-c", _SIGTERM, "6", *_bundle_command(tmp_path, demo_root, max_epochs=3)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    output = terminated.stdout + terminated.stderr
+    assert terminated.returncode == 143, output[-3000:]  # 128 + SIGTERM, as a shell reports it
+    assert terminated.stderr.strip().splitlines()[-1] == "terminated (SIGTERM) at epoch 2; resume with `--resume true`"
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert "terminating due to exception" not in output, output[-3000:]
+    left = sorted(p.name for p in tmp_path.rglob(".*") if p.is_file())
+    assert left == [], left  # no .vqbrain.lock, no .<name>.<random>.pt
+    resumed = subprocess.run([sys.executable, "-m", "monai.bundle",
+                              *_bundle_command(tmp_path, demo_root, max_epochs=3, resume=True)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert "taking over the stale lock" not in resumed.stdout + resumed.stderr
+
+
 def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(demo_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MONAI_VQBRAIN_TRACEBACK": ""}
     interrupted = subprocess.run([sys.executable, "-c", _CTRL_C, "2", *_bundle_command(tmp_path, demo_root)],

@@ -41,6 +41,10 @@ MONAI_MAIN = str(REPO_ROOT / "site-packages" / "monai" / "bundle" / "__main__.py
         (TRAIN, "slice_range", [0.8, 0.2], "0 <= start < stop <= 1"),
         (TRAIN, "cache_rate", 2.0, "in [0.0, 1.0]"),
         (GENERATE, "num_samples", 0, "integer >= 1"),
+        # hostile values (issue 25): a count that would fill the memory, seeds beyond what the generators take
+        (GENERATE, "num_samples", 1_000_000_000, "at most max_num_samples (10000)"),
+        (GENERATE, "sample_seed", 99999999999999999999, "integer in [0, 4294967295]"),
+        (TRAIN, "seed", 2**40, "integer in [0, 4294967295]"),
         (GENERATE, "temperature", math.nan, "finite number >= 0"),
         (GENERATE, "generation_classifier", "perhaps", "true or false"),
         (GENERATE, "generation_real_images", 0, "integer >= 1"),
@@ -217,6 +221,24 @@ def test_an_output_folder_behind_a_dangling_link_is_refused_at_start_up(tmp_path
                    f"a symbolic link to '{tmp_path / 'nowhere'}', which does not exist", run_bundle, "training", TRAIN,
                    bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"), **{key: str(tmp_path / "link" / "run")})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
+def test_the_file_system_root_as_an_output_folder_is_refused_at_start_up(tmp_path):
+    # issue 25: --output_dir / was accepted and the run wrote /tensorboard/
+    error = user_error(OutputPathError, "output_dir '/' is the root of the file system", run_bundle, "training", TRAIN,
+                       bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"), output_dir="/")
+    assert str(error).endswith("choose a folder of its own, e.g. --output_dir /vqbrain_run.")
+    assert not Path("/tensorboard").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_generation_dir_that_is_the_checkpoint_folder_is_refused_at_start_up(tmp_path):
+    # issue 25: generation_dir equal to ckpt_dir dropped the samples among model.pt and prior.pt
+    models = tmp_path / "models"
+    models.mkdir()
+    user_error(OutputPathError, f"generation_dir '{models}' is ckpt_dir '{models}', whose checkpoints this run reads",
+               run_bundle, "generating", GENERATE, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "not_read"),
+               generation_dir=str(models))
+    assert list(models.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -188,11 +188,33 @@ def get_datalist(
     root = resolve_dataset_dir(dataset_dir)
     found_format = detect_dataset_format(root) if dataset_format == "auto" else dataset_format
     if found_format == "png":
-        return list_oasis_png_split(root, split, max_items, max_image_pixels, min_slice_size)
-    return _nifti_items(
-        root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-        max_volume_voxels, min_slice_size, max_image_pixels,
-    )
+        items = list_oasis_png_split(root, split, max_items, max_image_pixels, min_slice_size)
+    else:
+        items = _nifti_items(
+            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
+            max_volume_voxels, min_slice_size, max_image_pixels,
+        )
+    _warn_outside_links(root, split, items)
+    return items
+
+
+def _warn_outside_links(root: Path, split: str, items: Sequence[Mapping]) -> None:
+    """Say, in one warning line, that files of a split lie outside the data folder through symbolic links.
+
+    They are read as data like the others (a data set of links into a shared store is a way to select a subset),
+    but a user who did not make them should know the run reads files outside ``dataset_dir``.
+    """
+    outside, root = [], root.resolve()
+    for file in dict.fromkeys(str(item["image"]) for item in items):
+        target = Path(file).resolve()
+        if not target.is_relative_to(root):
+            outside.append((file, target))
+    if outside:
+        file, target = outside[0]
+        logger.warning(
+            f"{len(outside)} file(s) of the {split} split lie outside the data folder '{root}' through symbolic links "
+            f"(e.g. '{file}' -> '{target}'); they are read as data: remove the links if that is not meant."
+        )
 
 
 def dataset_record(dataset_dir: str | os.PathLike, splits: Mapping[str, Sequence[Mapping]]) -> dict:

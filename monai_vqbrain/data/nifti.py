@@ -148,7 +148,8 @@ def find_volume_files(root: str | os.PathLike) -> list[Path]:
             raise ImageFileError(
                 f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
             )
-        files.append(path.resolve())
+        # the entry, not its link target: a message must name the entry the user can remove or mend
+        files.append(path.parent.resolve() / path.name)
     return sorted(files)
 
 

@@ -148,7 +148,9 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
         raise DatasetError(
             f"split folder '{folder}' holds no PNG images; expected files named like case_001_slice_0.nii.png"
         )
-    return [(folder / name).resolve() for name in sorted(names, key=_png_sort_key)]
+    # the entries, not their link targets: a message must name the entry the user can remove or mend
+    folder = folder.resolve()
+    return [folder / name for name in sorted(names, key=_png_sort_key)]
 
 
 # PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
@@ -228,6 +230,13 @@ def png_declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
     return width, height
 
 
+def _named(path: str | os.PathLike) -> str:
+    """A file as a message names it: the entry, and for a symbolic link the file it points to."""
+    if Path(path).is_symlink():
+        return f"'{path}' (a symbolic link to '{os.readlink(path)}')"
+    return f"'{path}'"
+
+
 def check_png_file(
     path: str | os.PathLike,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
@@ -273,9 +282,11 @@ def check_png_file(
     except ImageFileError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as err:
-        raise ImageFileError(f"'{path}' is not a readable image ({err}); expected a 2D grey or RGB PNG slice") from err
+        raise ImageFileError(
+            f"{_named(path)} is not a readable image ({err}); expected a 2D grey or RGB PNG slice"
+        ) from err
     if problem is not None:
-        raise ImageFileError(f"'{path}' is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
+        raise ImageFileError(f"{_named(path)} is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
     if width < 1 or height < 1:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
     if mode not in _SUPPORTED_MODES:

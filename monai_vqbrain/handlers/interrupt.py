@@ -20,13 +20,17 @@ class _MisleadingEngineLines(logging.Filter):
     "Engine run resuming from iteration 0, epoch N" (the trainer's start as epoch 0 even when
     :class:`~monai_vqbrain.handlers.TrainingCheckpointLoader` then resumes it at epoch 4, and each validation as a
     resumption); and on Ctrl-C ignite logs "Engine run is terminating due to exception: " with the empty message of a
-    ``KeyboardInterrupt``, before :class:`InterruptHandler`'s own line.
+    ``KeyboardInterrupt`` (or "interrupted", a validator's interrupt reaching the trainer), before
+    :class:`InterruptHandler`'s own line.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         fresh_start = message.startswith("Engine run resuming from iteration 0, ")
-        return not (fresh_start or message == "Engine run is terminating due to exception: ")
+        prefix = "Engine run is terminating due to exception: "
+        # the KeyboardInterrupt's empty message, or a validator's RunInterrupted on its way to the trainer
+        interrupt = message.startswith(prefix) and message[len(prefix) :] in ("", str(RunInterrupted()))
+        return not (fresh_start or interrupt)
 
 
 _FILTER = _MisleadingEngineLines()

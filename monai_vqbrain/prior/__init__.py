@@ -29,6 +29,7 @@ from .codes import (
 )
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves
 from .generate import (
+    GENERATION_METRICS_KEYS,
     GeneratedSamples,
     GenerationReport,
     NearestTrainingSlices,
@@ -42,6 +43,7 @@ from .generate import (
     check_real_splits,
     decode_codes,
     generation_log_values,
+    generation_metrics_markdown,
     generation_summary,
     load_prior,
     plot_sample_grid,
@@ -87,6 +89,8 @@ from .trainer import (
 
 __all__ = [
     "check_real_splits",
+    "GENERATION_METRICS_KEYS",
+    "generation_metrics_markdown",
     "CONDITIONINGS",
     "PRIOR_CHECKPOINTS",
     "GeneratedSamples",

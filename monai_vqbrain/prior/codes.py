@@ -27,7 +27,13 @@ from ..data.nifti import list_nifti_volumes
 from ..data.oasis import canonical_split, find_png_files, png_split_folder
 from ..engines.precision import autocast
 from ..errors import CheckpointError, DatasetError
-from ..utils.checkpoint import file_sha256, load_checkpoint, load_network_weights, save_checkpoint
+from ..utils.checkpoint import (
+    check_checkpoint_file,
+    file_sha256,
+    load_checkpoint,
+    load_network_weights,
+    save_checkpoint,
+)
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 
@@ -89,9 +95,7 @@ def vqvae_fingerprint(path: str | os.PathLike) -> str:
     Raises:
         CheckpointError: when the checkpoint does not exist, saying how to train it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise _missing_vqvae_error(path)
+    path = check_checkpoint_file(path, str(_missing_vqvae_error(Path(path))), "VQ-VAE checkpoint")
     return file_sha256(path)
 
 
@@ -115,9 +119,7 @@ def load_vqvae(
     Raises:
         CheckpointError: when the checkpoint is missing, unreadable, of another network or another image size.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise _missing_vqvae_error(path)
+    path = check_checkpoint_file(checkpoint, str(_missing_vqvae_error(Path(checkpoint))), "VQ-VAE checkpoint")
     network = unwrap_network(network)
     if device is None:
         device = next(network.parameters()).device

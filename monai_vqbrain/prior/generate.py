@@ -40,6 +40,7 @@ from ..handlers.training_history import read_history
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.checkpoint import (
     DEFAULT_MAX_CHECKPOINT_BYTES,
+    check_checkpoint_file,
     check_finite_weights,
     check_state_dict_matches,
     checkpoint_byte_limit,
@@ -55,6 +56,7 @@ from .trainer import prior_network_settings
 __all__ = [
     "check_real_splits",
     "GeneratedSamples",
+    "GENERATION_METRICS_KEYS",
     "GenerationReport",
     "NearestTrainingSlices",
     "PriorSamplingInferer",
@@ -66,6 +68,7 @@ __all__ = [
     "SaveSampled",
     "decode_codes",
     "generation_log_values",
+    "generation_metrics_markdown",
     "generation_summary",
     "load_prior",
     "plot_sample_grid",
@@ -131,8 +134,8 @@ def _read_prior_checkpoint(
     ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
     of the configured prior, when there is one).
     """
-    if not path.is_file():
-        raise CheckpointError(f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}")
+    missing = f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}"
+    check_checkpoint_file(path, missing, "prior checkpoint")
     state, metadata = read_model(path, max_bytes=max_bytes)
     settings = metadata.get("network_settings")
     if not metadata:
@@ -729,6 +732,10 @@ class GeneratedSamples:
             earlier.unlink()
         self.images, self.names, self.labels, self.seconds = None, [], None, 0.0
         self._batches, self._labels = [], []
+        loader = getattr(engine, "data_loader", None)
+        count, batch = len(getattr(loader, "dataset", []) or []), getattr(loader, "batch_size", None)
+        if count:
+            logger.info(f"sampling {count} brains" + (f" in batches of {batch}" if batch else ""))
 
     def _iteration_started(self, engine: Engine) -> None:
         self._started = time.perf_counter()
@@ -794,6 +801,108 @@ class SampleGrid:
         plot_sample_grid(images[shown], self.output_dir / "grid.png", titles, heading=heading)
 
 
+def _classifier_keys() -> dict[str, str]:
+    """The ``classifier_*`` keys of the three comparisons of :class:`~monai_vqbrain.prior.GenerationQuality`."""
+    comparisons = {
+        "generated_vs_test": "generated vs real test slices: the realism measure",
+        "train_vs_test": "real training vs real test slices (different subjects): what two real sets score",
+        "reconstructed_vs_test": (
+            "VQ-VAE reconstructions of half of the test subjects vs real slices of the other half: the best a perfect "
+            "prior could reach through this decoder"
+        ),
+    }
+    keys: dict[str, str] = {}
+    for name, meaning in comparisons.items():
+        keys.update({
+            f"classifier_auc_{name}": f"classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds "
+            "(0.5: indistinguishable, 1: always told apart); null when not measured (see classifier_notes)",
+            f"classifier_auc_{name}_std": "standard deviation of that AUC over the folds",
+            f"classifier_auc_{name}_ci95": "95% interval of that AUC (Student t over the folds, clipped to [0, 1])",
+            f"classifier_auc_{name}_folds": "that AUC in each fold",
+            f"classifier_dprime_{name}": f"d′ of the same test, {meaning}: the gap between the classifier's mean "
+            "held-out scores of the two sets over their pooled standard deviation, averaged over the folds (0: "
+            "indistinguishable); on a few dozen images a side its interval is wide and it means little",
+            f"classifier_dprime_{name}_ci95": "95% interval of that d′",
+            f"classifier_images_per_side_{name}": "images on each side of that test (at most num_samples); null "
+            "when it was not measured",
+        })
+    return keys
+
+
+#: every key of ``generation_metrics.json`` with what it holds: the one description of the file, from which the
+#: documentation's table is generated (``docs/hooks/generation_metrics.py``); a test fails for a key a run writes
+#: that is not here. Keys after ``metrics_status`` are written only when the metrics were measured.
+GENERATION_METRICS_KEYS: dict[str, str] = {
+    # the samples and the run (GenerationReport)
+    "num_samples": "images generated",
+    "seed": "the sampler's seed (sample_seed)",
+    "temperature": "sampling temperature (0: greedy)",
+    "image_size": "side of the generated images in pixels",
+    "code_size": "size of the code maps sampled, [height, width]",
+    "sample_files": "the samples' PNG files in generation_dir (each has a .nii.gz beside it)",
+    "sample_class_labels": "each sample's slice-position bin (null for an unconditioned prior)",
+    "sampling_seconds": "time spent sampling and decoding, in seconds",
+    "prior_checkpoint": "the prior's checkpoint sampled from",
+    "vqvae_checkpoint": "the VQ-VAE checkpoint that decoded the codes",
+    "metrics_status": "measured; not measured (--generation_metrics false); or pending, in a file whose run stopped "
+    "before its metrics were written",
+    # the prior's own results (prior_summary)
+    "prior_best_epoch": "the epoch of the prior's best checkpoint",
+    "prior_val_bits_per_code": "the prior's validation loss at that epoch, in bits per code (lower is better)",
+    "prior_val_accuracy": "the prior's validation accuracy at that epoch: the share of codes it ranks first",
+    "prior_uniform_bits_per_code": "bits per code of a uniform guess over the codebook (log2 of its size): the "
+    "baseline prior_val_bits_per_code is to beat",
+    "prior_conditioning": "the prior's conditioning (none, slice_position)",
+    # the quality metrics (GenerationQuality)
+    "num_train_images": "training slices the memorisation search and the FD reference used",
+    "num_test_images": "real test slices the metrics used",
+    "num_test_subset_images": "real test slices (evenly spaced, at most num_samples) of the diversity and "
+    "memorisation references",
+    "fd_feature_space": "the feature space of the Fréchet distances and of precision and recall",
+    "fd_generated_vs_test": "Fréchet distance between generated and real test slices (lower is better)",
+    "fd_generated_vs_test_ci95": "its 95% percentile-bootstrap interval",
+    "fd_train_vs_test": "reference: Fréchet distance between all training and test slices",
+    "fd_train_subset_vs_test": "reference: the same for as many training slices as samples (the fair comparison: "
+    "the estimate grows as the count shrinks)",
+    "fd_reconstructed_test_vs_test": "floor: Fréchet distance between the VQ-VAE's reconstructions of the test "
+    "slices and the slices",
+    "diversity_ssim_generated": "mean SSIM over pairs of samples (much higher than the test's: the samples vary less)",
+    "diversity_ssim_generated_ci95": "its 95% bootstrap interval",
+    "diversity_ssim_test": "reference: mean pairwise SSIM among the test subset",
+    "diversity_ssim_reconstructed_test": "reference: mean pairwise SSIM among the test subset's reconstructions",
+    "memorisation_ssim_mean": "mean over non-blank samples of each one's SSIM to its most similar training slice",
+    "memorisation_ssim_mean_ci95": "its 95% bootstrap interval",
+    "memorisation_ssim_max": "the highest of those SSIMs: the closest sample to a training slice",
+    "memorisation_ssim_test_mean": "reference: the same mean for the test subset (unseen real slices)",
+    "memorisation_ssim_reconstructed_test_mean": "reference: the same mean for the test subset's reconstructions, "
+    "as blurred as samples can be (samples far above it are suspect copies)",
+    "memorisation_candidates": "training slices nearest by pixel distance that SSIM rescored for each sample",
+    "blank_samples": "samples with less than 1% of their pixels in the foreground, left out of the memorisation "
+    "entries",
+    "memorisation_per_sample": "each sample's nearest training slice, its SSIM and whether the sample is blank",
+    "precision_recall_k": "the neighbour k defining the k-NN manifolds of precision and recall",
+    "precision_generated": "share of samples inside the real test slices' k-NN manifold (do samples look real)",
+    "recall_generated": "share of real test slices inside the samples' manifold (do the samples cover the variety)",
+    "precision_generated_ci95": "95% bootstrap interval of precision_generated",
+    "recall_generated_ci95": "95% bootstrap interval of recall_generated",
+    "precision_train_subset": "reference: precision of as many training slices as samples",
+    "recall_train_subset": "reference: recall of as many training slices as samples",
+    "foreground_fraction_generated": "share of the samples' pixels above 0.05 (brain)",
+    "foreground_fraction_test": "the same share for the real test slices",
+    "classifier": "the classifier tests' settings: enabled, folds, epochs, seed, the real pools' sizes, the interval "
+    "method and the seconds they took",
+    **_classifier_keys(),
+    "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",
+}
+
+
+def generation_metrics_markdown() -> str:
+    """The documentation's table of every key of ``generation_metrics.json`` (:data:`GENERATION_METRICS_KEYS`)."""
+    lines = ["| key | what it holds |", "| --- | --- |"]
+    lines += [f"| `{key}` | {text.replace('|', chr(92) + '|')} |" for key, text in GENERATION_METRICS_KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
 class GenerationReport:
     """Write ``generation_metrics.json`` when an engine's epoch completes, and make its numbers the engine's metrics.
 
@@ -811,6 +920,9 @@ class GenerationReport:
         code_size: the code maps' size.
         history_file: the prior's training history (for the validation accuracy at its best epoch).
         metric_name: the name of the quality metric in ``state.metrics``.
+        metrics: whether the quality metrics follow the sampler (``generation_metrics``): the sampler's report
+            then says ``"metrics_status": "pending ..."`` until the metrics evaluator's replaces it, so a run
+            stopped while measuring leaves a file that says so.
     """
 
     def __init__(
@@ -822,6 +934,7 @@ class GenerationReport:
         code_size: Sequence[int],
         history_file: str | os.PathLike | None = None,
         metric_name: str = "generation",
+        metrics: bool = False,
     ) -> None:
         self.samples = samples
         self.metadata = metadata
@@ -830,6 +943,7 @@ class GenerationReport:
         self.code_size = [int(s) for s in code_size]
         self.history_file = history_file
         self.metric_name = metric_name
+        self.metrics = as_bool(metrics, "metrics")
 
     def attach(self, engine: Engine) -> None:
         """Attach to the sampler or the metrics evaluator (after its quality metric, before tracking handlers)."""
@@ -849,9 +963,14 @@ class GenerationReport:
             "sampling_seconds": self.samples.seconds,
             "prior_checkpoint": str(self.run["prior_checkpoint"]),
             "vqvae_checkpoint": str(self.run["vqvae_checkpoint"]),
+            "metrics_status": "not measured (--generation_metrics false)",
             **prior_summary(self.metadata, self.history_file),
         }
         quality = engine.state.metrics.get(self.metric_name)
+        if isinstance(quality, Mapping):
+            report["metrics_status"] = "measured"
+        elif self.metrics:
+            report["metrics_status"] = "pending: the run stopped before the metrics were written; run it again"
         if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
             report.update({k: v for k, v in quality.items() if k != "num_samples"})
         path = self.output_dir / "generation_metrics.json"

@@ -470,7 +470,7 @@ def _classifier_entries(comparison: str, result: dict[str, Any] | None) -> dict[
     prefix, separation = f"classifier_auc_{comparison}", f"classifier_dprime_{comparison}"
     if result is None:
         return {prefix: None, f"{prefix}_std": None, f"{prefix}_ci95": None, f"{prefix}_folds": None,
-                separation: None, f"{separation}_ci95": None, f"classifier_images_per_side_{comparison}": 0}
+                separation: None, f"{separation}_ci95": None, f"classifier_images_per_side_{comparison}": None}
     return {
         prefix: result["auc"],
         f"{prefix}_std": result["auc_std"],

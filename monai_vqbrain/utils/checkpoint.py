@@ -116,6 +116,37 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwri
     return Path(path)
 
 
+def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, name: str = "checkpoint") -> Path:
+    """Refuse a checkpoint path that is not a regular file, naming it and saying what it is instead.
+
+    A missing file gets ``missing`` (how to make the file); a folder, a FIFO, a socket, a device (``/dev/zero``) or a
+    link to nothing gets a message saying so, not that it is missing.
+
+    Args:
+        path: the checkpoint's path.
+        missing: the message for a path where nothing exists; None says to train first.
+        name: what the file is, as the messages name it (``prior checkpoint``).
+
+    Returns:
+        The path.
+
+    Raises:
+        CheckpointError: naming the path when it is not a regular file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(
+            f"{name} '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; mend the link or "
+            f"pass the checkpoint's own path."
+        )
+    if not path.exists():
+        raise CheckpointError(missing or f"{name} '{path}' does not exist; train first or pass the right path.")
+    kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+    raise CheckpointError(f"{name} '{path}' is {kind}; expected the checkpoint file itself (a .pt or .safetensors file).")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -135,9 +166,7 @@ def load_checkpoint(
     Raises:
         CheckpointError: naming the file, when it is missing, too large, unreadable, unsafe or not a dictionary.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist; train first or pass the right path.")
+    path = check_checkpoint_file(path)
     check_checkpoint_size(path, max_bytes)
     if path.suffix == ".safetensors":
         from safetensors import safe_open

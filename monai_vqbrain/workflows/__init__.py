@@ -1,6 +1,6 @@
 """Workflow glue the bundle configs call: setting and input checks, clean error reporting, run metadata."""
 
-from .cli_errors import install_error_hook
+from .cli_errors import explain_missing_extras, install_error_hook
 from .keys import config_override_keys, reference_markdown
 from .next_steps import log_next_steps, next_step_commands
 from .run_checks import (
@@ -35,6 +35,7 @@ __all__ = [
     "config_override_keys",
     "command_line_overrides",
     "config_bundle_root",
+    "explain_missing_extras",
     "print_settings",
     "reference_markdown",
     "executed_config_file",

@@ -11,7 +11,9 @@ Exit statuses of a bundle run (``python -m monai.bundle run ...``):
 * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
   ``--allow_skipped true``;
 * 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
-  ``interrupted at epoch N; resume with `--resume true```.
+  ``interrupted at epoch N; resume with `--resume true```;
+* 143: stopped by SIGTERM (``timeout``, ``docker stop``, Slurm), handled as Ctrl-C is (the same cleanup: output
+  locks released, temporary files removed): ``terminated (SIGTERM) at epoch N; resume with `--resume true```.
 
 Any other exception is a bug and keeps Python's traceback.
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from ..errors import RunInterrupted, SettingError, VQBrainError
 from ..utils.flags import as_bool
@@ -93,9 +97,62 @@ def _find_interrupt(error: BaseException | None) -> RunInterrupted | None:
     return None
 
 
+#: optional dependencies -> the extra of the package that installs them (``pyproject.toml``)
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "mlflow": "mlflow"}
+_EXTRA_USES = {"onnx": "ONNX export (onnx_export)", "mlflow": "MLflow tracking (--tracking mlflow)"}
+
+
+class MissingExtraError(VQBrainError):
+    """A feature needs an optional dependency that is not installed: an extra of the package names it."""
+
+
+def _missing_extra(error: BaseException | None) -> MissingExtraError | None:
+    """The one-line error for a ``ModuleNotFoundError`` of an optional dependency in an exception's chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _EXTRAS:
+            module = (error.name or "").split(".")[0]
+            extra = _EXTRAS[module]
+            return MissingExtraError(
+                f"{_EXTRA_USES[extra]} needs the optional module '{module}', which is not installed: "
+                f"pip install \"monai_vqbrain[{extra}]\" (from a checkout: pip install -e \".[{extra}]\")"
+            )
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _find_user_error(error: BaseException | None) -> BaseException | None:
     found = _find_input_error(error)
+    if found is None:
+        found = _missing_extra(error)
     return found if found is not None else _component_setting_error(error)
+
+
+def explain_missing_extras() -> None:
+    """Make an uncaught ``ModuleNotFoundError`` of an optional dependency one line naming the extra to install.
+
+    MONAI's own commands (``onnx_export``, ``ckpt_export``) run no ``initialize``, so :func:`install_error_hook`
+    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that
+    ``onnx_export`` without the ``onnx`` extra ends in ``error: ONNX export (onnx_export) needs the optional
+    module 'onnxscript', which is not installed: pip install "monai_vqbrain[onnx]" ...`` (exit status 1), not
+    in a traceback. Any other exception goes to the hook installed before, unchanged. Calling it again does nothing.
+    """
+    if _STATE.get("extras"):
+        return
+    previous_hook = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        missing = _missing_extra(error)
+        if missing is None or _STATE["traceback"] or os.environ.get("MONAI_VQBRAIN_TRACEBACK"):
+            previous_hook(kind, error, traceback)
+            return
+        print(f"error: {missing}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(missing.exit_code)
+
+    sys.excepthook = hook
+    _STATE["extras"] = True
 
 
 def _find_input_error(error: BaseException | None) -> BaseException | None:
@@ -126,7 +183,21 @@ def _one_line(error: BaseException) -> str:
 _MONAI_CONFIG_WARNING = r"parsing config_file .*: any `\"_target_\"` value in it is resolved to an importable callable"
 
 # one hook per process, whatever the number of calls: a config calls it before and after its base config's keys
-_STATE: dict = {"installed": False, "traceback": False, "config": None, "base_config": None}
+_STATE: dict = {"installed": False, "traceback": False, "config": None, "base_config": None, "signal": None}
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (``timeout``, ``docker stop``, Slurm) stops the run as Ctrl-C does: a ``KeyboardInterrupt`` here."""
+    _STATE["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _handle_sigterm() -> None:
+    """Handle SIGTERM like SIGINT, unless the process already handles it (a host program's own handler stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 def install_error_hook(debug: object = False, config: str | None = None, base_config: str | None = None) -> None:
@@ -134,8 +205,9 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
 
     Bundle configs call this first in ``initialize``. User errors are :class:`~monai_vqbrain.errors.VQBrainError`
     (exit status ``exit_code``: 1, 2 for a bad setting, 3 for skipped inputs) and disk errors (full, read-only,
-    permission denied; status 1). Any other exception keeps Python's usual traceback. Calling it again updates the
-    settings of the one hook.
+    permission denied; status 1). Any other exception keeps Python's usual traceback. SIGTERM is handled as Ctrl-C
+    (one line, ``terminated (SIGTERM) ...``, exit status 143), unless the process had a SIGTERM handler of its own.
+    Calling it again updates the settings of the one hook.
 
     Args:
         debug: True (``--debug true``) keeps full tracebacks for user errors too, as does the environment
@@ -157,9 +229,14 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
                 error = RunInterrupted()  # Ctrl-C outside a training engine (loading data, evaluating ...)
             interrupted = _find_interrupt(error)
             if interrupted is not None and not _STATE["traceback"]:
-                print(str(interrupted), file=sys.stderr)  # not an error: what the user asked for
+                message, status = str(interrupted), interrupted.exit_code
+                if _STATE["signal"] == signal.SIGTERM:  # stopped as Ctrl-C stops it, and said so
+                    message, status = message.replace("interrupted", "terminated (SIGTERM)", 1), 128 + signal.SIGTERM
+                if sys.stderr.isatty():
+                    print(file=sys.stderr)  # not at the end of a progress bar's line
+                print(message, file=sys.stderr)  # not an error: what the user asked for
                 sys.stderr.flush()
-                raise SystemExit(interrupted.exit_code)
+                raise SystemExit(status)
             user_error = _find_user_error(error)
             if user_error is None or _STATE["traceback"]:
                 previous_hook(kind, error, traceback)
@@ -174,5 +251,6 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
         # the hook goes in first, so that a bad --debug value is itself reported in one line
         sys.excepthook = hook
         _STATE["installed"] = True
+        _handle_sigterm()
     _STATE["traceback"] = bool(os.environ.get("MONAI_VQBRAIN_TRACEBACK"))
     _STATE["traceback"] = _STATE["traceback"] or as_bool(debug, "debug")

@@ -86,6 +86,7 @@ def check_output_dirs(
     dirs: Mapping[str, str | os.PathLike],
     dataset_dir: str | os.PathLike | None = None,
     demo_dir: str | os.PathLike | None = None,
+    read_dirs: Mapping[str, str | os.PathLike] | None = None,
 ) -> None:
     """Check, before any work, that the run can write into each of its output folders, and none is its data folder.
 
@@ -101,9 +102,12 @@ def check_output_dirs(
         dataset_dir: the ``dataset_dir`` setting of a run that reads a dataset; None or ``""`` when it reads the
             demo data in ``demo_dir``.
         demo_dir: the ``demo_dir`` setting: the data folder when ``dataset_dir`` is not set.
+        read_dirs: setting name to a folder of checkpoints the run reads (``generating``'s ``ckpt_dir``): an output
+            folder may not be one of them, where its files would land among the checkpoints.
 
     Raises:
-        OutputPathError: naming the setting and the folder when it is equal to or inside the data folder.
+        OutputPathError: naming the setting and the folder when it is equal to or inside the data folder, is the
+            root of the file system, or is one of ``read_dirs``.
         OutputPathError: naming ``tracking_uri`` when it names an existing file that is not an SQLite database.
         OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file, a
             symbolic link to nothing, or is not writable (read-only file system, no permission).
@@ -122,6 +126,17 @@ def check_output_dirs(
                 f"{key} '{named}' {where} {data_key} '{data}', which this run reads: what it writes there would be "
                 f"read as data by later runs; choose another --{key}."
             )
+        if path == named and path.resolve() == Path(path.resolve().anchor):
+            raise OutputPathError(
+                f"{key} '{named}' is the root of the file system: the run would write its files and folders at the "
+                f"top of the disk; choose a folder of its own, e.g. --{key} {Path(path.anchor) / 'vqbrain_run'}."
+            )
+        for read_key, read in (read_dirs or {}).items():
+            if path.resolve() == Path(read).expanduser().absolute().resolve():
+                raise OutputPathError(
+                    f"{key} '{named}' is {read_key} '{read}', whose checkpoints this run reads: its files would land "
+                    f"among them; choose another --{key}."
+                )
         existing = path
         while not existing.exists() and existing != existing.parent:
             if existing.is_symlink():  # exists() follows links: this one points at nothing, and mkdir would fail

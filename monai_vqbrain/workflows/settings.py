@@ -100,8 +100,8 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
     """Check the settings that are only wrong together, before anything is loaded (after :func:`check_settings`).
 
     Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
-    training data, a training crop larger than the image, or a training run that would never validate (and so never
-    save ``model.pt``).
+    training data, a training crop larger than the image, a training run that would never validate (and so never
+    save ``model.pt``), or more samples than ``max_num_samples`` (each is kept in memory until the run ends).
 
     Args:
         settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
@@ -121,6 +121,13 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
         raise SettingError(
             f"train_crop_size must be at most image_size ({image}): the crop is taken from the resized image, "
             f"got {crop}; set it to {image} or less, or 0 to train on whole images."
+        )
+    count, most = settings.get("num_samples"), settings.get("max_num_samples")
+    if _is_int(count) and _is_int(most) and count > most:
+        raise SettingError(
+            f"num_samples must be at most max_num_samples ({most}), got {count!r}: every generated image is kept in "
+            f"memory until the run ends; pass --max_num_samples {count} if this machine has the memory, or generate "
+            f"in several runs with other --sample_seed values."
         )
     epochs, interval = settings.get(max_epochs_key) if max_epochs_key else None, settings.get("val_interval")
     if _is_int(epochs) and _is_int(interval) and interval > epochs:
