@@ -801,18 +801,21 @@ class SampleGrid:
         plot_sample_grid(images[shown], self.output_dir / "grid.png", titles, heading=heading)
 
 
+_COMPARISONS = {
+    "generated_vs_test": "generated vs real test slices: the realism measure",
+    "train_vs_test": "real training vs real test slices (different subjects): what two real sets score",
+    "reconstructed_vs_test": (
+        "VQ-VAE reconstructions of half of the test subjects vs real slices of the other half: the best a perfect "
+        "prior could reach through this decoder"
+    ),
+}
+"""The three comparisons of the two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality`."""
+
+
 def _classifier_keys() -> dict[str, str]:
-    """The ``classifier_*`` keys of the three comparisons of :class:`~monai_vqbrain.prior.GenerationQuality`."""
-    comparisons = {
-        "generated_vs_test": "generated vs real test slices: the realism measure",
-        "train_vs_test": "real training vs real test slices (different subjects): what two real sets score",
-        "reconstructed_vs_test": (
-            "VQ-VAE reconstructions of half of the test subjects vs real slices of the other half: the best a perfect "
-            "prior could reach through this decoder"
-        ),
-    }
+    """The ``classifier_*`` keys of the three comparisons."""
     keys: dict[str, str] = {}
-    for name, meaning in comparisons.items():
+    for name, meaning in _COMPARISONS.items():
         keys.update({
             f"classifier_auc_{name}": f"classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds "
             "(0.5: indistinguishable, 1: always told apart); null when not measured (see classifier_notes)",
@@ -825,6 +828,21 @@ def _classifier_keys() -> dict[str, str]:
             f"classifier_dprime_{name}_ci95": "95% interval of that d′",
             f"classifier_images_per_side_{name}": "images on each side of that test (at most num_samples); null "
             "when it was not measured",
+        })
+    return keys
+
+
+def _texture_keys() -> dict[str, str]:
+    """The ``texture_*`` keys of the three comparisons (:func:`~monai_vqbrain.prior.texture_two_sample_test`)."""
+    keys: dict[str, str] = {}
+    for name, meaning in _COMPARISONS.items():
+        keys.update({
+            f"texture_auc_{name}": f"texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic regression "
+            "on intensity, gradient and local-binary-pattern histograms inside the brain, same folds as the "
+            "classifier's; null when not measured",
+            f"texture_auc_{name}_ci95": "95% interval of that AUC (Student t over the folds, clipped to [0, 1])",
+            f"texture_dprime_{name}": "d′ of the same texture test (0: indistinguishable)",
+            f"texture_dprime_{name}_ci95": "95% interval of that d′",
         })
     return keys
 
@@ -892,6 +910,7 @@ GENERATION_METRICS_KEYS: dict[str, str] = {
     "classifier": "the classifier tests' settings: enabled, folds, epochs, seed, the real pools' sizes, the interval "
     "method and the seconds they took",
     **_classifier_keys(),
+    **_texture_keys(),
     "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",
 }
 
