@@ -61,7 +61,7 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     """Check a bundle run's settings before anything is loaded; return them unchanged.
 
     First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
-    in ``settings`` against its key's entry in the settings schema (``bundle/configs/schema/settings.schema.json``,
+    in ``settings`` against its key's entry in the settings schema (``monai_vqbrain/workflows/settings.schema.json``,
     see :mod:`~monai_vqbrain.workflows.keys`); what the schema cannot say is checked here: that a CUDA ``device``
     exists on this machine, and ``image_size`` against the network's downsampling factor
     (``settings["downsample_factor"]``, when given).
