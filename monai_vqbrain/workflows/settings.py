@@ -8,19 +8,18 @@ the config while the default applies.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import inspect
 import json
 import math
 import shlex
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import SettingError
 from .keys import CONFIG_ORDER, key_description, key_names, setting_error
+from .monai_adapter import bundle_command_line, running_workflow
 
 __all__ = [
     "check_setting_combinations",
@@ -30,12 +29,6 @@ __all__ = [
     "command_line_overrides",
     "config_bundle_root",
 ]
-
-# ``monai.bundle run``'s own arguments: never config keys
-_RUN_ARGUMENTS = frozenset(
-    {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}
-)
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -185,42 +178,8 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
         the bundle is run from Python, whose keyword arguments are not visible here).
     """
-    parsed = _command_line(argv)
+    parsed = bundle_command_line(argv)
     return None if parsed is None else ([key for key, _ in parsed[0]], parsed[1])
-
-
-def _command_line(argv: Sequence[str] | None = None) -> tuple[list[tuple[str, str | None]], list[str]] | None:
-    """``([(key, value text or None), ...], config_files)`` of a ``monai.bundle run`` command line, else None."""
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).as_posix().rsplit("/", 2)[-2:] != ["bundle", "__main__.py"]:
-        return None
-    args = argv[1:]
-    if not args or args[0] != "run":
-        return None
-    pairs: list[tuple[str, str | None]] = []
-    config_file: Any = None
-    index = 1
-    while index < len(args):
-        token = args[index]
-        index += 1
-        if not token.startswith("--"):
-            continue
-        key, has_value, value = token[2:].partition("=")
-        if not has_value and index < len(args) and not args[index].startswith("--"):
-            value, has_value = args[index], True
-            index += 1
-        if key == "config_file":
-            config_file = value
-        elif key not in _RUN_ARGUMENTS:
-            pairs.append((key, value if has_value else None))
-    files: list[str] = []
-    if config_file is not None:
-        try:
-            parsed = ast.literal_eval(config_file)
-        except (ValueError, SyntaxError):
-            parsed = config_file
-        files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
-    return pairs, files
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
@@ -239,7 +198,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     Raises:
         SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
-    parsed = _command_line(argv)
+    parsed = bundle_command_line(argv)
     if parsed is None or not parsed[1]:
         return
     pairs, files = parsed
@@ -309,7 +268,7 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
     """
     from pydoc import locate
 
-    from monai.bundle.config_item import ComponentLocator
+    from monai.bundle import ComponentLocator
 
     if not isinstance(content, dict) or not isinstance(content.get("_target_"), str):
         return None
@@ -328,30 +287,25 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
     return frozenset(names | _COMPONENT_KEYS)
 
 
-def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = None) -> str:
+def config_bundle_root(default: str | None = None) -> str:
     """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
 
     The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
-    not in a ``configs/`` folder), so that the bundle works from any working directory. It is taken from the MONAI
-    ``ConfigWorkflow`` evaluating the config (its ``config_root_path``: ``python -m monai.bundle run``,
-    ``monai.bundle.run``, ``create_workflow``), else from the first ``--config_file`` of a ``monai.bundle run``
-    command line. A bare ``ConfigParser`` does not record where its files came from: there ``bundle_root`` must be
-    set, rather than the run writing outputs and demo data below whatever the working directory is.
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is the
+    ``config_root_path`` of the MONAI ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``,
+    ``monai.bundle.run``, ``create_workflow``), found by
+    :func:`~monai_vqbrain.workflows.monai_adapter.running_workflow`. A bare ``ConfigParser`` does not record where
+    its files came from: there ``bundle_root`` must be set, rather than the run writing outputs and demo data below
+    whatever the working directory is.
 
     Args:
-        argv: the command line; ``sys.argv`` when None.
         default: a bundle folder, relative to the working directory, to use when the config files' folder is not
             known; None refuses instead.
 
     Raises:
         SettingError: when the config files' folder is not known and no ``default`` is given.
     """
-    workflow = _running_workflow() if argv is None else None
-    root = getattr(workflow, "config_root_path", None)
-    if root is None:
-        parsed = command_line_overrides(argv)
-        if parsed is not None and parsed[1]:
-            root = Path(parsed[1][0]).parent
+    root = getattr(running_workflow(), "config_root_path", None)
     if root is not None:
         root = Path(root).expanduser().absolute()
         return str(root.parent if root.name == "configs" else root)
@@ -361,25 +315,3 @@ def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = 
         "bundle_root must be set when the config is parsed without a monai.bundle workflow (a ConfigParser does not "
         "record where its config files are), e.g. parser['bundle_root'] = '/path/to/monai_vqbrain/bundle'."
     )
-
-
-def _running_workflow() -> Any | None:
-    """The MONAI ``ConfigWorkflow`` whose ``initialize`` or ``run`` is evaluating the config now, or None.
-
-    MONAI does not hand the workflow to the expressions it evaluates, but the workflow's own method is on the call
-    stack (its ``self``) whenever it evaluates them: from ``python -m monai.bundle run``, ``monai.bundle.run``,
-    ``create_workflow`` or ``ConfigWorkflow`` alike. A bare ``ConfigParser`` has no workflow.
-    """
-    from monai.bundle import ConfigWorkflow
-
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, ConfigWorkflow):
-                return candidate
-            frame = frame.f_back
-        return None
-    finally:
-        del frame  # a frame kept in a local would keep every frame above it alive
-
