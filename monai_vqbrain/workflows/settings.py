@@ -8,6 +8,7 @@ the config while the default applies.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 import json
@@ -238,12 +239,31 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if expected is not None:
             raise SettingError(f"{key} must be {expected}, got None.")
         configured = config[key] if key in config else _NOT_CONFIGURED
+        if isinstance(configured, str) and configured.startswith("$"):
+            # a default that follows other settings (train_crop_size: 64, or image_size when smaller): its value
+            configured = _configured_value(config, key, pairs)
         if configured is not None:
             kept = "its constructor's default" if configured is _NOT_CONFIGURED else json.dumps(configured)
             raise SettingError(
                 f"--{key} None would be ignored: MONAI's command line drops None values, so {key} would stay "
                 f"{kept}; set it to null in a JSON config file added last to --config_file."
             )
+
+
+def _configured_value(config: Any, key: str, pairs: Sequence[tuple[str, str | None]]) -> Any:
+    """The value an expression ``key`` of the configs takes with the command line's other literal overrides."""
+    overrides = {}
+    for name, text in pairs:
+        if name != key and text is not None and text.strip() != "None":
+            try:
+                overrides[name] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                overrides[name] = text  # as MONAI's command line passes text that is no Python literal
+    config.update(overrides)
+    try:
+        return config.get_parsed_content(key, instantiate=False)
+    except Exception:  # an expression that needs more than the settings: say what the config says
+        return config[key]
 
 
 # a new nested key's value in the config: none, its constructor's default applies
