@@ -201,6 +201,10 @@ def test_help_run_lists_the_override_keys_with_their_values(tmp_path, capsys):
                  "  --progress false", f"  --ckpt_dir {tmp_path / 'models'}"):
         assert line in lines, line
     assert not any("downsample_factor" in line for line in lines)
+    # the rules between keys, from the one table validation enforces
+    from monai_vqbrain.workflows.rules import SETTING_RULES
+
+    assert all(f"  {rule.text}" in lines for rule in SETTING_RULES)
     assert not (tmp_path / "models").exists(), "help trains nothing"
 
 

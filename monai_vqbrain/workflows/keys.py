@@ -311,4 +311,16 @@ def reference_markdown() -> str:
                 f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"
             )
         lines.append("")
+    lines += _rules_markdown()
     return "\n".join(lines)
+
+
+def _rules_markdown() -> list[str]:
+    """The rules between keys (:data:`~monai_vqbrain.workflows.rules.SETTING_RULES`) as a reference table."""
+    from .rules import SETTING_RULES
+
+    lines = ["### Rules between keys", "", "Each value may be allowed on its own, not together with the others; a run "
+             "that breaks one of these stops at start-up with one line naming the keys.", "",
+             "| keys | rule |", "| --- | --- |"]
+    lines += [f"| {', '.join(f'`{key}`' for key in rule.keys)} | {_cell(rule.text)} |" for rule in SETTING_RULES]
+    return [*lines, ""]

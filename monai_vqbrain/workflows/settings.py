@@ -12,7 +12,6 @@ import ast
 import difflib
 import inspect
 import json
-import math
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from ..errors import SettingError
 from .keys import CONFIG_ORDER, key_description, key_names, setting_error
 from .monai_adapter import bundle_command_line, running_workflow
+from .rules import SETTING_RULES, broken_rule
 
 __all__ = [
     "check_setting_combinations",
@@ -30,14 +30,6 @@ __all__ = [
     "command_line_overrides",
     "config_bundle_root",
 ]
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _check_device_available(value: Any) -> str | None:
     import torch
@@ -80,13 +72,10 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
             if isinstance(value, str) and value.strip().lower() in ("null", "none") and setting_error(key, None) is None:
                 hint = " (on the command line null is written None: the value is parsed as Python, not JSON)"
             raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
-    for key in ("image_size", "train_crop_size"):
-        size = settings.get(key)
-        if _is_int(factor) and factor > 1 and _is_int(size) and size % factor:
-            raise SettingError(
-                f"{key} must be a multiple of {factor} (the network halves the image {int(math.log2(factor))} "
-                f"times), got {size}; e.g. {max(factor, size // factor * factor)}."
-            )
+    # the one rule between settings that judges values against the network: reported with the values
+    breach = broken_rule({**settings, "downsample_factor": factor}, names=("multiple_of_downsampling",))
+    if breach is not None:
+        raise SettingError(breach)
     return settings
 
 
@@ -95,7 +84,7 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
 
     Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
     training data, a training crop larger than the image, or a training run that would never validate (and so never
-    save ``model.pt``).
+    save ``model.pt``). The rules are :data:`~monai_vqbrain.workflows.rules.SETTING_RULES`, declared once.
 
     Args:
         settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
@@ -105,24 +94,9 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
     Raises:
         SettingError: one line naming the keys, their values and what they must satisfy.
     """
-    val, test = settings.get("val_fraction"), settings.get("test_fraction")
-    if _is_number(val) and _is_number(test) and val + test >= 1:
-        raise SettingError(
-            f"val_fraction + test_fraction must be below 1 (the rest is the training split), got {val} + {test}."
-        )
-    image, crop = settings.get("image_size"), settings.get("train_crop_size")
-    if _is_int(image) and _is_int(crop) and crop > image:
-        raise SettingError(
-            f"train_crop_size must be at most image_size ({image}): the crop is taken from the resized image, "
-            f"got {crop}; set it to {image} or less, or 0 to train on whole images."
-        )
-    epochs, interval = settings.get(max_epochs_key) if max_epochs_key else None, settings.get("val_interval")
-    if _is_int(epochs) and _is_int(interval) and interval > epochs:
-        raise SettingError(
-            f"val_interval ({interval}) is larger than {max_epochs_key} ({epochs}): the run would never validate and "
-            f"so never save its best model; set --val_interval {epochs} or less, or --{max_epochs_key} {interval} "
-            f"or more."
-        )
+    breach = broken_rule(settings, max_epochs_key)
+    if breach is not None:
+        raise SettingError(breach)
 
 
 def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> None:
@@ -158,6 +132,10 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         description = key_description(key, configs)
         if description:
             lines.append(f"      {description}")
+    rules = [rule.text for rule in SETTING_RULES if rule.keys[0] in settings]
+    if rules:
+        lines.append("rules between these keys (each value may be allowed alone, not together):")
+        lines += [f"  {text}" for text in rules]
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
 
