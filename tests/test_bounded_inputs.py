@@ -34,14 +34,14 @@ from conftest import (
     run_bundle,
     user_error,
 )
+from nifti_oracle import load_nifti_slices, read_volume_ras
 from PIL import Image
 
-from monai_vqbrain.data import PadToSquared, ResizeSquared, get_datalist, get_dataset, load_nifti_slices
+from monai_vqbrain.data import PadToSquared, ResizeSquared, get_datalist, get_dataset
 from monai_vqbrain.data.nifti import (
     VolumeSlices,
     open_volume_slices,
     read_volume_plane,
-    read_volume_ras,
     robust_range,
     scale_to_unit,
     volume_intensity_range,

@@ -278,17 +278,25 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # bundle_root from the config files' location
 
-def test_bundle_root_follows_the_config_files(tmp_path):
-    from monai_vqbrain.workflows import config_bundle_root
+def test_bundle_root_follows_the_config_files(tmp_path, monkeypatch):
+    from types import SimpleNamespace
 
-    main = "/env/lib/python3/site-packages/monai/bundle/__main__.py"
-    configs = tmp_path / "mybundle" / "configs"
-    argv = [main, "run", "inferring", "--config_file", f"['{configs}/train.json','{configs}/inference.json']"]
-    assert config_bundle_root(argv) == str(tmp_path / "mybundle")
-    assert config_bundle_root([main, "run", "--config_file=" + str(tmp_path / "train.json")]) == str(tmp_path)
-    # neither a workflow nor a monai.bundle command line: refused, not a folder below the working directory
-    user_error(SettingError, "bundle_root must be set", config_bundle_root, ["pytest"])
-    assert config_bundle_root(["pytest"], default="bundle") == str(Path("bundle").absolute())
+    from monai_vqbrain.workflows import config_bundle_root, settings
+
+    # the running ConfigWorkflow's config_root_path: the first config file's folder (MONAI sets it; a pinned test
+    # in test_monai_adapter.py checks that it does and that the workflow is found)
+    def running(root):
+        monkeypatch.setattr(settings, "running_workflow", lambda: None if root is None else SimpleNamespace(
+            config_root_path=root))
+
+    running(tmp_path / "mybundle" / "configs")
+    assert config_bundle_root() == str(tmp_path / "mybundle")
+    running(tmp_path)
+    assert config_bundle_root() == str(tmp_path)
+    # no workflow: refused, not a folder below the working directory
+    running(None)
+    user_error(SettingError, "bundle_root must be set", config_bundle_root)
+    assert config_bundle_root(default="bundle") == str(Path("bundle").absolute())
 
 
 def test_bundle_root_follows_the_config_files_of_a_workflow_created_from_python(tmp_path, monkeypatch):

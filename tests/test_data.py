@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ANALYZE_FILE, NIFTI_AFFINE, NIFTI_FILES, PNG_CASES, PNG_SLICES, RGB_FILE, brain_like_volume
 from monai.data import CacheDataset, DataLoader
+from nifti_oracle import load_nifti_slices
 from PIL import Image
 
 from monai_vqbrain.data import (
@@ -21,7 +22,6 @@ from monai_vqbrain.data import (
     get_slice_transforms,
     list_nifti_volumes,
     list_oasis_png_split,
-    load_nifti_slices,
     resolve_dataset_dir,
 )
 from monai_vqbrain.data import datasets as datasets_module

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import NIFTI_AFFINE, NIFTI_FILES, brain_like_volume
+from nifti_oracle import load_nifti_slices
 
-from monai_vqbrain.data import get_dataset, get_slice_transforms, load_nifti_slices
+from monai_vqbrain.data import get_dataset, get_slice_transforms
 from monai_vqbrain.data.nifti import check_nifti_header
 from monai_vqbrain.data.oasis import check_png_file
 from monai_vqbrain.errors import CheckpointError, ImageFileError

@@ -28,9 +28,10 @@ from conftest import (
     user_error,
 )
 from ignite.engine import Events
+from nifti_oracle import load_nifti_slices
 from PIL import Image
 
-from monai_vqbrain.data import get_slice_transforms, load_nifti_slices
+from monai_vqbrain.data import get_slice_transforms
 from monai_vqbrain.engines import autocast, resolve_amp
 from monai_vqbrain.errors import (
     CheckpointError,

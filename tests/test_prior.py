@@ -17,10 +17,11 @@ import pytest
 import torch
 from conftest import CONFIGS, TINY_NETWORK, TINY_OVERRIDES, TRAIN, brain_like_slice, run_bundle, user_error
 from monai.metrics import FIDMetric
+from nifti_oracle import load_nifti_slices
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from monai_vqbrain.data import get_dataset, load_nifti_slices
+from monai_vqbrain.data import get_dataset
 from monai_vqbrain.errors import CheckpointError, DatasetError, OutputPathError, OutputWriteError, SettingError
 from monai_vqbrain.networks import VQVAE, GatedPixelCNN
 from monai_vqbrain.prior import (

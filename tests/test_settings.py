@@ -61,6 +61,18 @@ def test_bad_setting_is_refused_before_data_is_read(tmp_path, config, key, value
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("image_size", "crop"), [(32, 32), (48, 48), (128, 64)])
+def test_the_crop_default_follows_a_smaller_image(tmp_path, image_size, crop):
+    # --image_size 32 alone: the crop's default (64) would be larger than the image; it follows it instead
+    from monai.bundle import create_workflow
+
+    workflow = create_workflow(config_file=TRAIN, logging_file=str(CONFIGS / "logging.conf"),
+                               meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(tmp_path),
+                               dataset_dir=str(tmp_path / "not_read"), image_size=image_size)
+    assert workflow.parser.get_parsed_content("train_crop_size") == crop
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_gpu_is_a_setting_error(tmp_path):
     user_error(SettingError, "CUDA is not available", run_bundle, "initialize", TRAIN, bundle_root=str(tmp_path),
@@ -193,6 +205,10 @@ def test_help_run_lists_the_override_keys_with_their_values(tmp_path, capsys):
                  "  --progress false", f"  --ckpt_dir {tmp_path / 'models'}"):
         assert line in lines, line
     assert not any("downsample_factor" in line for line in lines)
+    # the rules between keys, from the one table validation enforces
+    from monai_vqbrain.workflows.rules import SETTING_RULES
+
+    assert all(f"  {rule.text}" in lines for rule in SETTING_RULES)
     assert not (tmp_path / "models").exists(), "help trains nothing"
 
 

@@ -135,7 +135,21 @@ def test_a_missing_schema_is_one_line_saying_how_to_install(monkeypatch, tmp_pat
     monkeypatch.setattr(keys, "SCHEMA_FILE", tmp_path / "settings.schema.json")
     keys.load_schema.cache_clear()
     try:
-        with pytest.raises(SettingError, match="pip install -e"):
+        with pytest.raises(SettingError, match="is missing from the installed monai_vqbrain package: reinstall it"):
             keys.load_schema()
     finally:
         keys.load_schema.cache_clear()
+
+
+def test_rules_between_keys_are_one_table_that_validation_and_the_reference_read():
+    from monai_vqbrain.workflows.rules import SETTING_RULES, broken_rule
+
+    assert set(key for rule in SETTING_RULES for key in rule.keys) <= set(load_schema()["$defs"]["keys"])
+    markdown = reference_markdown()
+    for rule in SETTING_RULES:
+        assert rule.text.replace("|", "\\|") in markdown, rule.name
+    assert broken_rule({"image_size": 32, "train_crop_size": 48}).startswith("train_crop_size must be at most")
+    assert broken_rule({"image_size": 30, "downsample_factor": 4}).startswith("image_size must be a multiple of 4")
+    assert broken_rule({"val_interval": 3, "prior_max_epochs": 2}, "prior_max_epochs").startswith("val_interval (3)")
+    assert broken_rule({"val_interval": 3, "prior_max_epochs": 2}) is None  # a run that does not train
+    assert broken_rule({"image_size": 32, "train_crop_size": 32, "val_fraction": 0.5, "test_fraction": 0.2}) is None

@@ -1,7 +1,7 @@
 """MkDocs hook: replace the marker ``<!-- override-keys -->`` in a page with the generated override-key reference.
 
 Registered in ``mkdocs.yml`` as ``hooks: [docs/hooks/override_keys.py]``. The reference comes from
-:func:`monai_vqbrain.workflows.keys.reference_markdown`, i.e. from ``bundle/configs/schema/settings.schema.json``,
+:func:`monai_vqbrain.workflows.keys.reference_markdown`, i.e. from ``monai_vqbrain/workflows/settings.schema.json``,
 the schema the workflows validate their settings against, so the documented keys, defaults and allowed values are
 the ones the code enforces.
 """

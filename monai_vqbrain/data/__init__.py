@@ -13,7 +13,7 @@ from .datasets import (
 )
 from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
 from .limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from .nifti import list_nifti_volumes, list_volume_slices, load_nifti_slices
+from .nifti import list_nifti_volumes, list_volume_slices
 from .oasis import SPLITS, list_oasis_png_split
 from .transforms import LoadSliced, PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
 
@@ -33,7 +33,6 @@ __all__ = [
     "list_oasis_png_split",
     "list_nifti_volumes",
     "list_volume_slices",
-    "load_nifti_slices",
     "get_slice_transforms",
     "get_datalist",
     "get_dataset",

@@ -74,7 +74,7 @@ class SliceReader(PILReader):
     """PIL reader for 2D slices: arrays in (height, width) order as the file shows them, modes normalized.
 
     MONAI's default ``PILReader`` swaps the two axes (so that axis 0 is x, as for NIfTI); here rows stay rows so a
-    slice read from a PNG has the same layout as a slice cut from a volume by :func:`load_nifti_slices`. The array
+    slice read from a PNG has the same layout as a slice cut from a volume (:class:`LoadSliced`). The array
     is copied because ``numpy.asarray`` of a PIL image is read-only, which torch warns about.
     """
 
@@ -276,8 +276,8 @@ def get_slice_transforms(
     Args:
         image_size: the side ``S`` of the square output.
         load_from_file: True when ``item["image"]`` is a path (a PNG file, or a volume with ``"slice_index"``, see
-            :class:`LoadSliced`); False when it is an in-memory channel-first array, such as the float slices of
-            :func:`~monai_vqbrain.data.nifti.load_nifti_slices`.
+            :class:`LoadSliced`); False when it is an in-memory channel-first array, such as a float slice already cut
+            from a volume.
         max_volume_voxels: the most voxels a volume's header may declare; None allows any.
 
     Raises:

@@ -20,9 +20,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..engines.distributed import get_world_size, is_main_process
-
 CODEBOOK_INITS = ("kmeans", "data", "random")
+
+
+def _process_group() -> tuple[int, int]:
+    """``(world size, rank)`` of torch.distributed's default process group; ``(1, 0)`` when none is initialised.
+
+    The codebook's statistics are summed over the processes of data-parallel training: whatever starts the process
+    group (the engines' ``init_distributed``, torchrun, your own code), the network reads only torch's own state.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class QuantizerOutput(NamedTuple):
@@ -227,7 +236,7 @@ class VectorQuantizer(nn.Module):
                 sums = torch.zeros_like(codebook).index_add_(0, assignment, sample)
                 # codes that attract no vector keep their previous position
                 codebook = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], codebook)
-        if get_world_size() > 1:
+        if _process_group()[0] > 1:
             dist.broadcast(codebook, src=0)
         self.embedding.data.copy_(codebook)
         if self.use_ema:
@@ -249,10 +258,11 @@ class VectorQuantizer(nn.Module):
             if restarting
             else flat_latents.new_zeros(0, dim)
         )
-        if get_world_size() > 1:
+        world_size, rank = _process_group()
+        if world_size > 1:
             # one collective per step: counts and sums are summed over ranks, and rank 0's restart candidates
             # are shared by zeroing everyone else's before the sum
-            rank_zero = float(is_main_process())
+            rank_zero = float(rank == 0)
             packed = torch.cat([code_counts, embedding_sum.reshape(-1), replacements.reshape(-1) * rank_zero])
             dist.all_reduce(packed)
             code_counts = packed[:num_codes]

@@ -17,7 +17,7 @@ from ..engines.trainer import MixedPrecisionTrainer
 from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.modules import unwrap_network
-from ..workflows.run_checks import check_checkpoint_dir, network_metadata
+from ..utils.run_checkpoints import check_checkpoint_dir, network_metadata
 from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
 
 __all__ = [

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,15 +30,12 @@ from types import FrameType, TracebackType
 
 from ..errors import RunInterrupted, SettingError, VQBrainError
 from ..utils.flags import as_bool
+from .monai_adapter import CONFIG_FILE_WARNING, FAILED_COMPONENT, MISSING_REFERENCE
 
 #: OSError numbers that describe the user's disk rather than a bug: reported in one line like a bad input
 _DISK_ERRORS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
 )
-
-
-# MONAI's parser: "the referring item `@debug` is not defined in the config content."
-_MISSING_REFERENCE = re.compile(r"referring item `@([^`]+)` is not defined")
 
 
 class MissingBaseConfigError(SettingError):
@@ -48,7 +44,7 @@ class MissingBaseConfigError(SettingError):
 
 def _missing_base_config(error: BaseException) -> MissingBaseConfigError | None:
     """The one-line error for a reference to an undefined key, when the running config extends a base config."""
-    match = _MISSING_REFERENCE.search(str(error))
+    match = MISSING_REFERENCE.search(str(error))
     if match is None or _STATE["base_config"] is None:
         return None
     config, base = _STATE["config"], _STATE["base_config"]
@@ -56,10 +52,6 @@ def _missing_base_config(error: BaseException) -> MissingBaseConfigError | None:
         f"{config} extends {base} (it has no '{match.group(1)}'): pass both, base first, e.g. "
         f"--config_file \"['bundle/configs/{base}','bundle/configs/{config}']\""
     )
-
-
-# MONAI's monai.utils.instantiate: "Failed to instantiate component 'x.Y' with keywords: a,b\n set '_mode_=..."
-_FAILED_COMPONENT = re.compile(r"^Failed to instantiate component '([^']+)'")
 
 
 class ComponentSettingError(SettingError):
@@ -77,7 +69,7 @@ def _component_setting_error(error: BaseException | None) -> ComponentSettingErr
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         cause = error.__cause__
-        match = _FAILED_COMPONENT.match(str(error)) if isinstance(error, RuntimeError) else None
+        match = FAILED_COMPONENT.match(str(error)) if isinstance(error, RuntimeError) else None
         if match is not None and isinstance(cause, (ValueError, TypeError)):
             # the innermost one: a component built from another names the one whose constructor refused
             reason = " ".join(str(cause).split()) or type(cause).__name__
@@ -179,9 +171,6 @@ def _one_line(error: BaseException) -> str:
     return f"cannot write '{filename}': {reason}" if filename else reason
 
 
-# MONAI's UserWarning on every config file it parses (monai.bundle.scripts.create_workflow), and no other
-_MONAI_CONFIG_WARNING = r"parsing config_file .*: any `\"_target_\"` value in it is resolved to an importable callable"
-
 # one hook per process, whatever the number of calls: a config calls it before and after its base config's keys
 _STATE: dict = {"installed": False, "traceback": False, "config": None, "base_config": None, "signal": None}
 
@@ -220,7 +209,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
         _STATE["config"], _STATE["base_config"] = config, base_config
     # MONAI warns on every workflow it creates from a config file; the bundle's own configs are what the user runs,
     # and two lines of warning would bury the one line of an error. Only that warning.
-    warnings.filterwarnings("ignore", message=_MONAI_CONFIG_WARNING, category=UserWarning)
+    warnings.filterwarnings("ignore", message=CONFIG_FILE_WARNING, category=UserWarning)
     if not _STATE["installed"]:
         previous_hook = sys.excepthook
 

@@ -1,4 +1,4 @@
-"""The one source of the bundle's override keys: ``bundle/configs/schema/settings.schema.json``.
+"""The one source of the bundle's override keys: ``monai_vqbrain/workflows/settings.schema.json``.
 
 The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) gives every override key of every config its
 type and allowed values (``$defs/keys``) and, per config, its default, which is the config's own value, and what it
@@ -32,8 +32,8 @@ __all__ = [
     "setting_error",
 ]
 
-#: the schema file, beside the bundle's configs
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "schema" / "settings.schema.json"
+#: the schema file: package data, installed with the package (a wheel, ``pip install .`` or ``pip install -e .``)
+SCHEMA_FILE = Path(__file__).resolve().parent / "settings.schema.json"
 
 #: the configs in the order they are layered (a later config's meaning of a key wins) and documented
 CONFIG_ORDER = (
@@ -66,10 +66,10 @@ def load_schema() -> dict[str, Any]:
     if not SCHEMA_FILE.is_file():
         from ..errors import SettingError
 
-        # the schema lives with the bundle's configs, outside the package: a plain (non-editable) install lacks it
+        # package data: only an installation that lost files (or a build that left them out) lacks it
         raise SettingError(
-            f"the settings schema '{SCHEMA_FILE}' is missing: install monai_vqbrain from its repository checkout "
-            f"with 'pip install -e .', so that the package finds the bundle's configs beside it."
+            f"the settings schema '{SCHEMA_FILE}' is missing from the installed monai_vqbrain package: reinstall it "
+            f"(pip install --force-reinstall monai_vqbrain, or pip install . from its source)."
         )
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
@@ -312,4 +312,16 @@ def reference_markdown() -> str:
                 f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"
             )
         lines.append("")
+    lines += _rules_markdown()
     return "\n".join(lines)
+
+
+def _rules_markdown() -> list[str]:
+    """The rules between keys (:data:`~monai_vqbrain.workflows.rules.SETTING_RULES`) as a reference table."""
+    from .rules import SETTING_RULES
+
+    lines = ["### Rules between keys", "", "Each value may be allowed on its own, not together with the others; a run "
+             "that breaks one of these stops at start-up with one line naming the keys.", "",
+             "| keys | rule |", "| --- | --- |"]
+    lines += [f"| {', '.join(f'`{key}`' for key in rule.keys)} | {_cell(rule.text)} |" for rule in SETTING_RULES]
+    return [*lines, ""]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..engines.distributed import is_main_process
-from .settings import _command_line
+from .monai_adapter import bundle_command_line
 
 __all__ = ["NEXT_STEPS", "log_next_steps", "next_step_commands"]
 
@@ -38,7 +38,7 @@ def next_step_commands(finished: str, argv: Sequence[str] | None = None) -> list
         finished: the run id that finished (``training``, ``training_prior``).
         argv: the command line; ``sys.argv`` when None.
     """
-    parsed = _command_line(argv)
+    parsed = bundle_command_line(argv)
     folder, pairs = Path("bundle/configs"), None
     if parsed is not None and parsed[1]:
         folder = Path(parsed[1][0]).parent

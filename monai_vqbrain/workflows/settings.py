@@ -12,15 +12,15 @@ import ast
 import difflib
 import inspect
 import json
-import math
 import shlex
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import SettingError
 from .keys import CONFIG_ORDER, key_description, key_names, setting_error
+from .monai_adapter import bundle_command_line, running_workflow
+from .rules import SETTING_RULES, broken_rule
 
 __all__ = [
     "check_setting_combinations",
@@ -30,20 +30,6 @@ __all__ = [
     "command_line_overrides",
     "config_bundle_root",
 ]
-
-# ``monai.bundle run``'s own arguments: never config keys
-_RUN_ARGUMENTS = frozenset(
-    {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}
-)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _check_device_available(value: Any) -> str | None:
     import torch
@@ -61,7 +47,7 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     """Check a bundle run's settings before anything is loaded; return them unchanged.
 
     First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
-    in ``settings`` against its key's entry in the settings schema (``bundle/configs/schema/settings.schema.json``,
+    in ``settings`` against its key's entry in the settings schema (``monai_vqbrain/workflows/settings.schema.json``,
     see :mod:`~monai_vqbrain.workflows.keys`); what the schema cannot say is checked here: that a CUDA ``device``
     exists on this machine, and ``image_size`` against the network's downsampling factor
     (``settings["downsample_factor"]``, when given).
@@ -86,13 +72,10 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
             if isinstance(value, str) and value.strip().lower() in ("null", "none") and setting_error(key, None) is None:
                 hint = " (on the command line null is written None: the value is parsed as Python, not JSON)"
             raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
-    for key in ("image_size", "train_crop_size"):
-        size = settings.get(key)
-        if _is_int(factor) and factor > 1 and _is_int(size) and size % factor:
-            raise SettingError(
-                f"{key} must be a multiple of {factor} (the network halves the image {int(math.log2(factor))} "
-                f"times), got {size}; e.g. {max(factor, size // factor * factor)}."
-            )
+    # the one rule between settings that judges values against the network: reported with the values
+    breach = broken_rule({**settings, "downsample_factor": factor}, names=("multiple_of_downsampling",))
+    if breach is not None:
+        raise SettingError(breach)
     return settings
 
 
@@ -101,7 +84,8 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
 
     Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
     training data, a training crop larger than the image, a training run that would never validate (and so never
-    save ``model.pt``), or more samples than ``max_num_samples`` (each is kept in memory until the run ends).
+    save ``model.pt``), or more samples than ``max_num_samples`` (each is kept in memory until the run ends). The
+    rules are :data:`~monai_vqbrain.workflows.rules.SETTING_RULES`, declared once.
 
     Args:
         settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
@@ -111,31 +95,9 @@ def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str 
     Raises:
         SettingError: one line naming the keys, their values and what they must satisfy.
     """
-    val, test = settings.get("val_fraction"), settings.get("test_fraction")
-    if _is_number(val) and _is_number(test) and val + test >= 1:
-        raise SettingError(
-            f"val_fraction + test_fraction must be below 1 (the rest is the training split), got {val} + {test}."
-        )
-    image, crop = settings.get("image_size"), settings.get("train_crop_size")
-    if _is_int(image) and _is_int(crop) and crop > image:
-        raise SettingError(
-            f"train_crop_size must be at most image_size ({image}): the crop is taken from the resized image, "
-            f"got {crop}; set it to {image} or less, or 0 to train on whole images."
-        )
-    count, most = settings.get("num_samples"), settings.get("max_num_samples")
-    if _is_int(count) and _is_int(most) and count > most:
-        raise SettingError(
-            f"num_samples must be at most max_num_samples ({most}), got {count!r}: every generated image is kept in "
-            f"memory until the run ends; pass --max_num_samples {count} if this machine has the memory, or generate "
-            f"in several runs with other --sample_seed values."
-        )
-    epochs, interval = settings.get(max_epochs_key) if max_epochs_key else None, settings.get("val_interval")
-    if _is_int(epochs) and _is_int(interval) and interval > epochs:
-        raise SettingError(
-            f"val_interval ({interval}) is larger than {max_epochs_key} ({epochs}): the run would never validate and "
-            f"so never save its best model; set --val_interval {epochs} or less, or --{max_epochs_key} {interval} "
-            f"or more."
-        )
+    breach = broken_rule(settings, max_epochs_key)
+    if breach is not None:
+        raise SettingError(breach)
 
 
 def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> None:
@@ -171,6 +133,10 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         description = key_description(key, configs)
         if description:
             lines.append(f"      {description}")
+    rules = [rule.text for rule in SETTING_RULES if rule.keys[0] in settings]
+    if rules:
+        lines.append("rules between these keys (each value may be allowed alone, not together):")
+        lines += [f"  {text}" for text in rules]
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
 
@@ -192,42 +158,8 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str]
         ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
         the bundle is run from Python, whose keyword arguments are not visible here).
     """
-    parsed = _command_line(argv)
+    parsed = bundle_command_line(argv)
     return None if parsed is None else ([key for key, _ in parsed[0]], parsed[1])
-
-
-def _command_line(argv: Sequence[str] | None = None) -> tuple[list[tuple[str, str | None]], list[str]] | None:
-    """``([(key, value text or None), ...], config_files)`` of a ``monai.bundle run`` command line, else None."""
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).as_posix().rsplit("/", 2)[-2:] != ["bundle", "__main__.py"]:
-        return None
-    args = argv[1:]
-    if not args or args[0] != "run":
-        return None
-    pairs: list[tuple[str, str | None]] = []
-    config_file: Any = None
-    index = 1
-    while index < len(args):
-        token = args[index]
-        index += 1
-        if not token.startswith("--"):
-            continue
-        key, has_value, value = token[2:].partition("=")
-        if not has_value and index < len(args) and not args[index].startswith("--"):
-            value, has_value = args[index], True
-            index += 1
-        if key == "config_file":
-            config_file = value
-        elif key not in _RUN_ARGUMENTS:
-            pairs.append((key, value if has_value else None))
-    files: list[str] = []
-    if config_file is not None:
-        try:
-            parsed = ast.literal_eval(config_file)
-        except (ValueError, SyntaxError):
-            parsed = config_file
-        files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
-    return pairs, files
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
@@ -246,7 +178,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     Raises:
         SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
-    parsed = _command_line(argv)
+    parsed = bundle_command_line(argv)
     if parsed is None or not parsed[1]:
         return
     pairs, files = parsed
@@ -286,12 +218,31 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         if expected is not None:
             raise SettingError(f"{key} must be {expected}, got None.")
         configured = config[key] if key in config else _NOT_CONFIGURED
+        if isinstance(configured, str) and configured.startswith("$"):
+            # a default that follows other settings (train_crop_size: 64, or image_size when smaller): its value
+            configured = _configured_value(config, key, pairs)
         if configured is not None:
             kept = "its constructor's default" if configured is _NOT_CONFIGURED else json.dumps(configured)
             raise SettingError(
                 f"--{key} None would be ignored: MONAI's command line drops None values, so {key} would stay "
                 f"{kept}; set it to null in a JSON config file added last to --config_file."
             )
+
+
+def _configured_value(config: Any, key: str, pairs: Sequence[tuple[str, str | None]]) -> Any:
+    """The value an expression ``key`` of the configs takes with the command line's other literal overrides."""
+    overrides = {}
+    for name, text in pairs:
+        if name != key and text is not None and text.strip() != "None":
+            try:
+                overrides[name] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                overrides[name] = text  # as MONAI's command line passes text that is no Python literal
+    config.update(overrides)
+    try:
+        return config.get_parsed_content(key, instantiate=False)
+    except Exception:  # an expression that needs more than the settings: say what the config says
+        return config[key]
 
 
 # a new nested key's value in the config: none, its constructor's default applies
@@ -316,7 +267,7 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
     """
     from pydoc import locate
 
-    from monai.bundle.config_item import ComponentLocator
+    from monai.bundle import ComponentLocator
 
     if not isinstance(content, dict) or not isinstance(content.get("_target_"), str):
         return None
@@ -335,30 +286,25 @@ def _component_arguments(content: Any) -> frozenset[str] | None:
     return frozenset(names | _COMPONENT_KEYS)
 
 
-def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = None) -> str:
+def config_bundle_root(default: str | None = None) -> str:
     """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
 
     The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
-    not in a ``configs/`` folder), so that the bundle works from any working directory. It is taken from the MONAI
-    ``ConfigWorkflow`` evaluating the config (its ``config_root_path``: ``python -m monai.bundle run``,
-    ``monai.bundle.run``, ``create_workflow``), else from the first ``--config_file`` of a ``monai.bundle run``
-    command line. A bare ``ConfigParser`` does not record where its files came from: there ``bundle_root`` must be
-    set, rather than the run writing outputs and demo data below whatever the working directory is.
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is the
+    ``config_root_path`` of the MONAI ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``,
+    ``monai.bundle.run``, ``create_workflow``), found by
+    :func:`~monai_vqbrain.workflows.monai_adapter.running_workflow`. A bare ``ConfigParser`` does not record where
+    its files came from: there ``bundle_root`` must be set, rather than the run writing outputs and demo data below
+    whatever the working directory is.
 
     Args:
-        argv: the command line; ``sys.argv`` when None.
         default: a bundle folder, relative to the working directory, to use when the config files' folder is not
             known; None refuses instead.
 
     Raises:
         SettingError: when the config files' folder is not known and no ``default`` is given.
     """
-    workflow = _running_workflow() if argv is None else None
-    root = getattr(workflow, "config_root_path", None)
-    if root is None:
-        parsed = command_line_overrides(argv)
-        if parsed is not None and parsed[1]:
-            root = Path(parsed[1][0]).parent
+    root = getattr(running_workflow(), "config_root_path", None)
     if root is not None:
         root = Path(root).expanduser().absolute()
         return str(root.parent if root.name == "configs" else root)
@@ -368,25 +314,3 @@ def config_bundle_root(argv: Sequence[str] | None = None, default: str | None = 
         "bundle_root must be set when the config is parsed without a monai.bundle workflow (a ConfigParser does not "
         "record where its config files are), e.g. parser['bundle_root'] = '/path/to/monai_vqbrain/bundle'."
     )
-
-
-def _running_workflow() -> Any | None:
-    """The MONAI ``ConfigWorkflow`` whose ``initialize`` or ``run`` is evaluating the config now, or None.
-
-    MONAI does not hand the workflow to the expressions it evaluates, but the workflow's own method is on the call
-    stack (its ``self``) whenever it evaluates them: from ``python -m monai.bundle run``, ``monai.bundle.run``,
-    ``create_workflow`` or ``ConfigWorkflow`` alike. A bare ``ConfigParser`` has no workflow.
-    """
-    from monai.bundle import ConfigWorkflow
-
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, ConfigWorkflow):
-                return candidate
-            frame = frame.f_back
-        return None
-    finally:
-        del frame  # a frame kept in a local would keep every frame above it alive
-
