@@ -54,7 +54,7 @@ from monai_vqbrain.prior import (
     sample_class_labels,
 )
 from monai_vqbrain.prior import codes as codes_module
-from monai_vqbrain.prior.metrics import _frechet_distance_from_samples
+from monai_vqbrain.prior.frechet import _frechet_distance_from_samples
 from monai_vqbrain.utils import read_model, read_model_metadata, save_model
 from monai_vqbrain.workflows import check_settings
 
@@ -864,15 +864,15 @@ def test_prior_quality_preset_is_the_default_prior_on_a_longer_schedule():
 def test_grid_says_which_end_is_the_base_of_the_brain(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from monai_vqbrain.prior import generate as generate_module
+    from monai_vqbrain.prior import generation_handlers as handlers_module
 
     drawn = {}
-    monkeypatch.setattr(generate_module, "plot_sample_grid",
+    monkeypatch.setattr(handlers_module, "plot_sample_grid",
                         lambda images, path, titles, heading=None: drawn.update(titles=titles, heading=heading))
     conditioning = {"type": "slice_position", "num_bins": 4, "slice_index_range": [0, 15], "class_counts": [1, 1, 1, 1]}
     samples = SimpleNamespace(images=torch.rand(4, 1, 8, 8), names=[f"sample_{i:03d}.png" for i in range(4)],
                               labels=torch.arange(4))
-    generate_module.SampleGrid(samples, {"conditioning": conditioning}, tmp_path)(None)
+    handlers_module.SampleGrid(samples, {"conditioning": conditioning}, tmp_path)(None)
     assert drawn["heading"] == ("samples by slice position, from the base of the brain (slice 0, top left) to the "
                                 "vertex (slice 15, bottom right)")
     assert drawn["titles"][0] == "sample_000\nslices 0-3 of 0-15"

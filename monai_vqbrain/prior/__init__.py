@@ -3,15 +3,21 @@
 * :mod:`.codes`: encode a split to code maps once and cache them (invalidated when the VQ-VAE or the data change),
   slice-position class labels, and the dataset the prior trains on.
 * :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
-* :mod:`.metrics`: NLL (bits per code) and accuracy of a prior; Fréchet distance, diversity and memorisation of
-  generated images, with bootstrap intervals.
+* :mod:`.code_metrics`: NLL (bits per code) and accuracy of a prior.
+* the realism measures of generated images, each usable alone: :mod:`.frechet` (Fréchet distance and its feature
+  space), :mod:`.precision_recall` (k-NN precision and recall), :mod:`.ssim` (diversity and memorisation) and
+  :mod:`.two_sample` (the two-sample tests on the three comparisons); :mod:`.generation_quality` composes them into
+  the one metric of ``generating``, with bootstrap intervals.
 * :mod:`.realism`: the classifier two-sample test of realism (held-out ROC AUC of a small CNN, grouped folds).
 * :mod:`.texture`: the texture two-sample test (intensity, gradient and LBP histograms, logistic regression).
-* :mod:`.figures`: the prior's learning curves; samples beside their nearest training slices.
-* :mod:`.generate`: the pieces of the bundle's ``generating``: load a prior from its checkpoint; the sampler's
-  requests, inferer and writers; the handlers that keep, plot and report the samples.
+* :mod:`.figures`: the prior's learning curves; a grid of samples; samples beside their nearest training slices.
+* the pieces of the bundle's ``generating``: :mod:`.loading` (a prior from its checkpoint), :mod:`.sampling` (the
+  sampler's requests, batches and inferer), :mod:`.writers` (the samples' PNG and NIfTI files), :mod:`.report`
+  (``generation_metrics.json``: its keys, summary and logged numbers) and :mod:`.generation_handlers` (the handlers
+  that keep, plot and report the samples).
 """
 
+from .code_metrics import CodeAccuracyMetric, CodeNLLMetric
 from .codes import (
     CONDITIONINGS,
     CodeDataset,
@@ -27,45 +33,12 @@ from .codes import (
     position_map,
     vqvae_fingerprint,
 )
-from .figures import plot_nearest_training_slices, plot_prior_learning_curves
-from .generate import (
-    GENERATION_METRICS_KEYS,
-    GeneratedSamples,
-    GenerationReport,
-    NearestTrainingSlices,
-    PriorSamplingInferer,
-    SampleGrid,
-    SampleNiftiWriter,
-    SamplePNGWriter,
-    SampleRequestBatch,
-    SampleRequests,
-    SaveSampled,
-    check_real_splits,
-    decode_codes,
-    generation_log_values,
-    generation_metrics_markdown,
-    generation_summary,
-    load_prior,
-    plot_sample_grid,
-    prior_summary,
-    read_prior_settings,
-    sample_affine,
-    sample_class_labels,
-)
-from .metrics import (
-    CodeAccuracyMetric,
-    CodeNLLMetric,
-    GenerationQuality,
-    NearestImageSearch,
-    bootstrap_frechet_interval,
-    bootstrap_mean_interval,
-    encoder_features,
-    frechet_distance,
-    knn_precision_recall,
-    mean_pairwise_ssim,
-    pairwise_ssim,
-    real_image_batch,
-)
+from .figures import plot_nearest_training_slices, plot_prior_learning_curves, plot_sample_grid
+from .frechet import bootstrap_frechet_interval, encoder_features, frechet_distance
+from .generation_handlers import GeneratedSamples, GenerationReport, NearestTrainingSlices, SampleGrid
+from .generation_quality import GenerationQuality, real_image_batch
+from .loading import load_prior, read_prior_settings
+from .precision_recall import knn_precision_recall
 from .realism import (
     RealismClassifier,
     assign_folds,
@@ -74,6 +47,23 @@ from .realism import (
     held_out_separation,
     slice_groups,
 )
+from .report import (
+    GENERATION_METRICS_KEYS,
+    generation_log_values,
+    generation_metrics_markdown,
+    generation_summary,
+    prior_summary,
+)
+from .sampling import (
+    PriorSamplingInferer,
+    SampleRequestBatch,
+    SampleRequests,
+    check_real_splits,
+    decode_codes,
+    sample_affine,
+    sample_class_labels,
+)
+from .ssim import NearestImageSearch, bootstrap_mean_interval, mean_pairwise_ssim, pairwise_ssim
 from .texture import TEXTURE_FEATURES, texture_features, texture_two_sample_test
 from .trainer import (
     PRIOR_CHECKPOINTS,
@@ -86,6 +76,7 @@ from .trainer import (
     prior_network_settings,
     training_loss,
 )
+from .writers import SampleNiftiWriter, SamplePNGWriter, SaveSampled
 
 __all__ = [
     "check_real_splits",

@@ -1,7 +1,10 @@
-"""Figures of the prior: its learning curves, and generated samples beside their nearest training slices."""
+"""Figures of the prior: its learning curves, a grid of generated samples, and samples beside their nearest training
+slices."""
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +13,9 @@ import torch
 
 from monai_vqbrain.engines.distributed import is_main_process
 from monai_vqbrain.handlers.training_history import read_history
-from monai_vqbrain.utils.io import epoch_axis, pyplot, save_figure, wrap_label
+from monai_vqbrain.utils.io import atomic_path, epoch_axis, pyplot, save_figure, wrap_label
 
-__all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves"]
+__all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves", "plot_sample_grid"]
 
 
 def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.PathLike) -> Path | None:
@@ -91,3 +94,39 @@ def plot_nearest_training_slices(
     axes[1, 0].set_ylabel("nearest training slice", fontsize=8)
     figure.suptitle("Generated samples and their most similar training slices (SSIM near 1 would mean a copy)", fontsize=9)
     return save_figure(figure, path)
+
+
+def plot_sample_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    heading: str | None = None,
+) -> None:
+    """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title, under ``heading``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= count:
+            axis.axis("off")
+            continue
+        axis.imshow(images[index, 0].cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        if titles is not None:
+            axis.set_title(titles[index], fontsize=7)
+    if heading:
+        figure.suptitle(wrap_label(heading, max(40, 12 * columns)), fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
