@@ -20,17 +20,14 @@ from nibabel.orientations import apply_orientation, ornt_transform
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import (
     _RAS,
-    FOREGROUND_THRESHOLD,
-    _check_slice_options,
     _file_orientation,
     _open_volume,
-    _slice_candidates,
     check_nifti_header,
-    list_volume_slices,
     robust_range,
     scale_to_unit,
     volume_plane,
 )
+from monai_vqbrain.data.slices import FOREGROUND_THRESHOLD, _check_slice_options, _slice_candidates, list_volume_slices
 from monai_vqbrain.errors import ImageFileError
 
 

@@ -41,13 +41,13 @@ from monai_vqbrain.data import PadToSquared, ResizeSquared, get_datalist, get_da
 from monai_vqbrain.data.nifti import (
     VolumeSlices,
     open_volume_slices,
-    read_volume_plane,
     robust_range,
     scale_to_unit,
     volume_intensity_range,
     volume_plane,
 )
 from monai_vqbrain.data.oasis import check_png_file
+from monai_vqbrain.data.slices import read_volume_plane
 from monai_vqbrain.errors import CheckpointError, ImageFileError, InputsSkippedError, find_user_error
 from monai_vqbrain.handlers import HistoryFileError, TrainingCheckpointLoader, read_history
 from monai_vqbrain.inference import METRICS_FILE, LoadInputd, find_input_files, read_input

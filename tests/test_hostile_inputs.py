@@ -201,7 +201,7 @@ def test_data_set_links_that_lead_outside_it_are_read_with_one_warning(oasis_png
 
 
 def test_a_volume_link_in_a_nifti_data_set_is_listed_by_its_entry(nifti_root, tmp_path, caplog):
-    from monai_vqbrain.data.nifti import find_volume_files
+    from monai_vqbrain.data.volume_files import find_volume_files
 
     root = tmp_path / "nifti"
     shutil.copytree(nifti_root, root)

@@ -13,9 +13,10 @@ from .datasets import (
 )
 from .demo import DEMO_DIR_ENV, DEMO_MARKER, default_demo_dir, ensure_demo_dataset, generate_demo_dataset
 from .limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from .nifti import list_nifti_volumes, list_volume_slices
 from .oasis import SPLITS, list_oasis_png_split
+from .slices import list_volume_slices
 from .transforms import LoadSliced, PadToSquared, ResizeSquared, ScaleByDtyped, ToGreyscaled, get_slice_transforms
+from .volume_files import list_nifti_volumes
 
 __all__ = [
     "SPLITS",

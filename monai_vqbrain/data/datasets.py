@@ -14,9 +14,10 @@ from monai.transforms import Compose
 
 from monai_vqbrain.data.demo import default_demo_dir, ensure_demo_dataset
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
-from monai_vqbrain.data.nifti import has_volume_files, list_nifti_volumes, list_volume_slices, subject_id
 from monai_vqbrain.data.oasis import PNG_FOLDER_PREFIX, canonical_split, list_oasis_png_split, locate_png_root
+from monai_vqbrain.data.slices import list_volume_slices
 from monai_vqbrain.data.transforms import get_slice_transforms
+from monai_vqbrain.data.volume_files import has_volume_files, list_nifti_volumes, subject_id
 from monai_vqbrain.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def get_datalist(
 
     OASIS PNG slices (and the demo data, in the same layout) are ``{"image": path, "name": file name}``; NIfTI and
     Analyze volumes give one ``{"image": path, "slice_axis": a, "slice_index": k, "name": "<file>#slice<k>"}`` per
-    kept slice (see :func:`~monai_vqbrain.data.nifti.list_volume_slices`). Files are checked here, so a missing
+    kept slice (see :func:`~monai_vqbrain.data.slices.list_volume_slices`). Files are checked here, so a missing
     folder or a corrupt file is reported before training.
 
     Args:

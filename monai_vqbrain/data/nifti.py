@@ -1,25 +1,22 @@
-"""OASIS-style NIfTI/Analyze volumes: finding them, splitting subjects without leakage, and cutting 2D slices.
+"""Reading OASIS-style NIfTI/Analyze volumes a slice at a time: header checks, intensity scaling, orientation, and
+the streaming reader :class:`VolumeSlices` (cached per process).
 
-The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"). Slices come out in display
-orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher end of its vertical world axis
-(anterior for axial, superior for coronal and sagittal slices) is at the top and the patient's right is on the
-image's right (neurological convention).
+Slices come out in display orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher
+end of its vertical world axis (anterior for axial, superior for coronal and sagittal slices) is at the top and the
+patient's right is on the image's right (neurological convention).
 
 Training and inference read volumes through :class:`VolumeSlices`: one slice at a time from nibabel's array proxy,
 the per-volume intensity percentiles streamed, so that memory holds a slice rather than a volume (a 512³ volume
 would take 40 bytes a voxel through a whole-volume reader; the tests keep one, ``tests/nifti_oracle.py``, as the
-reference the slice reader is checked against).
+reference the slice reader is checked against). Finding the volumes and splitting their subjects is
+:mod:`monai_vqbrain.data.volume_files`; choosing and reading the kept slices, :mod:`monai_vqbrain.data.slices`.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import math
 import os
-import random
-import re
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -34,18 +31,9 @@ from monai_vqbrain.data.limits import (
     check_image_size,
     check_slice_shape,
 )
-from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split
-from monai_vqbrain.errors import DatasetError, ImageFileError
+from monai_vqbrain.errors import ImageFileError
 
 __all__ = [
-    "VOLUME_SUFFIXES",
-    "FOREGROUND_THRESHOLD",
-    "is_volume_file",
-    "has_volume_files",
-    "find_volume_files",
-    "subject_id",
-    "split_subjects",
-    "list_nifti_volumes",
     "check_nifti_header",
     "robust_range",
     "scale_to_unit",
@@ -53,230 +41,11 @@ __all__ = [
     "VolumeSlices",
     "open_volume_slices",
     "volume_intensity_range",
-    "read_volume_plane",
-    "kept_volume_slices",
     "volume_plane",
-    "list_volume_slices",
 ]
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".img")
-"""File name endings of the volumes looked for; an Analyze ``.img`` needs its ``.hdr`` beside it."""
-
-FOREGROUND_THRESHOLD = 0.05
-"""Intensity (after scaling to [0, 1]) above which a pixel counts as foreground for ``min_foreground``."""
 
 _RAS = axcodes2ornt("RAS")
-_SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
-# sub-folder names that mark an explicit split, mapped to the split they hold
-_SPLIT_FOLDER_NAMES = {**SPLIT_ALIASES, "training": "train", "testing": "test"}
-
-
-def is_volume_file(path: str | os.PathLike) -> bool:
-    """True when the file name ends like a NIfTI volume or an Analyze image (hidden files excluded)."""
-    name = Path(path).name
-    return not name.startswith(".") and name.lower().endswith(VOLUME_SUFFIXES)
-
-
-def _strip_volume_suffix(name: str) -> str:
-    """The file name without its volume extension(s): ``x.nii.gz`` -> ``x``."""
-    lower = name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _analyze_header(image_path: Path) -> Path | None:
-    """The ``.hdr`` beside an Analyze ``.img`` (either case), or None when it is missing."""
-    stem = image_path.name[: -len(".img")]
-    for suffix in (".hdr", ".HDR"):
-        header = image_path.with_name(stem + suffix)
-        if header.is_file():
-            return header
-    return None
-
-
-def _walk_volume_files(root: Path) -> Iterable[Path]:
-    """Yield the volume files below ``root`` in a stable order, skipping hidden files and folders."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if is_volume_file(name):
-                yield Path(folder) / name
-
-
-def _refuse_link_loop(path: Path) -> None:
-    """Refuse a data file that is a loop of symbolic links (``a -> b -> a``), naming it, rather than a traceback.
-
-    Raises:
-        ImageFileError: naming the file.
-    """
-    try:
-        os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ImageFileError(
-                f"'{path}' is a loop of symbolic links (it leads back to itself); expected an image file: remove the "
-                "link or point it at the file"
-            ) from None
-
-
-def has_volume_files(root: str | os.PathLike) -> bool:
-    """True when any NIfTI/Analyze volume file lies below ``root``; stops at the first one found."""
-    return next(iter(_walk_volume_files(Path(root).expanduser())), None) is not None
-
-
-def find_volume_files(root: str | os.PathLike) -> list[Path]:
-    """List the NIfTI/Analyze volumes below ``root`` (recursively), sorted by path.
-
-    Args:
-        root: the folder to search.
-
-    Raises:
-        ImageFileError: naming an Analyze ``.img`` whose ``.hdr`` is missing.
-    """
-    files = []
-    for path in _walk_volume_files(Path(root).expanduser()):
-        _refuse_link_loop(path)
-        if path.name.lower().endswith(".img") and _analyze_header(path) is None:
-            raise ImageFileError(
-                f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
-            )
-        # the entry, not its link target: a message must name the entry the user can remove or mend
-        files.append(path.parent.resolve() / path.name)
-    return sorted(files)
-
-
-def subject_id(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
-    """The subject a volume belongs to: the OASIS id (``OAS1_0001``) in its path, else its name without extension.
-
-    Args:
-        path: the volume file.
-        root: when given, only the part of ``path`` below ``root`` is searched for an OASIS id, so that an id in
-            the dataset folder's own name does not put every volume in one subject.
-    """
-    path = Path(path)
-    searched = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
-    match = _SUBJECT_PATTERN.findall(searched)
-    return match[-1] if match else _strip_volume_suffix(path.name)
-
-
-def _split_counts(num_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """Numbers of validation and test subjects: rounded fractions, at least one each when there are >= 3 subjects."""
-    counts = []
-    for fraction in (val_fraction, test_fraction):
-        count = round(num_subjects * fraction) if fraction > 0 else 0
-        if fraction > 0 and num_subjects >= 3:
-            count = max(count, 1)
-        counts.append(count)
-    num_val, num_test = counts
-    # always leave at least one training subject
-    while num_subjects > 0 and num_val + num_test > num_subjects - 1:
-        if num_val >= num_test:
-            num_val -= 1
-        else:
-            num_test -= 1
-    return num_val, num_test
-
-
-def split_subjects(
-    subjects: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, list[str]]:
-    """Assign subjects to splits by a seeded shuffle of their sorted ids.
-
-    Args:
-        subjects: subject ids (duplicates are merged).
-        val_fraction: fraction of subjects for ``validate``.
-        test_fraction: fraction of subjects for ``test``.
-        seed: the shuffle seed; the same seed and subjects always give the same split.
-
-    Returns:
-        ``{"train": [...], "validate": [...], "test": [...]}``, each sorted.
-
-    Raises:
-        ValueError: when the fractions are negative or leave no room for training subjects.
-    """
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 and sum to less than 1"
-        )
-    ordered = sorted(set(subjects))
-    random.Random(seed).shuffle(ordered)
-    num_val, num_test = _split_counts(len(ordered), val_fraction, test_fraction)
-    return {
-        "test": sorted(ordered[:num_test]),
-        "validate": sorted(ordered[num_test : num_test + num_val]),
-        "train": sorted(ordered[num_test + num_val :]),
-    }
-
-
-def _split_folders(root: Path) -> dict[str, Path]:
-    """The explicit split sub-folders of ``root`` (``train``, ``validate``/``val``/``validation``, ``test``)."""
-    folders: dict[str, Path] = {}
-    for child in sorted(root.iterdir()):
-        split = _SPLIT_FOLDER_NAMES.get(child.name.lower())
-        if split is not None and child.is_dir():
-            folders.setdefault(split, child)
-    return folders
-
-
-def list_nifti_volumes(
-    root: str | os.PathLike, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> list[Path]:
-    """List the volumes of one split of a NIfTI/Analyze dataset.
-
-    When ``root`` has ``train``/``validate``/``test`` sub-folders (``val``/``validation`` also name the validation
-    one), the split's folder is searched; otherwise all volumes below ``root`` are grouped by :func:`subject_id`
-    and the subjects are split by :func:`split_subjects`, so no subject is in two splits.
-
-    Args:
-        root: the dataset folder.
-        split: ``"train"``, ``"validate"`` or ``"test"``.
-        val_fraction: fraction of subjects for ``validate`` when splitting by subject.
-        test_fraction: fraction of subjects for ``test`` when splitting by subject.
-        seed: the subject shuffle seed.
-
-    Returns:
-        The split's volume files (absolute paths), sorted.
-
-    Raises:
-        DatasetError: when ``root`` or the split's folder is missing, or the split has no volume.
-        ImageFileError: naming an Analyze ``.img`` whose ``.hdr`` is missing.
-    """
-    split = canonical_split(split)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"NIfTI dataset folder '{root}' does not exist; expected a folder of .nii/.nii.gz volumes")
-    folders = _split_folders(root)
-    if folders:
-        if split not in folders:
-            raise DatasetError(
-                f"NIfTI dataset folder '{root}' has split folders ({', '.join(sorted(p.name for p in folders.values()))}) "
-                f"but none for split {split!r}; expected a sub-folder named {split!r}"
-                + (" (or 'val'/'validation')" if split == "validate" else "")
-            )
-        files = find_volume_files(folders[split])
-        if not files:
-            raise DatasetError(
-                f"split folder '{folders[split]}' holds no volumes; expected .nii, .nii.gz or .img+.hdr files below it"
-            )
-        return files
-
-    files = find_volume_files(root)
-    if not files:
-        raise DatasetError(f"NIfTI dataset folder '{root}' holds no volumes; expected .nii, .nii.gz or .img+.hdr files")
-    subjects = {path: subject_id(path, root.resolve()) for path in files}
-    assignment = split_subjects(subjects.values(), val_fraction, test_fraction, seed)
-    chosen = set(assignment[split])
-    selected = [path for path in files if subjects[path] in chosen]
-    if not selected:
-        raise DatasetError(
-            f"split {split!r} of NIfTI dataset folder '{root}' is empty: its {len(assignment['train'])} training, "
-            f"{len(assignment['validate'])} validation and {len(assignment['test'])} test subjects come from "
-            f"{len(set(subjects.values()))} subject(s) (val_fraction={val_fraction}, test_fraction={test_fraction}); "
-            f"expected at least 3 subjects, or train/validate/test sub-folders"
-        )
-    return selected
 
 
 def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
@@ -711,98 +480,6 @@ def volume_intensity_range(
     return _cached_range(str(path), _stamp(path), max_voxels)
 
 
-def read_volume_plane(
-    path: str | os.PathLike, axis: int, index: int, max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS
-) -> np.ndarray:
-    """One kept slice of a volume, scaled per volume to [0, 1], float32 ``(1, H, W)``: what training reads.
-
-    Only the slice's voxels are read (the volume's percentiles are computed once, streaming), so memory holds a
-    slice, not the volume. The values are those of :func:`volume_plane` of the whole volume, reoriented and scaled.
-
-    Raises:
-        ImageFileError: naming the file when it cannot be read, holds NaN/inf values, or vanished since listing.
-    """
-    low, high = volume_intensity_range(path, max_voxels)
-    volume = open_volume_slices(path, max_voxels)
-    file_axis, file_index = volume.file_index(int(axis), int(index))
-    per_block = volume.slices_per_block(file_axis)
-    if per_block == 1:
-        return volume.plane(int(axis), int(index), low, high)
-    # a slice across the file's storage order: read the aligned block of slices around it once (at most 64 MiB,
-    # one block for all volumes), so that the next slices of the volume, listed in order, come from memory
-    start = file_index // per_block * per_block
-    key = (str(path), volume.shape3, file_axis, start, _stamp(path), os.getpid())
-    with _BLOCK_LOCK:
-        if _LAST_BLOCK.get("key") != key:
-            _LAST_BLOCK.clear()  # the old block is freed before the next is read
-            stop = min(start + per_block, volume.shape3[file_axis])
-            _LAST_BLOCK.update(key=key, block=volume.read_file_slab(file_axis, start, stop))
-        block = _LAST_BLOCK["block"]
-    slab = apply_orientation(np.take(block, [file_index - start], axis=file_axis), volume.to_ras)
-    return volume_plane(scale_to_unit(slab, low, high), int(axis), 0)
-
-
-# the last block of strided slices read_volume_plane read, shared by all volumes (and the cache's threads)
-_LAST_BLOCK: dict = {}
-_BLOCK_LOCK = threading.Lock()
-
-
-def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
-    """Validate the slicing options, returning ``slice_range`` as two floats."""
-    if slice_axis not in (0, 1, 2):
-        raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
-    try:
-        start, stop = (float(v) for v in slice_range)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"slice_range must be two fractions (start, stop), got {slice_range!r}") from err
-    if not 0.0 <= start < stop <= 1.0:
-        raise ValueError(f"slice_range must satisfy 0 <= start < stop <= 1, got {slice_range!r}")
-    if not 0.0 <= min_foreground <= 1.0:
-        raise ValueError(f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}")
-    return start, stop
-
-
-def _slice_candidates(shape: Sequence[int], slice_axis: int, slice_range: tuple[float, float]) -> tuple[int, list[int]]:
-    """The axis a RAS volume of ``shape`` is cut along and the slice indices within ``slice_range``."""
-    singleton_axes = [axis for axis, size in enumerate(shape) if size == 1]
-    if singleton_axes:
-        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
-        return singleton_axes[-1], [0]
-    length = shape[slice_axis]
-    first = int(np.floor(slice_range[0] * length))
-    last = max(int(np.ceil(slice_range[1] * length)), first + 1)
-    return slice_axis, list(range(first, min(last, length)))
-
-
-def kept_volume_slices(
-    volume: VolumeSlices,
-    intensity_range: tuple[float, float],
-    slice_axis: int,
-    slice_range: tuple[float, float],
-    min_foreground: float,
-) -> tuple[int, list[int]]:
-    """The axis a volume is cut along and the slices kept by ``slice_range`` and ``min_foreground``, read slice by
-    slice from a :class:`VolumeSlices` (the volume is never in memory whole).
-
-    Args:
-        volume: the volume's slices.
-        intensity_range: the intensities mapped to 0 and 1 (:meth:`VolumeSlices.intensity_range`).
-        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
-        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
-    """
-    axis, indices = _slice_candidates(volume.ras_shape, slice_axis, slice_range)
-    if min_foreground <= 0:
-        return axis, indices  # every slice passes: none needs reading
-    low, high = intensity_range
-    kept = {
-        k
-        for k, plane in volume.planes(axis, indices, low, high)
-        if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground
-    }
-    return axis, [k for k in indices if k in kept]
-
-
 def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a RAS volume, in display orientation, as a float32 ``(1, H, W)`` array.
 
@@ -814,56 +491,3 @@ def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     # rot90 puts the higher end of the second in-plane axis (A or S) at the top and keeps R to the right
     plane = np.rot90(np.take(volume, index, axis=axis))
     return np.ascontiguousarray(plane[None], dtype=np.float32)
-
-
-def list_volume_slices(
-    files: Sequence[str | os.PathLike],
-    slice_axis: int = 2,
-    slice_range: Sequence[float] = (0.2, 0.8),
-    min_foreground: float = 0.05,
-    max_voxels: int | None = DEFAULT_MAX_VOLUME_VOXELS,
-    max_items: int | None = None,
-    min_slice_size: int | None = None,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-) -> list[dict]:
-    """List the kept 2D slices of volumes as datalist items, without holding their pixels.
-
-    All headers (size, affine, slice shape) are checked first, so a bad file stops the run before any voxels are
-    read. Each volume is then streamed slice by slice (for its intensity percentiles and to find the slices with
-    enough foreground) until ``max_items`` slices are listed; memory holds a slice, never a volume.
-
-    Args:
-        files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
-        slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
-        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
-        max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
-        max_items: stop after this many slices; None lists all.
-        min_slice_size: the smallest in-plane side a slice may have (``min_slice_size``); None allows any.
-        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None allows
-            any.
-
-    Returns:
-        ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
-        kept slice, in file order; :class:`~monai_vqbrain.data.transforms.LoadSliced` reads them.
-
-    Raises:
-        ImageFileError: naming a file that cannot be read, is not a 2D/3D image, has a NaN/infinite or singular
-            affine, or whose slices are too small or too elongated.
-        ValueError: for invalid slicing options.
-    """
-    start, stop = _check_slice_options(slice_axis, slice_range, min_foreground)
-    paths = [Path(f) for f in files]
-    for path in paths:
-        open_volume_slices(path, max_voxels).check_planes(slice_axis, min_slice_size, max_pixels)
-    items: list[dict] = []
-    for path in paths:
-        volume = open_volume_slices(path, max_voxels)
-        intensities = volume_intensity_range(path, max_voxels)
-        axis, indices = kept_volume_slices(volume, intensities, slice_axis, (start, stop), min_foreground)
-        items += [
-            {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
-        ]
-        if max_items is not None and len(items) >= max_items:
-            break
-    return items[:max_items]

@@ -31,7 +31,7 @@ from monai.utils import TraceKeys
 from PIL import Image
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import read_volume_plane
+from monai_vqbrain.data.slices import read_volume_plane
 from monai_vqbrain.errors import ImageFileError
 
 __all__ = [
@@ -91,7 +91,7 @@ class LoadSliced(MapTransform):
 
     An item ``{"image": path}`` is a 2D image file, read by MONAI's ``LoadImage`` with :class:`SliceReader` and made
     channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
-    :func:`~monai_vqbrain.data.nifti.list_volume_slices`) is that slice of the volume, reoriented to RAS, scaled per
+    :func:`~monai_vqbrain.data.slices.list_volume_slices`) is that slice of the volume, reoriented to RAS, scaled per
     volume to [0, 1] by robust percentiles and shown in display orientation, as a float32 ``(1, H, W)`` array.
     Only that slice's voxels are read, from nibabel's array proxy (the volume's percentiles are computed once, in a
     streaming pass, and kept), so memory holds a slice, not a volume. Not MONAI's ``LoadImaged``: that would read a

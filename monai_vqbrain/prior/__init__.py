@@ -1,7 +1,8 @@
 """The PixelCNN prior over a VQ-VAE's code maps: cached codes, training, generation and generation metrics.
 
-* :mod:`.codes`: encode a split to code maps once and cache them (invalidated when the VQ-VAE or the data change),
-  slice-position class labels, and the dataset the prior trains on.
+* :mod:`.codes`: load the VQ-VAE, encode a split to code maps once and cache them (invalidated when the VQ-VAE or
+  the data change), and the dataset the prior trains on.
+* :mod:`.conditioning`: slice-position class labels and the position map the prior is conditioned on.
 * :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
 * :mod:`.code_metrics`: NLL (bits per code) and accuracy of a prior.
 * the realism measures of generated images, each usable alone: :mod:`.frechet` (Fréchet distance and its feature
@@ -19,19 +20,21 @@
 
 from .code_metrics import CodeAccuracyMetric, CodeNLLMetric
 from .codes import (
-    CONDITIONINGS,
     CodeDataset,
-    SlicePositionLabels,
     codes_fingerprint,
     encode_dataset,
     file_sha256,
     load_or_encode_codes,
     load_vqvae,
+    vqvae_fingerprint,
+)
+from .conditioning import (
+    CONDITIONINGS,
+    SlicePositionLabels,
     num_condition_classes,
     parse_slice_index,
     position_channels,
     position_map,
-    vqvae_fingerprint,
 )
 from .figures import plot_nearest_training_slices, plot_prior_learning_curves, plot_sample_grid
 from .frechet import bootstrap_frechet_interval, encoder_features, frechet_distance

@@ -17,6 +17,7 @@ __all__ = [
     "CodeAccuracyMetric",
 ]
 
+
 class _CodeMetric(CumulativeIterationMetric):
     """Base of the per-image metrics of a prior's logits ``(B, K, H, W)`` against codes ``(B, H, W)``."""
 

@@ -1,10 +1,11 @@
-"""Code maps of a trained VQ-VAE for the prior: encode a split once, cache it, and serve it as a dataset.
+"""Code maps of a trained VQ-VAE for the prior: load the VQ-VAE, encode a split once, cache it, and serve it as a
+dataset.
 
 A split's code maps are cached in one file (``{"codes", "names", "slice_indices", "fingerprint", ...}``) written
 atomically. The fingerprint covers the VQ-VAE checkpoint's bytes, the split's source files (path, size and
 modification time, listed without loading any image) and every setting that changes the images; a cache whose
 fingerprint differs is recomputed, so retraining the VQ-VAE or changing the data never trains the prior on stale
-codes.
+codes. What the prior is conditioned on (slice-position labels, the position map) is :mod:`.conditioning`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import detect_dataset_format, get_dataset, resolve_dataset_dir
-from ..data.nifti import list_nifti_volumes
 from ..data.oasis import canonical_split, find_png_files, png_split_folder
+from ..data.volume_files import list_nifti_volumes
 from ..engines.precision import autocast
 from ..errors import CheckpointError, DatasetError
 from ..utils.checkpoint import (
@@ -36,36 +35,24 @@ from ..utils.checkpoint import (
 )
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
+from .conditioning import SlicePositionLabels, parse_slice_index
+
+# benchmarks/benchmark.py imports position_map from here, where it lived before conditioning.py
+from .conditioning import position_map as position_map
 
 __all__ = [
-    "CONDITIONINGS",
-    "CodeDataset",
-    "SlicePositionLabels",
+    "vqvae_fingerprint",
+    "load_vqvae",
     "codes_fingerprint",
     "encode_dataset",
-    "file_sha256",
     "load_or_encode_codes",
-    "load_vqvae",
-    "num_condition_classes",
-    "parse_slice_index",
-    "position_channels",
-    "position_map",
-    "vqvae_fingerprint",
+    "CodeDataset",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: ways the prior can be conditioned: on nothing, or on the slice position (a class per bin of slice index)
-CONDITIONINGS = ("none", "slice_position")
-
 #: version of the cache file layout; bumping it invalidates every existing cache
 _CACHE_VERSION = 1
-
-# OASIS PNG slices are named case_XXX_slice_Y.nii.png; NIfTI slices "<volume file>#slice<k>" (see data.nifti)
-_SLICE_INDEX_PATTERNS = (
-    re.compile(r"^case_\d+_slice_(\d+)(?:\.nii)?\.png$", re.IGNORECASE),
-    re.compile(r"#slice(\d+)$"),
-)
 
 # dataset settings that change which images a split holds or what they look like (not cache_rate, num_workers)
 _IMAGE_SETTINGS = (
@@ -80,7 +67,6 @@ _IMAGE_SETTINGS = (
 )
 
 
-# --------------------------------------------------------------------------------------------- VQ-VAE checkpoint
 def _missing_vqvae_error(path: Path) -> CheckpointError:
     return CheckpointError(
         f"VQ-VAE checkpoint '{path}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
@@ -128,7 +114,6 @@ def load_vqvae(
     return network.eval()
 
 
-# ------------------------------------------------------------------------------------------------- fingerprints
 def _split_source_files(dataset_kwargs: Mapping[str, Any], split: str) -> tuple[str, list[Path]]:
     """The dataset format and the files a split is read from, listed without opening them."""
     root = resolve_dataset_dir(dataset_kwargs.get("dataset_dir"))
@@ -185,7 +170,6 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------------- encoding
 @torch.no_grad()
 def encode_dataset(
     vqvae: torch.nn.Module,
@@ -223,16 +207,6 @@ def encode_dataset(
     if not codes:
         raise DatasetError("there are no images to encode: the split is empty.")
     return torch.cat(codes).long(), names
-
-
-def parse_slice_index(name: str) -> int | None:
-    """The slice index in a slice's name: ``Y`` of OASIS ``case_XXX_slice_Y.nii.png``, ``k`` of NIfTI
-    ``<volume>#slice<k>``; None when the name carries none."""
-    for pattern in _SLICE_INDEX_PATTERNS:
-        match = pattern.search(str(name))
-        if match:
-            return int(match.group(1))
-    return None
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -342,178 +316,6 @@ def load_or_encode_codes(
     return entry
 
 
-# --------------------------------------------------------------------------------------------------- conditioning
-def num_condition_classes(conditioning: str | None, slice_bins: int) -> int | None:
-    """The prior's ``num_classes``: None without conditioning, ``slice_bins`` with slice-position conditioning.
-
-    Raises:
-        ValueError: for an unknown conditioning or a non-positive number of bins.
-    """
-    conditioning = "none" if conditioning is None else str(conditioning)
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"prior_conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}.")
-    if conditioning == "none":
-        return None
-    if isinstance(slice_bins, bool) or int(slice_bins) != slice_bins or slice_bins < 1:
-        raise ValueError(f"prior_slice_bins must be a positive integer, got {slice_bins!r}.")
-    return int(slice_bins)
-
-
-def position_channels(num_frequencies: int) -> int | None:
-    """The prior's ``cond_channels`` for :func:`position_map` features: ``4 * num_frequencies``, None for 0."""
-    if isinstance(num_frequencies, bool) or int(num_frequencies) != num_frequencies or num_frequencies < 0:
-        raise ValueError(f"prior_position_frequencies must be a non-negative integer, got {num_frequencies!r}.")
-    return 4 * int(num_frequencies) if num_frequencies else None
-
-
-def position_map(code_size: Sequence[int], num_frequencies: int) -> torch.Tensor:
-    """Fixed Fourier features of the position in a code map, the prior's spatial conditioning map.
-
-    For row ``r`` of ``h`` (``u = (r + 0.5) / h``) the features are ``sin(pi k u)`` and ``cos(pi k u)`` for
-    ``k = 1 .. num_frequencies``, and the same for the column. A PixelCNN only sees absolute position through its
-    zero padding, and never the bottom or right edge (they lie in its future), so without them it does not know
-    that the map ends a row or two below: it then sometimes starts new structures in the last rows, seen as
-    blobs in the bottom corners of generated brains. With the position as an input every layer can learn where
-    the background is.
-
-    Args:
-        code_size: ``(h, w)`` of the code maps.
-        num_frequencies: frequencies per axis; the map has ``4 * num_frequencies`` channels.
-
-    Returns:
-        A float32 tensor ``(4 * num_frequencies, h, w)``.
-    """
-    height, width = (int(s) for s in code_size)
-    k = torch.arange(1, int(num_frequencies) + 1, dtype=torch.float64)[:, None] * math.pi
-    rows = k * ((torch.arange(height, dtype=torch.float64) + 0.5) / height)
-    columns = k * ((torch.arange(width, dtype=torch.float64) + 0.5) / width)
-    row_features = torch.cat([rows.sin(), rows.cos()])[:, :, None].expand(-1, height, width)
-    column_features = torch.cat([columns.sin(), columns.cos()])[:, None, :].expand(-1, height, width)
-    return torch.cat([row_features, column_features]).float().contiguous()
-
-
-class SlicePositionLabels:
-    """Class labels for the prior: the bin of each slice's position along the stack, or nothing.
-
-    With ``"slice_position"`` the slice index parsed from each name (:func:`parse_slice_index`) is binned over the
-    range of indices seen in the training split: ``bin = floor((index - low) / (high - low + 1) * num_bins)``. A
-    model conditioned on the bin knows whether to draw a slice near the base of the brain (small, with temporal
-    lobes and cerebellum) or near the vertex, which a raster-order prior otherwise has to guess from the first
-    rows. When the training names carry no slice index (e.g. images from another source) every label is 0, so
-    the run still works, as an unconditioned model with a constant bias; a name without an index among names that
-    have one gets the middle bin.
-
-    Args:
-        conditioning: ``"none"`` or ``"slice_position"``.
-        num_bins: number of position bins (the prior's ``num_classes``).
-        index_range: ``(low, high)`` slice indices of the training split, or None when no name carries one.
-        class_counts: number of training slices in each bin, used to draw sample labels like the data.
-    """
-
-    def __init__(
-        self,
-        conditioning: str = "slice_position",
-        num_bins: int = 8,
-        index_range: Sequence[int] | None = None,
-        class_counts: Sequence[int] | None = None,
-    ) -> None:
-        self.num_classes = num_condition_classes(conditioning, num_bins)
-        self.conditioning = "none" if self.num_classes is None else "slice_position"
-        self.index_range = None if index_range is None else (int(index_range[0]), int(index_range[1]))
-        self.class_counts = None if class_counts is None else [int(c) for c in class_counts]
-
-    @classmethod
-    def fit(cls, conditioning: str, num_bins: int, train_codes: Mapping[str, Any]) -> SlicePositionLabels:
-        """Fit the index range and class counts on the training split's code cache (:func:`load_or_encode_codes`)."""
-        labels = cls(conditioning, num_bins)
-        if labels.num_classes is None:
-            return labels
-        indices = torch.as_tensor(train_codes["slice_indices"])
-        known = indices[indices >= 0]
-        if known.numel() == 0:
-            logger.warning(
-                "prior_conditioning is 'slice_position' but no training image name carries a slice index "
-                "(expected case_XXX_slice_Y or <volume>#slice<k>); every slice gets class 0."
-            )
-        else:
-            labels.index_range = (int(known.min()), int(known.max()))
-        counts = torch.bincount(labels(indices.tolist()), minlength=labels.num_classes)
-        labels.class_counts = counts.tolist()
-        return labels
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> SlicePositionLabels:
-        """Rebuild from the ``"conditioning"`` entry of a prior checkpoint's metadata (:meth:`to_metadata`)."""
-        return cls(
-            metadata.get("type", "none"),
-            metadata.get("num_bins") or 1,
-            metadata.get("slice_index_range"),
-            metadata.get("class_counts"),
-        )
-
-    def to_metadata(self) -> dict[str, Any]:
-        """Plain values for a checkpoint's metadata (loadable with ``weights_only``)."""
-        return {
-            "type": self.conditioning,
-            "num_bins": self.num_classes,
-            "slice_index_range": None if self.index_range is None else list(self.index_range),
-            "class_counts": self.class_counts,
-        }
-
-    def __call__(self, slice_indices: Sequence[int | None] | torch.Tensor) -> torch.Tensor | None:
-        """Labels (N,) int64 for slice indices (None or negative: unknown), or None without conditioning."""
-        if self.num_classes is None:
-            return None
-        values = slice_indices.tolist() if isinstance(slice_indices, torch.Tensor) else list(slice_indices)
-        if self.index_range is None:
-            return torch.zeros(len(values), dtype=torch.long)
-        low, high = self.index_range
-        span = high - low + 1
-        labels = []
-        for index in values:
-            if index is None or index < 0:
-                labels.append(self.num_classes // 2)
-                continue
-            position = (min(max(int(index), low), high) - low) / span
-            labels.append(min(int(math.floor(position * self.num_classes)), self.num_classes - 1))
-        return torch.tensor(labels, dtype=torch.long)
-
-    def bin_description(self, label: int) -> str:
-        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range).
-
-        Slice indices grow from the base of the brain to the vertex (axial slices in RAS order), which
-        ``grid.png``'s heading says.
-        """
-        if self.num_classes is None:
-            return ""
-        if self.index_range is None:
-            return f"position bin {int(label)}"
-        low, high = self.index_range
-        members = [i for i in range(low, high + 1) if int(self([i])[0]) == int(label)]
-        if not members:
-            return f"position bin {int(label)}"
-        covered = f"{members[0]}" if len(members) == 1 else f"{members[0]}-{members[-1]}"
-        return f"slice{'s' if len(members) > 1 else ''} {covered} of {low}-{high}"
-
-    def sample_labels(self, num_samples: int) -> torch.Tensor | None:
-        """Labels for ``num_samples`` samples following the training distribution of the bins, in order.
-
-        Sample ``i`` gets the bin holding the ``(i + 0.5) / num_samples`` quantile of the training labels: the
-        samples cover the bins in proportion to the data (as a fair comparison with real images needs) and are
-        ordered from the base of the brain to the vertex, with no randomness.
-        """
-        if self.num_classes is None:
-            return None
-        counts = torch.tensor(self.class_counts or [1] * self.num_classes, dtype=torch.float64)
-        if counts.sum() <= 0:
-            counts = torch.ones(self.num_classes, dtype=torch.float64)
-        cumulative = torch.cumsum(counts / counts.sum(), dim=0)
-        quantiles = (torch.arange(num_samples, dtype=torch.float64) + 0.5) / num_samples
-        labels = torch.searchsorted(cumulative, quantiles, right=True)
-        return labels.clamp_(max=self.num_classes - 1).long()
-
-
-# ------------------------------------------------------------------------------------------------------ dataset
 class CodeDataset(Dataset):
     """The code maps of one split as items ``{"codes": int64 (h, w), "label": int64 (), "name": str}``.
 

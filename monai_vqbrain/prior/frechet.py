@@ -19,6 +19,7 @@ __all__ = [
     "encoder_features",
 ]
 
+
 def _stable_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """The Fréchet distance computed with symmetric eigendecompositions, real even for singular covariances.
 

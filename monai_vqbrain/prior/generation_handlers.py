@@ -22,7 +22,7 @@ from monai.utils import CommonKeys
 from ..errors import OutputPathError
 from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
-from .codes import SlicePositionLabels
+from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
 from .report import generation_log_values, generation_summary, prior_summary
 
@@ -35,10 +35,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
 # the sample files of a run; stale ones from a run with more samples are removed with overwrite
 _SAMPLE_FILE = re.compile(r"^sample_\d+\.(png|nii\.gz)$")
-
 
 # the other files a generating run writes into its folder
 _RUN_FILES = ("grid.png", "generation_metrics.json", "nearest_training_slices.png")

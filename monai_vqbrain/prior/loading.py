@@ -21,7 +21,7 @@ from ..utils.checkpoint import (
     metadata_file,
     read_model,
 )
-from .codes import position_channels
+from .conditioning import position_channels
 from .trainer import prior_network_settings
 
 __all__ = [

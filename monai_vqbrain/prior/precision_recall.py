@@ -1,5 +1,4 @@
-"""k-NN precision and recall of generated images' features against real ones, with bootstrap intervals.
-"""
+"""k-NN precision and recall of generated images' features against real ones, with bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from .ssim import bootstrap_mean_interval
 __all__ = [
     "knn_precision_recall",
 ]
+
 
 def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     """The distance of each feature vector to its ``k``-th nearest other vector of the same set."""

@@ -25,7 +25,7 @@ from monai.metrics import compute_roc_auc
 from monai.networks.blocks import Convolution
 from scipy import stats
 
-from ..data.nifti import subject_id
+from ..data.volume_files import subject_id
 
 __all__ = [
     "RealismClassifier",
@@ -49,7 +49,7 @@ def slice_groups(names: Sequence[str]) -> list[str]:
 
     ``case_012`` for OASIS ``case_012_slice_3.nii.png`` (any folder before it is ignored); for the NIfTI readers'
     ``<volume>#slice<k>`` the subject of the volume (the OASIS id, so two sessions of one subject are one group,
-    else the volume's name, see :func:`~monai_vqbrain.data.nifti.subject_id`); a name carrying neither is its own group (``image_<i>``), so an unknown layout
+    else the volume's name, see :func:`~monai_vqbrain.data.volume_files.subject_id`); a name carrying neither is its own group (``image_<i>``), so an unknown layout
     never puts two images in one group by mistake.
     """
     groups = []

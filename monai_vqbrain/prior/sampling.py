@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from ..errors import DatasetError, SettingError
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.flags import as_bool
-from .codes import SlicePositionLabels, position_map
+from .conditioning import SlicePositionLabels, position_map
 
 __all__ = [
     "check_real_splits",
@@ -34,6 +34,7 @@ __all__ = [
     "SampleRequestBatch",
     "PriorSamplingInferer",
 ]
+
 
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:

@@ -18,6 +18,7 @@ __all__ = [
     "NearestImageSearch",
 ]
 
+
 def _ssim_metric(image_size: int) -> SSIMMetric:
     # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
     window = min(11, image_size if image_size % 2 else image_size - 1)

@@ -18,7 +18,8 @@ from ..errors import CheckpointError
 from ..utils.checkpoint import METADATA_KEY, load_checkpoint
 from ..utils.modules import unwrap_network
 from ..utils.run_checkpoints import check_checkpoint_dir, network_metadata
-from .codes import SlicePositionLabels, position_map, vqvae_fingerprint
+from .codes import vqvae_fingerprint
+from .conditioning import SlicePositionLabels, position_map
 
 __all__ = [
     "PRIOR_CHECKPOINTS",
