@@ -7,21 +7,18 @@ MONAI's ``Invertd`` and :class:`SaveReconstructiond` restore and write each reco
 :class:`CodesSaver` and :class:`InferenceMetricsWriter` write the code maps and ``reconstruction_metrics.csv``.
 """
 
+from ..data.limits import DEFAULT_MIN_SLICE_SIZE
+from ..errors import OutputPathError
 from .handlers import METRICS_FILE, CodesSaver, FileResult, InferenceMetricsWriter, code_information_bits
-from .io import (
-    DEFAULT_MIN_SLICE_SIZE,
+from .input_files import (
     NIFTI_SUFFIXES,
     PNG_SUFFIXES,
     SUPPORTED_SUFFIXES,
-    OutputPathError,
     find_input_files,
     image_format,
-    read_input,
-    restore_input_layout,
     strip_image_suffix,
-    write_nifti,
-    write_png,
 )
+from .io import read_input, restore_input_layout, write_nifti, write_png
 from .network import ReconstructionNetwork
 from .transforms import OUTPUT_EXTENSIONS, LoadInputd, SaveReconstructiond, codes_file, output_file
 from .workflow import InferenceDataset, ReconstructionEvaluator, check_outputs

@@ -27,7 +27,7 @@ from monai_vqbrain import errors
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
 from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 
-from .io import image_format
+from .input_files import image_format
 from .transforms import codes_file, output_file
 
 __all__ = ["ERROR_KEY", "METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]

@@ -22,14 +22,8 @@ from monai.utils import TraceKeys, convert_to_numpy
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
 from monai_vqbrain.errors import SettingError
 
-from .io import (
-    image_format,
-    read_input,
-    restore_input_layout,
-    strip_image_suffix,
-    write_nifti,
-    write_png,
-)
+from .input_files import image_format, strip_image_suffix
+from .io import read_input, restore_input_layout, write_nifti, write_png
 
 __all__ = ["OUTPUT_EXTENSIONS", "LoadInputd", "SaveReconstructiond", "check_output_dtype", "codes_file", "output_file"]
 
