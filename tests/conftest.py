@@ -6,6 +6,8 @@ The fixtures are session-scoped and shared by many tests: treat them as read-onl
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +16,10 @@ import pytest
 from PIL import Image
 
 from monai_vqbrain.data import generate_demo_dataset
+from monai_vqbrain.inference import METRICS_FILE
+from monai_vqbrain.networks import VQVAE
+from monai_vqbrain.prior import load_vqvae
+from monai_vqbrain.utils import load_network_weights
 
 # cases and slice indices of the tiny OASIS PNG dataset; slice 10 checks that slices sort numerically
 PNG_CASES = {"train": (1, 2, 3), "validate": (4, 5), "test": (6, 7)}
@@ -161,3 +167,137 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# the prior and generating, shared by test_prior_training, test_generation and test_generation_metrics (the prior
+# fixtures module-scoped, as they were in test_prior.py)
+TRAIN_PRIOR = [TRAIN, str(CONFIGS / "train_prior.json")]
+GENERATE = [TRAIN, str(CONFIGS / "generate.json")]
+# a prior as small as the tiny VQ-VAE of conftest (32x32 images -> 8x8 codes over 32 codes)
+TINY_PRIOR = {
+    "prior_def#channels": 8,
+    "prior_def#num_layers": 2,
+    "prior_def#kernel_size": 3,
+    "prior_batch_size": 4,
+    "prior_slice_bins": 4,
+}
+NUM_SAMPLES = 4
+
+
+def train_prior(bundle_root: Path, demo_root: Path, **overrides) -> None:
+    run_bundle("training_prior", TRAIN_PRIOR, bundle_root=str(bundle_root), dataset_dir=str(demo_root),
+               **{"prior_max_epochs": 2, **TINY_PRIOR, **overrides})
+
+
+def generate(bundle_root: Path, demo_root: Path, **overrides) -> Path:
+    settings = {"num_samples": NUM_SAMPLES, "generation_metrics": False, **overrides}
+    run_bundle("generating", GENERATE, bundle_root=str(bundle_root), dataset_dir=str(demo_root), **settings)
+    return Path(settings.get("generation_dir", bundle_root / "outputs" / "generated"))
+
+
+def copy_models(source: Path, bundle_root: Path, names: tuple[str, ...] | None = None) -> Path:
+    """Copy a fixture's checkpoints (all, or ``names``) into a new bundle root; return its models folder."""
+    models = bundle_root / "models"
+    if names is None:
+        shutil.copytree(source / "models", models)
+    else:
+        models.mkdir(parents=True)
+        for name in names:
+            shutil.copy2(source / "models" / name, models / name)
+    return models
+
+
+@pytest.fixture(scope="module")
+def prior_root(tmp_path_factory, trained_bundle, demo_root) -> Path:
+    """The tiny VQ-VAE plus a prior trained for two epochs (read-only: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("prior_bundle")
+    copy_models(trained_bundle, root, ("model.pt", "model.json"))
+    train_prior(root, demo_root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, prior_root, demo_root) -> Path:
+    """A generating run with the quality metrics, into a copy of the prior bundle."""
+    root = tmp_path_factory.mktemp("generated_bundle")
+    copy_models(prior_root, root)
+    return generate(root, demo_root, generation_metrics=True)
+
+
+def tiny_vqvae(checkpoint: Path) -> VQVAE:
+    return load_vqvae(VQVAE(**TINY_NETWORK), checkpoint, image_size=32)
+
+
+# inference on the user's files, shared by test_inference and test_inference_safety (fixtures module-scoped, as
+# they were in test_inference.py)
+INFER = [TRAIN, str(CONFIGS / "inference.json")]
+VOLUME = (24, 28, 20)
+# a permutation and flips of the axes, so that the RAS reorientation is not a no-op
+PERMUTED_AFFINE = np.array([[0.0, 0.0, -1.2, 10.0], [-1.0, 0.0, 0.0, 5.0], [0.0, 1.1, 0.0, -7.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def infer(bundle_root: Path, inputs, output_dir: Path, **overrides) -> list[dict]:
+    """Run the inferring workflow and return the rows of its metrics CSV."""
+    run_bundle("inferring", INFER, bundle_root=str(bundle_root), input=inputs, output_dir=str(output_dir), **overrides)
+    with open(output_dir / METRICS_FILE, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = NIFTI_AFFINE) -> Path:
+    image = nib.Nifti1Image(data, affine)
+    image.header["descrip"] = b"monai_vqbrain test volume"
+    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_sform(affine, code=2)
+    nib.save(image, str(path))
+    return path
+
+
+def odd_grey(height: int = 37, width: int = 53, seed: int = 1) -> np.ndarray:
+    """An 8-bit grey slice of an odd, non-square size."""
+    side = max(height, width)
+    return brain_like_slice(side, seed)[:height, :width].copy()
+
+
+def without_direction(name: str, shape: tuple[int, ...]):
+    """A NIfTI whose affine gives its third voxel axis no direction (zero slice thickness)."""
+
+    def make(folder: Path) -> Path:
+        image = nib.Nifti1Image(brain_like_volume(shape, seed=1), None)
+        image.header.set_sform(np.diag([1.0, -1.0, 0.0, 1.0]), code=1)
+        image.header.set_qform(None, code=0)
+        nib.save(image, str(folder / name))
+        return folder / name
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def vqvae(trained_bundle) -> VQVAE:
+    network = VQVAE(**TINY_NETWORK).eval()
+    load_network_weights(network, trained_bundle / "models" / "model.pt", {"image_size": 32})
+    return network
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory) -> Path:
+    """Good inputs of every kind, plus a corrupt PNG and a volume holding NaNs (bad files sort first)."""
+    root = tmp_path_factory.mktemp("inputs")
+    grey = odd_grey()
+    save_png(root / "grey.png", grey)
+    save_png(root / "rgb.png", np.stack([grey, grey // 2, np.minimum(grey.astype(int) + 30, 255)], -1).astype(np.uint8))
+    save_png(root / "rgba.png", np.stack([grey.T, grey.T, grey.T, np.full_like(grey.T, 200)], -1))
+    save_png(root / "grey16.png", (odd_grey(40, 33).astype(np.uint16) * 250))
+    save_nifti(root / "slice2d.nii", brain_like_volume(VOLUME[:2], seed=4).astype(np.float32) / 7.0)
+    save_nifti(root / "volume.nii.gz", brain_like_volume(VOLUME, seed=5))
+    save_nifti(root / "permuted.nii.gz", brain_like_volume(VOLUME, seed=6).astype(np.uint8), PERMUTED_AFFINE)
+    (root / "bad.png").write_bytes(b"this is not a png")
+    nan_volume = brain_like_volume(VOLUME, seed=7).astype(np.float32)
+    nan_volume[3, 4, 5] = np.nan
+    save_nifti(root / "bad_nan.nii.gz", nan_volume)
+    (root / "notes.txt").write_text("a folder input takes only PNG and NIfTI files")
+    return root

@@ -6,8 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import CONFIGS, TRAIN, run_bundle, user_error
-from test_prior import GENERATE, NUM_SAMPLES, copy_models, train_prior
+from conftest import CONFIGS, GENERATE, NUM_SAMPLES, TRAIN, copy_models, run_bundle, train_prior, user_error
 
 from monai_vqbrain.errors import SettingError
 from monai_vqbrain.workflows import check_settings
@@ -83,7 +82,7 @@ def test_monai_default_tracking_logs_the_loss_as_a_number(demo_root, tmp_path, m
 
 
 def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypatch):
-    from test_prior import TINY_PRIOR, TRAIN_PRIOR
+    from conftest import TINY_PRIOR, TRAIN_PRIOR
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -103,7 +102,7 @@ def test_training_prior_is_tracked(trained_bundle, demo_root, tmp_path, monkeypa
 
 @pytest.fixture(scope="module")
 def prior_root(tmp_path_factory, trained_bundle, demo_root):
-    """The tiny VQ-VAE plus a prior trained for two epochs, as in test_prior (read-only: copy it)."""
+    """The tiny VQ-VAE plus a prior trained for two epochs, as in test_prior_training (read-only: copy it)."""
     root = tmp_path_factory.mktemp("prior_bundle")
     copy_models(trained_bundle, root, ("model.pt", "model.json"))
     train_prior(root, demo_root)
