@@ -75,3 +75,17 @@ def test_adversarial_term_arguments_are_checked(kwargs):
     discriminator = torch.nn.Conv2d(1, 1, 3)
     with pytest.raises(ValueError, match="adversarial"):
         PatchAdversarialTerm(discriminator, torch.optim.SGD(discriminator.parameters(), lr=0.1), **kwargs)
+
+
+def test_what_to_run_next_keeps_the_generative_preset_last():
+    from monai_vqbrain.workflows import next_step_commands
+
+    argv = ["/site-packages/monai/bundle/__main__.py", "run", "training", "--config_file",
+            "['bundle/configs/train.json','bundle/configs/generative.json']", "--max_epochs", "3", "--image_size", "64"]
+    commands = dict(next_step_commands("training", argv))
+    prior = commands["train the prior over its codes (to generate new slices)"]
+    assert "['bundle/configs/train.json','bundle/configs/train_prior.json','bundle/configs/generative.json']" in prior
+    assert "--image_size 64" in prior and "--max_epochs" not in prior
+    argv[2], argv[4] = "training_prior", "['bundle/configs/train.json','bundle/configs/train_prior.json','bundle/configs/generative.json']"
+    (generate,) = [command for _, command in next_step_commands("training_prior", argv)]
+    assert "['bundle/configs/train.json','bundle/configs/generate.json','bundle/configs/generative.json']" in generate

@@ -23,6 +23,9 @@ NEXT_STEPS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "training_prior": (("generate slices and measure them", "generating", "generate.json"),),
 }
 
+#: presets that choose the model (its network and its folders): every later workflow of that model needs them, last
+MODEL_PRESETS = ("generative.json",)
+
 # overrides of the finished training that the next workflow must not inherit: they steer that training only
 _TRAINING_ONLY = frozenset({"resume", "overwrite", "max_epochs", "prior_max_epochs", "tracking"})
 
@@ -32,20 +35,22 @@ def next_step_commands(finished: str, argv: Sequence[str] | None = None) -> list
 
     From a ``monai.bundle run`` command line the commands name the same config folder and repeat its overrides
     (data, folders, image size, network settings), less those that steer the finished training only (``resume``,
-    ``overwrite``, ``max_epochs``); from Python they name ``bundle/configs`` and say to pass the same overrides.
+    ``overwrite``, ``max_epochs``), and keep a model preset it used (:data:`MODEL_PRESETS`, e.g. ``generative.json``)
+    last in the list; from Python they name ``bundle/configs`` and say to pass the same overrides.
 
     Args:
         finished: the run id that finished (``training``, ``training_prior``).
         argv: the command line; ``sys.argv`` when None.
     """
     parsed = bundle_command_line(argv)
-    folder, pairs = Path("bundle/configs"), None
+    folder, pairs, presets = Path("bundle/configs"), None, []
     if parsed is not None and parsed[1]:
         folder = Path(parsed[1][0]).parent
         pairs = [(key, value) for key, value in parsed[0] if key not in _TRAINING_ONLY]
+        presets = [Path(name) for name in parsed[1] if Path(name).name in MODEL_PRESETS]
     commands = []
     for purpose, run_id, config in NEXT_STEPS.get(finished, ()):
-        files = [folder / "train.json", folder / config]
+        files = [folder / "train.json", folder / config, *presets]
         overrides = " <the same overrides>"
         if pairs is not None:
             # only the keys the next workflow's configs define (a prior's training keys mean nothing to generating)
