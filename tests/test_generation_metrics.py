@@ -3,6 +3,7 @@ intervals, GenerationQuality as an evaluator's metric, and the report of generat
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import brain_like_slice, copy_models, generate, tiny_vqvae
+from conftest import REPO_ROOT, brain_like_slice, copy_models, generate, tiny_vqvae
 from monai.metrics import FIDMetric
 from torch.utils.data import DataLoader
 
@@ -68,6 +69,13 @@ def test_the_generation_metrics_reference_is_generated_from_the_key_descriptions
     for key in ("memorisation_ssim_test_mean", "fd_train_subset_vs_test", "code_size", "classifier_images_per_side_train_vs_test"):
         assert f"| `{key}` | {GENERATION_METRICS_KEYS[key]} |" in table
     assert all(text.strip() for text in GENERATION_METRICS_KEYS.values())
+    # the documentation's hook puts the table where the page's marker is
+    spec = importlib.util.spec_from_file_location("generated_tables", REPO_ROOT / "docs" / "hooks" / "generated_tables.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (REPO_ROOT / "docs" / "generating.md").read_text()
+    assert "<!-- generation-metrics-keys -->" in page
+    assert table in hook.on_page_markdown(page, page=None, config=None, files=None)
 
 
 def slice_items(cases: range, slices: int) -> list[dict]:
