@@ -45,6 +45,7 @@ CONFIG_ORDER = (
     "prior_large.json",
     "prior_quality.json",
     "generative.json",
+    "adversarial.json",
     "multi_gpu_train.json",
     "multi_gpu_train_prior.json",
     "mlflow_tracking.json",
