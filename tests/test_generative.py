@@ -1,5 +1,5 @@
-"""The generative preset (``generative.json``): a coarser code, a decoder trained on near-miss codes and a patch
-adversarial loss, trained by the same ``training`` run id into its own checkpoint folder."""
+"""The generative preset (``generative.json``): a coarser code and a decoder trained on near-miss codes, trained by
+the same ``training`` run id into its own checkpoint folder; ``adversarial.json`` adds a patch adversarial loss."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import CONFIGS, TRAIN, run_bundle
 
 from monai_vqbrain.engines import PatchAdversarialTerm
 
-GENERATIVE = [TRAIN, str(CONFIGS / "generative.json")]
+GENERATIVE = [TRAIN, str(CONFIGS / "generative.json"), str(CONFIGS / "adversarial.json")]
 # three levels (the preset's 8x downsampling), tiny; the adversarial term from the first epoch
 TINY_GENERATIVE = {
     "network_def#channels": [8, 16, 16],
@@ -55,6 +55,24 @@ def test_generative_preset_resumes_with_its_discriminator(generative_bundle, dem
     assert [record["epoch"] for record in history] == [1, 2, 3]
     after = torch.load(models / "last.pt", weights_only=True)["discriminator"]
     assert any(not torch.equal(before[key], after[key]) for key in before if before[key].is_floating_point())
+
+
+def test_the_generative_commands_train_sample_and_measure_in_their_own_folders(tmp_path, demo_root):
+    # the README's three commands, generative.json last in each list
+    base = {"bundle_root": str(tmp_path), "dataset_dir": str(demo_root), "network_def#channels": [8, 16, 16]}
+    run_bundle("training", [TRAIN, str(CONFIGS / "generative.json")], max_epochs=1, **base)
+    models = tmp_path / "models" / "generative"
+    history = json.loads((models / "training_history.json").read_text())
+    assert "train_adversarial" not in history[-1]  # design d: no discriminator without adversarial.json
+    prior = {"prior_def#channels": 8, "prior_def#num_layers": 2, "prior_def#kernel_size": 3, "prior_batch_size": 4}
+    run_bundle("training_prior", [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generative.json")],
+               prior_max_epochs=1, **base, **prior)
+    assert (models / "prior.pt").is_file() and not (tmp_path / "models" / "prior.pt").exists()
+    run_bundle("generating", [TRAIN, str(CONFIGS / "generate.json"), str(CONFIGS / "generative.json")],
+               num_samples=4, generation_metrics=False, **base)
+    generated = tmp_path / "outputs" / "generative" / "generated"
+    assert len(list(generated.glob("sample_*.png"))) == 4
+    assert json.loads((generated / "generation_metrics.json").read_text())["code_size"] == [4, 4]  # 32 / 8
 
 
 def test_adversarial_term_waits_for_its_start_epoch_and_trains_the_discriminator():
