@@ -17,7 +17,11 @@ The designs (``--designs``, in this order, since d and e build on the better of 
 * ``c``: a 16x16 map of 64 codes;
 * ``d``: the better of b and c by the classifier's d' (generated vs test), its decoder trained on near-miss codes
   (``code_noise`` 0.1: a tenth of the codes decoded through one of their 8 nearest codebook neighbours);
-* ``e``: d plus the patch adversarial loss on the decoder: the ``generative.json`` preset with d's vocabulary.
+* ``e``: d plus the patch adversarial loss on the decoder: the ``generative.json`` and ``adversarial.json`` presets
+  with d's vocabulary.
+
+The first study (``benchmarks/RESULTS.md``, sixth run) ran at commit ``7398912``, whose ``generative.json`` held
+e's adversarial term (it moved to ``adversarial.json`` when the study picked d).
 
 Results go to ``<output>/latent_study.{json,md}`` and the figure (real test slices above each design's samples at
 the same slice positions) to ``--figure``. Steps already done in a work folder are not run again (a study can be
@@ -64,8 +68,8 @@ def designs(vocabulary: int | None) -> dict[str, Design]:
         "c": Design("c", "16x16 latent, 64 codes", (), {**SIXTEEN, "network_def#num_embeddings": "64"}),
         "d": Design("d", f"16x16, {vocabulary} codes, decoder trained on near-miss codes", (),
                     {**SIXTEEN, **chosen, "network_def#code_noise": "0.1"}),
-        "e": Design("e", f"d + patch adversarial loss (generative.json, {vocabulary} codes)", ("generative.json",),
-                    dict(chosen)),
+        "e": Design("e", f"d + patch adversarial loss ({vocabulary} codes, adversarial.json)",
+                    ("generative.json", "adversarial.json"), dict(chosen)),
     }
 
 
