@@ -26,7 +26,9 @@ class PatchAdversarialTerm:
     VQ-VAE's loss, where ``adversarial`` is the least-squares loss of the discriminator's patch scores of the
     reconstruction against "real", then takes one discriminator step on the detached reconstruction ("fake") and
     the training image ("real"). Before ``start_epoch`` neither happens (the decoder first learns to reconstruct,
-    as in VQGAN's warm-up) and both components log 0.
+    as in VQGAN's warm-up) and both components log 0. Under ``DistributedDataParallel`` each rank steps its own
+    discriminator on its own batches (they are not synchronised; the saved one is rank 0's), while the VQ-VAE's
+    gradients are reduced as usual.
 
     Args:
         discriminator: the patch discriminator, e.g. ``monai.networks.nets.PatchDiscriminator``; its last output is
