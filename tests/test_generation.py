@@ -50,6 +50,22 @@ from monai_vqbrain.workflows import check_settings
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# the classifier and texture two-sample tests' entries, for their three comparisons, in the order they are written
+TWO_SAMPLE_KEYS = (
+    *(
+        f"classifier_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (
+            ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
+            ("dprime", "_ci95"), ("images_per_side", ""),
+        )
+    ),
+    *(
+        f"texture_{key}_{comparison}{suffix}"
+        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
+        for key, suffix in (("auc", ""), ("auc", "_ci95"), ("dprime", ""), ("dprime", "_ci95"))
+    ),
+)
 METRIC_KEYS = (
     "prior_val_bits_per_code",
     "prior_val_accuracy",
@@ -75,19 +91,7 @@ METRIC_KEYS = (
     "memorisation_ssim_mean_ci95",
     "classifier",
     "classifier_notes",
-    *(
-        f"classifier_{key}_{comparison}{suffix}"
-        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (
-            ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
-            ("dprime", "_ci95"), ("images_per_side", ""),
-        )
-    ),
-    *(
-        f"texture_{key}_{comparison}{suffix}"
-        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (("auc", ""), ("auc", "_ci95"), ("dprime", ""), ("dprime", "_ci95"))
-    ),
+    *TWO_SAMPLE_KEYS,
     "blank_samples", "precision_generated", "recall_generated", "precision_generated_ci95", "recall_generated_ci95",
 )
 
@@ -105,19 +109,7 @@ REPORT_KEYS = (
     "precision_recall_k", "precision_generated", "recall_generated", "precision_generated_ci95", "recall_generated_ci95",
     "precision_train_subset", "recall_train_subset", "foreground_fraction_generated", "foreground_fraction_test",
     "classifier",
-    *(
-        f"classifier_{key}_{comparison}{suffix}"
-        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (
-            ("auc", ""), ("auc", "_std"), ("auc", "_ci95"), ("auc", "_folds"), ("dprime", ""),
-            ("dprime", "_ci95"), ("images_per_side", ""),
-        )
-    ),
-    *(
-        f"texture_{key}_{comparison}{suffix}"
-        for comparison in ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
-        for key, suffix in (("auc", ""), ("auc", "_ci95"), ("dprime", ""), ("dprime", "_ci95"))
-    ),
+    *TWO_SAMPLE_KEYS,
     "classifier_notes",
 )
 
