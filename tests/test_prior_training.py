@@ -15,6 +15,7 @@ from PIL import Image
 
 from monai_vqbrain.data import get_dataset
 from monai_vqbrain.errors import CheckpointError, SettingError
+from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.prior import (
     CodeAccuracyMetric,
     CodeDataset,
@@ -245,3 +246,22 @@ def test_prior_quality_preset_is_the_default_prior_on_a_longer_schedule():
     for key in ("prior_batch_size", "prior_learning_rate", "prior_conditioning", "prior_slice_bins"):
         assert quality[key] == default[key], key
     assert quality["prior_lr_scheduler"]["T_max"] == "@prior_max_epochs"
+
+
+def test_encoding_the_codes_says_what_it_does_and_how_far_it_is(caplog):
+    # issue 25: encoding a split was minutes of silence under load
+    import logging
+
+    from monai_vqbrain.prior import encode_dataset
+
+    vqvae = VQVAE(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16), num_res_channels=8,
+                  num_embeddings=16, embedding_dim=8)
+    items = [{"image": torch.rand(1, 16, 16), "name": f"case_{i:03d}_slice_0.nii.png"} for i in range(8)]
+    with caplog.at_level(logging.INFO, logger="monai_vqbrain.prior.codes"):
+        codes, names = encode_dataset(vqvae, items, batch_size=2)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == "encoding 8 slices to code maps"
+    assert [message.split(" (")[0] for message in messages[1:]] == [
+        "encoding: 2/8 slices", "encoding: 4/8 slices", "encoding: 6/8 slices"
+    ]
+    assert codes.shape == (8, 4, 4) and len(names) == 8

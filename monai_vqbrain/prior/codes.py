@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,12 +199,19 @@ def encode_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     codes: list[torch.Tensor] = []
     names: list[str] = []
+    # minutes of silence on a large split under load read as a hang: say what runs, and how far it is, each quarter
+    total, started, quarter = len(dataset), time.perf_counter(), 1
+    logger.info(f"encoding {total} slices to code maps")
     for batch in loader:
         images = batch["image"]
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
         with autocast(device, amp):
             codes.append(model.index_quantize(images.to(device)).cpu())
         names += [str(name) for name in batch.get("name", [f"image_{len(names) + i}" for i in range(len(images))])]
+        if quarter < 4 and len(names) >= quarter * total / 4:
+            logger.info(f"encoding: {len(names)}/{total} slices ({time.perf_counter() - started:.0f} s)")
+            while quarter < 4 and len(names) >= quarter * total / 4:
+                quarter += 1
     if not codes:
         raise DatasetError("there are no images to encode: the split is empty.")
     return torch.cat(codes).long(), names
