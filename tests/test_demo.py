@@ -218,3 +218,14 @@ def test_no_demo_slice_is_empty(tmp_path):
     subject = draw_subject(np.random.default_rng([0, 38]))
     moved = brain_covering_positions(load_brain_template(), subject, np.array([0.0, 0.5, 1.0]), 220.0)
     assert moved[0] == 0.0 and moved[1] == 0.5 and 0.8 < moved[2] < 1.0
+
+
+def test_generating_the_demo_data_says_how_far_it_is(tmp_path, caplog):
+    # issue 25: demo-data generation was one line, then minutes without a timestamped step
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="monai_vqbrain.data.demo"):
+        generate_demo_dataset(tmp_path / "demo", num_cases=(2, 1, 1), slices_per_case=2, image_size=32)
+    steps = [record.getMessage().split(" (")[0] for record in caplog.records if "drawing" in record.getMessage()]
+    assert steps == [f"demo data: drawing the {split} split, {count} case(s) of 2 slices"
+                     for split, count in (("train", 2), ("validate", 1), ("test", 1))]
