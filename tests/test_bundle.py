@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,7 +142,22 @@ def test_report_leaves_non_finite_scores_empty_with_the_reason(tmp_path, caplog)
     assert rows["exact"]["psnr"] == "" and "psnr is infinite" in rows["exact"]["error"]
     assert float(rows["exact"]["ssim"]) == pytest.approx(1.0)
     assert float(rows["noisy"]["psnr"]) > 0 and rows["noisy"]["error"] == ""
+    # SSIM and PSNR as the log prints them: 4 decimals, in the CSV as on the console
+    assert re.fullmatch(r"\d\.\d{4}", rows["noisy"]["ssim"]) and re.fullmatch(r"\d+\.\d{4}", rows["noisy"]["psnr"])
     assert json.loads((tmp_path / "metrics.json").read_text())["psnr_mean"] == pytest.approx(float(rows["noisy"]["psnr"]))
+
+
+def test_loss_curves_say_what_they_show(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from monai_vqbrain.handlers.reconstruction_report import plot_loss_curves
+
+    drawn, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kwargs: drawn.append(text) or suptitle(self, text, **kwargs))
+    history = [{"epoch": epoch, "train_loss": 1.0 / epoch, "train_reconstruction": 0.9 / epoch, "train_vq": 0.1,
+                "val_ssim": 0.5 + 0.1 * epoch} for epoch in (1, 2, 3)]
+    assert plot_loss_curves(history, tmp_path / "loss_curves.png")
+    assert drawn == ["VQ-VAE training: 3 epoch(s)"]
 
 
 def test_reconstruction_figure_spreads_from_best_to_worst_with_the_checkpoint_in_the_title(tmp_path, monkeypatch):

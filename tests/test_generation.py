@@ -417,6 +417,17 @@ def test_grid_says_which_end_is_the_base_of_the_brain(tmp_path, monkeypatch):
     samples = SimpleNamespace(images=torch.rand(4, 1, 8, 8), names=[f"sample_{i:03d}.png" for i in range(4)],
                               labels=torch.arange(4))
     handlers_module.SampleGrid(samples, {"conditioning": conditioning}, tmp_path)(None)
-    assert drawn["heading"] == ("samples by slice position, from the base of the brain (slice 0, top left) to the "
-                                "vertex (slice 15, bottom right)")
+    assert drawn["heading"] == "by slice position: brain base (slice 0, top left) to vertex (slice 15, bottom right)"
     assert drawn["titles"][0] == "sample_000\nslices 0-3 of 0-15"
+
+
+def test_the_heading_of_a_16_sample_grid_is_one_line(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from monai_vqbrain.prior.figures import plot_sample_grid
+
+    drawn, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kwargs: drawn.append(text) or suptitle(self, text, **kwargs))
+    heading = "by slice position: brain base (slice 100, top left) to vertex (slice 200, bottom right)"
+    plot_sample_grid(torch.rand(16, 1, 8, 8), tmp_path / "grid.png", [f"sample_{i:03d}" for i in range(16)], heading=heading)
+    assert drawn == [heading] and (tmp_path / "grid.png").stat().st_size > 0

@@ -204,3 +204,19 @@ def test_generation_summary_is_one_line_of_headline_metrics():
     assert "generated vs test 0.97 [0.88, 1.00]" in line and "real train vs test 0.46" in line
     assert "reconstructed vs test n/a" in line and "diversity 0.534" in line and "(real test n/a)" in line
     assert "d' generated vs test 3.21 [2.50, 3.90]" in line
+
+
+def test_a_classifier_test_on_few_images_says_it_means_little(tmp_path, caplog):
+    from monai_vqbrain.prior.report import small_sample_warning
+
+    assert small_sample_warning({"classifier_images_per_side_generated_vs_test": 200}) is None
+    assert small_sample_warning({"classifier_images_per_side_generated_vs_test": None}) is None
+    # what a run on tiny data logs beside its d' 10.40 [1.36, 19.44]
+    quality = {"classifier_dprime_generated_vs_test": 10.4, "classifier_dprime_generated_vs_test_ci95": [1.36, 19.44],
+               "classifier_images_per_side_generated_vs_test": 4}
+    samples = SimpleNamespace(names=["sample_000.png"], labels=None, seconds=1.0)
+    run = {"seed": 0, "temperature": 1.0, "image_size": 32, "prior_checkpoint": "p.pt", "vqvae_checkpoint": "m.pt"}
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={"generation": quality}, output=None))
+    with caplog.at_level("WARNING", logger="monai_vqbrain.prior.generation_handlers"):
+        GenerationReport(samples, {}, tmp_path, run, [8, 8], metrics=True)(engine)
+    assert "the classifier test had 4 held-out image(s) a side: its AUC and d' say little" in caplog.text

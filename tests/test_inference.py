@@ -110,6 +110,7 @@ def test_every_input_is_reported_and_good_ones_have_outputs(inferred, input_dir)
         assert Path(row["reconstruction"]) == output_dir / f"{stem}_recon{suffix}"
         assert Path(row["codes"]) == output_dir / f"{stem}_codes.npz"
         assert -1.0 <= float(row["ssim"]) <= 1.0 and math.isfinite(float(row["psnr"]))
+        assert len(row["ssim"].partition(".")[2]) <= 4, "SSIM with the 4 decimals of the evaluation report and log"
         slices = int(row["slices"])
         # axial slices of the RAS volume: the permuted volume's superior axis is its second voxel axis
         assert slices == {"volume.nii.gz": VOLUME[2], "permuted.nii.gz": VOLUME[1]}.get(name, 1)
@@ -203,6 +204,7 @@ def test_the_workflow_is_a_monai_evaluator_with_the_declared_pieces(trained_bund
     from monai.engines import SupervisedEvaluator
     from monai.transforms import Invertd
 
+    from monai_vqbrain.handlers import InterruptHandler
     from monai_vqbrain.inference import CodesSaver, InferenceMetricsWriter, LoadInputd, SaveReconstructiond
 
     workflow = create_workflow(config_file=INFER, workflow_type="infer", bundle_root=str(trained_bundle),
@@ -212,10 +214,10 @@ def test_the_workflow_is_a_monai_evaluator_with_the_declared_pieces(trained_bund
     assert workflow.dataset.transform is workflow.preprocessing
     assert isinstance(workflow.preprocessing.transforms[0], LoadInputd)
     assert [type(t) for t in workflow.postprocessing.transforms] == [Invertd, SaveReconstructiond]
-    assert [type(h) for h in workflow.handlers] == [CodesSaver, InferenceMetricsWriter]
+    assert [type(h) for h in workflow.handlers] == [CodesSaver, InferenceMetricsWriter, InterruptHandler]
     parser = workflow.parser
     parser["save_codes"] = False
-    assert [type(h) for h in parser.get_parsed_content("handlers", lazy=False)] == [InferenceMetricsWriter]
+    assert [type(h) for h in parser.get_parsed_content("handlers", lazy=False)] == [InferenceMetricsWriter, InterruptHandler]
 
 
 def test_saveimage_keys_name_and_type_the_outputs(trained_bundle, input_dir, tmp_path):
@@ -295,15 +297,19 @@ def test_a_bad_file_ending_a_strict_run_is_reported_once(trained_bundle, input_d
 
     messages: list[tuple[str, str]] = []
     evaluator_log = logging.getLogger("ignite.engine.engine.ReconstructionEvaluator")
-    handler = Records()
+    handler, level = Records(), evaluator_log.level
     evaluator_log.addHandler(handler)
+    evaluator_log.setLevel(logging.DEBUG)
     try:
         user_error(ImageFileError, "bad.png", infer, trained_bundle, str(input_dir), tmp_path, strict=True)
     finally:
         evaluator_log.removeHandler(handler)
+        evaluator_log.setLevel(level)
+    assert any(level == "DEBUG" for level, _ in messages), "the evaluator's log is captured"
     # the error hook prints it; Ignite's own "terminating due to exception" lines would repeat it
-    assert any("Engine run resuming" in message for _, message in messages), "the evaluator's log is captured"
     assert [message for level, message in messages if level == "ERROR"] == []
+    # a fresh run is no resumption: Ignite's "Engine run resuming from iteration 0, epoch 0" would say so
+    assert not [message for _, message in messages if "resuming from iteration" in message]
 
 
 def test_command_line_inference_on_a_glob(trained_bundle, input_dir, tmp_path):

@@ -21,6 +21,7 @@ from monai_vqbrain.workflows.monai_adapter import (
     FAILED_COMPONENT,
     MISSING_REFERENCE,
     bundle_command_line,
+    running_parser,
     running_workflow,
 )
 
@@ -48,6 +49,20 @@ def test_config_workflow_evaluates_its_config_from_its_own_methods(tmp_path):
     # outside any workflow there is none (a bare ConfigParser has none either)
     assert running_workflow() is None
     assert ConfigParser(json.loads(config.read_text())).get_parsed_content("initialize#0") is None
+
+
+def test_the_parser_evaluating_an_expression_is_on_the_call_stack(tmp_path):
+    # running_parser(): the ConfigParser is `self` of get_parsed_content while it evaluates, driven by a workflow or
+    # bare, and its resolver gives another key's value from inside the expression (what run_settings reads)
+    content = {"epochs": 3, "seen": f"${ADAPTER}.running_parser().ref_resolver.get_resolved_content('epochs') + 1"}
+    parser = ConfigParser({"imports": ["$import monai_vqbrain", f"$import {ADAPTER}"], **content})
+    assert parser.get_parsed_content("seen") == 4
+    config = _bundle(tmp_path, {**content, "initialize": ["@seen", f"${ADAPTER}.running_parser()"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow = create_workflow(config_file=str(config), workflow_type=None, logging_file=False)
+    assert workflow.initialize() == [4, workflow.parser]
+    assert running_parser() is None
 
 
 def test_overrides_are_merged_into_the_config_and_none_values_are_dropped(tmp_path):

@@ -265,3 +265,22 @@ def test_encoding_the_codes_says_what_it_does_and_how_far_it_is(caplog):
         "encoding: 2/8 slices", "encoding: 4/8 slices", "encoding: 6/8 slices"
     ]
     assert codes.shape == (8, 4, 4) and len(names) == 8
+
+
+def test_the_prior_encodes_the_images_of_the_configs_preprocessing(tmp_path, demo_root):
+    # issue 24: the preprocessing is declared once, in the config; the prior's codes are of the images it makes
+    from conftest import CONFIGS, TINY_NETWORK
+    from monai.transforms import Compose, Lambdad
+
+    from monai_vqbrain.data import get_slice_transforms
+
+    vqvae = VQVAE(spatial_dims=2, in_channels=1, out_channels=1, **TINY_NETWORK).eval()
+    kwargs = {"dataset_dir": str(demo_root), "image_size": 32, "num_workers": 0, "cache_rate": 1.0}
+    seen = []
+    preprocessing = Compose([*get_slice_transforms(32).transforms, Lambdad("image", lambda image: seen.append(1) or image)])
+    codes = load_or_encode_codes(tmp_path / "config.pt", vqvae, "sha", kwargs, "train", 32, preprocessing=preprocessing)
+    default = load_or_encode_codes(tmp_path / "default.pt", vqvae, "sha", kwargs, "train", 32)
+    assert len(seen) == len(codes["names"]) > 0, "every image went through the given preprocessing"
+    assert codes["names"] == default["names"] and torch.equal(codes["codes"], default["codes"])
+    prior_codes = json.loads((CONFIGS / "train_prior.json").read_text())["prior_codes"]
+    assert all("preprocessing=@preprocessing" in call for call in prior_codes.values())

@@ -198,3 +198,31 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(demo_root, tmp_p
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
     assert interrupted.stderr.strip().splitlines()[-1] == (
         "interrupted at epoch 1, before its first checkpoint; run the command again to start over")
+
+
+def test_ctrl_c_while_an_epoch_is_validated_stops_after_that_epochs_checkpoint(tmp_path):
+    # issue 25: a Ctrl-C right after an epoch's validation threw the epoch away; the resumed run trained it again
+    import signal
+
+    from ignite.engine import Engine, Events
+
+    from monai_vqbrain.errors import RunInterrupted
+    from monai_vqbrain.handlers import InterruptHandler, TrainingCheckpointSaver
+    from monai_vqbrain.utils.checkpoint import load_checkpoint
+
+    last = tmp_path / "last.pt"
+    engine = Engine(lambda engine, batch: None)
+    InterruptHandler(resume_file=last).attach(engine)
+    validated = []
+
+    def validate(engine: Engine) -> None:
+        validated.append(engine.state.epoch)
+        if engine.state.epoch == 2:
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, while epoch 2 is being validated
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    TrainingCheckpointSaver(last, {"model": torch.nn.Linear(2, 2)}).attach(engine)
+    with pytest.raises(RunInterrupted, match=r"^interrupted at epoch 2; resume with"):
+        engine.run(range(3), max_epochs=4)
+    assert validated == [1, 2] and load_checkpoint(last)["trainer"]["iteration"] == 2 * 3, "epoch 2 is done, not lost"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C stops at once again afterwards"

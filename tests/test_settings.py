@@ -383,3 +383,22 @@ def test_sample_class_labels_are_checked_with_the_settings():
     assert check_settings({"sample_class_labels": [0, 3]}, argv=[]) and check_settings({"sample_class_labels": None}, argv=[])
     for bad in ("abc", -1, [1, "x"], [], 2.5):
         user_error(SettingError, "sample_class_labels must be", check_settings, {"sample_class_labels": bad}, argv=[])
+
+
+def test_a_run_from_python_raises_the_projects_error_and_checks_its_keywords(tmp_path):
+    # issue 25: monai.bundle.run(...) surfaces MONAI's RuntimeError("Failed to evaluate ConfigExpression ...")
+    import monai.bundle
+
+    from monai_vqbrain.workflows import run_bundle
+
+    with pytest.raises(RuntimeError, match="Failed to evaluate ConfigExpression"):
+        monai.bundle.run("training", config_file=TRAIN, bundle_root=str(tmp_path), max_epochs=0)
+    user_error(SettingError, "max_epochs must be an integer >= 1, got 0.", run_bundle, "training", TRAIN,
+               bundle_root=str(tmp_path), max_epochs=0)
+    # and the keywords are checked as the command line's overrides are: MONAI would add this one unnoticed
+    error = user_error(SettingError, "unknown setting --max_epoch", run_bundle, "training", TRAIN,
+                       bundle_root=str(tmp_path), max_epoch=3)
+    assert "did you mean --max_epochs?" in str(error)
+    user_error(SettingError, "max_epochs must be an integer >= 1, got None.", run_bundle, "training", TRAIN,
+               bundle_root=str(tmp_path), max_epochs=None)
+    assert not (tmp_path / "models").exists(), "nothing was trained"

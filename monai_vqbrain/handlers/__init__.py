@@ -9,7 +9,7 @@ from .checkpoint import (
 )
 from .codebook_usage import CodebookUsageHandler
 from .divergence import StopOnDivergence, TrainingDivergedError, non_finite_weights
-from .interrupt import InterruptHandler
+from .interrupt import EpochEndInterruptHold, InterruptHandler
 from .log_values import (
     ITERATION_LOG_KEYS,
     every_n_iterations,
@@ -36,6 +36,7 @@ __all__ = [
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "CodebookUsageHandler",
+    "EpochEndInterruptHold",
     "InterruptHandler",
     "StopOnDivergence",
     "TrainingDivergedError",

@@ -33,6 +33,7 @@ from ..utils.checkpoint import (
 from ..utils.flags import as_bool
 from ..utils.modules import unwrap_network
 from .divergence import TrainingDivergedError, non_finite_weights
+from .interrupt import EpochEndInterruptHold
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class EpochSnapshotSaver:
 class TrainingCheckpointSaver:
     """Save everything needed to resume training (weights, optimizer, scheduler, engine state) every epoch.
 
-    The state of the engine the handler is attached to is saved under ``"trainer"``.
+    The state of the engine the handler is attached to is saved under ``"trainer"``. A Ctrl-C after an epoch's last
+    iteration is held until this epoch's checkpoint is written (:class:`EpochEndInterruptHold`): the run then stops
+    with the epoch done, rather than training a validated epoch again when resumed.
 
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/last.pt``); replaced atomically each time.
@@ -158,14 +161,30 @@ class TrainingCheckpointSaver:
         self.save_dict = save_dict
         self.metadata = dict(metadata or {})
         self.interval = max(1, interval)
+        self._interrupts = EpochEndInterruptHold()
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._hold_interrupts)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
 
+    def _hold_interrupts(self, engine: Engine) -> None:
+        # on every rank, so that all of them stop after the same epoch
+        if engine.state.epoch_length and engine.state.iteration % engine.state.epoch_length == 0 and self._due(engine):
+            self._interrupts.hold()
+
+    def _due(self, engine: Engine) -> bool:
+        return not (engine.state.epoch % self.interval and engine.state.epoch != engine.state.max_epochs)
+
     def _save(self, engine: Engine) -> None:
-        last_epoch = engine.state.epoch == engine.state.max_epochs
-        if not is_main_process() or (engine.state.epoch % self.interval and not last_epoch):
-            return
+        try:
+            if self._due(engine) and is_main_process():
+                self._write(engine)
+        except BaseException:
+            self._interrupts.release(raise_held=False)  # the run stops with this error, not a Ctrl-C
+            raise
+        self._interrupts.release()
+
+    def _write(self, engine: Engine) -> None:
         _refuse_non_finite(self.save_dict.get("model"), self.save_path)
         checkpoint = {
             key: (unwrap_network(obj) if key == "model" else obj).state_dict()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 
 from ignite.engine import Engine, Events
 
 from ..errors import RunInterrupted
 
-__all__ = ["InterruptHandler"]
+__all__ = ["InterruptHandler", "EpochEndInterruptHold"]
+
+logger = logging.getLogger(__name__)
 
 
 class _MisleadingEngineLines(logging.Filter):
@@ -73,3 +78,41 @@ class InterruptHandler:
         else:
             message = f"interrupted at epoch {epoch}, before its first checkpoint; run the command again to start over"
         raise RunInterrupted(message, epoch=epoch) from None
+
+
+class EpochEndInterruptHold:
+    """Hold a Ctrl-C that arrives after an epoch's last iteration until that epoch's checkpoint is written.
+
+    Between the last iteration and the resumable checkpoint, the epoch is validated (and may be saved as the best
+    model): a Ctrl-C there would throw away an epoch that is trained and validated, and the resumed run would train
+    it again. :meth:`hold` (at the last iteration) defers SIGINT; :meth:`release` (after the checkpoint) restores the
+    previous handler and then raises the held ``KeyboardInterrupt``, so the run stops with that epoch done. A second
+    Ctrl-C stops at once. Only the main thread can handle signals: elsewhere both do nothing.
+    """
+
+    def __init__(self) -> None:
+        self._previous: object = None
+        self._pending = False
+
+    def hold(self) -> None:
+        """Defer SIGINT from now until :meth:`release`."""
+        if threading.current_thread() is not threading.main_thread() or self._previous is not None:
+            return
+        self._pending = False
+        self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def release(self, raise_held: bool = True) -> None:
+        """Restore the previous SIGINT handler; raise ``KeyboardInterrupt`` if a Ctrl-C was held and ``raise_held``."""
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+        self._previous, pending, self._pending = None, self._pending, False
+        if pending and raise_held:
+            raise KeyboardInterrupt
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self._pending:  # the second Ctrl-C: stop now
+            self.release(raise_held=False)
+            raise KeyboardInterrupt
+        self._pending = True
+        logger.warning("Ctrl-C: stopping once this epoch's validation and checkpoint are written (Ctrl-C again stops now)")

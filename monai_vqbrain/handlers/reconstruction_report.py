@@ -31,7 +31,7 @@ def score_cells(ssim: float, psnr: float) -> tuple[str, str, str]:
     problems = []
     ssim_cell = psnr_cell = ""
     if math.isfinite(ssim):
-        ssim_cell = f"{ssim:.6f}"
+        ssim_cell = f"{ssim:.4f}"
     else:
         problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
     if math.isfinite(psnr):
@@ -143,6 +143,7 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
         ssim_axis.grid(alpha=0.3)
     for axis in axes.flat:
         epoch_axis(axis, epochs)  # epochs are whole numbers
+    figure.suptitle(f"VQ-VAE training: {len(records)} epoch(s)", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
     return True

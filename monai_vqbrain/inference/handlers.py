@@ -255,7 +255,7 @@ class InferenceMetricsWriter:
             # a NaN or infinite score is not a number a reader can compare: leave the cell empty and say why
             problems = []
             if math.isfinite(ssim):
-                result.ssim = round(ssim, 6)
+                result.ssim = round(ssim, 4)
             else:
                 problems.append(f"ssim is {ssim} (the reconstruction is not finite)")
             if math.isfinite(mse) and mse > 0:

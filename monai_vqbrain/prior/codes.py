@@ -15,14 +15,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import Dataset as MonaiDataset
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import detect_dataset_format, get_dataset, resolve_dataset_dir
+from ..data.datasets import detect_dataset_format, get_datalist, get_dataset, resolve_dataset_dir
 from ..data.oasis import canonical_split, find_png_files, png_split_folder
 from ..data.volume_files import list_nifti_volumes
 from ..engines.precision import autocast
@@ -251,6 +252,10 @@ def _cache_problem(cache: Mapping[str, Any], num_embeddings: int | None, image_s
     return None
 
 
+# the arguments of get_dataset that get_datalist does not take: how the images are built, not which ones
+_NOT_LISTING = frozenset({"image_size", "cache_rate", "num_workers", "random_transforms"})
+
+
 def load_or_encode_codes(
     cache_file: str | os.PathLike,
     vqvae: torch.nn.Module,
@@ -262,6 +267,7 @@ def load_or_encode_codes(
     batch_size: int = 64,
     amp: bool = False,
     overwrite: bool = False,
+    preprocessing: Callable | None = None,
 ) -> dict[str, Any]:
     """A split's code maps: read from ``cache_file`` when its fingerprint matches, else encoded and cached.
 
@@ -277,6 +283,9 @@ def load_or_encode_codes(
         amp: encode under autocast (see :func:`encode_dataset`).
         overwrite: encode again over a damaged cache (one whose fingerprint matches but whose contents are not code
             maps of this VQ-VAE) instead of refusing it.
+        preprocessing: the transform from a datalist item to ``{"image", ...}``: the bundle passes its config's
+            ``preprocessing``, so the codes are of the images the VQ-VAE was trained on; None uses its Python form,
+            :func:`~monai_vqbrain.data.get_slice_transforms` (through :func:`~monai_vqbrain.data.get_dataset`).
 
     Returns:
         ``{"codes": int16 (N, h, w), "names": [str], "slice_indices": int64 (N,) (-1: none in the name),
@@ -303,8 +312,12 @@ def load_or_encode_codes(
             )
         reason = f"the cache is damaged: {problem}"
     logger.info(f"encoding the {split} split to code maps ({reason}); caching them in {cache_file}")
-    # cache_rate=0: the images are read once here, caching them in memory would only cost memory
-    dataset = get_dataset(split=split, **{**dict(dataset_kwargs), "image_size": image_size, "cache_rate": 0.0})
+    if preprocessing is not None:
+        listing = {key: value for key, value in dataset_kwargs.items() if key not in _NOT_LISTING}
+        dataset: Dataset = MonaiDataset(get_datalist(split=split, **listing), transform=preprocessing)
+    else:
+        # cache_rate=0: the images are read once here, caching them in memory would only cost memory
+        dataset = get_dataset(split=split, **{**dict(dataset_kwargs), "image_size": image_size, "cache_rate": 0.0})
     num_workers = int(dataset_kwargs.get("num_workers", 0) or 0)
     codes, names = encode_dataset(vqvae, dataset, device, batch_size=batch_size, num_workers=num_workers, amp=amp)
     num_embeddings = int(getattr(getattr(vqvae, "module", vqvae), "num_embeddings", int(codes.max()) + 1))

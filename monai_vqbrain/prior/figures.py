@@ -123,7 +123,8 @@ def plot_sample_grid(
         if titles is not None:
             axis.set_title(titles[index], fontsize=7)
     if heading:
-        figure.suptitle(wrap_label(heading, max(40, 12 * columns)), fontsize=9)
+        # a 1.8-inch column holds about 26 characters at 9 points: wrap only where the figure is really narrower
+        figure.suptitle(wrap_label(heading, max(40, 26 * columns)), fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

@@ -24,7 +24,7 @@ from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
 from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
-from .report import generation_log_values, generation_summary, prior_summary
+from .report import generation_log_values, generation_summary, prior_summary, small_sample_warning
 
 __all__ = [
     "GeneratedSamples",
@@ -173,10 +173,7 @@ class SampleGrid:
         heading = None
         if labels is not None and self.positions.index_range is not None:
             low, high = self.positions.index_range
-            heading = (
-                f"samples by slice position, from the base of the brain (slice {low}, top left) to the vertex "
-                f"(slice {high}, bottom right)"
-            )
+            heading = f"by slice position: brain base (slice {low}, top left) to vertex (slice {high}, bottom right)"
         plot_sample_grid(images[shown], self.output_dir / "grid.png", titles, heading=heading)
 
 
@@ -254,6 +251,9 @@ class GenerationReport:
         atomic_write_text(path, json.dumps(report, indent=2))
         if isinstance(quality, Mapping):
             logger.info(f"{generation_summary(report)}; all metrics in '{path}'")
+            warning = small_sample_warning(report)
+            if warning is not None:
+                logger.warning(warning)
         engine.state.metrics = generation_log_values(report)
         engine.state.output = report
 

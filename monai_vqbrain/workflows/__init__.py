@@ -19,6 +19,8 @@ from .settings import (
     command_line_overrides,
     config_bundle_root,
     print_settings,
+    run_bundle,
+    run_settings,
 )
 
 __all__ = [
@@ -45,4 +47,6 @@ __all__ = [
     "lock_output_dirs",
     "network_metadata",
     "release_output_locks",
+    "run_bundle",
+    "run_settings",
 ]

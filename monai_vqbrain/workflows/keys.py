@@ -1,11 +1,12 @@
 """The one source of the bundle's override keys: ``monai_vqbrain/workflows/settings.schema.json``.
 
-The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) gives every override key of every config its
-type and allowed values (``$defs/keys``) and, per config, its default, which is the config's own value, and what it
-means (``$defs/configs/<config>``). Three things read it: :func:`~monai_vqbrain.workflows.check_settings` validates
-a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its description, and
-:func:`reference_markdown` writes the override-key reference of the documentation. A test compares the schema with
-the configs, so a key cannot be added, removed or given another default in one and not the other.
+The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) says what every override key is: its type and
+allowed values (``$defs/keys``) and, per config, what it means (``$defs/configs/<config>``). Its value, the default,
+is written once, in the config. Three things read the schema: :func:`~monai_vqbrain.workflows.run_settings`
+validates a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its
+description, and :func:`reference_markdown` writes the override-key reference of the documentation with each
+default read from the config files. A test checks that every key of a config has a schema entry and that no schema
+entry is orphaned.
 """
 
 from __future__ import annotations
@@ -55,8 +56,6 @@ CONFIG_ORDER = (
 _PATH_EXPRESSION = re.compile(r"^\$@(\w+) \+ '([^']*)'$")
 # a setting that defaults to another one: "@use_amp"
 _ALIAS = re.compile(r"^@(\w+)$")
-# entries that list a config's settings for check_settings
-_SETTINGS_ENTRIES = ("settings", "evaluate_settings", "inference_settings")
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,13 +92,13 @@ def _is_literal(value: Any) -> bool:
 
 
 def config_override_keys(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
-    """The override keys a config file defines, with their raw values (what the schema's defaults must equal).
+    """The override keys a config file defines, with their raw values (their defaults).
 
-    A config's override keys are those its ``settings`` entries list (``settings``, ``settings#<key>``,
-    ``evaluate_settings``, ``inference_settings``) and every other top-level key holding a literal (a number, a
+    A config's override keys are its top-level keys that the schema defines (``$defs/keys``: also those whose
+    default is an expression, ``train_crop_size``) and every other top-level key holding a literal (a number, a
     string, null, a list of them), a derived path (``"$@ckpt_dir + '/model.pt'"``) or another key's value
     (``"@use_amp"``); for ``mlflow_tracking.json``, the literal keys of its ``configs``, which MONAI's ``--tracking``
-    sets at the top level. Components, expressions and the workflow ids are not keys.
+    sets at the top level. Components, other expressions and the workflow ids are not keys.
 
     Args:
         config: a config file, or its content (a ``mlflow_tracking.json`` content is recognised by its
@@ -108,18 +107,14 @@ def config_override_keys(config: Mapping[str, Any] | str | os.PathLike) -> dict[
     content = config if isinstance(config, Mapping) else json.loads(Path(config).read_text(encoding="utf-8"))
     if "handlers_id" in content:
         return {k: v for k, v in content.get("configs", {}).items() if _is_literal(v)}
+    known = load_schema()["$defs"]["keys"]
     keys: dict[str, Any] = {}
-    for entry in _SETTINGS_ENTRIES:
-        if isinstance(content.get(entry), Mapping):
-            keys.update({k: content[k] for k in content[entry] if k in content})
-    for name in content:
-        if name.startswith("settings#") and name[len("settings#") :] in content:
-            keys[name[len("settings#") :]] = content[name[len("settings#") :]]
     for name, value in content.items():
         if "#" in name or name.startswith(("+", "_")):
             continue
-        if _is_literal(value) or (isinstance(value, str) and (_PATH_EXPRESSION.match(value) or _ALIAS.match(value))):
-            keys.setdefault(name, value)
+        derived = isinstance(value, str) and bool(_PATH_EXPRESSION.match(value) or _ALIAS.match(value))
+        if name in known or _is_literal(value) or derived:
+            keys[name] = value
     return keys
 
 
@@ -241,19 +236,13 @@ def schema_mismatches(name: str, config: Mapping[str, Any] | str | os.PathLike) 
         config: that config's file or content.
 
     Returns:
-        Nothing when every key of the config is in the schema with the config's value as its default, and every key
-        of the schema's entry is in the config.
+        Nothing when every key of the config has an entry in the schema's entry for it, and every key of that entry
+        is in the config.
     """
     configured = config_override_keys(config)
     described = load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
     problems = [f"{name}: {key} is not in the schema" for key in configured if key not in described]
     problems += [f"{name}: the schema's {key} is not in the config" for key in described if key not in configured]
-    problems += [
-        f"{name}: {key} defaults to {configured[key]!r} in the config but {described[key].get('default')!r} in the schema"
-        for key in configured
-        # as JSON text: 1 and 1.0, or true and 1, are different defaults
-        if key in described and json.dumps(described[key].get("default")) != json.dumps(configured[key])
-    ]
     known = load_schema()["$defs"]["keys"]
     problems += [f"{name}: {key} has no entry in $defs/keys" for key in described if key not in known]
     return problems
@@ -288,16 +277,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def reference_markdown() -> str:
+def reference_markdown(configs_dir: str | os.PathLike) -> str:
     """The override-key reference of the documentation: one table per config (key, default, meaning, allowed).
 
-    Generated from the schema, the source the workflows validate against, so it cannot drift from them.
+    Generated from the schema, the source the workflows validate against, and the defaults from the config files
+    themselves, so it cannot drift from either.
+
+    Args:
+        configs_dir: the bundle's ``configs`` folder.
     """
     schema = load_schema()
     configs = schema["$defs"]["configs"]
     lines: list[str] = []
     for name in CONFIG_ORDER:
         properties = configs.get(name, {}).get("properties", {})
+        values = config_override_keys(Path(configs_dir) / name) if properties else {}
         lines.append(f"### `{name}`")
         lines.append("")
         if not properties:
@@ -307,7 +301,7 @@ def reference_markdown() -> str:
         lines.append("| key | default | meaning | allowed values |")
         lines.append("| --- | --- | --- | --- |")
         for key, entry in properties.items():
-            default = _default_text(entry.get("default"))
+            default = _default_text(values[key])
             default = entry.get("x-default-text") or (default if default.startswith("the ") else f"`{default}`")
             lines.append(
                 f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"

@@ -5,6 +5,9 @@ MONAI 1.6 offers a bundle's configs no public way to learn
 
 * the folder of the config files being run: ``ConfigWorkflow`` keeps it as its public ``config_root_path`` but
   hands neither itself nor that folder to the expressions it evaluates (:func:`running_workflow` finds it);
+* the other keys of the config an expression belongs to: the ``ConfigParser`` evaluating it does not hand itself
+  to the expression either (:func:`running_parser` finds it), so without it each config would list its override
+  keys a second time just to have them validated together;
 * the override keys of a ``python -m monai.bundle run`` command line: they are merged into the config before any
   of it is evaluated, and a ``None`` value is dropped on the way (``update_kwargs(ignore_none=True)``), so a typo
   or a ``--key None`` would silently leave the configured value in place (:func:`bundle_command_line` reads them);
@@ -31,6 +34,7 @@ __all__ = [
     "MISSING_REFERENCE",
     "RUN_ARGUMENTS",
     "bundle_command_line",
+    "running_parser",
     "running_workflow",
 ]
 
@@ -49,6 +53,20 @@ FAILED_COMPONENT = re.compile(r"^Failed to instantiate component '([^']+)'")
 CONFIG_FILE_WARNING = r"parsing config_file .*: any `\"_target_\"` value in it is resolved to an importable callable"
 
 
+def _running(kind: type) -> Any | None:
+    """The innermost ``self`` of type ``kind`` on the call stack, or None."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, kind):
+                return candidate
+            frame = frame.f_back
+        return None
+    finally:
+        del frame  # a frame kept in a local would keep every frame above it alive
+
+
 def running_workflow() -> Any | None:
     """The MONAI ``ConfigWorkflow`` whose ``initialize``, ``run`` or property is evaluating the config now, or None.
 
@@ -58,16 +76,18 @@ def running_workflow() -> Any | None:
     """
     from monai.bundle import ConfigWorkflow
 
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, ConfigWorkflow):
-                return candidate
-            frame = frame.f_back
-        return None
-    finally:
-        del frame  # a frame kept in a local would keep every frame above it alive
+    return _running(ConfigWorkflow)
+
+
+def running_parser() -> Any | None:
+    """The MONAI ``ConfigParser`` evaluating the current expression, or None outside one.
+
+    Its ``get_parsed_content`` is on the call stack (its ``self``) whenever it evaluates an expression, whether a
+    workflow or a bare ``ConfigParser`` drives it.
+    """
+    from monai.bundle import ConfigParser
+
+    return _running(ConfigParser)
 
 
 def bundle_command_line(argv: Sequence[str] | None = None) -> tuple[list[tuple[str, str | None]], list[str]] | None:

@@ -1,9 +1,11 @@
 """Start-up validation of a bundle run's settings: every value and every command-line key, before any data is read.
 
-Each bundle config lists the settings it uses in its ``settings`` entry and calls :func:`check_settings` first in
-``initialize``. A wrong value is one line naming the key, the value and what is allowed; an override key that the
-configs do not define (``--max_epoch 3``) is an error suggesting the nearest key, instead of being silently added to
-the config while the default applies.
+Each bundle config's ``settings`` entry is :func:`run_settings`: every override key the run's configs define (the
+keys of the settings schema), validated and normalised, which ``initialize`` resolves first and the configs read
+where they need a normalised value (``@settings['overwrite']``, a boolean whatever the command line wrote). A wrong
+value is one line naming the key, the value and what is allowed; an override key that the configs do not define
+(``--max_epoch 3``) is an error suggesting the nearest key, instead of being silently added to the config while the
+default applies.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingError
-from .keys import CONFIG_ORDER, key_description, key_names, setting_error
-from .monai_adapter import bundle_command_line, running_workflow
+from ..utils.flags import as_bool
+from .keys import CONFIG_ORDER, key_description, key_names, load_schema, setting_error
+from .monai_adapter import bundle_command_line, running_parser, running_workflow
 from .rules import SETTING_RULES, broken_rule
 
 __all__ = [
     "check_setting_combinations",
     "check_settings",
     "print_settings",
+    "run_settings",
     "check_override_keys",
+    "check_overrides",
     "command_line_overrides",
     "config_bundle_root",
 ]
@@ -43,8 +48,44 @@ def _check_device_available(value: Any) -> str | None:
     return None
 
 
+def run_settings(
+    max_epochs_key: str | None = None, downsample_factor: int | None = None, argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The settings of the run whose config is being evaluated: every override key, validated and normalised.
+
+    The keys are those of the settings schema that the run's (merged) config files define, each resolved by the
+    config's own parser in the order the configs define them, and checked by :func:`check_settings` as soon as it is
+    resolved: a key whose value follows another (``train_crop_size`` follows ``image_size``, ``eval_amp`` the
+    ``amp`` and ``device`` settings) is only evaluated once those are known to be valid. Then the rules between keys
+    (:func:`check_setting_combinations`). Nothing else of the config is built.
+
+    Args:
+        max_epochs_key: the setting holding the training run's epochs (``max_epochs``, ``prior_max_epochs``); None
+            for a run that does not train.
+        downsample_factor: the network's downsampling factor, which ``image_size`` must be a multiple of; None when
+            the run builds no VQ-VAE.
+        argv: the command line; ``sys.argv`` when None.
+
+    Raises:
+        SettingError: one line naming the first bad key (or keys), the value and what is allowed.
+    """
+    check_override_keys(argv)
+    parser = running_parser()
+    if parser is None:
+        raise SettingError("run_settings() reads the settings of the config being parsed: call it from a config.")
+    known = set(key_names())
+    settings: dict[str, Any] = {}
+    for key in [key for key in parser.get() if key in known]:
+        # the parser's own resolver: a value is evaluated once and shared with the rest of the run
+        value = parser.ref_resolver.get_resolved_content(key)
+        settings.update(check_settings({key: value}, argv=[]))
+    check_settings({**settings, "downsample_factor": downsample_factor}, argv=[])
+    check_setting_combinations(settings, max_epochs_key)
+    return settings
+
+
 def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Check a bundle run's settings before anything is loaded; return them unchanged.
+    """Check settings against the settings schema; return them normalised (flags as booleans).
 
     First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
     in ``settings`` against its key's entry in the settings schema (``monai_vqbrain/workflows/settings.schema.json``,
@@ -53,7 +94,7 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     (``settings["downsample_factor"]``, when given).
 
     Args:
-        settings: setting name to its (parsed) value, as the config's ``settings`` entry gives them.
+        settings: setting name to its (parsed) value.
         argv: the command line; ``sys.argv`` when None. Only a ``monai.bundle run`` command line is checked.
 
     Raises:
@@ -62,6 +103,7 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
     check_override_keys(argv)
     settings = dict(settings)
     factor = settings.pop("downsample_factor", None)
+    keys = load_schema()["$defs"]["keys"]
     for key, value in settings.items():
         # a config listing a setting the schema does not define is a bug, not a user error: setting_error raises
         expected = setting_error(key, value)
@@ -72,6 +114,8 @@ def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
             if isinstance(value, str) and value.strip().lower() in ("null", "none") and setting_error(key, None) is None:
                 hint = " (on the command line null is written None: the value is parsed as Python, not JSON)"
             raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
+        if keys[key].get("format") == "flag" and value is not None:
+            settings[key] = as_bool(value, key)
     # the one rule between settings that judges values against the network: reported with the values
     breach = broken_rule({**settings, "downsample_factor": factor}, names=("multiple_of_downsampling",))
     if breach is not None:
@@ -179,9 +223,20 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
     parsed = bundle_command_line(argv)
-    if parsed is None or not parsed[1]:
-        return
-    pairs, files = parsed
+    if parsed is not None and parsed[1]:
+        check_overrides(*parsed)
+
+
+def check_overrides(pairs: Sequence[tuple[str, str | None]], files: Sequence[str]) -> None:
+    """Refuse override keys the config files do not define, and ``None`` where it would be silently dropped.
+
+    Args:
+        pairs: the overrides, each ``(key, its value as Python text or None)``.
+        files: the config files they override.
+
+    Raises:
+        SettingError: naming the unknown key and the nearest known one, or the key given None.
+    """
     from monai.bundle import ConfigParser
 
     config = ConfigParser(ConfigParser.load_config_files(files))
@@ -314,3 +369,36 @@ def config_bundle_root(default: str | None = None) -> str:
         "bundle_root must be set when the config is parsed without a monai.bundle workflow (a ConfigParser does not "
         "record where its config files are), e.g. parser['bundle_root'] = '/path/to/monai_vqbrain/bundle'."
     )
+
+
+def run_bundle(run_id: str, config_file: str | Sequence[str], **override: Any) -> Any:
+    """``monai.bundle.run`` from Python, with the command line's checks and the project's own errors.
+
+    MONAI wraps an error raised while it evaluates a config in a ``RuntimeError`` ("Failed to evaluate
+    ConfigExpression"), and adds a misspelt keyword to the config unnoticed: here the overrides are checked as
+    ``python -m monai.bundle run`` checks them, and a user error (:class:`~monai_vqbrain.errors.SettingError`,
+    :class:`~monai_vqbrain.errors.DatasetError` ...) is raised as itself, after the run's output locks are released.
+
+    Args:
+        run_id: the workflow to run (``training``, ``evaluating``, ``inferring``, ``training_prior``, ``generating``).
+        config_file: the config file or files, base first.
+        override: override keys and their values, as ``--key value`` on the command line.
+
+    Raises:
+        VQBrainError: the run's user error: a setting, a data set, a checkpoint ...
+    """
+    from monai.bundle import run
+
+    from ..errors import find_user_error
+    from .run_lock import release_output_locks
+
+    files = [str(config_file)] if isinstance(config_file, (str, Path)) else [str(f) for f in config_file]
+    check_overrides([(key, repr(value)) for key, value in override.items()], files)
+    try:
+        return run(run_id, config_file=files, **override)
+    except BaseException as error:
+        release_output_locks()  # MONAI's run does not finalize after an error: the next run here may start
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        raise user_error  # noqa: B904 - its own cause is kept; Python cuts the cycle back to MONAI's wrapper
