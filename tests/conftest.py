@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import shutil
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -301,3 +304,78 @@ def input_dir(tmp_path_factory) -> Path:
     save_nifti(root / "bad_nan.nii.gz", nan_volume)
     (root / "notes.txt").write_text("a folder input takes only PNG and NIfTI files")
     return root
+
+
+def grey_png(path: Path, width: int, height: int) -> Path:
+    """A whole 8-bit grey PNG of ``width`` x ``height`` (rows of one value each), written without PIL's size limit."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes([(7 * row) % 256]) * width for row in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+    return path
+
+
+# ---------------------------------------------------------------------------------------- symbolic link cycles
+def finishes(function, *args, timeout: float = 60.0):
+    """Run ``function`` in a thread; return its result, or fail when it has not finished after ``timeout`` s."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = function(*args)
+        except Exception as error:  # reported to the test below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{function.__name__} did not finish in {timeout} s (a symbolic link cycle?)"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def volume_files(tmp_path: Path) -> list[Path]:
+    """Volumes of several types, orientations and scalings, some with a singleton axis."""
+    rng = np.random.default_rng(0)
+    files = []
+    for trial in range(12):
+        shape = tuple(int(s) for s in rng.integers(1, 20, size=3))
+        kind = trial % 3
+        if kind == 0:
+            data = rng.normal(100, 50, shape).astype(np.float32)
+        elif kind == 1:
+            data = rng.integers(-300, 3000, shape).astype(np.int16)
+            data[data < 500] = 0  # ties at the lower percentile, as in a brain's background
+        else:
+            data = (rng.exponential(1, shape) ** 3).astype(np.float64)
+        affine = np.eye(4)
+        axes = np.eye(3)[rng.permutation(3)] * rng.choice([-1, 1], 3)[:, None]
+        affine[:3, :3] = axes * rng.uniform(0.5, 2, 3)[:, None]
+        image = nib.Nifti1Image(data, affine)
+        if trial % 4 == 0:
+            image.header.set_slope_inter(0.37, 12.5)
+        path = tmp_path / f"volume{trial}.nii{'.gz' if trial % 2 else ''}"
+        nib.save(image, str(path))
+        files.append(path)
+    return files
+
+
+def save_with_affine(path: Path, affine: np.ndarray) -> Path:
+    """A volume whose header's sform is ``affine`` as given (nibabel would not write a NaN affine it is handed)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header["srow_x"], header["srow_y"], header["srow_z"] = affine[:3]
+    header["sform_code"], header["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(brain_like_volume((24, 28, 20), 1), None, header), str(path))
+    return path
+
+
+BAD_AFFINES = {
+    "nan": np.where(np.eye(4) > 0, np.nan, 0.0),
+    "inf": np.diag([np.inf, 1.0, 1.0, 1.0]),
+    "singular": np.diag([1.0, 0.0, 1.0, 1.0]),
+}

@@ -209,3 +209,10 @@ def test_the_guarantees_say_what_sigterm_and_links_outside_the_data_set_get():
     guarantees = (DOCS / "guarantees.md").read_text(encoding="utf-8")
     assert "terminated (SIGTERM) at epoch 3; resume with" in guarantees and "| `143` |" in guarantees
     assert "lie outside the data folder" in guarantees
+
+
+def test_the_architecture_page_places_every_test_file_and_none_is_over_500_lines():
+    page = (DOCS / "architecture.md").read_text()
+    for path in sorted((REPO_ROOT / "tests").glob("test_*.py")):
+        assert f"`{path.name}`" in page, f"{path.name} is not placed in docs/architecture.md#where-the-tests-are"
+        assert len(path.read_text().splitlines()) <= 500, f"{path.name} is over 500 lines: split it by behaviour"

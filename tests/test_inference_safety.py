@@ -14,22 +14,32 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    BAD_AFFINES,
     INFER,
+    NIFTI_AFFINE,
     TINY_NETWORK,
     TINY_OVERRIDES,
     VOLUME,
     brain_like_slice,
     brain_like_volume,
+    finishes,
+    grey_png,
     infer,
     odd_grey,
     save_nifti,
     save_png,
+    save_with_affine,
     user_error,
+    volume_files,
     without_direction,
 )
 from ignite.engine import Events
 from PIL import Image
 
+from monai_vqbrain.data import PadToSquared, ResizeSquared
+from monai_vqbrain.data.nifti import (
+    VolumeSlices,
+)
 from monai_vqbrain.errors import (
     CheckpointError,
     DatasetError,
@@ -40,6 +50,7 @@ from monai_vqbrain.errors import (
 )
 from monai_vqbrain.inference import (
     METRICS_FILE,
+    LoadInputd,
     OutputPathError,
     ReconstructionNetwork,
     find_input_files,
@@ -380,3 +391,70 @@ def test_a_narrower_output_dtype_warns_about_clipped_voxels(tmp_path, caplog):
     assert written.dtype == np.uint8 and written.max() == 255
     clipped = int(np.count_nonzero(np.rint(volume) > 255))
     assert f"{clipped} voxel value(s) outside uint8's range [0, 255] were clipped" in caplog.text
+
+
+def test_inference_reads_volumes_at_model_size_with_the_same_outputs(tmp_path):
+    from monai.transforms import Compose
+
+    for path in volume_files(tmp_path)[:6]:
+        if min(VolumeSlices(path).ras_shape) < 2:
+            continue
+        pipelines = []
+        for image_size in (None, 32):
+            load = LoadInputd("image", min_slice_size=1, image_size=image_size)
+            pipelines.append(Compose([load, PadToSquared("image"), ResizeSquared("image", size=32)]))
+        whole, by_slice = (pipeline({"image": str(path)}) for pipeline in pipelines)
+        # resizing one slice or a stack of them sums in another order inside torch's kernels: a float32 ulp or two
+        torch.testing.assert_close(by_slice["image"].as_tensor(), whole["image"].as_tensor(), rtol=0, atol=2e-7)
+        restored = []
+        for pipeline, data in zip(pipelines, (whole, by_slice), strict=True):
+            # a reconstruction outside [0, 1] in places, so that the clipping order matters
+            data["image"] = data["image"] * 1.3 - 0.1
+            restored.append(pipeline.inverse(data)["image"].numpy())
+        scale = float(np.ptp(restored[0])) or 1.0
+        np.testing.assert_allclose(restored[1], restored[0], rtol=0, atol=1e-6 * scale)
+
+
+def test_a_recursive_glob_follows_no_link_cycle(tmp_path, caplog):
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(brain_like_slice(32, 0)).save(folder / name)
+    # two links to '.': Python's glob would list 2^40 paths before the OS says the path is too deep
+    os.symlink(".", folder / "loop1")
+    os.symlink(".", folder / "sub" / "loop2")
+    os.symlink("..", folder / "sub" / "up")
+    os.symlink("c.png", folder / "sub" / "c.png")  # a link to itself: a bad input of its own, not a folder
+    files = finishes(find_input_files, str(folder / "**" / "*.png"))
+    assert [p.relative_to(folder).as_posix() for p in files] == ["a.png", "sub/b.png", "sub/c.png"]
+    assert sum("symbolic link back to" in r.message for r in caplog.records) == 3
+    with pytest.raises(ImageFileError, match="'.*c.png' is a loop of symbolic links"):
+        read_input(files[-1])
+    assert finishes(find_input_files, str(folder / "**")) == files
+
+
+def test_a_bad_affine_is_skipped_in_inference_and_the_others_are_reconstructed(trained_bundle, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_with_affine(inputs / "a_nan.nii.gz", BAD_AFFINES["nan"])
+    save_with_affine(inputs / "b_singular.nii.gz", BAD_AFFINES["singular"])
+    nib.save(nib.Nifti1Image(brain_like_volume((24, 28, 20), 2), NIFTI_AFFINE), str(inputs / "c_good.nii.gz"))
+    error = user_error(InputsSkippedError, "2 of 3 input file(s) were skipped", infer, trained_bundle, str(inputs),
+                       tmp_path / "out")
+    assert error.exit_code == 3
+    assert (tmp_path / "out" / "c_good_recon.nii.gz").is_file()
+    table = (tmp_path / "out" / METRICS_FILE).read_text()
+    assert "a_nan.nii.gz" in table and "NaN or infinite" in table and "no clear axis directions" in table
+
+
+def test_a_thin_png_is_skipped_in_inference_not_the_run(trained_bundle, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    grey_png(inputs / "a_thin.png", 16, 9000)
+    Image.fromarray(brain_like_slice(40, 1)).save(inputs / "b_good.png")
+    Image.fromarray(np.full((1, 1), 9, np.uint8)).save(inputs / "c_dot.png")
+    user_error(InputsSkippedError, "2 of 3 input file(s) were skipped", infer, trained_bundle, str(inputs),
+               tmp_path / "out")
+    assert (tmp_path / "out" / "b_good_recon.png").is_file()
+    table = (tmp_path / "out" / METRICS_FILE).read_text()
+    assert "padded to a square of 9000x9000" in table and "gives slices of 1x1 pixels" in table

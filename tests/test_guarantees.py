@@ -1,5 +1,6 @@
-"""Hostile runs: two runs into one folder, a diverging run, contradictory settings, a resume on other data, outputs
-where the next run would read them, and the messages of half-finished checkpoint sets."""
+"""What every run guarantees against hostile runs and damaged files: two runs into one folder, a diverging run,
+contradictory settings, a resume on other data, outputs where the next run would read them, half-finished, oversized
+or tampered checkpoint sets, damaged histories and code caches, and MONAI's config warning."""
 
 from __future__ import annotations
 
@@ -9,18 +10,30 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO_ROOT, TINY_OVERRIDES, TRAIN, run_bundle, user_error
+from conftest import (
+    CONFIGS,
+    REPO_ROOT,
+    TINY_NETWORK,
+    TINY_OVERRIDES,
+    TRAIN,
+    run_bundle,
+    user_error,
+)
 from PIL import Image
 
 from monai_vqbrain.errors import CheckpointError, DatasetError, ImageFileError, OutputPathError, SettingError
-from monai_vqbrain.handlers import TrainingDivergedError
+from monai_vqbrain.handlers import HistoryFileError, TrainingCheckpointLoader, TrainingDivergedError, read_history
 from monai_vqbrain.inference import check_outputs, find_input_files, read_input
-from monai_vqbrain.utils import load_checkpoint, network_state_dict
+from monai_vqbrain.networks import VQVAE, GatedPixelCNN
+from monai_vqbrain.prior import load_or_encode_codes, load_prior
+from monai_vqbrain.utils import load_checkpoint, load_network_weights, network_state_dict, save_checkpoint
 from monai_vqbrain.utils.checkpoint import check_finite_weights
 from monai_vqbrain.workflows import (
     LOCK_FILE,
@@ -33,6 +46,9 @@ from monai_vqbrain.workflows import (
     lock_output_dirs,
     release_output_locks,
 )
+
+EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
+
 
 EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
@@ -364,3 +380,103 @@ def test_training_prior_does_not_replace_another_runs_learning_curves(trained_bu
     user_error(OutputPathError, f"'{curves}' already exists and would be replaced", run_bundle, "training_prior",
                TRAIN_PRIOR, bundle_root=str(tmp_path), dataset_dir=str(demo_root))
     assert curves.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------ checkpoints by their size
+def padded_checkpoint(source: Path, target: Path, padding_bytes: int) -> Path:
+    """``source`` re-zipped (deflated) with an extra entry of ``padding_bytes`` zeros: a small file, a large load."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        prefix = original.namelist()[0].split("/")[0]
+        for entry in original.infolist():
+            archive.writestr(entry, original.read(entry))
+        with archive.open(f"{prefix}/data/999", "w") as handle:
+            block = bytes(2**20)
+            for _ in range(padding_bytes // len(block)):
+                handle.write(block)
+    return target
+
+
+def test_oversized_checkpoints_are_refused_before_loading(tmp_path, monkeypatch):
+    vqvae = VQVAE(spatial_dims=2, in_channels=1, out_channels=1, **TINY_NETWORK)
+    prior = GatedPixelCNN(spatial_dims=2, num_embeddings=TINY_NETWORK["num_embeddings"], channels=8, num_layers=2)
+    optimizer = torch.optim.Adam(vqvae.parameters())
+    save_checkpoint(tmp_path / "model.pt", {"model": vqvae.state_dict(), "metadata": {}})
+    save_checkpoint(tmp_path / "last.pt", {"model": vqvae.state_dict(), "optimizer": optimizer.state_dict()})
+    save_checkpoint(tmp_path / "prior.pt", {"model": prior.state_dict(), "metadata": {}})
+    padding = 80 * 2**20  # the bound for these tiny networks is 64 MiB and 4x their weights
+    bad = {name: padded_checkpoint(tmp_path / name, tmp_path / f"big_{name}", padding)
+           for name in ("model.pt", "last.pt", "prior.pt")}
+    assert all(path.stat().st_size < 2**20 for path in bad.values())
+    load_network_weights(vqvae, tmp_path / "model.pt")  # the real ones load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before its size was checked")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match=r"'.*big_model.pt' unpacks to 8\d,\d{3},\d{3} bytes, more than"):
+        load_network_weights(vqvae, bad["model.pt"])
+    loader = TrainingCheckpointLoader(bad["last.pt"], {"model": vqvae, "optimizer": optimizer})
+    with pytest.raises(CheckpointError, match="big_last.pt' unpacks to"):
+        loader._load(None)
+    with pytest.raises(CheckpointError, match="big_prior.pt' unpacks to"):
+        load_prior(bad["prior.pt"], network=prior)
+
+
+# --------------------------------------------------------------------------------- damaged histories and caches
+@pytest.mark.parametrize("content", ['[{"epoch": 1, "loss": 0.5}, {"epo', '{"epoch": 1}', '[1, 2]'])
+def test_a_damaged_history_is_one_line_saying_how_to_recover(tmp_path, content):
+    history = tmp_path / "training_history.json"
+    history.write_text(content)
+    with pytest.raises(HistoryFileError, match=f"training history '{history}' is damaged .*delete it.*--overwrite true"):
+        read_history(history)
+
+
+def test_evaluating_refuses_a_damaged_history_before_writing_any_report(trained_bundle, demo_root, tmp_path):
+    bundle = shutil.copytree(trained_bundle, tmp_path / "bundle")
+    (bundle / "models" / "training_history.json").write_text('[{"epoch": 1, "loss": 0.5}, {"ep')
+    output_dir = tmp_path / "report"
+    user_error(HistoryFileError, "training_history.json' is damaged", run_bundle, "evaluating", EVALUATE,
+               bundle_root=str(bundle), output_dir=str(output_dir), dataset_dir=str(demo_root))
+    assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_a_tampered_code_cache_is_one_line_and_overwrite_encodes_again(tmp_path, demo_root, one_thread):
+    vqvae = VQVAE(spatial_dims=2, in_channels=1, out_channels=1, **TINY_NETWORK).eval()
+    cache = tmp_path / "codes_train.pt"
+    kwargs = {"dataset_dir": str(demo_root)}
+    entry = load_or_encode_codes(cache, vqvae, "sha", kwargs, "train", 32)
+    tampered = dict(entry)
+    tampered["codes"] = entry["codes"].clone()
+    tampered["codes"][0, 0, 0] = 999  # a codebook of 32
+    save_checkpoint(cache, tampered)
+    with pytest.raises(CheckpointError, match=rf"code cache '{cache}' is damaged \(it holds codes from \d+ to 999, "
+                                              r"outside the VQ-VAE's codebook \[0, 32\)\); delete it, or pass --overwrite"):
+        load_or_encode_codes(cache, vqvae, "sha", kwargs, "train", 32)
+    tampered["codes"] = entry["codes"].float()
+    save_checkpoint(cache, tampered)
+    with pytest.raises(CheckpointError, match="not an int16/int32 tensor"):
+        load_or_encode_codes(cache, vqvae, "sha", kwargs, "train", 32)
+    again = load_or_encode_codes(cache, vqvae, "sha", kwargs, "train", 32, overwrite=True)
+    assert torch.equal(again["codes"], entry["codes"])
+
+
+# --------------------------------------------------------------------------------------- MONAI's config warning
+def test_monais_config_warning_is_filtered_once_our_hook_is_installed(tmp_path):
+    from monai.bundle.scripts import create_workflow
+
+    from monai_vqbrain.workflows import install_error_hook
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"run": [], "initialize": [], "finalize": []}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        install_error_hook()
+        try:
+            create_workflow(config_file=str(config), workflow_type="train")
+        except Exception:  # a config without the properties a training workflow needs: only the warning matters
+            pass
+        other = warnings.warn_explicit("parsing config_file x", UserWarning, "elsewhere.py", 1, module="elsewhere")
+    assert other is None
+    messages = [str(w.message) for w in caught]
+    assert not any(m.startswith("parsing config_file") and str(config) in m for m in messages), messages
+    assert any(m == "parsing config_file x" for m in messages), "only MONAI's own warning is filtered"
