@@ -206,17 +206,20 @@ def test_generation_summary_is_one_line_of_headline_metrics():
     assert "d' generated vs test 3.21 [2.50, 3.90]" in line
 
 
-def test_a_classifier_test_on_few_images_says_it_means_little(tmp_path, caplog):
-    from monai_vqbrain.prior.report import small_sample_warning
 
-    assert small_sample_warning({"classifier_images_per_side_generated_vs_test": 200}) is None
-    assert small_sample_warning({"classifier_images_per_side_generated_vs_test": None}) is None
-    # what a run on tiny data logs beside its d' 10.40 [1.36, 19.44]
-    quality = {"classifier_dprime_generated_vs_test": 10.4, "classifier_dprime_generated_vs_test_ci95": [1.36, 19.44],
-               "classifier_images_per_side_generated_vs_test": 4}
-    samples = SimpleNamespace(names=["sample_000.png"], labels=None, seconds=1.0)
-    run = {"seed": 0, "temperature": 1.0, "image_size": 32, "prior_checkpoint": "p.pt", "vqvae_checkpoint": "m.pt"}
-    engine = SimpleNamespace(state=SimpleNamespace(metrics={"generation": quality}, output=None))
-    with caplog.at_level("WARNING", logger="monai_vqbrain.prior.generation_handlers"):
-        GenerationReport(samples, {}, tmp_path, run, [8, 8], metrics=True)(engine)
-    assert "the classifier test had 4 held-out image(s) a side: its AUC and d' say little" in caplog.text
+def test_a_classifier_test_limited_by_a_small_test_split_says_it_means_little(prior_root, demo_root, tmp_path, caplog):
+    # issue 25: d' 10.40 [1.36, 19.44] on tiny data, with enough samples but few real test slices, and no word
+    import logging
+
+    copy_models(prior_root, tmp_path)
+    package_logger = logging.getLogger("monai_vqbrain")  # the bundle's logging.conf replaced caplog's root handler
+    package_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="monai_vqbrain"):
+            out = generate(tmp_path, demo_root, num_samples=12, generation_metrics=True)
+    finally:
+        package_logger.removeHandler(caplog.handler)
+    metrics = json.loads((out / "generation_metrics.json").read_text())
+    real = metrics["num_test_images"]
+    assert real < 12 and f"only {real} real test slices: a classifier AUC or d' from fewer than 256 a side" in caplog.text
+    assert "measure on a test split of more slices" in caplog.text

@@ -24,7 +24,7 @@ from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
 from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
-from .report import generation_log_values, generation_summary, prior_summary, small_sample_warning
+from .report import generation_log_values, generation_summary, prior_summary
 
 __all__ = [
     "GeneratedSamples",
@@ -251,9 +251,6 @@ class GenerationReport:
         atomic_write_text(path, json.dumps(report, indent=2))
         if isinstance(quality, Mapping):
             logger.info(f"{generation_summary(report)}; all metrics in '{path}'")
-            warning = small_sample_warning(report)
-            if warning is not None:
-                logger.warning(warning)
         engine.state.metrics = generation_log_values(report)
         engine.state.output = report
 

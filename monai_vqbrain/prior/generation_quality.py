@@ -277,10 +277,17 @@ class GenerationQuality(Metric):
             f"{', classifier two-sample tests' if self.classifier else ''})"
         )
         progress = _StageLog(4 if self.classifier else 3)
-        if self.classifier and num_samples < RELIABLE_CLASSIFIER_SAMPLES:
+        # the classifier compares as many images a side as the smaller side holds: the samples or the real test pool
+        num_real = len(self._pool_images)
+        if self.classifier and min(num_samples, num_real) < RELIABLE_CLASSIFIER_SAMPLES:
+            fewest, remedy = (
+                (f"{num_samples} samples", "raise --num_samples")
+                if num_samples <= num_real
+                else (f"{num_real} real test slices", "measure on a test split of more slices")
+            )
             logger.warning(
-                f"only {num_samples} samples: a classifier AUC from fewer than {RELIABLE_CLASSIFIER_SAMPLES} a side is "
-                f"too noisy to judge realism (see its _ci95); raise --num_samples"
+                f"only {fewest}: a classifier AUC or d' from fewer than {RELIABLE_CLASSIFIER_SAMPLES} a side is too "
+                f"noisy to judge realism (see its _ci95); {remedy}"
             )
 
         # training split: features, the nearest training images of the samples and of the test subset (as is and

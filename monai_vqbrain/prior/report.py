@@ -16,7 +16,6 @@ __all__ = [
     "prior_summary",
     "generation_summary",
     "generation_log_values",
-    "small_sample_warning",
     "GENERATION_METRICS_KEYS",
     "generation_metrics_markdown",
 ]
@@ -76,26 +75,6 @@ def generation_summary(report: Mapping[str, Any]) -> str:
         f"(train subset vs test {value('fd_train_subset_vs_test')}); diversity {value('diversity_ssim_generated', 3)} "
         f"(real test {value('diversity_ssim_test', 3)}); memorisation {value('memorisation_ssim_mean', 3)} "
         f"(real test {value('memorisation_ssim_test_mean', 3)})"
-    )
-
-
-#: fewer held-out images a side than this make the classifier test's AUC and d′ rough: the log says so
-MIN_TWO_SAMPLE_IMAGES = 50
-
-
-def small_sample_warning(report: Mapping[str, Any]) -> str | None:
-    """A warning when the classifier test of generated vs test slices had too few images to mean much, else None.
-
-    Args:
-        report: the content of ``generation_metrics.json``.
-    """
-    per_side = report.get("classifier_images_per_side_generated_vs_test")
-    if not isinstance(per_side, int) or isinstance(per_side, bool) or not 0 < per_side < MIN_TWO_SAMPLE_IMAGES:
-        return None
-    return (
-        f"the classifier test had {per_side} held-out image(s) a side: its AUC and d' say little (see their 95% "
-        f"intervals); at least {MIN_TWO_SAMPLE_IMAGES} a side (--num_samples, and a test split of that many slices) "
-        f"make them a measurement"
     )
 
 
