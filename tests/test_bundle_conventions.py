@@ -166,9 +166,10 @@ def test_network_def_forward_is_the_reconstruction_and_training_still_sees_the_d
     network = parser.get_parsed_content("network_def").eval()
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(network(images), network.reconstruct(images), rtol=1e-5, atol=1e-5)
+        assert torch.equal(network(images), network.reconstruct(images)), "the plain forward is reconstruct"
         details = network(images, return_details=True)
-        assert torch.equal(details.reconstruction, network(images)) and details.indices.shape == (2, 8, 8)
+        torch.testing.assert_close(details.reconstruction, network(images), rtol=1e-5, atol=1e-5)
+        assert details.indices.shape == (2, 8, 8)
     # the network itself keeps MONAI VQVAE's tuple when built directly
     reconstruction, loss = VQVAE(**TINY_NETWORK).eval()(images)
     assert reconstruction.shape == images.shape and loss.ndim == 0
@@ -230,7 +231,6 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
     from monai.bundle import onnx_export
     from monai.networks.utils import convert_to_onnx
 
-    from monai_vqbrain.inference import ReconstructionNetwork
     from monai_vqbrain.networks import VQVAE
     from monai_vqbrain.utils import load_network_weights
 
@@ -240,8 +240,8 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
                 meta_file=str(META), config_file=[TRAIN, INFER], use_trace=True,
                 input_shape=[1, 1, 32, 32], converter_kwargs=dict(ONNX_CONVERTER),
                 **{f"network_def#{key}": value for key, value in TINY_NETWORK.items()})
-    eager = ReconstructionNetwork(VQVAE(**TINY_NETWORK)).eval()
-    load_network_weights(eager.vqvae, checkpoint, {"image_size": 32})
+    eager = VQVAE(**TINY_NETWORK, forward_output="reconstruction").eval()
+    load_network_weights(eager, checkpoint, {"image_size": 32})
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))  # another batch size
     (pred,) = session.run(["pred"], {"image": images.numpy()})
@@ -257,22 +257,22 @@ def test_onnx_export_matches_the_eager_model(trained_bundle, tmp_path):
             return self.vqvae.index_quantize(x)
 
     codes_file = tmp_path / "codes.onnx"
-    convert_to_onnx(Codes(eager.vqvae), inputs=[images], filename=str(codes_file), use_trace=True,
+    convert_to_onnx(Codes(eager), inputs=[images], filename=str(codes_file), use_trace=True,
                     **{**ONNX_CONVERTER, "output_names": ["codes"],
                        "dynamic_axes": {"image": {0: "batch"}, "codes": {0: "batch"}}})
     codes_session = onnxruntime.InferenceSession(str(codes_file), providers=["CPUExecutionProvider"])
     (codes,) = codes_session.run(["codes"], {"image": images.numpy()})
     codes = torch.from_numpy(codes).long()
     with torch.no_grad():
-        eager_codes = eager.vqvae.index_quantize(images)
-        latents = eager.vqvae.encode(images).movedim(1, -1)  # (B, h, w, D)
-        distances = ((latents[..., None, :] - eager.vqvae.quantizer.embedding) ** 2).sum(-1)  # (B, h, w, K)
+        eager_codes = eager.index_quantize(images)
+        latents = eager.encode(images).movedim(1, -1)  # (B, h, w, D)
+        distances = ((latents[..., None, :] - eager.quantizer.embedding) ** 2).sum(-1)  # (B, h, w, K)
         differ = codes != eager_codes
         gap = (distances.gather(-1, codes[..., None]) - distances.gather(-1, eager_codes[..., None]))[..., 0].abs()
         assert differ.float().mean() <= 0.01, f"{int(differ.sum())} of {differ.numel()} codes differ"
         assert torch.all(gap[differ] <= 1e-4 * distances.amin(-1)[differ].clamp_min(1e-3)), "a code differs beyond a tie"
         # the exported decoder matches PyTorch's on the same codes
-        np.testing.assert_allclose(pred, eager.vqvae.decode_samples(codes).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pred, eager.decode_samples(codes).numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import torch
 from conftest import CONFIGS, REPO_ROOT, TINY_NETWORK, TINY_OVERRIDES, TRAIN
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
-from monai_vqbrain.inference import ReconstructionNetwork
 from monai_vqbrain.networks import VQVAE
 from monai_vqbrain.utils import load_network_weights
 
@@ -85,8 +84,8 @@ def test_ckpt_export_matches_the_eager_model(trained_bundle, tmp_path):
         extra = {Path(name).name for name in archive.namelist() if "/extra/" in name}
     assert {"metadata.json", "train.json", "inference.json"} <= extra
 
-    eager = ReconstructionNetwork(VQVAE(**NETWORK)).eval()
-    load_network_weights(eager.vqvae, checkpoint, {"image_size": 32})
+    eager = VQVAE(**NETWORK, forward_output="reconstruction").eval()
+    load_network_weights(eager, checkpoint, {"image_size": 32})
     scripted = torch.jit.load(str(exported)).eval()
     images = torch.rand(3, 1, 32, 32)  # another batch size than the traced one
     with torch.no_grad():
@@ -200,7 +199,7 @@ def test_networks_from_the_bundle_in_another_project(trained_bundle, tmp_path):
         from monai.bundle import ConfigParser
 
         import monai_vqbrain
-        from monai_vqbrain.networks import VQVAE, VQVAEReconstructor
+        from monai_vqbrain.networks import VQVAE
         from monai_vqbrain.utils import load_network_weights
 
         assert Path.cwd() == Path({str(tmp_path)!r})
@@ -214,7 +213,7 @@ def test_networks_from_the_bundle_in_another_project(trained_bundle, tmp_path):
         assert isinstance(vqvae, VQVAE)
         load_network_weights(vqvae, Path(parser.get_parsed_content("ckpt_dir")) / "model.pt", {{"image_size": 32}})
         network = parser.get_parsed_content("inference_network_def")
-        assert isinstance(network, VQVAEReconstructor) and network.vqvae is vqvae
+        assert network is vqvae, "inference runs the VQ-VAE itself"
         images = torch.rand(2, 1, 32, 32)
         with torch.no_grad():
             assert torch.equal(network.eval()(images), vqvae.eval().reconstruct(images))

@@ -17,7 +17,6 @@ from conftest import (
     BAD_AFFINES,
     INFER,
     NIFTI_AFFINE,
-    TINY_NETWORK,
     TINY_OVERRIDES,
     VOLUME,
     brain_like_slice,
@@ -52,11 +51,9 @@ from monai_vqbrain.inference import (
     METRICS_FILE,
     LoadInputd,
     OutputPathError,
-    ReconstructionNetwork,
     find_input_files,
     read_input,
 )
-from monai_vqbrain.networks import VQVAE
 
 
 def _truncated_nifti(tmp_path: Path) -> Path:
@@ -310,14 +307,18 @@ def test_safetensors_checkpoint(trained_bundle, input_dir, tmp_path, vqvae):
                tmp_path / "other", checkpoint=str(checkpoint), image_size=64)
 
 
-def test_reconstruction_network_loads_training_checkpoints(trained_bundle, vqvae):
-    network = ReconstructionNetwork(VQVAE(**TINY_NETWORK)).eval()
-    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
-    network.load_state_dict(state)
+def test_the_inference_network_is_the_vqvae_and_loads_training_checkpoints(trained_bundle, vqvae):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(INFER)
+    parser.update({"bundle_root": str(trained_bundle), **{k: v for k, v in TINY_OVERRIDES.items() if "#" in k}})
+    network = parser.get_parsed_content("inference_network_def")
+    assert network is parser.get_parsed_content("network_def"), "no adapter: the bundle's own network_def"
+    network.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))  # strict
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(network(images), vqvae.reconstruct(images))
-    network.load_state_dict(network.state_dict())  # its own, prefixed keys too
+        torch.testing.assert_close(network.eval()(images), vqvae.reconstruct(images))
 
 
 def test_skipped_inputs_end_the_run_with_an_error_after_writing_the_rest(trained_bundle, input_dir, tmp_path):
@@ -348,7 +349,7 @@ def test_non_finite_scores_are_left_empty_with_the_reason(trained_bundle, input_
 
     @torch.no_grad()
     def break_weights(engine):  # after the checkpoint is loaded, as a diverged training run could leave them
-        next(p for n, p in network.named_parameters() if n.startswith("vqvae.decoder")).fill_(float("nan"))
+        next(p for n, p in network.named_parameters() if n.startswith("decoder")).fill_(float("nan"))
 
     workflow.parser.get_parsed_content("evaluator").add_event_handler(Events.STARTED, break_weights)
     workflow.run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_vqbrain.networks import VQVAE, VQVAEOutput, VQVAEReconstructor
+from monai_vqbrain.networks import VQVAE, VQVAEOutput
 
 
 def small_vqvae(spatial_dims: int = 2, **kwargs) -> VQVAE:
@@ -73,14 +73,19 @@ def test_bad_inputs_are_clear():
         network.decode_samples(torch.full((1, 8, 8), 16))
 
 
-def test_reconstructor_matches_eval_forward():
-    network = small_vqvae().eval()
+def test_the_reconstruction_forward_is_reconstruct_and_updates_no_codebook():
+    # the one-tensor forward MONAI's tools and inference call: the codes' reconstruction, in training mode too
+    network = small_vqvae(forward_output="reconstruction").train()
+    tuple_network = small_vqvae().eval()
+    tuple_network.load_state_dict(network.state_dict())
     images = torch.rand(2, 1, 32, 32)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
     with torch.no_grad():
-        expected, _ = network(images)
-        wrapped = VQVAEReconstructor(network)(images)
-    torch.testing.assert_close(wrapped, expected)
-    assert set(VQVAEReconstructor(network).state_dict()) == {f"vqvae.{k}" for k in network.state_dict()}
+        reconstruction = network(images)
+        expected, _ = tuple_network(images)
+    torch.testing.assert_close(reconstruction, expected)
+    torch.testing.assert_close(reconstruction, network.reconstruct(images))
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items()), "no codebook update"
 
 
 def test_bf16_autocast_keeps_codebook_in_float32():

@@ -65,8 +65,7 @@ class SliceCodesInferer(Inferer):
         self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the reconstructions ``(B, N, S, S)`` (clamped to [0, 1]) and code maps ``(B, N, h, w)`` of ``inputs``."""
-        model = unwrap_network(network)
-        vqvae = getattr(model, "vqvae", model)
+        vqvae = unwrap_network(network)
         amp = resolve_amp(self.amp, inputs.device)
         images = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         batch, count = images.shape[:2]

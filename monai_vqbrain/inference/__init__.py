@@ -19,7 +19,6 @@ from .input_files import (
     strip_image_suffix,
 )
 from .io import read_input, restore_input_layout, write_nifti, write_png
-from .network import ReconstructionNetwork
 from .transforms import OUTPUT_EXTENSIONS, LoadInputd, SaveReconstructiond, codes_file, output_file
 from .workflow import InferenceDataset, ReconstructionEvaluator, check_outputs
 
@@ -37,7 +36,6 @@ __all__ = [
     "LoadInputd",
     "OutputPathError",
     "ReconstructionEvaluator",
-    "ReconstructionNetwork",
     "SaveReconstructiond",
     "check_outputs",
     "code_information_bits",

@@ -4,7 +4,7 @@ from .blocks import Downsample, ResidualLayer, ResidualStack, Upsample
 from .pixelcnn import GatedPixelCNN
 from .pixelcnn_layer import GatedPixelCNNLayer
 from .quantizer import QuantizerOutput, VectorQuantizer, code_usage_statistics, count_codes
-from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput, VQVAEReconstructor
+from .vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
 
 __all__ = [
     "VQVAE",
@@ -18,7 +18,6 @@ __all__ = [
     "ResidualStack",
     "Upsample",
     "VQVAEOutput",
-    "VQVAEReconstructor",
     "VectorQuantizer",
     "code_usage_statistics",
     "count_codes",

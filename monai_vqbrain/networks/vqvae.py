@@ -132,9 +132,10 @@ class VQVAE(nn.Module):
         codebook_init: ``"kmeans"``, ``"data"`` or ``"random"``; see :class:`VectorQuantizer`.
         output_act: ``"sigmoid"`` keeps the reconstruction in ``[0, 1]``; ``None`` leaves it linear.
         forward_output: what a plain ``forward(images)`` returns: ``"tuple"`` gives ``(reconstruction,
-            quantization_loss)`` as MONAI's ``VQVAE`` does; ``"reconstruction"`` gives the reconstruction alone, the
-            one-tensor output MONAI's bundle tools (``verify_net_in_out``, ``monai.bundle.load``) expect of a
-            bundle's ``network_def``. ``forward(images, return_details=True)`` is the same for both.
+            quantization_loss)`` as MONAI's ``VQVAE`` does; ``"reconstruction"`` gives :meth:`reconstruct`'s output
+            alone (no loss terms, no codebook update), the one-tensor output MONAI's bundle tools
+            (``verify_net_in_out``, ``ckpt_export``, ``onnx_export``, ``monai.bundle.load``) and inference expect of
+            a bundle's ``network_def``. ``forward(images, return_details=True)`` is the same for both.
         code_noise: in training, the probability that a latent vector is decoded through a near neighbour of its
             code (see :class:`VectorQuantizer`), so the decoder forgives a prior's near-misses; 0 disables it.
         code_noise_neighbours: the nearest codebook vectors a code can be replaced by under ``code_noise``.
@@ -264,17 +265,17 @@ class VQVAE(nn.Module):
     def forward(
         self, images: torch.Tensor, return_details: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | VQVAEOutput:
-        """Return ``(reconstruction, quantization_loss)`` (or the reconstruction alone when ``forward_output`` is
+        """Return ``(reconstruction, quantization_loss)`` (or :meth:`reconstruct`'s output when ``forward_output`` is
         ``"reconstruction"``), or the full :class:`VQVAEOutput` when ``return_details``.
 
         Trainers ask for the details through ``forward`` (not :meth:`forward_with_details`) so that a
         ``DistributedDataParallel`` wrapper sees the call and synchronises gradients.
         """
-        output = self.forward_with_details(images)
         if return_details:
-            return output
+            return self.forward_with_details(images)
         if self.forward_output == "reconstruction":
-            return output.reconstruction
+            return self.reconstruct(images)
+        output = self.forward_with_details(images)
         return output.reconstruction, output.quantization_loss
 
 
@@ -295,21 +296,3 @@ class _TracedTuple(_TracedReconstruction):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         return self.traced(images)
-
-
-class VQVAEReconstructor(nn.Module):
-    """Wrap a :class:`VQVAE` so its forward returns only the reconstruction.
-
-    MONAI's inferers, ``verify_net_in_out`` and TorchScript export expect a network that maps an image tensor
-    to one tensor; this wrapper shares the VQ-VAE's weights and keeps its state-dict keys under ``vqvae.``.
-
-    Args:
-        vqvae: the VQ-VAE to wrap; or keyword arguments of :class:`VQVAE` to build one.
-    """
-
-    def __init__(self, vqvae: VQVAE | None = None, **vqvae_kwargs) -> None:
-        super().__init__()
-        self.vqvae = vqvae if vqvae is not None else VQVAE(**vqvae_kwargs)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vqvae.reconstruct(images)
