@@ -78,6 +78,8 @@ def test_schema_bound_of_png_size_is_pils():
         ("max_epochs", 3.0, "max_epochs must be an integer >= 1, got 3.0."),
         ("resume", True, None),
         ("resume", "yes", None),
+        # a flag is on or off: null (--overwrite None) would silently mean off
+        ("overwrite", None, "overwrite must be true or false (also yes/no, on/off, 1/0), got None."),
         ("slice_axis", True, "slice_axis must be one of 0, 1, 2, got True."),
         ("val_fraction", float("inf"), "val_fraction must be a finite number in [0.0, 1.0], got inf."),
         ("learning_rate", float("inf"), "learning_rate must be a finite number > 0.0, got inf."),
