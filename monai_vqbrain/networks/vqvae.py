@@ -271,7 +271,8 @@ class VQVAE(nn.Module):
         Trainers ask for the details through ``forward`` (not :meth:`forward_with_details`) so that a
         ``DistributedDataParallel`` wrapper sees the call and synchronises gradients.
         """
-        if return_details:
+        # an export traces the tensor forward: torch's legacy ONNX exporter even hands the default in as a tensor
+        if not torch.jit.is_tracing() and return_details:
             return self.forward_with_details(images)
         if self.forward_output == "reconstruction":
             return self.reconstruct(images)
