@@ -226,3 +226,17 @@ def test_ctrl_c_while_an_epoch_is_validated_stops_after_that_epochs_checkpoint(t
         engine.run(range(3), max_epochs=4)
     assert validated == [1, 2] and load_checkpoint(last)["trainer"]["iteration"] == 2 * 3, "epoch 2 is done, not lost"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C stops at once again afterwards"
+
+
+def test_a_second_ctrl_c_while_one_is_held_stops_at_once():
+    import signal
+
+    from monai_vqbrain.handlers import EpochEndInterruptHold
+
+    hold = EpochEndInterruptHold()
+    hold.hold()
+    signal.raise_signal(signal.SIGINT)  # held: the epoch's checkpoint is still to be written
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # the user insists
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    hold.release()  # nothing held any more: no second KeyboardInterrupt

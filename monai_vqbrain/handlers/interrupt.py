@@ -91,22 +91,24 @@ class EpochEndInterruptHold:
     """
 
     def __init__(self) -> None:
-        self._previous: object = None
+        self._holding = False
+        self._previous: object = None  # None too where the previous handler was not installed from Python
         self._pending = False
 
     def hold(self) -> None:
         """Defer SIGINT from now until :meth:`release`."""
-        if threading.current_thread() is not threading.main_thread() or self._previous is not None:
+        if threading.current_thread() is not threading.main_thread() or self._holding:
             return
         self._pending = False
         self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        self._holding = True
 
     def release(self, raise_held: bool = True) -> None:
         """Restore the previous SIGINT handler; raise ``KeyboardInterrupt`` if a Ctrl-C was held and ``raise_held``."""
-        if self._previous is None:
+        if not self._holding:
             return
-        signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
-        self._previous, pending, self._pending = None, self._pending, False
+        signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+        self._holding, pending, self._pending = False, self._pending, False
         if pending and raise_held:
             raise KeyboardInterrupt
 
