@@ -11,6 +11,7 @@ codes. What the prior is conditioned on (slice-position labels, the position map
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -252,10 +253,6 @@ def _cache_problem(cache: Mapping[str, Any], num_embeddings: int | None, image_s
     return None
 
 
-# the arguments of get_dataset that get_datalist does not take: how the images are built, not which ones
-_NOT_LISTING = frozenset({"image_size", "cache_rate", "num_workers", "random_transforms"})
-
-
 def load_or_encode_codes(
     cache_file: str | os.PathLike,
     vqvae: torch.nn.Module,
@@ -313,7 +310,9 @@ def load_or_encode_codes(
         reason = f"the cache is damaged: {problem}"
     logger.info(f"encoding the {split} split to code maps ({reason}); caching them in {cache_file}")
     if preprocessing is not None:
-        listing = {key: value for key, value in dataset_kwargs.items() if key not in _NOT_LISTING}
+        # which images: get_datalist's share of get_dataset's arguments (how they are built is `preprocessing`)
+        listed = inspect.signature(get_datalist).parameters
+        listing = {key: value for key, value in dataset_kwargs.items() if key in listed}
         dataset: Dataset = MonaiDataset(get_datalist(split=split, **listing), transform=preprocessing)
     else:
         # cache_rate=0: the images are read once here, caching them in memory would only cost memory

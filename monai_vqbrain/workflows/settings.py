@@ -79,8 +79,8 @@ def run_settings(
         # the parser's own resolver: a value is evaluated once and shared with the rest of the run
         value = parser.ref_resolver.get_resolved_content(key)
         settings.update(check_settings({key: value}, argv=[]))
-    check_settings({**settings, "downsample_factor": downsample_factor}, argv=[])
-    check_setting_combinations(settings, max_epochs_key)
+    # every value is valid on its own now: the rules between them, the network's downsampling first
+    check_setting_combinations({**settings, "downsample_factor": downsample_factor}, max_epochs_key)
     return settings
 
 
