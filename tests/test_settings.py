@@ -401,4 +401,9 @@ def test_a_run_from_python_raises_the_projects_error_and_checks_its_keywords(tmp
     assert "did you mean --max_epochs?" in str(error)
     user_error(SettingError, "max_epochs must be an integer >= 1, got None.", run_bundle, "training", TRAIN,
                bundle_root=str(tmp_path), max_epochs=None)
+    user_error(SettingError, f"config_file '{tmp_path / 'no.json'}' does not exist", run_bundle, "training",
+               str(tmp_path / "no.json"), bundle_root=str(tmp_path))
+    (tmp_path / "bad.json").write_text("{bad")
+    user_error(SettingError, f"config_file '{tmp_path / 'bad.json'}' cannot be read as a config", run_bundle, "training",
+               [TRAIN, str(tmp_path / "bad.json")], bundle_root=str(tmp_path))
     assert not (tmp_path / "models").exists(), "nothing was trained"

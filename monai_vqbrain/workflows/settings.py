@@ -387,12 +387,19 @@ def run_bundle(run_id: str, config_file: str | Sequence[str], **override: Any) -
     Raises:
         VQBrainError: the run's user error: a setting, a data set, a checkpoint ...
     """
-    from monai.bundle import run
+    from monai.bundle import ConfigParser, run
 
     from ..errors import find_user_error
     from .run_lock import release_output_locks
 
     files = [str(config_file)] if isinstance(config_file, (str, Path)) else [str(f) for f in config_file]
+    for file in files:
+        if not Path(file).is_file():
+            raise SettingError(f"config_file '{file}' does not exist or is not a file.")
+        try:
+            ConfigParser.load_config_file(file)  # JSON or YAML, as MONAI reads it
+        except Exception as error:  # JSON's and YAML's syntax errors, an unknown suffix, an unreadable file
+            raise SettingError(f"config_file '{file}' cannot be read as a config: {error}.") from None
     check_overrides([(key, repr(value)) for key, value in override.items()], files)
     try:
         return run(run_id, config_file=files, **override)
