@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class VQBrainError(Exception):
     """Base class of every error this package raises for bad input.
@@ -61,16 +63,23 @@ class InputsSkippedError(VQBrainError):
     exit_code = 3
 
 
-def find_user_error(error: BaseException | None) -> VQBrainError | None:
-    """The first :class:`VQBrainError` in an exception's chain, or None (MONAI wraps errors raised in transforms).
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and its causes (or contexts), outermost first: MONAI wraps errors raised while it builds a config.
 
     Args:
         error: the exception caught.
     """
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, VQBrainError):
-            return error
         seen.add(id(error))
+        yield error
         error = error.__cause__ or error.__context__
-    return None
+
+
+def find_user_error(error: BaseException | None) -> VQBrainError | None:
+    """The first :class:`VQBrainError` in an exception's chain (:func:`exception_chain`), or None.
+
+    Args:
+        error: the exception caught.
+    """
+    return next((link for link in exception_chain(error) if isinstance(link, VQBrainError)), None)

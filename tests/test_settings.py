@@ -14,7 +14,8 @@ import torch
 from conftest import CONFIGS, REPO_ROOT, TRAIN, run_bundle, user_error
 
 from monai_vqbrain.errors import OutputPathError, OutputWriteError, SettingError
-from monai_vqbrain.workflows import check_override_keys, check_settings, command_line_overrides
+from monai_vqbrain.workflows import check_override_keys, check_settings
+from monai_vqbrain.workflows.monai_adapter import bundle_command_line
 
 GENERATE = [TRAIN, str(CONFIGS / "train_prior.json"), str(CONFIGS / "generate.json")]
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
@@ -107,11 +108,11 @@ def test_known_override_keys_pass():
             "false", "--network_def#num_embeddings", "64", "--network_def#output_act", "sigmoid", "--meta_file", "m.json"]
     # output_act is not in the config but is an argument of the network's constructor
     check_override_keys(argv)
-    keys, files = command_line_overrides(argv)
-    assert keys == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#output_act"]
+    pairs, files = bundle_command_line(argv)
+    assert [key for key, _ in pairs] == ["max_epochs", "save_codes", "network_def#num_embeddings", "network_def#output_act"]
     assert files == INFERENCE
     # only a `python -m monai.bundle run` command line is inspected
-    assert command_line_overrides(["pytest", "--max_epoch", "3"]) is None
+    assert bundle_command_line(["pytest", "--max_epoch", "3"]) is None
 
 
 @pytest.mark.parametrize(
@@ -365,9 +366,9 @@ def test_help_command_line_works_before_any_checkpoint_exists(tmp_path):
 
 
 def test_null_typed_on_the_command_line_gets_a_hint():
-    error = user_error(SettingError, "output_ext must be one of", check_settings, {"output_ext": "null"}, argv=[])
+    error = user_error(SettingError, "output_ext must be one of", check_settings, {"output_ext": "null"})
     assert "null is written None" in str(error)
-    error = user_error(SettingError, "output_postfix must be", check_settings, {"output_postfix": "a/b"}, argv=[])
+    error = user_error(SettingError, "output_postfix must be", check_settings, {"output_postfix": "a/b"})
     assert "written None" not in str(error)  # no hint where null is not allowed anyway
 
 
@@ -380,9 +381,9 @@ def test_an_unavailable_device_is_a_setting_error_in_every_workflow(config, tmp_
 
 
 def test_sample_class_labels_are_checked_with_the_settings():
-    assert check_settings({"sample_class_labels": [0, 3]}, argv=[]) and check_settings({"sample_class_labels": None}, argv=[])
+    assert check_settings({"sample_class_labels": [0, 3]}) and check_settings({"sample_class_labels": None})
     for bad in ("abc", -1, [1, "x"], [], 2.5):
-        user_error(SettingError, "sample_class_labels must be", check_settings, {"sample_class_labels": bad}, argv=[])
+        user_error(SettingError, "sample_class_labels must be", check_settings, {"sample_class_labels": bad})
 
 
 def test_a_run_from_python_raises_the_projects_error_and_checks_its_keywords(tmp_path):

@@ -90,9 +90,9 @@ def test_schema_bound_of_png_size_is_pils():
 )
 def test_schema_checks_say_what_is_allowed(key, value, message):
     if message is None:
-        check_settings({key: value}, argv=[])
+        check_settings({key: value})
     else:
-        error = user_error(SettingError, message, check_settings, {key: value}, argv=[])
+        error = user_error(SettingError, message, check_settings, {key: value})
         assert str(error) == message
 
 

@@ -28,7 +28,7 @@ import threading
 import warnings
 from types import FrameType, TracebackType
 
-from ..errors import RunInterrupted, SettingError, VQBrainError
+from ..errors import RunInterrupted, SettingError, VQBrainError, exception_chain
 from ..utils.flags import as_bool
 from .monai_adapter import CONFIG_FILE_WARNING, FAILED_COMPONENT, MISSING_REFERENCE
 
@@ -64,29 +64,15 @@ def _component_setting_error(error: BaseException | None) -> ComponentSettingErr
     Only a constructor's own error counts (the direct cause of MONAI's "Failed to instantiate component"), not one
     from deeper work such as a dataset applying transforms while it caches, which MONAI wraps again.
     """
-    seen = set()
     found = None
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        cause = error.__cause__
-        match = FAILED_COMPONENT.match(str(error)) if isinstance(error, RuntimeError) else None
+    for link in exception_chain(error):
+        cause = link.__cause__
+        match = FAILED_COMPONENT.match(str(link)) if isinstance(link, RuntimeError) else None
         if match is not None and isinstance(cause, (ValueError, TypeError)):
             # the innermost one: a component built from another names the one whose constructor refused
             reason = " ".join(str(cause).split()) or type(cause).__name__
             found = ComponentSettingError(f"cannot build {match.group(1)} from the settings: {reason}")
-        error = cause or error.__context__
     return found
-
-
-def _find_interrupt(error: BaseException | None) -> RunInterrupted | None:
-    """The :class:`RunInterrupted` in an exception's chain (MONAI may wrap it), or None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, RunInterrupted):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 #: optional dependencies -> the extra of the package that installs them (``pyproject.toml``)
@@ -100,17 +86,14 @@ class MissingExtraError(VQBrainError):
 
 def _missing_extra(error: BaseException | None) -> MissingExtraError | None:
     """The one-line error for a ``ModuleNotFoundError`` of an optional dependency in an exception's chain."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _EXTRAS:
-            module = (error.name or "").split(".")[0]
+    for link in exception_chain(error):
+        module = (getattr(link, "name", None) or "").split(".")[0]
+        if isinstance(link, ModuleNotFoundError) and module in _EXTRAS:
             extra = _EXTRAS[module]
             return MissingExtraError(
                 f"{_EXTRA_USES[extra]} needs the optional module '{module}', which is not installed: "
                 f"pip install \"monai_vqbrain[{extra}]\" (from a checkout: pip install -e \".[{extra}]\")"
             )
-        error = error.__cause__ or error.__context__
     return None
 
 
@@ -148,17 +131,11 @@ def explain_missing_extras() -> None:
 
 
 def _find_input_error(error: BaseException | None) -> BaseException | None:
-    # MONAI's config parser wraps errors raised while instantiating components; look through the chain
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, VQBrainError):
-            return error
-        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-            return error
-        if isinstance(error, (ValueError, KeyError)) and (missing := _missing_base_config(error)) is not None:
+    for link in exception_chain(error):
+        if isinstance(link, VQBrainError) or (isinstance(link, OSError) and link.errno in _DISK_ERRORS):
+            return link
+        if isinstance(link, (ValueError, KeyError)) and (missing := _missing_base_config(link)) is not None:
             return missing
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
     return None
 
 
@@ -216,7 +193,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
         def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
             if isinstance(error, KeyboardInterrupt) and not _STATE["traceback"]:
                 error = RunInterrupted()  # Ctrl-C outside a training engine (loading data, evaluating ...)
-            interrupted = _find_interrupt(error)
+            interrupted = next((e for e in exception_chain(error) if isinstance(e, RunInterrupted)), None)
             if interrupted is not None and not _STATE["traceback"]:
                 message, status = str(interrupted), interrupted.exit_code
                 if _STATE["signal"] == signal.SIGTERM:  # stopped as Ctrl-C stops it, and said so

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,7 +50,6 @@ def _holder_record(workflow: str) -> dict:
         "host": socket.gethostname(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "workflow": workflow,
-        "command": " ".join(sys.argv)[:500],
     }
 
 

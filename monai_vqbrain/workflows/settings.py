@@ -1,11 +1,9 @@
 """Start-up validation of a bundle run's settings: every value and every command-line key, before any data is read.
 
-Each bundle config's ``settings`` entry is :func:`run_settings`: every override key the run's configs define (the
-keys of the settings schema), validated and normalised, which ``initialize`` resolves first and the configs read
-where they need a normalised value (``@settings['overwrite']``, a boolean whatever the command line wrote). A wrong
-value is one line naming the key, the value and what is allowed; an override key that the configs do not define
-(``--max_epoch 3``) is an error suggesting the nearest key, instead of being silently added to the config while the
-default applies.
+Each bundle config's ``settings`` entry is :func:`run_settings`, which ``initialize`` resolves first; the configs
+read normalised values from it (``@settings['overwrite']`` is a boolean whatever the command line wrote). A wrong
+value is one line naming the key, the value and what is allowed; an unknown override key (``--max_epoch 3``) is an
+error suggesting the nearest key, not a key silently added to the config while the default applies.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ __all__ = [
     "run_settings",
     "check_override_keys",
     "check_overrides",
-    "command_line_overrides",
     "config_bundle_root",
 ]
 
@@ -53,11 +50,10 @@ def run_settings(
 ) -> dict[str, Any]:
     """The settings of the run whose config is being evaluated: every override key, validated and normalised.
 
-    The keys are those of the settings schema that the run's (merged) config files define, each resolved by the
-    config's own parser in the order the configs define them, and checked by :func:`check_settings` as soon as it is
-    resolved: a key whose value follows another (``train_crop_size`` follows ``image_size``, ``eval_amp`` the
-    ``amp`` and ``device`` settings) is only evaluated once those are known to be valid. Then the rules between keys
-    (:func:`check_setting_combinations`). Nothing else of the config is built.
+    The keys are those of the settings schema that the run's (merged) config defines, each resolved by the config's
+    own parser in config order and checked by :func:`check_settings` at once, so that a key following another
+    (``train_crop_size`` follows ``image_size``) is evaluated only once that one is valid. Then the rules between
+    keys (:func:`check_setting_combinations`). Nothing else of the config is built.
 
     Args:
         max_epochs_key: the setting holding the training run's epochs (``max_epochs``, ``prior_max_epochs``); None
@@ -78,29 +74,24 @@ def run_settings(
     for key in [key for key in parser.get() if key in known]:
         # the parser's own resolver: a value is evaluated once and shared with the rest of the run
         value = parser.ref_resolver.get_resolved_content(key)
-        settings.update(check_settings({key: value}, argv=[]))
+        settings.update(check_settings({key: value}))
     # every value is valid on its own now: the rules between them, the network's downsampling first
     check_setting_combinations({**settings, "downsample_factor": downsample_factor}, max_epochs_key)
     return settings
 
 
-def check_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Check settings against the settings schema; return them normalised (flags as booleans).
+def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Check settings against the settings schema (:mod:`~monai_vqbrain.workflows.keys`); return them normalised.
 
-    First the command line's override keys are checked to exist (see :func:`check_override_keys`), then every value
-    in ``settings`` against its key's entry in the settings schema (``monai_vqbrain/workflows/settings.schema.json``,
-    see :mod:`~monai_vqbrain.workflows.keys`); what the schema cannot say is checked here: that a CUDA ``device``
-    exists on this machine, and ``image_size`` against the network's downsampling factor
-    (``settings["downsample_factor"]``, when given).
+    Flags come back as booleans. What the schema cannot say is checked here: that a CUDA ``device`` exists on this
+    machine, and ``image_size`` against the network's downsampling factor (``settings["downsample_factor"]``).
 
     Args:
         settings: setting name to its (parsed) value.
-        argv: the command line; ``sys.argv`` when None. Only a ``monai.bundle run`` command line is checked.
 
     Raises:
         SettingError: one line naming the first bad key, its value and what is allowed.
     """
-    check_override_keys(argv)
     settings = dict(settings)
     factor = settings.pop("downsample_factor", None)
     keys = load_schema()["$defs"]["keys"]
@@ -157,7 +148,7 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         argv: the command line, whose ``--config_file`` names the configs; ``sys.argv`` when None. Without one (a
             run from Python), the configs are those with a key of their own in ``settings``.
     """
-    parsed = command_line_overrides(argv)
+    parsed = bundle_command_line(argv)
     configs = [Path(f).name for f in parsed[1]] if parsed is not None and parsed[1] else None
     if not configs:
         # a config takes part when a key of its own (one no config before it defines) is among the settings; a
@@ -187,23 +178,7 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
 
 def _config_keys(name: str) -> set[str]:
     """The override keys the settings schema gives config ``name`` (``inference.json``)."""
-    from .keys import load_schema
-
     return set(load_schema()["$defs"]["configs"].get(name, {}).get("properties", {}))
-
-
-def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]] | None:
-    """The override keys and config files of a ``python -m monai.bundle run`` command line.
-
-    Args:
-        argv: the command line; ``sys.argv`` when None.
-
-    Returns:
-        ``(keys, config_files)``, or None when ``argv`` is not a ``monai.bundle run`` command line (for example when
-        the bundle is run from Python, whose keyword arguments are not visible here).
-    """
-    parsed = bundle_command_line(argv)
-    return None if parsed is None else ([key for key, _ in parsed[0]], parsed[1])
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
