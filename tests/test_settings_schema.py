@@ -14,9 +14,9 @@ from monai_vqbrain.workflows import check_settings
 from monai_vqbrain.workflows.keys import (
     CONFIG_ORDER,
     SCHEMA_FILE,
+    config_override_keys,
     load_schema,
     reference_markdown,
-    schema_mismatches,
 )
 
 INFERENCE = [TRAIN, str(CONFIGS / "inference.json")]
@@ -34,6 +34,16 @@ def test_schema_is_valid_draft_2020_12_and_covers_every_config():
             assert prop["description"].strip(), f"{name}: {key} has no description"
     used = {key for entry in schema["$defs"]["configs"].values() for key in entry["properties"]}
     assert used == set(schema["$defs"]["keys"]), "every key the schema defines belongs to a config"
+
+
+def schema_mismatches(name, config):
+    """How config ``name``'s override keys and the schema's entry for it disagree: one line per difference."""
+    configured = config_override_keys(config)
+    described = load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
+    problems = [f"{name}: {key} is not in the schema" for key in configured if key not in described]
+    problems += [f"{name}: the schema's {key} is not in the config" for key in described if key not in configured]
+    known = load_schema()["$defs"]["keys"]
+    return problems + [f"{name}: {key} has no entry in $defs/keys" for key in described if key not in known]
 
 
 @pytest.mark.parametrize("name", CONFIG_ORDER)

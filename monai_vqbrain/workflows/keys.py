@@ -5,8 +5,7 @@ allowed values (``$defs/keys``) and, per config, what it means (``$defs/configs/
 is written once, in the config. Three things read the schema: :func:`~monai_vqbrain.workflows.run_settings`
 validates a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its
 description, and :func:`reference_markdown` writes the override-key reference of the documentation with each
-default read from the config files. A test checks that every key of a config has a schema entry and that no schema
-entry is orphaned.
+default read from the config files.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ __all__ = [
     "key_names",
     "load_schema",
     "reference_markdown",
-    "schema_mismatches",
     "setting_error",
 ]
 
@@ -226,26 +224,6 @@ def setting_error(key: str, value: Any) -> str | None:
     keywords = {error.relative_schema_path[0] for error in errors if error.relative_schema_path}
     special = load_schema()["$defs"]["keys"][key].get("x-expected-by-keyword", {})
     return expected_text(key, keywords.pop() if len(keywords) == 1 and keywords <= set(special) else None)
-
-
-def schema_mismatches(name: str, config: Mapping[str, Any] | str | os.PathLike) -> list[str]:
-    """How config ``name``'s override keys and the schema's entry for it disagree: one line per difference.
-
-    Args:
-        name: the config's file name (``train.json``), as the schema names it.
-        config: that config's file or content.
-
-    Returns:
-        Nothing when every key of the config has an entry in the schema's entry for it, and every key of that entry
-        is in the config.
-    """
-    configured = config_override_keys(config)
-    described = load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
-    problems = [f"{name}: {key} is not in the schema" for key in configured if key not in described]
-    problems += [f"{name}: the schema's {key} is not in the config" for key in described if key not in configured]
-    known = load_schema()["$defs"]["keys"]
-    problems += [f"{name}: {key} has no entry in $defs/keys" for key in described if key not in known]
-    return problems
 
 
 # ----------------------------------------------------------------------------------------------- descriptions
