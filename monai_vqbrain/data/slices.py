@@ -10,22 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from nibabel.orientations import apply_orientation
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import (
-    VolumeSlices,
-    _stamp,
-    open_volume_slices,
-    scale_to_unit,
-    volume_intensity_range,
-    volume_plane,
-)
+from monai_vqbrain.data.nifti import _stamp, open_volume_slices, volume_intensity_range
 
 __all__ = [
     "FOREGROUND_THRESHOLD",
     "read_volume_plane",
-    "kept_volume_slices",
     "list_volume_slices",
 ]
 
@@ -35,6 +26,7 @@ FOREGROUND_THRESHOLD = 0.05
 
 # the last block of strided slices read_volume_plane read, shared by all volumes (and the cache's threads)
 _LAST_BLOCK: dict = {}
+_BLOCK_LOCK = threading.Lock()
 
 
 def read_volume_plane(
@@ -64,11 +56,7 @@ def read_volume_plane(
             stop = min(start + per_block, volume.shape3[file_axis])
             _LAST_BLOCK.update(key=key, block=volume.read_file_slab(file_axis, start, stop))
         block = _LAST_BLOCK["block"]
-    slab = apply_orientation(np.take(block, [file_index - start], axis=file_axis), volume.to_ras)
-    return volume_plane(scale_to_unit(slab, low, high), int(axis), 0)
-
-
-_BLOCK_LOCK = threading.Lock()
+    return volume.block_plane(block, file_axis, file_index - start, int(axis), low, high)
 
 
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
@@ -96,35 +84,6 @@ def _slice_candidates(shape: Sequence[int], slice_axis: int, slice_range: tuple[
     first = int(np.floor(slice_range[0] * length))
     last = max(int(np.ceil(slice_range[1] * length)), first + 1)
     return slice_axis, list(range(first, min(last, length)))
-
-
-def kept_volume_slices(
-    volume: VolumeSlices,
-    intensity_range: tuple[float, float],
-    slice_axis: int,
-    slice_range: tuple[float, float],
-    min_foreground: float,
-) -> tuple[int, list[int]]:
-    """The axis a volume is cut along and the slices kept by ``slice_range`` and ``min_foreground``, read slice by
-    slice from a :class:`VolumeSlices` (the volume is never in memory whole).
-
-    Args:
-        volume: the volume's slices.
-        intensity_range: the intensities mapped to 0 and 1 (:meth:`VolumeSlices.intensity_range`).
-        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
-        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
-    """
-    axis, indices = _slice_candidates(volume.ras_shape, slice_axis, slice_range)
-    if min_foreground <= 0:
-        return axis, indices  # every slice passes: none needs reading
-    low, high = intensity_range
-    kept = {
-        k
-        for k, plane in volume.planes(axis, indices, low, high)
-        if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground
-    }
-    return axis, [k for k in indices if k in kept]
 
 
 def list_volume_slices(
@@ -170,8 +129,12 @@ def list_volume_slices(
     items: list[dict] = []
     for path in paths:
         volume = open_volume_slices(path, max_voxels)
-        intensities = volume_intensity_range(path, max_voxels)
-        axis, indices = kept_volume_slices(volume, intensities, slice_axis, (start, stop), min_foreground)
+        low, high = volume_intensity_range(path, max_voxels)  # also refuses NaN voxels before training
+        axis, indices = _slice_candidates(volume.ras_shape, slice_axis, (start, stop))
+        if min_foreground > 0:  # else every slice passes: none needs reading
+            planes = volume.planes(axis, indices, low, high)
+            kept = {k for k, plane in planes if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground}
+            indices = [k for k in indices if k in kept]
         items += [
             {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
         ]
