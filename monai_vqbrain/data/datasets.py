@@ -124,8 +124,7 @@ def get_datalist(
     folder or a corrupt file is reported before training.
 
     Args:
-        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
-            :func:`resolve_dataset_dir`).
+        dataset_dir: the dataset folder, or None/``""`` for the demo dataset (:func:`resolve_dataset_dir`).
         split: ``"train"``, ``"validate"`` or ``"test"``.
         dataset_format: ``"png"`` (OASIS PNG slices), ``"nifti"`` (volumes) or ``"auto"`` to detect.
         slice_axis: NIfTI only: the RAS axis to slice along (2: axial).
@@ -249,8 +248,7 @@ def get_dataset(
     ``preprocessing`` steps of :func:`~monai_vqbrain.data.transforms.get_slice_transforms`.
 
     Args:
-        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
-            :func:`resolve_dataset_dir`).
+        dataset_dir: the dataset folder, or None/``""`` for the demo dataset (:func:`resolve_dataset_dir`).
         split: ``"train"``, ``"validate"`` or ``"test"``.
         image_size: the side ``S`` of the square images.
         cache_rate: fraction of the items cached in memory by ``CacheDataset``.

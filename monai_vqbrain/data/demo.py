@@ -66,10 +66,6 @@ def default_demo_dir() -> Path:
     return Path.home() / ".cache" / "monai_vqbrain" / "demo_oasis"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# dataset files
-
-
 def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_size: int) -> tuple[int, ...]:
     """Validate the arguments of :func:`generate_demo_dataset`, returning the case counts as ints."""
     try:
@@ -142,10 +138,9 @@ def generate_demo_dataset(
             f"demo data: drawing the {split} split, {count} case(s) of {int(slices_per_case)} slices "
             f"({time.perf_counter() - started:.0f} s)"
         )
-        image_dir = root / f"{PNG_FOLDER_PREFIX}{split}"
-        seg_dir = root / f"{PNG_FOLDER_PREFIX}seg_{split}"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        seg_dir.mkdir(parents=True, exist_ok=True)
+        image_dir, seg_dir = root / f"{PNG_FOLDER_PREFIX}{split}", root / f"{PNG_FOLDER_PREFIX}seg_{split}"
+        for folder in (image_dir, seg_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         for _ in range(count):
             case_number += 1
             rng = np.random.default_rng([int(seed), case_number])

@@ -233,7 +233,6 @@ class VolumeSlices:
         self.shape3 = self.shape + (1,) * (3 - len(self.shape))
         self.orientation = _file_orientation(self.path, self.image, self.shape3)
         self.to_ras = ornt_transform(self.orientation, _RAS)
-        self.from_ras = ornt_transform(_RAS, self.orientation)
         self.ras_shape = tuple(self.shape3[self.file_index(axis, 0)[0]] for axis in range(3))
         #: what the voxels are read from; tests may wrap it to count what is read
         self.dataobj = self.image.dataobj

@@ -14,11 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from monai_vqbrain.data.limits import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    check_image_size,
-    check_slice_shape,
-)
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -80,11 +76,9 @@ def _is_image_split_folder(path: Path) -> bool:
 
 
 def locate_png_root(root: str | os.PathLike) -> Path | None:
-    """Find the folder that holds the ``keras_png_slices_*`` split folders.
+    """Find the folder that holds the ``keras_png_slices_*`` split folders: ``root`` or ``root/keras_png_slices_data``.
 
-    That is ``root`` itself, or ``root/keras_png_slices_data`` when ``root`` is the folder the archive was unpacked
-    into. Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a
-    dataset of images.
+    Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a dataset.
 
     Args:
         root: the folder to look in.
@@ -245,16 +239,15 @@ def check_png_file(
 ) -> None:
     """Check that ``path`` is a whole, decodable image of a size within the limits.
 
-    The size comes from the header, before any decoding (:func:`~monai_vqbrain.data.limits.check_slice_shape`). Then
-    the PNG chunks' CRCs are checked (``verify``), the compressed pixel stream is inflated and its length compared
-    with the header (PIL silently zero-fills a short stream), and the image is decoded, so that a bad file is
-    reported before training starts rather than as a deep traceback from a data-loader worker, or not at all.
+    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
+    compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
+    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a deep
+    traceback from a data-loader worker, or not at all.
 
     Args:
         path: the image file.
-        max_pixels: the most pixels the header (and the padded square) may declare (``max_image_pixels``); None
-            allows any.
-        min_slice_size: the smallest side allowed (``min_slice_size``); None allows any.
+        max_pixels: the most pixels the header, and the square it is padded to, may declare; None allows any.
+        min_slice_size: the smallest side allowed; None allows any.
 
     Raises:
         ImageFileError: naming the file when it is too large, too small, not a readable image, truncated or has no
@@ -299,17 +292,14 @@ def list_oasis_png_split(
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     min_slice_size: int | None = None,
 ) -> list[dict]:
-    """List and validate the PNG slices of one split of an OASIS PNG dataset.
-
-    Every listed file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
+    """List the PNG slices of one split, each checked with :func:`check_png_file` (a bad file stops the run here).
 
     Args:
         root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
         max_items: list (and check) only the first this many slices; None lists all.
-        max_pixels: the most pixels a file's header, and the square it is padded to, may declare
-            (``max_image_pixels``); None allows any.
-        min_slice_size: the smallest side a slice may have (``min_slice_size``); None allows any.
+        max_pixels: ``max_image_pixels``, as :func:`check_png_file`.
+        min_slice_size: the smallest side a slice may have; None allows any.
 
     Returns:
         One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).

@@ -1,6 +1,4 @@
-"""The 2D slices of NIfTI/Analyze volumes: which are kept (slice range, foreground), the data list of a split's
-slices, and reading one kept slice for training and inference (:func:`read_volume_plane`).
-"""
+"""The 2D slices of NIfTI/Analyze volumes: which are kept (slice range, foreground), and reading one for training."""
 
 from __future__ import annotations
 
@@ -34,8 +32,8 @@ def read_volume_plane(
 ) -> np.ndarray:
     """One kept slice of a volume, scaled per volume to [0, 1], float32 ``(1, H, W)``: what training reads.
 
-    Only the slice's voxels are read (the volume's percentiles are computed once, streaming), so memory holds a
-    slice, not the volume. The values are those of :func:`volume_plane` of the whole volume, reoriented and scaled.
+    Only the slice's voxels are read (the volume's percentiles are streamed once and kept); the values are those of
+    :func:`~monai_vqbrain.data.nifti.volume_plane` of the whole volume, reoriented and scaled.
 
     Raises:
         ImageFileError: naming the file when it cannot be read, holds NaN/inf values, or vanished since listing.
@@ -99,19 +97,18 @@ def list_volume_slices(
     """List the kept 2D slices of volumes as datalist items, without holding their pixels.
 
     All headers (size, affine, slice shape) are checked first, so a bad file stops the run before any voxels are
-    read. Each volume is then streamed slice by slice (for its intensity percentiles and to find the slices with
-    enough foreground) until ``max_items`` slices are listed; memory holds a slice, never a volume.
+    read. Each volume is then streamed (for its intensity percentiles and to find the slices with enough
+    foreground) until ``max_items`` slices are listed.
 
     Args:
         files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
         slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
         slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are skipped.
         max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
         max_items: stop after this many slices; None lists all.
         min_slice_size: the smallest in-plane side a slice may have (``min_slice_size``); None allows any.
-        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None allows
-            any.
+        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None: any.
 
     Returns:
         ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
