@@ -106,9 +106,8 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int | None = DEFAULT
 def robust_range(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
     """The intensities the per-volume scaling maps to 0 and 1: the ``lower`` and ``upper`` percentiles.
 
-    Percentiles rather than min/max so that a few hot voxels do not darken the whole volume. When the percentiles
-    coincide (a volume that is mostly one value, e.g. tiny foreground) min/max is used instead; equal values mean a
-    constant volume, which scales to all zeros.
+    Percentiles rather than min/max so that a few hot voxels do not darken the whole volume; min/max when the
+    percentiles coincide (a volume of mostly one value). A constant volume scales to all zeros.
 
     Args:
         volume: the voxel intensities.
@@ -138,8 +137,8 @@ def scale_to_unit(volume: np.ndarray, low: float, high: float) -> np.ndarray:
 def voxel_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     """nibabel's axis orientation of a 3D volume with this affine, or None when an axis has no direction.
 
-    A singleton axis may have no direction (e.g. a 2D slice saved with a zero slice thickness): it is given a world
-    axis no other voxel axis uses, which cannot change the voxel data since the axis has one voxel.
+    A singleton axis without direction (a 2D slice saved with a zero slice thickness) is given a world axis no other
+    voxel axis uses, which cannot change the voxel data.
 
     Args:
         affine: the voxel-to-world affine.
@@ -275,11 +274,10 @@ class VolumeSlices:
         shape = tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3))
         block = np.empty(shape, dtype=np.float32)
         per_chunk = max(1, chunk_bytes // (4 * self.shape3[0] * self.shape3[1]))
-        wanted = [slice(None)] * 3
-        wanted[file_axis] = slice(file_index, stop)
+        wanted = tuple(slice(file_index, stop) if d == file_axis else slice(None) for d in range(3))
         for first in range(0, self.shape3[2], per_chunk):
             last = min(first + per_chunk, self.shape3[2])
-            block[..., first:last] = self._read({2: (first, last)})[tuple(wanted)]
+            block[..., first:last] = self._read({2: (first, last)})[wanted]
         return block
 
     def slices_per_block(self, file_axis: int, block_bytes: int = 64 * 2**20) -> int:
@@ -297,10 +295,9 @@ class VolumeSlices:
     ) -> Iterable[tuple[int, np.ndarray]]:
         """``(index, plane)`` for the RAS slices ``indices`` along ``axis``, as :meth:`plane` gives them, in file order.
 
-        Slices along the file's last axis lie contiguously in the file and are read one at a time. Slices across it
-        are strided: reading them one by one would read (and, for ``.nii.gz``, decompress) the whole file per slice,
-        so they are read in blocks of consecutive slices of at most ``block_bytes`` (64 MiB), one pass over the
-        file per block.
+        Strided slices (across the file's last axis) are read in blocks of consecutive slices of at most
+        ``block_bytes``, one pass over the file per block, rather than one pass (for ``.nii.gz``, one decompression)
+        per slice.
         """
         by_file = sorted((self.file_index(axis, k)[1], k) for k in indices)
         file_axis = self.file_index(axis, 0)[0]
@@ -368,8 +365,8 @@ class VolumeSlices:
         """:func:`robust_range` of the volume, streamed: a slab of voxels in memory at a time, the same numbers.
 
         Two passes: the first checks every voxel is finite and counts the high 16 bits of each value's ordered
-        key; the second counts the low 16 bits within the buckets that hold the order statistics the percentiles
-        interpolate. The interpolation is numpy's ``linear`` method.
+        key; the second counts the low 16 bits within the buckets that hold the order statistics np.percentile's
+        ``linear`` method interpolates.
 
         Raises:
             ImageFileError: naming the file when it holds NaN or infinite voxel values or cannot be read.
@@ -392,7 +389,6 @@ class VolumeSlices:
                 f"'{self.path}' holds {non_finite} NaN or infinite voxel values; expected finite "
                 "intensities (replace them, e.g. by 0, or leave the file out)"
             )
-        # the order statistics numpy's linear percentile interpolates between, as in np.percentile
         quantiles = np.asarray([lower, upper], dtype=np.float64) / 100
         virtual = (count - 1) * quantiles
         previous = np.clip(np.floor(virtual), 0, count - 1).astype(np.int64)

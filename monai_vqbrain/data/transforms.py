@@ -1,9 +1,8 @@
 """MONAI dictionary transforms that turn a PNG file, a slice of a volume or an in-memory slice into a square grey image.
 
-``train.json``'s ``preprocessing`` lists them in order; :func:`get_slice_transforms` builds the same pipeline in Python.
-MONAI has no transform for what the ones here do: read one slice of a cached volume, scale by bit depth (MONAI
-rescales by min/max), average RGB to grey, pad to the square of the larger side, and resize by area or bilinear
-depending on the direction.
+``train.json``'s ``preprocessing`` lists them in order, as :func:`get_slice_transforms` does. MONAI has none that
+reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages RGB to grey, pads to
+the square of the larger side, or resizes by area or bilinear depending on the direction.
 """
 
 from __future__ import annotations
@@ -267,9 +266,8 @@ def get_slice_transforms(
 
     Args:
         image_size: the side ``S`` of the square output.
-        load_from_file: True when ``item["image"]`` is a path (a PNG file, or a volume with ``"slice_index"``, see
-            :class:`LoadSliced`); False when it is an in-memory channel-first array, such as a float slice already cut
-            from a volume.
+        load_from_file: True when ``item["image"]`` is a path (read by :class:`LoadSliced`); False when it is an
+            in-memory channel-first array, such as a float slice already cut from a volume.
         max_volume_voxels: the most voxels a volume's header may declare; None allows any.
 
     Raises:
