@@ -39,10 +39,10 @@ _EXPECTED_LAYOUT = (
 
 
 def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike | None = None) -> Path:
-    """Turn the user's ``dataset_dir`` setting into an existing dataset folder.
+    """Turn the ``dataset_dir`` setting into an existing dataset folder.
 
-    No setting (None or ``""``) means the built-in demo dataset, generated on first use. A given path must be an
-    existing folder: a typo must not silently train on demo data.
+    None or ``""`` means the built-in demo dataset, generated on first use; a given path must be an existing folder,
+    so that a typo does not silently train on demo data.
 
     Args:
         dataset_dir: the dataset folder, or None/``""`` for the demo dataset.
@@ -65,7 +65,7 @@ def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | o
 
 
 def _describe_contents(root: Path, limit: int = 8) -> str:
-    """A short listing of a folder for error messages."""
+    """A short listing of a folder, for error messages."""
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
     if not names:
         return "it is empty"
@@ -101,42 +101,6 @@ def detect_dataset_format(root: str | os.PathLike) -> str:
     )
 
 
-def _nifti_items(
-    root: Path,
-    split: str,
-    max_items: int | None,
-    slice_axis: int,
-    slice_range: Sequence[float],
-    min_foreground: float,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    max_voxels: int | None,
-    min_slice_size: int | None = DEFAULT_MIN_SLICE_SIZE,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-) -> list[dict]:
-    """List the kept slices of a NIfTI split as (volume, slice index) items, stopping at ``max_items`` slices."""
-    files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    items = list_volume_slices(
-        files, slice_axis, slice_range, min_foreground, max_voxels, max_items, min_slice_size, max_pixels
-    )
-    if not items:
-        raise DatasetError(
-            f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): every "
-            f"slice in slice_range={tuple(slice_range)} along slice_axis={slice_axis} has less than "
-            f"min_foreground={min_foreground} of its pixels above 0.05; expected brain volumes, or lower min_foreground"
-        )
-    # what the split got, which the subject split and the slice filters decide: worth seeing before training on it
-    volumes = {str(item["image"]) for item in items}
-    subjects = {subject_id(path, root.resolve()) for path in files}
-    read = f" (the first {len(volumes)}: max_items={max_items})" if max_items is not None and len(volumes) < len(files) else ""
-    logger.info(
-        f"NIfTI {split} split: {len(files)} volume(s){read} of {len(subjects)} subject(s), {len(items)} slice(s) "
-        f"along slice_axis={slice_axis} in slice_range={list(slice_range)} with min_foreground={min_foreground}"
-    )
-    return items
-
-
 def get_datalist(
     dataset_dir: str | os.PathLike | None,
     split: str,
@@ -160,8 +124,7 @@ def get_datalist(
     folder or a corrupt file is reported before training.
 
     Args:
-        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
-            :func:`resolve_dataset_dir`).
+        dataset_dir: the dataset folder, or None/``""`` for the demo dataset (:func:`resolve_dataset_dir`).
         split: ``"train"``, ``"validate"`` or ``"test"``.
         dataset_format: ``"png"`` (OASIS PNG slices), ``"nifti"`` (volumes) or ``"auto"`` to detect.
         slice_axis: NIfTI only: the RAS axis to slice along (2: axial).
@@ -191,25 +154,47 @@ def get_datalist(
     if found_format == "png":
         items = list_oasis_png_split(root, split, max_items, max_image_pixels, min_slice_size)
     else:
-        items = _nifti_items(
-            root, split, max_items, slice_axis, slice_range, min_foreground, val_fraction, test_fraction, seed,
-            max_volume_voxels, min_slice_size, max_image_pixels,
+        files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        items = list_volume_slices(
+            files,
+            slice_axis,
+            slice_range,
+            min_foreground,
+            max_volume_voxels,
+            max_items,
+            min_slice_size,
+            max_image_pixels,
+        )
+        if not items:
+            raise DatasetError(
+                f"split {split!r} of NIfTI dataset folder '{root}' gave no slices from its {len(files)} volume(s): "
+                f"every slice in slice_range={tuple(slice_range)} along slice_axis={slice_axis} has less than "
+                f"min_foreground={min_foreground} of its pixels above 0.05; expected brain volumes, or lower "
+                "min_foreground"
+            )
+        # what the subject split and the slice filters gave: worth seeing before training on it
+        volumes = {str(item["image"]) for item in items}
+        subjects = {subject_id(path, root.resolve()) for path in files}
+        read = ""
+        if max_items is not None and len(volumes) < len(files):
+            read = f" (the first {len(volumes)}: max_items={max_items})"
+        logger.info(
+            f"NIfTI {split} split: {len(files)} volume(s){read} of {len(subjects)} subject(s), {len(items)} slice(s) "
+            f"along slice_axis={slice_axis} in slice_range={list(slice_range)} with min_foreground={min_foreground}"
         )
     _warn_outside_links(root, split, items)
     return items
 
 
 def _warn_outside_links(root: Path, split: str, items: Sequence[Mapping]) -> None:
-    """Say, in one warning line, that files of a split lie outside the data folder through symbolic links.
+    """Warn, in one line, that files of a split lie outside the data folder through symbolic links.
 
-    They are read as data like the others (a data set of links into a shared store is a way to select a subset),
-    but a user who did not make them should know the run reads files outside ``dataset_dir``.
+    They are read as data (links into a shared store are a way to select a subset), but a user who did not make them
+    should know the run reads files outside ``dataset_dir``.
     """
-    outside, root = [], root.resolve()
-    for file in dict.fromkeys(str(item["image"]) for item in items):
-        target = Path(file).resolve()
-        if not target.is_relative_to(root):
-            outside.append((file, target))
+    root = root.resolve()
+    targets = {file: Path(file).resolve() for file in dict.fromkeys(str(item["image"]) for item in items)}
+    outside = [(file, target) for file, target in targets.items() if not target.is_relative_to(root)]
     if outside:
         file, target = outside[0]
         logger.warning(
@@ -239,8 +224,12 @@ def dataset_record(dataset_dir: str | os.PathLike, splits: Mapping[str, Sequence
             relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
             suffix = f"#{item['slice_index']}" if "slice_index" in item else ""
             lines.append(f"{split}:{relative}{suffix}")
-    fingerprint = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
-    return {"dir": str(root), "sizes": {split: len(items) for split, items in splits.items()}, "fingerprint": fingerprint}
+    sizes = {split: len(items) for split, items in splits.items()}
+    return {
+        "dir": str(root),
+        "sizes": sizes,
+        "fingerprint": hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16],
+    }
 
 
 def get_dataset(
@@ -256,12 +245,10 @@ def get_dataset(
     """Build the cached dataset of one split: items ``{"image": float32 tensor (1, S, S) in [0, 1], "name": str}``.
 
     The Python form of ``train.json``'s ``train#dataset``: a ``CacheDataset`` over :func:`get_datalist` with the
-    ``preprocessing`` steps of :func:`~monai_vqbrain.data.transforms.get_slice_transforms`. Files are listed and
-    checked up front, so a missing folder or a corrupt file is reported before training.
+    ``preprocessing`` steps of :func:`~monai_vqbrain.data.transforms.get_slice_transforms`.
 
     Args:
-        dataset_dir: the dataset folder; None or ``""`` for the built-in demo dataset (see
-            :func:`resolve_dataset_dir`).
+        dataset_dir: the dataset folder, or None/``""`` for the demo dataset (:func:`resolve_dataset_dir`).
         split: ``"train"``, ``"validate"`` or ``"test"``.
         image_size: the side ``S`` of the square images.
         cache_rate: fraction of the items cached in memory by ``CacheDataset``.
@@ -269,14 +256,10 @@ def get_dataset(
         random_transforms: dictionary transforms applied after the cache on every access, e.g. the training
             split's random crops (``train_augmentation`` in ``train.json``).
         max_volume_voxels: the most voxels a NIfTI/Analyze header may declare; None allows any.
-        datalist_kwargs: the other arguments of :func:`get_datalist`, by name: ``dataset_format``, the NIfTI
-            options (``slice_axis``, ``slice_range``, ``min_foreground``, ``val_fraction``, ``test_fraction``,
-            ``seed``), ``max_items`` and ``max_image_pixels``.
+        datalist_kwargs: the other arguments of :func:`get_datalist`, by name.
 
     Raises:
-        DatasetError: when the folder, the split or its images are missing.
-        ImageFileError: when an image file is unreadable or of an unexpected shape.
-        ValueError: for invalid options.
+        DatasetError, ImageFileError, ValueError: as :func:`get_datalist`.
     """
     transforms = get_slice_transforms(image_size, max_volume_voxels=max_volume_voxels)
     items = get_datalist(dataset_dir, split, max_volume_voxels=max_volume_voxels, **datalist_kwargs)

@@ -66,10 +66,6 @@ def default_demo_dir() -> Path:
     return Path.home() / ".cache" / "monai_vqbrain" / "demo_oasis"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# dataset files
-
-
 def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_size: int) -> tuple[int, ...]:
     """Validate the arguments of :func:`generate_demo_dataset`, returning the case counts as ints."""
     try:
@@ -109,10 +105,9 @@ def generate_demo_dataset(
 
     Cases are numbered from 1 across the splits (train first), so no case is in two splits; a case's anatomy
     depends only on ``seed`` and its number. No slice is empty: the brain covers at least
-    :data:`~monai_vqbrain.data.template.MIN_BRAIN_FRACTION` of every slice (a slice above a subject's vertex moves
-    down into the brain). Files are named ``case_XXX_slice_Y.nii.png`` (masks
-    ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is written last, so a folder that has
-    it is complete.
+    :data:`~monai_vqbrain.data.template.MIN_BRAIN_FRACTION` of every slice. Files are named
+    ``case_XXX_slice_Y.nii.png`` (masks ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is
+    written last, so a folder that has it is complete.
 
     Args:
         root: the folder to write; it must be absent or empty.
@@ -142,15 +137,13 @@ def generate_demo_dataset(
             f"demo data: drawing the {split} split, {count} case(s) of {int(slices_per_case)} slices "
             f"({time.perf_counter() - started:.0f} s)"
         )
-        image_dir = root / f"{PNG_FOLDER_PREFIX}{split}"
-        seg_dir = root / f"{PNG_FOLDER_PREFIX}seg_{split}"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        seg_dir.mkdir(parents=True, exist_ok=True)
+        image_dir, seg_dir = root / f"{PNG_FOLDER_PREFIX}{split}", root / f"{PNG_FOLDER_PREFIX}seg_{split}"
+        for folder in (image_dir, seg_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         for _ in range(count):
             case_number += 1
             rng = np.random.default_rng([int(seed), case_number])
             subject = draw_subject(rng)
-            # near the vertex a small or low head would leave the top slices empty: those move down into the brain
             covered = brain_covering_positions(template, subject, positions, FIELD_OF_VIEW_MM)
             images, labels = render_subject(template, subject, covered, int(image_size), FIELD_OF_VIEW_MM, rng)
             pixels = np.rint(images * 255.0).astype(np.uint8)
@@ -180,8 +173,7 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs
 
     Args:
         root: the dataset folder; :func:`default_demo_dir` when None.
-        generate_kwargs: ``num_cases``, ``slices_per_case``, ``image_size`` and ``seed`` of
-            :func:`generate_demo_dataset`.
+        generate_kwargs: ``num_cases``, ``slices_per_case``, ``image_size``, ``seed`` of :func:`generate_demo_dataset`.
 
     Returns:
         The absolute dataset folder.

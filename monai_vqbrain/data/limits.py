@@ -37,12 +37,12 @@ image size."""
 
 
 def check_image_size(path: str | os.PathLike, shape: Sequence[int], limit: int | None, setting: str) -> None:
-    """Refuse a file whose header declares more than ``limit`` pixels or voxels.
+    """Refuse a file whose header declares more than ``limit`` pixels or voxels (None allows any).
 
     Args:
         path: the file, for the message.
         shape: the image shape its header declares.
-        limit: the most pixels/voxels allowed; None allows any.
+        limit: the most pixels/voxels allowed.
         setting: the setting that raises the limit, for the message.
 
     Raises:
@@ -63,10 +63,9 @@ def check_slice_shape(
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     detail: str = "",
 ) -> None:
-    """Refuse a file whose slices are too small to resize, or whose padded square exceeds ``max_pixels``.
+    """Refuse, from the shape a header declares, slices too small to resize or whose padded square is too large.
 
-    Called with the shape a header declares, before any pixel is decoded: the memory a slice takes is that of the
-    square it is padded to, ``max(height, width)**2`` pixels, not ``height * width``.
+    The memory a slice takes is that of the square it is padded to, ``max(height, width)**2`` pixels.
 
     Args:
         path: the file, for the message.

@@ -1,15 +1,12 @@
-"""Reading OASIS-style NIfTI/Analyze volumes a slice at a time: header checks, intensity scaling, orientation, and
-the streaming reader :class:`VolumeSlices` (cached per process).
+"""Reading NIfTI/Analyze volumes a slice at a time: header checks, intensity scaling, orientation, and the
+streaming reader :class:`VolumeSlices` (cached per process).
 
 Slices come out in display orientation: each volume is reoriented to RAS, and a slice is rotated so that the higher
 end of its vertical world axis (anterior for axial, superior for coronal and sagittal slices) is at the top and the
 patient's right is on the image's right (neurological convention).
 
-Training and inference read volumes through :class:`VolumeSlices`: one slice at a time from nibabel's array proxy,
-the per-volume intensity percentiles streamed, so that memory holds a slice rather than a volume (a 512³ volume
-would take 40 bytes a voxel through a whole-volume reader; the tests keep one, ``tests/nifti_oracle.py``, as the
-reference the slice reader is checked against). Finding the volumes and splitting their subjects is
-:mod:`monai_vqbrain.data.volume_files`; choosing and reading the kept slices, :mod:`monai_vqbrain.data.slices`.
+Memory holds a slice rather than a volume: a 512³ volume would take 40 bytes a voxel through a whole-volume reader
+(the tests keep one, ``tests/nifti_oracle.py``, as the reference the slice reader is checked against).
 """
 
 from __future__ import annotations
@@ -101,8 +98,7 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int | None = DEFAULT
         Its spatial shape (2 or 3 dims, extra singleton dims dropped).
 
     Raises:
-        ImageFileError: naming the file when it cannot be read, is too large, stores colour or complex voxels, or
-            is not a 2D/3D image.
+        ImageFileError: naming the file when it cannot be read, is too large, or is not a 2D/3D grey image.
     """
     return _open_volume(Path(path), max_voxels)[1]
 
@@ -110,9 +106,8 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int | None = DEFAULT
 def robust_range(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
     """The intensities the per-volume scaling maps to 0 and 1: the ``lower`` and ``upper`` percentiles.
 
-    Percentiles rather than min/max so that a few hot voxels do not darken the whole volume. When the percentiles
-    coincide (a volume that is mostly one value, e.g. tiny foreground) min/max is used instead; equal values mean a
-    constant volume, which scales to all zeros.
+    Percentiles rather than min/max so that a few hot voxels do not darken the whole volume; min/max when the
+    percentiles coincide (a volume of mostly one value). A constant volume scales to all zeros.
 
     Args:
         volume: the voxel intensities.
@@ -142,8 +137,8 @@ def scale_to_unit(volume: np.ndarray, low: float, high: float) -> np.ndarray:
 def voxel_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     """nibabel's axis orientation of a 3D volume with this affine, or None when an axis has no direction.
 
-    A singleton axis may have no direction (e.g. a 2D slice saved with a zero slice thickness): it is given a world
-    axis no other voxel axis uses, which cannot change the voxel data since the axis has one voxel.
+    A singleton axis without direction (a 2D slice saved with a zero slice thickness) is given a world axis no other
+    voxel axis uses, which cannot change the voxel data.
 
     Args:
         affine: the voxel-to-world affine.
@@ -218,10 +213,9 @@ def _key_values(keys: np.ndarray) -> np.ndarray:
 class VolumeSlices:
     """One volume's RAS slices, read one at a time from nibabel's array proxy: memory for a slice, not the volume.
 
-    Opening reads and checks the header and affine only. :meth:`plane` reads the voxels of one slice (the file's
-    voxels that make RAS slice ``index`` along RAS ``axis``), reorients them and shows them in display orientation:
-    the same values as :func:`volume_plane` of the whole volume read at once. :meth:`intensity_range`
-    streams the volume slab by slab for the percentiles :func:`robust_range` would compute on it.
+    Opening reads and checks the header and affine only. :meth:`plane` reads the file's voxels of one RAS slice and
+    gives the same values as :func:`volume_plane` of the whole volume read at once; :meth:`intensity_range` streams
+    the volume for the percentiles :func:`robust_range` would compute on it.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.
@@ -238,11 +232,7 @@ class VolumeSlices:
         self.shape3 = self.shape + (1,) * (3 - len(self.shape))
         self.orientation = _file_orientation(self.path, self.image, self.shape3)
         self.to_ras = ornt_transform(self.orientation, _RAS)
-        self.from_ras = ornt_transform(_RAS, self.orientation)
-        ras_shape = [0, 0, 0]
-        for file_axis, (ras_axis, _) in enumerate(self.to_ras):
-            ras_shape[int(ras_axis)] = self.shape3[file_axis]
-        self.ras_shape = tuple(ras_shape)
+        self.ras_shape = tuple(self.shape3[self.file_index(axis, 0)[0]] for axis in range(3))
         #: what the voxels are read from; tests may wrap it to count what is read
         self.dataobj = self.image.dataobj
 
@@ -284,16 +274,14 @@ class VolumeSlices:
         shape = tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3))
         block = np.empty(shape, dtype=np.float32)
         per_chunk = max(1, chunk_bytes // (4 * self.shape3[0] * self.shape3[1]))
-        wanted = [slice(None)] * 3
-        wanted[file_axis] = slice(file_index, stop)
+        wanted = tuple(slice(file_index, stop) if d == file_axis else slice(None) for d in range(3))
         for first in range(0, self.shape3[2], per_chunk):
             last = min(first + per_chunk, self.shape3[2])
-            block[..., first:last] = self._read({2: (first, last)})[tuple(wanted)]
+            block[..., first:last] = self._read({2: (first, last)})[wanted]
         return block
 
     def slices_per_block(self, file_axis: int, block_bytes: int = 64 * 2**20) -> int:
-        """How many slices across ``file_axis`` one read takes: 1 along the file's last (contiguous) axis, else as
-        many as fit in ``block_bytes``."""
+        """How many slices along ``file_axis`` one read takes: 1 along the file's last axis, else ``block_bytes``'s."""
         plane_bytes = 4 * math.prod(n for d, n in enumerate(self.shape3) if d != file_axis)
         return 1 if file_axis == 2 else max(1, block_bytes // max(plane_bytes, 1))
 
@@ -307,10 +295,9 @@ class VolumeSlices:
     ) -> Iterable[tuple[int, np.ndarray]]:
         """``(index, plane)`` for the RAS slices ``indices`` along ``axis``, as :meth:`plane` gives them, in file order.
 
-        Slices along the file's last axis lie contiguously in the file and are read one at a time. Slices across it
-        are strided: reading them one by one would read (and, for ``.nii.gz``, decompress) the whole file per slice,
-        so they are read in blocks of consecutive slices of at most ``block_bytes`` (64 MiB), one pass over the
-        file per block.
+        Strided slices (across the file's last axis) are read in blocks of consecutive slices of at most
+        ``block_bytes``, one pass over the file per block, rather than one pass (for ``.nii.gz``, one decompression)
+        per slice.
         """
         by_file = sorted((self.file_index(axis, k)[1], k) for k in indices)
         file_axis = self.file_index(axis, 0)[0]
@@ -324,27 +311,26 @@ class VolumeSlices:
             first = by_file[position][0]
             block = self.read_file_slab(file_axis, first, by_file[end - 1][0] + 1)
             for file_index, k in by_file[position:end]:
-                slab = np.take(block, [file_index - first], axis=file_axis)
-                slab = apply_orientation(slab, self.to_ras)
-                if low is not None and high is not None:
-                    slab = scale_to_unit(slab, low, high)
-                yield k, volume_plane(slab, axis, 0)
+                yield k, self.block_plane(block, file_axis, file_index - first, axis, low, high)
             del block
             position = end
 
-    def ras_slab(self, axis: int, index: int) -> np.ndarray:
-        """RAS slice ``index`` along ``axis`` as a RAS-ordered float32 array one voxel thick on ``axis``."""
-        return apply_orientation(self.read_file_slab(*self.file_index(axis, index)), self.to_ras)
-
-    def plane(self, axis: int, index: int, low: float | None = None, high: float | None = None) -> np.ndarray:
-        """Slice ``index`` along RAS ``axis`` in display orientation, float32 ``(1, H, W)``, scaled by ``low``/``high``.
-
-        Without ``low`` and ``high`` the intensities are as stored; with them, as :func:`scale_to_unit` maps them.
-        """
-        slab = self.ras_slab(axis, index)
+    def block_plane(
+        self, block: np.ndarray, file_axis: int, offset: int, axis: int, low: float | None, high: float | None
+    ) -> np.ndarray:
+        """Slice ``offset`` along ``file_axis`` of a block of file voxels (:meth:`read_file_slab`), as :meth:`plane`."""
+        slab = apply_orientation(np.take(block, [offset], axis=file_axis), self.to_ras)
         if low is not None and high is not None:
             slab = scale_to_unit(slab, low, high)
         return volume_plane(slab, axis, 0)
+
+    def plane(self, axis: int, index: int, low: float | None = None, high: float | None = None) -> np.ndarray:
+        """Slice ``index`` along RAS ``axis`` in display orientation, float32 ``(1, H, W)``.
+
+        Without ``low`` and ``high`` the intensities are as stored; with them, as :func:`scale_to_unit` maps them.
+        """
+        file_axis, file_index = self.file_index(axis, index)
+        return self.block_plane(self.read_file_slab(file_axis, file_index), file_axis, 0, axis, low, high)
 
     def plane_shape(self, axis: int) -> tuple[int, int]:
         """``(height, width)`` of the display-oriented slices along RAS ``axis`` (rot90 swaps the in-plane axes)."""
@@ -379,8 +365,8 @@ class VolumeSlices:
         """:func:`robust_range` of the volume, streamed: a slab of voxels in memory at a time, the same numbers.
 
         Two passes: the first checks every voxel is finite and counts the high 16 bits of each value's ordered
-        key; the second counts the low 16 bits within the buckets that hold the order statistics the percentiles
-        interpolate. The interpolation is numpy's ``linear`` method.
+        key; the second counts the low 16 bits within the buckets that hold the order statistics np.percentile's
+        ``linear`` method interpolates.
 
         Raises:
             ImageFileError: naming the file when it holds NaN or infinite voxel values or cannot be read.
@@ -403,7 +389,6 @@ class VolumeSlices:
                 f"'{self.path}' holds {non_finite} NaN or infinite voxel values; expected finite "
                 "intensities (replace them, e.g. by 0, or leave the file out)"
             )
-        # the order statistics numpy's linear percentile interpolates between, as in np.percentile
         quantiles = np.asarray([lower, upper], dtype=np.float64) / 100
         virtual = (count - 1) * quantiles
         previous = np.clip(np.floor(virtual), 0, count - 1).astype(np.int64)

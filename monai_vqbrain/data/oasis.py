@@ -14,11 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from monai_vqbrain.data.limits import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    check_image_size,
-    check_slice_shape,
-)
+from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
@@ -80,11 +76,9 @@ def _is_image_split_folder(path: Path) -> bool:
 
 
 def locate_png_root(root: str | os.PathLike) -> Path | None:
-    """Find the folder that holds the ``keras_png_slices_*`` split folders.
+    """Find the folder that holds the ``keras_png_slices_*`` split folders: ``root`` or ``root/keras_png_slices_data``.
 
-    That is ``root`` itself, or ``root/keras_png_slices_data`` when ``root`` is the folder the archive was unpacked
-    into. Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a
-    dataset of images.
+    Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a dataset.
 
     Args:
         root: the folder to look in.
@@ -107,12 +101,20 @@ def _png_sort_key(name: str) -> tuple:
     return (1, 0, 0, name)
 
 
-def _is_link_loop(path: str) -> bool:
+def refuse_link_loop(path: str | os.PathLike, expected: str) -> None:
+    """Refuse a data file that is a loop of symbolic links (``a -> b -> a``) with a message naming it.
+
+    Raises:
+        ImageFileError: naming the file and what was ``expected`` there.
+    """
     try:
         os.stat(path)
     except OSError as err:
-        return err.errno == errno.ELOOP
-    return False
+        if err.errno == errno.ELOOP:
+            raise ImageFileError(
+                f"'{path}' is a loop of symbolic links (it leads back to itself); expected {expected}: remove the "
+                "link or point it at the file"
+            ) from None
 
 
 def find_png_files(folder: str | os.PathLike) -> list[Path]:
@@ -137,11 +139,8 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
     for entry in os.scandir(folder):
         if entry.name.startswith(".") or not entry.name.lower().endswith(".png"):
             continue
-        if entry.is_symlink() and _is_link_loop(entry.path):
-            raise ImageFileError(
-                f"'{entry.path}' is a loop of symbolic links (it leads back to itself); expected a PNG slice: remove "
-                "the link or point it at the file"
-            )
+        if entry.is_symlink():
+            refuse_link_loop(entry.path, "a PNG slice")
         if entry.is_file():
             names.append(entry.name)
     if not names:
@@ -215,19 +214,15 @@ def _png_stream_problem(path: str | os.PathLike) -> str | None:
 def png_declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """The ``(width, height)`` a PNG's IHDR chunk declares, read from its first 24 bytes; None for another format.
 
-    PIL's ``Image.open`` refuses a header of more than twice its ``MAX_IMAGE_PIXELS`` with its own "decompression
-    bomb" error, so the size is read here first, for the ``max_image_pixels`` message and its hint.
-
-    Args:
-        path: the file.
+    Read before PIL opens the file: PIL's own "decompression bomb" error (a header of more than twice its
+    ``MAX_IMAGE_PIXELS``) would hide the ``max_image_pixels`` message and its hint.
     """
     with open(path, "rb") as handle:
         start = handle.read(24)
     # the signature, then the IHDR chunk's length and type, then its first fields: width and height
     if len(start) < 24 or not start.startswith(_PNG_SIGNATURE) or start[12:16] != b"IHDR":
         return None  # not a PNG (or a damaged one): PIL's reading judges it
-    width, height = struct.unpack(">II", start[16:24])
-    return width, height
+    return struct.unpack(">II", start[16:24])
 
 
 def _named(path: str | os.PathLike) -> str:
@@ -242,19 +237,17 @@ def check_png_file(
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     min_slice_size: int | None = None,
 ) -> None:
-    """Check that ``path`` is a whole, decodable image whose square padding holds at most ``max_pixels`` pixels.
+    """Check that ``path`` is a whole, decodable image of a size within the limits.
 
-    The size comes from the header, before any decoding: the image and the square it is padded to must hold at
-    most ``max_pixels`` pixels, and both sides must be at least ``min_slice_size``. Then the PNG chunks' CRCs are checked (``verify``), the
+    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
     compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
-    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a
-    deep traceback from a data-loader worker, or not at all.
+    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a deep
+    traceback from a data-loader worker, or not at all.
 
     Args:
         path: the image file.
-        max_pixels: the most pixels the header (and the padded square) may declare (``max_image_pixels``); None
-            allows any.
-        min_slice_size: the smallest side allowed (``min_slice_size``); None allows any.
+        max_pixels: the most pixels the header, and the square it is padded to, may declare; None allows any.
+        min_slice_size: the smallest side allowed; None allows any.
 
     Raises:
         ImageFileError: naming the file when it is too large, too small, not a readable image, truncated or has no
@@ -263,7 +256,6 @@ def check_png_file(
     try:
         declared = png_declared_size(path)
         if declared is not None:
-            # before PIL opens it: PIL's own bomb error would hide the max_image_pixels message and its hint
             check_image_size(path, declared, max_pixels, "max_image_pixels")
             check_slice_shape(path, declared[::-1], min_slice_size, max_pixels)
         with warnings.catch_warnings():
@@ -300,17 +292,14 @@ def list_oasis_png_split(
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     min_slice_size: int | None = None,
 ) -> list[dict]:
-    """List and validate the PNG slices of one split of an OASIS PNG dataset.
-
-    Every listed file is checked with :func:`check_png_file`, so a corrupt file stops the run here, naming the file.
+    """List the PNG slices of one split, each checked with :func:`check_png_file` (a bad file stops the run here).
 
     Args:
         root: the ``keras_png_slices_data`` folder (or the folder it was unpacked into).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``"val"``/``"validation"`` are accepted).
         max_items: list (and check) only the first this many slices; None lists all.
-        max_pixels: the most pixels a file's header, and the square it is padded to, may declare
-            (``max_image_pixels``); None allows any.
-        min_slice_size: the smallest side a slice may have (``min_slice_size``); None allows any.
+        max_pixels: ``max_image_pixels``, as :func:`check_png_file`.
+        min_slice_size: the smallest side a slice may have; None allows any.
 
     Returns:
         One ``{"image": absolute path (str), "name": file name}`` per slice, ordered by (case, slice).

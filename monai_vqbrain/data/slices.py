@@ -1,6 +1,4 @@
-"""The 2D slices of NIfTI/Analyze volumes: which are kept (slice range, foreground), the data list of a split's
-slices, and reading one kept slice for training and inference (:func:`read_volume_plane`).
-"""
+"""The 2D slices of NIfTI/Analyze volumes: which are kept (slice range, foreground), and reading one for training."""
 
 from __future__ import annotations
 
@@ -10,22 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from nibabel.orientations import apply_orientation
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import (
-    VolumeSlices,
-    _stamp,
-    open_volume_slices,
-    scale_to_unit,
-    volume_intensity_range,
-    volume_plane,
-)
+from monai_vqbrain.data.nifti import _stamp, open_volume_slices, volume_intensity_range
 
 __all__ = [
     "FOREGROUND_THRESHOLD",
     "read_volume_plane",
-    "kept_volume_slices",
     "list_volume_slices",
 ]
 
@@ -35,6 +24,7 @@ FOREGROUND_THRESHOLD = 0.05
 
 # the last block of strided slices read_volume_plane read, shared by all volumes (and the cache's threads)
 _LAST_BLOCK: dict = {}
+_BLOCK_LOCK = threading.Lock()
 
 
 def read_volume_plane(
@@ -42,8 +32,8 @@ def read_volume_plane(
 ) -> np.ndarray:
     """One kept slice of a volume, scaled per volume to [0, 1], float32 ``(1, H, W)``: what training reads.
 
-    Only the slice's voxels are read (the volume's percentiles are computed once, streaming), so memory holds a
-    slice, not the volume. The values are those of :func:`volume_plane` of the whole volume, reoriented and scaled.
+    Only the slice's voxels are read (the volume's percentiles are streamed once and kept); the values are those of
+    :func:`~monai_vqbrain.data.nifti.volume_plane` of the whole volume, reoriented and scaled.
 
     Raises:
         ImageFileError: naming the file when it cannot be read, holds NaN/inf values, or vanished since listing.
@@ -64,11 +54,7 @@ def read_volume_plane(
             stop = min(start + per_block, volume.shape3[file_axis])
             _LAST_BLOCK.update(key=key, block=volume.read_file_slab(file_axis, start, stop))
         block = _LAST_BLOCK["block"]
-    slab = apply_orientation(np.take(block, [file_index - start], axis=file_axis), volume.to_ras)
-    return volume_plane(scale_to_unit(slab, low, high), int(axis), 0)
-
-
-_BLOCK_LOCK = threading.Lock()
+    return volume.block_plane(block, file_axis, file_index - start, int(axis), low, high)
 
 
 def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_foreground: float) -> tuple[float, float]:
@@ -98,35 +84,6 @@ def _slice_candidates(shape: Sequence[int], slice_axis: int, slice_range: tuple[
     return slice_axis, list(range(first, min(last, length)))
 
 
-def kept_volume_slices(
-    volume: VolumeSlices,
-    intensity_range: tuple[float, float],
-    slice_axis: int,
-    slice_range: tuple[float, float],
-    min_foreground: float,
-) -> tuple[int, list[int]]:
-    """The axis a volume is cut along and the slices kept by ``slice_range`` and ``min_foreground``, read slice by
-    slice from a :class:`VolumeSlices` (the volume is never in memory whole).
-
-    Args:
-        volume: the volume's slices.
-        intensity_range: the intensities mapped to 0 and 1 (:meth:`VolumeSlices.intensity_range`).
-        slice_axis: the RAS axis to slice along; ignored for a volume with a singleton axis.
-        slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are dropped.
-    """
-    axis, indices = _slice_candidates(volume.ras_shape, slice_axis, slice_range)
-    if min_foreground <= 0:
-        return axis, indices  # every slice passes: none needs reading
-    low, high = intensity_range
-    kept = {
-        k
-        for k, plane in volume.planes(axis, indices, low, high)
-        if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground
-    }
-    return axis, [k for k in indices if k in kept]
-
-
 def list_volume_slices(
     files: Sequence[str | os.PathLike],
     slice_axis: int = 2,
@@ -140,19 +97,18 @@ def list_volume_slices(
     """List the kept 2D slices of volumes as datalist items, without holding their pixels.
 
     All headers (size, affine, slice shape) are checked first, so a bad file stops the run before any voxels are
-    read. Each volume is then streamed slice by slice (for its intensity percentiles and to find the slices with
-    enough foreground) until ``max_items`` slices are listed; memory holds a slice, never a volume.
+    read. Each volume is then streamed (for its intensity percentiles and to find the slices with enough
+    foreground) until ``max_items`` slices are listed.
 
     Args:
         files: volume files (``.nii``, ``.nii.gz``, or ``.img`` with ``.hdr``).
         slice_axis: the RAS axis to slice along: 0 sagittal, 1 coronal, 2 axial.
         slice_range: the (start, stop) part of that axis to keep, as fractions of its length.
-        min_foreground: slices with a smaller fraction of pixels above 0.05 (after scaling) are skipped.
+        min_foreground: slices with a smaller fraction of pixels above :data:`FOREGROUND_THRESHOLD` are skipped.
         max_voxels: the most voxels a file's header may declare (``max_volume_voxels``); None allows any.
         max_items: stop after this many slices; None lists all.
         min_slice_size: the smallest in-plane side a slice may have (``min_slice_size``); None allows any.
-        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None allows
-            any.
+        max_pixels: the most pixels the square a slice is padded to may hold (``max_image_pixels``); None: any.
 
     Returns:
         ``{"image": volume path (str), "slice_axis": int, "slice_index": int, "name": "<file name>#slice<k>"}`` per
@@ -170,8 +126,12 @@ def list_volume_slices(
     items: list[dict] = []
     for path in paths:
         volume = open_volume_slices(path, max_voxels)
-        intensities = volume_intensity_range(path, max_voxels)
-        axis, indices = kept_volume_slices(volume, intensities, slice_axis, (start, stop), min_foreground)
+        low, high = volume_intensity_range(path, max_voxels)  # also refuses NaN voxels before training
+        axis, indices = _slice_candidates(volume.ras_shape, slice_axis, (start, stop))
+        if min_foreground > 0:  # else every slice passes: none needs reading
+            planes = volume.planes(axis, indices, low, high)
+            kept = {k for k, plane in planes if np.mean(plane > FOREGROUND_THRESHOLD) >= min_foreground}
+            indices = [k for k in indices if k in kept]
         items += [
             {"image": str(path), "slice_axis": axis, "slice_index": k, "name": f"{path.name}#slice{k}"} for k in indices
         ]

@@ -97,7 +97,7 @@ class BrainTemplate:
         # world mm -> the [-1, 1] grid coordinates of grid_sample (corner voxel centres at -1 and 1)
         scale = torch.as_tensor(2.0 / (self.spacing * (self.shape_xyz - 1.0)), dtype=torch.float32)
         start = torch.as_tensor(-self.origin, dtype=torch.float32) * scale - 1.0
-        grid = (points_mm.reshape(1, 1, 1, -1, 3) * scale + start)
+        grid = points_mm.reshape(1, 1, 1, -1, 3) * scale + start
         values = F.grid_sample(self.volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return values.reshape(self.volumes.shape[1], *shape)
 
@@ -110,19 +110,21 @@ def load_brain_template() -> BrainTemplate:
     folder = template_folder()
     volumes, affine = {}, None
     for key, name in _TEMPLATE_FILES.items():
+        path = folder / name
         try:
-            image = nib.load(folder / name)
+            image = nib.load(path)
             volumes[key] = np.asarray(image.dataobj, dtype=np.float32) / 255.0
-        except Exception as error:  # nibabel raises many types for a damaged file: name the file, once
-            raise DatasetError(f"cannot read the brain template '{folder / name}' ({error}); reinstall nilearn") from error
+        except Exception as err:  # nibabel raises many types for a damaged file: name the file, once
+            raise DatasetError(f"cannot read the brain template '{path}' ({err}); reinstall nilearn") from err
         affine = image.affine
     shapes = {volume.shape for volume in volumes.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-        raise DatasetError(f"the brain template files in '{folder}' are not three volumes of one shape: {sorted(shapes)}")
+        raise DatasetError(
+            f"the brain template files in '{folder}' are not three volumes of one shape: {sorted(shapes)}"
+        )
     return BrainTemplate(volumes["t1"], volumes["grey"], volumes["white"], affine)
 
 
-# ------------------------------------------------------------------------------------------------------- subjects
 def _fourier_modes(
     rng: np.random.Generator, count: int, wavelengths: tuple[float, float], amplitude: float, components: int = 3
 ) -> dict:
@@ -173,7 +175,9 @@ def draw_subject(rng: np.random.Generator) -> dict:
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    cz, sz, cx, sx, cy, sy = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+    cz, sz = math.cos(yaw), math.sin(yaw)
+    cx, sx = math.cos(pitch), math.sin(pitch)
+    cy, sy = math.cos(roll), math.sin(roll)
     about_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     about_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
@@ -209,9 +213,7 @@ def render_subject(
     low, high = AXIAL_RANGE_MM
     z = torch.as_tensor(low + np.asarray(positions, dtype=np.float32) * (high - low), dtype=torch.float32)
     # subject space: x right-to-left columns are -x in RAS (radiological), rows top = anterior = +y
-    xs = -centres[None, None, :].expand(len(z), size, size)
-    ys = -centres[None, :, None].expand(len(z), size, size)
-    zs = z[:, None, None].expand(len(z), size, size)
+    zs, ys, xs = torch.meshgrid(z, -centres, -centres, indexing="ij")
     points = torch.stack([xs, ys, zs], dim=-1)
 
     # subject space -> template space: the smooth warps, then the inverse of the head's size, tilt and position.
@@ -228,8 +230,9 @@ def render_subject(
     # ventricles enlarged by atrophy: sample closer to their centre, falling off over ~25 mm
     radius2 = (offset * torch.tensor([1.6, 0.8, 1.2])).pow(2).sum(-1, keepdim=True)
     warped = centre + offset * (1.0 - subject["ventricle_growth"] * torch.exp(-radius2 / (2 * 22.0**2)))
-    linear = np.linalg.inv(_rotation(*subject["rotation"]) * np.asarray(subject["scale"])[None, :])
-    warped = (warped - torch.as_tensor(subject["shift_mm"], dtype=torch.float32)) @ torch.as_tensor(linear.T, dtype=torch.float32)
+    linear = np.linalg.inv(_rotation(*subject["rotation"]) * np.asarray(subject["scale"])[None, :]).T
+    shift_mm = torch.as_tensor(subject["shift_mm"], dtype=torch.float32)
+    warped = (warped - shift_mm) @ torch.as_tensor(linear, dtype=torch.float32)
     brain, csf, grey, white, t1 = template.sample(warped)
 
     # tissue classes sharpened (the atlas is an average of many brains, blurrier than any one of them)

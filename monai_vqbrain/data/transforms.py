@@ -1,9 +1,8 @@
 """MONAI dictionary transforms that turn a PNG file, a slice of a volume or an in-memory slice into a square grey image.
 
-``train.json``'s ``preprocessing`` lists them in order; :func:`get_slice_transforms` builds the same pipeline in Python.
-MONAI has no transform for what the ones here do: read one slice of a cached volume, scale by bit depth (MONAI
-rescales by min/max), average RGB to grey, pad to the square of the larger side, and resize by area or bilinear
-depending on the direction.
+``train.json``'s ``preprocessing`` lists them in order, as :func:`get_slice_transforms` does. MONAI has none that
+reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages RGB to grey, pads to
+the square of the larger side, or resizes by area or bilinear depending on the direction.
 """
 
 from __future__ import annotations
@@ -91,12 +90,11 @@ class LoadSliced(MapTransform):
 
     An item ``{"image": path}`` is a 2D image file, read by MONAI's ``LoadImage`` with :class:`SliceReader` and made
     channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
-    :func:`~monai_vqbrain.data.slices.list_volume_slices`) is that slice of the volume, reoriented to RAS, scaled per
-    volume to [0, 1] by robust percentiles and shown in display orientation, as a float32 ``(1, H, W)`` array.
-    Only that slice's voxels are read, from nibabel's array proxy (the volume's percentiles are computed once, in a
-    streaming pass, and kept), so memory holds a slice, not a volume. Not MONAI's ``LoadImaged``: that would read a
-    whole volume for each of its slices, and the per-volume scaling must see the whole volume. A file that
-    vanished since it was listed is one error naming it.
+    :func:`~monai_vqbrain.data.slices.list_volume_slices`) is that slice of the volume, as
+    :func:`~monai_vqbrain.data.slices.read_volume_plane` reads it: scaled per volume to [0, 1] by robust percentiles,
+    in display orientation, float32 ``(1, H, W)``, and only that slice's voxels read. Not MONAI's ``LoadImaged``:
+    that would read a whole volume for each of its slices. A file that vanished since it was listed is one error
+    naming it.
 
     Args:
         keys: the key holding the path (``"image"``).
@@ -147,9 +145,6 @@ class ScaleByDtyped(MapTransform):
     their maximum. Float images (slices cut from NIfTI volumes) are already in [0, 1].
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-
     @staticmethod
     def peak(image: torch.Tensor) -> float:
         """The value white has in an integer image: 255 at 8 bits (and for booleans), else 65535 or its maximum."""
@@ -173,9 +168,6 @@ class ScaleByDtyped(MapTransform):
 
 class ToGreyscaled(MapTransform):
     """Reduce a channel-first image to one grey channel: RGB(A) becomes the mean of R, G and B; alpha is dropped."""
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
 
     @staticmethod
     def to_grey(image: torch.Tensor) -> torch.Tensor:
@@ -269,15 +261,13 @@ def get_slice_transforms(
 ) -> Compose:
     """Build the deterministic pipeline from a datalist item to ``{"image": float32 (1, S, S) in [0, 1], ...}``.
 
-    The same steps as ``preprocessing`` in ``train.json``. Only the ``"image"`` key is transformed; other keys (the
-    slice ``"name"``) pass through untouched and collate to a list. No step is random, so a ``CacheDataset`` caches
-    the finished images.
+    The steps of ``preprocessing`` in ``train.json``. Other keys than ``"image"`` (the slice ``"name"``) pass through
+    and collate to a list. No step is random, so a ``CacheDataset`` caches the finished images.
 
     Args:
         image_size: the side ``S`` of the square output.
-        load_from_file: True when ``item["image"]`` is a path (a PNG file, or a volume with ``"slice_index"``, see
-            :class:`LoadSliced`); False when it is an in-memory channel-first array, such as a float slice already cut
-            from a volume.
+        load_from_file: True when ``item["image"]`` is a path (read by :class:`LoadSliced`); False when it is an
+            in-memory channel-first array, such as a float slice already cut from a volume.
         max_volume_voxels: the most voxels a volume's header may declare; None allows any.
 
     Raises:
@@ -286,7 +276,10 @@ def get_slice_transforms(
     if int(image_size) != image_size or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     keys = "image"
-    load = LoadSliced(keys, max_volume_voxels=max_volume_voxels) if load_from_file else EnsureChannelFirstd(keys, channel_dim=0)
+    if load_from_file:
+        load = LoadSliced(keys, max_volume_voxels=max_volume_voxels)
+    else:
+        load = EnsureChannelFirstd(keys, channel_dim=0)
     return Compose(
         [
             load,

@@ -5,19 +5,17 @@ The folder layout and the split rules are README.md's ("NIfTI / Analyze volumes"
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split
+from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split, refuse_link_loop
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 __all__ = [
     "VOLUME_SUFFIXES",
-    "is_volume_file",
     "has_volume_files",
     "find_volume_files",
     "subject_id",
@@ -35,12 +33,6 @@ _SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
 _SPLIT_FOLDER_NAMES = {**SPLIT_ALIASES, "training": "train", "testing": "test"}
 
 
-def is_volume_file(path: str | os.PathLike) -> bool:
-    """True when the file name ends like a NIfTI volume or an Analyze image (hidden files excluded)."""
-    name = Path(path).name
-    return not name.startswith(".") and name.lower().endswith(VOLUME_SUFFIXES)
-
-
 def _strip_volume_suffix(name: str) -> str:
     """The file name without its volume extension(s): ``x.nii.gz`` -> ``x``."""
     lower = name.lower()
@@ -50,44 +42,18 @@ def _strip_volume_suffix(name: str) -> str:
     return name
 
 
-def _analyze_header(image_path: Path) -> Path | None:
-    """The ``.hdr`` beside an Analyze ``.img`` (either case), or None when it is missing."""
-    stem = image_path.name[: -len(".img")]
-    for suffix in (".hdr", ".HDR"):
-        header = image_path.with_name(stem + suffix)
-        if header.is_file():
-            return header
-    return None
-
-
 def _walk_volume_files(root: Path) -> Iterable[Path]:
-    """Yield the volume files below ``root`` in a stable order, skipping hidden files and folders."""
+    """Yield the NIfTI/Analyze files below ``root`` in a stable order, skipping hidden files and folders."""
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if is_volume_file(name):
+            if not name.startswith(".") and name.lower().endswith(VOLUME_SUFFIXES):
                 yield Path(folder) / name
-
-
-def _refuse_link_loop(path: Path) -> None:
-    """Refuse a data file that is a loop of symbolic links (``a -> b -> a``), naming it, rather than a traceback.
-
-    Raises:
-        ImageFileError: naming the file.
-    """
-    try:
-        os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ImageFileError(
-                f"'{path}' is a loop of symbolic links (it leads back to itself); expected an image file: remove the "
-                "link or point it at the file"
-            ) from None
 
 
 def has_volume_files(root: str | os.PathLike) -> bool:
     """True when any NIfTI/Analyze volume file lies below ``root``; stops at the first one found."""
-    return next(iter(_walk_volume_files(Path(root).expanduser())), None) is not None
+    return any(_walk_volume_files(Path(root).expanduser()))
 
 
 def find_volume_files(root: str | os.PathLike) -> list[Path]:
@@ -101,8 +67,8 @@ def find_volume_files(root: str | os.PathLike) -> list[Path]:
     """
     files = []
     for path in _walk_volume_files(Path(root).expanduser()):
-        _refuse_link_loop(path)
-        if path.name.lower().endswith(".img") and _analyze_header(path) is None:
+        refuse_link_loop(path, "an image file")
+        if path.name.lower().endswith(".img") and not any(path.with_suffix(s).is_file() for s in (".hdr", ".HDR")):
             raise ImageFileError(
                 f"Analyze image '{path}' has no header: expected '{path.with_suffix('.hdr').name}' beside it"
             )
@@ -127,13 +93,10 @@ def subject_id(path: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 def _split_counts(num_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Numbers of validation and test subjects: rounded fractions, at least one each when there are >= 3 subjects."""
-    counts = []
-    for fraction in (val_fraction, test_fraction):
-        count = round(num_subjects * fraction) if fraction > 0 else 0
-        if fraction > 0 and num_subjects >= 3:
-            count = max(count, 1)
-        counts.append(count)
-    num_val, num_test = counts
+    num_val, num_test = (
+        max(round(num_subjects * fraction), int(num_subjects >= 3)) if fraction > 0 else 0
+        for fraction in (val_fraction, test_fraction)
+    )
     # always leave at least one training subject
     while num_subjects > 0 and num_val + num_test > num_subjects - 1:
         if num_val >= num_test:
