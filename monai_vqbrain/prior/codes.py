@@ -1,11 +1,9 @@
 """Code maps of a trained VQ-VAE for the prior: load the VQ-VAE, encode a split once, cache it, and serve it as a
 dataset.
 
-A split's code maps are cached in one file (``{"codes", "names", "slice_indices", "fingerprint", ...}``) written
-atomically. The fingerprint covers the VQ-VAE checkpoint's bytes, the split's source files (path, size and
-modification time, listed without loading any image) and every setting that changes the images; a cache whose
-fingerprint differs is recomputed, so retraining the VQ-VAE or changing the data never trains the prior on stale
-codes. What the prior is conditioned on (slice-position labels, the position map) is :mod:`.conditioning`.
+A split's code maps are cached in one file, written atomically, with a fingerprint of the VQ-VAE checkpoint's
+bytes, the split's source files (path, size and modification time) and every setting that changes the images; a
+cache whose fingerprint differs is recomputed, so the prior never trains on stale codes.
 """
 
 from __future__ import annotations
@@ -43,15 +41,6 @@ from .conditioning import SlicePositionLabels, parse_slice_index
 # benchmarks/benchmark.py imports position_map from here, where it lived before conditioning.py
 from .conditioning import position_map as position_map
 
-__all__ = [
-    "vqvae_fingerprint",
-    "load_vqvae",
-    "codes_fingerprint",
-    "encode_dataset",
-    "load_or_encode_codes",
-    "CodeDataset",
-]
-
 logger = logging.getLogger(__name__)
 
 #: version of the cache file layout; bumping it invalidates every existing cache
@@ -70,12 +59,13 @@ _IMAGE_SETTINGS = (
 )
 
 
-def _missing_vqvae_error(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"VQ-VAE checkpoint '{path}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
+def _check_vqvae_file(path: str | os.PathLike) -> Path:
+    missing = (
+        f"VQ-VAE checkpoint '{Path(path)}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
         f"first (python -m monai.bundle run training --config_file bundle/configs/train.json) or point --ckpt_dir "
         f"at the folder holding its model.pt."
     )
+    return check_checkpoint_file(path, missing, "VQ-VAE checkpoint")
 
 
 def vqvae_fingerprint(path: str | os.PathLike) -> str:
@@ -84,8 +74,7 @@ def vqvae_fingerprint(path: str | os.PathLike) -> str:
     Raises:
         CheckpointError: when the checkpoint does not exist, saying how to train it.
     """
-    path = check_checkpoint_file(path, str(_missing_vqvae_error(Path(path))), "VQ-VAE checkpoint")
-    return file_sha256(path)
+    return file_sha256(_check_vqvae_file(path))
 
 
 def load_vqvae(
@@ -94,10 +83,8 @@ def load_vqvae(
     image_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.nn.Module:
-    """Load a trained VQ-VAE checkpoint into ``network`` and return it in eval mode.
-
-    Eval mode matters: in training mode the quantizer updates its EMA codebook (and may restart codes) on every
-    batch it sees, which would change the codes while they are being computed.
+    """Load a trained VQ-VAE checkpoint into ``network`` and return it in eval mode (in training mode the quantizer
+    updates its EMA codebook, and may restart codes, on every batch: the codes would change while computed).
 
     Args:
         network: the configured VQ-VAE (``network_def``); a DDP wrapper's ``module`` is used.
@@ -108,7 +95,7 @@ def load_vqvae(
     Raises:
         CheckpointError: when the checkpoint is missing, unreadable, of another network or another image size.
     """
-    path = check_checkpoint_file(checkpoint, str(_missing_vqvae_error(Path(checkpoint))), "VQ-VAE checkpoint")
+    path = _check_vqvae_file(checkpoint)
     network = unwrap_network(network)
     if device is None:
         device = next(network.parameters()).device
@@ -158,6 +145,7 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
     """
     split = canonical_split(split)
     dataset_format, files = _split_source_files(dataset_kwargs, split)
+    stats = [(path, path.stat()) for path in files]
     description = {
         "version": _CACHE_VERSION,
         "vqvae_sha256": vqvae_sha256,
@@ -165,11 +153,8 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
         "image_size": int(image_size),
         "format": dataset_format,
         "settings": {key: dataset_kwargs.get(key) for key in _IMAGE_SETTINGS},
-        "files": [],
+        "files": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in stats],
     }
-    for path in files:
-        stat = path.stat()
-        description["files"].append([str(path), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 

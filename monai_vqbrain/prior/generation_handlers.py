@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -24,14 +23,8 @@ from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
 from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
+from .generation_quality import _evenly_spaced
 from .report import generation_log_values, generation_summary, prior_summary
-
-__all__ = [
-    "GeneratedSamples",
-    "SampleGrid",
-    "GenerationReport",
-    "NearestTrainingSlices",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +39,9 @@ def _earlier_outputs(output_dir: Path) -> list[Path]:
     """The files of an earlier generating run in ``output_dir``: what a new run would replace or remove."""
     if not output_dir.is_dir():
         return []
-    return sorted(p for p in output_dir.iterdir() if p.is_file() and (_SAMPLE_FILE.match(p.name) or p.name in _RUN_FILES))
-
-
-def _refuse_to_replace(output_dir: Path, overwrite: bool) -> None:
-    earlier = _earlier_outputs(output_dir)
-    if earlier and not overwrite:
-        raise OutputPathError(
-            f"'{output_dir}' already holds generated files ({len(earlier)}, e.g. '{earlier[0].name}') that this run "
-            f"would replace; pass --overwrite true to replace them, or --generation_dir to write to another folder."
-        )
-
+    return sorted(
+        p for p in output_dir.iterdir() if p.is_file() and (_SAMPLE_FILE.match(p.name) or p.name in _RUN_FILES)
+    )
 
 
 class GeneratedSamples:
@@ -95,7 +80,13 @@ class GeneratedSamples:
         Raises:
             OutputPathError: naming ``output_dir`` when it holds generated files and not ``overwrite``.
         """
-        _refuse_to_replace(self.output_dir, self.overwrite)
+        earlier = _earlier_outputs(self.output_dir)
+        if earlier and not self.overwrite:
+            raise OutputPathError(
+                f"'{self.output_dir}' already holds generated files ({len(earlier)}, e.g. '{earlier[0].name}') that "
+                f"this run would replace; pass --overwrite true to replace them, or --generation_dir to write to "
+                f"another folder."
+            )
 
     def attach(self, engine: Engine) -> None:
         """Attach to the sampler (a MONAI ``SupervisedEvaluator``)."""
@@ -120,7 +111,7 @@ class GeneratedSamples:
         self._started = time.perf_counter()
 
     def _collect(self, engine: Engine) -> None:
-        # FORWARD_COMPLETED comes before MONAI's decollation and postprocessing (at MODEL_COMPLETED): the batch as decoded
+        # FORWARD_COMPLETED comes before MONAI's decollation and postprocessing: the batch as decoded
         self._batches.append(engine.state.output[CommonKeys.PRED].detach().float().cpu())
         self.names += [f"{name}.png" for name in engine.state.batch["name"]]
         if "class_label" in engine.state.batch:
@@ -164,8 +155,7 @@ class SampleGrid:
     def __call__(self, engine: Engine) -> None:
         """Plot the grid."""
         images, names, labels = self.samples.images, self.samples.names, self.samples.labels
-        count = len(images)
-        shown = np.unique(np.linspace(0, count - 1, num=min(count, self.grid_samples)).round()).astype(int).tolist()
+        shown = _evenly_spaced(len(images), self.grid_samples)
         titles = [
             names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
             for i in shown
@@ -241,12 +231,11 @@ class GenerationReport:
             **prior_summary(self.metadata, self.history_file),
         }
         quality = engine.state.metrics.get(self.metric_name)
-        if isinstance(quality, Mapping):
+        if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
             report["metrics_status"] = "measured"
+            report.update({k: v for k, v in quality.items() if k != "num_samples"})
         elif self.metrics:
             report["metrics_status"] = "pending: the run stopped before the metrics were written; run it again"
-        if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
-            report.update({k: v for k, v in quality.items() if k != "num_samples"})
         path = self.output_dir / "generation_metrics.json"
         atomic_write_text(path, json.dumps(report, indent=2))
         if isinstance(quality, Mapping):
@@ -287,8 +276,7 @@ class NearestTrainingSlices:
         nearest = engine.state.metrics[self.metric_name]["memorisation_per_sample"]
         images, names = self.samples.images, self.samples.names
         index_of = {str(item.get("name")): i for i, item in enumerate(getattr(self.train_dataset, "data", []) or [])}
-        shown = [int(i) for i in np.unique(np.linspace(0, len(images) - 1, num=min(8, len(images))).round())]
-        shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
+        shown = [i for i in _evenly_spaced(len(images), 8) if nearest[i].get("nearest_train") in index_of]
         if not shown:
             return
         references = torch.stack(
