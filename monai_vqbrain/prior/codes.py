@@ -69,7 +69,7 @@ def _check_vqvae_file(path: str | os.PathLike) -> Path:
 
 
 def vqvae_fingerprint(path: str | os.PathLike) -> str:
-    """The SHA-256 of a VQ-VAE checkpoint: what the prior's codes (and its checkpoint) are tied to.
+    """The SHA-256 of a VQ-VAE checkpoint, which the prior's codes and checkpoint are tied to.
 
     Raises:
         CheckpointError: when the checkpoint does not exist, saying how to train it.
@@ -130,7 +130,7 @@ def _split_source_files(dataset_kwargs: Mapping[str, Any], split: str) -> tuple[
 
 
 def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], split: str, image_size: int) -> str:
-    """A digest of everything a split's code maps depend on.
+    """The SHA-256 hex digest of everything a split's code maps depend on (see the module's description).
 
     Args:
         vqvae_sha256: the VQ-VAE checkpoint's :func:`vqvae_fingerprint`.
@@ -138,10 +138,6 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
             ``dataset_kwargs``).
         split: the split.
         image_size: the image size the VQ-VAE encodes.
-
-    Returns:
-        A SHA-256 hex digest over the VQ-VAE checkpoint, the image settings, and the path, size and modification
-        time of every source file of the split.
     """
     split = canonical_split(split)
     dataset_format, files = _split_source_files(dataset_kwargs, split)
@@ -263,11 +259,10 @@ def load_or_encode_codes(
         device: where to encode.
         batch_size: images per encoder pass.
         amp: encode under autocast (see :func:`encode_dataset`).
-        overwrite: encode again over a damaged cache (one whose fingerprint matches but whose contents are not code
-            maps of this VQ-VAE) instead of refusing it.
-        preprocessing: the transform from a datalist item to ``{"image", ...}``: the bundle passes its config's
-            ``preprocessing``, so the codes are of the images the VQ-VAE was trained on; None uses its Python form,
-            :func:`~monai_vqbrain.data.get_slice_transforms` (through :func:`~monai_vqbrain.data.get_dataset`).
+        overwrite: encode again over a damaged cache (its fingerprint matches, its contents are not code maps of this
+            VQ-VAE) instead of refusing it.
+        preprocessing: the transform from a datalist item to ``{"image", ...}`` (the bundle passes its config's, so
+            the codes are of the images the VQ-VAE was trained on); None: :func:`~monai_vqbrain.data.get_dataset`'s.
 
     Returns:
         ``{"codes": int16 (N, h, w), "names": [str], "slice_indices": int64 (N,) (-1: none in the name),
@@ -322,9 +317,8 @@ def load_or_encode_codes(
 
 
 class CodeDataset(Dataset):
-    """The code maps of one split as items ``{"codes": int64 (h, w), "label": int64 (), "name": str}``.
-
-    ``"label"`` is only present when ``labels`` conditions the prior.
+    """The code maps of one split as items ``{"codes": int64 (h, w), "label": int64 (), "name": str}``, with
+    ``"label"`` only when ``labels`` conditions the prior.
 
     Args:
         codes: a split's cache entry from :func:`load_or_encode_codes`.

@@ -59,7 +59,7 @@ def position_channels(num_frequencies: int) -> int | None:
 
 
 def position_map(code_size: Sequence[int], num_frequencies: int) -> torch.Tensor:
-    """Fixed Fourier features of the position in a code map, the prior's spatial conditioning map.
+    """Fixed Fourier features of the position in a code map: the prior's spatial conditioning map.
 
     For row ``r`` of ``h`` (``u = (r + 0.5) / h``) the features are ``sin(pi k u)`` and ``cos(pi k u)`` for
     ``k = 1 .. num_frequencies``, and the same for the column. A PixelCNN sees absolute position only through its
@@ -168,11 +168,8 @@ class SlicePositionLabels:
         return torch.tensor(labels, dtype=torch.long)
 
     def bin_description(self, label: int) -> str:
-        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range).
-
-        Slice indices grow from the base of the brain to the vertex (axial slices in RAS order), which
-        ``grid.png``'s heading says.
-        """
+        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range);
+        slice indices grow from the base of the brain to the vertex (axial slices in RAS order)."""
         if self.num_classes is None:
             return ""
         if self.index_range is None:
@@ -185,12 +182,9 @@ class SlicePositionLabels:
         return f"slice{'s' if len(members) > 1 else ''} {covered} of {low}-{high}"
 
     def sample_labels(self, num_samples: int) -> torch.Tensor | None:
-        """Labels for ``num_samples`` samples following the training distribution of the bins, in order.
-
-        Sample ``i`` gets the bin holding the ``(i + 0.5) / num_samples`` quantile of the training labels: the
-        samples cover the bins in proportion to the data (as a fair comparison with real images needs) and are
-        ordered from the base of the brain to the vertex, with no randomness.
-        """
+        """Labels for ``num_samples`` samples: sample ``i`` gets the bin of the ``(i + 0.5) / num_samples`` quantile
+        of the training labels, so the samples cover the bins in proportion to the data (as a fair comparison with
+        real images needs), ordered from the base of the brain to the vertex, with no randomness."""
         if self.num_classes is None:
             return None
         counts = torch.tensor(self.class_counts or [1] * self.num_classes, dtype=torch.float64)

@@ -47,10 +47,9 @@ def _earlier_outputs(output_dir: Path) -> list[Path]:
 class GeneratedSamples:
     """The sampler's samples: guards their folder and keeps the images for the grid, the report and the metrics.
 
-    Before anything is sampled (:meth:`check`, in ``initialize``, and when the sampler starts) an earlier run's files
-    in ``output_dir`` are refused unless ``overwrite``; with it, its sample files and metrics are removed when the
-    sampler starts, so the folder holds exactly this run's samples. Each iteration's decoded images are kept (on
-    the CPU) with their names and labels, and the time spent sampling and decoding is summed.
+    An earlier run's files in ``output_dir`` are refused before anything is sampled (:meth:`check`, in
+    ``initialize`` and when the sampler starts) unless ``overwrite``, and then removed, so the folder holds exactly
+    this run's samples. Each iteration's decoded images are kept on the CPU with their names and labels.
 
     Args:
         output_dir: the folder the samples are saved to.
@@ -170,10 +169,9 @@ class SampleGrid:
 class GenerationReport:
     """Write ``generation_metrics.json`` when an engine's epoch completes, and make its numbers the engine's metrics.
 
-    Attached to the sampler it records the samples and the prior's results (see :func:`prior_summary`); attached to
-    the metrics evaluator it adds the quality metrics that :class:`~monai_vqbrain.prior.GenerationQuality` put in
-    ``state.metrics[metric_name]``. ``state.metrics`` then holds the report's numbers
-    (:func:`generation_log_values`), which the tracking handlers attached after it log.
+    Attached to the sampler it records the samples and the prior's results (:func:`prior_summary`); attached to the
+    metrics evaluator it adds :class:`~monai_vqbrain.prior.GenerationQuality`'s ``state.metrics[metric_name]``.
+    ``state.metrics`` then holds the report's numbers (:func:`generation_log_values`) for the tracking handlers.
 
     Args:
         samples: the sampler's :class:`GeneratedSamples`.
@@ -184,9 +182,8 @@ class GenerationReport:
         code_size: the code maps' size.
         history_file: the prior's training history (for the validation accuracy at its best epoch).
         metric_name: the name of the quality metric in ``state.metrics``.
-        metrics: whether the quality metrics follow the sampler (``generation_metrics``): the sampler's report
-            then says ``"metrics_status": "pending ..."`` until the metrics evaluator's replaces it, so a run
-            stopped while measuring leaves a file that says so.
+        metrics: whether the quality metrics follow the sampler (``generation_metrics``): the sampler's report then
+            says ``"metrics_status": "pending ..."``, so a run stopped while measuring leaves a file that says so.
     """
 
     def __init__(
@@ -245,8 +242,8 @@ class GenerationReport:
 
 
 class NearestTrainingSlices:
-    """Plot ``nearest_training_slices.png`` when the metrics evaluator's epoch completes: 8 samples (evenly spaced)
-    beside their most similar training slices, from the quality metric's ``memorisation_per_sample``.
+    """Plot ``nearest_training_slices.png`` when the metrics evaluator's epoch completes: 8 evenly spaced samples
+    beside their most similar training slices (the quality metric's ``memorisation_per_sample``).
 
     Args:
         samples: the sampler's :class:`GeneratedSamples`.

@@ -37,16 +37,15 @@ class _StageLog:
         elapsed = time.perf_counter() - self.started
         logger.info(f"measuring ({self.done}/{self.stages}, {elapsed:.0f} s): {what}")
 
-    def batches(self, loader: Any, what: str, every: float = 0.25) -> Any:
-        """Yield ``loader``'s batches, logging the items done at every ``every`` of them (a quarter by default)."""
-        total = len(loader.dataset) if hasattr(loader, "dataset") else None
-        next_report, seen = every, 0
+    def batches(self, loader: DataLoader, what: str) -> Any:
+        """Yield ``loader``'s batches, logging the items done at each quarter of them."""
+        total, next_report, seen = len(loader.dataset), 0.25, 0
         for batch in loader:
             yield batch
             seen += len(_images(batch))
-            if total and seen / total >= next_report and seen < total:
+            if seen / total >= next_report and seen < total:
                 logger.info(f"measuring: {what}: {seen}/{total} ({time.perf_counter() - self.started:.0f} s)")
-                next_report = (int(seen / total / every) + 1) * every
+                next_report = (int(seen / total / 0.25) + 1) * 0.25
 
 
 #: samples a side below which the classifier two-sample AUC is too noisy to judge realism (on the demo data its 95%
@@ -77,31 +76,28 @@ def _stats(values: Sequence[float] | torch.Tensor) -> dict[str, float | None]:
 class GenerationQuality(Metric):
     """The quality metrics of generated images as an Ignite metric of the real test images an evaluator streams.
 
-    Attached to an engine whose iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of
-    the real test split, it keeps the test images' features, reconstructions and the subsets the references need;
-    at the end of the epoch it streams the training split once and measures the samples against both splits, as one
-    dictionary (its keys: :data:`~monai_vqbrain.prior.GENERATION_METRICS_KEYS`):
+    The engine's iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of the test split; at
+    the end of the epoch the training split is streamed once and the samples are measured against both, in one
+    dictionary (its keys: :data:`~monai_vqbrain.prior.GENERATION_METRICS_KEYS`). Each measure has references: the
+    same for real images and for the VQ-VAE's reconstructions (what a prior over its codes can reach at best).
 
-    * Fréchet distances (``fd_*``, :func:`frechet_distance`) in the space of :func:`encoder_features`, generated vs
-      test, beside references: all training images, as many training images as samples (the fair comparison: with
-      fewer samples than features the estimate is biased upwards, as much for both) and the VQ-VAE's
-      reconstructions of the test images (the floor a prior over this VQ-VAE's codes can reach).
-    * Diversity: mean SSIM over pairs of samples (:func:`mean_pairwise_ssim`), beside the same among as many real
-      test images (evenly spaced over the split) and among their reconstructions.
-    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by
-      pixel distance), beside the same for the test subset and its reconstructions; samples are at best as sharp as
-      reconstructions and SSIM drops with blur, so the reconstructions are the closer reference. Blank samples (less
-      than ``blank_fraction`` of their pixels above ``foreground_threshold``) are left out of the means and maximum,
-      as an empty image matches any empty slice, which is no copy of a brain.
-    * Precision and recall (:func:`knn_precision_recall`) in the same feature space, generated vs test, beside as
-      many training images vs test.
-    * Realism: the classifier and texture two-sample tests (:func:`classifier_two_sample_test`,
-      :func:`texture_two_sample_test`) of generated vs test images, beside two references measured the same way (at
-      most as many images a side as samples, subjects never on both sides of a fold): training vs test images (two
-      real sets) and reconstructions of half of the test subjects vs images of the other half (the ceiling a perfect
-      prior could reach through this decoder; an image and its own reconstruction in two folds would leak).
-      Comparisons too small for the folds are None, with the reason in ``classifier_notes``.
-    * Foreground fraction (pixels above ``foreground_threshold``) of the samples and of the test images.
+    * Fréchet distances (:func:`frechet_distance`) in the space of :func:`encoder_features`, generated vs test,
+      beside all training images, as many training images as samples (the fair comparison: with fewer samples than
+      features the estimate is biased upwards) and the test images' reconstructions.
+    * Diversity (:func:`mean_pairwise_ssim`) of the samples, of as many evenly spaced test images and of their
+      reconstructions.
+    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by pixel
+      distance), beside the test subset's and its reconstructions' (as blurred as samples can be, the closer
+      reference: SSIM drops with blur). Blank samples (less than ``blank_fraction`` of their pixels above
+      ``foreground_threshold``) are left out of the means and maximum: an empty image matches any empty slice.
+    * Precision and recall (:func:`knn_precision_recall`) against the test images, of the samples and of as many
+      training images.
+    * The classifier and texture two-sample tests (:func:`classifier_two_sample_test`,
+      :func:`texture_two_sample_test`) of generated vs test, beside training vs test (two real sets) and
+      reconstructions of half of the test subjects vs the other half (an image and its own reconstruction in two
+      folds would leak), at most as many images a side as samples; a comparison too small for the folds is None,
+      with the reason in ``classifier_notes``.
+    * The foreground fraction (pixels above ``foreground_threshold``) of the samples and of the test images.
 
     Args:
         samples: the generated images: an object with ``images`` ``(N, 1, S, S)`` in [0, 1] and ``names`` (one per
@@ -227,11 +223,7 @@ class GenerationQuality(Metric):
 
     @torch.no_grad()
     def compute(self) -> dict[str, Any]:
-        """Stream the training split and measure the samples against both splits.
-
-        Returns:
-            A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
-        """
+        """Stream the training split and measure the samples against both splits, in a JSON-serialisable dictionary."""
         samples = self.samples.images.float().cpu()
         names = list(self.samples.names)
         num_samples = len(samples)

@@ -22,11 +22,10 @@ def knn_precision_recall(
 ) -> dict[str, Any]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of generated against real feature vectors.
 
-    Each set's manifold is the union of balls around its vectors, each reaching the vector's ``k``-th nearest
-    neighbour in its own set. Precision is the share of generated vectors inside the real manifold (do samples look
-    real), recall the share of real vectors inside the generated one (do they cover the real variety): shares that
-    keep moving while a classifier separates the sets perfectly. The intervals resample the measured set with the
-    manifolds held fixed.
+    Each set's manifold is the union of balls around its vectors reaching their ``k``-th nearest neighbour in the set.
+    Precision is the share of generated vectors inside the real manifold (do samples look real), recall the share of
+    real vectors inside the generated one (do they cover the real variety): shares that keep moving while a
+    classifier separates the sets perfectly. The intervals resample the measured set, the manifolds held fixed.
 
     Args:
         real: ``(N, F)`` features of real images.

@@ -58,11 +58,10 @@ def assign_folds(
 ) -> np.ndarray:
     """Assign images to cross-validation folds, stratified by side and grouped by subject.
 
-    Every group (all images of one subject, on either side) lands in a single fold, so a classifier never sees a
-    subject during training that it is then tested on; a held-out subject it had seen would make the sets look
-    more different (or, for an image and its own reconstruction on opposite sides, less) than they are. Groups are
-    taken largest first (ties in a seeded random order) and each goes to the fold whose share of that group's
-    side(s) is smallest, which balances each side over the folds like scikit-learn's ``StratifiedGroupKFold``.
+    Every group (one subject's images, on either side) lands in one fold: a classifier tested on a subject it trained
+    on would make the sets look more different (or, for an image and its own reconstruction on opposite sides, less)
+    than they are. Groups are taken largest first (ties in a seeded random order), each to the fold holding the least
+    of its side(s) so far, which balances the sides over the folds like scikit-learn's ``StratifiedGroupKFold``.
 
     Args:
         sides: the side (0 or 1) of each image.
@@ -168,12 +167,11 @@ def held_out_separation(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """How far apart a classifier's held-out scores of the two sets lie: the detectability index d' of signal
     detection theory, ``(mean of side 1 - mean of side 0) / sqrt((var of side 0 + var of side 1) / 2)``.
 
-    The graded companion of the AUC: the AUC only counts how often a held-out image of the second set outscores one
-    of the first, so once every pair is ordered it sits at 1.0 however easy the task; d' keeps growing with the gap
-    between the two score distributions relative to their spread. It is 0 when the classifier cannot tell the sets
-    apart, and does not depend on the scale of the scores (an over- or under-confident classifier scores the same),
-    unlike the held-out log-loss, which the classifier's calibration after a few epochs dominates. For normal scores
-    of equal spread, AUC = Phi(d' / sqrt(2)): d' 1.0 is an AUC of 0.76, 2.0 of 0.92, 3.0 of 0.98.
+    The graded companion of the AUC, which sits at 1.0 once every held-out pair is ordered however easy the task:
+    d' keeps growing with the gap between the score distributions relative to their spread, is 0 when the sets
+    cannot be told apart, and does not depend on the scale of the scores (the classifier's calibration after a few
+    epochs dominates the held-out log-loss instead). For normal scores of equal spread AUC = Phi(d' / sqrt(2)): d'
+    1.0 is an AUC of 0.76, 2.0 of 0.92, 3.0 of 0.98.
 
     Args:
         logits: the held-out scores ``(N,)``.

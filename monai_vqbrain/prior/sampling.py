@@ -24,16 +24,12 @@ from .conditioning import SlicePositionLabels, position_map
 
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run torch CPU ops on one thread inside the block.
-
-    The fast sampler runs thousands of tiny ops per code map; splitting each across threads costs far more in
-    synchronisation than it saves, and on a busy machine it was measured ~200x slower with two threads than one.
+    """Run torch CPU ops on one thread inside the block: the fast sampler runs thousands of tiny ops per code map,
+    and splitting each across threads was measured ~200x slower with two threads than one on a busy machine.
     """
-    if device.type != "cpu":
-        yield
-        return
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         yield
     finally:
