@@ -37,18 +37,14 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
         points = [(e, r[key]) for e, r in zip(epochs, records, strict=True) if r.get(key) is not None]
         if points:
             bits_axis.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
-    bits_axis.set_xlabel("epoch")
-    bits_axis.set_ylabel("bits per code")
-    bits_axis.set_title("prior negative log-likelihood")
+    bits_axis.set(xlabel="epoch", ylabel="bits per code", title="prior negative log-likelihood")
     bits_axis.legend()
     accuracy = [
         (e, r["val_accuracy"]) for e, r in zip(epochs, records, strict=True) if r.get("val_accuracy") is not None
     ]
     if accuracy:
         accuracy_axis.plot(*zip(*accuracy, strict=True), marker="o", markersize=3, color="tab:green")
-    accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.set_ylabel("top-1 accuracy")
-    accuracy_axis.set_title("validation next-code accuracy")
+    accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy", title="validation next-code accuracy")
     for axis in (bits_axis, accuracy_axis):
         epoch_axis(axis, epochs)
         axis.grid(alpha=0.3)

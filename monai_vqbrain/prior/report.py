@@ -104,11 +104,12 @@ _COMPARISONS = {
 """The three comparisons of the two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality`."""
 
 
-def _classifier_keys() -> dict[str, str]:
-    """The ``classifier_*`` keys of the three comparisons."""
-    keys: dict[str, str] = {}
+def _two_sample_keys() -> dict[str, str]:
+    """The ``classifier_*`` then ``texture_*`` keys of the three comparisons."""
+    classifier: dict[str, str] = {}
+    texture: dict[str, str] = {}
     for name, meaning in _COMPARISONS.items():
-        keys |= {
+        classifier |= {
             f"classifier_auc_{name}": f"classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds "
             "(0.5: indistinguishable, 1: always told apart); null when not measured (see classifier_notes)",
             f"classifier_auc_{name}_std": "standard deviation of that AUC over the folds",
@@ -121,14 +122,7 @@ def _classifier_keys() -> dict[str, str]:
             f"classifier_images_per_side_{name}": "images on each side of that test (at most num_samples); null "
             "when it was not measured",
         }
-    return keys
-
-
-def _texture_keys() -> dict[str, str]:
-    """The ``texture_*`` keys of the three comparisons (:func:`~monai_vqbrain.prior.texture_two_sample_test`)."""
-    keys: dict[str, str] = {}
-    for name, meaning in _COMPARISONS.items():
-        keys |= {
+        texture |= {
             f"texture_auc_{name}": f"texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic "
             "regression on intensity, gradient and local-binary-pattern histograms inside the brain, same folds as the "
             "classifier's; null when not measured",
@@ -136,7 +130,7 @@ def _texture_keys() -> dict[str, str]:
             f"texture_dprime_{name}": "d′ of the same texture test (0: indistinguishable)",
             f"texture_dprime_{name}_ci95": "95% interval of that d′",
         }
-    return keys
+    return classifier | texture
 
 
 #: every key of ``generation_metrics.json`` with what it holds: the one description of the file, from which the
@@ -201,8 +195,7 @@ GENERATION_METRICS_KEYS: dict[str, str] = {
     "foreground_fraction_test": "the same share for the real test slices",
     "classifier": "the classifier tests' settings: enabled, folds, epochs, seed, the real pools' sizes, the interval "
     "method and the seconds they took",
-    **_classifier_keys(),
-    **_texture_keys(),
+    **_two_sample_keys(),
     "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",
 }
 

@@ -94,40 +94,23 @@ def two_sample_entries(
             ),
         }
         started = time.perf_counter()
-        for number, (name, (first, second, first_groups, second_groups)) in enumerate(runs.items(), start=1):
+        # at most as many images per side as samples, so the references are measured at the samples' count
+        shared = {"folds": folds, "seed": seed, "max_per_side": num_samples}
+        for number, (name, sides) in enumerate(runs.items(), start=1):
             logger.info(f"measuring: classifier two-sample test {number}/{len(runs)}: {name.replace('_', ' ')}")
             try:
-                # at most as many images per side as samples, so the references are measured at the samples' count
-                results[name] = classifier_two_sample_test(
-                    first,
-                    second,
-                    first_groups,
-                    second_groups,
-                    folds=folds,
-                    epochs=epochs,
-                    seed=seed,
-                    device=device,
-                    max_per_side=num_samples,
-                )
+                results[name] = classifier_two_sample_test(*sides, epochs=epochs, device=device, **shared)
                 # the same sides and folds, texture statistics alone: a smooth decoder cannot hide behind its
                 # reconstructions' reference here
-                texture[name] = texture_two_sample_test(
-                    first,
-                    second,
-                    first_groups,
-                    second_groups,
-                    folds=folds,
-                    seed=seed,
-                    max_per_side=num_samples,
-                )
+                texture[name] = texture_two_sample_test(*sides, **shared)
             except ValueError as error:
                 notes.append(f"{name}: not measured: {error}")
                 logger.warning(f"classifier two-sample test {name} not measured: {error}")
         measured = [r for r in results.values() if r is not None]
         entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
-    for fields, measured in ((_CLASSIFIER_FIELDS, results), (_TEXTURE_FIELDS, texture)):
-        for name, result in measured.items():
+    for fields, by_comparison in ((_CLASSIFIER_FIELDS, results), (_TEXTURE_FIELDS, texture)):
+        for name, result in by_comparison.items():
             entries.update({key.format(name): None if result is None else result[f] for key, f in fields.items()})
     entries["classifier_notes"] = notes
     return entries
