@@ -94,9 +94,8 @@ def load_prior(
         The prior in eval mode and its checkpoint metadata.
 
     Raises:
-        CheckpointError: naming the file when it is missing, not a prior checkpoint, records other settings than the
-            configured network's, holds weights of another architecture than its metadata says, or does not fit
-            the VQ-VAE or the image size.
+        CheckpointError: naming the file when it is missing, not a prior's, or does not fit the configured network,
+            its own metadata, the VQ-VAE or the image size.
     """
     path = Path(checkpoint)
     limit = checkpoint_byte_limit(network) if network is not None else DEFAULT_MAX_CHECKPOINT_BYTES

@@ -261,13 +261,11 @@ def classifier_two_sample_test(
     """How well a small CNN tells two sets of images apart: its mean held-out ROC AUC over cross-validation folds.
 
     In each fold of :func:`cross_validated_separation` a fresh :class:`RealismClassifier` is trained for ``epochs``
-    epochs (Adam, fp32, random left-right flips) on the other folds; the held-out fold's ROC AUC (MONAI's
-    :func:`~monai.metrics.compute_roc_auc`) is the probability that an image of ``second`` scores higher than one of
-    ``first``: 0.5 when the classifier cannot tell the sets apart (a little below is chance, well below a leak,
-    e.g. an image and its own reconstruction on opposite sides of a fold), 1.0 when it always can. The number only
-    means something beside references measured the same way (image count, resolution, settings): e.g. real training
-    vs real test slices of disjoint subjects (two real sets), and a decoder's reconstructions vs real slices (the
-    ceiling a perfect prior could reach through that decoder).
+    epochs (Adam, fp32, random left-right flips); the held-out ROC AUC (:func:`~monai.metrics.compute_roc_auc`) is
+    the probability that an image of ``second`` outscores one of ``first`` (a little below 0.5 is chance, well below
+    a leak, e.g. an image and its own reconstruction on opposite sides of a fold). It only means something beside
+    references measured the same way (image count, resolution, settings): e.g. real training vs real test slices of
+    disjoint subjects, and a decoder's reconstructions vs real slices (the ceiling through that decoder).
 
     Args:
         first: the first set, ``(N, 1, S, S)`` (e.g. generated images), in the intensity range of ``second``.
