@@ -1,21 +1,18 @@
 """The PixelCNN prior over a VQ-VAE's code maps: cached codes, training, generation and generation metrics.
 
-* :mod:`.codes`: load the VQ-VAE, encode a split to code maps once and cache them (invalidated when the VQ-VAE or
-  the data change), and the dataset the prior trains on.
-* :mod:`.conditioning`: slice-position class labels and the position map the prior is conditioned on.
-* :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``.
-* :mod:`.code_metrics`: NLL (bits per code) and accuracy of a prior.
-* the realism measures of generated images, each usable alone: :mod:`.frechet` (Fréchet distance and its feature
-  space), :mod:`.precision_recall` (k-NN precision and recall), :mod:`.ssim` (diversity and memorisation) and
-  :mod:`.two_sample` (the two-sample tests on the three comparisons); :mod:`.generation_quality` composes them into
-  the one metric of ``generating``, with bootstrap intervals.
-* :mod:`.realism`: the classifier two-sample test of realism (held-out ROC AUC of a small CNN, grouped folds).
-* :mod:`.texture`: the texture two-sample test (intensity, gradient and LBP histograms, logistic regression).
+* :mod:`.codes`: a split's code maps, encoded once and cached (invalidated when the VQ-VAE or the data change), and
+  the dataset the prior trains on; :mod:`.conditioning`: the slice-position labels and position map it is
+  conditioned on.
+* :mod:`.trainer`: the trainer, batch preparation, inferer and run checks of the bundle's ``training_prior``;
+  :mod:`.code_metrics`: NLL (bits per code) and accuracy of a prior.
+* realism measures of generated images, each usable alone: :mod:`.frechet` (Fréchet distance and its feature
+  space), :mod:`.precision_recall` (k-NN precision and recall), :mod:`.ssim` (diversity and memorisation),
+  :mod:`.realism` (classifier two-sample test) and :mod:`.texture` (texture two-sample test);
+  :mod:`.generation_quality` composes them (and :mod:`.two_sample`'s comparisons) into ``generating``'s metric.
 * :mod:`.figures`: the prior's learning curves; a grid of samples; samples beside their nearest training slices.
-* the pieces of the bundle's ``generating``: :mod:`.loading` (a prior from its checkpoint), :mod:`.sampling` (the
-  sampler's requests, batches and inferer), :mod:`.writers` (the samples' PNG and NIfTI files), :mod:`.report`
-  (``generation_metrics.json``: its keys, summary and logged numbers) and :mod:`.generation_handlers` (the handlers
-  that keep, plot and report the samples).
+* the bundle's ``generating``: :mod:`.loading` (a prior from its checkpoint), :mod:`.sampling` (the sampler's
+  requests, batches and inferer), :mod:`.writers` (PNG and NIfTI files), :mod:`.report`
+  (``generation_metrics.json``) and :mod:`.generation_handlers` (keep, plot and report the samples).
 """
 
 from .code_metrics import CodeAccuracyMetric, CodeNLLMetric

@@ -12,11 +12,6 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
-__all__ = [
-    "CodeNLLMetric",
-    "CodeAccuracyMetric",
-]
-
 
 class _CodeMetric(CumulativeIterationMetric):
     """Base of the per-image metrics of a prior's logits ``(B, K, H, W)`` against codes ``(B, H, W)``."""
@@ -36,7 +31,9 @@ class _CodeMetric(CumulativeIterationMetric):
     def _per_code(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Reduce the per-image values buffered so far (the mean over images by default)."""
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
@@ -48,9 +45,8 @@ class _CodeMetric(CumulativeIterationMetric):
 class CodeNLLMetric(_CodeMetric):
     """Negative log-likelihood of the true codes under a prior's logits, in bits per code.
 
-    Per image it is the mean over positions of ``-log2 softmax(logits)[code]``; the reduction averages images,
-    which all have as many codes, so the mean is the per-code NLL of the whole set. ``log2(K)`` bits is what a
-    uniform guess over ``K`` codes costs.
+    Per image the mean over positions of ``-log2 softmax(logits)[code]``; images all have as many codes, so their
+    mean is the per-code NLL of the set. A uniform guess over ``K`` codes costs ``log2(K)`` bits.
 
     Args:
         reduction: reduction over images (MONAI's ``MetricReduction``), ``"mean"`` by default.

@@ -1,11 +1,9 @@
 """Code maps of a trained VQ-VAE for the prior: load the VQ-VAE, encode a split once, cache it, and serve it as a
 dataset.
 
-A split's code maps are cached in one file (``{"codes", "names", "slice_indices", "fingerprint", ...}``) written
-atomically. The fingerprint covers the VQ-VAE checkpoint's bytes, the split's source files (path, size and
-modification time, listed without loading any image) and every setting that changes the images; a cache whose
-fingerprint differs is recomputed, so retraining the VQ-VAE or changing the data never trains the prior on stale
-codes. What the prior is conditioned on (slice-position labels, the position map) is :mod:`.conditioning`.
+A split's code maps are cached in one file, written atomically, with a fingerprint of the VQ-VAE checkpoint's
+bytes, the split's source files (path, size and modification time) and every setting that changes the images; a
+cache whose fingerprint differs is recomputed, so the prior never trains on stale codes.
 """
 
 from __future__ import annotations
@@ -43,15 +41,6 @@ from .conditioning import SlicePositionLabels, parse_slice_index
 # benchmarks/benchmark.py imports position_map from here, where it lived before conditioning.py
 from .conditioning import position_map as position_map
 
-__all__ = [
-    "vqvae_fingerprint",
-    "load_vqvae",
-    "codes_fingerprint",
-    "encode_dataset",
-    "load_or_encode_codes",
-    "CodeDataset",
-]
-
 logger = logging.getLogger(__name__)
 
 #: version of the cache file layout; bumping it invalidates every existing cache
@@ -70,22 +59,22 @@ _IMAGE_SETTINGS = (
 )
 
 
-def _missing_vqvae_error(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"VQ-VAE checkpoint '{path}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
+def _check_vqvae_file(path: str | os.PathLike) -> Path:
+    missing = (
+        f"VQ-VAE checkpoint '{Path(path)}' does not exist: the prior works on the codes of a trained VQ-VAE: train it "
         f"first (python -m monai.bundle run training --config_file bundle/configs/train.json) or point --ckpt_dir "
         f"at the folder holding its model.pt."
     )
+    return check_checkpoint_file(path, missing, "VQ-VAE checkpoint")
 
 
 def vqvae_fingerprint(path: str | os.PathLike) -> str:
-    """The SHA-256 of a VQ-VAE checkpoint: what the prior's codes (and its checkpoint) are tied to.
+    """The SHA-256 of a VQ-VAE checkpoint, which the prior's codes and checkpoint are tied to.
 
     Raises:
         CheckpointError: when the checkpoint does not exist, saying how to train it.
     """
-    path = check_checkpoint_file(path, str(_missing_vqvae_error(Path(path))), "VQ-VAE checkpoint")
-    return file_sha256(path)
+    return file_sha256(_check_vqvae_file(path))
 
 
 def load_vqvae(
@@ -94,10 +83,8 @@ def load_vqvae(
     image_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.nn.Module:
-    """Load a trained VQ-VAE checkpoint into ``network`` and return it in eval mode.
-
-    Eval mode matters: in training mode the quantizer updates its EMA codebook (and may restart codes) on every
-    batch it sees, which would change the codes while they are being computed.
+    """Load a trained VQ-VAE checkpoint into ``network`` and return it in eval mode (in training mode the quantizer
+    updates its EMA codebook, and may restart codes, on every batch: the codes would change while computed).
 
     Args:
         network: the configured VQ-VAE (``network_def``); a DDP wrapper's ``module`` is used.
@@ -108,7 +95,7 @@ def load_vqvae(
     Raises:
         CheckpointError: when the checkpoint is missing, unreadable, of another network or another image size.
     """
-    path = check_checkpoint_file(checkpoint, str(_missing_vqvae_error(Path(checkpoint))), "VQ-VAE checkpoint")
+    path = _check_vqvae_file(checkpoint)
     network = unwrap_network(network)
     if device is None:
         device = next(network.parameters()).device
@@ -143,7 +130,7 @@ def _split_source_files(dataset_kwargs: Mapping[str, Any], split: str) -> tuple[
 
 
 def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], split: str, image_size: int) -> str:
-    """A digest of everything a split's code maps depend on.
+    """The SHA-256 hex digest of everything a split's code maps depend on (see the module's description).
 
     Args:
         vqvae_sha256: the VQ-VAE checkpoint's :func:`vqvae_fingerprint`.
@@ -151,13 +138,10 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
             ``dataset_kwargs``).
         split: the split.
         image_size: the image size the VQ-VAE encodes.
-
-    Returns:
-        A SHA-256 hex digest over the VQ-VAE checkpoint, the image settings, and the path, size and modification
-        time of every source file of the split.
     """
     split = canonical_split(split)
     dataset_format, files = _split_source_files(dataset_kwargs, split)
+    stats = [(path, path.stat()) for path in files]
     description = {
         "version": _CACHE_VERSION,
         "vqvae_sha256": vqvae_sha256,
@@ -165,11 +149,8 @@ def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], spli
         "image_size": int(image_size),
         "format": dataset_format,
         "settings": {key: dataset_kwargs.get(key) for key in _IMAGE_SETTINGS},
-        "files": [],
+        "files": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in stats],
     }
-    for path in files:
-        stat = path.stat()
-        description["files"].append([str(path), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -278,11 +259,10 @@ def load_or_encode_codes(
         device: where to encode.
         batch_size: images per encoder pass.
         amp: encode under autocast (see :func:`encode_dataset`).
-        overwrite: encode again over a damaged cache (one whose fingerprint matches but whose contents are not code
-            maps of this VQ-VAE) instead of refusing it.
-        preprocessing: the transform from a datalist item to ``{"image", ...}``: the bundle passes its config's
-            ``preprocessing``, so the codes are of the images the VQ-VAE was trained on; None uses its Python form,
-            :func:`~monai_vqbrain.data.get_slice_transforms` (through :func:`~monai_vqbrain.data.get_dataset`).
+        overwrite: encode again over a damaged cache (its fingerprint matches, its contents are not code maps of this
+            VQ-VAE) instead of refusing it.
+        preprocessing: the transform from a datalist item to ``{"image", ...}`` (the bundle passes its config's, so
+            the codes are of the images the VQ-VAE was trained on); None: :func:`~monai_vqbrain.data.get_dataset`'s.
 
     Returns:
         ``{"codes": int16 (N, h, w), "names": [str], "slice_indices": int64 (N,) (-1: none in the name),
@@ -337,9 +317,8 @@ def load_or_encode_codes(
 
 
 class CodeDataset(Dataset):
-    """The code maps of one split as items ``{"codes": int64 (h, w), "label": int64 (), "name": str}``.
-
-    ``"label"`` is only present when ``labels`` conditions the prior.
+    """The code maps of one split as items ``{"codes": int64 (h, w), "label": int64 (), "name": str}``, with
+    ``"label"`` only when ``labels`` conditions the prior.
 
     Args:
         codes: a split's cache entry from :func:`load_or_encode_codes`.

@@ -13,15 +13,6 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "CONDITIONINGS",
-    "parse_slice_index",
-    "num_condition_classes",
-    "position_channels",
-    "position_map",
-    "SlicePositionLabels",
-]
-
 logger = logging.getLogger(__name__)
 
 #: ways the prior can be conditioned: on nothing, or on the slice position (a class per bin of slice index)
@@ -68,14 +59,12 @@ def position_channels(num_frequencies: int) -> int | None:
 
 
 def position_map(code_size: Sequence[int], num_frequencies: int) -> torch.Tensor:
-    """Fixed Fourier features of the position in a code map, the prior's spatial conditioning map.
+    """Fixed Fourier features of the position in a code map: the prior's spatial conditioning map.
 
     For row ``r`` of ``h`` (``u = (r + 0.5) / h``) the features are ``sin(pi k u)`` and ``cos(pi k u)`` for
-    ``k = 1 .. num_frequencies``, and the same for the column. A PixelCNN only sees absolute position through its
-    zero padding, and never the bottom or right edge (they lie in its future), so without them it does not know
-    that the map ends a row or two below: it then sometimes starts new structures in the last rows, seen as
-    blobs in the bottom corners of generated brains. With the position as an input every layer can learn where
-    the background is.
+    ``k = 1 .. num_frequencies``, and the same for the column. A PixelCNN sees absolute position only through its
+    zero padding, and never the bottom or right edge (its future), so without them it sometimes starts new
+    structures in the last rows: blobs in the bottom corners of generated brains.
 
     Args:
         code_size: ``(h, w)`` of the code maps.
@@ -97,12 +86,11 @@ class SlicePositionLabels:
     """Class labels for the prior: the bin of each slice's position along the stack, or nothing.
 
     With ``"slice_position"`` the slice index parsed from each name (:func:`parse_slice_index`) is binned over the
-    range of indices seen in the training split: ``bin = floor((index - low) / (high - low + 1) * num_bins)``. A
-    model conditioned on the bin knows whether to draw a slice near the base of the brain (small, with temporal
-    lobes and cerebellum) or near the vertex, which a raster-order prior otherwise has to guess from the first
-    rows. When the training names carry no slice index (e.g. images from another source) every label is 0, so
-    the run still works, as an unconditioned model with a constant bias; a name without an index among names that
-    have one gets the middle bin.
+    range of indices seen in the training split: ``bin = floor((index - low) / (high - low + 1) * num_bins)``. The
+    bin tells the prior whether to draw a slice near the base of the brain (small, with temporal lobes and
+    cerebellum) or near the vertex, which a raster-order prior otherwise guesses from the first rows. When no
+    training name carries a slice index every label is 0 (an unconditioned model with a constant bias); a name
+    without one among names that have one gets the middle bin.
 
     Args:
         conditioning: ``"none"`` or ``"slice_position"``.
@@ -180,11 +168,8 @@ class SlicePositionLabels:
         return torch.tensor(labels, dtype=torch.long)
 
     def bin_description(self, label: int) -> str:
-        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range).
-
-        Slice indices grow from the base of the brain to the vertex (axial slices in RAS order), which
-        ``grid.png``'s heading says.
-        """
+        """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range);
+        slice indices grow from the base of the brain to the vertex (axial slices in RAS order)."""
         if self.num_classes is None:
             return ""
         if self.index_range is None:
@@ -197,12 +182,9 @@ class SlicePositionLabels:
         return f"slice{'s' if len(members) > 1 else ''} {covered} of {low}-{high}"
 
     def sample_labels(self, num_samples: int) -> torch.Tensor | None:
-        """Labels for ``num_samples`` samples following the training distribution of the bins, in order.
-
-        Sample ``i`` gets the bin holding the ``(i + 0.5) / num_samples`` quantile of the training labels: the
-        samples cover the bins in proportion to the data (as a fair comparison with real images needs) and are
-        ordered from the base of the brain to the vertex, with no randomness.
-        """
+        """Labels for ``num_samples`` samples: sample ``i`` gets the bin of the ``(i + 0.5) / num_samples`` quantile
+        of the training labels, so the samples cover the bins in proportion to the data (as a fair comparison with
+        real images needs), ordered from the base of the brain to the vertex, with no randomness."""
         if self.num_classes is None:
             return None
         counts = torch.tensor(self.class_counts or [1] * self.num_classes, dtype=torch.float64)

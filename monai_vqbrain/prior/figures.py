@@ -3,7 +3,6 @@ slices."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -13,9 +12,7 @@ import torch
 
 from monai_vqbrain.engines.distributed import is_main_process
 from monai_vqbrain.handlers.training_history import read_history
-from monai_vqbrain.utils.io import atomic_path, epoch_axis, pyplot, save_figure, wrap_label
-
-__all__ = ["plot_nearest_training_slices", "plot_prior_learning_curves", "plot_sample_grid"]
+from monai_vqbrain.utils.io import epoch_axis, pyplot, save_figure, wrap_label
 
 
 def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.PathLike) -> Path | None:
@@ -40,16 +37,14 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
         points = [(e, r[key]) for e, r in zip(epochs, records, strict=True) if r.get(key) is not None]
         if points:
             bits_axis.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
-    bits_axis.set_xlabel("epoch")
-    bits_axis.set_ylabel("bits per code")
-    bits_axis.set_title("prior negative log-likelihood")
+    bits_axis.set(xlabel="epoch", ylabel="bits per code", title="prior negative log-likelihood")
     bits_axis.legend()
-    accuracy = [(e, r["val_accuracy"]) for e, r in zip(epochs, records, strict=True) if r.get("val_accuracy") is not None]
+    accuracy = [
+        (e, r["val_accuracy"]) for e, r in zip(epochs, records, strict=True) if r.get("val_accuracy") is not None
+    ]
     if accuracy:
         accuracy_axis.plot(*zip(*accuracy, strict=True), marker="o", markersize=3, color="tab:green")
-    accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.set_ylabel("top-1 accuracy")
-    accuracy_axis.set_title("validation next-code accuracy")
+    accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy", title="validation next-code accuracy")
     for axis in (bits_axis, accuracy_axis):
         epoch_axis(axis, epochs)
         axis.grid(alpha=0.3)
@@ -92,7 +87,9 @@ def plot_nearest_training_slices(
         )
     axes[0, 0].set_ylabel("generated", fontsize=8)
     axes[1, 0].set_ylabel("nearest training slice", fontsize=8)
-    figure.suptitle("Generated samples and their most similar training slices (SSIM near 1 would mean a copy)", fontsize=9)
+    figure.suptitle(
+        "Generated samples and their most similar training slices (SSIM near 1 would mean a copy)", fontsize=9
+    )
     return save_figure(figure, path)
 
 
@@ -104,11 +101,7 @@ def plot_sample_grid(
     heading: str | None = None,
 ) -> None:
     """Save a grid figure of images ``(N, 1, S, S)`` in [0, 1], each with an optional title, under ``heading``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     count = len(images)
     columns = columns or max(1, math.ceil(math.sqrt(count)))
     rows = max(1, math.ceil(count / columns))
@@ -126,8 +119,4 @@ def plot_sample_grid(
         # a 1.8-inch column holds about 26 characters at 9 points: wrap only where the figure is really narrower
         figure.suptitle(wrap_label(heading, max(40, 26 * columns)), fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    save_figure(figure, path)

@@ -13,19 +13,10 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import FIDMetric
 
-__all__ = [
-    "bootstrap_frechet_interval",
-    "frechet_distance",
-    "encoder_features",
-]
-
 
 def _stable_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The Fréchet distance computed with symmetric eigendecompositions, real even for singular covariances.
-
-    ``tr sqrt(S_a S_b) = sum sqrt(eig(sqrt(S_a) S_b sqrt(S_a)))``, and the matrix there is symmetric positive
-    semi-definite, so no complex square root (and no near-singular product) is involved.
-    """
+    """The Fréchet distance through symmetric eigendecompositions, real even for singular covariances:
+    ``tr sqrt(S_a S_b) = sum sqrt(eig(sqrt(S_a) S_b sqrt(S_a)))``, of a symmetric positive semi-definite matrix."""
     mu_a, mu_b = a.mean(dim=0), b.mean(dim=0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
     values, vectors = torch.linalg.eigh(cov_a)
@@ -37,11 +28,9 @@ def _stable_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _frechet_distance_from_samples(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The Fréchet distance computed through the samples' Gram matrix, for the bootstrap: cheap when N << D.
-
-    With centred, scaled samples ``X_a`` (``S_a = X_a^T X_a``) the non-zero eigenvalues of ``S_a S_b`` are those of
-    ``G G^T`` with ``G = X_a X_b^T`` (``N_a x N_b``), so ``tr sqrt(S_a S_b)`` needs no ``D x D`` matrix; the same
-    distance as :func:`_stable_frechet_distance` (up to rounding) at a fraction of the cost for 1024 features.
+    """:func:`_stable_frechet_distance` (up to rounding) through the samples' Gram matrix, for the bootstrap: with
+    centred, scaled samples ``X_a`` (``S_a = X_a^T X_a``) the non-zero eigenvalues of ``S_a S_b`` are those of
+    ``G G^T``, ``G = X_a X_b^T`` (``N_a x N_b``), so no ``D x D`` matrix is needed: cheap when N << D.
     """
     x_a = (a - a.mean(dim=0)) / math.sqrt(max(len(a) - 1, 1))
     x_b = (b - b.mean(dim=0)) / math.sqrt(max(len(b) - 1, 1))
@@ -55,13 +44,11 @@ def _frechet_distance_from_samples(a: torch.Tensor, b: torch.Tensor) -> float:
 def bootstrap_frechet_interval(
     features_a: torch.Tensor, features_b: torch.Tensor, resamples: int = 50, seed: int = 0
 ) -> list[float] | None:
-    """A 95% bias-corrected bootstrap interval of the Fréchet distance: both sets resampled with replacement.
+    """A 95% bias-corrected bootstrap interval of the Fréchet distance, both sets resampled with replacement.
 
-    Repeated vectors shrink a resample's effective size and the distance grows as the size shrinks, so the raw
-    bootstrap distances sit above the point estimate (on the demo data the raw percentile interval did not even
-    contain it). The percentiles are therefore shifted down by that bootstrap bias (the mean of the resampled
-    distances minus the point estimate) and clipped at 0: the interval shows the spread of the estimate at this
-    sample count, centred where the estimate is.
+    Repeated vectors shrink a resample's effective size, and the distance grows as the size shrinks, so the raw
+    bootstrap distances sit above the estimate (on the demo data the raw percentile interval did not contain it).
+    The percentiles are shifted down by that bias (mean resampled distance minus the estimate) and clipped at 0.
 
     Returns:
         ``[low, high]``, or None with fewer than 2 resamples or fewer than 2 vectors in a set.
@@ -83,16 +70,18 @@ def bootstrap_frechet_interval(
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float | None:
     """Fréchet distance between two sets of feature vectors ``(N, D)``, with MONAI's ``FIDMetric``.
 
-    ``FIDMetric`` takes the matrix square root of the product of the two covariances with scipy; with fewer samples
-    than features that product is singular and the root can come back complex or non-finite (``FIDMetric`` then
-    raises or prints a warning). In those cases the same distance is computed by :func:`_stable_frechet_distance`.
+    With fewer samples than features the product of the covariances is singular and ``FIDMetric``'s scipy square
+    root can come back complex or non-finite (it then raises or prints); :func:`_stable_frechet_distance` computes
+    the same distance then.
 
     Returns:
         The distance, or None when either set has fewer than 2 vectors (no covariance).
     """
     a, b = features_a.detach().double().cpu(), features_b.detach().double().cpu()
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected two (N, D) feature sets with the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise ValueError(
+            f"expected two (N, D) feature sets with the same D, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     if a.shape[0] < 2 or b.shape[0] < 2:
         return None
     if min(a.shape[0], b.shape[0]) > a.shape[1]:  # full-rank covariances: the textbook computation is sound
@@ -108,14 +97,13 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
 @torch.no_grad()
 def encoder_features(vqvae: torch.nn.Module, images: torch.Tensor, grid: int = 4) -> torch.Tensor:
-    """Feature vectors for the Fréchet distance: VQ-VAE encoder latents average-pooled to a ``grid x grid`` grid.
+    """Feature vectors for the Fréchet distance: VQ-VAE encoder latents (before quantisation, as the codes sit on
+    codebook vectors) average-pooled to a ``grid x grid`` grid.
 
-    The continuous latents before quantisation are used (the codes are discrete and would all sit on codebook
-    vectors). They are computable offline from the model being evaluated, unlike Inception features, so the
-    distances are only comparable between runs that use the same VQ-VAE checkpoint. Pooling to a coarse grid
-    rather than to one vector keeps where things are: on 64x64 demo brains the fully pooled (``grid=1``) distance
-    could not tell samples with stray blobs and misshapen outlines from whole brains, while the 4x4 one did (2.1
-    vs 0.58, with 0.52 for as many real training slices).
+    Unlike Inception features they are computable offline, but only comparable between runs of one VQ-VAE
+    checkpoint. A coarse grid keeps where things are: on 64x64 demo brains the fully pooled (``grid=1``) distance
+    could not tell samples with stray blobs and misshapen outlines from whole brains, while 4x4 did (2.1 vs 0.58,
+    0.52 for as many real training slices).
 
     Returns:
         ``(B, embedding_dim * grid * grid)`` float32 features on the CPU.

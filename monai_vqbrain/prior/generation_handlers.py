@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -24,14 +23,8 @@ from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
 from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
+from .generation_quality import _evenly_spaced
 from .report import generation_log_values, generation_summary, prior_summary
-
-__all__ = [
-    "GeneratedSamples",
-    "SampleGrid",
-    "GenerationReport",
-    "NearestTrainingSlices",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +39,17 @@ def _earlier_outputs(output_dir: Path) -> list[Path]:
     """The files of an earlier generating run in ``output_dir``: what a new run would replace or remove."""
     if not output_dir.is_dir():
         return []
-    return sorted(p for p in output_dir.iterdir() if p.is_file() and (_SAMPLE_FILE.match(p.name) or p.name in _RUN_FILES))
-
-
-def _refuse_to_replace(output_dir: Path, overwrite: bool) -> None:
-    earlier = _earlier_outputs(output_dir)
-    if earlier and not overwrite:
-        raise OutputPathError(
-            f"'{output_dir}' already holds generated files ({len(earlier)}, e.g. '{earlier[0].name}') that this run "
-            f"would replace; pass --overwrite true to replace them, or --generation_dir to write to another folder."
-        )
-
+    return sorted(
+        p for p in output_dir.iterdir() if p.is_file() and (_SAMPLE_FILE.match(p.name) or p.name in _RUN_FILES)
+    )
 
 
 class GeneratedSamples:
     """The sampler's samples: guards their folder and keeps the images for the grid, the report and the metrics.
 
-    Before anything is sampled (:meth:`check`, in ``initialize``, and when the sampler starts) an earlier run's files
-    in ``output_dir`` are refused unless ``overwrite``; with it, its sample files and metrics are removed when the
-    sampler starts, so the folder holds exactly this run's samples. Each iteration's decoded images are kept (on
-    the CPU) with their names and labels, and the time spent sampling and decoding is summed.
+    An earlier run's files in ``output_dir`` are refused before anything is sampled (:meth:`check`, in
+    ``initialize`` and when the sampler starts) unless ``overwrite``, and then removed, so the folder holds exactly
+    this run's samples. Each iteration's decoded images are kept on the CPU with their names and labels.
 
     Args:
         output_dir: the folder the samples are saved to.
@@ -95,7 +79,13 @@ class GeneratedSamples:
         Raises:
             OutputPathError: naming ``output_dir`` when it holds generated files and not ``overwrite``.
         """
-        _refuse_to_replace(self.output_dir, self.overwrite)
+        earlier = _earlier_outputs(self.output_dir)
+        if earlier and not self.overwrite:
+            raise OutputPathError(
+                f"'{self.output_dir}' already holds generated files ({len(earlier)}, e.g. '{earlier[0].name}') that "
+                f"this run would replace; pass --overwrite true to replace them, or --generation_dir to write to "
+                f"another folder."
+            )
 
     def attach(self, engine: Engine) -> None:
         """Attach to the sampler (a MONAI ``SupervisedEvaluator``)."""
@@ -120,7 +110,7 @@ class GeneratedSamples:
         self._started = time.perf_counter()
 
     def _collect(self, engine: Engine) -> None:
-        # FORWARD_COMPLETED comes before MONAI's decollation and postprocessing (at MODEL_COMPLETED): the batch as decoded
+        # FORWARD_COMPLETED comes before MONAI's decollation and postprocessing: the batch as decoded
         self._batches.append(engine.state.output[CommonKeys.PRED].detach().float().cpu())
         self.names += [f"{name}.png" for name in engine.state.batch["name"]]
         if "class_label" in engine.state.batch:
@@ -164,8 +154,7 @@ class SampleGrid:
     def __call__(self, engine: Engine) -> None:
         """Plot the grid."""
         images, names, labels = self.samples.images, self.samples.names, self.samples.labels
-        count = len(images)
-        shown = np.unique(np.linspace(0, count - 1, num=min(count, self.grid_samples)).round()).astype(int).tolist()
+        shown = _evenly_spaced(len(images), self.grid_samples)
         titles = [
             names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
             for i in shown
@@ -180,10 +169,9 @@ class SampleGrid:
 class GenerationReport:
     """Write ``generation_metrics.json`` when an engine's epoch completes, and make its numbers the engine's metrics.
 
-    Attached to the sampler it records the samples and the prior's results (see :func:`prior_summary`); attached to
-    the metrics evaluator it adds the quality metrics that :class:`~monai_vqbrain.prior.GenerationQuality` put in
-    ``state.metrics[metric_name]``. ``state.metrics`` then holds the report's numbers
-    (:func:`generation_log_values`), which the tracking handlers attached after it log.
+    Attached to the sampler it records the samples and the prior's results (:func:`prior_summary`); attached to the
+    metrics evaluator it adds :class:`~monai_vqbrain.prior.GenerationQuality`'s ``state.metrics[metric_name]``.
+    ``state.metrics`` then holds the report's numbers (:func:`generation_log_values`) for the tracking handlers.
 
     Args:
         samples: the sampler's :class:`GeneratedSamples`.
@@ -194,9 +182,8 @@ class GenerationReport:
         code_size: the code maps' size.
         history_file: the prior's training history (for the validation accuracy at its best epoch).
         metric_name: the name of the quality metric in ``state.metrics``.
-        metrics: whether the quality metrics follow the sampler (``generation_metrics``): the sampler's report
-            then says ``"metrics_status": "pending ..."`` until the metrics evaluator's replaces it, so a run
-            stopped while measuring leaves a file that says so.
+        metrics: whether the quality metrics follow the sampler (``generation_metrics``): the sampler's report then
+            says ``"metrics_status": "pending ..."``, so a run stopped while measuring leaves a file that says so.
     """
 
     def __init__(
@@ -241,12 +228,11 @@ class GenerationReport:
             **prior_summary(self.metadata, self.history_file),
         }
         quality = engine.state.metrics.get(self.metric_name)
-        if isinstance(quality, Mapping):
+        if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
             report["metrics_status"] = "measured"
+            report.update({k: v for k, v in quality.items() if k != "num_samples"})
         elif self.metrics:
             report["metrics_status"] = "pending: the run stopped before the metrics were written; run it again"
-        if isinstance(quality, Mapping):  # num_samples is already recorded; keep the rest
-            report.update({k: v for k, v in quality.items() if k != "num_samples"})
         path = self.output_dir / "generation_metrics.json"
         atomic_write_text(path, json.dumps(report, indent=2))
         if isinstance(quality, Mapping):
@@ -256,8 +242,8 @@ class GenerationReport:
 
 
 class NearestTrainingSlices:
-    """Plot ``nearest_training_slices.png`` when the metrics evaluator's epoch completes: 8 samples (evenly spaced)
-    beside their most similar training slices, from the quality metric's ``memorisation_per_sample``.
+    """Plot ``nearest_training_slices.png`` when the metrics evaluator's epoch completes: 8 evenly spaced samples
+    beside their most similar training slices (the quality metric's ``memorisation_per_sample``).
 
     Args:
         samples: the sampler's :class:`GeneratedSamples`.
@@ -287,8 +273,7 @@ class NearestTrainingSlices:
         nearest = engine.state.metrics[self.metric_name]["memorisation_per_sample"]
         images, names = self.samples.images, self.samples.names
         index_of = {str(item.get("name")): i for i, item in enumerate(getattr(self.train_dataset, "data", []) or [])}
-        shown = [int(i) for i in np.unique(np.linspace(0, len(images) - 1, num=min(8, len(images))).round())]
-        shown = [i for i in shown if nearest[i].get("nearest_train") in index_of]
+        shown = [i for i in _evenly_spaced(len(images), 8) if nearest[i].get("nearest_train") in index_of]
         if not shown:
             return
         references = torch.stack(

@@ -1,7 +1,5 @@
-"""The quality of generated images against the real splits, as one Ignite metric of an evaluator streaming the real
-test images (``generate.json``'s ``evaluator``): :class:`GenerationQuality` composes the small metrics of
-:mod:`.frechet`, :mod:`.precision_recall`, :mod:`.ssim` (diversity, memorisation) and the two-sample tests of
-:mod:`.two_sample`, with bootstrap confidence intervals.
+"""The quality of generated images against the real splits, as one Ignite metric (:class:`GenerationQuality`) of
+``generate.json``'s evaluator of the real test images.
 """
 
 from __future__ import annotations
@@ -23,23 +21,12 @@ from .precision_recall import knn_precision_recall
 from .ssim import NearestImageSearch, bootstrap_mean_interval, mean_pairwise_ssim
 from .two_sample import two_sample_entries
 
-__all__ = [
-    "RELIABLE_CLASSIFIER_SAMPLES",
-    "GenerationQuality",
-    "real_image_batch",
-]
-
 logger = logging.getLogger(__name__)
 
 
 class _StageLog:
-    """Log each stage of a long computation with the time spent so far: ``measuring (2/5, 12 s): ...``.
-
-    The metrics of ``generating`` take minutes on a CPU after the sampler's progress bar has ended; these lines
-    show that the run is moving and where.
-
-    Args:
-        stages: how many stages :meth:`__call__` will announce.
+    """Log each of ``stages`` stages with the time spent so far (``measuring (2/5, 12 s): ...``): the metrics take
+    minutes on a CPU after the sampler's progress bar has ended, and these lines show the run is moving, and where.
     """
 
     def __init__(self, stages: int) -> None:
@@ -50,16 +37,15 @@ class _StageLog:
         elapsed = time.perf_counter() - self.started
         logger.info(f"measuring ({self.done}/{self.stages}, {elapsed:.0f} s): {what}")
 
-    def batches(self, loader: Any, what: str, every: float = 0.25) -> Any:
-        """Yield ``loader``'s batches, logging the items done at every ``every`` of them (a quarter by default)."""
-        total = len(loader.dataset) if hasattr(loader, "dataset") else None
-        next_report, seen = every, 0
+    def batches(self, loader: DataLoader, what: str) -> Any:
+        """Yield ``loader``'s batches, logging the items done at each quarter of them."""
+        total, next_report, seen = len(loader.dataset), 0.25, 0
         for batch in loader:
             yield batch
             seen += len(_images(batch))
-            if total and seen / total >= next_report and seen < total:
+            if seen / total >= next_report and seen < total:
                 logger.info(f"measuring: {what}: {seen}/{total} ({time.perf_counter() - self.started:.0f} s)")
-                next_report = (int(seen / total / every) + 1) * every
+                next_report = (int(seen / total / 0.25) + 1) * 0.25
 
 
 #: samples a side below which the classifier two-sample AUC is too noisy to judge realism (on the demo data its 95%
@@ -83,50 +69,35 @@ def _stats(values: Sequence[float] | torch.Tensor) -> dict[str, float | None]:
     array = np.asarray(values, dtype=np.float64)
     array = array[np.isfinite(array)]
     if array.size == 0:
-        return {"mean": None, "max": None, "min": None}
-    return {"mean": float(array.mean()), "max": float(array.max()), "min": float(array.min())}
+        return {"mean": None, "max": None}
+    return {"mean": float(array.mean()), "max": float(array.max())}
 
 
 class GenerationQuality(Metric):
     """The quality metrics of generated images as an Ignite metric of the real test images an evaluator streams.
 
-    Attached to an engine whose iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of
-    the real test split (``generate.json``'s ``evaluator`` over ``test#dataset``), it accumulates the test images'
-    features, reconstructions and the subsets the references need; at the end of the epoch it streams the training
-    split once and computes every entry below against the samples (the result is one dictionary).
+    The engine's iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of the test split; at
+    the end of the epoch the training split is streamed once and the samples are measured against both, in one
+    dictionary (its keys: :data:`~monai_vqbrain.prior.GENERATION_METRICS_KEYS`). Each measure has references: the
+    same for real images and for the VQ-VAE's reconstructions (what a prior over its codes can reach at best).
 
-    * Fréchet distances (``fd_*``) in the space of :func:`encoder_features`: generated vs test, and as references
-      all training vs test images, as many training images as samples vs test (the fair comparison, since the
-      distance estimate grows as the sample count shrinks) and VQ-VAE reconstructions of the test images vs the
-      test images (the floor a prior over this VQ-VAE's codes can reach). With fewer samples than features the
-      covariances are rank-deficient and the distance is biased upwards: compare ``fd_generated_vs_test`` with
-      ``fd_train_subset_vs_test``, which has the same bias. ``fd_generated_vs_test_ci95`` is a percentile bootstrap
-      (see :func:`bootstrap_frechet_interval`).
-    * Diversity: mean SSIM over pairs of samples, beside the same among as many real test images (evenly spaced
-      over the split) and among their VQ-VAE reconstructions; a much higher value for the samples means they vary
-      less than real slices. ``diversity_ssim_generated_ci95`` resamples the samples (see
-      :func:`mean_pairwise_ssim`).
-    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by
-      pixel distance); the same for the test subset is the reference of an unseen real slice. Samples can only
-      be as sharp as the VQ-VAE's reconstructions, and SSIM drops with blur, so the reconstructed test subset is
-      the closer reference: samples much closer to training images than it are suspect copies.
-      ``memorisation_ssim_mean_ci95`` is a bootstrap of the per-sample SSIMs. Blank samples (less than
-      ``blank_fraction`` of their pixels above ``foreground_threshold``) are left out of the memorisation means and
-      maximum (an empty image matches any empty training slice, which is no copy of a brain) and counted in
-      ``blank_samples``; their per-sample entries say ``"blank": true``.
-    * Precision and recall (``precision_generated``, ``recall_generated``, see :func:`knn_precision_recall`) in the
-      same feature space, generated vs test, with as many training images vs test (``*_train_subset``) as the
-      reference two real sets score.
-    * Realism (``classifier_auc_*``, see :func:`~monai_vqbrain.prior.realism.classifier_two_sample_test`): the
-      held-out ROC AUC of a small CNN trained with grouped cross-validation to tell two sets apart (0.5:
-      indistinguishable), for generated vs real test slices and, measured the same way (at most as many images per
-      side as samples, the model's resolution, subjects never on both sides of a fold), two references: real
-      training vs real test slices (``train_vs_test``, different subjects: what two real sets score) and
-      reconstructions of half of the test subjects vs real slices of the other half (``reconstructed_vs_test``:
-      the ceiling a perfect prior could reach through this decoder; disjoint subjects, since an image and its own
-      reconstruction on opposite sides of a fold would leak). Test comparisons too small for the folds are None,
+    * Fréchet distances (:func:`frechet_distance`) in the space of :func:`encoder_features`, generated vs test,
+      beside all training images, as many training images as samples (the fair comparison: with fewer samples than
+      features the estimate is biased upwards) and the test images' reconstructions.
+    * Diversity (:func:`mean_pairwise_ssim`) of the samples, of as many evenly spaced test images and of their
+      reconstructions.
+    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by pixel
+      distance), beside the test subset's and its reconstructions' (as blurred as samples can be, the closer
+      reference: SSIM drops with blur). Blank samples (less than ``blank_fraction`` of their pixels above
+      ``foreground_threshold``) are left out of the means and maximum: an empty image matches any empty slice.
+    * Precision and recall (:func:`knn_precision_recall`) against the test images, of the samples and of as many
+      training images.
+    * The classifier and texture two-sample tests (:func:`classifier_two_sample_test`,
+      :func:`texture_two_sample_test`) of generated vs test, beside training vs test (two real sets) and
+      reconstructions of half of the test subjects vs the other half (an image and its own reconstruction in two
+      folds would leak), at most as many images a side as samples; a comparison too small for the folds is None,
       with the reason in ``classifier_notes``.
-    * Foreground fraction (pixels above ``foreground_threshold``): a whole brain covers a similar area as a real one.
+    * The foreground fraction (pixels above ``foreground_threshold``) of the samples and of the test images.
 
     Args:
         samples: the generated images: an object with ``images`` ``(N, 1, S, S)`` in [0, 1] and ``names`` (one per
@@ -141,12 +112,10 @@ class GenerationQuality(Metric):
         blank_fraction: the least share of brain pixels of a sample that is not blank.
         precision_recall_k: the neighbour defining the manifolds of the precision and recall.
         fd_grid: size of the grid the encoder latents are pooled to for the Fréchet distances.
-        real_images: the real test images (evenly spaced over the split; all when it has fewer) kept for the
-            classifier tests, and as many training images; the subjects are split in halves among them for the
-            reconstruction reference, so twice the sample count gives that reference as many images as the others.
-        classifier: run the classifier two-sample tests (the slowest metric: one test took 16-18 s of wall time at
-            256 images a side of 128x128 with 5 folds and 10 epochs on our 2-core CPU, 43 s for all three);
-            False leaves their entries None.
+        real_images: the real test images (evenly spaced) kept for the two-sample tests, and as many training
+            images; twice the sample count gives the reconstruction reference (half the subjects) as many images.
+        classifier: run the two-sample tests (the slowest metric: the classifier's took 43 s for the three
+            comparisons at 256 images a side of 128x128, 5 folds, 10 epochs, on our 2-core CPU); False: None.
         classifier_folds: cross-validation folds of the classifier tests.
         classifier_epochs: training epochs per fold.
         bootstrap: resamples of the bootstrap intervals of the diversity and memorisation means.
@@ -200,9 +169,8 @@ class GenerationQuality(Metric):
         super().__init__(skip_unrolling=True, metrics_result_mode="named")
 
     def attach(self, engine: Engine, name: str = "generation", usage: Any = EpochWise()) -> None:  # noqa: B008
-        """Attach to an evaluator as its metric ``name``; the default name lets a MONAI evaluator take the metric
-        among its ``val_handlers`` (in order, before the handlers that read it), not as a key metric: MONAI compares
-        key metrics between epochs, which a dictionary cannot be.
+        """Attach to an evaluator as its metric ``name``: with the default, among its ``val_handlers`` (before the
+        handlers that read it) rather than as a key metric, which MONAI compares between epochs and a dictionary cannot.
 
         Args:
             engine: the evaluator.
@@ -228,8 +196,8 @@ class GenerationQuality(Metric):
 
     @torch.no_grad()
     def update(self, output: tuple[torch.Tensor, Sequence[str]]) -> None:
-        """Accumulate a batch of real test images: features of the images and of their reconstructions, and the
-        images of the evenly spaced subset (the diversity and memorisation references) and classifier pool.
+        """Accumulate a batch of real test images: features of the images and of their reconstructions, and those
+        of the evenly spaced subset (the diversity and memorisation references) and classifier pool.
 
         Args:
             output: ``(images (B, 1, S, S), names)``; None names number the images ``test_<i>``.
@@ -255,11 +223,7 @@ class GenerationQuality(Metric):
 
     @torch.no_grad()
     def compute(self) -> dict[str, Any]:
-        """Stream the training split and measure the samples against both splits.
-
-        Returns:
-            A JSON-serialisable dictionary (see the bundle's generate.json documentation for the keys).
-        """
+        """Stream the training split and measure the samples against both splits, in a JSON-serialisable dictionary."""
         samples = self.samples.images.float().cpu()
         names = list(self.samples.names)
         num_samples = len(samples)
@@ -326,17 +290,19 @@ class GenerationQuality(Metric):
                 for i in range(0, num_samples, batch_size)
             ]
         )
-        train_subset = _evenly_spaced(len(train_features_all), num_samples)
+        train_subset_features = train_features_all[_evenly_spaced(len(train_features_all), num_samples)]
 
         blank = (samples > self.foreground_threshold).float().flatten(1).mean(dim=1) < self.blank_fraction
         # an empty sample "matches" an empty training slice at SSIM ~1: no copy of a brain
         kept_nearest = sample_nearest[~blank]
         memorisation = _stats(kept_nearest)
-        train_subset_features = train_features_all[train_subset]
         precision_recall = _precision_recall_entries(
             test_features_all, generated_features, train_subset_features, self.precision_recall_k, self.bootstrap, seed
         )
-        progress("bootstrap intervals and pairwise SSIM" + (", then the classifier two-sample tests" if self.classifier else ""))
+        progress(
+            "bootstrap intervals and pairwise SSIM"
+            + (", then the classifier two-sample tests" if self.classifier else "")
+        )
         max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
         diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
         metrics: dict[str, Any] = {
@@ -353,7 +319,7 @@ class GenerationQuality(Metric):
                 generated_features, test_features_all, self.fd_bootstrap, seed
             ),
             "fd_train_vs_test": frechet_distance(train_features_all, test_features_all),
-            "fd_train_subset_vs_test": frechet_distance(train_features_all[train_subset], test_features_all),
+            "fd_train_subset_vs_test": frechet_distance(train_subset_features, test_features_all),
             "fd_reconstructed_test_vs_test": frechet_distance(torch.cat(self._recon_features), test_features_all),
             "diversity_ssim_generated": diversity,
             "diversity_ssim_generated_ci95": diversity_ci95,

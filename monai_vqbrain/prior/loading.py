@@ -22,12 +22,7 @@ from ..utils.checkpoint import (
     read_model,
 )
 from .conditioning import position_channels
-from .trainer import prior_network_settings
-
-__all__ = [
-    "read_prior_settings",
-    "load_prior",
-]
+from .trainer import NETWORK_SETTINGS, prior_network_settings
 
 # the overrides of the run that failed are not known here: the command says to repeat them
 _TRAIN_PRIOR_COMMAND = (
@@ -40,11 +35,8 @@ _TRAIN_PRIOR_COMMAND = (
 def _read_prior_checkpoint(
     path: Path, max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's.
-
-    ``max_bytes`` bounds what the file may unpack to (:func:`~monai_vqbrain.utils.checkpoint.checkpoint_byte_limit`
-    of the configured prior, when there is one).
-    """
+    """The prior's weights, their metadata and the network settings it records, after checking it is a prior's;
+    ``max_bytes`` bounds what the file may unpack to."""
     missing = f"prior checkpoint '{path}' does not exist; train the prior first: {_TRAIN_PRIOR_COMMAND}"
     check_checkpoint_file(path, missing, "prior checkpoint")
     state, metadata = read_model(path, max_bytes=max_bytes)
@@ -78,22 +70,6 @@ def read_prior_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return dict(_read_prior_checkpoint(Path(checkpoint))[2])
 
 
-# settings of a prior that change its weights or what it computes; dropout is off when sampling, so it may differ
-_CHECKED_PRIOR_SETTINGS = (
-    "spatial_dims", "num_embeddings", "out_channels", "channels", "num_layers", "kernel_size", "num_classes",
-    "cond_channels",
-)
-
-
-def _check_codebook(path: Path, vqvae: torch.nn.Module, num_embeddings: int) -> None:
-    codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
-    if codebook is not None and codebook != num_embeddings:
-        raise CheckpointError(
-            f"prior checkpoint '{path}' models {num_embeddings} codes but the VQ-VAE configured here has "
-            f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
-        )
-
-
 def load_prior(
     checkpoint: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -102,8 +78,8 @@ def load_prior(
     image_size: int | None = None,
     network: GatedPixelCNN | None = None,
 ) -> tuple[GatedPixelCNN, dict[str, Any]]:
-    """Load a prior's weights into the configured network (or one built from the checkpoint's metadata), checking
-    the network against that metadata and the prior against the VQ-VAE.
+    """Load a prior's weights into the configured network (or one built from the checkpoint's metadata), checked
+    against that metadata, the VQ-VAE and the image size.
 
     Args:
         checkpoint: the prior's best checkpoint, ``<ckpt_dir>/prior.pt``.
@@ -118,23 +94,30 @@ def load_prior(
         The prior in eval mode and its checkpoint metadata.
 
     Raises:
-        CheckpointError: naming the file when it is missing, not a prior checkpoint, records other settings than the
-            configured network's, holds weights of another architecture than its metadata says, or does not fit
-            the VQ-VAE or the image size.
+        CheckpointError: naming the file when it is missing, not a prior's, or does not fit the configured network,
+            its own metadata, the VQ-VAE or the image size.
     """
     path = Path(checkpoint)
     limit = checkpoint_byte_limit(network) if network is not None else DEFAULT_MAX_CHECKPOINT_BYTES
     saved, metadata, settings = _read_prior_checkpoint(path, limit)
-    if vqvae is not None:  # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
-        _check_codebook(path, vqvae, int(settings.get("num_embeddings") or 0))
+    codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
+    num_embeddings = int(settings.get("num_embeddings") or 0)
+    # before the settings check: a prior over another codebook is the VQ-VAE's mismatch
+    if codebook is not None and codebook != num_embeddings:
+        raise CheckpointError(
+            f"prior checkpoint '{path}' models {num_embeddings} codes but the VQ-VAE configured here has "
+            f"num_embeddings={codebook}: it is a prior of another VQ-VAE."
+        )
     if network is None:
         try:
             network = GatedPixelCNN(**settings)
         except (TypeError, ValueError) as error:
-            raise CheckpointError(f"prior checkpoint '{path}' records settings that build no network: {error}") from error
+            raise CheckpointError(
+                f"prior checkpoint '{path}' records settings that build no network: {error}"
+            ) from error
     else:
         configured = prior_network_settings(network)
-        differing = [k for k in _CHECKED_PRIOR_SETTINGS if k in settings and settings[k] != configured.get(k)]
+        differing = [k for k in NETWORK_SETTINGS if k in settings and settings[k] != configured.get(k)]
         if differing:
             found = ", ".join(f"{k}={settings[k]!r} (configured: {configured.get(k)!r})" for k in differing)
             raise CheckpointError(

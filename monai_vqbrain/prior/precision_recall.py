@@ -8,10 +8,6 @@ import torch
 
 from .ssim import bootstrap_mean_interval
 
-__all__ = [
-    "knn_precision_recall",
-]
-
 
 def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     """The distance of each feature vector to its ``k``-th nearest other vector of the same set."""
@@ -26,12 +22,10 @@ def knn_precision_recall(
 ) -> dict[str, Any]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of generated against real feature vectors.
 
-    Each set's manifold is the union of balls around its vectors, each reaching the vector's ``k``-th nearest
-    neighbour in its own set. Precision is the share of generated vectors inside the real manifold (how many samples
-    look like some real image), recall the share of real vectors inside the generated manifold (how much of the real
-    variety the samples cover). Both are shares in [0, 1] rather than a separation score, so they keep moving while a
-    classifier separates the sets perfectly. The intervals resample the members of the measured set (the manifolds
-    held fixed): they show the sampling noise of the share, not of the manifolds.
+    Each set's manifold is the union of balls around its vectors reaching their ``k``-th nearest neighbour in the set.
+    Precision is the share of generated vectors inside the real manifold (do samples look real), recall the share of
+    real vectors inside the generated one (do they cover the real variety): shares that keep moving while a
+    classifier separates the sets perfectly. The intervals resample the measured set, the manifolds held fixed.
 
     Args:
         real: ``(N, F)`` features of real images.
@@ -47,18 +41,19 @@ def knn_precision_recall(
         ValueError: for fewer than two vectors in a set, or sets of different feature sizes.
     """
     if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
-        raise ValueError(f"expected two (N, F) feature sets of one F, got {tuple(real.shape)} and {tuple(generated.shape)}.")
+        raise ValueError(
+            f"expected two (N, F) feature sets of one F, got {tuple(real.shape)} and {tuple(generated.shape)}."
+        )
     if len(real) < 2 or len(generated) < 2:
         raise ValueError(f"precision and recall need at least 2 vectors a set, got {len(real)} and {len(generated)}.")
     real, generated = real.double(), generated.double()
     cross = torch.cdist(generated, real)  # (M, N)
     in_real = (cross <= _kth_neighbour_radii(real, k)[None, :]).any(dim=1).double().numpy()
     in_generated = (cross <= _kth_neighbour_radii(generated, k)[:, None]).any(dim=0).double().numpy()
-    result: dict[str, Any] = {
+    return {
         "precision": float(in_real.mean()),
         "recall": float(in_generated.mean()),
         "precision_ci95": bootstrap_mean_interval(in_real, bootstrap, seed) if bootstrap else None,
         "recall_ci95": bootstrap_mean_interval(in_generated, bootstrap, seed) if bootstrap else None,
         "k": int(min(k, len(real) - 1, len(generated) - 1)),
     }
-    return result

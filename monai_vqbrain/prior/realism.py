@@ -1,14 +1,10 @@
 """A realism measure that can fail: a classifier two-sample test between two sets of images.
 
-A small CNN is trained, with cross-validation, to tell the images of one set from those of the other; its mean
-held-out ROC AUC measures how distinguishable the sets are. 0.5 means the classifier does no better than chance
-(indistinguishable to it), 1.0 that it separates every held-out pair. Unlike a distance between feature statistics,
-the AUC has a fixed scale and a fixed "same" value, and it catches what a modest detector of anatomy, shape and
-texture can see (blur, noise, wrong shapes, misplaced structures).
-
-* :func:`classifier_two_sample_test`: the test.
-* :func:`assign_folds`: the cross-validation folds it uses, stratified per set and grouped by subject.
-* :func:`slice_groups`: the subject of each slice from its name, the groups for the folds.
+A small CNN is trained, with cross-validation grouped by subject, to tell the images of one set from those of the
+other; its mean held-out ROC AUC measures how distinguishable the sets are (0.5: no better than chance, 1.0: every
+held-out pair separated). Unlike a distance between feature statistics, the AUC has a fixed scale and a fixed "same"
+value, and it catches what a modest detector of anatomy, shape and texture can see (blur, noise, wrong shapes,
+misplaced structures).
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,15 +23,6 @@ from monai.networks.blocks import Convolution
 from scipy import stats
 
 from ..data.volume_files import subject_id
-
-__all__ = [
-    "RealismClassifier",
-    "assign_folds",
-    "classifier_two_sample_test",
-    "cross_validated_separation",
-    "held_out_separation",
-    "slice_groups",
-]
 
 # ``case_XXX`` of OASIS ``case_XXX_slice_Y.nii.png`` names; ``<volume>`` of the NIfTI readers' ``<volume>#slice<k>``
 _CASE = re.compile(r"(case_\d+)_slice_\d+", re.IGNORECASE)
@@ -48,8 +36,8 @@ def slice_groups(names: Sequence[str]) -> list[str]:
     """The subject of each slice, parsed from its name, for grouped cross-validation.
 
     ``case_012`` for OASIS ``case_012_slice_3.nii.png`` (any folder before it is ignored); for the NIfTI readers'
-    ``<volume>#slice<k>`` the subject of the volume (the OASIS id, so two sessions of one subject are one group,
-    else the volume's name, see :func:`~monai_vqbrain.data.volume_files.subject_id`); a name carrying neither is its own group (``image_<i>``), so an unknown layout
+    ``<volume>#slice<k>`` the volume's subject (:func:`~monai_vqbrain.data.volume_files.subject_id`: two sessions of
+    one OASIS subject are one group); a name carrying neither is its own group (``image_<i>``), so an unknown layout
     never puts two images in one group by mistake.
     """
     groups = []
@@ -70,11 +58,10 @@ def assign_folds(
 ) -> np.ndarray:
     """Assign images to cross-validation folds, stratified by side and grouped by subject.
 
-    Every group (all images of one subject, on either side) lands in a single fold, so a classifier never sees a
-    subject during training that it is then tested on; a held-out subject it had seen would make the sets look
-    more different (or, for an image and its own reconstruction on opposite sides, less) than they are. Groups are
-    taken largest first (ties in a seeded random order) and each goes to the fold whose share of that group's
-    side(s) is smallest, which balances each side over the folds like scikit-learn's ``StratifiedGroupKFold``.
+    Every group (one subject's images, on either side) lands in one fold: a classifier tested on a subject it trained
+    on would make the sets look more different (or, for an image and its own reconstruction on opposite sides, less)
+    than they are. Groups are taken largest first (ties in a seeded random order), each to the fold holding the least
+    of its side(s) so far, which balances the sides over the folds like scikit-learn's ``StratifiedGroupKFold``.
 
     Args:
         sides: the side (0 or 1) of each image.
@@ -108,7 +95,8 @@ def assign_folds(
         if present < folds:
             raise ValueError(
                 f"side {s} has images of {present} subject(s), fewer than the {folds} folds: every fold needs "
-                f"held-out images of both sides; measure on images of at least {folds} subjects a side (or use fewer folds)."
+                f"held-out images of both sides; measure on images of at least {folds} subjects a side (or use "
+                "fewer folds)."
             )
     totals = counts.sum(axis=0).astype(np.float64)
     order = np.random.default_rng(seed).permutation(len(keys))
@@ -161,7 +149,12 @@ class RealismClassifier(torch.nn.Module):
 
 
 def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.ndim != 4
+        or images.shape[1] != 1
+        or images.shape[2] != images.shape[3]
+    ):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor of square one-channel images (N, 1, S, S), got {shape}.")
     images = images.detach().float().cpu()
@@ -174,12 +167,11 @@ def held_out_separation(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """How far apart a classifier's held-out scores of the two sets lie: the detectability index d' of signal
     detection theory, ``(mean of side 1 - mean of side 0) / sqrt((var of side 0 + var of side 1) / 2)``.
 
-    The graded companion of the AUC: the AUC only counts how often a held-out image of the second set outscores one
-    of the first, so once every pair is ordered it sits at 1.0 however easy the task; d' keeps growing with the gap
-    between the two score distributions relative to their spread. It is 0 when the classifier cannot tell the sets
-    apart, and does not depend on the scale of the scores (an over- or under-confident classifier scores the same),
-    unlike the held-out log-loss, which the classifier's calibration after a few epochs dominates. For normal scores
-    of equal spread, AUC = Phi(d' / sqrt(2)): d' 1.0 is an AUC of 0.76, 2.0 of 0.92, 3.0 of 0.98.
+    The graded companion of the AUC, which sits at 1.0 once every held-out pair is ordered however easy the task:
+    d' keeps growing with the gap between the score distributions relative to their spread, is 0 when the sets
+    cannot be told apart, and does not depend on the scale of the scores (the classifier's calibration after a few
+    epochs dominates the held-out log-loss instead). For normal scores of equal spread AUC = Phi(d' / sqrt(2)): d'
+    1.0 is an AUC of 0.76, 2.0 of 0.92, 3.0 of 0.98.
 
     Args:
         logits: the held-out scores ``(N,)``.
@@ -195,7 +187,7 @@ def held_out_separation(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _fold_interval(values: Sequence[float]) -> tuple[float, float, list[float]]:
-    """Mean, sample standard deviation and the Student t 95% interval (:data:`CI95_METHOD`, unclipped) of fold values."""
+    """Mean, sample standard deviation and Student t 95% interval (:data:`CI95_METHOD`, unclipped) of fold values."""
     array = np.asarray(values, dtype=np.float64)
     mean, std = float(array.mean()), float(array.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(array) - 1)) * std / math.sqrt(len(array))
@@ -213,13 +205,14 @@ def _train_fold(
     images: torch.Tensor,
     labels: torch.Tensor,
     held_out: torch.Tensor,
+    seed: int,
     epochs: int,
     batch_size: int,
     learning_rate: float,
-    seed: int,
-    device: torch.device,
+    device: str | torch.device,
 ) -> torch.Tensor:
     """Train a fresh classifier on ``images``/``labels``; return its scores (logits) of ``held_out``."""
+    epochs, batch_size, learning_rate, device = int(epochs), int(batch_size), float(learning_rate), torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     # callers measure under no_grad (GenerationQuality) or inference mode; training needs autograd, and tensors
     # made in inference mode cannot be saved for backward, so the inputs are cloned outside it
@@ -267,17 +260,12 @@ def classifier_two_sample_test(
 ) -> dict[str, Any]:
     """How well a small CNN tells two sets of images apart: its mean held-out ROC AUC over cross-validation folds.
 
-    The larger set is first subsampled (seeded) to the smaller's size, so the two sides are balanced and chance is
-    exactly 0.5. The images are split into ``folds`` folds stratified per side and grouped by subject (see
-    :func:`assign_folds`); for each fold a fresh :class:`RealismClassifier` is trained for ``epochs`` epochs (Adam,
-    fp32, random left-right flips) on the other folds and scores the held-out fold, whose ROC AUC (MONAI's
-    :func:`~monai.metrics.compute_roc_auc`) is the probability that a held-out image of ``second`` scores higher
-    than one of ``first``. The mean AUC is 0.5 when the classifier cannot tell the sets apart and 1.0 when it
-    always can; values a little below 0.5 are chance, values well below it mean a leak (e.g. an image and its own
-    reconstruction on opposite sides of a fold). The number only means something beside references measured the
-    same way (same image count, resolution and settings): e.g. real training vs real test slices of disjoint
-    subjects (the floor: two real sets), and a decoder's reconstructions vs real slices (the ceiling a perfect
-    prior could reach through that decoder).
+    In each fold of :func:`cross_validated_separation` a fresh :class:`RealismClassifier` is trained for ``epochs``
+    epochs (Adam, fp32, random left-right flips); the held-out ROC AUC (:func:`~monai.metrics.compute_roc_auc`) is
+    the probability that an image of ``second`` outscores one of ``first`` (a little below 0.5 is chance, well below
+    a leak, e.g. an image and its own reconstruction on opposite sides of a fold). It only means something beside
+    references measured the same way (image count, resolution, settings): e.g. real training vs real test slices of
+    disjoint subjects, and a decoder's reconstructions vs real slices (the ceiling through that decoder).
 
     Args:
         first: the first set, ``(N, 1, S, S)`` (e.g. generated images), in the intensity range of ``second``.
@@ -294,12 +282,7 @@ def classifier_two_sample_test(
         max_per_side: the most images used per side (None: as many as the smaller set).
 
     Returns:
-        ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``,
-        ``auc_ci95`` (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, the held-out separation d' of
-        the scores (:func:`held_out_separation`: 0 chance, growing past the AUC's ceiling) as ``dprime`` with
-        ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (the same t interval, unclipped), ``num_first`` and
-        ``num_second`` (images used per side, equal), ``folds``, ``epochs``, ``grouped`` (whether any groups were
-        given) and ``seconds``.
+        The entries of :func:`cross_validated_separation`, ``epochs`` and ``seconds``.
 
     Raises:
         ValueError: for images that are not ``(N, 1, S, S)`` of one size, non-finite values, bad ``folds`` or
@@ -308,17 +291,15 @@ def classifier_two_sample_test(
     start = time.perf_counter()
     first, second = _check_images(first, "first"), _check_images(second, "second")
     if first.shape[2:] != second.shape[2:]:
-        raise ValueError(f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise ValueError(
+            f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}."
+        )
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
-
-    def score_fold(train_images: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor, fold_seed: int):
-        return _train_fold(
-            train_images, train_labels, held_out, int(epochs), int(batch_size), float(learning_rate), fold_seed,
-            torch.device(device),
-        )
-
-    result = cross_validated_separation(first, second, first_groups, second_groups, score_fold, folds, seed, max_per_side)
+    score_fold = partial(_train_fold, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, device=device)
+    result = cross_validated_separation(
+        first, second, first_groups, second_groups, score_fold, folds, seed, max_per_side
+    )
     result["epochs"] = int(epochs)
     result["seconds"] = time.perf_counter() - start
     return result
@@ -336,9 +317,9 @@ def cross_validated_separation(
 ) -> dict[str, Any]:
     """The cross-validation of a two-sample test, whatever the classifier: balanced sides, grouped folds, AUC and d'.
 
-    The larger set is subsampled (seeded) to the smaller's size (at most ``max_per_side``), the items are split into
-    folds stratified per side and grouped by subject (:func:`assign_folds`), and for each fold ``score_fold`` trains
-    a fresh classifier on the other folds and scores the held-out one.
+    The larger set is subsampled (seeded) to the smaller's size (at most ``max_per_side``), so chance is exactly 0.5;
+    the items are split into folds stratified per side and grouped by subject (:func:`assign_folds`), and for each
+    fold ``score_fold`` trains a fresh classifier on the other folds and scores the held-out one.
 
     Args:
         first: the first set, one item per row (images, or feature vectors).
@@ -351,7 +332,11 @@ def cross_validated_separation(
         max_per_side: the most items used per side (None: as many as the smaller set).
 
     Returns:
-        The entries of :func:`classifier_two_sample_test` but ``epochs`` and ``seconds``.
+        ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``, ``auc_ci95``
+        (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, the held-out separation d' of the scores
+        (:func:`held_out_separation`) as ``dprime`` with ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (the
+        same t interval, unclipped), ``num_first`` and ``num_second`` (items used per side, equal), ``folds`` and
+        ``grouped`` (whether any groups were given).
 
     Raises:
         ValueError: for bad ``folds``, groups of the wrong length, or a side with fewer items (subjects) than folds.
@@ -376,7 +361,9 @@ def cross_validated_separation(
     if grouped:
         # images without groups are their own subjects; the tag keeps them apart from any given group
         first_labels = [("given", first_groups[i]) if first_groups is not None else ("first", i) for i in pick_first]
-        second_labels = [("given", second_groups[i]) if second_groups is not None else ("second", i) for i in pick_second]
+        second_labels = [
+            ("given", second_groups[i]) if second_groups is not None else ("second", i) for i in pick_second
+        ]
         groups = first_labels + second_labels
     fold_of = assign_folds(sides, groups, folds=int(folds), seed=seed)
 

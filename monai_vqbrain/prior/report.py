@@ -12,15 +12,11 @@ from typing import Any
 
 from ..handlers.training_history import read_history
 
-__all__ = [
-    "prior_summary",
-    "generation_summary",
-    "generation_log_values",
-    "GENERATION_METRICS_KEYS",
-    "generation_metrics_markdown",
-]
-
 logger = logging.getLogger(__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -49,7 +45,7 @@ def prior_summary(metadata: Mapping[str, Any], history_file: str | os.PathLike |
 
 
 def generation_summary(report: Mapping[str, Any]) -> str:
-    """One line of the headline generation metrics: the realism AUC and d' with their references, FD, diversity and
+    """One line of the headline generation metrics: realism AUC and d' with their references, FD, diversity and
     memorisation.
 
     Args:
@@ -58,7 +54,7 @@ def generation_summary(report: Mapping[str, Any]) -> str:
 
     def value(key: str, digits: int = 2) -> str:
         number = report.get(key)
-        if not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number):
+        if not _is_number(number):
             return "n/a"
         interval = report.get(f"{key}_ci95")
         if isinstance(interval, Sequence) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
@@ -79,27 +75,20 @@ def generation_summary(report: Mapping[str, Any]) -> str:
 
 
 def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of a ``generation_metrics.json`` that a tracker logs as metrics.
-
-    Every finite number at the top level (FDs, diversity, memorisation, classifier AUCs and their spreads, sampling
-    seconds, the prior's bits per code, ...), and each ``*_ci95`` interval as ``<key>_low`` and ``<key>_high``;
-    entries that are None (a metric not computed), flags, texts and per-sample lists are left out, as a tracker only
-    takes numbers.
+    """The numbers of a ``generation_metrics.json`` that a tracker logs as metrics: every finite number at the top
+    level, and each ``*_ci95`` interval as ``<key>_low`` and ``<key>_high``; a tracker only takes numbers, so None
+    entries (a metric not computed), flags, texts and per-sample lists are left out.
 
     Args:
         metrics: the generation metrics, as ``generation_metrics.json`` holds them.
     """
-
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
     values: dict[str, float] = {}
     for key, value in metrics.items():
-        if number(value):
+        if _is_number(value):
             values[key] = float(value)
         elif key.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
             for side, bound in zip(("low", "high"), value, strict=True):
-                if number(bound):
+                if _is_number(bound):
                     values[f"{key}_{side}"] = float(bound)
     return values
 
@@ -115,11 +104,12 @@ _COMPARISONS = {
 """The three comparisons of the two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality`."""
 
 
-def _classifier_keys() -> dict[str, str]:
-    """The ``classifier_*`` keys of the three comparisons."""
-    keys: dict[str, str] = {}
+def _two_sample_keys() -> dict[str, str]:
+    """The ``classifier_*`` then ``texture_*`` keys of the three comparisons."""
+    classifier: dict[str, str] = {}
+    texture: dict[str, str] = {}
     for name, meaning in _COMPARISONS.items():
-        keys.update({
+        classifier |= {
             f"classifier_auc_{name}": f"classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds "
             "(0.5: indistinguishable, 1: always told apart); null when not measured (see classifier_notes)",
             f"classifier_auc_{name}_std": "standard deviation of that AUC over the folds",
@@ -131,27 +121,20 @@ def _classifier_keys() -> dict[str, str]:
             f"classifier_dprime_{name}_ci95": "95% interval of that d′",
             f"classifier_images_per_side_{name}": "images on each side of that test (at most num_samples); null "
             "when it was not measured",
-        })
-    return keys
-
-
-def _texture_keys() -> dict[str, str]:
-    """The ``texture_*`` keys of the three comparisons (:func:`~monai_vqbrain.prior.texture_two_sample_test`)."""
-    keys: dict[str, str] = {}
-    for name, meaning in _COMPARISONS.items():
-        keys.update({
-            f"texture_auc_{name}": f"texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic regression "
-            "on intensity, gradient and local-binary-pattern histograms inside the brain, same folds as the "
+        }
+        texture |= {
+            f"texture_auc_{name}": f"texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic "
+            "regression on intensity, gradient and local-binary-pattern histograms inside the brain, same folds as the "
             "classifier's; null when not measured",
             f"texture_auc_{name}_ci95": "95% interval of that AUC (Student t over the folds, clipped to [0, 1])",
             f"texture_dprime_{name}": "d′ of the same texture test (0: indistinguishable)",
             f"texture_dprime_{name}_ci95": "95% interval of that d′",
-        })
-    return keys
+        }
+    return classifier | texture
 
 
 #: every key of ``generation_metrics.json`` with what it holds: the one description of the file, from which the
-#: documentation's table is generated (``docs/hooks/generation_metrics.py``); a test fails for a key a run writes
+#: documentation's table is generated (``docs/hooks/generated_tables.py``); a test fails for a key a run writes
 #: that is not here. Keys after ``metrics_status`` are written only when the metrics were measured.
 GENERATION_METRICS_KEYS: dict[str, str] = {
     # the samples and the run (GenerationReport)
@@ -212,8 +195,7 @@ GENERATION_METRICS_KEYS: dict[str, str] = {
     "foreground_fraction_test": "the same share for the real test slices",
     "classifier": "the classifier tests' settings: enabled, folds, epochs, seed, the real pools' sizes, the interval "
     "method and the seconds they took",
-    **_classifier_keys(),
-    **_texture_keys(),
+    **_two_sample_keys(),
     "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",
 }
 

@@ -1,10 +1,6 @@
-"""The sampler of the bundle's ``generating`` as MONAI pieces: the requests (dataset), their batch preparation and
-the inferer that draws code maps from the prior and decodes them with the VQ-VAE.
-
-``generate.json`` declares the workflow: a ``SupervisedEvaluator`` over :class:`SampleRequests` whose inferer
-(:class:`PriorSamplingInferer`) draws the samples, saved by ``SaveImaged`` postprocessing (see
-:mod:`monai_vqbrain.prior.writers`); then an evaluator of the real test images with the quality metric
-(:class:`~monai_vqbrain.prior.GenerationQuality`).
+"""The sampler of the bundle's ``generating`` as MONAI pieces: ``generate.json``'s ``SupervisedEvaluator`` runs over
+:class:`SampleRequests`, and its inferer (:class:`PriorSamplingInferer`) draws code maps from the prior and decodes
+them with the VQ-VAE; :mod:`.writers` saves them.
 """
 
 from __future__ import annotations
@@ -25,29 +21,15 @@ from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.flags import as_bool
 from .conditioning import SlicePositionLabels, position_map
 
-__all__ = [
-    "check_real_splits",
-    "sample_class_labels",
-    "decode_codes",
-    "sample_affine",
-    "SampleRequests",
-    "SampleRequestBatch",
-    "PriorSamplingInferer",
-]
-
 
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run torch CPU ops on one thread inside the block.
-
-    The fast sampler runs thousands of tiny ops per code map; splitting each across threads costs far more in
-    synchronisation than it saves, and on a busy machine it was measured ~200x slower with two threads than one.
+    """Run torch CPU ops on one thread inside the block: the fast sampler runs thousands of tiny ops per code map,
+    and splitting each across threads was measured ~200x slower with two threads than one on a busy machine.
     """
-    if device.type != "cpu":
-        yield
-        return
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -55,10 +37,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def check_real_splits(test_datalist: Sequence[Any], train_datalist: Sequence[Any]) -> None:
-    """Refuse, before anything is sampled, to measure samples against a real split that holds no slices.
-
-    Listing the splits (``test#datalist``, ``generation_train#datalist``) already names a missing ``dataset_dir``;
-    this names an empty split.
+    """Refuse, before anything is sampled, to measure samples against an empty real split (listing the splits
+    already names a missing ``dataset_dir``).
 
     Raises:
         DatasetError: naming the empty split.
@@ -74,8 +54,8 @@ def check_real_splits(test_datalist: Sequence[Any], train_datalist: Sequence[Any
 def sample_class_labels(
     metadata: Mapping[str, Any], num_samples: int, requested: int | Sequence[int] | None = None
 ) -> torch.Tensor | None:
-    """The class label of each sample: as requested, or spread like the training data (see
-    :meth:`~monai_vqbrain.prior.SlicePositionLabels.sample_labels`); None for an unconditioned prior.
+    """The class label of each sample: as requested, or spread like the training data
+    (:meth:`~monai_vqbrain.prior.SlicePositionLabels.sample_labels`); None for an unconditioned prior.
 
     Args:
         metadata: the prior checkpoint's metadata.
@@ -88,11 +68,13 @@ def sample_class_labels(
     labels = SlicePositionLabels.from_metadata(metadata.get("conditioning") or {})
     if labels.num_classes is None:
         if requested is not None:
-            raise SettingError("sample_class_labels were given but the prior is not conditioned (prior_conditioning none).")
+            raise SettingError(
+                "sample_class_labels were given but the prior is not conditioned (prior_conditioning none)."
+            )
         return None
     if requested is None:
         return labels.sample_labels(num_samples)
-    flat = [requested] if not isinstance(requested, (list, tuple)) else list(requested)
+    flat = list(requested) if isinstance(requested, (list, tuple)) else [requested]
     if not flat or not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
         raise SettingError(
             f"sample_class_labels must be null, one integer label or a list of {num_samples} integer labels in "
@@ -121,10 +103,8 @@ def decode_codes(vqvae: torch.nn.Module, codes: torch.Tensor, batch_size: int = 
 
 
 def sample_affine(size: int, pixel_spacing: float = 1.0) -> np.ndarray:
-    """The voxel-to-world (RAS, mm) affine of a generated ``(size, size, 1)`` axial slice.
-
-    Diagonal, so viewers show the slice in RAS orientation with square ``pixel_spacing`` mm pixels (and as thick);
-    the image centre sits at the world origin, as the samples stand for no particular scanner position.
+    """The voxel-to-world (RAS, mm) affine of a generated ``(size, size, 1)`` axial slice: diagonal (square pixels,
+    as thick), the image centre at the world origin, as a sample stands for no scanner position.
 
     Args:
         size: the image size ``S`` in pixels.
@@ -145,10 +125,9 @@ class SampleRequests(Dataset):
     """The samples to draw, one item each: the dataset of ``generate.json``'s sampler.
 
     Item ``i`` is ``{"seed": int64, "name": "sample_<i>", "pred_meta_dict": {"filename_or_obj", "affine"}}``, with
-    ``"class_label"`` (int64) for a conditioned prior. The seeds are drawn once from a generator seeded with
-    ``seed``, one per sample, and each code map depends only on its own seed: the same ``seed`` gives the same
-    samples whatever the batch size. ``pred_meta_dict`` names the files ``SaveImaged`` writes and gives them the
-    affine of :func:`sample_affine`.
+    ``"class_label"`` (int64) for a conditioned prior; ``pred_meta_dict`` names the files ``SaveImaged`` writes. A
+    code map depends only on its own seed, drawn from ``seed``: the same ``seed`` gives the same samples whatever the
+    batch size.
 
     Args:
         num_samples: number of brains to draw.
@@ -199,9 +178,9 @@ class SampleRequests(Dataset):
 
 
 class SampleRequestBatch(PrepareBatch):
-    """The sampler's ``prepare_batch``: a batch of :class:`SampleRequests` as the seeds (the inputs) and the class
-    labels (a keyword argument of :class:`PriorSamplingInferer`). Nothing is moved: the noise is drawn from the seeds
-    on the CPU, and the prior puts the labels where its weights are.
+    """The sampler's ``prepare_batch``: ``(seeds, None, (), {"class_labels": labels or None})`` of a batch of
+    :class:`SampleRequests`. Nothing is moved: the noise is drawn from the seeds on the CPU, and the prior puts the
+    labels where its weights are.
     """
 
     def __call__(
@@ -211,16 +190,12 @@ class SampleRequestBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None, tuple, dict[str, Any]]:
-        """Split a request batch into ``(seeds, None, (), {"class_labels": labels or None})``."""
         return batchdata["seed"], None, (), {"class_labels": batchdata.get("class_label")}
 
 
 class PriorSamplingInferer(Inferer):
-    """The sampler's inferer: draw a code map per seed from the prior (the network) and decode it with the VQ-VAE.
-
-    Each code map is drawn with the prior's exact fast sampler from its own seed (see
-    :meth:`~monai_vqbrain.networks.GatedPixelCNN.sample`), with the prior's slice-position conditioning map when it
-    was trained with one; decoding is deterministic.
+    """The sampler's inferer: draw a code map per seed from the prior (the network) with its exact fast sampler
+    (:meth:`~monai_vqbrain.networks.GatedPixelCNN.sample`) and its position map if it has one, and decode it.
 
     Args:
         vqvae: the trained VQ-VAE (see :func:`~monai_vqbrain.prior.load_vqvae`).

@@ -11,13 +11,6 @@ import numpy as np
 import torch
 from monai.metrics import SSIMMetric
 
-__all__ = [
-    "pairwise_ssim",
-    "mean_pairwise_ssim",
-    "bootstrap_mean_interval",
-    "NearestImageSearch",
-]
-
 
 def _ssim_metric(image_size: int) -> SSIMMetric:
     # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
@@ -50,18 +43,15 @@ def _ssim_pairs(images: torch.Tensor, max_pairs: int, seed: int) -> tuple[np.nda
             i, j = sorted(rng.choice(count, size=2, replace=False).tolist())
             picks.add((i, j))
         pairs = sorted(picks)
-    first = np.asarray([i for i, _ in pairs], dtype=np.int64)
-    second = np.asarray([j for _, j in pairs], dtype=np.int64)
+    first, second = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
     return first, second, pairwise_ssim(images[torch.as_tensor(first)], images[torch.as_tensor(second)])
 
 
 def mean_pairwise_ssim(
     images: torch.Tensor, max_pairs: int = 2000, seed: int = 0, bootstrap: int = 0
 ) -> float | None | tuple[float | None, list[float] | None]:
-    """Mean SSIM over pairs of distinct images: lower means a more diverse set.
-
-    Every pair is used when there are at most ``max_pairs``; otherwise ``max_pairs`` pairs drawn without
-    replacement with ``seed``.
+    """Mean SSIM over pairs of distinct images (every pair, or ``max_pairs`` drawn without replacement): lower means
+    a more diverse set.
 
     Args:
         images: ``(N, 1, S, S)`` in [0, 1].
@@ -95,7 +85,9 @@ def mean_pairwise_ssim(
     return mean, [float(low), float(high)]
 
 
-def bootstrap_mean_interval(values: Sequence[float] | torch.Tensor, resamples: int = 1000, seed: int = 0) -> list[float] | None:
+def bootstrap_mean_interval(
+    values: Sequence[float] | torch.Tensor, resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
     """A 95% percentile-bootstrap interval of the mean of the finite ``values``; None for fewer than 2 of them."""
     array = np.asarray(values, dtype=np.float64)
     array = array[np.isfinite(array)]
@@ -110,9 +102,8 @@ def bootstrap_mean_interval(values: Sequence[float] | torch.Tensor, resamples: i
 class NearestImageSearch:
     """For a few query images, find the most similar images of a large reference set streamed in batches.
 
-    Pixel-wise Euclidean distance picks the ``candidates`` nearest reference images of each query (a matrix
-    product per batch, so the whole training split can be searched); SSIM then scores those candidates and the
-    best is kept. Scoring every query against every training image by SSIM would cost hours on a CPU for OASIS.
+    Pixel distance picks the ``candidates`` nearest reference images of each query (a matrix product per batch);
+    SSIM scores only those, as scoring every training image by SSIM would cost hours on a CPU for OASIS.
 
     Args:
         queries: ``(Q, 1, S, S)`` images in [0, 1].

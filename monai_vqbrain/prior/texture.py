@@ -1,15 +1,10 @@
 """A realism test that a smooth decoder cannot pass: texture statistics inside the brain, told apart linearly.
 
-The CNN two-sample test (:mod:`.realism`) is measured against a reference of the VQ-VAE's own reconstructions; a
-decoder whose tissue is smoother than real tissue moves that reference with it, so its smoothness hides from the
-comparison. This test looks at nothing but texture: per image, histograms inside the brain of the intensity, of the
-gradient magnitude and of local binary patterns (rotation-invariant uniform LBP at radius 1 and 2, Ojala et al.
-2002: the local texture a smooth decoder loses, on the 8-bit intensities a PNG slice holds), fed to a standardised
-logistic regression under the same grouped cross-validation, with the same references (real vs real,
-reconstructions vs real).
-
-* :func:`texture_features`: the statistics of each image.
-* :func:`texture_two_sample_test`: the test.
+The CNN two-sample test (:mod:`.realism`) is measured against a reference of the VQ-VAE's own reconstructions, so
+a decoder smoother than real tissue moves that reference with it and its smoothness hides. This test sees nothing
+but texture: histograms inside the brain of the intensity, the gradient magnitude and local binary patterns
+(rotation-invariant uniform LBP at radius 1 and 2, Ojala et al. 2002: the local texture a smooth decoder loses),
+fed to a standardised logistic regression under the same grouped cross-validation and references.
 """
 
 from __future__ import annotations
@@ -24,8 +19,6 @@ from skimage.feature import local_binary_pattern
 from skimage.filters import sobel
 
 from .realism import cross_validated_separation
-
-__all__ = ["TEXTURE_FEATURES", "texture_features", "texture_two_sample_test"]
 
 INTENSITY_BINS = 32
 GRADIENT_BINS = 32
@@ -79,7 +72,7 @@ def texture_features(images: torch.Tensor, foreground_threshold: float = 0.05) -
 def _logistic_regression_scores(
     train_features: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor, seed: int
 ) -> torch.Tensor:
-    """Fit a standardised L2 logistic regression on the training folds; its decision scores of the held-out fold."""
+    """The held-out fold's decision scores of a standardised L2 logistic regression fit on the training folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -99,9 +92,9 @@ def texture_two_sample_test(
     max_per_side: int | None = None,
     foreground_threshold: float = 0.05,
 ) -> dict[str, Any]:
-    """How well texture statistics alone tell two sets of images apart: the held-out AUC and d' of a logistic
-    regression on :func:`texture_features`, cross-validated as :func:`~.realism.classifier_two_sample_test` is
-    (balanced sides, folds grouped by subject; 0.5 and 0: indistinguishable).
+    """How well texture statistics alone tell two sets of images apart: the held-out AUC and d' (0.5 and 0:
+    indistinguishable) of a logistic regression on :func:`texture_features`, cross-validated as
+    :func:`~.realism.classifier_two_sample_test` is.
 
     Args:
         first: the first set, ``(N, 1, H, W)`` in ``[0, 1]`` (e.g. generated images).
@@ -114,15 +107,23 @@ def texture_two_sample_test(
         foreground_threshold: intensity above which a pixel is brain.
 
     Returns:
-        The entries of :func:`~.realism.classifier_two_sample_test` (``auc``, ``auc_ci95``, ``dprime``, ...), with
-        ``features`` (their count) instead of ``epochs``, and ``seconds``.
+        The entries of :func:`~.realism.cross_validated_separation` (``auc``, ``auc_ci95``, ``dprime``, ...),
+        ``features`` (their count) and ``seconds``.
     """
     start = time.perf_counter()
     if first.shape[1:] != second.shape[1:]:
-        raise ValueError(f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise ValueError(
+            f"first and second must hold images of one size, got {tuple(first.shape)} and {tuple(second.shape)}."
+        )
     result = cross_validated_separation(
-        texture_features(first, foreground_threshold), texture_features(second, foreground_threshold),
-        first_groups, second_groups, _logistic_regression_scores, folds, seed, max_per_side,
+        texture_features(first, foreground_threshold),
+        texture_features(second, foreground_threshold),
+        first_groups,
+        second_groups,
+        _logistic_regression_scores,
+        folds,
+        seed,
+        max_per_side,
     )
     result["features"] = TEXTURE_FEATURES
     result["seconds"] = time.perf_counter() - start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,22 +20,20 @@ from ..utils.run_checkpoints import check_checkpoint_dir, network_metadata
 from .codes import vqvae_fingerprint
 from .conditioning import SlicePositionLabels, position_map
 
-__all__ = [
-    "PRIOR_CHECKPOINTS",
-    "PriorInferer",
-    "PriorPrepareBatch",
-    "PriorTrainer",
-    "check_prior_run",
-    "lower_is_better",
-    "prior_metadata",
-    "prior_network_settings",
-    "training_loss",
-]
-
-logger = logging.getLogger(__name__)
-
 #: the files a prior training run writes into ``ckpt_dir``: the best weights, then the resumable state
 PRIOR_CHECKPOINTS = ("prior.pt", "prior_last.pt")
+
+# the GatedPixelCNN arguments that change its weights or what it computes (dropout, off when sampling, does not)
+NETWORK_SETTINGS = (
+    "spatial_dims",
+    "num_embeddings",
+    "out_channels",
+    "channels",
+    "num_layers",
+    "kernel_size",
+    "num_classes",
+    "cond_channels",
+)
 
 
 def training_loss(output: dict[str, Any]) -> torch.Tensor:
@@ -45,22 +42,17 @@ def training_loss(output: dict[str, Any]) -> torch.Tensor:
 
 
 def lower_is_better(current: float, best: float) -> bool:
-    """``metric_cmp_fn`` for a non-negative key metric to minimise, such as the validation NLL.
-
-    MONAI's default keeps the *highest* key metric. Its workflows start from ``best_metric = -1``; recent MONAI
-    versions accept the first value without comparing, older ones compare it with -1, so a negative ``best`` is
-    taken as "no best yet" (an NLL is never negative).
+    """``metric_cmp_fn`` for a non-negative key metric to minimise, such as the validation NLL (MONAI's default
+    keeps the highest). MONAI's workflows start from ``best_metric = -1``, which older versions compare with the
+    first value, so a negative ``best`` means "no best yet".
     """
     return best < 0 or current < best
 
 
 class PriorPrepareBatch(PrepareBatch):
-    """Return ``(codes, codes, (), network_kwargs)`` from a :class:`~monai_vqbrain.prior.CodeDataset` batch.
-
-    The codes are both the prior's input and its target (it predicts each code from those before it). The network
-    keyword arguments, passed on by MONAI's engines, hold ``class_labels`` when the batch has labels and
-    ``cond_map`` (the :func:`~monai_vqbrain.prior.position_map` of the code maps) when ``position_frequencies``
-    is positive.
+    """Return ``(codes, codes, (), network_kwargs)`` from a :class:`~monai_vqbrain.prior.CodeDataset` batch: the
+    codes are the prior's input and target; the network keyword arguments hold ``class_labels`` when the batch has
+    labels and ``cond_map`` (:func:`~monai_vqbrain.prior.position_map`) when ``position_frequencies`` is positive.
 
     Args:
         codes_key: key of the code maps in the batch.
@@ -120,13 +112,10 @@ class PriorInferer(Inferer):
 
 
 class PriorTrainer(MixedPrecisionTrainer):
-    """Train a :class:`~monai_vqbrain.networks.GatedPixelCNN` on code maps by cross-entropy.
-
-    Everything :class:`monai.engines.SupervisedTrainer` offers applies (handlers, ``key_train_metric``, events,
-    DDP-wrapped networks); ``amp`` and gradient clipping behave as in
-    :class:`~monai_vqbrain.engines.MixedPrecisionTrainer` (bf16 autocast on CPU too). The loss is computed on
-    float32 logits. Use it with :class:`PriorPrepareBatch` and ``loss_function`` a ``torch.nn.CrossEntropyLoss``
-    (in nats per code).
+    """Train a :class:`~monai_vqbrain.networks.GatedPixelCNN` on code maps by cross-entropy, with
+    :class:`PriorPrepareBatch` and ``loss_function`` a ``torch.nn.CrossEntropyLoss`` (nats per code) computed on
+    float32 logits; otherwise as :class:`~monai_vqbrain.engines.MixedPrecisionTrainer` (``amp``, bf16 on CPU too;
+    gradient clipping; the handlers, events and DDP-wrapped networks of :class:`monai.engines.SupervisedTrainer`).
 
     After each iteration ``engine.state.output`` holds ``image`` and ``label`` (both the code maps), ``pred`` (the
     detached float32 logits, for training metrics) and ``loss``.
@@ -167,11 +156,9 @@ def check_prior_run(
     max_epochs: int | None = None,
     image_size: int | None = None,
 ) -> Path | None:
-    """Checks a prior training run makes before it writes anything.
-
-    The VQ-VAE checkpoint must exist; existing prior checkpoints are not overwritten unless asked (like the VQ-VAE's,
-    see :func:`~monai_vqbrain.workflows.check_checkpoint_dir`); a resumed run must continue over the same VQ-VAE
-    its checkpoint was trained on, since other codes would make the saved weights meaningless.
+    """Checks a prior training run makes before it writes anything: the VQ-VAE checkpoint exists, prior checkpoints
+    are not overwritten unless asked (:func:`~monai_vqbrain.workflows.check_checkpoint_dir`), and a resumed run
+    continues over the VQ-VAE its checkpoint was trained on, as other codes make the saved weights meaningless.
 
     Args:
         ckpt_dir: the folder of the checkpoints.
@@ -208,19 +195,7 @@ def check_prior_run(
 def prior_network_settings(network: torch.nn.Module) -> dict[str, Any]:
     """The constructor arguments of a :class:`~monai_vqbrain.networks.GatedPixelCNN`, enough to rebuild it."""
     network = unwrap_network(network)
-    settings = {
-        name: getattr(network, name)
-        for name in (
-            "spatial_dims",
-            "num_embeddings",
-            "out_channels",
-            "channels",
-            "num_layers",
-            "kernel_size",
-            "num_classes",
-            "cond_channels",
-        )
-    }
+    settings = {name: getattr(network, name) for name in NETWORK_SETTINGS}
     dropout = getattr(network.layers[0], "dropout", None) if hasattr(network, "layers") else None
     settings["dropout"] = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) else 0.0
     return settings

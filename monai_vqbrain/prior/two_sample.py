@@ -15,44 +15,34 @@ import torch
 from .realism import classifier_two_sample_test, slice_groups
 from .texture import texture_two_sample_test
 
-__all__ = ["two_sample_entries"]
-
 logger = logging.getLogger(__name__)
 
 
-def _classifier_entries(comparison: str, result: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``classifier_auc_<comparison>*`` entries of one test (all None when it could not run)."""
-    prefix, separation = f"classifier_auc_{comparison}", f"classifier_dprime_{comparison}"
-    if result is None:
-        return {prefix: None, f"{prefix}_std": None, f"{prefix}_ci95": None, f"{prefix}_folds": None,
-                separation: None, f"{separation}_ci95": None, f"classifier_images_per_side_{comparison}": None}
-    return {
-        prefix: result["auc"],
-        f"{prefix}_std": result["auc_std"],
-        f"{prefix}_ci95": result["auc_ci95"],
-        f"{prefix}_folds": result["auc_folds"],
-        separation: result["dprime"],
-        f"{separation}_ci95": result["dprime_ci95"],
-        f"classifier_images_per_side_{comparison}": result["num_first"],
-    }
-
-
-def _texture_entries(comparison: str, result: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``texture_*_<comparison>`` entries of one texture two-sample test (all None when it could not run)."""
-    entries = {
-        f"texture_auc_{comparison}": "auc",
-        f"texture_auc_{comparison}_ci95": "auc_ci95",
-        f"texture_dprime_{comparison}": "dprime",
-        f"texture_dprime_{comparison}_ci95": "dprime_ci95",
-    }
-    return {key: None if result is None else result[field] for key, field in entries.items()}
+# the report's entries of each comparison ({} in the key) from the fields of a test's result
+_CLASSIFIER_FIELDS = {
+    "classifier_auc_{}": "auc",
+    "classifier_auc_{}_std": "auc_std",
+    "classifier_auc_{}_ci95": "auc_ci95",
+    "classifier_auc_{}_folds": "auc_folds",
+    "classifier_dprime_{}": "dprime",
+    "classifier_dprime_{}_ci95": "dprime_ci95",
+    "classifier_images_per_side_{}": "num_first",
+}
+_TEXTURE_FIELDS = {
+    "texture_auc_{}": "auc",
+    "texture_auc_{}_ci95": "auc_ci95",
+    "texture_dprime_{}": "dprime",
+    "texture_dprime_{}_ci95": "dprime_ci95",
+}
 
 
 def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
     subjects = sorted(set(groups))
     first_half = set(subjects[0::2])
-    return [i for i, g in enumerate(groups) if g in first_half], [i for i, g in enumerate(groups) if g not in first_half]
+    return [i for i, g in enumerate(groups) if g in first_half], [
+        i for i, g in enumerate(groups) if g not in first_half
+    ]
 
 
 def two_sample_entries(
@@ -68,7 +58,7 @@ def two_sample_entries(
     seed: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """The ``classifier_*`` entries of :class:`GenerationQuality`."""
+    """The ``classifier_*`` and ``texture_*`` entries of :class:`GenerationQuality` (None where not measured)."""
     comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
     entries: dict[str, Any] = {
         "classifier": {
@@ -89,41 +79,38 @@ def two_sample_entries(
         test = torch.stack(test_images)
         test_groups = slice_groups(test_names)
         half_a, half_b = _split_subjects(test_groups)
+
+        def stack(images: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(images) if images else torch.zeros(0, *test.shape[1:])
+
         runs = {
             "generated_vs_test": (samples, test, None, test_groups),
-            "train_vs_test": (
-                torch.stack(train_images) if train_images else torch.zeros(0, *test.shape[1:]),
-                test, slice_groups(train_names), test_groups,
-            ),
+            "train_vs_test": (stack(train_images), test, slice_groups(train_names), test_groups),
             "reconstructed_vs_test": (
-                torch.stack([test_recons[i] for i in half_a]) if half_a else torch.zeros(0, *test.shape[1:]),
-                test[half_b] if half_b else torch.zeros(0, *test.shape[1:]),
-                [test_groups[i] for i in half_a], [test_groups[i] for i in half_b],
+                stack([test_recons[i] for i in half_a]),
+                stack([test_images[i] for i in half_b]),
+                [test_groups[i] for i in half_a],
+                [test_groups[i] for i in half_b],
             ),
         }
         started = time.perf_counter()
-        for number, (name, (first, second, first_groups, second_groups)) in enumerate(runs.items(), start=1):
+        # at most as many images per side as samples, so the references are measured at the samples' count
+        shared = {"folds": folds, "seed": seed, "max_per_side": num_samples}
+        for number, (name, sides) in enumerate(runs.items(), start=1):
             logger.info(f"measuring: classifier two-sample test {number}/{len(runs)}: {name.replace('_', ' ')}")
             try:
-                # at most as many images per side as samples, so the references are measured at the samples' count
-                results[name] = classifier_two_sample_test(
-                    first, second, first_groups, second_groups, folds=folds, epochs=epochs, seed=seed,
-                    device=device, max_per_side=num_samples,
-                )
+                results[name] = classifier_two_sample_test(*sides, epochs=epochs, device=device, **shared)
                 # the same sides and folds, texture statistics alone: a smooth decoder cannot hide behind its
                 # reconstructions' reference here
-                texture[name] = texture_two_sample_test(
-                    first, second, first_groups, second_groups, folds=folds, seed=seed, max_per_side=num_samples,
-                )
+                texture[name] = texture_two_sample_test(*sides, **shared)
             except ValueError as error:
                 notes.append(f"{name}: not measured: {error}")
                 logger.warning(f"classifier two-sample test {name} not measured: {error}")
         measured = [r for r in results.values() if r is not None]
         entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
-    for name in comparisons:
-        entries.update(_classifier_entries(name, results[name]))
-    for name in comparisons:
-        entries.update(_texture_entries(name, texture[name]))
+    for fields, by_comparison in ((_CLASSIFIER_FIELDS, results), (_TEXTURE_FIELDS, texture)):
+        for name, result in by_comparison.items():
+            entries.update({key.format(name): None if result is None else result[f] for key, f in fields.items()})
     entries["classifier_notes"] = notes
     return entries

@@ -20,12 +20,6 @@ from monai.utils import convert_to_numpy
 
 from ..utils.io import atomic_path
 
-__all__ = [
-    "SaveSampled",
-    "SamplePNGWriter",
-    "SampleNiftiWriter",
-]
-
 # SaveImage reports any error of its writers as missing writer libraries (a RuntimeError holding the error as text);
 # the writers keep a failed write's own error here, for SaveSampled to re-raise as the one-line error it is
 _WRITE_ERROR: ContextVar[OSError | None] = ContextVar("sample_write_error", default=None)
@@ -48,7 +42,6 @@ class SaveSampled(SaveImaged):
     one line naming the file, rather than as ``SaveImage``'s "cannot find a suitable writer"."""
 
     def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
-        """Save the items as ``SaveImaged`` does."""
         _WRITE_ERROR.set(None)
         try:
             return super().__call__(data)
