@@ -1,16 +1,10 @@
 """Gated PixelCNN prior over the discrete code maps of a VQ-VAE.
 
-The network follows van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
-(https://arxiv.org/abs/1606.05328): a vertical stack that sees every row above, a horizontal stack that sees the
-pixels to the left in the current row, gated activations, residual and skip connections, and optional class and
-spatial conditioning. Because the vertical stack reaches as far right as it reaches left in every row above (the
-stacked masked k x k kernels of the original PixelCNN miss a growing triangle above-right), there is no blind spot.
-
-Sampling has two paths that draw exactly the same codes for a fixed seed: a naive one (a full forward pass per
-position) and a cached one in the spirit of Ramachandran et al. 2017, "Fast Generation for Convolutional
-Autoregressive Models" (https://arxiv.org/abs/1704.06001), which only computes what a new code changes.
-
-The layer is :mod:`.pixelcnn_layer`'s :class:`~monai_vqbrain.networks.GatedPixelCNNLayer`.
+After van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
+(https://arxiv.org/abs/1606.05328), without a blind spot: the vertical stack reaches as far right as it reaches left
+in every row above (the stacked masked k x k kernels of the original PixelCNN miss a growing triangle above-right).
+Sampling is naive (a full forward pass per position) or cached, in the spirit of Ramachandran et al. 2017, "Fast
+Generation for Convolutional Autoregressive Models" (https://arxiv.org/abs/1704.06001); both draw the same codes.
 """
 
 from __future__ import annotations
@@ -23,9 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.utils import optional_import
 
-from .pixelcnn_layer import GatedPixelCNNLayer
-
-__all__ = ["GatedPixelCNN"]
+from .pixelcnn_layer import GatedPixelCNNLayer, _at_position
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -86,13 +78,10 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"GatedPixelCNN only supports spatial_dims=2 (2D code maps), got spatial_dims={spatial_dims}."
             )
-        if num_embeddings < 1:
-            raise ValueError(f"num_embeddings must be a positive integer, got {num_embeddings}.")
         out_channels = num_embeddings if out_channels is None else out_channels
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be a positive integer, got {out_channels}.")
-        if channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels}.")
+        for name, value in (("num_embeddings", num_embeddings), ("out_channels", out_channels), ("channels", channels)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
         if num_layers < 0:
             raise ValueError(f"num_layers must be a non-negative integer, got {num_layers}.")
         if kernel_size < 3 or kernel_size % 2 == 0:
@@ -349,10 +338,7 @@ class GatedPixelCNN(nn.Module):
         """``head`` at a single position: (B, C) skip features -> (B, out_channels) logits, as matrix products."""
         x = skip_sum
         for module in self.head:
-            if isinstance(module, nn.Conv2d):
-                x = F.linear(x, module.weight.flatten(1), module.bias)
-            else:
-                x = module(x)
+            x = _at_position(module, x) if isinstance(module, nn.Conv2d) else module(x)
         return x
 
     def _sample_naive(
