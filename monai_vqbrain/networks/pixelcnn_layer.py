@@ -14,7 +14,11 @@ def _gate(x: torch.Tensor) -> torch.Tensor:
 
 
 def _at_position(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv`` at a single position, on its flattened input window ``(B, C * kernel area)``, as a matrix product."""
+    """``conv`` at a single position, on its flattened input window ``(B, C * kernel area)``, as a matrix product.
+
+    At one position a convolution's dispatch costs far more than its arithmetic; the result is the same up to
+    floating point rounding.
+    """
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
@@ -146,10 +150,7 @@ class GatedPixelCNNLayer(nn.Module):
         v_feat: torch.Tensor,
         cond_h: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Horizontal stack at a single position: ``horizontal`` written as matrix products.
-
-        For one position the convolutions are tiny and their dispatch costs far more than their arithmetic, so the
-        same weights are applied with ``F.linear`` (same result up to floating point rounding).
+        """Horizontal stack at a single position: :meth:`horizontal` written as matrix products.
 
         Args:
             h_window: (B, C, p + 1): the input columns ``c - p .. c`` (``c - p - 1 .. c - 1`` for mask A).
