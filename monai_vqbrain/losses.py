@@ -9,12 +9,6 @@ from torch import nn
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 
-def _gaussian_window(window_size: int, sigma: float, device: torch.device) -> torch.Tensor:
-    offsets = torch.arange(window_size, device=device, dtype=torch.float32) - (window_size - 1) / 2
-    window = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return window / window.sum()
-
-
 def structural_similarity(
     prediction: torch.Tensor,
     target: torch.Tensor,
@@ -48,7 +42,9 @@ def structural_similarity(
         raise ValueError(f"expected 2D or 3D images (B, C, *spatial), got shape {tuple(prediction.shape)}.")
     # the five local moments for every channel, filtered together as 5 * C groups
     moments = torch.cat([prediction, target, prediction * prediction, target * target, prediction * target], dim=1)
-    window = _gaussian_window(window_size, sigma, prediction.device)
+    offsets = torch.arange(window_size, device=prediction.device, dtype=torch.float32) - (window_size - 1) / 2
+    window = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    window = window / window.sum()
     convolution = F.conv2d if spatial_dims == 2 else F.conv3d
     for axis in range(spatial_dims):
         shape = [1] * spatial_dims
@@ -102,8 +98,7 @@ class VQVAELoss(nn.Module):
         if reconstruction.shape != target.shape:
             raise ValueError(f"reconstruction {tuple(reconstruction.shape)} and target {tuple(target.shape)} differ.")
         # pixel losses in float32: bf16 rounding of small residuals would stall training near convergence
-        reconstruction = reconstruction.float()
-        target = target.float()
+        reconstruction, target = reconstruction.float(), target.float()
         pixel_loss = F.mse_loss if self.reconstruction == "mse" else F.l1_loss
         reconstruction_loss = pixel_loss(reconstruction, target)
         if self.ssim_weight > 0:

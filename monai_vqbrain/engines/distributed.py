@@ -1,13 +1,8 @@
-"""Helpers for multi-process (DDP) training launched with ``torchrun``.
+"""Helpers for multi-process (DDP) training launched with ``torchrun``, as ``bundle/configs/multi_gpu_*.json`` do.
 
-``bundle/configs/multi_gpu_train.json`` calls these around torch's ``DistributedDataParallel`` and MONAI's
-``DistributedSampler``: :func:`distributed_device` picks ``cuda:<LOCAL_RANK>`` (or the CPU), :func:`init_distributed`
-joins the group (NCCL on CUDA, gloo on CPU) and :func:`destroy_distributed` leaves it.
-
-The VQ-VAE's codebook is a set of buffers updated inside ``forward`` (EMA statistics, dead-code restarts); the
-quantizer itself sums its statistics across ranks and broadcasts restarts from rank 0, so every rank keeps the
-same codebook without DDP's per-forward buffer broadcast (which would also overwrite the other ranks' updates):
-the config wraps the network with :func:`distributed_data_parallel`, which turns that broadcast off.
+The VQ-VAE's codebook buffers are updated inside ``forward``, and the quantizer itself sums their statistics across
+ranks and shares rank 0's restarts, so every rank keeps the same codebook without DDP's per-forward buffer broadcast
+(which would also overwrite the other ranks' updates): :func:`distributed_data_parallel` turns that broadcast off.
 """
 
 from __future__ import annotations
@@ -25,26 +20,10 @@ from ..errors import SettingError
 #: environment variables ``torchrun`` sets for every process and ``init_process_group("env://")`` reads
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-__all__ = [
-    "TORCHRUN_ENV",
-    "all_reduce_sum",
-    "backend_for",
-    "destroy_distributed",
-    "distributed_data_parallel",
-    "distributed_device",
-    "get_rank",
-    "get_world_size",
-    "init_distributed",
-    "is_main_process",
-    "main_process_first_begin",
-    "main_process_first_end",
-    "quiet_non_main_logging",
-]
 
-
-# the package's one rank helper (handlers, the quantizer and the configs use these). Plain torch.distributed rather
-# than ignite.distributed: ignite caches its view of the process group, which outlives a destroyed group and makes
-# a later get_rank fail, and it warns about guessing LOCAL_RANK on every group it discovers.
+# the package's rank helpers (handlers and configs use these). Plain torch.distributed rather than ignite.distributed:
+# ignite caches its view of the process group, which outlives a destroyed group and makes a later get_rank fail, and
+# it warns about guessing LOCAL_RANK on every group it discovers.
 def get_rank() -> int:
     """The global rank, or 0 when no process group is initialised."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -172,7 +151,9 @@ def init_distributed(
     return True
 
 
-def quiet_non_main_logging(loggers: tuple[str, ...] = ("ignite", "monai_vqbrain"), level: int = logging.WARNING) -> None:
+def quiet_non_main_logging(
+    loggers: tuple[str, ...] = ("ignite", "monai_vqbrain"), level: int = logging.WARNING
+) -> None:
     """On ranks other than 0, show only warnings and errors of ``loggers``, so progress is reported once.
 
     Call it after :func:`init_distributed`. Rank 0's logging and every rank's warnings are left as they are.

@@ -14,18 +14,6 @@ import torch
 
 from ..utils.flags import as_bool
 
-__all__ = [
-    "autocast",
-    "autocast_dtype",
-    "describe_precision",
-    "native_bf16",
-    "needs_grad_scaler",
-    "parse_amp",
-    "precision_name",
-    "resolve_amp",
-    "resolve_device",
-]
-
 logger = logging.getLogger(__name__)
 
 
@@ -96,9 +84,7 @@ def resolve_amp(amp: bool | str | None, device: torch.device | str, name: str = 
     """
     setting = parse_amp(amp, name)
     device = torch.device(device)
-    enabled = setting if isinstance(setting, bool) else device.type == "cuda" or (
-        device.type == "cpu" and native_bf16(device)
-    )
+    enabled = setting if isinstance(setting, bool) else device.type == "cuda" or native_bf16(device)
     if log:
         logger.info(describe_precision(setting, device, enabled, name))
     return enabled

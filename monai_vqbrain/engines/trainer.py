@@ -102,8 +102,7 @@ class VQVAETrainer(MixedPrecisionTrainer):
         adversarial_on = adversarial is not None and adversarial.active(engine.state.epoch)
         total = losses["total"]
         if adversarial is not None:
-            zero = total.new_zeros(()).detach()
-            losses["adversarial"] = losses["discriminator"] = zero
+            losses["adversarial"] = losses["discriminator"] = total.new_zeros(()).detach()
         if adversarial_on:
             with autocast(engine.state.device, engine.amp):
                 losses["adversarial"] = adversarial.generator_loss(details.reconstruction)

@@ -50,9 +50,7 @@ class ResidualStack(nn.Sequential):
     """
 
     def __init__(self, spatial_dims: int, channels: int, res_channels: int, num_layers: int) -> None:
-        layers: list[nn.Module] = [ResidualLayer(spatial_dims, channels, res_channels) for _ in range(num_layers)]
-        layers.append(nn.ReLU())
-        super().__init__(*layers)
+        super().__init__(*(ResidualLayer(spatial_dims, channels, res_channels) for _ in range(num_layers)), nn.ReLU())
 
 
 class Downsample(nn.Sequential):

@@ -1,21 +1,15 @@
 """Gated PixelCNN prior over the discrete code maps of a VQ-VAE.
 
-The network follows van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
-(https://arxiv.org/abs/1606.05328): a vertical stack that sees every row above, a horizontal stack that sees the
-pixels to the left in the current row, gated activations, residual and skip connections, and optional class and
-spatial conditioning. Because the vertical stack reaches as far right as it reaches left in every row above (the
-stacked masked k x k kernels of the original PixelCNN miss a growing triangle above-right), there is no blind spot.
-
-Sampling has two paths that draw exactly the same codes for a fixed seed: a naive one (a full forward pass per
-position) and a cached one in the spirit of Ramachandran et al. 2017, "Fast Generation for Convolutional
-Autoregressive Models" (https://arxiv.org/abs/1704.06001), which only computes what a new code changes.
-
-The layer is :mod:`.pixelcnn_layer`'s :class:`~monai_vqbrain.networks.GatedPixelCNNLayer`.
+After van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
+(https://arxiv.org/abs/1606.05328), without a blind spot: the vertical stack reaches as far right as it reaches left
+in every row above (the stacked masked k x k kernels of the original PixelCNN miss a growing triangle above-right).
+Sampling is naive (a full forward pass per position) or cached, in the spirit of Ramachandran et al. 2017, "Fast
+Generation for Convolutional Autoregressive Models" (https://arxiv.org/abs/1704.06001); both draw the same codes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral
 
 import torch
@@ -23,9 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.utils import optional_import
 
-from .pixelcnn_layer import GatedPixelCNNLayer
-
-__all__ = ["GatedPixelCNN"]
+from .pixelcnn_layer import GatedPixelCNNLayer, _at_position
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -86,21 +78,17 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"GatedPixelCNN only supports spatial_dims=2 (2D code maps), got spatial_dims={spatial_dims}."
             )
-        if num_embeddings < 1:
-            raise ValueError(f"num_embeddings must be a positive integer, got {num_embeddings}.")
         out_channels = num_embeddings if out_channels is None else out_channels
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be a positive integer, got {out_channels}.")
-        if channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels}.")
+        for name, value in (("num_embeddings", num_embeddings), ("out_channels", out_channels), ("channels", channels)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
         if num_layers < 0:
             raise ValueError(f"num_layers must be a non-negative integer, got {num_layers}.")
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size}.")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}.")
-        if cond_channels is not None and cond_channels < 1:
-            raise ValueError(f"cond_channels must be a positive integer or None, got {cond_channels}.")
+        for name, value in (("num_classes", num_classes), ("cond_channels", cond_channels)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
 
@@ -316,8 +304,19 @@ class GatedPixelCNN(nn.Module):
                 generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
                 labels = None if class_labels is None else class_labels[start:stop]
                 cmap = None if cond_map is None else cond_map[start:stop]
-                run = self._sample_fast if fast else self._sample_naive
-                out.append(run(generators, height, width, temperature, labels, cmap, bar, top_p))
+                if fast:
+                    logits_at = self._cached_logits(stop - start, height, width, labels, cmap)
+                else:
+                    logits_at = self._naive_logits(labels, cmap)
+                codes = torch.zeros(stop - start, height, width, dtype=torch.long, device=param.device)
+                for r in range(height):
+                    noise = self._gumbel_row(generators, width, param.device) if temperature > 0 else None
+                    for c in range(width):
+                        column_noise = None if noise is None else noise[:, :, c]
+                        codes[:, r, c] = self._pick(logits_at(codes, r, c), column_noise, temperature, top_p)
+                        if bar is not None:
+                            bar.update(1)
+                out.append(codes)
         finally:
             self.train(was_training)
             if bar is not None:
@@ -349,47 +348,19 @@ class GatedPixelCNN(nn.Module):
         """``head`` at a single position: (B, C) skip features -> (B, out_channels) logits, as matrix products."""
         x = skip_sum
         for module in self.head:
-            if isinstance(module, nn.Conv2d):
-                x = F.linear(x, module.weight.flatten(1), module.bias)
-            else:
-                x = module(x)
+            x = _at_position(module, x) if isinstance(module, nn.Conv2d) else module(x)
         return x
 
-    def _sample_naive(
-        self,
-        generators: list[torch.Generator],
-        height: int,
-        width: int,
-        temperature: float,
-        class_labels: torch.Tensor | None,
-        cond_map: torch.Tensor | None,
-        bar,
-        top_p: float = 1.0,
-    ) -> torch.Tensor:
-        """Reference sampler: one full forward pass over the whole grid per position."""
-        device = self.embedding.weight.device
-        codes = torch.zeros(len(generators), height, width, dtype=torch.long, device=device)
-        for r in range(height):
-            noise = self._gumbel_row(generators, width, device) if temperature > 0 else None
-            for c in range(width):
-                logits = self._logits(codes, class_labels, cond_map)[:, :, r, c]
-                codes[:, r, c] = self._pick(logits, None if noise is None else noise[:, :, c], temperature, top_p)
-                if bar is not None:
-                    bar.update(1)
-        return codes
+    def _naive_logits(
+        self, class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
+    ) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        """Reference sampler: the logits at ``(r, c)`` from one full forward pass over the whole grid."""
+        return lambda codes, r, c: self._logits(codes, class_labels, cond_map)[:, :, r, c]
 
-    def _sample_fast(
-        self,
-        generators: list[torch.Generator],
-        height: int,
-        width: int,
-        temperature: float,
-        class_labels: torch.Tensor | None,
-        cond_map: torch.Tensor | None,
-        bar,
-        top_p: float = 1.0,
-    ) -> torch.Tensor:
-        """Cached sampler: the same computation as ``_logits``, done incrementally.
+    def _cached_logits(
+        self, batch: int, height: int, width: int, class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
+    ) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        """Cached sampler: the same computation as ``_logits``, done incrementally; call it in raster order.
 
         The horizontal stack at ``(r, c)`` needs (i) the vertical features of row ``r - 1`` and (ii) the
         horizontal inputs of columns ``c - p .. c`` of row ``r``. So (i) once a row is complete, every layer's
@@ -399,7 +370,7 @@ class GatedPixelCNN(nn.Module):
         arithmetic matches the full forward pass.
         """
         device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
-        batch, chans, p = len(generators), self.channels, self.kernel_size // 2
+        chans, p = self.channels, self.kernel_size // 2
         n_layers = len(self.layers)
 
         conds = []
@@ -408,7 +379,6 @@ class GatedPixelCNN(nn.Module):
             # expand class biases (B, 2C, 1, 1) to the grid so both kinds can be indexed per row / position
             conds.append(tuple(None if t is None else t.expand(-1, -1, height, width) for t in (cond_v, cond_h)))
 
-        codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
         # rolling windows of each layer's vertical input: p rows of zero padding above row 0, p columns each side
         v_windows = [
             torch.zeros(batch, chans, p + 1, width + 2 * p, device=device, dtype=dtype) for _ in range(n_layers)
@@ -422,36 +392,30 @@ class GatedPixelCNN(nn.Module):
         # _down_shift
         v_feats = [torch.zeros(batch, width, 2 * chans, device=device, dtype=dtype) for _ in range(n_layers)]
 
-        for r in range(height):
-            noise = self._gumbel_row(generators, width, device) if temperature > 0 else None
-            for c in range(width):
-                skip_sum: torch.Tensor | None = None
+        def logits_at(codes: torch.Tensor, r: int, c: int) -> torch.Tensor:
+            if c > 0:  # the code drawn at (r, c - 1) enters the first layer's horizontal input
+                h_rows[0][:, :, c + p] = self.embedding(codes[:, r, c - 1])
+            elif r > 0:  # row r - 1 is complete: run every layer's vertical stack for it (it feeds row r)
+                x = self.embedding(codes[:, r - 1]).permute(0, 2, 1)  # (B, C, W)
                 for i, layer in enumerate(self.layers):
-                    window = h_rows[i][:, :, c : c + p + 1]
-                    h_in = None if layer.mask_a else window[:, :, p]
-                    cond_h = conds[i][1]
-                    cond_h = None if cond_h is None else cond_h[:, :, r, c]
-                    h, skip = layer.horizontal_step(window, h_in, v_feats[i][:, c], cond_h)
-                    if i + 1 < n_layers:
-                        h_rows[i + 1][:, :, c + p] = h
-                    skip_sum = skip if skip_sum is None else skip_sum + skip
-                logits = self._head_step(skip_sum)
-                code = self._pick(logits, None if noise is None else noise[:, :, c], temperature, top_p)
-                codes[:, r, c] = code
-                h_rows[0][:, :, c + p + 1] = self.embedding(code)
-                if bar is not None:
-                    bar.update(1)
-            if r + 1 == height:
-                break
-            # row r is complete: run every layer's vertical stack for row r (it feeds row r + 1)
-            x = self.embedding(codes[:, r]).permute(0, 2, 1)  # (B, C, W)
+                    new_row = F.pad(x, (p, p)).unsqueeze(2)
+                    v_windows[i] = torch.cat([v_windows[i][:, :, 1:], new_row], dim=2)
+                    cond_v = conds[i][0]
+                    cond_v = None if cond_v is None else cond_v[:, :, r - 1 : r, :]
+                    v_out, v_feat = layer.vertical(v_windows[i], cond_v)
+                    v_feats[i] = v_feat[:, :, 0].transpose(1, 2).contiguous()
+                    if v_out is not None:
+                        x = v_out[:, :, 0]
+            skip_sum: torch.Tensor | None = None
             for i, layer in enumerate(self.layers):
-                new_row = F.pad(x, (p, p)).unsqueeze(2)
-                v_windows[i] = torch.cat([v_windows[i][:, :, 1:], new_row], dim=2)
-                cond_v = conds[i][0]
-                cond_v = None if cond_v is None else cond_v[:, :, r : r + 1, :]
-                v_out, v_feat = layer.vertical(v_windows[i], cond_v)
-                v_feats[i] = v_feat[:, :, 0].transpose(1, 2).contiguous()
-                if v_out is not None:
-                    x = v_out[:, :, 0]
-        return codes
+                window = h_rows[i][:, :, c : c + p + 1]
+                h_in = None if layer.mask_a else window[:, :, p]
+                cond_h = conds[i][1]
+                cond_h = None if cond_h is None else cond_h[:, :, r, c]
+                h, skip = layer.horizontal_step(window, h_in, v_feats[i][:, c], cond_h)
+                if i + 1 < n_layers:
+                    h_rows[i + 1][:, :, c + p] = h
+                skip_sum = skip if skip_sum is None else skip_sum + skip
+            return self._head_step(skip_sum)
+
+        return logits_at

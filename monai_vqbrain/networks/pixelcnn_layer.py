@@ -1,8 +1,4 @@
-"""One gated layer of the Gated PixelCNN (van den Oord et al. 2016): a vertical stack that sees every row above, a
-horizontal stack that sees the codes to the left in the current row, gated activations, residual and skip
-connections; the stacks run over whole maps or, for the fast sampler of :class:`~monai_vqbrain.networks.GatedPixelCNN`,
-at a single position (:meth:`GatedPixelCNNLayer.horizontal_step`).
-"""
+"""One gated layer of the Gated PixelCNN (van den Oord et al. 2016), over whole maps or at a single position."""
 
 from __future__ import annotations
 
@@ -10,13 +6,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GatedPixelCNNLayer"]
-
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
     """Gated activation ``tanh(a) * sigmoid(b)`` over the two channel halves ``a, b`` of ``x``."""
     a, b = x.chunk(2, dim=1)
     return torch.tanh(a) * torch.sigmoid(b)
+
+
+def _at_position(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` at a single position, on its flattened input window ``(B, C * kernel area)``, as a matrix product.
+
+    At one position a convolution's dispatch costs far more than its arithmetic; the result is the same up to
+    floating point rounding.
+    """
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 def _down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -138,17 +141,7 @@ class GatedPixelCNNLayer(nn.Module):
             the layer's horizontal output (B, C, R, W) (None for the last layer) and its skip features
             (B, C, R, W).
         """
-        h_pre = self.conv_h(h_window) + v_feat
-        if cond_h is not None:
-            h_pre = h_pre + cond_h
-        gated = self.dropout(_gate(h_pre))
-        skip = self.skip(gated)
-        if self.res is None:
-            return None, skip
-        h_out = self.res(gated)
-        if not self.mask_a:
-            h_out = h_out + h_in
-        return h_out, skip
+        return self._gated_horizontal(self.conv_h(h_window) + v_feat, h_in, cond_h, at_position=False)
 
     def horizontal_step(
         self,
@@ -157,10 +150,7 @@ class GatedPixelCNNLayer(nn.Module):
         v_feat: torch.Tensor,
         cond_h: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Horizontal stack at a single position: ``horizontal`` written as matrix products.
-
-        For one position the convolutions are tiny and their dispatch costs far more than their arithmetic, so the
-        same weights are applied with ``F.linear`` (same result up to floating point rounding).
+        """Horizontal stack at a single position: :meth:`horizontal` written as matrix products.
 
         Args:
             h_window: (B, C, p + 1): the input columns ``c - p .. c`` (``c - p - 1 .. c - 1`` for mask A).
@@ -171,18 +161,21 @@ class GatedPixelCNNLayer(nn.Module):
         Returns:
             the layer's horizontal output (B, C) (None for the last layer) and its skip features (B, C).
         """
-        h_pre = F.linear(h_window.reshape(h_window.shape[0], -1), self.conv_h.weight.flatten(1), self.conv_h.bias)
-        h_pre = h_pre + v_feat
+        h_pre = _at_position(self.conv_h, h_window.reshape(h_window.shape[0], -1)) + v_feat
+        return self._gated_horizontal(h_pre, h_in, cond_h, at_position=True)
+
+    def _gated_horizontal(
+        self, h_pre: torch.Tensor, h_in: torch.Tensor | None, cond_h: torch.Tensor | None, at_position: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The horizontal stack from its pre-activations on: conditioning, gate, dropout, skip and residual."""
         if cond_h is not None:
             h_pre = h_pre + cond_h
         gated = self.dropout(_gate(h_pre))
-        skip = F.linear(gated, self.skip.weight.flatten(1), self.skip.bias)
+        skip = _at_position(self.skip, gated) if at_position else self.skip(gated)
         if self.res is None:
             return None, skip
-        h_out = F.linear(gated, self.res.weight.flatten(1), self.res.bias)
-        if not self.mask_a:
-            h_out = h_out + h_in
-        return h_out, skip
+        h_out = _at_position(self.res, gated) if at_position else self.res(gated)
+        return (h_out if self.mask_a else h_out + h_in), skip
 
     def forward(
         self,

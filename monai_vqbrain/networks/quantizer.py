@@ -1,14 +1,11 @@
 """Vector quantizer with EMA codebook updates, dead-code restart and k-means initialisation.
 
-The codebook is kept healthy three ways, each guarding against a known cause of codebook collapse:
-exponential-moving-average updates (van den Oord et al. 2017, appendix) instead of a codebook loss,
-initialisation from the first batch of encoder outputs (k-means, so codes start where the data is),
-and restart of codes that have stopped being used to recent encoder outputs (Dhariwal et al. 2020).
-Optionally, training decodes a share of the codes as one of their nearest codebook neighbours (``code_noise``), so
-the decoder learns to turn a near-miss of a prior into a plausible patch rather than into mottle (RobusTok,
-arXiv 2509.12474); the indices it returns, and the codebook statistics, stay the encoder's own.
-All codebook arithmetic runs in float32, also under bf16/fp16 autocast, and under DDP the statistics
-are summed across ranks so every rank keeps an identical codebook.
+Each guards against a known cause of codebook collapse: exponential-moving-average updates (van den Oord et al. 2017,
+appendix) instead of a codebook loss, initialisation from the first batch of encoder outputs (k-means, so codes start
+where the data is), and restart of codes no longer used to recent encoder outputs (Dhariwal et al. 2020). Optional
+code noise (RobusTok, arXiv 2509.12474) teaches the decoder to turn a prior's near-miss into a plausible patch rather
+than into mottle. All codebook arithmetic runs in float32, also under bf16/fp16 autocast, and under DDP the
+statistics are summed across ranks so every rank keeps an identical codebook.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ CODEBOOK_INITS = ("kmeans", "data", "random")
 def _process_group() -> tuple[int, int]:
     """``(world size, rank)`` of torch.distributed's default process group; ``(1, 0)`` when none is initialised.
 
-    The codebook's statistics are summed over the processes of data-parallel training: whatever starts the process
-    group (the engines' ``init_distributed``, torchrun, your own code), the network reads only torch's own state.
+    Read from torch itself, whatever started the group (``init_distributed``, torchrun, your own code).
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
@@ -118,10 +114,16 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if num_embeddings < 1 or embedding_dim < 1:
-            raise ValueError(f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}.")
+            raise ValueError(
+                f"num_embeddings and embedding_dim must be positive, got {num_embeddings}, {embedding_dim}."
+            )
         if not 0.0 <= code_noise <= 1.0:
             raise ValueError(f"code_noise must be a probability in [0, 1], got {code_noise}.")
-        if isinstance(code_noise_neighbours, bool) or int(code_noise_neighbours) != code_noise_neighbours or code_noise_neighbours < 1:
+        if (
+            isinstance(code_noise_neighbours, bool)
+            or int(code_noise_neighbours) != code_noise_neighbours
+            or code_noise_neighbours < 1
+        ):
             raise ValueError(f"code_noise_neighbours must be an integer >= 1, got {code_noise_neighbours!r}.")
         if decay is not None and not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1) or None, got {decay}.")
@@ -222,8 +224,8 @@ class VectorQuantizer(nn.Module):
     def _initialize_from_data(self, flat_latents: torch.Tensor) -> None:
         num_codes = self.num_embeddings
         generator = torch.Generator(device=flat_latents.device).manual_seed(0)
-        sample_size = min(flat_latents.shape[0], 64 * num_codes)
-        sample = flat_latents[torch.randperm(flat_latents.shape[0], device=flat_latents.device, generator=generator)[:sample_size]]
+        order = torch.randperm(flat_latents.shape[0], device=flat_latents.device, generator=generator)
+        sample = flat_latents[order[: 64 * num_codes]]
         # repeat the sample when the first batch holds fewer vectors than codes
         picks = torch.randint(sample.shape[0], (num_codes,), device=sample.device, generator=generator)
         if sample.shape[0] >= num_codes:
@@ -285,10 +287,9 @@ class VectorQuantizer(nn.Module):
         dead = self.ema_cluster_size < self.dead_code_threshold
         dead_column = dead[:, None]
         self.embedding.copy_(torch.where(dead_column, replacements, self.embedding))
-        if self.use_ema:
-            # a restarted code starts as a cluster of one vector at its new position
-            self.ema_embedding_sum.copy_(torch.where(dead_column, replacements, self.ema_embedding_sum))
-            self.ema_cluster_size.copy_(torch.where(dead, torch.ones_like(self.ema_cluster_size), self.ema_cluster_size))
+        # a restarted code starts as a cluster of one vector at its new position
+        self.ema_embedding_sum.copy_(torch.where(dead_column, replacements, self.ema_embedding_sum))
+        self.ema_cluster_size.masked_fill_(dead, 1.0)
         self.restarted_codes.add_(dead.sum())
 
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:

@@ -36,7 +36,7 @@ class VQVAEOutput(NamedTuple):
 
 
 class Encoder(nn.Module):
-    """Stem convolution, one stride-2 downsampling per level, residual stack, projection to ``out_channels``.
+    """One stride-2 downsampling per level, a 3x3 convolution, residual stack, projection to ``out_channels``.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -58,12 +58,9 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
-        levels: list[nn.Module] = []
-        previous = in_channels
-        for level_channels in channels:
-            levels.append(Downsample(spatial_dims, previous, level_channels))
-            previous = level_channels
-        self.levels = nn.Sequential(*levels)
+        pairs = zip([in_channels, *channels[:-1]], channels, strict=True)
+        self.levels = nn.Sequential(*(Downsample(spatial_dims, c_in, c_out) for c_in, c_out in pairs))
+        previous = channels[-1]
         self.refine = conv(previous, previous, kernel_size=3, padding=1)
         self.residual = ResidualStack(spatial_dims, previous, num_res_channels, num_res_layers)
         self.project = conv(previous, out_channels, kernel_size=1)
@@ -98,11 +95,9 @@ class Decoder(nn.Module):
         reversed_channels = list(channels)[::-1]
         self.project = conv(in_channels, reversed_channels[0], kernel_size=3, padding=1)
         self.residual = ResidualStack(spatial_dims, reversed_channels[0], num_res_channels, num_res_layers)
-        levels: list[nn.Module] = []
-        targets = reversed_channels[1:] + [out_channels]
-        for index, (level_in, level_out) in enumerate(zip(reversed_channels, targets, strict=True)):
-            levels.append(Upsample(spatial_dims, level_in, level_out, act=index < len(targets) - 1))
-        self.levels = nn.Sequential(*levels)
+        pairs = zip(reversed_channels[:-1], reversed_channels[1:], strict=True)
+        levels = [Upsample(spatial_dims, c_in, c_out) for c_in, c_out in pairs]
+        self.levels = nn.Sequential(*levels, Upsample(spatial_dims, reversed_channels[-1], out_channels, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.levels(self.residual(self.project(x)))
@@ -195,18 +190,16 @@ class VQVAE(nn.Module):
         if torch.jit.is_tracing():
             # a trace (ONNX export) records the example's shapes as constants: comparing them only warns
             return
-        expected_ndim = self.spatial_dims + 2
-        if images.ndim != expected_ndim or images.shape[1] != self.in_channels:
+        if images.ndim != self.spatial_dims + 2 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected images of shape (B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}), "
                 f"got {tuple(images.shape)}."
             )
-        for size in images.shape[2:]:
-            if size % self.downsample_factor:
-                raise ValueError(
-                    f"every spatial size must be divisible by {self.downsample_factor} "
-                    f"(2 ** number of downsamplings), got {tuple(images.shape[2:])}."
-                )
+        if any(size % self.downsample_factor for size in images.shape[2:]):
+            raise ValueError(
+                f"every spatial size must be divisible by {self.downsample_factor} "
+                f"(2 ** number of downsamplings), got {tuple(images.shape[2:])}."
+            )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Continuous latents ``(B, embedding_dim, *latent_spatial)`` of images ``(B, in_channels, *spatial)``."""
@@ -231,16 +224,15 @@ class VQVAE(nn.Module):
 
     def forward_with_details(self, images: torch.Tensor) -> VQVAEOutput:
         """One encode-quantize-decode pass returning every loss term and codebook statistic."""
-        quantizer_output: QuantizerOutput = self.quantizer(self.encode(images))
-        reconstruction = self.decode(quantizer_output.quantized)
+        vq: QuantizerOutput = self.quantizer(self.encode(images))
         return VQVAEOutput(
-            reconstruction=reconstruction,
-            quantization_loss=quantizer_output.codebook_loss + quantizer_output.commitment_loss,
-            codebook_loss=quantizer_output.codebook_loss,
-            commitment_loss=quantizer_output.commitment_loss,
-            indices=quantizer_output.indices,
-            perplexity=quantizer_output.perplexity,
-            codebook_usage=quantizer_output.codebook_usage,
+            reconstruction=self.decode(vq.quantized),
+            quantization_loss=vq.codebook_loss + vq.commitment_loss,
+            codebook_loss=vq.codebook_loss,
+            commitment_loss=vq.commitment_loss,
+            indices=vq.indices,
+            perplexity=vq.perplexity,
+            codebook_usage=vq.codebook_usage,
         )
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -252,15 +244,15 @@ class VQVAE(nn.Module):
         example of ``4 * downsample_factor`` pixels a side, is the same function for any batch and image size.
         """
         training = self.training
-        size = 4 * self.downsample_factor
-        example = torch.zeros(1, self.in_channels, *([size] * self.spatial_dims), device=self.quantizer.embedding.device)
+        size = [4 * self.downsample_factor] * self.spatial_dims
+        example = torch.zeros(1, self.in_channels, *size, device=self.quantizer.embedding.device)
         self.eval()
         try:
             with torch.no_grad():
                 traced = torch.jit.trace(self, example)
         finally:
             self.train(training)
-        return _TracedReconstruction(traced) if self.forward_output == "reconstruction" else _TracedTuple(traced)
+        return _Traced(traced)
 
     def forward(
         self, images: torch.Tensor, return_details: bool = False
@@ -280,20 +272,13 @@ class VQVAE(nn.Module):
         return output.reconstruction, output.quantization_loss
 
 
-class _TracedReconstruction(nn.Module):
-    """What ``torch.jit.script`` makes of a :class:`VQVAE` whose forward returns the reconstruction: its traced
-    eval-mode forward (see :meth:`VQVAE.__prepare_scriptable__`)."""
+class _Traced(nn.Module):
+    """What ``torch.jit.script`` makes of a :class:`VQVAE`: its traced eval-mode forward (see
+    :meth:`VQVAE.__prepare_scriptable__`)."""
 
     def __init__(self, traced: torch.jit.ScriptModule) -> None:
         super().__init__()
         self.traced = traced
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.traced(images)
-
-
-class _TracedTuple(_TracedReconstruction):
-    """As :class:`_TracedReconstruction`, for ``forward_output="tuple"``: ``(reconstruction, quantization_loss)``."""
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(self, images: torch.Tensor):  # unannotated: TorchScript infers the tensor or the tuple it returns
         return self.traced(images)
