@@ -55,11 +55,8 @@ def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric:
 class BestModelSaver:
     """Save the network's weights whenever the evaluator's key metric reaches a new best.
 
-    The file holds the network's state dict only, as model-zoo bundles' ``model.pt`` does (``monai.bundle.load``,
-    ``ckpt_export`` and ``onnx_export`` take it with their defaults); ``metadata``, extended by the epoch and the
-    metric value, goes to the metadata file beside it (``model.json``). Both are written on rank 0 by
-    :func:`~monai_vqbrain.utils.checkpoint.save_model`, in an order that a kill at any instant cannot make
-    inconsistent.
+    Written on rank 0 by :func:`~monai_vqbrain.utils.checkpoint.save_model`: the state dict only, as model-zoo
+    bundles' ``model.pt``, and ``metadata``, extended by the epoch and the metric value, in ``model.json`` beside it.
 
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/model.pt``).
@@ -94,9 +91,8 @@ class BestModelSaver:
 class EpochSnapshotSaver:
     """Save the network's weights at the end of chosen epochs, each to its own file, as the best model is saved.
 
-    For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run): every
-    snapshot is a complete checkpoint that the sampler loads like the best model. Written atomically on rank 0;
-    an existing snapshot of a replayed epoch (a resumed run) is replaced by the same epoch's weights.
+    For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run); the
+    sampler loads a snapshot like the best model. A replayed epoch (a resumed run) replaces its snapshot.
 
     Args:
         save_path: the file of a snapshot, ``{epoch}`` replaced by the epoch (``<ckpt_dir>/prior_epoch_{epoch}.pt``).
@@ -208,7 +204,9 @@ class TrainingCheckpointLoader:
         map_location: where to load tensors.
     """
 
-    def __init__(self, load_path: str | os.PathLike, load_dict: dict[str, Any], map_location: str | torch.device = "cpu"):
+    def __init__(
+        self, load_path: str | os.PathLike, load_dict: dict[str, Any], map_location: str | torch.device = "cpu"
+    ):
         self.load_path = Path(load_path)
         self.load_dict = load_dict
         self.map_location = map_location
@@ -222,7 +220,7 @@ class TrainingCheckpointLoader:
         checkpoint = load_checkpoint(
             self.load_path, map_location=self.map_location, max_bytes=checkpoint_byte_limit(*modules)
         )
-        missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
+        missing = [key for key, obj in self.load_dict.items() if obj is not None and key not in checkpoint]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
         network = unwrap_network(self.load_dict["model"])

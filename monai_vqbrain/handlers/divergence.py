@@ -11,8 +11,6 @@ from monai.utils import CommonKeys as Keys
 from ..errors import VQBrainError
 from ..utils.modules import unwrap_network
 
-__all__ = ["TrainingDivergedError", "StopOnDivergence", "non_finite_weights"]
-
 
 class TrainingDivergedError(VQBrainError):
     """Training produced a non-finite loss or non-finite weights: the run failed (exit status 1)."""
@@ -34,12 +32,11 @@ class StopOnDivergence:
     """Fail the run at the first non-finite training loss, and before an epoch ends with non-finite weights.
 
     A diverged run otherwise goes on to the end: validation scores the NaN network (SSIM reads 0.0), the checkpoint
-    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError` at
-    ``ITERATION_COMPLETED`` when the iteration's loss is NaN or inf, and at ``EPOCH_COMPLETED`` when a weight is
-    (an optimizer step after the epoch's last finite loss can leave them so): attached before the validation and
-    checkpoint handlers, it stops the epoch before they run, so the last good ``model.pt`` and ``last.pt`` stay.
-
-    The message names the epoch, the iteration, the last finite loss and the setting to lower.
+    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError`, naming
+    the epoch, the iteration, the last finite loss and the setting to lower, at ``ITERATION_COMPLETED`` for a NaN or
+    inf loss and at ``EPOCH_COMPLETED`` for such a weight (a step after the epoch's last finite loss can leave one):
+    attached before the validation and checkpoint handlers, it stops the epoch before they run, so the last good
+    ``model.pt`` and ``last.pt`` stay.
 
     Args:
         network: the trained network, whose weights are checked at each epoch's end.

@@ -13,8 +13,6 @@ from ignite.engine import Engine, Events
 
 from ..errors import RunInterrupted
 
-__all__ = ["InterruptHandler", "EpochEndInterruptHold"]
-
 logger = logging.getLogger(__name__)
 
 
@@ -117,4 +115,6 @@ class EpochEndInterruptHold:
             self.release(raise_held=False)
             raise KeyboardInterrupt
         self._pending = True
-        logger.warning("Ctrl-C: stopping once this epoch's validation and checkpoint are written (Ctrl-C again stops now)")
+        logger.warning(
+            "Ctrl-C: stopping once this epoch's validation and checkpoint are written (Ctrl-C again stops now)"
+        )

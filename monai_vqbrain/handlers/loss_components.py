@@ -13,11 +13,10 @@ from ..engines.trainer import LOSS_COMPONENTS
 class LossComponentsHandler:
     """Average ``loss`` and each ``loss_<component>`` of the trainer's output over an epoch.
 
-    At the end of every epoch it sets ``engine.state.metrics[f"{prefix}loss"]`` and
-    ``engine.state.metrics[f"{prefix}<component>"]`` for each component the trainer outputs (the adversarial ones
-    only with an adversarial term), so MONAI's ``StatsHandler`` and
-    ``TensorBoardStatsHandler`` log them per epoch. Sums stay on the device during the epoch (no host sync
-    per iteration) and are summed across ranks under DDP.
+    At the end of every epoch it sets ``engine.state.metrics[f"{prefix}loss"]`` and ``[f"{prefix}<component>"]``
+    for each component the trainer outputs (the adversarial ones only with an adversarial term), so MONAI's
+    ``StatsHandler`` and ``TensorBoardStatsHandler`` log them per epoch. Sums stay on the device during the epoch
+    (no host sync per iteration) and are summed across ranks under DDP.
 
     Args:
         prefix: prefix of the metric names.

@@ -126,8 +126,11 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
     loss_axis = axes[0, 0]
     # the total is nearly the reconstruction term: draw it dashed and on top, so neither hides the other
-    styles = (("train_loss", "total", {"linestyle": "--", "linewidth": 2.0, "zorder": 3}),
-              ("train_reconstruction", "reconstruction", {}), ("train_vq", "VQ", {}))
+    styles = (
+        ("train_loss", "total", {"linestyle": "--", "linewidth": 2.0, "zorder": 3}),
+        ("train_reconstruction", "reconstruction", {}),
+        ("train_vq", "VQ", {}),
+    )
     for key, label, style in styles:
         loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label, **style)
     loss_axis.set_yscale("log")

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sys
@@ -19,13 +18,12 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError, find_user_error
+from monai_vqbrain.errors import ImageFileError, OutputPathError, find_user_error
 from monai_vqbrain.utils.io import remove_stale_temporary_files
 
 from .handlers import ERROR_KEY, METRICS_FILE
+from .input_files import glob_parts
 from .transforms import check_output_dtype, codes_file, output_file
-
-__all__ = ["InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
 
 
 class InferenceDataset(Dataset):
@@ -111,14 +109,7 @@ class ReconstructionEvaluator(SupervisedEvaluator):
 def _recursive_glob_roots(specs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
     """The folders below which each recursive glob (``**``) of the ``input`` setting matches, resolved."""
     specs = [] if specs is None else [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    roots = []
-    for spec in map(str, specs):
-        if "**" not in spec:
-            continue
-        parts = Path(spec).expanduser().absolute().parts
-        fixed = list(itertools.takewhile(lambda part: not set("*?[") & set(part), parts))
-        roots.append(Path(*fixed).resolve())
-    return roots
+    return [glob_parts(Path(spec).expanduser().absolute())[0].resolve() for spec in map(str, specs) if "**" in spec]
 
 
 def check_outputs(
@@ -182,9 +173,7 @@ def check_outputs(
         try:
             outputs = [output_file(path, output_dir, output_postfix, output_ext, separate_folder)]
             check_output_dtype(path, output_dtype)
-        except (OutputPathError, SettingError):
-            raise
-        except VQBrainError:
+        except ImageFileError:
             continue  # not an image file: it is reported by the run, and nothing is written for it
         if save_codes:
             outputs.append(codes_file(path, output_dir, separate_folder))
@@ -219,4 +208,3 @@ def check_outputs(
     for folder in {output.parent for output in planned}:
         remove_stale_temporary_files(folder, [output.name for output in planned if output.parent == folder])
     return list(files)
-

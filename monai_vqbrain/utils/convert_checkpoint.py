@@ -30,10 +30,6 @@ from .checkpoint import (
     save_model,
 )
 
-__all__ = ["convert_checkpoints", "main"]
-
-_VQVAE, _PRIOR, _PRIOR_LAST = "model.pt", "prior.pt", "prior_last.pt"
-
 
 def convert_checkpoints(target: str | os.PathLike) -> list[Path]:
     """Convert the old-layout model files of a checkpoint folder (``model.pt``, ``prior.pt``), or one file.
@@ -50,27 +46,26 @@ def convert_checkpoints(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     if not target.is_dir():
         return [target] if convert_checkpoint(target) is not None else []
+    vqvae, prior, prior_last = target / "model.pt", target / "prior.pt", target / "prior_last.pt"
     rewritten = []
-    fingerprints = convert_checkpoint(target / _VQVAE) if (target / _VQVAE).is_file() else None
+    fingerprints = convert_checkpoint(vqvae) if vqvae.is_file() else None
     if fingerprints is not None:
-        rewritten.append(target / _VQVAE)
-    if (target / _PRIOR).is_file():
-        if convert_checkpoint(target / _PRIOR) is not None:
-            rewritten.append(target / _PRIOR)
+        rewritten.append(vqvae)
+    if prior.is_file():
+        if convert_checkpoint(prior) is not None:
+            rewritten.append(prior)
         if fingerprints is not None:
-            state, metadata = read_model(target / _PRIOR)
+            state, metadata = read_model(prior)
             if metadata.get("vqvae_sha256") == fingerprints[0]:
-                save_model(target / _PRIOR, state, {**metadata, "vqvae_sha256": fingerprints[1]})
-                if target / _PRIOR not in rewritten:
-                    rewritten.append(target / _PRIOR)
-    if fingerprints is not None and (target / _PRIOR_LAST).is_file():
-        state = load_checkpoint(target / _PRIOR_LAST)
+                save_model(prior, state, {**metadata, "vqvae_sha256": fingerprints[1]})
+                if prior not in rewritten:
+                    rewritten.append(prior)
+    if fingerprints is not None and prior_last.is_file():
+        state = load_checkpoint(prior_last)
         metadata = state.get(METADATA_KEY) or {}
         if metadata.get("vqvae_sha256") == fingerprints[0]:
-            save_checkpoint(
-                target / _PRIOR_LAST, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}}
-            )
-            rewritten.append(target / _PRIOR_LAST)
+            save_checkpoint(prior_last, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}})
+            rewritten.append(prior_last)
     return rewritten
 
 

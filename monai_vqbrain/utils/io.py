@@ -47,8 +47,11 @@ def temporary_file_pattern(path: str | os.PathLike) -> re.Pattern:
 
 def _write_error(path: Path, error: OSError) -> OutputWriteError:
     reason = error.strerror or str(error)
-    hint = {errno.ENOSPC: "; free some space", errno.EROFS: "; choose a writable folder",
-            errno.EACCES: "; choose a folder you may write to"}.get(error.errno or 0, "")
+    hint = {
+        errno.ENOSPC: "; free some space",
+        errno.EROFS: "; choose a writable folder",
+        errno.EACCES: "; choose a folder you may write to",
+    }.get(error.errno or 0, "")
     return OutputWriteError(f"cannot write '{path}': {reason}{hint}")
 
 
