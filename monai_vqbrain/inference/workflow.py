@@ -131,7 +131,7 @@ def check_outputs(
     Args:
         files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
         output_dir: the output folder.
-        output_postfix: the postfix of the reconstructions' names (see :func:`~monai_vqbrain.inference.output_file`);
+        output_postfix: the postfix of the reconstructions' names (see :func:`.transforms.output_file`);
             code maps are ``<name>_codes.npz`` beside them.
         output_ext: the reconstructions' extension (None: each input's own).
         separate_folder: whether each input's outputs go into a folder of their own.
