@@ -38,11 +38,8 @@ _logger = logging.getLogger(__name__)
 
 
 def code_information_bits(codes: torch.Tensor) -> float:
-    """Information content of a code map under its own code frequencies: ``N * H(p)`` bits for ``N`` codes.
-
-    Args:
-        codes: integer code indices of any shape.
-    """
+    """Information content of a code map (integer indices, any shape) under its own code frequencies: ``N * H(p)``
+    bits for ``N`` codes."""
     counts = torch.bincount(codes.reshape(-1).long()).double()
     counts = counts[counts > 0]
     total = counts.sum()
@@ -209,10 +206,7 @@ class InferenceMetricsWriter:
         self.save_codes = bool(save_codes)
         self.strict = bool(strict)
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
-        self._scores: dict[str, FileResult] = {}
-        self._rows: dict[str, FileResult] = {}
-        self._errors: dict[str, VQBrainError] = {}
-        self.results: list[FileResult] = []
+        self._reset()
 
     @property
     def metrics_file(self) -> Path:
@@ -225,8 +219,11 @@ class InferenceMetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self._write_all)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
-    def _reset(self, engine: Engine) -> None:
-        self._scores, self._rows, self._errors, self.results = {}, {}, {}, []
+    def _reset(self, engine: Engine | None = None) -> None:
+        self._scores: dict[str, FileResult] = {}
+        self._rows: dict[str, FileResult] = {}
+        self._errors: dict[str, VQBrainError] = {}
+        self.results: list[FileResult] = []
 
     def _score(self, engine: Engine) -> None:
         output = engine.state.output
@@ -315,13 +312,10 @@ class InferenceMetricsWriter:
         (check_outputs has made sure none of them is an input)."""
         if not self.overwrite:
             return
+        naming = (self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
         for result in skipped:
             try:
-                stale = [
-                    output_file(
-                        result.input, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder
-                    )
-                ]
+                stale = [output_file(result.input, *naming)]
             except VQBrainError:
                 continue  # not named like an image: this run writes nothing for it
             if self.save_codes:
@@ -335,30 +329,20 @@ class InferenceMetricsWriter:
         """Write the table of what was done before the disk failed or ``strict`` met a bad input (if the disk still
         allows it); re-raise."""
         cause = find_user_error(error)
+        rows, not_done = dict(self._rows), None
         if isinstance(cause, OutputWriteError):
-            done = [
-                self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")
-                for path in self.inputs
-            ]
-            with contextlib.suppress(OutputWriteError):
-                self.write(done)
+            not_done = f"not reconstructed: {cause}"
         elif self.strict and cause is not None and self._rows:
             # a bad input under --strict: the loader reads the inputs in order, so it is the first without a row;
             # files were written before it, so the table says which (a run that wrote nothing writes no table)
-            bad = next((path for path in self.inputs if path not in self._rows), None)
-            done = [
-                self._rows.get(path)
-                or (
-                    _error_row(path, str(cause))
-                    if path == bad
-                    else FileResult(input=path, error="not reconstructed: stopped by --strict")
-                )
-                for path in self.inputs
-            ]
+            not_done = "not reconstructed: stopped by --strict"
+            bad = next((path for path in self.inputs if path not in rows), None)
             if bad is not None:
-                self._remove_outputs_of_skipped([done[self.inputs.index(bad)]])
+                rows[bad] = _error_row(bad, str(cause))
+                self._remove_outputs_of_skipped([rows[bad]])
+        if not_done is not None:
             with contextlib.suppress(OutputWriteError):
-                self.write(done)
+                self.write([rows.get(path) or FileResult(input=path, error=not_done) for path in self.inputs])
         # the package's own error, not MONAI's wrapper around a failing post-processing transform, is the message
         raise cause if cause is not None else error
 

@@ -67,9 +67,7 @@ def glob_parts(path: Path) -> tuple[Path, list[str]]:
 
 def _component_matches(name: str, pattern: str) -> bool:
     """``glob``'s rule for one path component: wildcards never match a leading dot (hidden files and folders)."""
-    if name.startswith(".") and not pattern.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, pattern)
+    return (pattern.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, pattern)
 
 
 def _glob(path: Path) -> list[Path]:
@@ -161,8 +159,7 @@ def _files_of(spec: str) -> list[Path]:
         )
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
-        matches = _glob(path)
-        files = [p for p in matches if _is_listed(p) and not p.name.startswith(".")]
+        files = [p for p in _glob(path) if _is_listed(p) and not p.name.startswith(".")]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files

@@ -40,11 +40,8 @@ def output_file(
 ) -> Path:
     """The output for input ``path``: ``output_dir/[<name>/]<name>_<output_postfix><ext>``, as MONAI's ``SaveImaged``.
 
-    ``<name>`` is the file name without its image ending (``x.nii.gz`` -> ``x``, ``slice_0.nii.png`` ->
-    ``slice_0.nii``).
-
     Args:
-        path: the input file.
+        path: the input file; ``<name>`` is its name without its image ending (``x.nii.gz`` -> ``x``).
         output_dir: the output folder.
         output_postfix: appended to the name after ``_`` (nothing when empty).
         output_ext: the output's ending; None for the input's own format (``.png`` or ``.nii.gz``).
@@ -80,11 +77,7 @@ def _named(
 
 
 def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> None:
-    """Check that ``output_dtype`` can be written in the format of input ``path``.
-
-    Raises:
-        SettingError: one line naming the file, when a PNG input is to be written as other than ``uint8``/``uint16``.
-    """
+    """Refuse (``SettingError`` naming the file) an ``output_dtype`` other than ``uint8``/``uint16`` for a PNG input."""
     if output_dtype is not None and image_format(path) == "png" and output_dtype not in _PNG_DTYPES:
         raise SettingError(
             f"output_dtype '{output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"

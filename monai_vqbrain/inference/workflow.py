@@ -73,10 +73,9 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     """MONAI's ``SupervisedEvaluator`` for an inferer that returns code maps with the reconstructions.
 
     Its iteration is ``SupervisedEvaluator``'s (prepare the batch, run the inferer in eval mode, fire
-    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``, on which MONAI decollates and post-processes), with two
-    differences ``SupervisedEvaluator``'s own iteration has no room for: the inferer's ``(reconstruction, codes)``
-    become ``pred`` and ``codes`` of the output, with the input as ``label`` (an autoencoder's target); and an error
-    item of :class:`InferenceDataset` passes without a forward pass (without ``pred``, so that post-processing with
+    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``) with two differences: the inferer's ``(reconstruction, codes)``
+    become ``pred`` and ``codes``, with the input as ``label`` (an autoencoder's target); and an error item of
+    :class:`InferenceDataset` passes without a forward pass or ``pred`` (so post-processing with
     ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends the run with the
     package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
     """
@@ -126,24 +125,19 @@ def check_outputs(
     """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
 
     The bundle calls it before the evaluator runs, so that a run that would clobber something stops before doing any
-    work. When the checks pass, the temporary files that a killed run left for this run's outputs are removed.
+    work; then the temporary files that a killed run left for this run's outputs are removed.
 
     Args:
-        files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
+        files: the input files (:func:`.input_files.find_input_files`), returned as given.
         output_dir: the output folder.
-        output_postfix: the postfix of the reconstructions' names (see :func:`.transforms.output_file`);
-            code maps are ``<name>_codes.npz`` beside them.
+        output_postfix: the reconstructions' postfix (:func:`.transforms.output_file`); code maps: ``<name>_codes.npz``.
         output_ext: the reconstructions' extension (None: each input's own).
-        separate_folder: whether each input's outputs go into a folder of their own.
         output_dtype: the data type of the reconstructions (None: each input's own).
+        separate_folder: whether each input's outputs go into a folder of their own.
         save_codes: whether code maps are written.
         overwrite: whether existing outputs may be replaced.
-        input_specs: the ``input`` setting (files, folders, globs): an output folder equal to or inside the root
-            of a recursive glob (``/d`` of ``/d/**/*.png``) is refused, as the next run would take its outputs as
-            inputs.
-
-    Returns:
-        The input files.
+        input_specs: the ``input`` setting: an output folder equal to or inside the root of a recursive glob (``/d``
+            of ``/d/**/*.png``) is refused, as the next run would take its outputs as inputs.
 
     Raises:
         OutputPathError: when ``output_dir`` is a file or holds inputs, an output would overwrite an input file, two

@@ -93,13 +93,13 @@ def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> Non
         )
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
 
     Raises:
         OutputWriteError: naming ``path`` when it cannot be written (full disk, read-only folder, no permission).
     """
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path) as tmp:
         _torch_save(checkpoint, tmp, path)
     return Path(path)
 
@@ -252,11 +252,11 @@ def metadata_file(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file's bytes, read in chunks."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's bytes, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -307,9 +307,7 @@ def _entry_for(path: Path, document: dict[str, Any] | None) -> dict[str, Any] | 
     return None
 
 
-def save_model(
-    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], overwrite: bool = True
-) -> Path:
+def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Save a network's state dict to ``path`` and ``metadata`` to :func:`metadata_file` beside it, consistently.
 
     The metadata file names the weights it describes by their SHA-256. The writes are ordered so that a process
@@ -322,7 +320,6 @@ def save_model(
         path: the weights file (``model.pt``, ``prior.pt``).
         state_dict: the network's state dict.
         metadata: what produced the weights; must be JSON (numbers, strings, lists, dicts).
-        overwrite: when False and ``path`` exists, refuse (``FileExistsError``).
 
     Raises:
         OutputWriteError: naming the file when it cannot be written (full disk, read-only folder, no permission).
@@ -334,7 +331,7 @@ def save_model(
         previous = None
     if previous is not None:
         previous = {"weights_sha256": previous["weights_sha256"], "metadata": previous.get("metadata", {})}
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path) as tmp:
         _torch_save(dict(state_dict), tmp, path)
         document = {
             "format": MODEL_METADATA_FORMAT,
