@@ -1,9 +1,9 @@
 """Checkpoint handlers: the best model by validation metric, the latest training state, and resumption.
 
 Not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: those write ignite's ``{name}_key_metric=...pt`` files with
-no metadata, cannot refuse a checkpoint of another network or image size, load with
-``torch.load``'s pickle defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model
-(``BestMetricRestorer``) after a kill between the two files being written.
+no metadata, cannot refuse a checkpoint of another network or image size, load with ``torch.load``'s pickle
+defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model (``BestMetricRestorer``)
+after a kill between the two files being written.
 """
 
 from __future__ import annotations
@@ -174,29 +174,25 @@ class TrainingCheckpointSaver:
     def _save(self, engine: Engine) -> None:
         try:
             if self._due(engine) and is_main_process():
-                self._write(engine)
+                _refuse_non_finite(self.save_dict.get("model"), self.save_path)
+                checkpoint = {
+                    key: (unwrap_network(obj) if key == "model" else obj).state_dict()
+                    for key, obj in self.save_dict.items()
+                    if obj is not None
+                }
+                checkpoint["trainer"] = engine.state_dict()
+                checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
+                save_checkpoint(self.save_path, checkpoint)
         except BaseException:
             self._interrupts.release(raise_held=False)  # the run stops with this error, not a Ctrl-C
             raise
         self._interrupts.release()
 
-    def _write(self, engine: Engine) -> None:
-        _refuse_non_finite(self.save_dict.get("model"), self.save_path)
-        checkpoint = {
-            key: (unwrap_network(obj) if key == "model" else obj).state_dict()
-            for key, obj in self.save_dict.items()
-            if obj is not None
-        }
-        checkpoint["trainer"] = engine.state_dict()
-        checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
-        save_checkpoint(self.save_path, checkpoint)
-
 
 class TrainingCheckpointLoader:
     """Resume training from a :class:`TrainingCheckpointSaver` file when the trainer starts.
 
-    The network's architecture is checked first, so a checkpoint of another network is a clear error. The engine
-    the handler is attached to continues from the saved epoch up to its own ``max_epochs``.
+    The network's architecture is checked first; the engine continues from the saved epoch up to its own ``max_epochs``.
 
     Args:
         load_path: the checkpoint file.

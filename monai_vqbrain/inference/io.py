@@ -78,8 +78,8 @@ def _read_nifti(
     slice_axis: int,
     min_slice_size: int,
     max_voxels: int | None,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    image_size: int | None = None,
+    max_pixels: int | None,
+    image_size: int | None,
 ) -> tuple[np.ndarray, tuple[int, ...], dict]:
     """Read, check, reorient, scale and slice a NIfTI file with the reader training uses, one slice at a time.
 
@@ -166,8 +166,7 @@ def write_png(
         path: the output file.
         dtype: the input's pixel type (``uint8`` or ``uint16``).
         peak: the value white had in the input.
-        output_dtype: ``uint8`` or ``uint16`` to write another bit depth (rescaled to its range); None keeps
-            ``dtype``.
+        output_dtype: ``uint8`` or ``uint16`` to write another bit depth (rescaled to its range); None: ``dtype``.
         overwrite: replace ``path`` if it exists (else ``FileExistsError``).
     """
     stored = np.dtype(dtype)

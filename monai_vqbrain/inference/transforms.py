@@ -182,8 +182,7 @@ class SaveReconstructiond(MapTransform):
         output_dir: the output folder.
         output_postfix: appended to each input's name after ``_`` (``recon``: ``<name>_recon.png``).
         output_ext: the output's ending; None (default) for the input's own format (``.png`` or ``.nii.gz``).
-        output_dtype: the written data type; None (default) for the input's own (a PNG also takes ``uint8`` or
-            ``uint16``).
+        output_dtype: the written data type; None (default) for the input's own (a PNG: ``uint8`` or ``uint16``).
         separate_folder: put each input's outputs in a sub-folder named like the input.
         overwrite: replace existing outputs (else ``FileExistsError``).
         allow_missing_keys: pass over data without ``key`` (inputs that could not be read).

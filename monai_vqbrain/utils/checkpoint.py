@@ -64,18 +64,11 @@ def checkpoint_byte_limit(*networks: nn.Module) -> int:
 
 
 def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> None:
-    """Refuse a checkpoint that would unpack to more than ``max_bytes``, from its zip directory, before loading it.
+    """Refuse (``CheckpointError``) a checkpoint that would unpack to more than ``max_bytes`` (None: any size).
 
     ``torch.save`` writes a zip archive whose central directory lists the uncompressed size of every entry; a file
     in the legacy (pickle) format, like a ``.safetensors`` file, holds its tensors uncompressed, so its own size
     bounds them.
-
-    Args:
-        path: the checkpoint file.
-        max_bytes: the bound (see :func:`checkpoint_byte_limit`); None allows any size.
-
-    Raises:
-        CheckpointError: naming the file, its unpacked size and the bound.
     """
     if max_bytes is None:
         return
@@ -149,10 +142,8 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
 ) -> dict[str, Any]:
-    """Load a checkpoint without executing code from it.
-
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
-    which refuses pickled objects other than tensors and plain containers.
+    """Load a checkpoint without executing code from it: a ``.safetensors`` file with safetensors, anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and plain containers.
 
     Args:
         path: the checkpoint file.
@@ -397,8 +388,7 @@ def read_model(
     """A model file's state dict and its metadata (see :func:`read_model_metadata`), in either layout.
 
     Args:
-        path: the weights file (``model.pt``, ``prior.pt``; a ``last.pt`` training state or a ``.safetensors`` file
-            work too).
+        path: the weights file (``model.pt``, ``prior.pt``, a ``last.pt`` training state or a ``.safetensors`` file).
         map_location: where to load the tensors.
         max_bytes: the most bytes the file may unpack to, checked before loading (:func:`checkpoint_byte_limit`).
 
@@ -410,13 +400,8 @@ def read_model(
 
 
 def convert_checkpoint(path: str | os.PathLike) -> tuple[str, str] | None:
-    """Convert a model file in the old layout, in place, into the state dict plus its metadata file.
-
-    Nothing is lost: the weights stay in ``path`` (now the state dict only) and the metadata moves to
-    :func:`metadata_file`. A file already in the current layout is left alone.
-
-    Args:
-        path: the model file (``model.pt``, ``prior.pt``).
+    """Convert a model file (``model.pt``, ``prior.pt``) in the old layout, in place, into the state dict plus its
+    metadata file; nothing is lost. A file already in the current layout is left alone.
 
     Returns:
         ``(old SHA-256, new SHA-256)`` of the file when it was converted, else None.

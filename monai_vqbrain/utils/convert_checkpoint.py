@@ -1,11 +1,9 @@
 """Convert checkpoints written before 0.5 into the current layout: ``python -m monai_vqbrain.utils.convert_checkpoint``.
 
-Before 0.5 ``model.pt`` and ``prior.pt`` held ``{"model": state_dict, "metadata": {...}}`` (``model.pt`` also the
-weights at its top level), which MONAI's ``ckpt_export``/``onnx_export`` and a strict ``load_state_dict`` refuse
-without ``--key_in_ckpt model``. Now each holds the state dict only, with its metadata in ``model.json`` /
-``prior.json`` beside it. Conversion is in place and loses nothing. A prior records the SHA-256 of the VQ-VAE file
-it was trained over; converting ``model.pt`` changes that file's bytes, so the priors in the same folder
-(``prior.pt``, ``prior_last.pt``) are updated to the new fingerprint (their code caches are rebuilt on next use).
+Before 0.5 ``model.pt`` and ``prior.pt`` held ``{"model": state_dict, "metadata": {...}}``, which MONAI's tools and
+a strict ``load_state_dict`` refuse; each becomes its state dict plus ``model.json``/``prior.json``, in place. A prior
+records the SHA-256 of the VQ-VAE file it was trained over, so the priors in the same folder (``prior.pt``,
+``prior_last.pt``) get the converted ``model.pt``'s new one (their code caches are rebuilt on next use).
 
 Usage::
 

@@ -33,8 +33,7 @@ def check_checkpoint_dir(
 ) -> Path | None:
     """Refuse to overwrite existing checkpoints unless asked; return the checkpoint to resume from, if any.
 
-    Temporary files that a killed run left beside the checkpoints are removed first. A resumed run must continue
-    the same network at the same image size, and must have epochs left to train.
+    Temporary files that a killed run left beside the checkpoints are removed first.
 
     Args:
         ckpt_dir: the folder training writes checkpoints to.
