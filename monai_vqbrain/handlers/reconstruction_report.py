@@ -218,7 +218,6 @@ class ReconstructionReportHandler:
         self.names.extend(str(n) for n in names)
         self.ssim.extend(batch_ssim.tolist())
         self.psnr.extend(batch_psnr.tolist())
-        # keep one example from each of `num_examples` evenly spaced batches, not the whole split
         local_iteration = (engine.state.iteration - 1) % engine.state.epoch_length
         shown_iterations = np.linspace(0, engine.state.epoch_length - 1, num=self.num_examples).round().astype(int)
         batch_names = self.names[-len(batch_ssim) :]

@@ -137,7 +137,6 @@ def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
     shape3 = tuple(shape[:3]) + (1,) * (3 - len(shape[:3]))
     volume = np.empty(shape3, dtype=np.float64)
     low, high = float(info["low"]), float(info["high"])
-    # one slice at a time, into its place in the file's voxel order
     for index, plane in enumerate(reconstruction):
         if info.get("image_size") is not None:  # read at the model's size: resize back, un-pad, clip to [0, 1]
             full = ResizeSquared.resize(torch.as_tensor(np.asarray(plane, dtype=np.float32)[None]), side)
