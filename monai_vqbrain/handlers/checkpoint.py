@@ -1,9 +1,9 @@
 """Checkpoint handlers: the best model by validation metric, the latest training state, and resumption.
 
 Not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: those write ignite's ``{name}_key_metric=...pt`` files with
-no metadata, cannot refuse a checkpoint of another network or image size, load with
-``torch.load``'s pickle defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model
-(``BestMetricRestorer``) after a kill between the two files being written.
+no metadata, cannot refuse a checkpoint of another network or image size, load with ``torch.load``'s pickle
+defaults rather than ``weights_only=True``, and do not reconcile a resumed run's best model (``BestMetricRestorer``)
+after a kill between the two files being written.
 """
 
 from __future__ import annotations
@@ -55,11 +55,8 @@ def _refuse_non_finite(network: torch.nn.Module | None, save_path: Path, metric:
 class BestModelSaver:
     """Save the network's weights whenever the evaluator's key metric reaches a new best.
 
-    The file holds the network's state dict only, as model-zoo bundles' ``model.pt`` does (``monai.bundle.load``,
-    ``ckpt_export`` and ``onnx_export`` take it with their defaults); ``metadata``, extended by the epoch and the
-    metric value, goes to the metadata file beside it (``model.json``). Both are written on rank 0 by
-    :func:`~monai_vqbrain.utils.checkpoint.save_model`, in an order that a kill at any instant cannot make
-    inconsistent.
+    Written on rank 0 by :func:`~monai_vqbrain.utils.checkpoint.save_model`: the state dict only, as model-zoo
+    bundles' ``model.pt``, and ``metadata``, extended by the epoch and the metric value, in ``model.json`` beside it.
 
     Args:
         save_path: the checkpoint file (the bundle uses ``<ckpt_dir>/model.pt``).
@@ -94,9 +91,8 @@ class BestModelSaver:
 class EpochSnapshotSaver:
     """Save the network's weights at the end of chosen epochs, each to its own file, as the best model is saved.
 
-    For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run): every
-    snapshot is a complete checkpoint that the sampler loads like the best model. Written atomically on rank 0;
-    an existing snapshot of a replayed epoch (a resumed run) is replaced by the same epoch's weights.
+    For learning curves of what a model generates (a prior's samples after 2, 12, 24 epochs of one run); the
+    sampler loads a snapshot like the best model. A replayed epoch (a resumed run) replaces its snapshot.
 
     Args:
         save_path: the file of a snapshot, ``{epoch}`` replaced by the epoch (``<ckpt_dir>/prior_epoch_{epoch}.pt``).
@@ -178,29 +174,25 @@ class TrainingCheckpointSaver:
     def _save(self, engine: Engine) -> None:
         try:
             if self._due(engine) and is_main_process():
-                self._write(engine)
+                _refuse_non_finite(self.save_dict.get("model"), self.save_path)
+                checkpoint = {
+                    key: (unwrap_network(obj) if key == "model" else obj).state_dict()
+                    for key, obj in self.save_dict.items()
+                    if obj is not None
+                }
+                checkpoint["trainer"] = engine.state_dict()
+                checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
+                save_checkpoint(self.save_path, checkpoint)
         except BaseException:
             self._interrupts.release(raise_held=False)  # the run stops with this error, not a Ctrl-C
             raise
         self._interrupts.release()
 
-    def _write(self, engine: Engine) -> None:
-        _refuse_non_finite(self.save_dict.get("model"), self.save_path)
-        checkpoint = {
-            key: (unwrap_network(obj) if key == "model" else obj).state_dict()
-            for key, obj in self.save_dict.items()
-            if obj is not None
-        }
-        checkpoint["trainer"] = engine.state_dict()
-        checkpoint[METADATA_KEY] = {**self.metadata, "epoch": engine.state.epoch}
-        save_checkpoint(self.save_path, checkpoint)
-
 
 class TrainingCheckpointLoader:
     """Resume training from a :class:`TrainingCheckpointSaver` file when the trainer starts.
 
-    The network's architecture is checked first, so a checkpoint of another network is a clear error. The engine
-    the handler is attached to continues from the saved epoch up to its own ``max_epochs``.
+    The network's architecture is checked first; the engine continues from the saved epoch up to its own ``max_epochs``.
 
     Args:
         load_path: the checkpoint file.
@@ -208,7 +200,9 @@ class TrainingCheckpointLoader:
         map_location: where to load tensors.
     """
 
-    def __init__(self, load_path: str | os.PathLike, load_dict: dict[str, Any], map_location: str | torch.device = "cpu"):
+    def __init__(
+        self, load_path: str | os.PathLike, load_dict: dict[str, Any], map_location: str | torch.device = "cpu"
+    ):
         self.load_path = Path(load_path)
         self.load_dict = load_dict
         self.map_location = map_location
@@ -222,7 +216,7 @@ class TrainingCheckpointLoader:
         checkpoint = load_checkpoint(
             self.load_path, map_location=self.map_location, max_bytes=checkpoint_byte_limit(*modules)
         )
-        missing = [key for key in self.load_dict if key not in checkpoint and self.load_dict[key] is not None]
+        missing = [key for key, obj in self.load_dict.items() if obj is not None and key not in checkpoint]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
         network = unwrap_network(self.load_dict["model"])

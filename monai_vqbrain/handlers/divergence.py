@@ -11,8 +11,6 @@ from monai.utils import CommonKeys as Keys
 from ..errors import VQBrainError
 from ..utils.modules import unwrap_network
 
-__all__ = ["TrainingDivergedError", "StopOnDivergence", "non_finite_weights"]
-
 
 class TrainingDivergedError(VQBrainError):
     """Training produced a non-finite loss or non-finite weights: the run failed (exit status 1)."""
@@ -34,24 +32,21 @@ class StopOnDivergence:
     """Fail the run at the first non-finite training loss, and before an epoch ends with non-finite weights.
 
     A diverged run otherwise goes on to the end: validation scores the NaN network (SSIM reads 0.0), the checkpoint
-    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError` at
-    ``ITERATION_COMPLETED`` when the iteration's loss is NaN or inf, and at ``EPOCH_COMPLETED`` when a weight is
-    (an optimizer step after the epoch's last finite loss can leave them so): attached before the validation and
-    checkpoint handlers, it stops the epoch before they run, so the last good ``model.pt`` and ``last.pt`` stay.
-
-    The message names the epoch, the iteration, the last finite loss and the setting to lower.
+    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError`, naming
+    the epoch, the iteration, the last finite loss and the setting to lower, at ``ITERATION_COMPLETED`` for a NaN or
+    inf loss and at ``EPOCH_COMPLETED`` for such a weight (a step after the epoch's last finite loss can leave one):
+    attached before the validation and checkpoint handlers, it stops the epoch before they run, so the last good
+    ``model.pt`` and ``last.pt`` stay.
 
     Args:
         network: the trained network, whose weights are checked at each epoch's end.
         learning_rate_key: the setting that sets the optimizer's learning rate, for the hint
             (``learning_rate``, ``prior_learning_rate``).
-        loss_key: the key of the loss in ``engine.state.output``.
     """
 
-    def __init__(self, network: torch.nn.Module, learning_rate_key: str = "learning_rate", loss_key: str = Keys.LOSS):
+    def __init__(self, network: torch.nn.Module, learning_rate_key: str = "learning_rate"):
         self.network = network
         self.learning_rate_key = learning_rate_key
-        self.loss_key = loss_key
         self.last_finite: tuple[int, float] | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -75,7 +70,7 @@ class StopOnDivergence:
 
     def _check_loss(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = output.get(self.loss_key) if isinstance(output, dict) else output
+        loss = output.get(Keys.LOSS) if isinstance(output, dict) else output
         if loss is None:
             return
         value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)

@@ -13,8 +13,6 @@ from ignite.engine import Engine, Events
 
 from ..errors import RunInterrupted
 
-__all__ = ["InterruptHandler", "EpochEndInterruptHold"]
-
 logger = logging.getLogger(__name__)
 
 
@@ -33,7 +31,6 @@ class _MisleadingEngineLines(logging.Filter):
         message = record.getMessage()
         fresh_start = message.startswith("Engine run resuming from iteration 0, ")
         prefix = "Engine run is terminating due to exception: "
-        # the KeyboardInterrupt's empty message, or a validator's RunInterrupted on its way to the trainer
         interrupt = message.startswith(prefix) and message[len(prefix) :] in ("", str(RunInterrupted()))
         return not (fresh_start or interrupt)
 
@@ -47,13 +44,11 @@ class InterruptHandler:
     Attached first to a trainer (and to its validator), its ``EXCEPTION_RAISED`` handler runs before MONAI's
     ``StatsHandler``, which would log the interrupt with its whole traceback before Python prints it again. The
     bundle's error hook prints the message, ``interrupted at epoch N; resume with `--resume true```, and exits with
-    status 130. Any other exception is raised on unchanged, to be reported once by the error hook (one line for a
-    user error, Python's traceback for a bug).
+    status 130. Any other exception is raised on unchanged, for the error hook to report once.
 
     Args:
-        resume_file: the trainer's resumable checkpoint (``<ckpt_dir>/last.pt``): whether it exists decides whether
-            the message says to resume or to start again. None for a validator, whose interrupt the trainer
-            reports with its epoch.
+        resume_file: the trainer's ``<ckpt_dir>/last.pt``: if it exists the message says to resume, else to start
+            again; None for a validator, whose interrupt the trainer reports with its epoch.
     """
 
     def __init__(self, resume_file: str | os.PathLike | None = None) -> None:
@@ -117,4 +112,6 @@ class EpochEndInterruptHold:
             self.release(raise_held=False)
             raise KeyboardInterrupt
         self._pending = True
-        logger.warning("Ctrl-C: stopping once this epoch's validation and checkpoint are written (Ctrl-C again stops now)")
+        logger.warning(
+            "Ctrl-C: stopping once this epoch's validation and checkpoint are written (Ctrl-C again stops now)"
+        )

@@ -11,19 +11,17 @@ from ignite.engine import Engine
 from ..engines.adversarial import ADVERSARIAL_COMPONENTS
 from ..engines.trainer import LOSS_COMPONENTS
 
+_LOSS_KEYS = ("loss", *(f"loss_{c}" for c in LOSS_COMPONENTS + ADVERSARIAL_COMPONENTS))
 #: entries of the trainer output logged every ``log_interval`` iterations (those present)
-ITERATION_LOG_KEYS = (
-    "loss", *(f"loss_{c}" for c in LOSS_COMPONENTS + ADVERSARIAL_COMPONENTS), "perplexity", "codebook_usage"
-)
-#: the codebook statistics of one iteration cover only its batch: their labels say so, next to the whole epoch's
-#: ``train_perplexity`` and ``train_codebook_usage`` (``CodebookUsageHandler``)
+ITERATION_LOG_KEYS = (*_LOSS_KEYS, "perplexity", "codebook_usage")
 _BATCH_LABELS = {"perplexity": "batch_perplexity", "codebook_usage": "batch_codebook_usage"}
 
 
 def training_log_values(output: dict) -> dict[str, torch.Tensor]:
     """The scalar entries of a :class:`~monai_vqbrain.engines.VQVAETrainer` output worth logging per iteration.
 
-    The codebook statistics are labelled ``batch_perplexity`` and ``batch_codebook_usage``: they are of one batch.
+    The codebook statistics cover one batch: they are labelled ``batch_perplexity`` and ``batch_codebook_usage``,
+    unlike the whole epoch's ``train_perplexity`` and ``train_codebook_usage`` (``CodebookUsageHandler``).
 
     Args:
         output: the trainer's output of one iteration.

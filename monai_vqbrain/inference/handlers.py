@@ -1,7 +1,5 @@
-"""Ignite handlers of the ``inferring`` workflow: the code-map files (:class:`CodesSaver`) and the per-file metrics
-table ``reconstruction_metrics.csv`` (:class:`InferenceMetricsWriter`), described in the model card
-(``bundle/docs/README.md``, "Inference on your files").
-"""
+"""Ignite handlers of the ``inferring`` workflow: the code-map files and the per-file metrics table, described in the
+model card (``bundle/docs/README.md``, "Inference on your files")."""
 
 from __future__ import annotations
 
@@ -30,24 +28,18 @@ from monai_vqbrain.utils.io import atomic_write_bytes, atomic_write_text
 from .input_files import image_format
 from .transforms import codes_file, output_file
 
-__all__ = ["ERROR_KEY", "METRICS_FILE", "CodesSaver", "FileResult", "InferenceMetricsWriter", "code_information_bits"]
-
 METRICS_FILE = "reconstruction_metrics.csv"
 """Name of the per-file metrics table written into ``output_dir``."""
 
-ERROR_KEY = "error"
-"""The key of an item the dataset could not read: its error message (and ``error_type``, the error's class name)."""
+ERROR_KEY = "error"  # an item the dataset could not read: its message (and "error_type", the error's class name)
 _CODES_FILE_KEY = "codes_file"  # where CodesSaver leaves the path it wrote, for the metrics table
 
 _logger = logging.getLogger(__name__)
 
 
 def code_information_bits(codes: torch.Tensor) -> float:
-    """Information content of a code map under its own code frequencies: ``N * H(p)`` bits for ``N`` codes.
-
-    Args:
-        codes: integer code indices of any shape.
-    """
+    """Information content of a code map (integer indices, any shape) under its own code frequencies: ``N * H(p)``
+    bits for ``N`` codes."""
     counts = torch.bincount(codes.reshape(-1).long()).double()
     counts = counts[counts > 0]
     total = counts.sum()
@@ -144,7 +136,6 @@ class CodesSaver:
         self.overwrite = bool(overwrite)
 
     def attach(self, engine: Engine) -> None:
-        """Register with ``engine``'s ``MODEL_COMPLETED`` event."""
         engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -169,29 +160,26 @@ class CodesSaver:
 class InferenceMetricsWriter:
     """Score each file, name each skipped one, and write ``reconstruction_metrics.csv`` (atomically) at the end.
 
-    Scores are taken on ``FORWARD_COMPLETED`` (reconstruction and input at model resolution, before post-processing
-    restores the reconstruction to the input's size); the row is completed on ``ITERATION_COMPLETED`` with the files
-    written, and the table is written on ``COMPLETED`` (not when no input could be reconstructed). When the disk fails mid-run (``OutputWriteError``), the table
-    is still written, when possible, with the files done so far. :meth:`raise_for_skipped` then says whether the run
-    skipped inputs. Not MONAI's ``IgniteMetricHandler`` with ``MetricsSaver``: those keep one number per image and
-    metric, while a row here also holds the files written, their sizes and code bits, and the error of a skipped
-    file, and the table is written atomically and never over an existing one without ``overwrite``.
+    Scores are taken on ``FORWARD_COMPLETED``, at model resolution (before post-processing restores the input's
+    size); the row gets the files written on ``ITERATION_COMPLETED``; the table is written on ``COMPLETED`` unless no
+    input was reconstructed, and also, when possible, with the files done so far when the disk fails mid-run.
+    :meth:`raise_for_skipped` then says whether the run skipped inputs. Not MONAI's ``IgniteMetricHandler`` with
+    ``MetricsSaver``: those keep one number per image and metric, not the files written, their sizes, code bits
+    and a skipped file's error, and they do not write atomically nor refuse an existing table without ``overwrite``.
 
     Args:
         inputs: the input files, in the order of the rows.
         output_dir: the output folder.
         num_embeddings: the codebook size, for ``code_bits_fixed``.
         overwrite: replace an existing table (else ``FileExistsError``), and remove the outputs an earlier run
-            wrote for an input this run skips (those this run would have written for it), so that no reconstruction
-            is left beside a table that lists its input as an error.
+            wrote for an input this run skips, so that none is left beside a table listing its input as an error.
         allow_skipped: :meth:`raise_for_skipped` accepts skipped inputs.
-        output_postfix: the postfix of the reconstructions' names (see :func:`~monai_vqbrain.inference.output_file`),
-            to find a skipped input's earlier outputs.
+        output_postfix: the reconstructions' postfix (see :func:`.transforms.output_file`), to find those outputs.
         output_ext: the reconstructions' extension (None: each input's own), likewise.
         separate_folder: whether each input's outputs are in a folder of its own, likewise.
         save_codes: whether this run writes code maps (only then is a skipped input's earlier code map removed).
-        strict: the run stops at its first bad input (the dataset raises its error); the table is then written with
-            the rows done, the bad input's error and the rest as not reconstructed.
+        strict: the run stops at its first bad input; the table then holds the rows done, the bad input's error and
+            the rest as not reconstructed.
     """
 
     def __init__(
@@ -218,25 +206,24 @@ class InferenceMetricsWriter:
         self.save_codes = bool(save_codes)
         self.strict = bool(strict)
         self._ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
-        self._scores: dict[str, FileResult] = {}
-        self._rows: dict[str, FileResult] = {}
-        self._errors: dict[str, VQBrainError] = {}
-        self.results: list[FileResult] = []
+        self._reset()
 
     @property
     def metrics_file(self) -> Path:
         return self.output_dir / METRICS_FILE
 
     def attach(self, engine: Engine) -> None:
-        """Register with ``engine``'s events."""
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._score)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.COMPLETED, self._write_all)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
-    def _reset(self, engine: Engine) -> None:
-        self._scores, self._rows, self._errors, self.results = {}, {}, {}, []
+    def _reset(self, engine: Engine | None = None) -> None:
+        self._scores: dict[str, FileResult] = {}
+        self._rows: dict[str, FileResult] = {}
+        self._errors: dict[str, VQBrainError] = {}
+        self.results: list[FileResult] = []
 
     def _score(self, engine: Engine) -> None:
         output = engine.state.output
@@ -321,21 +308,14 @@ class InferenceMetricsWriter:
         )
 
     def _remove_outputs_of_skipped(self, skipped: Sequence[FileResult]) -> None:
-        """With ``overwrite``, remove the files this run would have written for its skipped inputs.
-
-        They are an earlier run's outputs of an input that is now bad: kept, they would sit beside a table that
-        lists the input as an error. Only the exact files this run's settings name for the input go (check_outputs
-        has made sure none of them is an input); without ``overwrite`` nothing is removed.
-        """
+        """With ``overwrite``, remove the files this run would have written for its skipped inputs: only those
+        (check_outputs has made sure none of them is an input)."""
         if not self.overwrite:
             return
+        naming = (self.output_dir, self.output_postfix, self.output_ext, self.separate_folder)
         for result in skipped:
             try:
-                stale = [
-                    output_file(
-                        result.input, self.output_dir, self.output_postfix, self.output_ext, self.separate_folder
-                    )
-                ]
+                stale = [output_file(result.input, *naming)]
             except VQBrainError:
                 continue  # not named like an image: this run writes nothing for it
             if self.save_codes:
@@ -346,35 +326,23 @@ class InferenceMetricsWriter:
                     _logger.info("removed '%s', an earlier output of the skipped input '%s'", path, result.input)
 
     def _on_exception(self, engine: Engine, error: BaseException) -> None:
-        """Record what was written before the disk failed (full, read-only) or ``strict`` met a bad input; re-raise.
-
-        The table is written if the disk still allows it.
-        """
+        """Write the table of what was done before the disk failed or ``strict`` met a bad input (if the disk still
+        allows it); re-raise."""
         cause = find_user_error(error)
+        rows, not_done = dict(self._rows), None
         if isinstance(cause, OutputWriteError):
-            done = [
-                self._rows.get(path) or FileResult(input=path, error=f"not reconstructed: {cause}")
-                for path in self.inputs
-            ]
-            with contextlib.suppress(OutputWriteError):
-                self.write(done)
+            not_done = f"not reconstructed: {cause}"
         elif self.strict and cause is not None and self._rows:
             # a bad input under --strict: the loader reads the inputs in order, so it is the first without a row;
             # files were written before it, so the table says which (a run that wrote nothing writes no table)
-            bad = next((path for path in self.inputs if path not in self._rows), None)
-            done = [
-                self._rows.get(path)
-                or (
-                    _error_row(path, str(cause))
-                    if path == bad
-                    else FileResult(input=path, error="not reconstructed: stopped by --strict")
-                )
-                for path in self.inputs
-            ]
+            not_done = "not reconstructed: stopped by --strict"
+            bad = next((path for path in self.inputs if path not in rows), None)
             if bad is not None:
-                self._remove_outputs_of_skipped([done[self.inputs.index(bad)]])
+                rows[bad] = _error_row(bad, str(cause))
+                self._remove_outputs_of_skipped([rows[bad]])
+        if not_done is not None:
             with contextlib.suppress(OutputWriteError):
-                self.write(done)
+                self.write([rows.get(path) or FileResult(input=path, error=not_done) for path in self.inputs])
         # the package's own error, not MONAI's wrapper around a failing post-processing transform, is the message
         raise cause if cause is not None else error
 

@@ -10,15 +10,6 @@ from pathlib import Path
 
 from monai_vqbrain.errors import DatasetError, ImageFileError, SettingError
 
-__all__ = [
-    "PNG_SUFFIXES",
-    "NIFTI_SUFFIXES",
-    "SUPPORTED_SUFFIXES",
-    "image_format",
-    "strip_image_suffix",
-    "find_input_files",
-]
-
 logger = logging.getLogger(__name__)
 
 PNG_SUFFIXES = (".png",)
@@ -67,7 +58,7 @@ def _is_listed(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def _glob_parts(path: Path) -> tuple[Path, list[str]]:
+def glob_parts(path: Path) -> tuple[Path, list[str]]:
     """A glob split into the folder before its first wildcard and the path components from there on."""
     parts = path.parts
     first = next(i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part))
@@ -76,9 +67,7 @@ def _glob_parts(path: Path) -> tuple[Path, list[str]]:
 
 def _component_matches(name: str, pattern: str) -> bool:
     """``glob``'s rule for one path component: wildcards never match a leading dot (hidden files and folders)."""
-    if name.startswith(".") and not pattern.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, pattern)
+    return (pattern.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, pattern)
 
 
 def _glob(path: Path) -> list[Path]:
@@ -88,7 +77,7 @@ def _glob(path: Path) -> list[Path]:
     until the path is too long: hours, or forever with two such links. Here each real folder is entered once; a
     link that leads back to a folder already entered is skipped with one warning naming it.
     """
-    root, patterns = _glob_parts(path)
+    root, patterns = glob_parts(path)
     matches: list[Path] = []
     entered: set[str] = set()
 
@@ -170,8 +159,7 @@ def _files_of(spec: str) -> list[Path]:
         )
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
-        matches = _glob(path)
-        files = [p for p in matches if _is_listed(p) and not p.name.startswith(".")]
+        files = [p for p in _glob(path) if _is_listed(p) and not p.name.startswith(".")]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files

@@ -1,13 +1,10 @@
 """Reading the user's PNG and NIfTI files into model-ready slices, and writing reconstructions in their own format.
 
-Each input file becomes a stack of 2D slices ``(N, H, W)`` in ``[0, 1]``, prepared exactly as in training (a PNG is
-one slice; a NIfTI image gives every slice along ``slice_axis`` of its RAS volume); :func:`restore_input_layout`
-undoes the slicing, the reorientation and the intensity scaling, and :func:`write_png` and :func:`write_nifti` write
-a reconstruction in the input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``,
-"Preprocessing" and "Inference on your files") describes each step, the outputs and the size rule: every slice
-must be at least ``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized
-to ``image_size``.
-Finding the input files and telling their format is :mod:`.input_files`.
+:func:`read_input` prepares each file exactly as in training, :func:`restore_input_layout` undoes the slicing,
+reorientation and intensity scaling, and :func:`write_png` and :func:`write_nifti` write a reconstruction in the
+input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``, "Preprocessing" and
+"Inference on your files") describes each step, the outputs and the size rule: every slice must be at least
+``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized to ``image_size``.
 """
 
 from __future__ import annotations
@@ -32,13 +29,6 @@ from monai_vqbrain.errors import ImageFileError
 from monai_vqbrain.utils.io import atomic_path
 
 from .input_files import image_format
-
-__all__ = [
-    "restore_input_layout",
-    "write_png",
-    "write_nifti",
-    "read_input",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +78,12 @@ def _read_nifti(
     slice_axis: int,
     min_slice_size: int,
     max_voxels: int | None,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-    image_size: int | None = None,
+    max_pixels: int | None,
+    image_size: int | None,
 ) -> tuple[np.ndarray, tuple[int, ...], dict]:
     """Read, check, reorient, scale and slice a NIfTI file with the reader training uses, one slice at a time.
 
-    The header, affine and slice shape are checked before any voxel is read; the percentiles are streamed; and with
-    ``image_size`` each slice is brought to the model's size as soon as it is read, so that memory holds one slice
-    at the file's resolution, never the volume.
+    The header, affine and slice shape are checked before any voxel is read, and the percentiles are streamed.
     """
     if slice_axis not in (0, 1, 2):
         raise ValueError(f"slice_axis must be 0, 1 or 2 (an axis of the RAS volume), got {slice_axis!r}")
@@ -139,19 +127,6 @@ def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
     """
     if info["format"] == "png":
         return reconstruction[0] * float(info["peak"])
-    if info.get("image_size") is not None:
-        return _restore_volume_by_slice(info, reconstruction)
-    planes = [np.rot90(plane, k=-1) for plane in reconstruction.astype(np.float64)]
-    ras = np.stack(planes, axis=int(info["axis"]))
-    low, high = float(info["low"]), float(info["high"])
-    ras = ras * (high - low) + low if high > low else np.full_like(ras, low)
-    volume = apply_orientation(ras, ornt_transform(_RAS, np.asarray(info["orientation"], dtype=float)))
-    return volume.reshape(tuple(int(s) for s in info["shape"]))
-
-
-def _restore_volume_by_slice(info: dict, reconstruction: np.ndarray) -> np.ndarray:
-    """:func:`restore_input_layout` for slices read at the model's size: each is resized back, un-padded, clipped
-    to [0, 1], rotated, unscaled and put in its place in the file's voxel order, one at a time (float64)."""
     height, width = (int(s) for s in info["plane_shape"])
     side, top, left = _square_padding(height, width)
     orientation = np.asarray(info["orientation"], dtype=float)
@@ -163,9 +138,10 @@ def _restore_volume_by_slice(info: dict, reconstruction: np.ndarray) -> np.ndarr
     volume = np.empty(shape3, dtype=np.float64)
     low, high = float(info["low"]), float(info["high"])
     for index, plane in enumerate(reconstruction):
-        full = ResizeSquared.resize(torch.as_tensor(np.asarray(plane, dtype=np.float32)[None]), side)
-        full = np.clip(np.asarray(full)[0, top : top + height, left : left + width], 0.0, 1.0).astype(np.float64)
-        ras = np.expand_dims(np.rot90(full, k=-1), axis)
+        if info.get("image_size") is not None:  # read at the model's size: resize back, un-pad, clip to [0, 1]
+            full = ResizeSquared.resize(torch.as_tensor(np.asarray(plane, dtype=np.float32)[None]), side)
+            plane = np.clip(np.asarray(full)[0, top : top + height, left : left + width], 0.0, 1.0)
+        ras = np.expand_dims(np.rot90(np.asarray(plane, dtype=np.float64), k=-1), axis)
         ras = ras * (high - low) + low if high > low else np.full_like(ras, low)
         file_index = shape3[file_axis] - 1 - index if to_ras[file_axis, 1] < 0 else index
         target = [slice(None)] * 3
@@ -189,8 +165,7 @@ def write_png(
         path: the output file.
         dtype: the input's pixel type (``uint8`` or ``uint16``).
         peak: the value white had in the input.
-        output_dtype: ``uint8`` or ``uint16`` to write another bit depth (rescaled to its range); None keeps
-            ``dtype``.
+        output_dtype: ``uint8`` or ``uint16`` to write another bit depth (rescaled to its range); None: ``dtype``.
         overwrite: replace ``path`` if it exists (else ``FileExistsError``).
     """
     stored = np.dtype(dtype)
@@ -273,12 +248,13 @@ def read_input(
             its own resolution; None returns the slices at the file's resolution.
 
     Returns:
-        The slices, float32 ``(N, H, W)`` in ``[0, 1]`` before padding and resizing to the model's image size
-        (NIfTI with ``image_size``: after); the
-        file's own image shape (for reporting); and the restoring information: ``format`` and, for a PNG, the
-        ``peak`` white had and the pixel ``dtype``; for a NIfTI image, the ``orientation`` of its voxel axes, the RAS
-        ``axis`` it was sliced along, the intensities ``low`` and ``high`` the scaling mapped to 0 and 1, its
-        ``shape``, the ``plane_shape`` of its slices and the ``image_size`` they were read at (None: their own).
+        The slices, float32 ``(N, H, W)`` in ``[0, 1]`` (a PNG is one slice; a NIfTI image gives every slice along
+        ``slice_axis`` of its RAS volume), before padding and resizing to the model's size (NIfTI with
+        ``image_size``: after); the file's own image shape (for reporting); and the restoring information:
+        ``format`` and, for a PNG, the ``peak`` white had and the pixel ``dtype``; for a NIfTI image, the
+        ``orientation`` of its voxel axes, the RAS ``axis`` it was sliced along, the intensities ``low`` and ``high``
+        the scaling mapped to 0 and 1, its ``shape``, its slices' ``plane_shape`` and the ``image_size`` they were
+        read at (None: their own).
 
     Raises:
         ImageFileError: naming the file and what was expected, for any bad input.

@@ -25,8 +25,6 @@ from monai_vqbrain.errors import SettingError
 from .input_files import image_format, strip_image_suffix
 from .io import read_input, restore_input_layout, write_nifti, write_png
 
-__all__ = ["OUTPUT_EXTENSIONS", "LoadInputd", "SaveReconstructiond", "check_output_dtype", "codes_file", "output_file"]
-
 OUTPUT_EXTENSIONS = {"png": (".png",), "nifti": (".nii.gz", ".nii")}
 """The ``output_ext`` values each input format can be written as (the first is the default)."""
 
@@ -42,11 +40,8 @@ def output_file(
 ) -> Path:
     """The output for input ``path``: ``output_dir/[<name>/]<name>_<output_postfix><ext>``, as MONAI's ``SaveImaged``.
 
-    ``<name>`` is the file name without its image ending (``x.nii.gz`` -> ``x``, ``slice_0.nii.png`` ->
-    ``slice_0.nii``).
-
     Args:
-        path: the input file.
+        path: the input file; ``<name>`` is its name without its image ending (``x.nii.gz`` -> ``x``).
         output_dir: the output folder.
         output_postfix: appended to the name after ``_`` (nothing when empty).
         output_ext: the output's ending; None for the input's own format (``.png`` or ``.nii.gz``).
@@ -82,11 +77,7 @@ def _named(
 
 
 def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> None:
-    """Check that ``output_dtype`` can be written in the format of input ``path``.
-
-    Raises:
-        SettingError: one line naming the file, when a PNG input is to be written as other than ``uint8``/``uint16``.
-    """
+    """Refuse (``SettingError`` naming the file) an ``output_dtype`` other than ``uint8``/``uint16`` for a PNG input."""
     if output_dtype is not None and image_format(path) == "png" and output_dtype not in _PNG_DTYPES:
         raise SettingError(
             f"output_dtype '{output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"
@@ -96,17 +87,15 @@ def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> Non
 class LoadInputd(MapTransform, InvertibleTransform):
     """Read a PNG or NIfTI file named by ``d[key]`` as its slices ``(N, H, W)`` in ``[0, 1]``, the channels of a 2D image.
 
-    The reading is :func:`~monai_vqbrain.inference.read_input`: a PNG is one slice made as in training (bit-depth
-    scaling, grey); a NIfTI image is reoriented to RAS, scaled per volume by robust percentiles and cut into every
-    slice along ``slice_axis``. Not MONAI's ``LoadImaged`` with ``ScaleByDtyped``/``ToGreyscaled``: a volume's slices
-    must be cut from the whole reoriented, scaled volume, and those transforms would take its slices for colour
-    channels. The result is a ``MetaTensor`` whose ``meta`` holds ``filename_or_obj``, ``format``, ``shape`` (the file's
-    image shape, e.g. ``24x28x20``), ``slice_axis`` (-1 for a PNG) and ``input_bytes``; :meth:`inverse` maps slices
-    back to the file's voxel order and intensity scale (float64): the volume, or the PNG's pixels on its own scale.
-    With ``image_size``, a volume is read one slice at a time and each slice is padded and resized to the model's
-    size as it is read (``PadToSquared`` and ``ResizeSquared`` then have nothing left to do), and :meth:`inverse`
-    restores it slice by slice: memory holds one slice at the file's resolution and the output volume, never the
-    volume's slices at its resolution.
+    The reading is :func:`.io.read_input`: a PNG is one slice made as in training (bit-depth scaling, grey); a NIfTI
+    image is reoriented to RAS, scaled per volume by robust percentiles and cut into every slice along
+    ``slice_axis``. Not MONAI's ``LoadImaged`` with ``ScaleByDtyped``/``ToGreyscaled``: those would take a volume's
+    slices for colour channels. The result is a ``MetaTensor`` whose ``meta`` holds ``filename_or_obj``,
+    ``format``, ``shape`` (the file's image shape, e.g. ``24x28x20``), ``slice_axis`` (-1 for a PNG) and
+    ``input_bytes``; :meth:`inverse` maps slices back to the file's voxel order and intensity scale (float64).
+    With ``image_size``, a volume is padded and resized to the model's size one slice at a time as it is read
+    (``PadToSquared`` and ``ResizeSquared`` then have nothing left to do), and restored slice by slice: memory
+    never holds the volume's slices at its own resolution.
 
     Args:
         keys: the key holding the path (``"image"``).
@@ -114,8 +103,7 @@ class LoadInputd(MapTransform, InvertibleTransform):
         min_slice_size: smallest accepted in-plane side of a slice, in pixels.
         max_image_pixels: the most pixels a PNG header may declare; None allows any.
         max_volume_voxels: the most voxels a NIfTI header may declare; None allows any.
-        image_size: the model's image size, to read volumes slice by slice at it (see above); None reads them at
-            their own resolution.
+        image_size: the model's image size, to read volumes at it (see above); None: at their own resolution.
         allow_missing_keys: do not fail when a key is missing.
     """
 
@@ -185,18 +173,16 @@ class SaveReconstructiond(MapTransform):
 
     The keys are those of MONAI's ``SaveImaged``. Not ``SaveImaged`` itself: its writers write in place (a killed run
     leaves a half-written file), replace existing files without asking, keep only a NIfTI's affine (not its header
-    and data type) and write PNGs at one bit depth. Here a PNG is written at the input's bit depth and a NIfTI image
-    with the input's header, affine and data type, each through a temporary file renamed into place with the
-    umask's permissions. The written path is recorded in the data's ``meta["saved_to"]``, as
-    ``SaveImaged(savepath_in_metadict=True)`` does.
+    and data type) and write PNGs at one bit depth. Here each file is written atomically (with the umask's
+    permissions) at the input's bit depth, or with its header, affine and data type. The written path is recorded in
+    ``meta["saved_to"]``, as ``SaveImaged(savepath_in_metadict=True)`` does.
 
     Args:
         keys: the key of the restored reconstruction (``"pred"``).
         output_dir: the output folder.
         output_postfix: appended to each input's name after ``_`` (``recon``: ``<name>_recon.png``).
         output_ext: the output's ending; None (default) for the input's own format (``.png`` or ``.nii.gz``).
-        output_dtype: the written data type; None (default) for the input's own (a PNG also takes ``uint8`` or
-            ``uint16``).
+        output_dtype: the written data type; None (default) for the input's own (a PNG: ``uint8`` or ``uint16``).
         separate_folder: put each input's outputs in a sub-folder named like the input.
         overwrite: replace existing outputs (else ``FileExistsError``).
         allow_missing_keys: pass over data without ``key`` (inputs that could not be read).

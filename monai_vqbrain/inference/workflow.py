@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sys
@@ -19,13 +18,12 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_vqbrain.errors import OutputPathError, SettingError, VQBrainError, find_user_error
+from monai_vqbrain.errors import ImageFileError, OutputPathError, find_user_error
 from monai_vqbrain.utils.io import remove_stale_temporary_files
 
 from .handlers import ERROR_KEY, METRICS_FILE
+from .input_files import glob_parts
 from .transforms import check_output_dtype, codes_file, output_file
-
-__all__ = ["InferenceDataset", "ReconstructionEvaluator", "check_outputs"]
 
 
 class InferenceDataset(Dataset):
@@ -75,10 +73,9 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     """MONAI's ``SupervisedEvaluator`` for an inferer that returns code maps with the reconstructions.
 
     Its iteration is ``SupervisedEvaluator``'s (prepare the batch, run the inferer in eval mode, fire
-    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``, on which MONAI decollates and post-processes), with two
-    differences ``SupervisedEvaluator``'s own iteration has no room for: the inferer's ``(reconstruction, codes)``
-    become ``pred`` and ``codes`` of the output, with the input as ``label`` (an autoencoder's target); and an error
-    item of :class:`InferenceDataset` passes without a forward pass (without ``pred``, so that post-processing with
+    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``) with two differences: the inferer's ``(reconstruction, codes)``
+    become ``pred`` and ``codes``, with the input as ``label`` (an autoencoder's target); and an error item of
+    :class:`InferenceDataset` passes without a forward pass or ``pred`` (so post-processing with
     ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends the run with the
     package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
     """
@@ -111,14 +108,7 @@ class ReconstructionEvaluator(SupervisedEvaluator):
 def _recursive_glob_roots(specs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
     """The folders below which each recursive glob (``**``) of the ``input`` setting matches, resolved."""
     specs = [] if specs is None else [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    roots = []
-    for spec in map(str, specs):
-        if "**" not in spec:
-            continue
-        parts = Path(spec).expanduser().absolute().parts
-        fixed = list(itertools.takewhile(lambda part: not set("*?[") & set(part), parts))
-        roots.append(Path(*fixed).resolve())
-    return roots
+    return [glob_parts(Path(spec).expanduser().absolute())[0].resolve() for spec in map(str, specs) if "**" in spec]
 
 
 def check_outputs(
@@ -135,24 +125,19 @@ def check_outputs(
     """Check that no output of a run would overwrite an input, another output, or (without ``overwrite``) a file.
 
     The bundle calls it before the evaluator runs, so that a run that would clobber something stops before doing any
-    work. When the checks pass, the temporary files that a killed run left for this run's outputs are removed.
+    work; then the temporary files that a killed run left for this run's outputs are removed.
 
     Args:
-        files: the input files (:func:`~monai_vqbrain.inference.find_input_files`).
+        files: the input files (:func:`.input_files.find_input_files`), returned as given.
         output_dir: the output folder.
-        output_postfix: the postfix of the reconstructions' names (see :func:`~monai_vqbrain.inference.output_file`);
-            code maps are ``<name>_codes.npz`` beside them.
+        output_postfix: the reconstructions' postfix (:func:`.transforms.output_file`); code maps: ``<name>_codes.npz``.
         output_ext: the reconstructions' extension (None: each input's own).
-        separate_folder: whether each input's outputs go into a folder of their own.
         output_dtype: the data type of the reconstructions (None: each input's own).
+        separate_folder: whether each input's outputs go into a folder of their own.
         save_codes: whether code maps are written.
         overwrite: whether existing outputs may be replaced.
-        input_specs: the ``input`` setting (files, folders, globs): an output folder equal to or inside the root
-            of a recursive glob (``/d`` of ``/d/**/*.png``) is refused, as the next run would take its outputs as
-            inputs.
-
-    Returns:
-        The input files.
+        input_specs: the ``input`` setting: an output folder equal to or inside the root of a recursive glob (``/d``
+            of ``/d/**/*.png``) is refused, as the next run would take its outputs as inputs.
 
     Raises:
         OutputPathError: when ``output_dir`` is a file or holds inputs, an output would overwrite an input file, two
@@ -182,9 +167,7 @@ def check_outputs(
         try:
             outputs = [output_file(path, output_dir, output_postfix, output_ext, separate_folder)]
             check_output_dtype(path, output_dtype)
-        except (OutputPathError, SettingError):
-            raise
-        except VQBrainError:
+        except ImageFileError:
             continue  # not an image file: it is reported by the run, and nothing is written for it
         if save_codes:
             outputs.append(codes_file(path, output_dir, separate_folder))
@@ -219,4 +202,3 @@ def check_outputs(
     for folder in {output.parent for output in planned}:
         remove_stale_temporary_files(folder, [output.name for output in planned if output.parent == folder])
     return list(files)
-

@@ -1,11 +1,9 @@
 """Checkpoint files: atomic saving, safe loading (no code execution) and clear errors for the wrong network.
 
-A trained network is saved as model-zoo bundles save it: ``model.pt`` holds the network's state dict and nothing
-else, so ``network_def.load_state_dict(torch.load("model.pt"))``, ``monai.bundle.load`` and MONAI's
-``ckpt_export``/``onnx_export`` work with their defaults. What produced the weights (the network's settings, the
-image size, the epoch and the metric they scored, ...) is in the metadata file beside it, ``model.json``, which
-names the weights it describes by their SHA-256. See :func:`save_model` for the order of the two writes that keeps
-the pair consistent if the process is killed at any instant.
+A trained network is saved as model-zoo bundles save it: ``model.pt`` holds the state dict only, so
+``network_def.load_state_dict(torch.load("model.pt"))``, ``monai.bundle.load`` and MONAI's ``ckpt_export``/
+``onnx_export`` work with their defaults. What produced the weights (network settings, image size, epoch, metric)
+is in ``model.json`` beside it, which names the weights by their SHA-256 (see :func:`save_model`).
 """
 
 from __future__ import annotations
@@ -47,17 +45,13 @@ DEFAULT_MAX_CHECKPOINT_BYTES = 2**30
 """Most bytes a checkpoint may unpack to when no network is at hand to bound it (1 GiB; the default prior's
 ``prior_last.pt`` holds about 20 MB)."""
 
-# a training checkpoint holds the weights, Adam's two moments and small state; one more copy of slack
-_CHECKPOINT_COPIES = 4
-_CHECKPOINT_SLACK_BYTES = 64 * 2**20  # metadata, history, scheduler and the pickle itself
-
 
 def checkpoint_byte_limit(*networks: nn.Module) -> int:
     """The most bytes a checkpoint of these networks may unpack to: 4x their weights and buffers, plus 64 MiB.
 
-    ``last.pt`` holds the weights and Adam's two moment estimates (3x), ``model.pt`` the weights alone; anything
-    far beyond is not a checkpoint of these networks (a re-zipped file declaring gigabytes of zeros), and is refused
-    before a byte is unpacked.
+    ``last.pt`` holds the weights and Adam's two moment estimates (3x; one more copy is slack, the 64 MiB cover
+    metadata, history, scheduler and the pickle); anything far beyond is not a checkpoint of these networks (a
+    re-zipped file declaring gigabytes of zeros), and is refused before a byte is unpacked.
 
     Args:
         networks: the networks the checkpoint is for (a DDP wrapper's ``module`` is used).
@@ -66,22 +60,15 @@ def checkpoint_byte_limit(*networks: nn.Module) -> int:
     for network in networks:
         network = unwrap_network(network)
         weights += sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
-    return _CHECKPOINT_COPIES * weights + _CHECKPOINT_SLACK_BYTES
+    return 4 * weights + 64 * 2**20
 
 
 def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> None:
-    """Refuse a checkpoint that would unpack to more than ``max_bytes``, from its zip directory, before loading it.
+    """Refuse (``CheckpointError``) a checkpoint that would unpack to more than ``max_bytes`` (None: any size).
 
     ``torch.save`` writes a zip archive whose central directory lists the uncompressed size of every entry; a file
     in the legacy (pickle) format, like a ``.safetensors`` file, holds its tensors uncompressed, so its own size
     bounds them.
-
-    Args:
-        path: the checkpoint file.
-        max_bytes: the bound (see :func:`checkpoint_byte_limit`); None allows any size.
-
-    Raises:
-        CheckpointError: naming the file, its unpacked size and the bound.
     """
     if max_bytes is None:
         return
@@ -99,25 +86,29 @@ def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> Non
         )
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
 
     Raises:
         OutputWriteError: naming ``path`` when it cannot be written (full disk, read-only folder, no permission).
     """
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            torch.save(checkpoint, tmp)
-        except RuntimeError as error:
-            # torch's C++ writer reports a full disk as "basic_ios::clear: iostream error" or "failed writing file"
-            raise OutputWriteError(
-                f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
-            ) from error
+    with atomic_path(path) as tmp:
+        _torch_save(checkpoint, tmp, path)
     return Path(path)
 
 
+def _torch_save(obj: Any, tmp: Path, path: str | os.PathLike) -> None:
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as error:
+        # torch's C++ writer reports a full disk as "basic_ios::clear: iostream error" or "failed writing file"
+        raise OutputWriteError(
+            f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
+        ) from error
+
+
 def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, name: str = "checkpoint") -> Path:
-    """Refuse a checkpoint path that is not a regular file, naming it and saying what it is instead.
+    """Return ``path`` if it is a regular file; else refuse it, naming it and saying what it is instead.
 
     A missing file gets ``missing`` (how to make the file); a folder, a FIFO, a socket, a device (``/dev/zero``) or a
     link to nothing gets a message saying so, not that it is missing.
@@ -126,9 +117,6 @@ def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, n
         path: the checkpoint's path.
         missing: the message for a path where nothing exists; None says to train first.
         name: what the file is, as the messages name it (``prior checkpoint``).
-
-    Returns:
-        The path.
 
     Raises:
         CheckpointError: naming the path when it is not a regular file.
@@ -144,7 +132,9 @@ def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, n
     if not path.exists():
         raise CheckpointError(missing or f"{name} '{path}' does not exist; train first or pass the right path.")
     kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
-    raise CheckpointError(f"{name} '{path}' is {kind}; expected the checkpoint file itself (a .pt or .safetensors file).")
+    raise CheckpointError(
+        f"{name} '{path}' is {kind}; expected the checkpoint file itself (a .pt or .safetensors file)."
+    )
 
 
 def load_checkpoint(
@@ -152,10 +142,8 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     max_bytes: int | None = DEFAULT_MAX_CHECKPOINT_BYTES,
 ) -> dict[str, Any]:
-    """Load a checkpoint without executing code from it.
-
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
-    which refuses pickled objects other than tensors and plain containers.
+    """Load a checkpoint without executing code from it: a ``.safetensors`` file with safetensors, anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and plain containers.
 
     Args:
         path: the checkpoint file.
@@ -221,7 +209,7 @@ def check_state_dict_matches(network: nn.Module, state: dict[str, torch.Tensor],
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    mismatched = [f"{k}: checkpoint {found[k]} vs network {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    mismatched = [f"{k}: checkpoint {found[k]} vs network {v}" for k, v in expected.items() if found.get(k, v) != v]
     if missing or unexpected or mismatched:
         details = []
         if mismatched:
@@ -255,33 +243,26 @@ def metadata_file(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file's bytes, read in chunks."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's bytes, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _is_training_state(checkpoint: dict[str, Any]) -> bool:
-    """A :class:`~monai_vqbrain.handlers.TrainingCheckpointSaver` file (``last.pt``): weights under ``"model"``."""
-    return isinstance(checkpoint.get("model"), dict) and ("trainer" in checkpoint or "optimizer" in checkpoint)
-
-
 def is_old_layout(checkpoint: dict[str, Any]) -> bool:
     """Whether a loaded model file is in the layout written before 0.5: ``{"model": weights, "metadata": {...}}``
-    (with or without the same weights again at its top level), which a strict ``load_state_dict`` refuses."""
-    return isinstance(checkpoint.get("model"), dict) and not _is_training_state(checkpoint)
+    (with or without the same weights again at its top level), which a strict ``load_state_dict`` refuses; a
+    ``last.pt`` training state also holds its weights under ``"model"``, beside ``"trainer"`` or ``"optimizer"``."""
+    return isinstance(checkpoint.get("model"), dict) and not ("trainer" in checkpoint or "optimizer" in checkpoint)
 
 
-def _report_old_layout(path: Path) -> None:
+def _warn_once(path: Path, message: str) -> None:
     if path.absolute() not in _REPORTED:
         _REPORTED.add(path.absolute())
-        logger.warning(
-            f"'{path}' is in the old checkpoint layout (weights and metadata in one file, which MONAI's tools refuse "
-            f"without --key_in_ckpt model); it still loads; convert it with: {CONVERT_COMMAND}"
-        )
+        logger.warning(message)
 
 
 def _read_metadata_document(path: Path) -> dict[str, Any] | None:
@@ -317,44 +298,32 @@ def _entry_for(path: Path, document: dict[str, Any] | None) -> dict[str, Any] | 
     return None
 
 
-def save_model(
-    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], overwrite: bool = True
-) -> Path:
+def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Save a network's state dict to ``path`` and ``metadata`` to :func:`metadata_file` beside it, consistently.
 
-    The weights file holds the state dict only, as model-zoo bundles' ``model.pt`` does. The metadata file names
-    the weights it describes by their SHA-256, and keeps the entry of the weights it replaces. The writes are
-    ordered so that a process killed at any instant leaves a pair a reader resolves: (1) the weights are written to
-    a temporary file beside ``path``; (2) the metadata file, describing them and keeping the current weights'
-    entry as ``previous``, replaces the old one atomically; (3) the temporary file is renamed onto ``path``. Killed
-    before (2), the old pair is intact; between (2) and (3), ``path`` still holds the old weights, which
-    ``previous`` describes; after (3), the new pair is in place. The temporary file a kill leaves is removed by the
-    next run's start-up checks.
+    The metadata file names the weights it describes by their SHA-256. The writes are ordered so that a process
+    killed at any instant leaves a pair a reader resolves: (1) the weights go to a temporary file beside ``path``;
+    (2) the metadata file, keeping the current weights' entry as ``previous``, replaces the old one atomically; (3)
+    the temporary file is renamed onto ``path``. Killed before (2), the old pair is intact; between (2) and (3),
+    ``previous`` describes the old weights still in ``path``. The next run's start-up checks remove the temporary file.
 
     Args:
         path: the weights file (``model.pt``, ``prior.pt``).
         state_dict: the network's state dict.
         metadata: what produced the weights; must be JSON (numbers, strings, lists, dicts).
-        overwrite: when False and ``path`` exists, refuse (``FileExistsError``).
 
     Raises:
         OutputWriteError: naming the file when it cannot be written (full disk, read-only folder, no permission).
     """
     path = Path(path)
-    previous = None
     try:
         previous = _entry_for(path, _read_metadata_document(path))
     except CheckpointError:  # an unreadable metadata file is replaced; it described nothing we can use
         previous = None
     if previous is not None:
         previous = {"weights_sha256": previous["weights_sha256"], "metadata": previous.get("metadata", {})}
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            torch.save(dict(state_dict), tmp)
-        except RuntimeError as error:
-            raise OutputWriteError(
-                f"cannot write checkpoint '{path}' ({str(error).splitlines()[0]}); is the disk full or read-only?"
-            ) from error
+    with atomic_path(path) as tmp:
+        _torch_save(dict(state_dict), tmp, path)
         document = {
             "format": MODEL_METADATA_FORMAT,
             "weights": path.name,
@@ -394,18 +363,20 @@ def read_model_metadata(
     if entry is not None:
         return dict(entry.get("metadata") or {})
     checkpoint = load_checkpoint(path, max_bytes=max_bytes) if checkpoint is None else checkpoint
-    if _is_training_state(checkpoint):
+    if isinstance(checkpoint.get("model"), dict):  # a training state, or a model file in the old layout
+        if is_old_layout(checkpoint):
+            _warn_once(
+                path,
+                f"'{path}' is in the old checkpoint layout (weights and metadata in one file, which MONAI's tools "
+                f"refuse without --key_in_ckpt model); it still loads; convert it with: {CONVERT_COMMAND}",
+            )
         return dict(checkpoint.get(METADATA_KEY) or {})
-    if is_old_layout(checkpoint):
-        _report_old_layout(path)
-        return dict(checkpoint.get(METADATA_KEY) or {})
-    if path.absolute() not in _REPORTED:
-        _REPORTED.add(path.absolute())
-        why = "there is none" if document is None else "it describes other weights (the file was replaced since)"
-        logger.warning(
-            f"'{path}' has no metadata beside it ('{metadata_file(path).name}': {why}): its image size and training "
-            f"settings are not known and not checked."
-        )
+    why = "there is none" if document is None else "it describes other weights (the file was replaced since)"
+    _warn_once(
+        path,
+        f"'{path}' has no metadata beside it ('{metadata_file(path).name}': {why}): its image size and training "
+        f"settings are not known and not checked.",
+    )
     return {}
 
 
@@ -417,8 +388,7 @@ def read_model(
     """A model file's state dict and its metadata (see :func:`read_model_metadata`), in either layout.
 
     Args:
-        path: the weights file (``model.pt``, ``prior.pt``; a ``last.pt`` training state or a ``.safetensors`` file
-            work too).
+        path: the weights file (``model.pt``, ``prior.pt``, a ``last.pt`` training state or a ``.safetensors`` file).
         map_location: where to load the tensors.
         max_bytes: the most bytes the file may unpack to, checked before loading (:func:`checkpoint_byte_limit`).
 
@@ -430,13 +400,8 @@ def read_model(
 
 
 def convert_checkpoint(path: str | os.PathLike) -> tuple[str, str] | None:
-    """Convert a model file in the old layout, in place, into the state dict plus its metadata file.
-
-    Nothing is lost: the weights stay in ``path`` (now the state dict only) and the metadata moves to
-    :func:`metadata_file`. A file already in the current layout is left alone.
-
-    Args:
-        path: the model file (``model.pt``, ``prior.pt``).
+    """Convert a model file (``model.pt``, ``prior.pt``) in the old layout, in place, into the state dict plus its
+    metadata file; nothing is lost. A file already in the current layout is left alone.
 
     Returns:
         ``(old SHA-256, new SHA-256)`` of the file when it was converted, else None.
@@ -476,7 +441,9 @@ def load_network_weights(
     network = unwrap_network(network)
     state, metadata = read_model(path, map_location=map_location, max_bytes=checkpoint_byte_limit(network))
     if not state:
-        raise CheckpointError(f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry).")
+        raise CheckpointError(
+            f"checkpoint '{path}' holds no network weights (expected a state dict or a 'model' entry)."
+        )
     check_state_dict_matches(network, state, str(path))
     check_finite_weights(state, str(path))
     for key, value in (expected_metadata or {}).items():
@@ -486,4 +453,4 @@ def load_network_weights(
                 f"set {key} to {metadata[key]} or use a checkpoint trained with {key}={value}."
             )
     network.load_state_dict(state)
-    return dict(metadata)
+    return metadata

@@ -1,11 +1,9 @@
 """Convert checkpoints written before 0.5 into the current layout: ``python -m monai_vqbrain.utils.convert_checkpoint``.
 
-Before 0.5 ``model.pt`` and ``prior.pt`` held ``{"model": state_dict, "metadata": {...}}`` (``model.pt`` also the
-weights at its top level), which MONAI's ``ckpt_export``/``onnx_export`` and a strict ``load_state_dict`` refuse
-without ``--key_in_ckpt model``. Now each holds the state dict only, with its metadata in ``model.json`` /
-``prior.json`` beside it. Conversion is in place and loses nothing. A prior records the SHA-256 of the VQ-VAE file
-it was trained over; converting ``model.pt`` changes that file's bytes, so the priors in the same folder
-(``prior.pt``, ``prior_last.pt``) are updated to the new fingerprint (their code caches are rebuilt on next use).
+Before 0.5 ``model.pt`` and ``prior.pt`` held ``{"model": state_dict, "metadata": {...}}``, which MONAI's tools and
+a strict ``load_state_dict`` refuse; each becomes its state dict plus ``model.json``/``prior.json``, in place. A prior
+records the SHA-256 of the VQ-VAE file it was trained over, so the priors in the same folder (``prior.pt``,
+``prior_last.pt``) get the converted ``model.pt``'s new one (their code caches are rebuilt on next use).
 
 Usage::
 
@@ -30,10 +28,6 @@ from .checkpoint import (
     save_model,
 )
 
-__all__ = ["convert_checkpoints", "main"]
-
-_VQVAE, _PRIOR, _PRIOR_LAST = "model.pt", "prior.pt", "prior_last.pt"
-
 
 def convert_checkpoints(target: str | os.PathLike) -> list[Path]:
     """Convert the old-layout model files of a checkpoint folder (``model.pt``, ``prior.pt``), or one file.
@@ -50,27 +44,26 @@ def convert_checkpoints(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     if not target.is_dir():
         return [target] if convert_checkpoint(target) is not None else []
+    vqvae, prior, prior_last = target / "model.pt", target / "prior.pt", target / "prior_last.pt"
     rewritten = []
-    fingerprints = convert_checkpoint(target / _VQVAE) if (target / _VQVAE).is_file() else None
+    fingerprints = convert_checkpoint(vqvae) if vqvae.is_file() else None
     if fingerprints is not None:
-        rewritten.append(target / _VQVAE)
-    if (target / _PRIOR).is_file():
-        if convert_checkpoint(target / _PRIOR) is not None:
-            rewritten.append(target / _PRIOR)
+        rewritten.append(vqvae)
+    if prior.is_file():
+        if convert_checkpoint(prior) is not None:
+            rewritten.append(prior)
         if fingerprints is not None:
-            state, metadata = read_model(target / _PRIOR)
+            state, metadata = read_model(prior)
             if metadata.get("vqvae_sha256") == fingerprints[0]:
-                save_model(target / _PRIOR, state, {**metadata, "vqvae_sha256": fingerprints[1]})
-                if target / _PRIOR not in rewritten:
-                    rewritten.append(target / _PRIOR)
-    if fingerprints is not None and (target / _PRIOR_LAST).is_file():
-        state = load_checkpoint(target / _PRIOR_LAST)
+                save_model(prior, state, {**metadata, "vqvae_sha256": fingerprints[1]})
+                if prior not in rewritten:
+                    rewritten.append(prior)
+    if fingerprints is not None and prior_last.is_file():
+        state = load_checkpoint(prior_last)
         metadata = state.get(METADATA_KEY) or {}
         if metadata.get("vqvae_sha256") == fingerprints[0]:
-            save_checkpoint(
-                target / _PRIOR_LAST, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}}
-            )
-            rewritten.append(target / _PRIOR_LAST)
+            save_checkpoint(prior_last, {**state, METADATA_KEY: {**metadata, "vqvae_sha256": fingerprints[1]}})
+            rewritten.append(prior_last)
     return rewritten
 
 

@@ -1,4 +1,5 @@
-"""Command-line flags: ``--amp false`` reaches a bundle as the string ``'false'``, which Python treats as true."""
+"""Command-line flags: ``--amp false`` reaches a bundle as the string ``'false'`` (Fire only converts ``False``),
+which Python treats as true."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ _FALSE = {"false", "0", "no", "off", "none", "null", ""}
 
 
 def as_bool(value: object, name: str = "flag") -> bool:
-    """Interpret a config or command-line value as a boolean.
-
-    ``python -m monai.bundle run ... --amp false`` passes the string ``'false'`` (Fire only converts ``False``),
-    so every boolean setting goes through this.
+    """Interpret a config or command-line value as a boolean: every boolean setting goes through this.
 
     Args:
         value: a bool, a number, None, or a string such as ``true``/``false``/``1``/``0``/``yes``/``no``.

@@ -39,16 +39,13 @@ def _split_name(path: Path) -> tuple[str, str]:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name, suffix or ".tmp"
 
 
-def temporary_file_pattern(path: str | os.PathLike) -> re.Pattern:
-    """The names :func:`atomic_path` gives its temporary files for ``path``."""
-    stem, suffix = _split_name(Path(path))
-    return re.compile(re.escape(f".{stem}.") + _RANDOM_PART + re.escape(suffix) + "$")
-
-
 def _write_error(path: Path, error: OSError) -> OutputWriteError:
     reason = error.strerror or str(error)
-    hint = {errno.ENOSPC: "; free some space", errno.EROFS: "; choose a writable folder",
-            errno.EACCES: "; choose a folder you may write to"}.get(error.errno or 0, "")
+    hint = {
+        errno.ENOSPC: "; free some space",
+        errno.EROFS: "; choose a writable folder",
+        errno.EACCES: "; choose a folder you may write to",
+    }.get(error.errno or 0, "")
     return OutputWriteError(f"cannot write '{path}': {reason}{hint}")
 
 
@@ -90,24 +87,19 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             tmp.unlink()
 
 
-def remove_stale_temporary_files(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Remove the temporary files a killed run left behind for the outputs ``names`` in ``folder``.
-
-    Only names that :func:`atomic_path` itself gives temporary files for ``names`` are touched.
-
-    Returns:
-        The files removed.
-    """
+def remove_stale_temporary_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Remove the temporary files a killed run left in ``folder`` for the outputs ``names``: only files named as
+    :func:`atomic_path` names them."""
     folder = Path(folder)
     if not folder.is_dir():
-        return []
-    patterns = [temporary_file_pattern(folder / name) for name in names]
-    removed = []
+        return
+    patterns = []
+    for name in names:
+        stem, suffix = _split_name(folder / name)
+        patterns.append(re.compile(re.escape(f".{stem}.") + _RANDOM_PART + re.escape(suffix) + "$"))
     for entry in folder.iterdir():
         if entry.name.startswith(".") and entry.is_file() and any(p.match(entry.name) for p in patterns):
             entry.unlink()
-            removed.append(entry)
-    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:

@@ -33,8 +33,7 @@ def check_checkpoint_dir(
 ) -> Path | None:
     """Refuse to overwrite existing checkpoints unless asked; return the checkpoint to resume from, if any.
 
-    Temporary files that a killed run left beside the checkpoints are removed first. A resumed run must continue
-    the same network at the same image size, and must have epochs left to train.
+    Temporary files that a killed run left beside the checkpoints are removed first.
 
     Args:
         ckpt_dir: the folder training writes checkpoints to.
@@ -69,7 +68,9 @@ def check_checkpoint_dir(
         )
     if resume:
         if not resumable.is_file():
-            raise CheckpointError(f"resume was asked for but '{resumable}' does not exist; train without --resume first.")
+            raise CheckpointError(
+                f"resume was asked for but '{resumable}' does not exist; train without --resume first."
+            )
         _check_resumable(resumable, max_epochs, expected_metadata or {}, max_epochs_key)
         return resumable
     if existing and not overwrite:
@@ -80,9 +81,7 @@ def check_checkpoint_dir(
     return None
 
 
-def _check_resumable(
-    resumable: Path, max_epochs: int | None, expected: Mapping[str, Any], max_epochs_key: str
-) -> None:
+def _check_resumable(resumable: Path, max_epochs: int | None, expected: Mapping[str, Any], max_epochs_key: str) -> None:
     metadata = load_checkpoint(resumable).get(METADATA_KEY, {}) or {}
     for key, value in expected.items():
         if key in ("epoch", "key_metric") or key not in metadata:
@@ -106,10 +105,7 @@ def _check_resumable(
 def network_metadata(network: nn.Module, **entries: Any) -> dict[str, Any]:
     """Metadata stored in checkpoints: the network's class and settings plus ``entries`` (e.g. ``image_size``)."""
     network = unwrap_network(network)
-    settings = {
-        name: getattr(network, name)
-        for name in ("spatial_dims", "in_channels", "out_channels", "channels", "num_embeddings", "embedding_dim")
-        if hasattr(network, name)
-    }
+    names = ("spatial_dims", "in_channels", "out_channels", "channels", "num_embeddings", "embedding_dim")
+    settings = {name: getattr(network, name) for name in names if hasattr(network, name)}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return {"network": type(network).__name__, **settings, **entries}
