@@ -42,11 +42,13 @@ class StopOnDivergence:
         network: the trained network, whose weights are checked at each epoch's end.
         learning_rate_key: the setting that sets the optimizer's learning rate, for the hint
             (``learning_rate``, ``prior_learning_rate``).
+        loss_key: the key of the loss in ``engine.state.output``.
     """
 
-    def __init__(self, network: torch.nn.Module, learning_rate_key: str = "learning_rate"):
+    def __init__(self, network: torch.nn.Module, learning_rate_key: str = "learning_rate", loss_key: str = Keys.LOSS):
         self.network = network
         self.learning_rate_key = learning_rate_key
+        self.loss_key = loss_key
         self.last_finite: tuple[int, float] | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -70,7 +72,7 @@ class StopOnDivergence:
 
     def _check_loss(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = output.get(Keys.LOSS) if isinstance(output, dict) else output
+        loss = output.get(self.loss_key) if isinstance(output, dict) else output
         if loss is None:
             return
         value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)

@@ -13,23 +13,28 @@ from ..engines.trainer import LOSS_COMPONENTS
 class LossComponentsHandler:
     """Average ``loss`` and each ``loss_<component>`` of the trainer's output over an epoch.
 
-    At the end of every epoch it sets ``engine.state.metrics["train_loss"]`` and ``["train_<component>"]`` for each
-    component the trainer outputs (the adversarial ones only with an adversarial term), so MONAI's ``StatsHandler``
-    and ``TensorBoardStatsHandler`` log them per epoch. Sums stay on the device during the epoch (no host sync per
-    iteration) and are summed across ranks under DDP.
+    At the end of every epoch it sets ``engine.state.metrics[f"{prefix}loss"]`` and ``[f"{prefix}<component>"]``
+    for each component the trainer outputs (the adversarial ones only with an adversarial term), so MONAI's
+    ``StatsHandler`` and ``TensorBoardStatsHandler`` log them per epoch. Sums stay on the device during the epoch
+    (no host sync per iteration) and are summed across ranks under DDP.
+
+    Args:
+        prefix: prefix of the metric names.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "train_") -> None:
+        self.prefix = prefix
+        self._sums: torch.Tensor | None = None
+        self._count = 0
         self._components: tuple[str, ...] = LOSS_COMPONENTS
-        self._reset()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
 
-    def _reset(self, engine: Engine | None = None) -> None:
-        self._sums: torch.Tensor | None = None
+    def _reset(self, engine: Engine) -> None:
+        self._sums = None
         self._count = 0
 
     def _accumulate(self, engine: Engine) -> None:
@@ -51,6 +56,6 @@ class LossComponentsHandler:
         totals = torch.cat([self._sums, self._sums.new_tensor([self._count])])
         totals = all_reduce_sum(totals).tolist()
         means = [value / totals[-1] for value in totals[:-1]]
-        engine.state.metrics["train_loss"] = means[0]
+        engine.state.metrics[f"{self.prefix}loss"] = means[0]
         for component, mean in zip(self._components, means[1:], strict=True):
-            engine.state.metrics[f"train_{component}"] = mean
+            engine.state.metrics[f"{self.prefix}{component}"] = mean

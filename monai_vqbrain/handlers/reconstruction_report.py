@@ -155,12 +155,12 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
 class ReconstructionReportHandler:
     """Score every reconstruction of an evaluator and write the report into ``output_dir`` after its epoch.
 
-    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size`` and
-    more), ``per_image_metrics.csv`` (the batch's ``name``, SSIM, PSNR and error of every image; a non-finite score
-    is an empty cell with the reason in ``error``), ``reconstructions.png`` (``num_examples`` originals above their
-    reconstructions and absolute error maps, from the best to the worst SSIM, titled with the checkpoint and the
-    mean SSIM; none when ``num_examples`` is 0) and ``loss_curves.png`` (per-epoch training losses from
-    ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
+    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
+    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a
+    non-finite score is an empty cell with the reason in ``error``), ``reconstructions.png``
+    (``num_examples`` originals above their reconstructions and absolute error maps, from the best to the worst
+    SSIM, titled with the checkpoint and the mean SSIM; none when ``num_examples`` is 0) and ``loss_curves.png`` (per-epoch training losses
+    from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
     ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
 
     Args:
@@ -169,6 +169,7 @@ class ReconstructionReportHandler:
         history_file: the training history written by ``TrainingHistoryHandler``; None skips the loss curves.
         num_examples: how many images the reconstruction figure shows, spread from the best to the worst SSIM
             (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
+        name_key: key of the image names in the batch.
         extra_metadata: more entries for ``metrics.json`` (e.g. the checkpoint and dataset used).
     """
 
@@ -178,12 +179,14 @@ class ReconstructionReportHandler:
         image_size: int,
         history_file: str | os.PathLike | None = None,
         num_examples: int = 8,
+        name_key: str = "name",
         extra_metadata: dict | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.image_size = image_size
         self.history_file = history_file
         self.num_examples = num_examples
+        self.name_key = name_key
         self.extra_metadata = dict(extra_metadata or {})
         self.ssim_metric = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
         self.psnr_metric = PSNRMetric(max_val=1.0, reduction="none")
@@ -212,7 +215,7 @@ class ReconstructionReportHandler:
         self.ssim_metric.reset()
         self.psnr_metric.reset()
         batch = engine.state.batch
-        names = batch.get("name") if isinstance(batch, dict) else None
+        names = batch.get(self.name_key) if isinstance(batch, dict) else None
         if names is None:
             names = [f"image_{len(self.names) + i}" for i in range(len(batch_ssim))]
         self.names.extend(str(n) for n in names)

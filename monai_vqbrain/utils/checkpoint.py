@@ -86,13 +86,13 @@ def check_checkpoint_size(path: str | os.PathLike, max_bytes: int | None) -> Non
         )
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], overwrite: bool = True) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (readers never see a partial file).
 
     Raises:
         OutputWriteError: naming ``path`` when it cannot be written (full disk, read-only folder, no permission).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         _torch_save(checkpoint, tmp, path)
     return Path(path)
 
@@ -298,7 +298,9 @@ def _entry_for(path: Path, document: dict[str, Any] | None) -> dict[str, Any] | 
     return None
 
 
-def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+def save_model(
+    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], overwrite: bool = True
+) -> Path:
     """Save a network's state dict to ``path`` and ``metadata`` to :func:`metadata_file` beside it, consistently.
 
     The metadata file names the weights it describes by their SHA-256. The writes are ordered so that a process
@@ -311,6 +313,7 @@ def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], met
         path: the weights file (``model.pt``, ``prior.pt``).
         state_dict: the network's state dict.
         metadata: what produced the weights; must be JSON (numbers, strings, lists, dicts).
+        overwrite: when False and ``path`` exists, refuse (``FileExistsError``).
 
     Raises:
         OutputWriteError: naming the file when it cannot be written (full disk, read-only folder, no permission).
@@ -322,7 +325,7 @@ def save_model(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], met
         previous = None
     if previous is not None:
         previous = {"weights_sha256": previous["weights_sha256"], "metadata": previous.get("metadata", {})}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         _torch_save(dict(state_dict), tmp, path)
         document = {
             "format": MODEL_METADATA_FORMAT,
