@@ -7,15 +7,28 @@ MONAI's ``Invertd`` and :class:`SaveReconstructiond` restore and write each reco
 :class:`CodesSaver` and :class:`InferenceMetricsWriter` write the code maps and ``reconstruction_metrics.csv``.
 """
 
+from ..data.limits import DEFAULT_MIN_SLICE_SIZE
 from ..errors import OutputPathError
-from .handlers import METRICS_FILE, CodesSaver, FileResult, InferenceMetricsWriter
-from .input_files import find_input_files
-from .io import read_input
-from .transforms import LoadInputd, SaveReconstructiond
+from .handlers import METRICS_FILE, CodesSaver, FileResult, InferenceMetricsWriter, code_information_bits
+from .input_files import (
+    NIFTI_SUFFIXES,
+    PNG_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    find_input_files,
+    image_format,
+    strip_image_suffix,
+)
+from .io import read_input, restore_input_layout, write_nifti, write_png
+from .transforms import OUTPUT_EXTENSIONS, LoadInputd, SaveReconstructiond, codes_file, output_file
 from .workflow import InferenceDataset, ReconstructionEvaluator, check_outputs
 
 __all__ = [
+    "DEFAULT_MIN_SLICE_SIZE",
     "METRICS_FILE",
+    "NIFTI_SUFFIXES",
+    "OUTPUT_EXTENSIONS",
+    "PNG_SUFFIXES",
+    "SUPPORTED_SUFFIXES",
     "CodesSaver",
     "FileResult",
     "InferenceDataset",
@@ -25,6 +38,14 @@ __all__ = [
     "ReconstructionEvaluator",
     "SaveReconstructiond",
     "check_outputs",
+    "code_information_bits",
+    "codes_file",
     "find_input_files",
+    "image_format",
+    "output_file",
     "read_input",
+    "restore_input_layout",
+    "strip_image_suffix",
+    "write_nifti",
+    "write_png",
 ]

@@ -1,7 +1,20 @@
-"""Utilities shared by the package: checkpoint files, atomic file output and boolean flags."""
+"""Small utilities shared by the package: atomic file output and device/precision helpers."""
 
-from .checkpoint import (
+from .flags import as_bool
+from .io import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temporary_files
+from .modules import unwrap_network
+
+__all__ = ["as_bool", "unwrap_network", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporary_files"]
+from .checkpoint import (  # noqa: E402
     CONVERT_COMMAND,
+    DEFAULT_MAX_CHECKPOINT_BYTES,
+    METADATA_KEY,
+    check_checkpoint_file,
+    check_checkpoint_size,
+    check_finite_weights,
+    check_state_dict_matches,
+    checkpoint_byte_limit,
+    convert_checkpoint,
     file_sha256,
     load_checkpoint,
     load_network_weights,
@@ -12,21 +25,24 @@ from .checkpoint import (
     save_checkpoint,
     save_model,
 )
-from .flags import as_bool
-from .io import atomic_path, atomic_write_text
 
-__all__ = [
+__all__ += [
     "CONVERT_COMMAND",
-    "as_bool",
-    "atomic_path",
-    "atomic_write_text",
+    "convert_checkpoint",
     "file_sha256",
-    "load_checkpoint",
-    "load_network_weights",
     "metadata_file",
-    "network_state_dict",
     "read_model",
     "read_model_metadata",
-    "save_checkpoint",
     "save_model",
+    "DEFAULT_MAX_CHECKPOINT_BYTES",
+    "METADATA_KEY",
+    "check_checkpoint_file",
+    "check_checkpoint_size",
+    "checkpoint_byte_limit",
+    "check_finite_weights",
+    "check_state_dict_matches",
+    "load_checkpoint",
+    "load_network_weights",
+    "network_state_dict",
+    "save_checkpoint",
 ]
