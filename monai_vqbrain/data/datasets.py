@@ -22,15 +22,6 @@ from monai_vqbrain.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DATASET_FORMATS",
-    "dataset_record",
-    "resolve_dataset_dir",
-    "detect_dataset_format",
-    "get_datalist",
-    "get_dataset",
-]
-
 DATASET_FORMATS = ("auto", "png", "nifti")
 _EXPECTED_LAYOUT = (
     f"a folder holding {PNG_FOLDER_PREFIX}train/, {PNG_FOLDER_PREFIX}validate/ and {PNG_FOLDER_PREFIX}test/ "

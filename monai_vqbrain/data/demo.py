@@ -32,14 +32,6 @@ from monai_vqbrain.data.template import (
 from monai_vqbrain.errors import DatasetError
 from monai_vqbrain.utils.io import atomic_write_text
 
-__all__ = [
-    "DEMO_DIR_ENV",
-    "DEMO_MARKER",
-    "default_demo_dir",
-    "generate_demo_dataset",
-    "ensure_demo_dataset",
-]
-
 DEMO_DIR_ENV = "MONAI_VQBRAIN_DEMO_DIR"
 """Environment variable that overrides the default demo folder."""
 

@@ -17,14 +17,6 @@ from collections.abc import Sequence
 
 from monai_vqbrain.errors import ImageFileError
 
-__all__ = [
-    "DEFAULT_MAX_IMAGE_PIXELS",
-    "DEFAULT_MAX_VOLUME_VOXELS",
-    "DEFAULT_MIN_SLICE_SIZE",
-    "check_image_size",
-    "check_slice_shape",
-]
-
 DEFAULT_MAX_IMAGE_PIXELS = 8192**2
 """Most pixels a 2D image file (PNG) may declare: 8192 x 8192."""
 

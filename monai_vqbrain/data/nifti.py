@@ -30,18 +30,6 @@ from monai_vqbrain.data.limits import (
 )
 from monai_vqbrain.errors import ImageFileError
 
-__all__ = [
-    "check_nifti_header",
-    "robust_range",
-    "scale_to_unit",
-    "voxel_orientation",
-    "VolumeSlices",
-    "open_volume_slices",
-    "volume_intensity_range",
-    "volume_plane",
-]
-
-
 _RAS = axcodes2ornt("RAS")
 
 

@@ -17,18 +17,6 @@ from PIL import Image, UnidentifiedImageError
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
-__all__ = [
-    "SPLITS",
-    "SPLIT_ALIASES",
-    "PNG_FOLDER_PREFIX",
-    "canonical_split",
-    "png_split_folder",
-    "locate_png_root",
-    "find_png_files",
-    "check_png_file",
-    "list_oasis_png_split",
-]
-
 SPLITS = ("train", "validate", "test")
 """The split names used throughout the package, in the order of the OASIS release."""
 

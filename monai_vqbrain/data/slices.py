@@ -12,13 +12,6 @@ import numpy as np
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.nifti import _stamp, open_volume_slices, volume_intensity_range
 
-__all__ = [
-    "FOREGROUND_THRESHOLD",
-    "read_volume_plane",
-    "list_volume_slices",
-]
-
-
 FOREGROUND_THRESHOLD = 0.05
 """Intensity (after scaling to [0, 1]) above which a pixel counts as foreground for ``min_foreground``."""
 

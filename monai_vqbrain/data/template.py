@@ -23,19 +23,6 @@ import torch.nn.functional as F
 
 from monai_vqbrain.errors import DatasetError
 
-__all__ = [
-    "AXIAL_RANGE_MM",
-    "SEG_LEVELS",
-    "TEMPLATE_NAME",
-    "BrainTemplate",
-    "MIN_BRAIN_FRACTION",
-    "brain_covering_positions",
-    "draw_subject",
-    "load_brain_template",
-    "render_subject",
-    "template_folder",
-]
-
 TEMPLATE_NAME = "MNI ICBM 152 non-linear symmetric 2009a (nilearn)"
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

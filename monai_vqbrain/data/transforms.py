@@ -33,17 +33,6 @@ from monai_vqbrain.data.limits import DEFAULT_MAX_VOLUME_VOXELS
 from monai_vqbrain.data.slices import read_volume_plane
 from monai_vqbrain.errors import ImageFileError
 
-__all__ = [
-    "normalize_pil_mode",
-    "SliceReader",
-    "LoadSliced",
-    "ScaleByDtyped",
-    "ToGreyscaled",
-    "PadToSquared",
-    "ResizeSquared",
-    "get_slice_transforms",
-]
-
 _NATIVE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I", "F"})
 
 

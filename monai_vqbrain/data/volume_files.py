@@ -14,16 +14,6 @@ from pathlib import Path
 from monai_vqbrain.data.oasis import SPLIT_ALIASES, canonical_split, refuse_link_loop
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
-__all__ = [
-    "VOLUME_SUFFIXES",
-    "has_volume_files",
-    "find_volume_files",
-    "subject_id",
-    "split_subjects",
-    "list_nifti_volumes",
-]
-
-
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".img")
 """File name endings of the volumes looked for; an Analyze ``.img`` needs its ``.hdr`` beside it."""
 

@@ -16,8 +16,6 @@ from .flags import as_bool
 from .io import remove_stale_temporary_files
 from .modules import unwrap_network
 
-__all__ = ["check_checkpoint_dir", "network_metadata"]
-
 # files besides the checkpoints that training runs write atomically into ``ckpt_dir``
 _OTHER_RUN_FILES = ("training_history.json", "prior_training_history.json", "codes_train.pt", "codes_validate.pt")
 

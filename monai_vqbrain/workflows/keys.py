@@ -19,18 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "SCHEMA_FILE",
-    "CONFIG_ORDER",
-    "config_override_keys",
-    "expected_text",
-    "key_description",
-    "key_names",
-    "load_schema",
-    "reference_markdown",
-    "setting_error",
-]
-
 #: the schema file: package data, installed with the package (a wheel, ``pip install .`` or ``pip install -e .``)
 SCHEMA_FILE = Path(__file__).resolve().parent / "settings.schema.json"
 

@@ -28,16 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "CONFIG_FILE_WARNING",
-    "FAILED_COMPONENT",
-    "MISSING_REFERENCE",
-    "RUN_ARGUMENTS",
-    "bundle_command_line",
-    "running_parser",
-    "running_workflow",
-]
-
 #: ``monai.bundle.run``'s own arguments on its command line: never config keys
 RUN_ARGUMENTS = frozenset(
     {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file", "workflow_name"}

@@ -10,8 +10,6 @@ from pathlib import Path
 from ..engines.distributed import is_main_process
 from .monai_adapter import bundle_command_line
 
-__all__ = ["NEXT_STEPS", "log_next_steps", "next_step_commands"]
-
 logger = logging.getLogger(__name__)
 
 #: per finished workflow: (what comes next, its run id, the config added to train.json)

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SettingRule", "SETTING_RULES", "broken_rule"]
-
 
 @dataclass(frozen=True)
 class SettingRule:

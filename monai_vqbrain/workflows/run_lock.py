@@ -29,8 +29,6 @@ from pathlib import Path
 
 from ..errors import VQBrainError
 
-__all__ = ["LOCK_FILE", "OutputFolderLockedError", "lock_output_dirs", "release_output_locks"]
-
 logger = logging.getLogger(__name__)
 
 #: the lock file's name in each locked folder

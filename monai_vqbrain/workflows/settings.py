@@ -23,15 +23,6 @@ from .keys import CONFIG_ORDER, key_description, key_names, load_schema, setting
 from .monai_adapter import bundle_command_line, running_parser, running_workflow
 from .rules import SETTING_RULES, broken_rule
 
-__all__ = [
-    "check_setting_combinations",
-    "check_settings",
-    "print_settings",
-    "run_settings",
-    "check_override_keys",
-    "check_overrides",
-    "config_bundle_root",
-]
 
 def _check_device_available(value: Any) -> str | None:
     import torch
