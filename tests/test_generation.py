@@ -192,7 +192,7 @@ def test_generated_nifti_has_mm_pixels_in_ras_centred_on_the_origin(generated, p
     np.testing.assert_allclose(np.rot90(half.get_fdata()[:, :, 0]), png, atol=0.5 / 255 + 1e-6)
     with pytest.raises(ValueError, match="pixel_spacing"):
         sample_affine(32, 0.0)
-    user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0}, [])
+    user_error(SettingError, "sample_pixel_spacing", check_settings, {"sample_pixel_spacing": -1.0})
 
 
 def _save_sample(folder: Path, image: torch.Tensor) -> dict:

@@ -280,7 +280,7 @@ def test_a_run_that_would_never_validate_stops_at_start_up(demo_root, tmp_path):
 @pytest.mark.parametrize("spacing", [1e308, 1e-9, float("inf"), 0.0])
 def test_sample_pixel_spacing_must_be_in_a_sane_range(spacing):
     user_error(SettingError, "sample_pixel_spacing must be a finite number in [0.001, 1000.0]", check_settings,
-               {"sample_pixel_spacing": spacing}, [])
+               {"sample_pixel_spacing": spacing})
 
 
 # ------------------------------------------------------------------------------------------------ honest resume

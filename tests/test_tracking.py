@@ -166,8 +166,8 @@ def test_generation_numbers_for_tracking():
 
 def test_tracking_never_uses_a_server():
     for uri in ("http://tracking.example.com", "databricks", "file:///tmp/mlruns", ""):
-        user_error(SettingError, "tracking_uri must be a local sqlite", check_settings, {"tracking_uri": uri}, [])
-    check_settings({"tracking_uri": "sqlite:////tmp/x/mlruns.db", "experiment_name": "x", "run_name": None}, [])
+        user_error(SettingError, "tracking_uri must be a local sqlite", check_settings, {"tracking_uri": uri})
+    check_settings({"tracking_uri": "sqlite:////tmp/x/mlruns.db", "experiment_name": "x", "run_name": None})
 
 
 def test_tracking_settings_are_override_keys(tmp_path):
