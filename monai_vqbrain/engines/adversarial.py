@@ -22,13 +22,11 @@ ADVERSARIAL_COMPONENTS = ("adversarial", "discriminator")
 class PatchAdversarialTerm:
     """A patch discriminator, its optimizer and the weight of its loss in the VQ-VAE's total.
 
-    Each training iteration of :class:`~monai_vqbrain.engines.VQVAETrainer` adds ``weight * adversarial`` to the
-    VQ-VAE's loss, where ``adversarial`` is the least-squares loss of the discriminator's patch scores of the
-    reconstruction against "real", then takes one discriminator step on the detached reconstruction ("fake") and
-    the training image ("real"). Before ``start_epoch`` neither happens (the decoder first learns to reconstruct,
-    as in VQGAN's warm-up) and both components log 0. Under ``DistributedDataParallel`` each rank steps its own
-    discriminator on its own batches (they are not synchronised; the saved one is rank 0's), while the VQ-VAE's
-    gradients are reduced as usual.
+    Each training iteration of :class:`~monai_vqbrain.engines.VQVAETrainer` adds ``weight`` times
+    :meth:`generator_loss` to the VQ-VAE's loss, then takes one :meth:`discriminator_step`. Before ``start_epoch``
+    neither happens (the decoder first learns to reconstruct, as in VQGAN's warm-up) and both components log 0.
+    Under ``DistributedDataParallel`` each rank steps its own discriminator on its own batches (they are not
+    synchronised; the saved one is rank 0's), while the VQ-VAE's gradients are reduced as usual.
 
     Args:
         discriminator: the patch discriminator, e.g. ``monai.networks.nets.PatchDiscriminator``; its last output is

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import SettingError
+from .precision import resolve_device
 
 #: environment variables ``torchrun`` sets for every process and ``init_process_group("env://")`` reads
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -62,17 +63,13 @@ def distributed_device(device: str | torch.device | None = "auto") -> torch.devi
         ValueError: for a device that cannot be used here.
     """
     name = "auto" if device is None else str(device)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name != "cuda":
+    if name not in ("auto", "cuda", "cpu"):
         raise ValueError(
             f"multi-process training needs device 'auto', 'cuda' or 'cpu', got '{device}': each process picks "
             "its GPU from LOCAL_RANK (restrict the GPUs with CUDA_VISIBLE_DEVICES)."
         )
-    if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
+    if resolve_device(name).type == "cpu":
+        return torch.device("cpu")
     index = int(os.environ.get("LOCAL_RANK", "0"))  # this process's index on its node (0 without torchrun)
     if index >= torch.cuda.device_count():
         raise ValueError(

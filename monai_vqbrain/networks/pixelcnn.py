@@ -22,8 +22,15 @@ from .pixelcnn_layer import GatedPixelCNNLayer, _at_position
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 
-def _is_integer(t: torch.Tensor) -> bool:
-    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+def _is_positive_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, Integral) and value >= 1
+
+
+def _check_integer_tensor(name: str, value: object, what: str = "") -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor{what}, got {type(value).__name__}.")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor{what}, got dtype {value.dtype}.")
 
 
 class GatedPixelCNN(nn.Module):
@@ -114,54 +121,40 @@ class GatedPixelCNN(nn.Module):
             nn.Conv2d(channels, out_channels, kernel_size=1),
         )
 
-    def _check_values(self, tensor: torch.Tensor) -> bool:
+    def _check_range(self, name: str, values: torch.Tensor, upper: int, note: str = "") -> None:
         # reading min/max of a GPU tensor stalls the training step on a host sync; training batches come from the
         # VQ-VAE's own encoder, so value checks run where they are free (CPU) and outside training
-        return tensor.device.type == "cpu" or not self.training
+        if values.numel() > 0 and (values.device.type == "cpu" or not self.training):
+            lo, hi = int(values.min()), int(values.max())
+            if lo < 0 or hi >= upper:
+                raise ValueError(f"{name} must lie in [0, {upper}){note}, got values in [{lo}, {hi}].")
 
     def _check_codes(self, codes: torch.Tensor) -> None:
-        if not isinstance(codes, torch.Tensor):
-            raise ValueError(f"codes must be a torch.Tensor of code indices, got {type(codes).__name__}.")
-        if not _is_integer(codes):
-            raise ValueError(f"codes must be an integer tensor of code indices, got dtype {codes.dtype}.")
+        _check_integer_tensor("codes", codes, " of code indices")
         if codes.ndim != 3:
             raise ValueError(
                 f"codes must have shape (B, H, W), got {tuple(codes.shape)}"
                 + (" (squeeze the channel dimension first)." if codes.ndim == 4 and codes.shape[1] == 1 else ".")
             )
-        if codes.numel() > 0 and self._check_values(codes):
-            lo, hi = int(codes.min()), int(codes.max())
-            if lo < 0 or hi >= self.num_embeddings:
-                raise ValueError(
-                    f"codes must lie in [0, {self.num_embeddings}) (num_embeddings={self.num_embeddings}), "
-                    f"got values in [{lo}, {hi}]."
-                )
+        self._check_range("codes", codes, self.num_embeddings, f" (num_embeddings={self.num_embeddings})")
 
     def _check_conditioning(
         self, batch: int, spatial: tuple[int, int], class_labels: torch.Tensor | None, cond_map: torch.Tensor | None
     ) -> None:
-        if self.num_classes is None:
-            if class_labels is not None:
-                raise ValueError("class_labels were given but the network was built without num_classes.")
-        else:
+        if self.num_classes is None and class_labels is not None:
+            raise ValueError("class_labels were given but the network was built without num_classes.")
+        if self.num_classes is not None:
             if class_labels is None:
                 raise ValueError(
                     f"the network is class-conditioned (num_classes={self.num_classes}): give class_labels."
                 )
-            if not isinstance(class_labels, torch.Tensor):
-                raise ValueError(f"class_labels must be a torch.Tensor, got {type(class_labels).__name__}.")
-            if not _is_integer(class_labels):
-                raise ValueError(f"class_labels must be an integer tensor, got dtype {class_labels.dtype}.")
+            _check_integer_tensor("class_labels", class_labels)
             if tuple(class_labels.shape) != (batch,):
                 raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
-            if batch > 0 and self._check_values(class_labels):
-                lo, hi = int(class_labels.min()), int(class_labels.max())
-                if lo < 0 or hi >= self.num_classes:
-                    raise ValueError(f"class_labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}].")
-        if self.cond_channels is None:
-            if cond_map is not None:
-                raise ValueError("cond_map was given but the network was built without cond_channels.")
-        else:
+            self._check_range("class_labels", class_labels, self.num_classes)
+        if self.cond_channels is None and cond_map is not None:
+            raise ValueError("cond_map was given but the network was built without cond_channels.")
+        if self.cond_channels is not None:
             if cond_map is None:
                 raise ValueError(
                     f"the network is conditioned on a spatial map (cond_channels={self.cond_channels}): give cond_map."
@@ -252,13 +245,13 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"sampling needs out_channels == num_embeddings, got {self.out_channels} and {self.num_embeddings}."
             )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
+        if not _is_positive_int(num_samples):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         num_samples = int(num_samples)
         if (
             not isinstance(spatial_size, Sequence)
             or len(spatial_size) != 2
-            or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in spatial_size)
+            or not all(map(_is_positive_int, spatial_size))
         ):
             raise ValueError(f"spatial_size must be two positive integers (H, W), got {spatial_size!r}.")
         height, width = int(spatial_size[0]), int(spatial_size[1])
@@ -268,9 +261,8 @@ class GatedPixelCNN(nn.Module):
         top_p = float(top_p)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be a number in (0, 1], got {top_p}.")
-        if batch_size is None:
-            batch_size = num_samples
-        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        batch_size = num_samples if batch_size is None else batch_size
+        if not _is_positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
         batch_size = int(batch_size)
 
@@ -369,7 +361,7 @@ class GatedPixelCNN(nn.Module):
         its last ``p + 1`` input columns. Both reuse the layers' own ``vertical``/``horizontal`` methods, so the
         arithmetic matches the full forward pass.
         """
-        device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
+        zeros = self.embedding.weight.new_zeros  # on the network's device, in its dtype
         chans, p = self.channels, self.kernel_size // 2
         n_layers = len(self.layers)
 
@@ -380,17 +372,13 @@ class GatedPixelCNN(nn.Module):
             conds.append(tuple(None if t is None else t.expand(-1, -1, height, width) for t in (cond_v, cond_h)))
 
         # rolling windows of each layer's vertical input: p rows of zero padding above row 0, p columns each side
-        v_windows = [
-            torch.zeros(batch, chans, p + 1, width + 2 * p, device=device, dtype=dtype) for _ in range(n_layers)
-        ]
+        v_windows = [zeros(batch, chans, p + 1, width + 2 * p) for _ in range(n_layers)]
         # the current row of each layer's horizontal input, (B, C, p + W) with p columns of zero padding on the
         # left; the mask-A input has one more column of padding, which shifts it right by one so that a position
         # never reads its own code
-        h_rows = [torch.zeros(batch, chans, width + p + 1, device=device, dtype=dtype)]
-        h_rows += [torch.zeros(batch, chans, width + p, device=device, dtype=dtype) for _ in range(n_layers - 1)]
-        # vertical features for the current row, (B, W, 2C), coming from the row above: zeros for row 0, as in
-        # _down_shift
-        v_feats = [torch.zeros(batch, width, 2 * chans, device=device, dtype=dtype) for _ in range(n_layers)]
+        h_rows = [zeros(batch, chans, width + p + 1)] + [zeros(batch, chans, width + p) for _ in range(n_layers - 1)]
+        # vertical features for the current row, (B, W, 2C), coming from the row above: zeros for row 0
+        v_feats = [zeros(batch, width, 2 * chans) for _ in range(n_layers)]
 
         def logits_at(codes: torch.Tensor, r: int, c: int) -> torch.Tensor:
             if c > 0:  # the code drawn at (r, c - 1) enters the first layer's horizontal input

@@ -22,11 +22,6 @@ def _at_position(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
-def _down_shift(x: torch.Tensor) -> torch.Tensor:
-    """Move every row of a (B, C, H, W) tensor one row down; row 0 becomes zeros."""
-    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
-
-
 class GatedPixelCNNLayer(nn.Module):
     """One gated layer of a Gated PixelCNN, with a vertical and a horizontal stack.
 
@@ -197,5 +192,6 @@ class GatedPixelCNNLayer(nn.Module):
             h_window = F.pad(h, (p + 1, 0))[..., :-1]
         else:
             h_window = F.pad(h, (p, 0))
-        h_out, skip = self.horizontal(h_window, h, _down_shift(v_feat), cond_h)
+        # the vertical features shifted down one row (row 0 gets zeros), so row r only receives rows < r
+        h_out, skip = self.horizontal(h_window, h, F.pad(v_feat, (0, 0, 1, 0))[:, :, :-1, :], cond_h)
         return v_out, h_out, skip

@@ -21,10 +21,7 @@ CODEBOOK_INITS = ("kmeans", "data", "random")
 
 
 def _process_group() -> tuple[int, int]:
-    """``(world size, rank)`` of torch.distributed's default process group; ``(1, 0)`` when none is initialised.
-
-    Read from torch itself, whatever started the group (``init_distributed``, torchrun, your own code).
-    """
+    """``(world size, rank)`` of torch.distributed's default process group; ``(1, 0)`` when none is initialised."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 from monai.networks.layers.factories import Conv
+from monai.networks.utils import eval_mode
 from torch import nn
 
 from .blocks import Downsample, ResidualStack, Upsample, _check_spatial_dims
@@ -103,9 +104,6 @@ class Decoder(nn.Module):
         return self.levels(self.residual(self.project(x)))
 
 
-_FORWARD_OUTPUTS = ("tuple", "reconstruction")
-
-
 class VQVAE(nn.Module):
     """Vector-quantised variational autoencoder with an EMA codebook that does not collapse.
 
@@ -156,8 +154,8 @@ class VQVAE(nn.Module):
         code_noise_neighbours: int = 8,
     ) -> None:
         super().__init__()
-        if forward_output not in _FORWARD_OUTPUTS:
-            raise ValueError(f"forward_output must be one of {', '.join(_FORWARD_OUTPUTS)}, got {forward_output!r}.")
+        if forward_output not in ("tuple", "reconstruction"):
+            raise ValueError(f"forward_output must be one of tuple, reconstruction, got {forward_output!r}.")
         self.forward_output = forward_output
         _check_spatial_dims(spatial_dims)
         if len(channels) < 1:
@@ -186,24 +184,19 @@ class VQVAE(nn.Module):
         self.decoder = Decoder(spatial_dims, embedding_dim, out_channels, self.channels, num_res_layers, res_channels)
         self.output_act = nn.Sigmoid() if output_act == "sigmoid" else nn.Identity()
 
-    def _check_input(self, images: torch.Tensor) -> None:
-        if torch.jit.is_tracing():
-            # a trace (ONNX export) records the example's shapes as constants: comparing them only warns
-            return
-        if images.ndim != self.spatial_dims + 2 or images.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected images of shape (B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}), "
-                f"got {tuple(images.shape)}."
-            )
-        if any(size % self.downsample_factor for size in images.shape[2:]):
-            raise ValueError(
-                f"every spatial size must be divisible by {self.downsample_factor} "
-                f"(2 ** number of downsamplings), got {tuple(images.shape[2:])}."
-            )
-
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Continuous latents ``(B, embedding_dim, *latent_spatial)`` of images ``(B, in_channels, *spatial)``."""
-        self._check_input(images)
+        if not torch.jit.is_tracing():  # a trace (ONNX export) records the example's shapes: comparing them only warns
+            if images.ndim != self.spatial_dims + 2 or images.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"expected images of shape (B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}), "
+                    f"got {tuple(images.shape)}."
+                )
+            if any(size % self.downsample_factor for size in images.shape[2:]):
+                raise ValueError(
+                    f"every spatial size must be divisible by {self.downsample_factor} "
+                    f"(2 ** number of downsamplings), got {tuple(images.shape[2:])}."
+                )
         return self.encoder(images)
 
     def index_quantize(self, images: torch.Tensor) -> torch.Tensor:
@@ -243,15 +236,10 @@ class VQVAE(nn.Module):
         fail. Exported models run in eval mode, where the forward has no data-dependent branch: its trace, at an
         example of ``4 * downsample_factor`` pixels a side, is the same function for any batch and image size.
         """
-        training = self.training
         size = [4 * self.downsample_factor] * self.spatial_dims
         example = torch.zeros(1, self.in_channels, *size, device=self.quantizer.embedding.device)
-        self.eval()
-        try:
-            with torch.no_grad():
-                traced = torch.jit.trace(self, example)
-        finally:
-            self.train(training)
+        with eval_mode(self):
+            traced = torch.jit.trace(self, example)
         return _Traced(traced)
 
     def forward(
