@@ -13,36 +13,17 @@ from typing import Any
 import torch
 
 from .realism import classifier_two_sample_test, slice_groups
+from .report import _COMPARISONS, _TWO_SAMPLE_ENTRIES
 from .texture import texture_two_sample_test
 
 logger = logging.getLogger(__name__)
 
 
-# the report's entries of each comparison ({} in the key) from the fields of a test's result
-_CLASSIFIER_FIELDS = {
-    "classifier_auc_{}": "auc",
-    "classifier_auc_{}_std": "auc_std",
-    "classifier_auc_{}_ci95": "auc_ci95",
-    "classifier_auc_{}_folds": "auc_folds",
-    "classifier_dprime_{}": "dprime",
-    "classifier_dprime_{}_ci95": "dprime_ci95",
-    "classifier_images_per_side_{}": "num_first",
-}
-_TEXTURE_FIELDS = {
-    "texture_auc_{}": "auc",
-    "texture_auc_{}_ci95": "auc_ci95",
-    "texture_dprime_{}": "dprime",
-    "texture_dprime_{}_ci95": "dprime_ci95",
-}
-
-
 def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
-    subjects = sorted(set(groups))
-    first_half = set(subjects[0::2])
-    return [i for i, g in enumerate(groups) if g in first_half], [
-        i for i, g in enumerate(groups) if g not in first_half
-    ]
+    first_half = set(sorted(set(groups))[0::2])
+    in_first = [g in first_half for g in groups]
+    return [i for i, first in enumerate(in_first) if first], [i for i, first in enumerate(in_first) if not first]
 
 
 def two_sample_entries(
@@ -59,7 +40,6 @@ def two_sample_entries(
     device: torch.device,
 ) -> dict[str, Any]:
     """The ``classifier_*`` and ``texture_*`` entries of :class:`GenerationQuality` (None where not measured)."""
-    comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
     entries: dict[str, Any] = {
         "classifier": {
             "enabled": bool(enabled),
@@ -72,8 +52,8 @@ def two_sample_entries(
         }
     }
     notes: list[str] = []
-    results: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
-    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
+    results: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
+    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
     if enabled and test_images:
         num_samples = len(samples)
         test = torch.stack(test_images)
@@ -109,8 +89,9 @@ def two_sample_entries(
         measured = [r for r in results.values() if r is not None]
         entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
-    for fields, by_comparison in ((_CLASSIFIER_FIELDS, results), (_TEXTURE_FIELDS, texture)):
+    for test, by_comparison in (("classifier", results), ("texture", texture)):
         for name, result in by_comparison.items():
-            entries.update({key.format(name): None if result is None else result[f] for key, f in fields.items()})
+            for key, (field, _) in _TWO_SAMPLE_ENTRIES[test].items():
+                entries[key.format(name=name)] = None if result is None else result[field]
     entries["classifier_notes"] = notes
     return entries
