@@ -149,12 +149,8 @@ class RealismClassifier(torch.nn.Module):
 
 
 def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
-    if (
-        not isinstance(images, torch.Tensor)
-        or images.ndim != 4
-        or images.shape[1] != 1
-        or images.shape[2] != images.shape[3]
-    ):
+    one_channel = isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 1
+    if not one_channel or images.shape[2] != images.shape[3]:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor of square one-channel images (N, 1, S, S), got {shape}.")
     images = images.detach().float().cpu()
