@@ -1,10 +1,7 @@
-"""A realism measure that can fail: a classifier two-sample test between two sets of images.
-
-A small CNN is trained, with cross-validation grouped by subject, to tell the images of one set from those of the
-other; its mean held-out ROC AUC measures how distinguishable the sets are (0.5: no better than chance, 1.0: every
-held-out pair separated). Unlike a distance between feature statistics, the AUC has a fixed scale and a fixed "same"
-value, and it catches what a modest detector of anatomy, shape and texture can see (blur, noise, wrong shapes,
-misplaced structures).
+"""A realism measure that can fail: a classifier two-sample test between two sets of images
+(:func:`classifier_two_sample_test`). Unlike a distance between feature statistics, its held-out ROC AUC has a fixed
+scale and a fixed "same" value (0.5), and it catches what a modest detector of anatomy, shape and texture can see
+(blur, noise, wrong shapes, misplaced structures).
 """
 
 from __future__ import annotations

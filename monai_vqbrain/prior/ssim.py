@@ -130,10 +130,8 @@ class NearestImageSearch:
         """
         if self.indices.shape[1] == 0:
             return torch.full((len(self.queries),), float("nan")), torch.full((len(self.queries),), -1)
-        unique = sorted(set(self.indices.flatten().tolist()))
-        position = {index: i for i, index in enumerate(unique)}
-        references = fetch(unique)
-        rows = torch.as_tensor([position[i] for i in self.indices.flatten().tolist()])
+        unique, rows = torch.unique(self.indices.flatten(), return_inverse=True)
+        references = fetch(unique.tolist())
         repeated = self.queries.repeat_interleave(self.indices.shape[1], dim=0)
         scores = pairwise_ssim(repeated, references[rows].float()).reshape(self.indices.shape)
         best_score, best_column = scores.max(dim=1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,13 +16,6 @@ from .report import _COMPARISONS, _TWO_SAMPLE_ENTRIES
 from .texture import texture_two_sample_test
 
 logger = logging.getLogger(__name__)
-
-
-def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
-    first_half = set(sorted(set(groups))[0::2])
-    in_first = [g in first_half for g in groups]
-    return [i for i, first in enumerate(in_first) if first], [i for i, first in enumerate(in_first) if not first]
 
 
 def two_sample_entries(
@@ -56,21 +48,18 @@ def two_sample_entries(
     texture: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
     if enabled and test_images:
         num_samples = len(samples)
-        test = torch.stack(test_images)
+        test, recons = torch.stack(test_images), torch.stack(test_recons)
+        train = torch.stack(train_images) if train_images else test[:0]
         test_groups = slice_groups(test_names)
-        half_a, half_b = _split_subjects(test_groups)
-
-        def stack(images: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(images) if images else torch.zeros(0, *test.shape[1:])
-
+        # the images of two halves of the subjects (sorted subjects taken alternately)
+        first_half = set(sorted(set(test_groups))[0::2])
+        half_a = [i for i, group in enumerate(test_groups) if group in first_half]
+        half_b = [i for i, group in enumerate(test_groups) if group not in first_half]
         runs = {
             "generated_vs_test": (samples, test, None, test_groups),
-            "train_vs_test": (stack(train_images), test, slice_groups(train_names), test_groups),
+            "train_vs_test": (train, test, slice_groups(train_names), test_groups),
             "reconstructed_vs_test": (
-                stack([test_recons[i] for i in half_a]),
-                stack([test_images[i] for i in half_b]),
-                [test_groups[i] for i in half_a],
-                [test_groups[i] for i in half_b],
+                recons[half_a], test[half_b], [test_groups[i] for i in half_a], [test_groups[i] for i in half_b]
             ),
         }
         started = time.perf_counter()
