@@ -1,6 +1,4 @@
-"""The quality of generated images against the real splits, as one Ignite metric (:class:`GenerationQuality`) of
-``generate.json``'s evaluator of the real test images.
-"""
+"""The quality of generated images against the real splits: ``generate.json``'s metric :class:`GenerationQuality`."""
 
 from __future__ import annotations
 

@@ -325,11 +325,10 @@ def cross_validated_separation(
         max_per_side: the most items used per side (None: as many as the smaller set).
 
     Returns:
-        ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``, ``auc_ci95``
-        (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, the held-out separation d' of the scores
-        (:func:`held_out_separation`) as ``dprime`` with ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (the
-        same t interval, unclipped), ``num_first`` and ``num_second`` (items used per side, equal), ``folds`` and
-        ``grouped`` (whether any groups were given).
+        ``auc`` (the mean over folds) with ``auc_std`` (sample standard deviation), ``auc_folds`` and ``auc_ci95``
+        (:data:`CI95_METHOD`); the same for the held-out separation d' (:func:`held_out_separation`) as ``dprime``,
+        ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (unclipped); ``ci95_method``, ``num_first`` and
+        ``num_second`` (items used per side, equal), ``folds`` and ``grouped`` (whether any groups were given).
 
     Raises:
         ValueError: for bad ``folds``, groups of the wrong length, or a side with fewer items (subjects) than folds.

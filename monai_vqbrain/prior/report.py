@@ -120,9 +120,9 @@ _TWO_SAMPLE_ENTRIES: dict[str, dict[str, tuple[str, str]]] = {
         "classifier_auc_{name}_folds": ("auc_folds", "that AUC in each fold"),
         "classifier_dprime_{name}": (
             "dprime",
-            "d′ of the same test, {meaning}: the gap between the classifier's mean held-out scores of the two sets over "
-            "their pooled standard deviation, averaged over the folds (0: indistinguishable); on a few dozen images a "
-            "side its interval is wide and it means little",
+            "d′ of the same test, {meaning}: the gap between the classifier's mean held-out scores of the two sets "
+            "over their pooled standard deviation, averaged over the folds (0: indistinguishable); on a few dozen "
+            "images a side its interval is wide and it means little",
         ),
         "classifier_dprime_{name}_ci95": ("dprime_ci95", "95% interval of that d′"),
         "classifier_images_per_side_{name}": (

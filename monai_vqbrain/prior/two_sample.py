@@ -1,7 +1,4 @@
-"""The classifier and texture two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality` on its three
-comparisons (generated vs test, train vs test, reconstructed vs test), as the report's ``classifier_*`` and
-``texture_*`` entries.
-"""
+"""The classifier and texture two-sample tests of :class:`GenerationQuality`'s three comparisons, as report entries."""
 
 from __future__ import annotations
 
