@@ -1,6 +1,4 @@
-"""The prior's metrics on code maps: MONAI cumulative metrics of its logits against the true codes (negative
-log-likelihood in bits per code; top-1 accuracy), for trainers and evaluators.
-"""
+"""The prior's metrics on code maps (NLL in bits per code, top-1 accuracy), as MONAI cumulative metrics."""
 
 from __future__ import annotations
 

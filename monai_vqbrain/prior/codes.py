@@ -176,7 +176,7 @@ def encode_dataset(
     Returns:
         The code maps ``(N, h, w)`` as int64 on the CPU, and the item names.
     """
-    model = getattr(vqvae, "module", vqvae).eval()
+    model = unwrap_network(vqvae).eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp = as_bool(amp, "amp")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -191,10 +191,10 @@ def encode_dataset(
         with autocast(device, amp):
             codes.append(model.index_quantize(images.to(device)).cpu())
         names += [str(name) for name in batch.get("name", [f"image_{len(names) + i}" for i in range(len(images))])]
-        if quarter < 4 and len(names) >= quarter * total / 4:
+        reached = min(4 * len(names) // total, 3)  # the last quarter reached, at most the third
+        if reached >= quarter:
             logger.info(f"encoding: {len(names)}/{total} slices ({time.perf_counter() - started:.0f} s)")
-            while quarter < 4 and len(names) >= quarter * total / 4:
-                quarter += 1
+            quarter = reached + 1
     if not codes:
         raise DatasetError("there are no images to encode: the split is empty.")
     return torch.cat(codes).long(), names
@@ -274,10 +274,10 @@ def load_or_encode_codes(
     cache_file = Path(cache_file)
     split = canonical_split(split)
     fingerprint = codes_fingerprint(vqvae_sha256, dataset_kwargs, split, image_size)
+    codebook = getattr(unwrap_network(vqvae), "num_embeddings", None)
     cached = _read_cache(cache_file)
     reason = "no cache yet" if cached is None else "the VQ-VAE checkpoint or the data changed"
     if cached is not None and cached["fingerprint"] == fingerprint:
-        codebook = getattr(getattr(vqvae, "module", vqvae), "num_embeddings", None)
         problem = _cache_problem(cached, None if codebook is None else int(codebook), image_size)
         if problem is None:
             logger.info(f"using the cached code maps of the {split} split from {cache_file}")
@@ -299,7 +299,7 @@ def load_or_encode_codes(
         dataset = get_dataset(split=split, **{**dict(dataset_kwargs), "image_size": image_size, "cache_rate": 0.0})
     num_workers = int(dataset_kwargs.get("num_workers", 0) or 0)
     codes, names = encode_dataset(vqvae, dataset, device, batch_size=batch_size, num_workers=num_workers, amp=amp)
-    num_embeddings = int(getattr(getattr(vqvae, "module", vqvae), "num_embeddings", int(codes.max()) + 1))
+    num_embeddings = int(codebook) if codebook is not None else int(codes.max()) + 1
     slice_indices = [parse_slice_index(name) for name in names]
     entry = {
         "fingerprint": fingerprint,

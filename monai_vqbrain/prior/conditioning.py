@@ -157,15 +157,10 @@ class SlicePositionLabels:
         if self.index_range is None:
             return torch.zeros(len(values), dtype=torch.long)
         low, high = self.index_range
-        span = high - low + 1
-        labels = []
-        for index in values:
-            if index is None or index < 0:
-                labels.append(self.num_classes // 2)
-                continue
-            position = (min(max(int(index), low), high) - low) / span
-            labels.append(min(int(math.floor(position * self.num_classes)), self.num_classes - 1))
-        return torch.tensor(labels, dtype=torch.long)
+        indices = torch.tensor([-1 if i is None or i < 0 else int(i) for i in values], dtype=torch.long)
+        position = (indices.clamp(low, high) - low).double() / (high - low + 1)
+        labels = (position * self.num_classes).floor().long().clamp(max=self.num_classes - 1)
+        return torch.where(indices < 0, self.num_classes // 2, labels)
 
     def bin_description(self, label: int) -> str:
         """What a label stands for, for figures: ``"slices 4-5 of 0-15"`` (``"position bin k"`` without a range);

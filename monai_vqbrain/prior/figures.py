@@ -77,8 +77,7 @@ def plot_nearest_training_slices(
         for row, image in enumerate((samples[column], nearest[column])):
             axis = axes[row, column]
             axis.imshow(image[0].float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-            axis.set_xticks([])
-            axis.set_yticks([])
+            axis.set(xticks=[], yticks=[])
         # each name beside its own image: the sample's above it, the training slice's below it (a title of the lower
         # row would sit under the sample above, as if it named that one)
         axes[0, column].set_title(wrap_label(sample_names[column], 18), fontsize=7)
@@ -107,8 +106,7 @@ def plot_sample_grid(
     rows = max(1, math.ceil(count / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
-        axis.set_xticks([])
-        axis.set_yticks([])
+        axis.set(xticks=[], yticks=[])
         if index >= count:
             axis.axis("off")
             continue

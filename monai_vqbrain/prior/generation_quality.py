@@ -1,6 +1,4 @@
-"""The quality of generated images against the real splits, as one Ignite metric (:class:`GenerationQuality`) of
-``generate.json``'s evaluator of the real test images.
-"""
+"""The quality of generated images against the real splits: ``generate.json``'s metric :class:`GenerationQuality`."""
 
 from __future__ import annotations
 
@@ -78,26 +76,12 @@ class GenerationQuality(Metric):
 
     The engine's iterations output ``{"image": (B, 1, S, S) in [0, 1], "name": [str]}`` batches of the test split; at
     the end of the epoch the training split is streamed once and the samples are measured against both, in one
-    dictionary (its keys: :data:`~monai_vqbrain.prior.GENERATION_METRICS_KEYS`). Each measure has references: the
-    same for real images and for the VQ-VAE's reconstructions (what a prior over its codes can reach at best).
-
-    * Fréchet distances (:func:`frechet_distance`) in the space of :func:`encoder_features`, generated vs test,
-      beside all training images, as many training images as samples (the fair comparison: with fewer samples than
-      features the estimate is biased upwards) and the test images' reconstructions.
-    * Diversity (:func:`mean_pairwise_ssim`) of the samples, of as many evenly spaced test images and of their
-      reconstructions.
-    * Memorisation: each sample's SSIM to its most similar training image (among the ``candidates`` nearest by pixel
-      distance), beside the test subset's and its reconstructions' (as blurred as samples can be, the closer
-      reference: SSIM drops with blur). Blank samples (less than ``blank_fraction`` of their pixels above
-      ``foreground_threshold``) are left out of the means and maximum: an empty image matches any empty slice.
-    * Precision and recall (:func:`knn_precision_recall`) against the test images, of the samples and of as many
-      training images.
-    * The classifier and texture two-sample tests (:func:`classifier_two_sample_test`,
-      :func:`texture_two_sample_test`) of generated vs test, beside training vs test (two real sets) and
-      reconstructions of half of the test subjects vs the other half (an image and its own reconstruction in two
-      folds would leak), at most as many images a side as samples; a comparison too small for the folds is None,
-      with the reason in ``classifier_notes``.
-    * The foreground fraction (pixels above ``foreground_threshold``) of the samples and of the test images.
+    dictionary that :data:`~monai_vqbrain.prior.GENERATION_METRICS_KEYS` describes: Fréchet distances
+    (:func:`frechet_distance`) and precision and recall (:func:`knn_precision_recall`) in the space of
+    :func:`encoder_features`, diversity (:func:`mean_pairwise_ssim`), memorisation (:class:`NearestImageSearch`; blank
+    samples left out: an empty image matches any empty slice), the two-sample tests (:func:`two_sample_entries`) and
+    foreground fractions. Each measure has references: the same for real images and for the VQ-VAE's reconstructions
+    (what a prior over its codes can reach at best).
 
     Args:
         samples: the generated images: an object with ``images`` ``(N, 1, S, S)`` in [0, 1] and ``names`` (one per
@@ -228,6 +212,7 @@ class GenerationQuality(Metric):
         names = list(self.samples.names)
         num_samples = len(samples)
         model, train_dataset, batch_size, seed = self.model.eval(), self.train_dataset, self.batch_size, self.seed
+        max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
         device = next(model.parameters()).device
         if not self._test_features:
             raise ValueError("the real test split holds no images to measure the samples against.")
@@ -265,7 +250,7 @@ class GenerationQuality(Metric):
         progress(f"encoding the {len(train_dataset)} training slices and searching the nearest to each sample")
         for batch in progress.batches(loader, "training slices"):
             images = _images(batch)
-            train_features.append(encoder_features(model, images, self.fd_grid))
+            train_features.append(encoder_features(model, images, fd_grid))
             search.update(images)
             seen = len(train_names)
             batch_train_names = [str(n) for n in batch.get("name", [f"train_{seen + i}" for i in range(len(images))])]
@@ -281,15 +266,8 @@ class GenerationQuality(Metric):
 
         progress("rescoring the nearest training slices by SSIM; Fréchet distances, diversity")
         nearest_ssim, nearest_index = search.best(fetch)
-        sample_nearest = nearest_ssim[:num_samples]
-        test_nearest = nearest_ssim[num_samples : num_samples + num_subset]
-        recon_nearest = nearest_ssim[num_samples + num_subset :]
-        generated_features = torch.cat(
-            [
-                encoder_features(model, samples[i : i + batch_size], self.fd_grid)
-                for i in range(0, num_samples, batch_size)
-            ]
-        )
+        sample_nearest, test_nearest, recon_nearest = nearest_ssim.split([num_samples, num_subset, num_subset])
+        generated_features = torch.cat([encoder_features(model, chunk, fd_grid) for chunk in samples.split(batch_size)])
         train_subset_features = train_features_all[_evenly_spaced(len(train_features_all), num_samples)]
 
         blank = (samples > self.foreground_threshold).float().flatten(1).mean(dim=1) < self.blank_fraction
@@ -303,7 +281,6 @@ class GenerationQuality(Metric):
             "bootstrap intervals and pairwise SSIM"
             + (", then the classifier two-sample tests" if self.classifier else "")
         )
-        max_pairs, bootstrap, fd_grid = self.max_pairs, self.bootstrap, self.fd_grid
         diversity, diversity_ci95 = mean_pairwise_ssim(samples, max_pairs=max_pairs, seed=seed, bootstrap=bootstrap)
         metrics: dict[str, Any] = {
             "num_samples": num_samples,

@@ -1,6 +1,4 @@
-"""Loading a trained prior: its checkpoint and metadata, checked against the configured network, the VQ-VAE and
-the image size.
-"""
+"""Loading a trained prior (:func:`load_prior`), checked against the configured network, the VQ-VAE and image size."""
 
 from __future__ import annotations
 

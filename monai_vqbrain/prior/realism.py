@@ -1,10 +1,7 @@
-"""A realism measure that can fail: a classifier two-sample test between two sets of images.
-
-A small CNN is trained, with cross-validation grouped by subject, to tell the images of one set from those of the
-other; its mean held-out ROC AUC measures how distinguishable the sets are (0.5: no better than chance, 1.0: every
-held-out pair separated). Unlike a distance between feature statistics, the AUC has a fixed scale and a fixed "same"
-value, and it catches what a modest detector of anatomy, shape and texture can see (blur, noise, wrong shapes,
-misplaced structures).
+"""A realism measure that can fail: a classifier two-sample test between two sets of images
+(:func:`classifier_two_sample_test`). Unlike a distance between feature statistics, its held-out ROC AUC has a fixed
+scale and a fixed "same" value (0.5), and it catches what a modest detector of anatomy, shape and texture can see
+(blur, noise, wrong shapes, misplaced structures).
 """
 
 from __future__ import annotations
@@ -149,12 +146,8 @@ class RealismClassifier(torch.nn.Module):
 
 
 def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
-    if (
-        not isinstance(images, torch.Tensor)
-        or images.ndim != 4
-        or images.shape[1] != 1
-        or images.shape[2] != images.shape[3]
-    ):
+    one_channel = isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 1
+    if not one_channel or images.shape[2] != images.shape[3]:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor of square one-channel images (N, 1, S, S), got {shape}.")
     images = images.detach().float().cpu()
@@ -332,11 +325,10 @@ def cross_validated_separation(
         max_per_side: the most items used per side (None: as many as the smaller set).
 
     Returns:
-        ``auc`` (mean over folds), ``auc_std`` (sample standard deviation over folds), ``auc_folds``, ``auc_ci95``
-        (``[low, high]``, see :data:`CI95_METHOD`), ``ci95_method``, the held-out separation d' of the scores
-        (:func:`held_out_separation`) as ``dprime`` with ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (the
-        same t interval, unclipped), ``num_first`` and ``num_second`` (items used per side, equal), ``folds`` and
-        ``grouped`` (whether any groups were given).
+        ``auc`` (the mean over folds) with ``auc_std`` (sample standard deviation), ``auc_folds`` and ``auc_ci95``
+        (:data:`CI95_METHOD`); the same for the held-out separation d' (:func:`held_out_separation`) as ``dprime``,
+        ``dprime_std``, ``dprime_folds`` and ``dprime_ci95`` (unclipped); ``ci95_method``, ``num_first`` and
+        ``num_second`` (items used per side, equal), ``folds`` and ``grouped`` (whether any groups were given).
 
     Raises:
         ValueError: for bad ``folds``, groups of the wrong length, or a side with fewer items (subjects) than folds.

@@ -104,33 +104,44 @@ _COMPARISONS = {
 """The three comparisons of the two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality`."""
 
 
-def _two_sample_keys() -> dict[str, str]:
-    """The ``classifier_*`` then ``texture_*`` keys of the three comparisons."""
-    classifier: dict[str, str] = {}
-    texture: dict[str, str] = {}
-    for name, meaning in _COMPARISONS.items():
-        classifier |= {
-            f"classifier_auc_{name}": f"classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds "
-            "(0.5: indistinguishable, 1: always told apart); null when not measured (see classifier_notes)",
-            f"classifier_auc_{name}_std": "standard deviation of that AUC over the folds",
-            f"classifier_auc_{name}_ci95": "95% interval of that AUC (Student t over the folds, clipped to [0, 1])",
-            f"classifier_auc_{name}_folds": "that AUC in each fold",
-            f"classifier_dprime_{name}": f"d′ of the same test, {meaning}: the gap between the classifier's mean "
-            "held-out scores of the two sets over their pooled standard deviation, averaged over the folds (0: "
-            "indistinguishable); on a few dozen images a side its interval is wide and it means little",
-            f"classifier_dprime_{name}_ci95": "95% interval of that d′",
-            f"classifier_images_per_side_{name}": "images on each side of that test (at most num_samples); null "
-            "when it was not measured",
-        }
-        texture |= {
-            f"texture_auc_{name}": f"texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic "
-            "regression on intensity, gradient and local-binary-pattern histograms inside the brain, same folds as the "
-            "classifier's; null when not measured",
-            f"texture_auc_{name}_ci95": "95% interval of that AUC (Student t over the folds, clipped to [0, 1])",
-            f"texture_dprime_{name}": "d′ of the same texture test (0: indistinguishable)",
-            f"texture_dprime_{name}_ci95": "95% interval of that d′",
-        }
-    return classifier | texture
+_AUC_CI95 = "95% interval of that AUC (Student t over the folds, clipped to [0, 1])"
+
+#: the report's entries of each two-sample comparison, by test: the field of the test's result each holds, and what
+#: it holds (``{name}``: the comparison; ``{meaning}``: its description in ``_COMPARISONS``)
+_TWO_SAMPLE_ENTRIES: dict[str, dict[str, tuple[str, str]]] = {
+    "classifier": {
+        "classifier_auc_{name}": (
+            "auc",
+            "classifier two-sample test, {meaning}: mean held-out ROC AUC over the folds (0.5: indistinguishable, 1: "
+            "always told apart); null when not measured (see classifier_notes)",
+        ),
+        "classifier_auc_{name}_std": ("auc_std", "standard deviation of that AUC over the folds"),
+        "classifier_auc_{name}_ci95": ("auc_ci95", _AUC_CI95),
+        "classifier_auc_{name}_folds": ("auc_folds", "that AUC in each fold"),
+        "classifier_dprime_{name}": (
+            "dprime",
+            "d′ of the same test, {meaning}: the gap between the classifier's mean held-out scores of the two sets "
+            "over their pooled standard deviation, averaged over the folds (0: indistinguishable); on a few dozen "
+            "images a side its interval is wide and it means little",
+        ),
+        "classifier_dprime_{name}_ci95": ("dprime_ci95", "95% interval of that d′"),
+        "classifier_images_per_side_{name}": (
+            "num_first",
+            "images on each side of that test (at most num_samples); null when it was not measured",
+        ),
+    },
+    "texture": {
+        "texture_auc_{name}": (
+            "auc",
+            "texture two-sample test, {meaning}: mean held-out ROC AUC of a logistic regression on intensity, gradient "
+            "and local-binary-pattern histograms inside the brain, same folds as the classifier's; null when not "
+            "measured",
+        ),
+        "texture_auc_{name}_ci95": ("auc_ci95", _AUC_CI95),
+        "texture_dprime_{name}": ("dprime", "d′ of the same texture test (0: indistinguishable)"),
+        "texture_dprime_{name}_ci95": ("dprime_ci95", "95% interval of that d′"),
+    },
+}
 
 
 #: every key of ``generation_metrics.json`` with what it holds: the one description of the file, from which the
@@ -195,7 +206,12 @@ GENERATION_METRICS_KEYS: dict[str, str] = {
     "foreground_fraction_test": "the same share for the real test slices",
     "classifier": "the classifier tests' settings: enabled, folds, epochs, seed, the real pools' sizes, the interval "
     "method and the seconds they took",
-    **_two_sample_keys(),
+    **{
+        key.format(name=name): text.format(meaning=meaning)
+        for entries in _TWO_SAMPLE_ENTRIES.values()
+        for name, meaning in _COMPARISONS.items()
+        for key, (_, text) in entries.items()
+    },
     "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",
 }
 

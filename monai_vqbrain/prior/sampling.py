@@ -5,9 +5,8 @@ them with the VQ-VAE; :mod:`.writers` saves them.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,20 +19,6 @@ from ..errors import DatasetError, SettingError
 from ..networks.pixelcnn import GatedPixelCNN
 from ..utils.flags import as_bool
 from .conditioning import SlicePositionLabels, position_map
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run torch CPU ops on one thread inside the block: the fast sampler runs thousands of tiny ops per code map,
-    and splitting each across threads was measured ~200x slower with two threads than one on a busy machine.
-    """
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_real_splits(test_datalist: Sequence[Any], train_datalist: Sequence[Any]) -> None:
@@ -245,7 +230,12 @@ class PriorSamplingInferer(Inferer):
         cond_map = None
         if self.frequencies > 0:
             cond_map = position_map(self.code_size, self.frequencies).expand(len(inputs), -1, -1, -1)
-        with _one_cpu_thread(device):
+        # on a CPU, one thread: the fast sampler runs thousands of tiny ops per code map, and splitting each across
+        # threads was measured ~200x slower with two threads than one on a busy machine
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
             codes = prior.sample(
                 len(inputs),
                 self.code_size,
@@ -256,4 +246,6 @@ class PriorSamplingInferer(Inferer):
                 progress=self.progress,
                 seeds=inputs,
             )
+        finally:
+            torch.set_num_threads(threads)
         return decode_codes(self.vqvae, codes)

@@ -12,39 +12,19 @@ import torch
 from monai.metrics import SSIMMetric
 
 
-def _ssim_metric(image_size: int) -> SSIMMetric:
-    # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
-    window = min(11, image_size if image_size % 2 else image_size - 1)
-    return SSIMMetric(spatial_dims=2, data_range=1.0, win_size=max(window, 1), reduction="none")
-
-
 def pairwise_ssim(first: torch.Tensor, second: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """SSIM of each image of ``first`` with the same-index image of ``second``, both ``(P, 1, S, S)`` in [0, 1]."""
     if len(first) == 0:
         return torch.zeros(0)
-    metric = _ssim_metric(int(first.shape[-1]))
+    # the default 11-pixel Gaussian window, shrunk (odd) for images smaller than it
+    size = int(first.shape[-1])
+    window = max(min(11, size if size % 2 else size - 1), 1)
+    metric = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=window, reduction="none")
     scores = [
         metric(first[i : i + batch_size].float(), second[i : i + batch_size].float()).reshape(-1)
         for i in range(0, len(first), batch_size)
     ]
     return torch.cat(scores).cpu()
-
-
-def _ssim_pairs(images: torch.Tensor, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """The pairs of distinct images scored by :func:`mean_pairwise_ssim` and their SSIMs."""
-    count = len(images)
-    total = count * (count - 1) // 2
-    if total <= max_pairs:
-        pairs = list(itertools.combinations(range(count), 2))
-    else:
-        rng = np.random.default_rng(seed)
-        picks = set()
-        while len(picks) < max_pairs:
-            i, j = sorted(rng.choice(count, size=2, replace=False).tolist())
-            picks.add((i, j))
-        pairs = sorted(picks)
-    first, second = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
-    return first, second, pairwise_ssim(images[torch.as_tensor(first)], images[torch.as_tensor(second)])
 
 
 def mean_pairwise_ssim(
@@ -67,7 +47,16 @@ def mean_pairwise_ssim(
     count = len(images)
     if count < 2:
         return (None, None) if bootstrap else None
-    first, second, scores = _ssim_pairs(images, max_pairs, seed)
+    if count * (count - 1) // 2 <= max_pairs:
+        pairs = list(itertools.combinations(range(count), 2))
+    else:
+        rng = np.random.default_rng(seed)
+        picks = set()
+        while len(picks) < max_pairs:
+            picks.add(tuple(sorted(rng.choice(count, size=2, replace=False).tolist())))
+        pairs = sorted(picks)
+    first, second = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
+    scores = pairwise_ssim(images[torch.as_tensor(first)], images[torch.as_tensor(second)])
     mean = float(scores.mean())
     if not bootstrap:
         return mean
@@ -141,10 +130,8 @@ class NearestImageSearch:
         """
         if self.indices.shape[1] == 0:
             return torch.full((len(self.queries),), float("nan")), torch.full((len(self.queries),), -1)
-        unique = sorted(set(self.indices.flatten().tolist()))
-        position = {index: i for i, index in enumerate(unique)}
-        references = fetch(unique)
-        rows = torch.as_tensor([position[i] for i in self.indices.flatten().tolist()])
+        unique, rows = torch.unique(self.indices.flatten(), return_inverse=True)
+        references = fetch(unique.tolist())
         repeated = self.queries.repeat_interleave(self.indices.shape[1], dim=0)
         scores = pairwise_ssim(repeated, references[rows].float()).reshape(self.indices.shape)
         best_score, best_column = scores.max(dim=1)

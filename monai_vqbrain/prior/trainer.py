@@ -66,12 +66,6 @@ class PriorPrepareBatch(PrepareBatch):
         self.position_frequencies = int(position_frequencies)
         self._maps: dict[tuple, torch.Tensor] = {}
 
-    def _position_map(self, codes: torch.Tensor) -> torch.Tensor:
-        key = (tuple(codes.shape[1:]), codes.device)
-        if key not in self._maps:  # the map depends only on the size: build it once per size and device
-            self._maps[key] = position_map(codes.shape[1:], self.position_frequencies).to(codes.device)
-        return self._maps[key].expand(codes.shape[0], -1, -1, -1)
-
     def __call__(
         self,
         batchdata: dict[str, torch.Tensor],
@@ -88,7 +82,10 @@ class PriorPrepareBatch(PrepareBatch):
                 device=device, non_blocking=non_blocking, dtype=torch.long
             )
         if self.position_frequencies > 0:
-            network_kwargs["cond_map"] = self._position_map(codes)
+            key = (tuple(codes.shape[1:]), codes.device)
+            if key not in self._maps:  # the map depends only on the size: build it once per size and device
+                self._maps[key] = position_map(codes.shape[1:], self.position_frequencies).to(codes.device)
+            network_kwargs["cond_map"] = self._maps[key].expand(codes.shape[0], -1, -1, -1)
         return codes, codes, (), network_kwargs
 
 

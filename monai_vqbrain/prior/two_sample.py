@@ -1,48 +1,18 @@
-"""The classifier and texture two-sample tests of :class:`~monai_vqbrain.prior.GenerationQuality` on its three
-comparisons (generated vs test, train vs test, reconstructed vs test), as the report's ``classifier_*`` and
-``texture_*`` entries.
-"""
+"""The classifier and texture two-sample tests of :class:`GenerationQuality`'s three comparisons, as report entries."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from .realism import classifier_two_sample_test, slice_groups
+from .report import _COMPARISONS, _TWO_SAMPLE_ENTRIES
 from .texture import texture_two_sample_test
 
 logger = logging.getLogger(__name__)
-
-
-# the report's entries of each comparison ({} in the key) from the fields of a test's result
-_CLASSIFIER_FIELDS = {
-    "classifier_auc_{}": "auc",
-    "classifier_auc_{}_std": "auc_std",
-    "classifier_auc_{}_ci95": "auc_ci95",
-    "classifier_auc_{}_folds": "auc_folds",
-    "classifier_dprime_{}": "dprime",
-    "classifier_dprime_{}_ci95": "dprime_ci95",
-    "classifier_images_per_side_{}": "num_first",
-}
-_TEXTURE_FIELDS = {
-    "texture_auc_{}": "auc",
-    "texture_auc_{}_ci95": "auc_ci95",
-    "texture_dprime_{}": "dprime",
-    "texture_dprime_{}_ci95": "dprime_ci95",
-}
-
-
-def _split_subjects(groups: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Indices of the images of two halves of the subjects (sorted subjects taken alternately)."""
-    subjects = sorted(set(groups))
-    first_half = set(subjects[0::2])
-    return [i for i, g in enumerate(groups) if g in first_half], [
-        i for i, g in enumerate(groups) if g not in first_half
-    ]
 
 
 def two_sample_entries(
@@ -59,7 +29,6 @@ def two_sample_entries(
     device: torch.device,
 ) -> dict[str, Any]:
     """The ``classifier_*`` and ``texture_*`` entries of :class:`GenerationQuality` (None where not measured)."""
-    comparisons = ("generated_vs_test", "train_vs_test", "reconstructed_vs_test")
     entries: dict[str, Any] = {
         "classifier": {
             "enabled": bool(enabled),
@@ -72,25 +41,22 @@ def two_sample_entries(
         }
     }
     notes: list[str] = []
-    results: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
-    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(comparisons)
+    results: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
+    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
     if enabled and test_images:
         num_samples = len(samples)
-        test = torch.stack(test_images)
+        test, recons = torch.stack(test_images), torch.stack(test_recons)
+        train = torch.stack(train_images) if train_images else test[:0]
         test_groups = slice_groups(test_names)
-        half_a, half_b = _split_subjects(test_groups)
-
-        def stack(images: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(images) if images else torch.zeros(0, *test.shape[1:])
-
+        # the images of two halves of the subjects (sorted subjects taken alternately)
+        first_half = set(sorted(set(test_groups))[0::2])
+        half_a = [i for i, group in enumerate(test_groups) if group in first_half]
+        half_b = [i for i, group in enumerate(test_groups) if group not in first_half]
         runs = {
             "generated_vs_test": (samples, test, None, test_groups),
-            "train_vs_test": (stack(train_images), test, slice_groups(train_names), test_groups),
+            "train_vs_test": (train, test, slice_groups(train_names), test_groups),
             "reconstructed_vs_test": (
-                stack([test_recons[i] for i in half_a]),
-                stack([test_images[i] for i in half_b]),
-                [test_groups[i] for i in half_a],
-                [test_groups[i] for i in half_b],
+                recons[half_a], test[half_b], [test_groups[i] for i in half_a], [test_groups[i] for i in half_b]
             ),
         }
         started = time.perf_counter()
@@ -109,8 +75,9 @@ def two_sample_entries(
         measured = [r for r in results.values() if r is not None]
         entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
-    for fields, by_comparison in ((_CLASSIFIER_FIELDS, results), (_TEXTURE_FIELDS, texture)):
+    for test, by_comparison in (("classifier", results), ("texture", texture)):
         for name, result in by_comparison.items():
-            entries.update({key.format(name): None if result is None else result[f] for key, f in fields.items()})
+            for key, (field, _) in _TWO_SAMPLE_ENTRIES[test].items():
+                entries[key.format(name=name)] = None if result is None else result[field]
     entries["classifier_notes"] = notes
     return entries
