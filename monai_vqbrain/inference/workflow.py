@@ -1,8 +1,4 @@
-"""The engine pieces of the ``inferring`` workflow: a dataset that passes over bad files, the evaluator, output checks.
-
-``bundle/configs/inference.json`` wires them as MONAI model-zoo bundles do: ``preprocessing`` -> ``dataset`` ->
-``dataloader`` -> ``inferer`` -> ``postprocessing`` -> ``handlers`` -> ``evaluator``.
-"""
+"""The engine pieces of the ``inferring`` workflow: a dataset that passes over bad files, the evaluator, output checks."""
 
 from __future__ import annotations
 

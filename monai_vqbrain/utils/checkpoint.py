@@ -108,10 +108,8 @@ def _torch_save(obj: Any, tmp: Path, path: str | os.PathLike) -> None:
 
 
 def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, name: str = "checkpoint") -> Path:
-    """Return ``path`` if it is a regular file; else refuse it, naming it and saying what it is instead.
-
-    A missing file gets ``missing`` (how to make the file); a folder, a FIFO, a socket, a device (``/dev/zero``) or a
-    link to nothing gets a message saying so, not that it is missing.
+    """Return ``path`` if it is a regular file; else refuse it, naming it and saying what it is instead (missing, a
+    folder, a FIFO, socket or device, or a link to nothing).
 
     Args:
         path: the checkpoint's path.
