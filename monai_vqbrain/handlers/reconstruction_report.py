@@ -103,8 +103,7 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
         axes[1, column].imshow(reconstruction, cmap="gray", vmin=0.0, vmax=1.0)
         error_image = axes[2, column].imshow(np.abs(original - reconstruction), cmap="magma", vmin=0.0, vmax=error_max)
         for axis in axes[:, column]:
-            axis.set_xticks([])
-            axis.set_yticks([])
+            axis.set(xticks=[], yticks=[])
         # wrapped between the parts of the name, never inside one: a long file name gets more lines
         axes[0, column].set_title(wrap_label(name, 22), fontsize=7)
         axes[1, column].set_title(f"SSIM {ssim:.3f}", fontsize=8)
@@ -120,10 +119,9 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     records = [r for r in history if "train_loss" in r]
     if not records:
         return False
-    plt = pyplot()
     epochs = [r["epoch"] for r in records]
     validated = [r for r in records if "val_ssim" in r]
-    figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
+    figure, axes = pyplot().subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
     loss_axis = axes[0, 0]
     # the total is nearly the reconstruction term: draw it dashed and on top, so neither hides the other
     styles = (
@@ -133,18 +131,14 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     )
     for key, label, style in styles:
         loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label, **style)
-    loss_axis.set_yscale("log")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("training loss")
+    loss_axis.set(yscale="log", ylabel="training loss")
     loss_axis.legend()
-    loss_axis.grid(alpha=0.3)
     if validated:
-        ssim_axis = axes[0, 1]
-        ssim_axis.plot([r["epoch"] for r in validated], [r["val_ssim"] for r in validated], marker=".", color="C3")
-        ssim_axis.set_xlabel("epoch")
-        ssim_axis.set_ylabel("validation SSIM")
-        ssim_axis.grid(alpha=0.3)
+        axes[0, 1].plot([r["epoch"] for r in validated], [r["val_ssim"] for r in validated], marker=".", color="C3")
+        axes[0, 1].set_ylabel("validation SSIM")
     for axis in axes.flat:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
         epoch_axis(axis, epochs)  # epochs are whole numbers
     figure.suptitle(f"VQ-VAE training: {len(records)} epoch(s)", fontsize=10)
     figure.tight_layout()
@@ -241,10 +235,8 @@ class ReconstructionReportHandler:
     def _write(self, engine: Engine) -> None:
         if not is_main_process() or not self.ssim:
             return
-        ssim = np.asarray(self.ssim)
-        psnr = np.asarray(self.psnr)
-        metrics = {"n": len(ssim), "image_size": self.image_size, **summarize_scores(ssim, psnr)}
-        metrics.update(self.extra_metadata)
+        summary = summarize_scores(np.asarray(self.ssim), np.asarray(self.psnr))
+        metrics = {"n": len(self.ssim), "image_size": self.image_size, **summary, **self.extra_metadata}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
 

@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.metrics import SSIMMetric
 from monai.utils import CommonKeys as Keys
-from monai.utils import ensure_tuple
+from monai.utils import convert_to_numpy, ensure_tuple
 
 from monai_vqbrain import errors
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
@@ -145,11 +145,10 @@ class CodesSaver:
                 continue
             source = _source(item)
             path = codes_file(source, self.output_dir, self.separate_folder)
-            codes = torch.as_tensor(item["codes"]).cpu().numpy()
             buffer = io.BytesIO()
             np.savez_compressed(
                 buffer,
-                codes=codes.astype(np.uint16 if self.num_embeddings <= 1 << 16 else np.uint32),
+                codes=convert_to_numpy(item["codes"]).astype(np.uint16 if self.num_embeddings <= 1 << 16 else np.uint32),
                 num_embeddings=np.int64(self.num_embeddings),
                 image_size=np.int64(self.image_size),
                 slice_axis=np.int64(int(item[Keys.IMAGE].meta["slice_axis"])),

@@ -81,14 +81,14 @@ def _glob(path: Path) -> list[Path]:
     matches: list[Path] = []
     entered: set[str] = set()
 
-    def visit(folder: Path, remaining: list[str], real: str | None = None) -> None:
+    def visit(folder: Path, remaining: list[str]) -> None:
         if not remaining:
             matches.append(folder)
             return
         pattern, rest = remaining[0], remaining[1:]
         if pattern == "**":
             # '**' matches this folder itself and every folder below it, each entered once
-            real = real or os.path.realpath(folder)
+            real = os.path.realpath(folder)
             if real in entered:
                 logger.warning(
                     f"skipped folder '{folder}': a symbolic link back to '{real}', whose files the glob already "

@@ -1,8 +1,7 @@
 """The dictionary transforms of ``inference.json``: read a user's file as model-ready slices, and save a reconstruction.
 
-``preprocessing`` is ``LoadInputd`` followed by the training transforms ``PadToSquared`` and ``ResizeSquared``;
-all three are invertible, so ``postprocessing``'s MONAI ``Invertd`` undoes the resizing, the padding, and then the
-slicing, reorientation and intensity scaling, before ``SaveReconstructiond`` writes the result.
+``preprocessing``'s ``LoadInputd``, ``PadToSquared`` and ``ResizeSquared`` are invertible: ``postprocessing``'s
+MONAI ``Invertd`` undoes the resizing, the padding, then the slicing, reorientation and intensity scaling.
 """
 
 from __future__ import annotations

@@ -57,9 +57,8 @@ def checkpoint_byte_limit(*networks: nn.Module) -> int:
         networks: the networks the checkpoint is for (a DDP wrapper's ``module`` is used).
     """
     weights = 0
-    for network in networks:
-        network = unwrap_network(network)
-        weights += sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
+    for network in map(unwrap_network, networks):
+        weights += sum(t.nbytes for t in (*network.parameters(), *network.buffers()))
     return 4 * weights + 64 * 2**20
 
 
