@@ -149,20 +149,19 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
 class ReconstructionReportHandler:
     """Score every reconstruction of an evaluator and write the report into ``output_dir`` after its epoch.
 
-    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
-    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a
-    non-finite score is an empty cell with the reason in ``error``), ``reconstructions.png``
-    (``num_examples`` originals above their reconstructions and absolute error maps, from the best to the worst
-    SSIM, titled with the checkpoint and the mean SSIM; none when ``num_examples`` is 0) and ``loss_curves.png`` (per-epoch training losses
-    from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
+    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size`` and
+    more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a non-finite score is an empty cell
+    with the reason in ``error``), ``reconstructions.png`` (originals above their reconstructions and absolute error
+    maps, titled with the checkpoint and the mean SSIM) and ``loss_curves.png`` (per-epoch training losses from
+    ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
     ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
 
     Args:
         output_dir: folder for the report; created if needed.
         image_size: the evaluated image size, recorded in ``metrics.json``.
         history_file: the training history written by ``TrainingHistoryHandler``; None skips the loss curves.
-        num_examples: how many images the reconstruction figure shows, spread from the best to the worst SSIM
-            (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
+        num_examples: how many images the reconstruction figure shows (0: no figure), spread from the best to the
+            worst SSIM (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
         name_key: key of the image names in the batch.
         extra_metadata: more entries for ``metrics.json`` (e.g. the checkpoint and dataset used).
     """

@@ -145,10 +145,11 @@ class CodesSaver:
                 continue
             source = _source(item)
             path = codes_file(source, self.output_dir, self.separate_folder)
+            codes = convert_to_numpy(item["codes"])
             buffer = io.BytesIO()
             np.savez_compressed(
                 buffer,
-                codes=convert_to_numpy(item["codes"]).astype(np.uint16 if self.num_embeddings <= 1 << 16 else np.uint32),
+                codes=codes.astype(np.uint16 if self.num_embeddings <= 1 << 16 else np.uint32),
                 num_embeddings=np.int64(self.num_embeddings),
                 image_size=np.int64(self.image_size),
                 slice_axis=np.int64(int(item[Keys.IMAGE].meta["slice_axis"])),

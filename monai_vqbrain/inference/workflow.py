@@ -1,4 +1,4 @@
-"""The engine pieces of the ``inferring`` workflow: a dataset that passes over bad files, the evaluator, output checks."""
+"""The ``inferring`` workflow's engine pieces: a dataset that passes over bad files, the evaluator, output checks."""
 
 from __future__ import annotations
 
