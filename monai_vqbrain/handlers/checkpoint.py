@@ -211,21 +211,20 @@ class TrainingCheckpointLoader:
         engine.add_event_handler(Events.STARTED, self._load)
 
     def _load(self, engine: Engine) -> None:
+        objects = {key: obj for key, obj in self.load_dict.items() if obj is not None}
         # the bound counts every module the state restores (the optimizer's moments are sized like the network)
-        modules = [obj for obj in self.load_dict.values() if isinstance(obj, torch.nn.Module)]
+        modules = [obj for obj in objects.values() if isinstance(obj, torch.nn.Module)]
         checkpoint = load_checkpoint(
             self.load_path, map_location=self.map_location, max_bytes=checkpoint_byte_limit(*modules)
         )
-        missing = [key for key, obj in self.load_dict.items() if obj is not None and key not in checkpoint]
+        missing = [key for key in objects if key not in checkpoint]
         if missing:
             raise CheckpointError(f"checkpoint '{self.load_path}' cannot resume training: it has no {missing} entries.")
         network = unwrap_network(self.load_dict["model"])
         check_state_dict_matches(network, checkpoint["model"], str(self.load_path))
         check_finite_weights(checkpoint["model"], str(self.load_path))
         stretched = []
-        for key, obj in self.load_dict.items():
-            if obj is None:
-                continue
+        for key, obj in objects.items():
             # a schedule's length is a setting of this run, not state: resuming with more epochs must stretch the
             # schedule (the saved T_max would restart the cosine and raise the learning rate again)
             configured = {name: getattr(obj, name) for name in _SCHEDULE_LENGTHS if hasattr(obj, name)}

@@ -32,11 +32,10 @@ class StopOnDivergence:
     """Fail the run at the first non-finite training loss, and before an epoch ends with non-finite weights.
 
     A diverged run otherwise goes on to the end: validation scores the NaN network (SSIM reads 0.0), the checkpoint
-    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError`, naming
-    the epoch, the iteration, the last finite loss and the setting to lower, at ``ITERATION_COMPLETED`` for a NaN or
-    inf loss and at ``EPOCH_COMPLETED`` for such a weight (a step after the epoch's last finite loss can leave one):
-    attached before the validation and checkpoint handlers, it stops the epoch before they run, so the last good
-    ``model.pt`` and ``last.pt`` stay.
+    handlers save its NaN weights, and the run exits 0. This handler raises :class:`TrainingDivergedError` at
+    ``ITERATION_COMPLETED`` for a NaN or inf loss and at ``EPOCH_COMPLETED`` for such a weight (a step after the
+    epoch's last finite loss can leave one): attached before the validation and checkpoint handlers, it stops the
+    epoch before they run, so the last good ``model.pt`` and ``last.pt`` stay.
 
     Args:
         network: the trained network, whose weights are checked at each epoch's end.

@@ -31,7 +31,7 @@ class _MisleadingEngineLines(logging.Filter):
         message = record.getMessage()
         fresh_start = message.startswith("Engine run resuming from iteration 0, ")
         prefix = "Engine run is terminating due to exception: "
-        interrupt = message.startswith(prefix) and message[len(prefix) :] in ("", str(RunInterrupted()))
+        interrupt = message in (prefix, prefix + str(RunInterrupted()))
         return not (fresh_start or interrupt)
 
 

@@ -53,9 +53,6 @@ class LossComponentsHandler:
     def _publish(self, engine: Engine) -> None:
         if self._sums is None:
             return
-        totals = torch.cat([self._sums, self._sums.new_tensor([self._count])])
-        totals = all_reduce_sum(totals).tolist()
-        means = [value / totals[-1] for value in totals[:-1]]
-        engine.state.metrics[f"{self.prefix}loss"] = means[0]
-        for component, mean in zip(self._components, means[1:], strict=True):
-            engine.state.metrics[f"{self.prefix}{component}"] = mean
+        *sums, count = all_reduce_sum(torch.cat([self._sums, self._sums.new_tensor([self._count])])).tolist()
+        for name, total in zip(("loss", *self._components), sums, strict=True):
+            engine.state.metrics[f"{self.prefix}{name}"] = total / count

@@ -103,8 +103,7 @@ def plot_reconstructions(examples: list[Example], title: str, path: Path) -> Non
         axes[1, column].imshow(reconstruction, cmap="gray", vmin=0.0, vmax=1.0)
         error_image = axes[2, column].imshow(np.abs(original - reconstruction), cmap="magma", vmin=0.0, vmax=error_max)
         for axis in axes[:, column]:
-            axis.set_xticks([])
-            axis.set_yticks([])
+            axis.set(xticks=[], yticks=[])
         # wrapped between the parts of the name, never inside one: a long file name gets more lines
         axes[0, column].set_title(wrap_label(name, 22), fontsize=7)
         axes[1, column].set_title(f"SSIM {ssim:.3f}", fontsize=8)
@@ -120,10 +119,9 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     records = [r for r in history if "train_loss" in r]
     if not records:
         return False
-    plt = pyplot()
     epochs = [r["epoch"] for r in records]
     validated = [r for r in records if "val_ssim" in r]
-    figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
+    figure, axes = pyplot().subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
     loss_axis = axes[0, 0]
     # the total is nearly the reconstruction term: draw it dashed and on top, so neither hides the other
     styles = (
@@ -133,18 +131,14 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
     )
     for key, label, style in styles:
         loss_axis.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label, **style)
-    loss_axis.set_yscale("log")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("training loss")
+    loss_axis.set(yscale="log", ylabel="training loss")
     loss_axis.legend()
-    loss_axis.grid(alpha=0.3)
     if validated:
-        ssim_axis = axes[0, 1]
-        ssim_axis.plot([r["epoch"] for r in validated], [r["val_ssim"] for r in validated], marker=".", color="C3")
-        ssim_axis.set_xlabel("epoch")
-        ssim_axis.set_ylabel("validation SSIM")
-        ssim_axis.grid(alpha=0.3)
+        axes[0, 1].plot([r["epoch"] for r in validated], [r["val_ssim"] for r in validated], marker=".", color="C3")
+        axes[0, 1].set_ylabel("validation SSIM")
     for axis in axes.flat:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
         epoch_axis(axis, epochs)  # epochs are whole numbers
     figure.suptitle(f"VQ-VAE training: {len(records)} epoch(s)", fontsize=10)
     figure.tight_layout()
@@ -155,20 +149,19 @@ def plot_loss_curves(history: list[dict], path: Path) -> bool:
 class ReconstructionReportHandler:
     """Score every reconstruction of an evaluator and write the report into ``output_dir`` after its epoch.
 
-    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size``
-    and more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a
-    non-finite score is an empty cell with the reason in ``error``), ``reconstructions.png``
-    (``num_examples`` originals above their reconstructions and absolute error maps, from the best to the worst
-    SSIM, titled with the checkpoint and the mean SSIM; none when ``num_examples`` is 0) and ``loss_curves.png`` (per-epoch training losses
-    from ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
+    Outputs: ``metrics.json`` (``ssim_mean``, ``ssim_std``, ``ssim_min``, ``psnr_mean``, ``n``, ``image_size`` and
+    more), ``per_image_metrics.csv`` (name, SSIM, PSNR and error of every image; a non-finite score is an empty cell
+    with the reason in ``error``), ``reconstructions.png`` (originals above their reconstructions and absolute error
+    maps, titled with the checkpoint and the mean SSIM) and ``loss_curves.png`` (per-epoch training losses from
+    ``history_file``). SSIM is MONAI's ``SSIMMetric`` (Gaussian window 11, sigma 1.5) and PSNR MONAI's
     ``PSNRMetric``, both with ``data_range`` 1 on images scaled to ``[0, 1]``.
 
     Args:
         output_dir: folder for the report; created if needed.
         image_size: the evaluated image size, recorded in ``metrics.json``.
         history_file: the training history written by ``TrainingHistoryHandler``; None skips the loss curves.
-        num_examples: how many images the reconstruction figure shows, spread from the best to the worst SSIM
-            (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
+        num_examples: how many images the reconstruction figure shows (0: no figure), spread from the best to the
+            worst SSIM (chosen among the images of ``num_examples`` evenly spaced batches and the best and worst image).
         name_key: key of the image names in the batch.
         extra_metadata: more entries for ``metrics.json`` (e.g. the checkpoint and dataset used).
     """
@@ -241,10 +234,8 @@ class ReconstructionReportHandler:
     def _write(self, engine: Engine) -> None:
         if not is_main_process() or not self.ssim:
             return
-        ssim = np.asarray(self.ssim)
-        psnr = np.asarray(self.psnr)
-        metrics = {"n": len(ssim), "image_size": self.image_size, **summarize_scores(ssim, psnr)}
-        metrics.update(self.extra_metadata)
+        summary = summarize_scores(np.asarray(self.ssim), np.asarray(self.psnr))
+        metrics = {"n": len(self.ssim), "image_size": self.image_size, **summary, **self.extra_metadata}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
 

@@ -19,7 +19,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.metrics import SSIMMetric
-from monai.utils.enums import CommonKeys as Keys
+from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_numpy, ensure_tuple
 
 from monai_vqbrain import errors
 from monai_vqbrain.errors import DatasetError, InputsSkippedError, OutputWriteError, VQBrainError, find_user_error
@@ -144,7 +145,7 @@ class CodesSaver:
                 continue
             source = _source(item)
             path = codes_file(source, self.output_dir, self.separate_folder)
-            codes = torch.as_tensor(item["codes"]).cpu().numpy()
+            codes = convert_to_numpy(item["codes"])
             buffer = io.BytesIO()
             np.savez_compressed(
                 buffer,
@@ -228,8 +229,7 @@ class InferenceMetricsWriter:
     def _score(self, engine: Engine) -> None:
         output = engine.state.output
         image, reconstruction, codes = output[Keys.IMAGE], output[Keys.PRED], output["codes"]
-        names = image.meta["filename_or_obj"]
-        names = [names] if isinstance(names, str) else list(names)
+        names = ensure_tuple(image.meta["filename_or_obj"])
         # plain tensors: the metadata has served its purpose and MetaTensor slows every operation
         images, reconstructions = (t.as_tensor() if hasattr(t, "as_tensor") else t for t in (image, reconstruction))
         for index, name in enumerate(names):
@@ -286,8 +286,7 @@ class InferenceMetricsWriter:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=[field.name for field in fields(FileResult)], lineterminator="\n")
         writer.writeheader()
-        for result in results:
-            writer.writerow(asdict(result))
+        writer.writerows(map(asdict, results))
         return atomic_write_text(self.metrics_file, buffer.getvalue(), overwrite=self.overwrite)
 
     def _write_all(self, engine: Engine) -> None:

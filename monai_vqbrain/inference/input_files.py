@@ -81,14 +81,14 @@ def _glob(path: Path) -> list[Path]:
     matches: list[Path] = []
     entered: set[str] = set()
 
-    def visit(folder: Path, remaining: list[str], real: str | None = None) -> None:
+    def visit(folder: Path, remaining: list[str]) -> None:
         if not remaining:
             matches.append(folder)
             return
         pattern, rest = remaining[0], remaining[1:]
         if pattern == "**":
             # '**' matches this folder itself and every folder below it, each entered once
-            real = real or os.path.realpath(folder)
+            real = os.path.realpath(folder)
             if real in entered:
                 logger.warning(
                     f"skipped folder '{folder}': a symbolic link back to '{real}', whose files the glob already "
@@ -151,18 +151,18 @@ def _files_of(spec: str) -> list[Path]:
                 f"{', '.join(SUPPORTED_SUFFIXES)} directly in it (use a glob such as 'folder/**/*.png' for sub-folders)"
             )
         return files
-    if path.exists() and not _GLOB_CHARACTERS & set(spec):
-        # a FIFO, socket or device: reading it would block or never end
-        raise DatasetError(
-            f"input '{path}' is not a regular file (a FIFO, socket or device); expected a PNG or NIfTI file, a "
-            f"folder of them, or a quoted glob"
-        )
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
         files = [p for p in _glob(path) if _is_listed(p) and not p.name.startswith(".")]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files
+    if path.exists():
+        # a FIFO, socket or device: reading it would block or never end
+        raise DatasetError(
+            f"input '{path}' is not a regular file (a FIFO, socket or device); expected a PNG or NIfTI file, a "
+            f"folder of them, or a quoted glob"
+        )
     raise DatasetError(
         f"input '{path}' does not exist; expected a PNG or NIfTI file, a folder of them, or a quoted glob"
     )

@@ -1,10 +1,8 @@
 """Reading the user's PNG and NIfTI files into model-ready slices, and writing reconstructions in their own format.
 
-:func:`read_input` prepares each file exactly as in training, :func:`restore_input_layout` undoes the slicing,
-reorientation and intensity scaling, and :func:`write_png` and :func:`write_nifti` write a reconstruction in the
-input's size, bit depth, header and data type. The model card (``bundle/docs/README.md``, "Preprocessing" and
-"Inference on your files") describes each step, the outputs and the size rule: every slice must be at least
-``min_slice_size`` pixels along both in-plane sides, as smaller ones hold too little to be resized to ``image_size``.
+The model card (``bundle/docs/README.md``, "Preprocessing" and "Inference on your files") describes each step, the
+outputs and the size rule: every slice must be at least ``min_slice_size`` pixels along both in-plane sides, as
+smaller ones hold too little to be resized to ``image_size``.
 """
 
 from __future__ import annotations
@@ -249,12 +247,8 @@ def read_input(
 
     Returns:
         The slices, float32 ``(N, H, W)`` in ``[0, 1]`` (a PNG is one slice; a NIfTI image gives every slice along
-        ``slice_axis`` of its RAS volume), before padding and resizing to the model's size (NIfTI with
-        ``image_size``: after); the file's own image shape (for reporting); and the restoring information:
-        ``format`` and, for a PNG, the ``peak`` white had and the pixel ``dtype``; for a NIfTI image, the
-        ``orientation`` of its voxel axes, the RAS ``axis`` it was sliced along, the intensities ``low`` and ``high``
-        the scaling mapped to 0 and 1, its ``shape``, its slices' ``plane_shape`` and the ``image_size`` they were
-        read at (None: their own).
+        ``slice_axis`` of its RAS volume); the file's own image shape (for reporting); and the restoring information
+        (``format``; a PNG's ``peak`` white and pixel ``dtype``; a NIfTI image's orientation, slicing and scaling).
 
     Raises:
         ImageFileError: naming the file and what was expected, for any bad input.

@@ -1,8 +1,7 @@
 """The dictionary transforms of ``inference.json``: read a user's file as model-ready slices, and save a reconstruction.
 
-``preprocessing`` is ``LoadInputd`` followed by the training transforms ``PadToSquared`` and ``ResizeSquared``;
-all three are invertible, so ``postprocessing``'s MONAI ``Invertd`` undoes the resizing, the padding, and then the
-slicing, reorientation and intensity scaling, before ``SaveReconstructiond`` writes the result.
+``preprocessing``'s ``LoadInputd``, ``PadToSquared`` and ``ResizeSquared`` are invertible: ``postprocessing``'s
+MONAI ``Invertd`` undoes the resizing, the padding, then the slicing, reorientation and intensity scaling.
 """
 
 from __future__ import annotations
@@ -87,15 +86,11 @@ def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> Non
 class LoadInputd(MapTransform, InvertibleTransform):
     """Read a PNG or NIfTI file named by ``d[key]`` as its slices ``(N, H, W)`` in ``[0, 1]``, the channels of a 2D image.
 
-    The reading is :func:`.io.read_input`: a PNG is one slice made as in training (bit-depth scaling, grey); a NIfTI
-    image is reoriented to RAS, scaled per volume by robust percentiles and cut into every slice along
-    ``slice_axis``. Not MONAI's ``LoadImaged`` with ``ScaleByDtyped``/``ToGreyscaled``: those would take a volume's
-    slices for colour channels. The result is a ``MetaTensor`` whose ``meta`` holds ``filename_or_obj``,
-    ``format``, ``shape`` (the file's image shape, e.g. ``24x28x20``), ``slice_axis`` (-1 for a PNG) and
-    ``input_bytes``; :meth:`inverse` maps slices back to the file's voxel order and intensity scale (float64).
-    With ``image_size``, a volume is padded and resized to the model's size one slice at a time as it is read
-    (``PadToSquared`` and ``ResizeSquared`` then have nothing left to do), and restored slice by slice: memory
-    never holds the volume's slices at its own resolution.
+    The reading is :func:`.io.read_input`, as in training (not MONAI's ``LoadImaged`` with ``ScaleByDtyped``/
+    ``ToGreyscaled``: those would take a volume's slices for colour channels). The result is a ``MetaTensor`` whose
+    ``meta`` holds ``filename_or_obj``, ``format``, ``shape`` (the file's image shape, e.g. ``24x28x20``),
+    ``slice_axis`` (-1 for a PNG) and ``input_bytes``; :meth:`inverse` maps slices back to the file's voxel order and
+    intensity scale (float64).
 
     Args:
         keys: the key holding the path (``"image"``).
@@ -103,7 +98,8 @@ class LoadInputd(MapTransform, InvertibleTransform):
         min_slice_size: smallest accepted in-plane side of a slice, in pixels.
         max_image_pixels: the most pixels a PNG header may declare; None allows any.
         max_volume_voxels: the most voxels a NIfTI header may declare; None allows any.
-        image_size: the model's image size, to read volumes at it (see above); None: at their own resolution.
+        image_size: the model's image size: a volume is read and restored at it one slice at a time, never held at
+            its own resolution (``PadToSquared`` and ``ResizeSquared`` then have nothing left to do); None: at its own.
         allow_missing_keys: do not fail when a key is missing.
     """
 
@@ -173,9 +169,8 @@ class SaveReconstructiond(MapTransform):
 
     The keys are those of MONAI's ``SaveImaged``. Not ``SaveImaged`` itself: its writers write in place (a killed run
     leaves a half-written file), replace existing files without asking, keep only a NIfTI's affine (not its header
-    and data type) and write PNGs at one bit depth. Here each file is written atomically (with the umask's
-    permissions) at the input's bit depth, or with its header, affine and data type. The written path is recorded in
-    ``meta["saved_to"]``, as ``SaveImaged(savepath_in_metadict=True)`` does.
+    and data type) and write PNGs at one bit depth. The written path is recorded in ``meta["saved_to"]``, as
+    ``SaveImaged(savepath_in_metadict=True)`` does.
 
     Args:
         keys: the key of the restored reconstruction (``"pred"``).

@@ -1,8 +1,4 @@
-"""The engine pieces of the ``inferring`` workflow: a dataset that passes over bad files, the evaluator, output checks.
-
-``bundle/configs/inference.json`` wires them as MONAI model-zoo bundles do: ``preprocessing`` -> ``dataset`` ->
-``dataloader`` -> ``inferer`` -> ``postprocessing`` -> ``handlers`` -> ``evaluator``.
-"""
+"""The ``inferring`` workflow's engine pieces: a dataset that passes over bad files, the evaluator, output checks."""
 
 from __future__ import annotations
 
@@ -157,7 +153,7 @@ def check_outputs(
             f"are never read as inputs of a later run"
         )
     for root in _recursive_glob_roots(input_specs):
-        if output_dir.resolve() == root or root in output_dir.resolve().parents:
+        if output_dir.resolve().is_relative_to(root):
             raise OutputPathError(
                 f"output_dir '{output_dir.resolve()}' is inside '{root}', the root of a recursive input glob: the "
                 f"next run over that glob would take the reconstructions as inputs; choose another --output_dir"

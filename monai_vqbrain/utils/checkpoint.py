@@ -57,9 +57,8 @@ def checkpoint_byte_limit(*networks: nn.Module) -> int:
         networks: the networks the checkpoint is for (a DDP wrapper's ``module`` is used).
     """
     weights = 0
-    for network in networks:
-        network = unwrap_network(network)
-        weights += sum(t.numel() * t.element_size() for t in (*network.parameters(), *network.buffers()))
+    for network in map(unwrap_network, networks):
+        weights += sum(t.nbytes for t in (*network.parameters(), *network.buffers()))
     return 4 * weights + 64 * 2**20
 
 
@@ -108,10 +107,8 @@ def _torch_save(obj: Any, tmp: Path, path: str | os.PathLike) -> None:
 
 
 def check_checkpoint_file(path: str | os.PathLike, missing: str | None = None, name: str = "checkpoint") -> Path:
-    """Return ``path`` if it is a regular file; else refuse it, naming it and saying what it is instead.
-
-    A missing file gets ``missing`` (how to make the file); a folder, a FIFO, a socket, a device (``/dev/zero``) or a
-    link to nothing gets a message saying so, not that it is missing.
+    """Return ``path`` if it is a regular file; else refuse it, naming it and saying what it is instead (missing, a
+    folder, a FIFO, socket or device, or a link to nothing).
 
     Args:
         path: the checkpoint's path.
