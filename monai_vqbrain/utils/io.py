@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import io
 import os
 import re
@@ -23,8 +22,8 @@ from types import ModuleType
 from ..errors import OutputWriteError
 
 _UMASK_LOCK = threading.Lock()
-# mkstemp's random part, as a glob: 8 characters of this alphabet
-_RANDOM_PART = "[a-z0-9_]" * 8
+# mkstemp's random part: 8 characters of this alphabet
+_RANDOM_PART = r"[a-z0-9_]{8}"
 
 
 def _file_mode() -> int:
@@ -91,11 +90,16 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 def remove_stale_temporary_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
     """Remove the temporary files a killed run left in ``folder`` for the outputs ``names``: only files named as
     :func:`atomic_path` names them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    patterns = []
     for name in names:
-        stem, suffix = _split_name(Path(folder) / name)
-        for entry in Path(folder).glob(glob.escape(f".{stem}.") + _RANDOM_PART + glob.escape(suffix)):
-            if entry.is_file():
-                entry.unlink()
+        stem, suffix = _split_name(folder / name)
+        patterns.append(re.compile(re.escape(f".{stem}.") + _RANDOM_PART + re.escape(suffix) + "$"))
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.is_file() and any(p.match(entry.name) for p in patterns):
+            entry.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
