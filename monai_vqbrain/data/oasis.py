@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
+from monai_vqbrain.data.transforms import _LOADABLE_MODES
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 SPLITS = ("train", "validate", "test")
@@ -140,13 +141,6 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
     return [folder / name for name in sorted(names, key=_png_sort_key)]
 
 
-# PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
-_SUPPORTED_MODES = frozenset(
-    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
-    | {"I;16", "I;16L", "I;16B"}
-)
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> samples per pixel
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -269,7 +263,7 @@ def check_png_file(
         raise ImageFileError(f"{_named(path)} is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
     if width < 1 or height < 1:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
-    if mode not in _SUPPORTED_MODES:
+    if mode not in _LOADABLE_MODES:
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
 
 

@@ -34,6 +34,12 @@ from monai_vqbrain.data.slices import read_volume_plane
 from monai_vqbrain.errors import ImageFileError
 
 _NATIVE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I", "F"})
+# the other PIL modes a slice may have, and the mode each is converted to (big-endian 16-bit pixels to 32-bit ints,
+# which numpy and torch understand; colour spaces other than RGB to RGB)
+_CONVERSIONS = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "I;16B": "I"}
+_CONVERSIONS.update(dict.fromkeys(("RGBX", "CMYK", "YCbCr", "LAB", "HSV"), "RGB"))
+# the PIL modes normalize_pil_mode turns into grey, grey+alpha, RGB or RGBA channels
+_LOADABLE_MODES = _NATIVE_MODES | set(_CONVERSIONS)
 
 
 def normalize_pil_mode(image: Image.Image) -> Image.Image:
@@ -45,17 +51,9 @@ def normalize_pil_mode(image: Image.Image) -> Image.Image:
     Args:
         image: an opened PIL image.
     """
-    mode = image.mode
-    if mode in _NATIVE_MODES:
+    if image.mode in _NATIVE_MODES:
         return image
-    if mode in ("1", "La"):
-        return image.convert("L" if mode == "1" else "LA")
-    if mode in ("P", "PA", "RGBa"):
-        return image.convert("RGBA")
-    if mode.startswith("I;16"):
-        # big-endian 16-bit pixels: 32-bit ints keep the values and are understood by numpy and torch
-        return image.convert("I")
-    return image.convert("RGB")
+    return image.convert(_CONVERSIONS.get(image.mode, "I" if image.mode.startswith("I;16") else "RGB"))
 
 
 class SliceReader(PILReader):
