@@ -97,13 +97,6 @@ def _missing_extra(error: BaseException | None) -> MissingExtraError | None:
     return None
 
 
-def _find_user_error(error: BaseException | None) -> BaseException | None:
-    found = _find_input_error(error)
-    if found is None:
-        found = _missing_extra(error)
-    return found if found is not None else _component_setting_error(error)
-
-
 def explain_missing_extras() -> None:
     """Make an uncaught ``ModuleNotFoundError`` of an optional dependency one line naming the extra to install.
 
@@ -122,21 +115,20 @@ def explain_missing_extras() -> None:
         if missing is None or _STATE["traceback"] or os.environ.get("MONAI_VQBRAIN_TRACEBACK"):
             previous_hook(kind, error, traceback)
             return
-        print(f"error: {missing}", file=sys.stderr)
-        sys.stderr.flush()
+        print(f"error: {missing}", file=sys.stderr, flush=True)
         raise SystemExit(missing.exit_code)
 
     sys.excepthook = hook
     _STATE["extras"] = True
 
 
-def _find_input_error(error: BaseException | None) -> BaseException | None:
+def _find_user_error(error: BaseException | None) -> BaseException | None:
     for link in exception_chain(error):
         if isinstance(link, VQBrainError) or (isinstance(link, OSError) and link.errno in _DISK_ERRORS):
             return link
         if isinstance(link, (ValueError, KeyError)) and (missing := _missing_base_config(link)) is not None:
             return missing
-    return None
+    return _missing_extra(error) or _component_setting_error(error)
 
 
 def _one_line(error: BaseException) -> str:
@@ -200,8 +192,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
                     message, status = message.replace("interrupted", "terminated (SIGTERM)", 1), 128 + signal.SIGTERM
                 if sys.stderr.isatty():
                     print(file=sys.stderr)  # not at the end of a progress bar's line
-                print(message, file=sys.stderr)  # not an error: what the user asked for
-                sys.stderr.flush()
+                print(message, file=sys.stderr, flush=True)  # not an error: what the user asked for
                 raise SystemExit(status)
             user_error = _find_user_error(error)
             if user_error is None or _STATE["traceback"]:
@@ -209,8 +200,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
                 if user_error is None:
                     return
             else:
-                print(f"error: {_one_line(user_error)}", file=sys.stderr)
-                sys.stderr.flush()
+                print(f"error: {_one_line(user_error)}", file=sys.stderr, flush=True)
             # SystemExit raised by sys.excepthook sets the interpreter's exit status
             raise SystemExit(getattr(user_error, "exit_code", 1))
 
