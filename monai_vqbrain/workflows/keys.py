@@ -184,14 +184,11 @@ def expected_text(key: str, keyword: str | None = None) -> str:
     types = [types] if isinstance(types, str) else list(types or [])
     nullable = " or null" if "null" in types else ""
     low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    strict = "exclusiveMinimum" in schema and "integer" not in types
+    bound = f"in [{low}, {schema['maximum']}]" if "maximum" in schema else f"{'>' if strict else '>='} {low}"
     if "integer" in types:
-        bound = f"in [{low}, {schema['maximum']}]" if "maximum" in schema else f">= {low}"
         return f"an integer {bound}{nullable}"
     if "number" in types:
-        if "maximum" in schema:
-            bound = f"in [{low}, {schema['maximum']}]"
-        else:
-            bound = f"{'>' if 'exclusiveMinimum' in schema else '>='} {low}"
         return f"a finite number {bound}{nullable}"
     raise KeyError(f"the schema gives {key!r} no x-expected text and no type the message can be derived from")
 
@@ -217,13 +214,16 @@ def setting_error(key: str, value: Any) -> str | None:
 # ----------------------------------------------------------------------------------------------- descriptions
 
 
+def config_properties(name: str) -> dict[str, Any]:
+    """The override keys the schema gives config ``name`` (``inference.json``), each with its meaning."""
+    return load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
+
+
 def key_description(key: str, configs: Sequence[str] | None = None) -> str | None:
     """What ``key`` means, from the last of ``configs`` (default: all, in :data:`CONFIG_ORDER`) that defines it."""
-    described = load_schema()["$defs"]["configs"]
     for name in reversed(list(configs or CONFIG_ORDER)):
-        properties = described.get(name, {}).get("properties", {})
-        if key in properties:
-            return properties[key].get("description")
+        if key in config_properties(name):
+            return config_properties(name)[key].get("description")
     return None
 
 
@@ -252,16 +252,15 @@ def reference_markdown(configs_dir: str | os.PathLike) -> str:
     Args:
         configs_dir: the bundle's ``configs`` folder.
     """
-    schema = load_schema()
-    configs = schema["$defs"]["configs"]
     lines: list[str] = []
     for name in CONFIG_ORDER:
-        properties = configs.get(name, {}).get("properties", {})
+        properties = config_properties(name)
         values = config_override_keys(Path(configs_dir) / name) if properties else {}
         lines.append(f"### `{name}`")
         lines.append("")
         if not properties:
-            lines.append(configs.get(name, {}).get("description", "No override keys of its own.").capitalize() + ".")
+            described = load_schema()["$defs"]["configs"].get(name, {})
+            lines.append(described.get("description", "No override keys of its own.").capitalize() + ".")
             lines.append("")
             continue
         lines.append("| key | default | meaning | allowed values |")

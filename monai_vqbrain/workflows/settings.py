@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import SettingError
 from ..utils.flags import as_bool
-from .keys import CONFIG_ORDER, key_description, key_names, load_schema, setting_error
+from .keys import CONFIG_ORDER, config_properties, key_description, key_names, load_schema, setting_error
 from .monai_adapter import bundle_command_line, running_parser, running_workflow
 from .rules import SETTING_RULES, broken_rule
 
@@ -146,9 +146,9 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         # preset has none (prior_large.json's keys are train_prior.json's): only a command line says it was given
         configs, earlier = [], set()
         for name in CONFIG_ORDER:
-            if (_config_keys(name) - earlier) & set(settings):
+            if (set(config_properties(name)) - earlier) & set(settings):
                 configs.append(name)
-            earlier |= _config_keys(name)
+            earlier |= set(config_properties(name))
     lines = ["override keys of this workflow, with the values this run would use and what they mean:"]
     for key, value in settings.items():
         if key == "downsample_factor":  # derived from network_def, not a key of its own
@@ -165,11 +165,6 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         lines += [f"  {text}" for text in rules]
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
-
-
-def _config_keys(name: str) -> set[str]:
-    """The override keys the settings schema gives config ``name`` (``inference.json``)."""
-    return set(load_schema()["$defs"]["configs"].get(name, {}).get("properties", {}))
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
