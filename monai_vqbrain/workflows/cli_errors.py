@@ -1,22 +1,4 @@
-"""Report bad user input from bundle runs as one clear message and a documented exit status, not a traceback.
-
-Exit statuses of a bundle run (``python -m monai.bundle run ...``):
-
-* 0: success;
-* 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
-  or forbidden disk;
-* 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is allowed,
-  a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds it), or a
-  config run without the base config it extends;
-* 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
-  ``--allow_skipped true``;
-* 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
-  ``interrupted at epoch N; resume with `--resume true```;
-* 143: stopped by SIGTERM (``timeout``, ``docker stop``, Slurm), handled as Ctrl-C is (the same cleanup: output
-  locks released, temporary files removed): ``terminated (SIGTERM) at epoch N; resume with `--resume true```.
-
-Any other exception is a bug and keeps Python's traceback.
-"""
+"""Report bad user input from bundle runs as one clear message and a documented exit status, not a traceback."""
 
 from __future__ import annotations
 
@@ -161,11 +143,24 @@ def _handle_sigterm() -> None:
 def install_error_hook(debug: object = False, config: str | None = None, base_config: str | None = None) -> None:
     """Make an uncaught user error print ``error: <message>`` on one line and exit with its status.
 
-    Bundle configs call this first in ``initialize``. User errors are :class:`~monai_vqbrain.errors.VQBrainError`
-    (exit status ``exit_code``: 1, 2 for a bad setting, 3 for skipped inputs) and disk errors (full, read-only,
-    permission denied; status 1). Any other exception keeps Python's usual traceback. SIGTERM is handled as Ctrl-C
-    (one line, ``terminated (SIGTERM) ...``, exit status 143), unless the process had a SIGTERM handler of its own.
-    Calling it again updates the settings of the one hook.
+    Bundle configs call this first in ``initialize``; calling it again updates the settings of the one hook. Exit
+    statuses of a bundle run (``python -m monai.bundle run ...``):
+
+    * 0: success;
+    * 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
+      or forbidden disk;
+    * 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is
+      allowed, a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds
+      it), or a config run without the base config it extends;
+    * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
+      ``--allow_skipped true``;
+    * 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
+      ``interrupted at epoch N; resume with `--resume true```;
+    * 143: stopped by SIGTERM (``timeout``, ``docker stop``, Slurm), handled as Ctrl-C is (the same cleanup: output
+      locks released, temporary files removed) unless the process had a SIGTERM handler of its own:
+      ``terminated (SIGTERM) at epoch N; resume with `--resume true```.
+
+    Any other exception is a bug and keeps Python's traceback.
 
     Args:
         debug: True (``--debug true``) keeps full tracebacks for user errors too, as does the environment
