@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .rules import SETTING_RULES
+
 #: the schema file: package data, installed with the package (a wheel, ``pip install .`` or ``pip install -e .``)
 SCHEMA_FILE = Path(__file__).resolve().parent / "settings.schema.json"
 
@@ -255,16 +257,13 @@ def reference_markdown(configs_dir: str | os.PathLike) -> str:
     lines: list[str] = []
     for name in CONFIG_ORDER:
         properties = config_properties(name)
-        values = config_override_keys(Path(configs_dir) / name) if properties else {}
-        lines.append(f"### `{name}`")
-        lines.append("")
+        lines += [f"### `{name}`", ""]
         if not properties:
             described = load_schema()["$defs"]["configs"].get(name, {})
-            lines.append(described.get("description", "No override keys of its own.").capitalize() + ".")
-            lines.append("")
+            lines += [described.get("description", "No override keys of its own.").capitalize() + ".", ""]
             continue
-        lines.append("| key | default | meaning | allowed values |")
-        lines.append("| --- | --- | --- | --- |")
+        values = config_override_keys(Path(configs_dir) / name)
+        lines += ["| key | default | meaning | allowed values |", "| --- | --- | --- | --- |"]
         for key, entry in properties.items():
             default = _default_text(values[key])
             default = entry.get("x-default-text") or (default if default.startswith("the ") else f"`{default}`")
@@ -272,16 +271,14 @@ def reference_markdown(configs_dir: str | os.PathLike) -> str:
                 f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"
             )
         lines.append("")
-    lines += _rules_markdown()
-    return "\n".join(lines)
-
-
-def _rules_markdown() -> list[str]:
-    """The rules between keys (:data:`~monai_vqbrain.workflows.rules.SETTING_RULES`) as a reference table."""
-    from .rules import SETTING_RULES
-
-    lines = ["### Rules between keys", "", "Each value may be allowed on its own, not together with the others; a run "
-             "that breaks one of these stops at start-up with one line naming the keys.", "",
-             "| keys | rule |", "| --- | --- |"]
+    lines += [
+        "### Rules between keys",
+        "",
+        "Each value may be allowed on its own, not together with the others; a run that breaks one of these stops at "
+        "start-up with one line naming the keys.",
+        "",
+        "| keys | rule |",
+        "| --- | --- |",
+    ]
     lines += [f"| {', '.join(f'`{key}`' for key in rule.keys)} | {_cell(rule.text)} |" for rule in SETTING_RULES]
-    return [*lines, ""]
+    return "\n".join([*lines, ""])
