@@ -65,9 +65,7 @@ def _is_image_split_folder(path: Path) -> bool:
 
 
 def locate_png_root(root: str | os.PathLike) -> Path | None:
-    """Find the folder that holds the ``keras_png_slices_*`` split folders: ``root`` or ``root/keras_png_slices_data``.
-
-    Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a dataset.
+    """Find the folder that holds the image split folders: ``root`` or ``root/keras_png_slices_data``.
 
     Args:
         root: the folder to look in.
@@ -221,10 +219,9 @@ def check_png_file(
 ) -> None:
     """Check that ``path`` is a whole, decodable image of a size within the limits.
 
-    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
-    compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
-    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a deep
-    traceback from a data-loader worker, or not at all.
+    The size comes from the header, before any decoding; then the chunks' CRCs, the length of the pixel stream and
+    the decoding are checked, so that a bad file is reported before training starts rather than as a deep traceback
+    from a data-loader worker, or not at all.
 
     Args:
         path: the image file.

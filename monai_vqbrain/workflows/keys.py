@@ -106,9 +106,6 @@ def config_override_keys(config: Mapping[str, Any] | str | os.PathLike) -> dict[
     return keys
 
 
-# ------------------------------------------------------------------------------------------------------ validation
-
-
 def _formats() -> Any:
     """The schema's own formats: what JSON Schema cannot say (command-line booleans, finiteness, an ordered pair)."""
     from jsonschema import FormatChecker
@@ -211,9 +208,6 @@ def setting_error(key: str, value: Any) -> str | None:
     keywords = {error.relative_schema_path[0] for error in errors if error.relative_schema_path}
     special = load_schema()["$defs"]["keys"][key].get("x-expected-by-keyword", {})
     return expected_text(key, keywords.pop() if len(keywords) == 1 and keywords <= set(special) else None)
-
-
-# ----------------------------------------------------------------------------------------------- descriptions
 
 
 def config_properties(name: str) -> dict[str, Any]:

@@ -1,9 +1,7 @@
 """Start-up validation of a bundle run's settings: every value and every command-line key, before any data is read.
 
 Each bundle config's ``settings`` entry is :func:`run_settings`, which ``initialize`` resolves first; the configs
-read normalised values from it (``@settings['overwrite']`` is a boolean whatever the command line wrote). A wrong
-value is one line naming the key, the value and what is allowed; an unknown override key (``--max_epoch 3``) is an
-error suggesting the nearest key, not a key silently added to the config while the default applies.
+read normalised values from it (``@settings['overwrite']`` is a boolean whatever the command line wrote).
 """
 
 from __future__ import annotations
@@ -108,10 +106,8 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str | None = None) -> None:
     """Check the settings that are only wrong together, before anything is loaded (after :func:`check_settings`).
 
-    Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
-    training data, a training crop larger than the image, a training run that would never validate (and so never
-    save ``model.pt``), or more samples than ``max_num_samples`` (each is kept in memory until the run ends). The
-    rules are :data:`~monai_vqbrain.workflows.rules.SETTING_RULES`, declared once.
+    Each value may be allowed on its own, yet the run could not do what they ask together (split fractions that
+    leave no training data, a crop larger than the image ...): the rules are :data:`~.rules.SETTING_RULES`.
 
     Args:
         settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
@@ -306,12 +302,10 @@ def config_bundle_root(default: str | None = None) -> str:
     """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
 
     The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
-    not in a ``configs/`` folder), so that the bundle works from any working directory. It is the
-    ``config_root_path`` of the MONAI ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``,
-    ``monai.bundle.run``, ``create_workflow``), found by
-    :func:`~monai_vqbrain.workflows.monai_adapter.running_workflow`. A bare ``ConfigParser`` does not record where
-    its files came from: there ``bundle_root`` must be set, rather than the run writing outputs and demo data below
-    whatever the working directory is.
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is known from the MONAI
+    ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``, ``monai.bundle.run``,
+    ``create_workflow``); a bare ``ConfigParser`` does not record where its files came from: there ``bundle_root``
+    must be set, rather than the run writing outputs and demo data below whatever the working directory is.
 
     Args:
         default: a bundle folder, relative to the working directory, to use when the config files' folder is not
