@@ -93,8 +93,7 @@ def generate_demo_dataset(
     Cases are numbered from 1 across the splits (train first), so no case is in two splits; a case's anatomy
     depends only on ``seed`` and its number. No slice is empty: the brain covers at least
     :data:`~monai_vqbrain.data.template.MIN_BRAIN_FRACTION` of every slice. Files are named
-    ``case_XXX_slice_Y.nii.png`` (masks ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is
-    written last, so a folder that has it is complete.
+    ``case_XXX_slice_Y.nii.png`` (masks ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is.
 
     Args:
         root: the folder to write; it must be absent or empty.

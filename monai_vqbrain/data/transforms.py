@@ -78,10 +78,8 @@ class LoadSliced(MapTransform):
     An item ``{"image": path}`` is a 2D image file, read by MONAI's ``LoadImage`` with :class:`SliceReader` and made
     channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
     :func:`~monai_vqbrain.data.slices.list_volume_slices`) is that slice of the volume, as
-    :func:`~monai_vqbrain.data.slices.read_volume_plane` reads it: scaled per volume to [0, 1] by robust percentiles,
-    in display orientation, float32 ``(1, H, W)``, and only that slice's voxels read. Not MONAI's ``LoadImaged``:
-    that would read a whole volume for each of its slices. A file that vanished since it was listed is one error
-    naming it.
+    :func:`~monai_vqbrain.data.slices.read_volume_plane` reads it (MONAI's ``LoadImaged`` would read the whole
+    volume for each of its slices). A file that vanished since it was listed is one error naming it.
 
     Args:
         keys: the key holding the path (``"image"``).

@@ -83,10 +83,9 @@ def explain_missing_extras() -> None:
     """Make an uncaught ``ModuleNotFoundError`` of an optional dependency one line naming the extra to install.
 
     MONAI's own commands (``onnx_export``, ``ckpt_export``) run no ``initialize``, so :func:`install_error_hook`
-    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that
-    ``onnx_export`` without the ``onnx`` extra ends in ``error: ONNX export (onnx_export) needs the optional
-    module 'onnxscript', which is not installed: pip install "monai_vqbrain[onnx]" ...`` (exit status 1), not
-    in a traceback. Any other exception goes to the hook installed before, unchanged. Calling it again does nothing.
+    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that ``onnx_export``
+    without the ``onnx`` extra ends in one ``error:`` line (exit status 1), not a traceback. Any other exception goes
+    to the hook installed before, unchanged. Calling it again does nothing.
     """
     if _STATE.get("extras"):
         return

@@ -4,8 +4,8 @@ The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) says what ev
 allowed values (``$defs/keys``) and, per config, what it means (``$defs/configs/<config>``). Its value, the default,
 is written once, in the config. Three things read the schema: :func:`~monai_vqbrain.workflows.run_settings`
 validates a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its
-description, and :func:`reference_markdown` writes the override-key reference of the documentation with each
-default read from the config files.
+description, and :func:`reference_markdown` writes the documentation's reference with each default read from the
+config files, so that it cannot drift from either.
 """
 
 from __future__ import annotations
@@ -241,9 +241,6 @@ def _cell(text: str) -> str:
 
 def reference_markdown(configs_dir: str | os.PathLike) -> str:
     """The override-key reference of the documentation: one table per config (key, default, meaning, allowed).
-
-    Generated from the schema, the source the workflows validate against, and the defaults from the config files
-    themselves, so it cannot drift from either.
 
     Args:
         configs_dir: the bundle's ``configs`` folder.

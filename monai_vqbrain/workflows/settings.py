@@ -185,14 +185,11 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
 
 
 def check_overrides(pairs: Sequence[tuple[str, str | None]], files: Sequence[str]) -> None:
-    """Refuse override keys the config files do not define, and ``None`` where it would be silently dropped.
+    """:func:`check_override_keys` of the overrides ``pairs`` of the config ``files``.
 
     Args:
         pairs: the overrides, each ``(key, its value as Python text or None)``.
         files: the config files they override.
-
-    Raises:
-        SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
     from monai.bundle import ConfigParser
 
