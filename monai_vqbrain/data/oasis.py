@@ -170,15 +170,12 @@ def _png_stream_problem(path: str | os.PathLike) -> str | None:
     if header is None or header[3] not in _PNG_CHANNELS:
         return None
     width, height, bit_depth, colour, _, _, interlace = header
-    bits = _PNG_CHANNELS[colour] * bit_depth
-
-    def scanlines(w: int, h: int) -> int:
-        return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
-
-    if interlace:
-        expected = sum(scanlines(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in _ADAM7)
-    else:
-        expected = scanlines(width, height)
+    bits, expected = _PNG_CHANNELS[colour] * bit_depth, 0
+    # the scanlines of each pass (one pass unless Adam7-interlaced), each led by its filter byte
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            expected += h * (1 + (w * bits + 7) // 8)
     inflater = zlib.decompressobj()
     try:
         found = len(inflater.decompress(b"".join(idat), expected + 1))
