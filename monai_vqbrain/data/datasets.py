@@ -181,7 +181,6 @@ def _warn_outside_links(root: Path, split: str, items: Sequence[Mapping]) -> Non
     They are read as data (links into a shared store are a way to select a subset), but a user who did not make them
     should know the run reads files outside ``dataset_dir``.
     """
-    root = root.resolve()
     targets = {file: Path(file).resolve() for file in dict.fromkeys(str(item["image"]) for item in items)}
     outside = [(file, target) for file, target in targets.items() if not target.is_relative_to(root)]
     if outside:

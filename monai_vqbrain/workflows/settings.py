@@ -208,15 +208,14 @@ def check_overrides(pairs: Sequence[tuple[str, str | None]], files: Sequence[str
         parent = "#".join(parts[:depth])
         content = config[parent] if depth else config.get()
         siblings = [str(k) for k in (content if isinstance(content, dict) else range(len(content)))]
-        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+        where = "no config file defines it"
+        if arguments is not None:  # the parent is a component: its constructor's arguments are keys too
             siblings += sorted(arguments - set(siblings))
+            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
         hint = "; python -m monai.bundle run help --config_file <the same configs> lists the keys"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
-        where = "no config file defines it"
-        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
-            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
         raise SettingError(f"unknown setting --{key}: {where}{hint}")
     for key, value in pairs:
         # MONAI's command line parses the text None as None, and then drops it (update_kwargs ignores None): the
