@@ -1,8 +1,7 @@
 """MONAI dictionary transforms that turn a PNG file, a slice of a volume or an in-memory slice into a square grey image.
 
-``train.json``'s ``preprocessing`` lists them in order, as :func:`get_slice_transforms` does. MONAI has none that
-reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages RGB to grey, pads to
-the square of the larger side, or resizes by area or bilinear depending on the direction.
+MONAI has none that reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages
+RGB to grey, pads to the square of the larger side, or resizes by area or bilinear depending on the direction.
 """
 
 from __future__ import annotations

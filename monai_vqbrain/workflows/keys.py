@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import SettingError
 from .rules import SETTING_RULES
 
 #: the schema file: package data, installed with the package (a wheel, ``pip install .`` or ``pip install -e .``)
@@ -52,8 +53,6 @@ def load_schema() -> dict[str, Any]:
     from jsonschema import Draft202012Validator
 
     if not SCHEMA_FILE.is_file():
-        from ..errors import SettingError
-
         # package data: only an installation that lost files (or a build that left them out) lacks it
         raise SettingError(
             f"the settings schema '{SCHEMA_FILE}' is missing from the installed monai_vqbrain package: reinstall it "

@@ -28,8 +28,7 @@ def check_output_dirs(
 
     A folder that does not exist yet is judged by its nearest existing parent, where an empty folder is created and
     removed at once (nothing is left behind), so a read-only or misnamed folder is reported at start-up rather than
-    after minutes of training or inference. An output folder equal to or inside the dataset the run reads is
-    refused: what the run writes there (samples, checkpoints, figures) would be read back as data by the next run.
+    after minutes of training or inference.
 
     Args:
         dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names; for a setting named
