@@ -32,11 +32,10 @@ _EXPECTED_LAYOUT = (
 def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike | None = None) -> Path:
     """Turn the ``dataset_dir`` setting into an existing dataset folder.
 
-    None or ``""`` means the built-in demo dataset, generated on first use; a given path must be an existing folder,
-    so that a typo does not silently train on demo data.
+    A given path must be an existing folder, so that a typo does not silently train on demo data.
 
     Args:
-        dataset_dir: the dataset folder, or None/``""`` for the demo dataset.
+        dataset_dir: the dataset folder, or None/``""`` for the built-in demo dataset (generated on first use).
         demo_dir: where the demo dataset lives; :func:`default_demo_dir` when None.
 
     Returns:
@@ -109,10 +108,9 @@ def get_datalist(
 ) -> list[dict]:
     """List the 2D slices of one split as datalist items for ``preprocessing`` (``train.json``) to load.
 
-    OASIS PNG slices (and the demo data, in the same layout) are ``{"image": path, "name": file name}``; NIfTI and
-    Analyze volumes give one ``{"image": path, "slice_axis": a, "slice_index": k, "name": "<file>#slice<k>"}`` per
-    kept slice (see :func:`~monai_vqbrain.data.slices.list_volume_slices`). Files are checked here, so a missing
-    folder or a corrupt file is reported before training.
+    The items are those of :func:`list_oasis_png_split` (OASIS PNG slices, and the demo data) or of
+    :func:`list_volume_slices` (NIfTI and Analyze volumes). Files are checked here, so a missing folder or a corrupt
+    file is reported before training.
 
     Args:
         dataset_dir: the dataset folder, or None/``""`` for the demo dataset (:func:`resolve_dataset_dir`).
@@ -183,7 +181,6 @@ def _warn_outside_links(root: Path, split: str, items: Sequence[Mapping]) -> Non
     They are read as data (links into a shared store are a way to select a subset), but a user who did not make them
     should know the run reads files outside ``dataset_dir``.
     """
-    root = root.resolve()
     targets = {file: Path(file).resolve() for file in dict.fromkeys(str(item["image"]) for item in items)}
     outside = [(file, target) for file, target in targets.items() if not target.is_relative_to(root)]
     if outside:

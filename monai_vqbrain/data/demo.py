@@ -58,10 +58,10 @@ def default_demo_dir() -> Path:
     return Path.home() / ".cache" / "monai_vqbrain" / "demo_oasis"
 
 
-def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_size: int) -> tuple[int, ...]:
-    """Validate the arguments of :func:`generate_demo_dataset`, returning the case counts as ints."""
+def _demo_parameters(num_cases: Sequence[int], slices_per_case: int, image_size: int, seed: int) -> dict:
+    """Check the arguments of :func:`generate_demo_dataset`; return them as its marker file records them."""
     try:
-        counts = tuple(int(n) for n in num_cases)
+        counts = [int(n) for n in num_cases]
     except TypeError as err:
         raise ValueError(f"num_cases must be three counts (train, validate, test), got {num_cases!r}") from err
     if len(counts) != len(SPLITS) or min(counts) < 1:
@@ -70,16 +70,11 @@ def _check_generate_args(num_cases: Sequence[int], slices_per_case: int, image_s
         raise ValueError(f"slices_per_case must be positive, got {slices_per_case!r}")
     if int(image_size) < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size!r}")
-    return counts
-
-
-def _demo_parameters(num_cases: Sequence[int], slices_per_case: int, image_size: int, seed: int) -> dict:
-    """The parameters a demo dataset is identified by, as stored in its marker file."""
     return {
         "generator": "monai_vqbrain.data.demo",
         "version": _GENERATOR_VERSION,
         "template": TEMPLATE_NAME,
-        "num_cases": [int(n) for n in num_cases],
+        "num_cases": counts,
         "slices_per_case": int(slices_per_case),
         "image_size": int(image_size),
         "seed": int(seed),
@@ -98,8 +93,7 @@ def generate_demo_dataset(
     Cases are numbered from 1 across the splits (train first), so no case is in two splits; a case's anatomy
     depends only on ``seed`` and its number. No slice is empty: the brain covers at least
     :data:`~monai_vqbrain.data.template.MIN_BRAIN_FRACTION` of every slice. Files are named
-    ``case_XXX_slice_Y.nii.png`` (masks ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is. The marker file is
-    written last, so a folder that has it is complete.
+    ``case_XXX_slice_Y.nii.png`` (masks ``seg_XXX_slice_Y.nii.png``) whatever ``image_size`` is.
 
     Args:
         root: the folder to write; it must be absent or empty.
@@ -115,7 +109,7 @@ def generate_demo_dataset(
         DatasetError: when ``root`` exists and is not an empty folder.
         ValueError: for invalid counts or sizes.
     """
-    counts = _check_generate_args(num_cases, slices_per_case, image_size)
+    parameters = _demo_parameters(num_cases, slices_per_case, image_size, seed)
     root = Path(root).expanduser()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DatasetError(f"cannot write the demo dataset into '{root}': expected a missing or empty folder")
@@ -123,7 +117,7 @@ def generate_demo_dataset(
     # every axial level, from the base of the cerebellum to near the vertex
     positions = np.linspace(0.0, 1.0, int(slices_per_case), dtype=np.float32)
     case_number, started = 0, time.perf_counter()
-    for split, count in zip(SPLITS, counts, strict=True):
+    for split, count in zip(SPLITS, parameters["num_cases"], strict=True):
         # a timestamped line a split: the whole generation takes about a minute on a CPU
         _logger.info(
             f"demo data: drawing the {split} split, {count} case(s) of {int(slices_per_case)} slices "
@@ -142,7 +136,6 @@ def generate_demo_dataset(
             for index in range(len(positions)):
                 Image.fromarray(pixels[index]).save(image_dir / f"case_{case_number:03d}_slice_{index}.nii.png")
                 Image.fromarray(labels[index]).save(seg_dir / f"seg_{case_number:03d}_slice_{index}.nii.png")
-    parameters = _demo_parameters(counts, slices_per_case, image_size, seed)
     atomic_write_text(root / DEMO_MARKER, json.dumps(parameters, indent=2) + "\n")
     return root.resolve()
 
@@ -178,7 +171,6 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, **generate_kwargs
     if unknown:
         raise TypeError(f"ensure_demo_dataset() got unexpected arguments: {', '.join(sorted(unknown))}")
     options = {"num_cases": DEFAULT_NUM_CASES, "slices_per_case": 16, "image_size": 256, "seed": 0, **generate_kwargs}
-    _check_generate_args(options["num_cases"], options["slices_per_case"], options["image_size"])
     wanted = _demo_parameters(**options)
 
     existing = _read_marker(root)

@@ -57,8 +57,6 @@ def check_slice_shape(
 ) -> None:
     """Refuse, from the shape a header declares, slices too small to resize or whose padded square is too large.
 
-    The memory a slice takes is that of the square it is padded to, ``max(height, width)**2`` pixels.
-
     Args:
         path: the file, for the message.
         plane_shape: ``(height, width)`` of its slices.

@@ -201,9 +201,8 @@ def _key_values(keys: np.ndarray) -> np.ndarray:
 class VolumeSlices:
     """One volume's RAS slices, read one at a time from nibabel's array proxy: memory for a slice, not the volume.
 
-    Opening reads and checks the header and affine only. :meth:`plane` reads the file's voxels of one RAS slice and
-    gives the same values as :func:`volume_plane` of the whole volume read at once; :meth:`intensity_range` streams
-    the volume for the percentiles :func:`robust_range` would compute on it.
+    Opening reads and checks the header and affine only. :meth:`plane` gives the values :func:`volume_plane` gives
+    of the whole volume read at once.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``) or Analyze (``.img`` with ``.hdr``) file.

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
+from monai_vqbrain.data.transforms import _LOADABLE_MODES
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 SPLITS = ("train", "validate", "test")
@@ -64,9 +65,7 @@ def _is_image_split_folder(path: Path) -> bool:
 
 
 def locate_png_root(root: str | os.PathLike) -> Path | None:
-    """Find the folder that holds the ``keras_png_slices_*`` split folders: ``root`` or ``root/keras_png_slices_data``.
-
-    Only image folders count: a root holding nothing but ``keras_png_slices_seg_*`` mask folders is not a dataset.
+    """Find the folder that holds the image split folders: ``root`` or ``root/keras_png_slices_data``.
 
     Args:
         root: the folder to look in.
@@ -140,13 +139,6 @@ def find_png_files(folder: str | os.PathLike) -> list[Path]:
     return [folder / name for name in sorted(names, key=_png_sort_key)]
 
 
-# PIL modes that the slice loader turns into one grey channel (see ``transforms.normalize_pil_mode``)
-_SUPPORTED_MODES = frozenset(
-    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
-    | {"I;16", "I;16L", "I;16B"}
-)
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> samples per pixel
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -178,15 +170,12 @@ def _png_stream_problem(path: str | os.PathLike) -> str | None:
     if header is None or header[3] not in _PNG_CHANNELS:
         return None
     width, height, bit_depth, colour, _, _, interlace = header
-    bits = _PNG_CHANNELS[colour] * bit_depth
-
-    def scanlines(w: int, h: int) -> int:
-        return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
-
-    if interlace:
-        expected = sum(scanlines(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in _ADAM7)
-    else:
-        expected = scanlines(width, height)
+    bits, expected = _PNG_CHANNELS[colour] * bit_depth, 0
+    # the scanlines of each pass (one pass unless Adam7-interlaced), each led by its filter byte
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            expected += h * (1 + (w * bits + 7) // 8)
     inflater = zlib.decompressobj()
     try:
         found = len(inflater.decompress(b"".join(idat), expected + 1))
@@ -227,10 +216,9 @@ def check_png_file(
 ) -> None:
     """Check that ``path`` is a whole, decodable image of a size within the limits.
 
-    The size comes from the header, before any decoding. Then the PNG chunks' CRCs are checked (``verify``), the
-    compressed pixel stream is inflated and its length compared with the header (PIL silently zero-fills a short
-    stream), and the image is decoded, so that a bad file is reported before training starts rather than as a deep
-    traceback from a data-loader worker, or not at all.
+    The size comes from the header, before any decoding; then the chunks' CRCs, the length of the pixel stream and
+    the decoding are checked, so that a bad file is reported before training starts rather than as a deep traceback
+    from a data-loader worker, or not at all.
 
     Args:
         path: the image file.
@@ -269,7 +257,7 @@ def check_png_file(
         raise ImageFileError(f"{_named(path)} is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
     if width < 1 or height < 1:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
-    if mode not in _SUPPORTED_MODES:
+    if mode not in _LOADABLE_MODES:
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
 
 

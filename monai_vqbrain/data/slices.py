@@ -68,13 +68,11 @@ def _check_slice_options(slice_axis: int, slice_range: Sequence[float], min_fore
 def _slice_candidates(shape: Sequence[int], slice_axis: int, slice_range: tuple[float, float]) -> tuple[int, list[int]]:
     """The axis a RAS volume of ``shape`` is cut along and the slice indices within ``slice_range``."""
     singleton_axes = [axis for axis, size in enumerate(shape) if size == 1]
-    if singleton_axes:
-        # a 2D image (or a 3D one that is one voxel thick) is a single slice whatever the slice axis
-        return singleton_axes[-1], [0]
-    length = shape[slice_axis]
-    first = int(np.floor(slice_range[0] * length))
-    last = max(int(np.ceil(slice_range[1] * length)), first + 1)
-    return slice_axis, list(range(first, min(last, length)))
+    # a 2D image (or a 3D one that is one voxel thick) is its one slice, index 0, whatever the slice axis
+    axis = singleton_axes[-1] if singleton_axes else slice_axis
+    first = int(np.floor(slice_range[0] * shape[axis]))
+    last = max(int(np.ceil(slice_range[1] * shape[axis])), first + 1)
+    return axis, list(range(first, min(last, shape[axis])))
 
 
 def list_volume_slices(

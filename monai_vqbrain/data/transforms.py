@@ -1,8 +1,7 @@
 """MONAI dictionary transforms that turn a PNG file, a slice of a volume or an in-memory slice into a square grey image.
 
-``train.json``'s ``preprocessing`` lists them in order, as :func:`get_slice_transforms` does. MONAI has none that
-reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages RGB to grey, pads to
-the square of the larger side, or resizes by area or bilinear depending on the direction.
+MONAI has none that reads one slice of a cached volume, scales by bit depth (MONAI rescales by min/max), averages
+RGB to grey, pads to the square of the larger side, or resizes by area or bilinear depending on the direction.
 """
 
 from __future__ import annotations
@@ -34,6 +33,12 @@ from monai_vqbrain.data.slices import read_volume_plane
 from monai_vqbrain.errors import ImageFileError
 
 _NATIVE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I", "F"})
+# the other PIL modes a slice may have, and the mode each is converted to (big-endian 16-bit pixels to 32-bit ints,
+# which numpy and torch understand; colour spaces other than RGB to RGB)
+_CONVERSIONS = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "I;16B": "I"}
+_CONVERSIONS.update(dict.fromkeys(("RGBX", "CMYK", "YCbCr", "LAB", "HSV"), "RGB"))
+# the PIL modes normalize_pil_mode turns into grey, grey+alpha, RGB or RGBA channels
+_LOADABLE_MODES = _NATIVE_MODES | set(_CONVERSIONS)
 
 
 def normalize_pil_mode(image: Image.Image) -> Image.Image:
@@ -45,17 +50,9 @@ def normalize_pil_mode(image: Image.Image) -> Image.Image:
     Args:
         image: an opened PIL image.
     """
-    mode = image.mode
-    if mode in _NATIVE_MODES:
+    if image.mode in _NATIVE_MODES:
         return image
-    if mode in ("1", "La"):
-        return image.convert("L" if mode == "1" else "LA")
-    if mode in ("P", "PA", "RGBa"):
-        return image.convert("RGBA")
-    if mode.startswith("I;16"):
-        # big-endian 16-bit pixels: 32-bit ints keep the values and are understood by numpy and torch
-        return image.convert("I")
-    return image.convert("RGB")
+    return image.convert(_CONVERSIONS.get(image.mode, "I" if image.mode.startswith("I;16") else "RGB"))
 
 
 class SliceReader(PILReader):
@@ -80,10 +77,8 @@ class LoadSliced(MapTransform):
     An item ``{"image": path}`` is a 2D image file, read by MONAI's ``LoadImage`` with :class:`SliceReader` and made
     channel-first. An item that also has ``"slice_axis"`` and ``"slice_index"`` (as listed by
     :func:`~monai_vqbrain.data.slices.list_volume_slices`) is that slice of the volume, as
-    :func:`~monai_vqbrain.data.slices.read_volume_plane` reads it: scaled per volume to [0, 1] by robust percentiles,
-    in display orientation, float32 ``(1, H, W)``, and only that slice's voxels read. Not MONAI's ``LoadImaged``:
-    that would read a whole volume for each of its slices. A file that vanished since it was listed is one error
-    naming it.
+    :func:`~monai_vqbrain.data.slices.read_volume_plane` reads it (MONAI's ``LoadImaged`` would read the whole
+    volume for each of its slices). A file that vanished since it was listed is one error naming it.
 
     Args:
         keys: the key holding the path (``"image"``).

@@ -23,15 +23,6 @@ _SUBJECT_PATTERN = re.compile(r"OAS\d_\d{4}")
 _SPLIT_FOLDER_NAMES = {**SPLIT_ALIASES, "training": "train", "testing": "test"}
 
 
-def _strip_volume_suffix(name: str) -> str:
-    """The file name without its volume extension(s): ``x.nii.gz`` -> ``x``."""
-    lower = name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _walk_volume_files(root: Path) -> Iterable[Path]:
     """Yield the NIfTI/Analyze files below ``root`` in a stable order, skipping hidden files and folders."""
     for folder, dirs, files in os.walk(root):
@@ -78,7 +69,10 @@ def subject_id(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     path = Path(path)
     searched = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
     match = _SUBJECT_PATTERN.findall(searched)
-    return match[-1] if match else _strip_volume_suffix(path.name)
+    if match:
+        return match[-1]
+    suffix = next((suffix for suffix in VOLUME_SUFFIXES if path.name.lower().endswith(suffix)), "")
+    return path.name[: len(path.name) - len(suffix)]
 
 
 def _split_counts(num_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:

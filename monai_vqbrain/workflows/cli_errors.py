@@ -1,22 +1,4 @@
-"""Report bad user input from bundle runs as one clear message and a documented exit status, not a traceback.
-
-Exit statuses of a bundle run (``python -m monai.bundle run ...``):
-
-* 0: success;
-* 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
-  or forbidden disk;
-* 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is allowed,
-  a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds it), or a
-  config run without the base config it extends;
-* 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
-  ``--allow_skipped true``;
-* 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
-  ``interrupted at epoch N; resume with `--resume true```;
-* 143: stopped by SIGTERM (``timeout``, ``docker stop``, Slurm), handled as Ctrl-C is (the same cleanup: output
-  locks released, temporary files removed): ``terminated (SIGTERM) at epoch N; resume with `--resume true```.
-
-Any other exception is a bug and keeps Python's traceback.
-"""
+"""Report bad user input from bundle runs as one clear message and a documented exit status, not a traceback."""
 
 from __future__ import annotations
 
@@ -97,21 +79,13 @@ def _missing_extra(error: BaseException | None) -> MissingExtraError | None:
     return None
 
 
-def _find_user_error(error: BaseException | None) -> BaseException | None:
-    found = _find_input_error(error)
-    if found is None:
-        found = _missing_extra(error)
-    return found if found is not None else _component_setting_error(error)
-
-
 def explain_missing_extras() -> None:
     """Make an uncaught ``ModuleNotFoundError`` of an optional dependency one line naming the extra to install.
 
     MONAI's own commands (``onnx_export``, ``ckpt_export``) run no ``initialize``, so :func:`install_error_hook`
-    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that
-    ``onnx_export`` without the ``onnx`` extra ends in ``error: ONNX export (onnx_export) needs the optional
-    module 'onnxscript', which is not installed: pip install "monai_vqbrain[onnx]" ...`` (exit status 1), not
-    in a traceback. Any other exception goes to the hook installed before, unchanged. Calling it again does nothing.
+    is not installed there: ``train.json``'s ``network_def`` requires this (``_requires_``), so that ``onnx_export``
+    without the ``onnx`` extra ends in one ``error:`` line (exit status 1), not a traceback. Any other exception goes
+    to the hook installed before, unchanged. Calling it again does nothing.
     """
     if _STATE.get("extras"):
         return
@@ -122,21 +96,20 @@ def explain_missing_extras() -> None:
         if missing is None or _STATE["traceback"] or os.environ.get("MONAI_VQBRAIN_TRACEBACK"):
             previous_hook(kind, error, traceback)
             return
-        print(f"error: {missing}", file=sys.stderr)
-        sys.stderr.flush()
+        print(f"error: {missing}", file=sys.stderr, flush=True)
         raise SystemExit(missing.exit_code)
 
     sys.excepthook = hook
     _STATE["extras"] = True
 
 
-def _find_input_error(error: BaseException | None) -> BaseException | None:
+def _find_user_error(error: BaseException | None) -> BaseException | None:
     for link in exception_chain(error):
         if isinstance(link, VQBrainError) or (isinstance(link, OSError) and link.errno in _DISK_ERRORS):
             return link
         if isinstance(link, (ValueError, KeyError)) and (missing := _missing_base_config(link)) is not None:
             return missing
-    return None
+    return _missing_extra(error) or _component_setting_error(error)
 
 
 def _one_line(error: BaseException) -> str:
@@ -169,11 +142,24 @@ def _handle_sigterm() -> None:
 def install_error_hook(debug: object = False, config: str | None = None, base_config: str | None = None) -> None:
     """Make an uncaught user error print ``error: <message>`` on one line and exit with its status.
 
-    Bundle configs call this first in ``initialize``. User errors are :class:`~monai_vqbrain.errors.VQBrainError`
-    (exit status ``exit_code``: 1, 2 for a bad setting, 3 for skipped inputs) and disk errors (full, read-only,
-    permission denied; status 1). Any other exception keeps Python's usual traceback. SIGTERM is handled as Ctrl-C
-    (one line, ``terminated (SIGTERM) ...``, exit status 143), unless the process had a SIGTERM handler of its own.
-    Calling it again updates the settings of the one hook.
+    Bundle configs call this first in ``initialize``; calling it again updates the settings of the one hook. Exit
+    statuses of a bundle run (``python -m monai.bundle run ...``):
+
+    * 0: success;
+    * 1: an input, checkpoint or output problem (:class:`~monai_vqbrain.errors.VQBrainError`), or a full, read-only
+      or forbidden disk;
+    * 2: a bad setting (:class:`~monai_vqbrain.errors.SettingError`): an unknown key, a value outside what is
+      allowed, a value that a component's constructor refuses (a ValueError or TypeError raised while MONAI builds
+      it), or a config run without the base config it extends;
+    * 3: the run finished but skipped some inputs (:class:`~monai_vqbrain.errors.InputsSkippedError`), unless
+      ``--allow_skipped true``;
+    * 130: interrupted by Ctrl-C (:class:`~monai_vqbrain.errors.RunInterrupted`): one line, during training
+      ``interrupted at epoch N; resume with `--resume true```;
+    * 143: stopped by SIGTERM (``timeout``, ``docker stop``, Slurm), handled as Ctrl-C is (the same cleanup: output
+      locks released, temporary files removed) unless the process had a SIGTERM handler of its own:
+      ``terminated (SIGTERM) at epoch N; resume with `--resume true```.
+
+    Any other exception is a bug and keeps Python's traceback.
 
     Args:
         debug: True (``--debug true``) keeps full tracebacks for user errors too, as does the environment
@@ -200,8 +186,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
                     message, status = message.replace("interrupted", "terminated (SIGTERM)", 1), 128 + signal.SIGTERM
                 if sys.stderr.isatty():
                     print(file=sys.stderr)  # not at the end of a progress bar's line
-                print(message, file=sys.stderr)  # not an error: what the user asked for
-                sys.stderr.flush()
+                print(message, file=sys.stderr, flush=True)  # not an error: what the user asked for
                 raise SystemExit(status)
             user_error = _find_user_error(error)
             if user_error is None or _STATE["traceback"]:
@@ -209,8 +194,7 @@ def install_error_hook(debug: object = False, config: str | None = None, base_co
                 if user_error is None:
                     return
             else:
-                print(f"error: {_one_line(user_error)}", file=sys.stderr)
-                sys.stderr.flush()
+                print(f"error: {_one_line(user_error)}", file=sys.stderr, flush=True)
             # SystemExit raised by sys.excepthook sets the interpreter's exit status
             raise SystemExit(getattr(user_error, "exit_code", 1))
 

@@ -4,8 +4,8 @@ The schema (JSON Schema draft 2020-12, checked with ``jsonschema``) says what ev
 allowed values (``$defs/keys``) and, per config, what it means (``$defs/configs/<config>``). Its value, the default,
 is written once, in the config. Three things read the schema: :func:`~monai_vqbrain.workflows.run_settings`
 validates a run's settings against it, ``python -m monai.bundle run help`` prints each key's value with its
-description, and :func:`reference_markdown` writes the override-key reference of the documentation with each
-default read from the config files.
+description, and :func:`reference_markdown` writes the documentation's reference with each default read from the
+config files, so that it cannot drift from either.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..errors import SettingError
+from .rules import SETTING_RULES
 
 #: the schema file: package data, installed with the package (a wheel, ``pip install .`` or ``pip install -e .``)
 SCHEMA_FILE = Path(__file__).resolve().parent / "settings.schema.json"
@@ -50,8 +53,6 @@ def load_schema() -> dict[str, Any]:
     from jsonschema import Draft202012Validator
 
     if not SCHEMA_FILE.is_file():
-        from ..errors import SettingError
-
         # package data: only an installation that lost files (or a build that left them out) lacks it
         raise SettingError(
             f"the settings schema '{SCHEMA_FILE}' is missing from the installed monai_vqbrain package: reinstall it "
@@ -102,9 +103,6 @@ def config_override_keys(config: Mapping[str, Any] | str | os.PathLike) -> dict[
         if name in known or _is_literal(value) or derived:
             keys[name] = value
     return keys
-
-
-# ------------------------------------------------------------------------------------------------------ validation
 
 
 def _formats() -> Any:
@@ -184,14 +182,11 @@ def expected_text(key: str, keyword: str | None = None) -> str:
     types = [types] if isinstance(types, str) else list(types or [])
     nullable = " or null" if "null" in types else ""
     low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    strict = "exclusiveMinimum" in schema and "integer" not in types
+    bound = f"in [{low}, {schema['maximum']}]" if "maximum" in schema else f"{'>' if strict else '>='} {low}"
     if "integer" in types:
-        bound = f"in [{low}, {schema['maximum']}]" if "maximum" in schema else f">= {low}"
         return f"an integer {bound}{nullable}"
     if "number" in types:
-        if "maximum" in schema:
-            bound = f"in [{low}, {schema['maximum']}]"
-        else:
-            bound = f"{'>' if 'exclusiveMinimum' in schema else '>='} {low}"
         return f"a finite number {bound}{nullable}"
     raise KeyError(f"the schema gives {key!r} no x-expected text and no type the message can be derived from")
 
@@ -214,16 +209,16 @@ def setting_error(key: str, value: Any) -> str | None:
     return expected_text(key, keywords.pop() if len(keywords) == 1 and keywords <= set(special) else None)
 
 
-# ----------------------------------------------------------------------------------------------- descriptions
+def config_properties(name: str) -> dict[str, Any]:
+    """The override keys the schema gives config ``name`` (``inference.json``), each with its meaning."""
+    return load_schema()["$defs"]["configs"].get(name, {}).get("properties", {})
 
 
 def key_description(key: str, configs: Sequence[str] | None = None) -> str | None:
     """What ``key`` means, from the last of ``configs`` (default: all, in :data:`CONFIG_ORDER`) that defines it."""
-    described = load_schema()["$defs"]["configs"]
     for name in reversed(list(configs or CONFIG_ORDER)):
-        properties = described.get(name, {}).get("properties", {})
-        if key in properties:
-            return properties[key].get("description")
+        if key in config_properties(name):
+            return config_properties(name)[key].get("description")
     return None
 
 
@@ -246,26 +241,19 @@ def _cell(text: str) -> str:
 def reference_markdown(configs_dir: str | os.PathLike) -> str:
     """The override-key reference of the documentation: one table per config (key, default, meaning, allowed).
 
-    Generated from the schema, the source the workflows validate against, and the defaults from the config files
-    themselves, so it cannot drift from either.
-
     Args:
         configs_dir: the bundle's ``configs`` folder.
     """
-    schema = load_schema()
-    configs = schema["$defs"]["configs"]
     lines: list[str] = []
     for name in CONFIG_ORDER:
-        properties = configs.get(name, {}).get("properties", {})
-        values = config_override_keys(Path(configs_dir) / name) if properties else {}
-        lines.append(f"### `{name}`")
-        lines.append("")
+        properties = config_properties(name)
+        lines += [f"### `{name}`", ""]
         if not properties:
-            lines.append(configs.get(name, {}).get("description", "No override keys of its own.").capitalize() + ".")
-            lines.append("")
+            described = load_schema()["$defs"]["configs"].get(name, {})
+            lines += [described.get("description", "No override keys of its own.").capitalize() + ".", ""]
             continue
-        lines.append("| key | default | meaning | allowed values |")
-        lines.append("| --- | --- | --- | --- |")
+        values = config_override_keys(Path(configs_dir) / name)
+        lines += ["| key | default | meaning | allowed values |", "| --- | --- | --- | --- |"]
         for key, entry in properties.items():
             default = _default_text(values[key])
             default = entry.get("x-default-text") or (default if default.startswith("the ") else f"`{default}`")
@@ -273,16 +261,14 @@ def reference_markdown(configs_dir: str | os.PathLike) -> str:
                 f"| `{key}` | {_cell(default)} | {_cell(entry.get('description', ''))} | {_cell(expected_text(key))} |"
             )
         lines.append("")
-    lines += _rules_markdown()
-    return "\n".join(lines)
-
-
-def _rules_markdown() -> list[str]:
-    """The rules between keys (:data:`~monai_vqbrain.workflows.rules.SETTING_RULES`) as a reference table."""
-    from .rules import SETTING_RULES
-
-    lines = ["### Rules between keys", "", "Each value may be allowed on its own, not together with the others; a run "
-             "that breaks one of these stops at start-up with one line naming the keys.", "",
-             "| keys | rule |", "| --- | --- |"]
+    lines += [
+        "### Rules between keys",
+        "",
+        "Each value may be allowed on its own, not together with the others; a run that breaks one of these stops at "
+        "start-up with one line naming the keys.",
+        "",
+        "| keys | rule |",
+        "| --- | --- |",
+    ]
     lines += [f"| {', '.join(f'`{key}`' for key in rule.keys)} | {_cell(rule.text)} |" for rule in SETTING_RULES]
-    return [*lines, ""]
+    return "\n".join([*lines, ""])

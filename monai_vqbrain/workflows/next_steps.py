@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -64,8 +65,6 @@ def next_step_commands(finished: str, argv: Sequence[str] | None = None) -> list
 
 def _top_level_keys(files: Sequence[Path]) -> set[str]:
     """The top-level keys of config files (those that exist), ``+key`` merges included."""
-    import json
-
     keys: set[str] = set()
     for path in files:
         try:

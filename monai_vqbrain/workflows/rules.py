@@ -1,10 +1,7 @@
 """The rules between settings, declared once: what validation checks, ``run help`` lists and the reference documents.
 
 Each value may be allowed on its own (the settings schema judges that, key by key), yet a run could not do what
-the values ask together. :data:`SETTING_RULES` is the one table of those rules: each names its keys, states the rule
-as a user reads it, and finds a breach of it in one line. :func:`~monai_vqbrain.workflows.check_settings` and
-:func:`~monai_vqbrain.workflows.check_setting_combinations` enforce it, ``python -m monai.bundle run help`` prints
-the rules among the run's keys, and :func:`~monai_vqbrain.workflows.keys.reference_markdown` writes it as a table.
+the values ask together: :data:`SETTING_RULES` is the one table of those rules.
 """
 
 from __future__ import annotations

@@ -28,8 +28,7 @@ def check_output_dirs(
 
     A folder that does not exist yet is judged by its nearest existing parent, where an empty folder is created and
     removed at once (nothing is left behind), so a read-only or misnamed folder is reported at start-up rather than
-    after minutes of training or inference. An output folder equal to or inside the dataset the run reads is
-    refused: what the run writes there (samples, checkpoints, figures) would be read back as data by the next run.
+    after minutes of training or inference.
 
     Args:
         dirs: setting name (``ckpt_dir``, ``output_dir``, ...) to the folder it names; for a setting named
@@ -43,8 +42,7 @@ def check_output_dirs(
 
     Raises:
         OutputPathError: naming the setting and the folder when it is equal to or inside the data folder, is the
-            root of the file system, or is one of ``read_dirs``.
-        OutputPathError: naming ``tracking_uri`` when it names an existing file that is not an SQLite database.
+            root of the file system, is one of ``read_dirs``, or (``tracking_uri``) is a file but no SQLite database.
         OutputWriteError: naming the setting and the folder when it, or its nearest existing parent, is a file, a
             symbolic link to nothing, or is not writable (read-only file system, no permission).
     """
@@ -178,19 +176,18 @@ def check_resumed_dataset(
     )
 
 
-# what MONAI's tracking patch (ConfigWorkflow.patch_bundle_tracking) makes of save_execute_config when output_dir
-# is a plain path (set on the command line): the text "<dir> + '/config_<time>.json'", not an expression
 _CONCATENATED_CONFIG_PATH = re.compile(r"^(?P<folder>.*) \+ '/(?P<name>config_\d{8}_\d{6}\.json)'$")
 
 
 def executed_config_file(save_execute_config: Any) -> str | None:
     """The file MONAI wrote the executed config to, for the tracking handlers' ``artifacts``.
 
-    With ``--tracking``, MONAI writes the executed config to ``<output_dir>/config_<time>.json`` and sets
-    ``save_execute_config`` to ``output_dir``'s config text followed by ``+ '/config_<time>.json'``. That is an
-    expression when ``output_dir`` is the config's default (``$@bundle_root + '/outputs'``), but when
-    ``--output_dir /x`` is given it is the literal text ``/x + '/config_<time>.json'``, a file that does not exist,
-    so the executed config would not be logged. This undoes that concatenation; any other value is returned as is.
+    With ``--tracking``, MONAI (``ConfigWorkflow.patch_bundle_tracking``) writes the executed config to
+    ``<output_dir>/config_<time>.json`` and sets ``save_execute_config`` to ``output_dir``'s config text followed by
+    ``+ '/config_<time>.json'``. That is an expression when ``output_dir`` is the config's default
+    (``$@bundle_root + '/outputs'``), but when ``--output_dir /x`` is given it is the literal text
+    ``/x + '/config_<time>.json'``, a file that does not exist, so the executed config would not be logged. This
+    undoes that concatenation; any other value is returned as is.
 
     Args:
         save_execute_config: the config's ``save_execute_config`` after MONAI's patch: a path, that text, or None.

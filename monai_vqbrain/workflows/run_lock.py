@@ -1,10 +1,9 @@
 """One run per output folder: an exclusive lock file in each folder a bundle run writes to.
 
 Two runs writing into one folder lose work silently: both training runs save ``model.pt`` by their own best metric,
-and the last writer wins, whatever its score; a second ``generating`` run replaces the first's samples. Every bundle
-workflow therefore locks its output folders (``ckpt_dir``, ``output_dir``, ``generation_dir``) at start-up, after
-its settings are checked and before it writes anything: a run into a held folder stops with one line naming the
-holder and changes nothing.
+and the last writer wins, whatever its score; a second ``generating`` run replaces the first's samples. So every
+bundle workflow locks its output folders (:func:`lock_output_dirs`): a run into a held folder stops with one line
+naming the holder and changes nothing.
 
 The lock is ``.vqbrain.lock`` in the folder, held with ``fcntl.flock`` on an open descriptor, so the kernel releases
 it whenever the holder ends, even by SIGKILL or a power cut. The file records the holder (pid, host, start time,

@@ -1,9 +1,7 @@
 """Start-up validation of a bundle run's settings: every value and every command-line key, before any data is read.
 
 Each bundle config's ``settings`` entry is :func:`run_settings`, which ``initialize`` resolves first; the configs
-read normalised values from it (``@settings['overwrite']`` is a boolean whatever the command line wrote). A wrong
-value is one line naming the key, the value and what is allowed; an unknown override key (``--max_epoch 3``) is an
-error suggesting the nearest key, not a key silently added to the config while the default applies.
+read normalised values from it (``@settings['overwrite']`` is a boolean whatever the command line wrote).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Any
 
 from ..errors import SettingError
 from ..utils.flags import as_bool
-from .keys import CONFIG_ORDER, key_description, key_names, load_schema, setting_error
+from .keys import CONFIG_ORDER, config_properties, key_description, key_names, load_schema, setting_error
 from .monai_adapter import bundle_command_line, running_parser, running_workflow
 from .rules import SETTING_RULES, broken_rule
 
@@ -108,10 +106,8 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def check_setting_combinations(settings: Mapping[str, Any], max_epochs_key: str | None = None) -> None:
     """Check the settings that are only wrong together, before anything is loaded (after :func:`check_settings`).
 
-    Each value may be allowed on its own, yet the run could not do what they ask: split fractions that leave no
-    training data, a training crop larger than the image, a training run that would never validate (and so never
-    save ``model.pt``), or more samples than ``max_num_samples`` (each is kept in memory until the run ends). The
-    rules are :data:`~monai_vqbrain.workflows.rules.SETTING_RULES`, declared once.
+    Each value may be allowed on its own, yet the run could not do what they ask together (split fractions that
+    leave no training data, a crop larger than the image ...): the rules are :data:`~.rules.SETTING_RULES`.
 
     Args:
         settings: setting name to its (parsed) value; settings a workflow does not have are not checked.
@@ -146,9 +142,9 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         # preset has none (prior_large.json's keys are train_prior.json's): only a command line says it was given
         configs, earlier = [], set()
         for name in CONFIG_ORDER:
-            if (_config_keys(name) - earlier) & set(settings):
+            if (set(config_properties(name)) - earlier) & set(settings):
                 configs.append(name)
-            earlier |= _config_keys(name)
+            earlier |= set(config_properties(name))
     lines = ["override keys of this workflow, with the values this run would use and what they mean:"]
     for key, value in settings.items():
         if key == "downsample_factor":  # derived from network_def, not a key of its own
@@ -165,11 +161,6 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
         lines += [f"  {text}" for text in rules]
     lines.append("and the network's settings as --network_def#<key>, e.g. --network_def#num_embeddings 256")
     print("\n".join(lines), flush=True)
-
-
-def _config_keys(name: str) -> set[str]:
-    """The override keys the settings schema gives config ``name`` (``inference.json``)."""
-    return set(load_schema()["$defs"]["configs"].get(name, {}).get("properties", {}))
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> None:
@@ -194,14 +185,11 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
 
 
 def check_overrides(pairs: Sequence[tuple[str, str | None]], files: Sequence[str]) -> None:
-    """Refuse override keys the config files do not define, and ``None`` where it would be silently dropped.
+    """:func:`check_override_keys` of the overrides ``pairs`` of the config ``files``.
 
     Args:
         pairs: the overrides, each ``(key, its value as Python text or None)``.
         files: the config files they override.
-
-    Raises:
-        SettingError: naming the unknown key and the nearest known one, or the key given None.
     """
     from monai.bundle import ConfigParser
 
@@ -220,15 +208,14 @@ def check_overrides(pairs: Sequence[tuple[str, str | None]], files: Sequence[str
         parent = "#".join(parts[:depth])
         content = config[parent] if depth else config.get()
         siblings = [str(k) for k in (content if isinstance(content, dict) else range(len(content)))]
-        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
+        where = "no config file defines it"
+        if arguments is not None:  # the parent is a component: its constructor's arguments are keys too
             siblings += sorted(arguments - set(siblings))
+            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
         nearest = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.6)
         hint = "; python -m monai.bundle run help --config_file <the same configs> lists the keys"
         if nearest:
             hint = f"; did you mean --{parent + '#' if parent else ''}{nearest[0]}?"
-        where = "no config file defines it"
-        if depth == len(parts) - 1 and isinstance(arguments, frozenset):
-            where += f" and {content['_target_']} takes no argument '{parts[-1]}'"
         raise SettingError(f"unknown setting --{key}: {where}{hint}")
     for key, value in pairs:
         # MONAI's command line parses the text None as None, and then drops it (update_kwargs ignores None): the
@@ -311,12 +298,10 @@ def config_bundle_root(default: str | None = None) -> str:
     """The default ``bundle_root``: the bundle folder of the config files, as an absolute path.
 
     The bundle folder is the folder above ``configs/`` of the first config file (or that file's folder when it is
-    not in a ``configs/`` folder), so that the bundle works from any working directory. It is the
-    ``config_root_path`` of the MONAI ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``,
-    ``monai.bundle.run``, ``create_workflow``), found by
-    :func:`~monai_vqbrain.workflows.monai_adapter.running_workflow`. A bare ``ConfigParser`` does not record where
-    its files came from: there ``bundle_root`` must be set, rather than the run writing outputs and demo data below
-    whatever the working directory is.
+    not in a ``configs/`` folder), so that the bundle works from any working directory. It is known from the MONAI
+    ``ConfigWorkflow`` evaluating the config (``python -m monai.bundle run``, ``monai.bundle.run``,
+    ``create_workflow``); a bare ``ConfigParser`` does not record where its files came from: there ``bundle_root``
+    must be set, rather than the run writing outputs and demo data below whatever the working directory is.
 
     Args:
         default: a bundle folder, relative to the working directory, to use when the config files' folder is not
