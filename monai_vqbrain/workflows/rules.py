@@ -126,19 +126,15 @@ SETTING_RULES: tuple[SettingRule, ...] = (
 )
 
 
-def broken_rule(
-    settings: Mapping[str, Any], max_epochs_key: str | None = None, names: tuple[str, ...] | None = None
-) -> str | None:
+def broken_rule(settings: Mapping[str, Any], max_epochs_key: str | None = None) -> str | None:
     """The one-line error of the first rule of :data:`SETTING_RULES` that ``settings`` break, else None.
 
     Args:
         settings: setting name to its (parsed) value, with ``downsample_factor`` when the network's is known.
         max_epochs_key: the setting holding the training run's epochs; None for a run that does not train.
-        names: only the rules of these names; None for all.
     """
     for rule in SETTING_RULES:
-        if names is None or rule.name in names:
-            message = rule.breach(settings, max_epochs_key)
-            if message is not None:
-                return message
+        message = rule.breach(settings, max_epochs_key)
+        if message is not None:
+            return message
     return None

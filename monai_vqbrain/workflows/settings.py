@@ -73,7 +73,7 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Check settings against the settings schema (:mod:`~monai_vqbrain.workflows.keys`); return them normalised.
 
     Flags come back as booleans. What the schema cannot say is checked here: that a CUDA ``device`` exists on this
-    machine, and ``image_size`` against the network's downsampling factor (``settings["downsample_factor"]``).
+    machine. The rules between keys are :func:`check_setting_combinations`.
 
     Args:
         settings: setting name to its (parsed) value.
@@ -82,7 +82,6 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         SettingError: one line naming the first bad key, its value and what is allowed.
     """
     settings = dict(settings)
-    factor = settings.pop("downsample_factor", None)
     keys = load_schema()["$defs"]["keys"]
     for key, value in settings.items():
         # a config listing a setting the schema does not define is a bug, not a user error: setting_error raises
@@ -96,10 +95,6 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             raise SettingError(f"{key} must be {expected}, got {value!r}{hint}.")
         if keys[key].get("format") == "flag" and value is not None:
             settings[key] = as_bool(value, key)
-    # the one rule between settings that judges values against the network: reported with the values
-    breach = broken_rule({**settings, "downsample_factor": factor}, names=("multiple_of_downsampling",))
-    if breach is not None:
-        raise SettingError(breach)
     return settings
 
 
@@ -147,8 +142,6 @@ def print_settings(settings: Mapping[str, Any], argv: Sequence[str] | None = Non
             earlier |= set(config_properties(name))
     lines = ["override keys of this workflow, with the values this run would use and what they mean:"]
     for key, value in settings.items():
-        if key == "downsample_factor":  # derived from network_def, not a key of its own
-            continue
         # as the command line takes them: it parses values as Python literals, so JSON's null is written None
         text = value if isinstance(value, str) else "None" if value is None else json.dumps(value, default=str)
         lines.append(f"  --{key} {shlex.quote(text)}")
