@@ -78,12 +78,9 @@ class PatchAdversarialTerm:
             fake = self.loss(self._logits(reconstruction.detach()), target_is_real=False, for_discriminator=True)
             real = self.loss(self._logits(images), target_is_real=True, for_discriminator=True)
         loss = 0.5 * (fake.float() + real.float())
-        if needs_grad_scaler(device, amp):
-            self._scaler = self._scaler or torch.amp.GradScaler("cuda")
-            self._scaler.scale(loss).backward()
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        if self._scaler is None:  # as the trainer's: disabled (a pass-through) unless fp16 needs loss scaling
+            self._scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp))
+        self._scaler.scale(loss).backward()
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
         return loss.detach()

@@ -69,7 +69,7 @@ class SliceCodesInferer(Inferer):
         amp = resolve_amp(self.amp, inputs.device)
         images = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         batch, count = images.shape[:2]
-        slices = images.reshape(batch * count, 1, *images.shape[2:]).float()
+        slices = images.flatten(0, 1).unsqueeze(1).float()
         codes, decoded = [], []
         for start in range(0, slices.shape[0], self.batch_size):
             with autocast(inputs.device, amp):
@@ -77,8 +77,5 @@ class SliceCodesInferer(Inferer):
                 chunk_images = vqvae.decode_samples(chunk_codes)
             codes.append(chunk_codes)
             decoded.append(chunk_images.float().clamp(0.0, 1.0))
-        codes_map, reconstruction = torch.cat(codes), torch.cat(decoded)
-        return (
-            reconstruction.reshape(batch, count, *reconstruction.shape[2:]),
-            codes_map.reshape(batch, count, *codes_map.shape[1:]),
-        )
+        reconstruction = torch.cat(decoded)[:, 0].unflatten(0, (batch, count))
+        return reconstruction, torch.cat(codes).unflatten(0, (batch, count))

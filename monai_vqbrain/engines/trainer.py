@@ -36,31 +36,26 @@ class MixedPrecisionTrainer(SupervisedTrainer):
             kwargs["amp"] = resolve_amp(kwargs["amp"], device)
         super().__init__(*args, **kwargs)
         self.max_grad_norm = max_grad_norm
-        self.grad_scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.state.device, self.amp) else None
+        # enabled only where fp16 needs loss scaling; disabled, it passes the loss and the step through unchanged
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.state.device, self.amp))
 
     def run(self) -> None:
         """Run the training, without the ``GradScaler`` MONAI's ``Trainer.run`` makes for ``amp``.
 
-        That one is CUDA's, warns on a CPU and goes unused: this trainer steps with its own ``grad_scaler``, made
-        only where fp16 needs one.
+        That one is CUDA's, warns on a CPU and goes unused: this trainer steps with its own ``grad_scaler``.
         """
         self.scaler = None
         Workflow.run(self)
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled for fp16), clip the gradients if asked, and step the optimizer."""
-        scaler = self.grad_scaler
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.grad_scaler.scale(loss).backward()
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if self.max_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(self.optimizer)
+            self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_grad_norm)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
         self.fire_event(IterationEvents.MODEL_COMPLETED)
 
 
