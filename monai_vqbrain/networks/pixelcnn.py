@@ -15,11 +15,9 @@ from numbers import Integral
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.utils import optional_import
+from tqdm import tqdm
 
 from .pixelcnn_layer import GatedPixelCNNLayer, _at_position
-
-tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 
 def _is_positive_int(value: object) -> bool:
@@ -284,9 +282,8 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"seeds must hold one seed per sample ({num_samples}), got {len(seeds)}.")
 
         chunks = range(0, num_samples, batch_size)
-        bar = None
-        if progress and has_tqdm:
-            bar = tqdm(total=len(chunks) * height * width, desc=f"sampling ({'fast' if fast else 'naive'})", unit="px")
+        desc = f"sampling ({'fast' if fast else 'naive'})"
+        bar = tqdm(total=len(chunks) * height * width, desc=desc, unit="px", disable=not progress)
         was_training = self.training
         self.eval()  # dropout would make the two paths (and repeated draws) disagree
         try:
@@ -306,13 +303,11 @@ class GatedPixelCNN(nn.Module):
                     for c in range(width):
                         column_noise = None if noise is None else noise[:, :, c]
                         codes[:, r, c] = self._pick(logits_at(codes, r, c), column_noise, temperature, top_p)
-                        if bar is not None:
-                            bar.update(1)
+                        bar.update(1)
                 out.append(codes)
         finally:
             self.train(was_training)
-            if bar is not None:
-                bar.close()
+            bar.close()
         return torch.cat(out)
 
     def _gumbel_row(self, generators: list[torch.Generator], width: int, device: torch.device) -> torch.Tensor:

@@ -97,10 +97,7 @@ class GatedPixelCNNLayer(nn.Module):
             cond = proj if cond is None else cond + proj
         if cond is None:
             return None, None
-        if self.last:
-            return None, cond
-        cond_v, cond_h = cond.chunk(2, dim=1)
-        return cond_v, cond_h
+        return (None, cond) if self.last else cond.chunk(2, dim=1)
 
     def vertical(self, v_window: torch.Tensor, cond_v: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Vertical stack on an already padded input.

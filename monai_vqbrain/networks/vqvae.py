@@ -245,8 +245,7 @@ class VQVAE(nn.Module):
     def forward(
         self, images: torch.Tensor, return_details: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | VQVAEOutput:
-        """Return ``(reconstruction, quantization_loss)`` (or :meth:`reconstruct`'s output when ``forward_output`` is
-        ``"reconstruction"``), or the full :class:`VQVAEOutput` when ``return_details``.
+        """What ``forward_output`` names, or the full :class:`VQVAEOutput` when ``return_details``.
 
         Trainers ask for the details through ``forward`` (not :meth:`forward_with_details`) so that a
         ``DistributedDataParallel`` wrapper sees the call and synchronises gradients.
