@@ -145,14 +145,8 @@ def get_datalist(
     else:
         files = list_nifti_volumes(root, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         items = list_volume_slices(
-            files,
-            slice_axis,
-            slice_range,
-            min_foreground,
-            max_volume_voxels,
-            max_items,
-            min_slice_size,
-            max_image_pixels,
+            files, slice_axis, slice_range, min_foreground, max_voxels=max_volume_voxels, max_items=max_items,
+            min_slice_size=min_slice_size, max_pixels=max_image_pixels,
         )
         if not items:
             raise DatasetError(

@@ -229,10 +229,10 @@ class VolumeSlices:
         flipped = self.to_ras[file_axis, 1] < 0
         return file_axis, (self.shape3[file_axis] - 1 - index if flipped else index)
 
-    def _read(self, ranges: dict[int, tuple[int, int]]) -> np.ndarray:
-        """The voxels in ``{axis: (start, stop)}`` (whole along the other spatial axes) as a float32 3D array."""
+    def _read(self, axis: int, start: int, stop: int) -> np.ndarray:
+        """The voxels from ``start`` to ``stop`` along the file's ``axis`` (whole along the others), float32 3D."""
         ndim = len(self.image.shape)
-        slicer = tuple(slice(*ranges[d]) if d in ranges else (slice(None) if d < 3 else 0) for d in range(ndim))
+        slicer = tuple(slice(start, stop) if d == axis else (slice(None) if d < 3 else 0) for d in range(ndim))
         try:
             data = _read_scaled(self.dataobj, slicer)
         except FileNotFoundError as err:
@@ -243,8 +243,7 @@ class VolumeSlices:
             raise ImageFileError(
                 f"cannot read the voxels of volume '{self.path}' ({err}); the file may be truncated"
             ) from err
-        sizes = {d: stop - start for d, (start, stop) in ranges.items()}
-        return data.reshape(tuple(sizes.get(d, n) for d, n in enumerate(self.shape3)))
+        return data.reshape(tuple(stop - start if d == axis else n for d, n in enumerate(self.shape3)))
 
     def read_file_slab(
         self, file_axis: int, file_index: int, stop: int | None = None, chunk_bytes: int = 16 * 2**20
@@ -257,14 +256,14 @@ class VolumeSlices:
         """
         stop = file_index + 1 if stop is None else stop
         if file_axis == 2 or len(self.image.shape) < 3:
-            return self._read({file_axis: (file_index, stop)})
+            return self._read(file_axis, file_index, stop)
         shape = tuple(stop - file_index if d == file_axis else n for d, n in enumerate(self.shape3))
         block = np.empty(shape, dtype=np.float32)
         per_chunk = max(1, chunk_bytes // (4 * self.shape3[0] * self.shape3[1]))
         wanted = tuple(slice(file_index, stop) if d == file_axis else slice(None) for d in range(3))
         for first in range(0, self.shape3[2], per_chunk):
             last = min(first + per_chunk, self.shape3[2])
-            block[..., first:last] = self._read({2: (first, last)})[wanted]
+            block[..., first:last] = self._read(2, first, last)[wanted]
         return block
 
     def slices_per_block(self, file_axis: int, block_bytes: int = 64 * 2**20) -> int:

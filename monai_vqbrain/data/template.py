@@ -240,10 +240,8 @@ def render_subject(
     images = (inside * (tissue * bias * texture + noise)).clamp(0, 1)
     images[inside < 0.35] = 0.0  # skull-stripped and masked: the background is exactly zero
 
-    labels = torch.full(images.shape, SEG_LEVELS["background"], dtype=torch.uint8)
-    winner = probabilities.argmax(0)
-    for index, name in enumerate(("csf", "grey", "white")):
-        labels[(inside >= 0.5) & (winner == index)] = SEG_LEVELS[name]
+    mask_levels = torch.tensor([SEG_LEVELS[name] for name in ("csf", "grey", "white")], dtype=torch.uint8)
+    labels = torch.where(inside >= 0.5, mask_levels[probabilities.argmax(0)], SEG_LEVELS["background"])
     return images.numpy().astype(np.float32), labels.numpy()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, PILReader
+from monai.data import PILReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirst,
@@ -113,13 +113,6 @@ class LoadSliced(MapTransform):
         return d
 
 
-def _image_name(image: torch.Tensor) -> str:
-    """The file an image was loaded from, for error messages; a placeholder for in-memory images."""
-    if isinstance(image, MetaTensor):
-        return str(image.meta.get("filename_or_obj", "<in-memory image>"))
-    return "<in-memory image>"
-
-
 class ScaleByDtyped(MapTransform):
     """Scale integer images to [0, 1] by the largest value their bit depth holds; leave float images unchanged.
 
@@ -163,8 +156,9 @@ class ToGreyscaled(MapTransform):
             return image[:1]
         if channels in (3, 4):
             return image[:3].mean(dim=0, keepdim=True)
+        name = getattr(image, "meta", {}).get("filename_or_obj", "<in-memory image>")  # a MetaTensor's file
         raise ImageFileError(
-            f"'{_image_name(image)}' has {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)"
+            f"'{name}' has {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)"
         )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
