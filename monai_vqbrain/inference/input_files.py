@@ -198,10 +198,6 @@ def find_input_files(
             "input must be a PNG or NIfTI file, a folder of them, a quoted glob or a list of these, got none "
             "(no input given); pass --input PATH"
         )
-    files: dict[Path, None] = {}
-    for spec in specs:
-        for path in _files_of(str(spec)):
-            # not resolve(): a link's outputs and row are named after the link, and a link beside its target is
-            # a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
-            files.setdefault(path.absolute(), None)
-    return list(files)
+    # absolute paths, not resolved: a link's outputs and row are named after the link, and a link beside its target
+    # is a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
+    return list(dict.fromkeys(path for spec in specs for path in _files_of(str(spec))))

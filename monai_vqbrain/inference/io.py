@@ -203,7 +203,7 @@ def write_nifti(
         info = np.iinfo(dtype)
         data = np.empty(volume.shape, dtype=dtype)
         clipped = 0
-        for index in np.ndindex(volume.shape[2:]) if volume.ndim > 2 else [()]:
+        for index in np.ndindex(volume.shape[2:]):  # a 2D volume: one index, ()
             where = (slice(None), slice(None), *index)
             rounded = np.rint(volume[where])
             clipped += int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
