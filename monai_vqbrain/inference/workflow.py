@@ -70,8 +70,8 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     Its iteration is ``SupervisedEvaluator``'s with two differences: the inferer's ``(reconstruction, codes)`` become
     ``pred`` and ``codes``, with the input as ``label`` (an autoencoder's target); and an error item of
     :class:`InferenceDataset` passes without a forward pass (no ``FORWARD_COMPLETED``) or ``pred`` (so
-    post-processing with ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends the run with the
-    package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
+    post-processing with ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends
+    the run with the package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
