@@ -239,8 +239,7 @@ class TrainingCheckpointLoader:
         trainer_state = checkpoint.get("trainer")
         if trainer_state is not None:
             # ignite's engine state records iterations, not epochs; checkpoints are saved at epoch ends
-            iteration = int(trainer_state["iteration"])
-            engine.state.epoch = iteration // int(trainer_state["epoch_length"])
+            engine.state.epoch = int(trainer_state["iteration"]) // int(trainer_state["epoch_length"])
             engine.state.iteration = engine.state.epoch * engine.state.epoch_length
         logger.info(
             f"resuming training from {self.load_path}: {engine.state.epoch} epoch(s) done, continuing with epoch "

@@ -54,19 +54,16 @@ class StopOnDivergence:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_weights)
 
-    def _learning_rate(self, engine: Engine) -> str:
-        optimizer = getattr(engine, "optimizer", None)
-        groups = getattr(optimizer, "param_groups", None)
-        return f" (now {groups[0]['lr']:g})" if groups else ""
-
     def _fail(self, engine: Engine, what: str) -> None:
         last = "no finite loss yet"
         if self.last_finite is not None:
             last = f"last finite loss {self.last_finite[1]:.4g} at iteration {self.last_finite[0]}"
+        groups = getattr(getattr(engine, "optimizer", None), "param_groups", None)
+        rate = f" (now {groups[0]['lr']:g})" if groups else ""
         raise TrainingDivergedError(
             f"training diverged at epoch {engine.state.epoch}, iteration {engine.state.iteration}: {what} ({last}); "
             f"no checkpoint of the diverged network was saved (those of the last good epoch, if any, are kept): lower "
-            f"--{self.learning_rate_key}{self._learning_rate(engine)} and train again."
+            f"--{self.learning_rate_key}{rate} and train again."
         )
 
     def _check_loss(self, engine: Engine) -> None:

@@ -16,8 +16,8 @@ from ..errors import RunInterrupted
 logger = logging.getLogger(__name__)
 
 
-class _MisleadingEngineLines(logging.Filter):
-    """Drop two ignite log lines that mislead in a bundle run.
+def _drop_misleading_engine_lines(record: logging.LogRecord) -> bool:
+    """Drop two ignite log lines that mislead in a bundle run (a ``logging`` filter).
 
     MONAI creates its engines' state before ``run()``, so ignite announces every fresh start of an engine as
     "Engine run resuming from iteration 0, epoch N" (the trainer's start as epoch 0 even when
@@ -26,16 +26,11 @@ class _MisleadingEngineLines(logging.Filter):
     ``KeyboardInterrupt`` (or "interrupted", a validator's interrupt reaching the trainer), before
     :class:`InterruptHandler`'s own line.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        fresh_start = message.startswith("Engine run resuming from iteration 0, ")
-        prefix = "Engine run is terminating due to exception: "
-        interrupt = message in (prefix, prefix + str(RunInterrupted()))
-        return not (fresh_start or interrupt)
-
-
-_FILTER = _MisleadingEngineLines()
+    message = record.getMessage()
+    fresh_start = message.startswith("Engine run resuming from iteration 0, ")
+    prefix = "Engine run is terminating due to exception: "
+    interrupt = message in (prefix, prefix + str(RunInterrupted()))
+    return not (fresh_start or interrupt)
 
 
 class InterruptHandler:
@@ -56,8 +51,7 @@ class InterruptHandler:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
-        if _FILTER not in engine.logger.filters:
-            engine.logger.addFilter(_FILTER)
+        engine.logger.addFilter(_drop_misleading_engine_lines)  # added once: addFilter skips a filter it holds
 
     def __call__(self, engine: Engine, error: BaseException) -> None:
         interrupted = isinstance(error, KeyboardInterrupt) or (

@@ -41,12 +41,10 @@ _logger = logging.getLogger(__name__)
 def code_information_bits(codes: torch.Tensor) -> float:
     """Information content of a code map (integer indices, any shape) under its own code frequencies: ``N * H(p)``
     bits for ``N`` codes."""
-    counts = torch.bincount(codes.reshape(-1).long()).double()
-    counts = counts[counts > 0]
-    total = counts.sum()
-    if total == 0:
+    counts = torch.unique(codes, return_counts=True)[1].double()  # how often each code in use occurs
+    if counts.numel() == 0:
         return 0.0
-    return float(-(counts * torch.log2(counts / total)).sum())
+    return float(-(counts * torch.log2(counts / counts.sum())).sum())
 
 
 @dataclass
@@ -161,12 +159,11 @@ class CodesSaver:
 class InferenceMetricsWriter:
     """Score each file, name each skipped one, and write ``reconstruction_metrics.csv`` (atomically) at the end.
 
-    Scores are taken on ``FORWARD_COMPLETED``, at model resolution (before post-processing restores the input's
-    size); the row gets the files written on ``ITERATION_COMPLETED``; the table is written on ``COMPLETED`` unless no
-    input was reconstructed, and also, when possible, with the files done so far when the disk fails mid-run.
-    :meth:`raise_for_skipped` then says whether the run skipped inputs. Not MONAI's ``IgniteMetricHandler`` with
-    ``MetricsSaver``: those keep one number per image and metric, not the files written, their sizes, code bits
-    and a skipped file's error, and they do not write atomically nor refuse an existing table without ``overwrite``.
+    Scores are taken at model resolution, before post-processing restores the input's size. The table is written
+    when the run completes, unless no input was reconstructed, and also, when possible, when the disk fails mid-run.
+    Not MONAI's ``IgniteMetricHandler`` with ``MetricsSaver``: those keep one number per image and metric, not the
+    files written, their sizes, code bits and a skipped file's error, and they do not write atomically nor refuse an
+    existing table without ``overwrite``.
 
     Args:
         inputs: the input files, in the order of the rows.

@@ -45,17 +45,13 @@ def strip_image_suffix(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def _is_supported(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES)
-
-
 def _is_listed(path: Path) -> bool:
-    """Whether a folder's or glob's entry is an input: a file, or a dangling symbolic link (reported as bad).
+    """Whether a folder's or glob's entry is an input: a file or a dangling symbolic link (reported as bad), not hidden.
 
     A dangling link is the user's file gone missing, so it is named in the run's report rather than dropped;
     FIFOs, sockets and devices are never taken, as reading one would block or never end.
     """
-    return path.is_file() or (path.is_symlink() and not path.exists())
+    return (path.is_file() or (path.is_symlink() and not path.exists())) and not path.name.startswith(".")
 
 
 def glob_parts(path: Path) -> tuple[Path, list[str]]:
@@ -144,7 +140,7 @@ def _files_of(spec: str) -> list[Path]:
         # a file named explicitly is taken whatever its ending, so a non-image file is reported, not ignored
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if _is_listed(p) and _is_supported(p))
+        files = sorted(p for p in path.iterdir() if _is_listed(p) and p.name.lower().endswith(SUPPORTED_SUFFIXES))
         if not files:
             raise DatasetError(
                 f"input folder '{path}' holds no PNG or NIfTI files; expected files ending in "
@@ -153,7 +149,7 @@ def _files_of(spec: str) -> list[Path]:
         return files
     if _GLOB_CHARACTERS & set(spec):
         # the glob made absolute (``path``) matches absolute paths
-        files = [p for p in _glob(path) if _is_listed(p) and not p.name.startswith(".")]
+        files = [p for p in _glob(path) if _is_listed(p)]
         if not files:
             raise DatasetError(f"input glob '{path}' matched no files; expected it to match PNG or NIfTI files")
         return files
@@ -198,10 +194,6 @@ def find_input_files(
             "input must be a PNG or NIfTI file, a folder of them, a quoted glob or a list of these, got none "
             "(no input given); pass --input PATH"
         )
-    files: dict[Path, None] = {}
-    for spec in specs:
-        for path in _files_of(str(spec)):
-            # not resolve(): a link's outputs and row are named after the link, and a link beside its target is
-            # a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
-            files.setdefault(path.absolute(), None)
-    return list(files)
+    # absolute paths, not resolved: a link's outputs and row are named after the link, and a link beside its target
+    # is a second input, not a duplicate (check_outputs compares resolved paths to protect the inputs)
+    return list(dict.fromkeys(path for spec in specs for path in _files_of(str(spec))))

@@ -132,7 +132,7 @@ def restore_input_layout(info: dict, reconstruction: np.ndarray) -> np.ndarray:
     axis = int(info["axis"])
     file_axis = int(np.flatnonzero(to_ras[:, 0] == axis)[0])
     shape = tuple(int(s) for s in info["shape"])
-    shape3 = tuple(shape[:3]) + (1,) * (3 - len(shape[:3]))
+    shape3 = shape[:3] + (1,) * (3 - len(shape[:3]))
     volume = np.empty(shape3, dtype=np.float64)
     low, high = float(info["low"]), float(info["high"])
     for index, plane in enumerate(reconstruction):
@@ -203,7 +203,7 @@ def write_nifti(
         info = np.iinfo(dtype)
         data = np.empty(volume.shape, dtype=dtype)
         clipped = 0
-        for index in np.ndindex(volume.shape[2:]) if volume.ndim > 2 else [()]:
+        for index in np.ndindex(volume.shape[2:]):  # a 2D volume: one index, ()
             where = (slice(None), slice(None), *index)
             rounded = np.rint(volume[where])
             clipped += int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))

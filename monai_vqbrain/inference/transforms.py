@@ -21,13 +21,11 @@ from monai.utils import TraceKeys, convert_to_numpy
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS, DEFAULT_MIN_SLICE_SIZE
 from monai_vqbrain.errors import SettingError
 
-from .input_files import image_format, strip_image_suffix
+from .input_files import NIFTI_SUFFIXES, PNG_SUFFIXES, image_format, strip_image_suffix
 from .io import read_input, restore_input_layout, write_nifti, write_png
 
-OUTPUT_EXTENSIONS = {"png": (".png",), "nifti": (".nii.gz", ".nii")}
+OUTPUT_EXTENSIONS = {"png": PNG_SUFFIXES, "nifti": NIFTI_SUFFIXES}
 """The ``output_ext`` values each input format can be written as (the first is the default)."""
-
-_PNG_DTYPES = ("uint8", "uint16")
 
 
 def output_file(
@@ -77,7 +75,7 @@ def _named(
 
 def check_output_dtype(path: str | os.PathLike, output_dtype: str | None) -> None:
     """Refuse (``SettingError`` naming the file) an ``output_dtype`` other than ``uint8``/``uint16`` for a PNG input."""
-    if output_dtype is not None and image_format(path) == "png" and output_dtype not in _PNG_DTYPES:
+    if output_dtype is not None and image_format(path) == "png" and output_dtype not in ("uint8", "uint16"):
         raise SettingError(
             f"output_dtype '{output_dtype}' cannot be written as PNG ('{path}'); expected null, uint8 or uint16"
         )

@@ -12,6 +12,7 @@ from typing import Any
 from monai.data import Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
+from monai.utils import ensure_tuple
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_vqbrain.errors import ImageFileError, OutputPathError, find_user_error
@@ -55,31 +56,27 @@ class InferenceDataset(Dataset):
             }
 
 
-class _UserErrorsOnce(logging.Filter):
+def _drop_user_error_lines(record: logging.LogRecord) -> bool:
     """Drop the evaluator's own log lines about a user error ending its run: the error hook prints it, in one line.
 
     Ignite logs the exception that ends a run from inside its ``except`` block, so the exception is at hand here.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or find_user_error(sys.exc_info()[1]) is None
+    return record.levelno < logging.ERROR or find_user_error(sys.exc_info()[1]) is None
 
 
 class ReconstructionEvaluator(SupervisedEvaluator):
     """MONAI's ``SupervisedEvaluator`` for an inferer that returns code maps with the reconstructions.
 
-    Its iteration is ``SupervisedEvaluator``'s (prepare the batch, run the inferer in eval mode, fire
-    ``FORWARD_COMPLETED`` and ``MODEL_COMPLETED``) with two differences: the inferer's ``(reconstruction, codes)``
-    become ``pred`` and ``codes``, with the input as ``label`` (an autoencoder's target); and an error item of
-    :class:`InferenceDataset` passes without a forward pass or ``pred`` (so post-processing with
-    ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends the run with the
-    package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
+    Its iteration is ``SupervisedEvaluator``'s with two differences: the inferer's ``(reconstruction, codes)`` become
+    ``pred`` and ``codes``, with the input as ``label`` (an autoencoder's target); and an error item of
+    :class:`InferenceDataset` passes without a forward pass (no ``FORWARD_COMPLETED``) or ``pred`` (so
+    post-processing with ``allow_missing_keys`` passes over it). A bad file under ``strict`` or a failing disk ends
+    the run with the package's error, not logged again by Ignite. Takes ``SupervisedEvaluator``'s arguments.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not any(isinstance(entry, _UserErrorsOnce) for entry in self.logger.filters):
-            self.logger.addFilter(_UserErrorsOnce())
+        self.logger.addFilter(_drop_user_error_lines)  # added once: addFilter skips a filter it holds
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -99,12 +96,6 @@ class ReconstructionEvaluator(SupervisedEvaluator):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
-
-
-def _recursive_glob_roots(specs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
-    """The folders below which each recursive glob (``**``) of the ``input`` setting matches, resolved."""
-    specs = [] if specs is None else [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    return [glob_parts(Path(spec).expanduser().absolute())[0].resolve() for spec in map(str, specs) if "**" in spec]
 
 
 def check_outputs(
@@ -152,7 +143,8 @@ def check_outputs(
             f"output_dir '{output_dir.resolve()}' holds input files; choose another folder so that reconstructions "
             f"are never read as inputs of a later run"
         )
-    for root in _recursive_glob_roots(input_specs):
+    recursive_globs = [spec for spec in map(str, ensure_tuple(input_specs or ())) if "**" in spec]
+    for root in (glob_parts(Path(spec).expanduser().absolute())[0].resolve() for spec in recursive_globs):
         if output_dir.resolve().is_relative_to(root):
             raise OutputPathError(
                 f"output_dir '{output_dir.resolve()}' is inside '{root}', the root of a recursive input glob: the "

@@ -83,8 +83,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             raise
         raise _write_error(path, error) from error
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporary_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
