@@ -104,8 +104,18 @@ def load_vqvae(
     return network.eval()
 
 
-def _split_source_files(dataset_kwargs: Mapping[str, Any], split: str) -> tuple[str, list[Path]]:
-    """The dataset format and the files a split is read from, listed without opening them."""
+def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], split: str, image_size: int) -> str:
+    """The SHA-256 hex digest of everything a split's code maps depend on (see the module's description).
+
+    Args:
+        vqvae_sha256: the VQ-VAE checkpoint's :func:`vqvae_fingerprint`.
+        dataset_kwargs: the arguments of :func:`~monai_vqbrain.data.get_dataset` (``train.json``'s
+            ``dataset_kwargs``).
+        split: the split.
+        image_size: the image size the VQ-VAE encodes.
+    """
+    split = canonical_split(split)
+    # the files the split is read from, listed without opening them
     root = resolve_dataset_dir(dataset_kwargs.get("dataset_dir"))
     dataset_format = dataset_kwargs.get("dataset_format", "auto")
     if dataset_format == "auto":
@@ -126,21 +136,6 @@ def _split_source_files(dataset_kwargs: Mapping[str, Any], split: str) -> tuple[
             header = volume.with_suffix(".hdr")  # an Analyze image's header changes what it holds too
             if volume.suffix.lower() == ".img" and header.is_file():
                 files.append(header)
-    return dataset_format, files
-
-
-def codes_fingerprint(vqvae_sha256: str, dataset_kwargs: Mapping[str, Any], split: str, image_size: int) -> str:
-    """The SHA-256 hex digest of everything a split's code maps depend on (see the module's description).
-
-    Args:
-        vqvae_sha256: the VQ-VAE checkpoint's :func:`vqvae_fingerprint`.
-        dataset_kwargs: the arguments of :func:`~monai_vqbrain.data.get_dataset` (``train.json``'s
-            ``dataset_kwargs``).
-        split: the split.
-        image_size: the image size the VQ-VAE encodes.
-    """
-    split = canonical_split(split)
-    dataset_format, files = _split_source_files(dataset_kwargs, split)
     stats = [(path, path.stat()) for path in files]
     description = {
         "version": _CACHE_VERSION,

@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 #: ways the prior can be conditioned: on nothing, or on the slice position (a class per bin of slice index)
 CONDITIONINGS = ("none", "slice_position")
 
-# OASIS PNG slices are named case_XXX_slice_Y.nii.png; NIfTI slices "<volume file>#slice<k>" (see data.slices)
 _SLICE_INDEX_PATTERNS = (
     re.compile(r"^case_\d+_slice_(\d+)(?:\.nii)?\.png$", re.IGNORECASE),
     re.compile(r"#slice(\d+)$"),
@@ -26,11 +25,10 @@ _SLICE_INDEX_PATTERNS = (
 
 
 def parse_slice_index(name: str) -> int | None:
-    """The slice index in a slice's name: ``Y`` of OASIS ``case_XXX_slice_Y.nii.png``, ``k`` of NIfTI
+    """The slice index in a slice's name: ``Y`` of OASIS ``case_XXX_slice_Y.nii.png``, ``k`` of the NIfTI readers'
     ``<volume>#slice<k>``; None when the name carries none."""
     for pattern in _SLICE_INDEX_PATTERNS:
-        match = pattern.search(str(name))
-        if match:
+        if match := pattern.search(str(name)):
             return int(match.group(1))
     return None
 
@@ -126,8 +124,7 @@ class SlicePositionLabels:
             )
         else:
             labels.index_range = (int(known.min()), int(known.max()))
-        counts = torch.bincount(labels(indices.tolist()), minlength=labels.num_classes)
-        labels.class_counts = counts.tolist()
+        labels.class_counts = torch.bincount(labels(indices), minlength=labels.num_classes).tolist()
         return labels
 
     @classmethod

@@ -27,21 +27,19 @@ def plot_prior_learning_curves(history_file: str | os.PathLike, path: str | os.P
     """
     if not is_main_process():
         return None  # one figure per run: rank 0 draws it
-    records = [r for r in read_history(history_file) if isinstance(r, dict) and "epoch" in r]
+    records = read_history(history_file)  # per-epoch records, each with an integer "epoch"
     if not records:
         return None
     plt = pyplot()
     figure, (bits_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(9, 3.4))
-    epochs = [int(r["epoch"]) for r in records]
+    epochs = [r["epoch"] for r in records]
     for key, label, style in (("train_bits_per_code", "train", "-"), ("val_bits_per_code", "validation", "--")):
-        points = [(e, r[key]) for e, r in zip(epochs, records, strict=True) if r.get(key) is not None]
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
         if points:
             bits_axis.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
     bits_axis.set(xlabel="epoch", ylabel="bits per code", title="prior negative log-likelihood")
     bits_axis.legend()
-    accuracy = [
-        (e, r["val_accuracy"]) for e, r in zip(epochs, records, strict=True) if r.get("val_accuracy") is not None
-    ]
+    accuracy = [(r["epoch"], r["val_accuracy"]) for r in records if r.get("val_accuracy") is not None]
     if accuracy:
         accuracy_axis.plot(*zip(*accuracy, strict=True), marker="o", markersize=3, color="tab:green")
     accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy", title="validation next-code accuracy")
@@ -75,9 +73,8 @@ def plot_nearest_training_slices(
     figure, axes = plt.subplots(2, count, figsize=(1.9 * count, 5.0), squeeze=False, layout="constrained")
     for column in range(count):
         for row, image in enumerate((samples[column], nearest[column])):
-            axis = axes[row, column]
-            axis.imshow(image[0].float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-            axis.set(xticks=[], yticks=[])
+            axes[row, column].imshow(image[0].float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            axes[row, column].set(xticks=[], yticks=[])
         # each name beside its own image: the sample's above it, the training slice's below it (a title of the lower
         # row would sit under the sample above, as if it named that one)
         axes[0, column].set_title(wrap_label(sample_names[column], 18), fontsize=7)

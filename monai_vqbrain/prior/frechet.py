@@ -85,13 +85,11 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if a.shape[0] < 2 or b.shape[0] < 2:
         return None
     if min(a.shape[0], b.shape[0]) > a.shape[1]:  # full-rank covariances: the textbook computation is sound
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # FIDMetric prints when it regularises
-                value = float(FIDMetric()(a, b))
+        # FIDMetric prints when it regularises, and raises ValueError("Imaginary component ... too high")
+        with contextlib.suppress(ValueError), contextlib.redirect_stdout(io.StringIO()):
+            value = float(FIDMetric()(a, b))
             if math.isfinite(value) and value >= -1e-6:
                 return max(value, 0.0)
-        except ValueError:  # "Imaginary component ... too high"
-            pass
     return _stable_frechet_distance(a, b)
 
 

@@ -219,7 +219,6 @@ class GenerationQuality(Metric):
         test_features_all = torch.cat(self._test_features)
         test_subset_images, recon_subset_images = torch.stack(self._test_subset), torch.stack(self._recon_subset)
         num_subset = len(test_subset_images)
-        # this takes about a minute on a CPU: say what is being measured rather than fall silent
         logger.info(
             f"measuring {num_samples} samples against {len(test_features_all)} real test and "
             f"{len(train_dataset)} training slices (Fréchet distance, diversity, memorisation"
@@ -229,11 +228,10 @@ class GenerationQuality(Metric):
         # the classifier compares as many images a side as the smaller side holds: the samples or the real test pool
         num_real = len(self._pool_images)
         if self.classifier and min(num_samples, num_real) < RELIABLE_CLASSIFIER_SAMPLES:
-            fewest, remedy = (
-                (f"{num_samples} samples", "raise --num_samples")
-                if num_samples <= num_real
-                else (f"{num_real} real test slices", "measure on a test split of more slices")
-            )
+            if num_samples <= num_real:
+                fewest, remedy = f"{num_samples} samples", "raise --num_samples"
+            else:
+                fewest, remedy = f"{num_real} real test slices", "measure on a test split of more slices"
             logger.warning(
                 f"only {fewest}: a classifier AUC or d' from fewer than {RELIABLE_CLASSIFIER_SAMPLES} a side is too "
                 f"noisy to judge realism (see its _ci95); {remedy}"

@@ -21,7 +21,6 @@ from scipy import stats
 
 from ..data.volume_files import subject_id
 
-# ``case_XXX`` of OASIS ``case_XXX_slice_Y.nii.png`` names; ``<volume>`` of the NIfTI readers' ``<volume>#slice<k>``
 _CASE = re.compile(r"(case_\d+)_slice_\d+", re.IGNORECASE)
 _VOLUME = re.compile(r"^(.*)#slice\d+$")
 
@@ -293,9 +292,7 @@ def classifier_two_sample_test(
     result = cross_validated_separation(
         first, second, first_groups, second_groups, score_fold, folds, seed, max_per_side
     )
-    result["epochs"] = int(epochs)
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return {**result, "epochs": int(epochs), "seconds": time.perf_counter() - start}
 
 
 def cross_validated_separation(
@@ -362,9 +359,8 @@ def cross_validated_separation(
     labels = torch.as_tensor(sides, dtype=torch.float32)
     aucs, separations = [], []
     for fold in range(int(folds)):
-        held = torch.as_tensor(np.flatnonzero(fold_of == fold))
-        train = torch.as_tensor(np.flatnonzero(fold_of != fold))
-        scores = score_fold(images[train], labels[train], images[held], seed * 1000 + fold)
+        held = torch.as_tensor(fold_of == fold)
+        scores = score_fold(images[~held], labels[~held], images[held], seed * 1000 + fold)
         aucs.append(float(compute_roc_auc(scores, labels[held])))
         separations.append(held_out_separation(scores, labels[held]))
     mean, std, interval = _fold_interval(aucs)

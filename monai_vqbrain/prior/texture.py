@@ -2,9 +2,8 @@
 
 The CNN two-sample test (:mod:`.realism`) is measured against a reference of the VQ-VAE's own reconstructions, so
 a decoder smoother than real tissue moves that reference with it and its smoothness hides. This test sees nothing
-but texture: histograms inside the brain of the intensity, the gradient magnitude and local binary patterns
-(rotation-invariant uniform LBP at radius 1 and 2, Ojala et al. 2002: the local texture a smooth decoder loses),
-fed to a standardised logistic regression under the same grouped cross-validation and references.
+but texture (:func:`texture_features`, whose rotation-invariant local binary patterns, Ojala et al. 2002, hold the
+local texture a smooth decoder loses), under the same grouped cross-validation and references.
 """
 
 from __future__ import annotations
@@ -125,6 +124,4 @@ def texture_two_sample_test(
         seed,
         max_per_side,
     )
-    result["features"] = TEXTURE_FEATURES
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return {**result, "features": TEXTURE_FEATURES, "seconds": time.perf_counter() - start}

@@ -111,8 +111,7 @@ class PriorInferer(Inferer):
 class PriorTrainer(MixedPrecisionTrainer):
     """Train a :class:`~monai_vqbrain.networks.GatedPixelCNN` on code maps by cross-entropy, with
     :class:`PriorPrepareBatch` and ``loss_function`` a ``torch.nn.CrossEntropyLoss`` (nats per code) computed on
-    float32 logits; otherwise as :class:`~monai_vqbrain.engines.MixedPrecisionTrainer` (``amp``, bf16 on CPU too;
-    gradient clipping; the handlers, events and DDP-wrapped networks of :class:`monai.engines.SupervisedTrainer`).
+    float32 logits; otherwise as :class:`~monai_vqbrain.engines.MixedPrecisionTrainer`.
 
     After each iteration ``engine.state.output`` holds ``image`` and ``label`` (both the code maps), ``pred`` (the
     detached float32 logits, for training metrics) and ``loss``.

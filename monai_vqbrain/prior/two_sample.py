@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .realism import classifier_two_sample_test, slice_groups
+from .realism import CI95_METHOD, classifier_two_sample_test, slice_groups
 from .report import _COMPARISONS, _TWO_SAMPLE_ENTRIES
 from .texture import texture_two_sample_test
 
@@ -41,10 +41,9 @@ def two_sample_entries(
         }
     }
     notes: list[str] = []
-    results: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
-    texture: dict[str, dict[str, Any] | None] = dict.fromkeys(_COMPARISONS)
+    # each test's results (classifier, texture) by comparison, where measured
+    results: dict[str, dict[str, dict[str, Any]]] = {test: {} for test in _TWO_SAMPLE_ENTRIES}
     if enabled and test_images:
-        num_samples = len(samples)
         test, recons = torch.stack(test_images), torch.stack(test_recons)
         train = torch.stack(train_images) if train_images else test[:0]
         test_groups = slice_groups(test_names)
@@ -61,23 +60,21 @@ def two_sample_entries(
         }
         started = time.perf_counter()
         # at most as many images per side as samples, so the references are measured at the samples' count
-        shared = {"folds": folds, "seed": seed, "max_per_side": num_samples}
+        shared = {"folds": folds, "seed": seed, "max_per_side": len(samples)}
         for number, (name, sides) in enumerate(runs.items(), start=1):
             logger.info(f"measuring: classifier two-sample test {number}/{len(runs)}: {name.replace('_', ' ')}")
             try:
-                results[name] = classifier_two_sample_test(*sides, epochs=epochs, device=device, **shared)
-                # the same sides and folds, texture statistics alone: a smooth decoder cannot hide behind its
-                # reconstructions' reference here
-                texture[name] = texture_two_sample_test(*sides, **shared)
+                results["classifier"][name] = classifier_two_sample_test(*sides, epochs=epochs, device=device, **shared)
+                # the same sides and folds, texture statistics alone (see the texture module)
+                results["texture"][name] = texture_two_sample_test(*sides, **shared)
             except ValueError as error:
                 notes.append(f"{name}: not measured: {error}")
                 logger.warning(f"classifier two-sample test {name} not measured: {error}")
-        measured = [r for r in results.values() if r is not None]
-        entries["classifier"]["ci95_method"] = measured[0]["ci95_method"] if measured else None
+        entries["classifier"]["ci95_method"] = CI95_METHOD if results["classifier"] else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
-    for test, by_comparison in (("classifier", results), ("texture", texture)):
-        for name, result in by_comparison.items():
+    for test, by_comparison in results.items():
+        for name in _COMPARISONS:
             for key, (field, _) in _TWO_SAMPLE_ENTRIES[test].items():
-                entries[key.format(name=name)] = None if result is None else result[field]
+                entries[key.format(name=name)] = by_comparison[name][field] if name in by_comparison else None
     entries["classifier_notes"] = notes
     return entries
