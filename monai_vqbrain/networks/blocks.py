@@ -7,7 +7,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 
-def _check_spatial_dims(spatial_dims: int) -> None:
+def check_spatial_dims(spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
 
@@ -26,7 +26,7 @@ class ResidualLayer(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, res_channels: int) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         conv = Conv[Conv.CONV, spatial_dims]
         self.branch = nn.Sequential(
             nn.ReLU(),
@@ -63,7 +63,7 @@ class Downsample(nn.Sequential):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         conv = Conv[Conv.CONV, spatial_dims]
         super().__init__(conv(in_channels, out_channels, kernel_size=4, stride=2, padding=1), nn.ReLU())
 
@@ -79,7 +79,7 @@ class Upsample(nn.Sequential):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, act: bool = True) -> None:
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         conv_t = Conv[Conv.CONVTRANS, spatial_dims]
         layers: list[nn.Module] = [conv_t(in_channels, out_channels, kernel_size=4, stride=2, padding=1)]
         if act:

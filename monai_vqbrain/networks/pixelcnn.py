@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .pixelcnn_layer import GatedPixelCNNLayer, _at_position
+from .pixelcnn_layer import GatedPixelCNNLayer, conv_at_position
 
 
 def _is_positive_int(value: object) -> bool:
@@ -335,7 +335,7 @@ class GatedPixelCNN(nn.Module):
         """``head`` at a single position: (B, C) skip features -> (B, out_channels) logits, as matrix products."""
         x = skip_sum
         for module in self.head:
-            x = _at_position(module, x) if isinstance(module, nn.Conv2d) else module(x)
+            x = conv_at_position(module, x) if isinstance(module, nn.Conv2d) else module(x)
         return x
 
     def _naive_logits(

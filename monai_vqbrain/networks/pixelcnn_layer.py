@@ -13,7 +13,7 @@ def _gate(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(a) * torch.sigmoid(b)
 
 
-def _at_position(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def conv_at_position(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv`` at a single position, on its flattened input window ``(B, C * kernel area)``, as a matrix product.
 
     At one position a convolution's dispatch costs far more than its arithmetic; the result is the same up to
@@ -153,7 +153,7 @@ class GatedPixelCNNLayer(nn.Module):
         Returns:
             the layer's horizontal output (B, C) (None for the last layer) and its skip features (B, C).
         """
-        h_pre = _at_position(self.conv_h, h_window.reshape(h_window.shape[0], -1)) + v_feat
+        h_pre = conv_at_position(self.conv_h, h_window.reshape(h_window.shape[0], -1)) + v_feat
         return self._gated_horizontal(h_pre, h_in, cond_h, at_position=True)
 
     def _gated_horizontal(
@@ -163,10 +163,10 @@ class GatedPixelCNNLayer(nn.Module):
         if cond_h is not None:
             h_pre = h_pre + cond_h
         gated = self.dropout(_gate(h_pre))
-        skip = _at_position(self.skip, gated) if at_position else self.skip(gated)
+        skip = conv_at_position(self.skip, gated) if at_position else self.skip(gated)
         if self.res is None:
             return None, skip
-        h_out = _at_position(self.res, gated) if at_position else self.res(gated)
+        h_out = conv_at_position(self.res, gated) if at_position else self.res(gated)
         return (h_out if self.mask_a else h_out + h_in), skip
 
     def forward(

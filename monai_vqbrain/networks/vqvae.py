@@ -10,7 +10,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.utils import eval_mode
 from torch import nn
 
-from .blocks import Downsample, ResidualStack, Upsample, _check_spatial_dims
+from .blocks import Downsample, ResidualStack, Upsample, check_spatial_dims
 from .quantizer import QuantizerOutput, VectorQuantizer
 
 
@@ -157,7 +157,7 @@ class VQVAE(nn.Module):
         if forward_output not in ("tuple", "reconstruction"):
             raise ValueError(f"forward_output must be one of tuple, reconstruction, got {forward_output!r}.")
         self.forward_output = forward_output
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         if len(channels) < 1:
             raise ValueError("channels must name at least one level (one downsampling).")
         if output_act not in (None, "sigmoid"):

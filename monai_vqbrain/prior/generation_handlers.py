@@ -23,7 +23,7 @@ from ..utils.flags import as_bool
 from ..utils.io import atomic_write_text
 from .conditioning import SlicePositionLabels
 from .figures import plot_nearest_training_slices, plot_sample_grid
-from .generation_quality import _evenly_spaced
+from .generation_quality import evenly_spaced
 from .report import generation_log_values, generation_summary, prior_summary
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class SampleGrid:
     def __call__(self, engine: Engine) -> None:
         """Plot the grid."""
         images, names, labels = self.samples.images, self.samples.names, self.samples.labels
-        shown = _evenly_spaced(len(images), self.grid_samples)
+        shown = evenly_spaced(len(images), self.grid_samples)
         titles = [
             names[i][: -len(".png")] + ("" if labels is None else f"\n{self.positions.bin_description(int(labels[i]))}")
             for i in shown
@@ -273,7 +273,7 @@ class NearestTrainingSlices:
         nearest = engine.state.metrics[self.metric_name]["memorisation_per_sample"]
         images, names = self.samples.images, self.samples.names
         index_of = {str(item.get("name")): i for i, item in enumerate(getattr(self.train_dataset, "data", []) or [])}
-        shown = [i for i in _evenly_spaced(len(images), 8) if nearest[i].get("nearest_train") in index_of]
+        shown = [i for i in evenly_spaced(len(images), 8) if nearest[i].get("nearest_train") in index_of]
         if not shown:
             return
         references = torch.stack(

@@ -56,7 +56,7 @@ def _images(batch: dict[str, Any]) -> torch.Tensor:
     return (images.as_tensor() if hasattr(images, "as_tensor") else images).float()
 
 
-def _evenly_spaced(count: int, wanted: int) -> list[int]:
+def evenly_spaced(count: int, wanted: int) -> list[int]:
     """``wanted`` indices spread evenly over ``range(count)`` (all of them when ``count <= wanted``)."""
     if count <= wanted:
         return list(range(count))
@@ -171,8 +171,8 @@ class GenerationQuality(Metric):
     def reset(self) -> None:
         """Forget the test images seen; pick the subsets of the split (its size known) to keep."""
         num_samples = len(self.samples.images) if getattr(self.samples, "images", None) is not None else 0
-        self._subset = set(_evenly_spaced(self._num_real, num_samples))
-        self._pool = set(_evenly_spaced(self._num_real, max(int(self.real_images), 1))) if self.classifier else set()
+        self._subset = set(evenly_spaced(self._num_real, num_samples))
+        self._pool = set(evenly_spaced(self._num_real, max(int(self.real_images), 1))) if self.classifier else set()
         self._test_features, self._recon_features, self._test_foreground = [], [], []
         self._test_subset, self._recon_subset = [], []
         self._pool_images, self._pool_recons, self._pool_names = [], [], []
@@ -239,7 +239,7 @@ class GenerationQuality(Metric):
 
         # training split: features, the nearest training images of the samples and of the test subset (as is and
         # reconstructed), and as many evenly spaced training images as the classifier's test pool
-        train_pool = set(_evenly_spaced(len(train_dataset), len(self._pool_images))) if self.classifier else set()
+        train_pool = set(evenly_spaced(len(train_dataset), len(self._pool_images))) if self.classifier else set()
         search = NearestImageSearch(
             torch.cat([samples, test_subset_images, recon_subset_images]), candidates=self.candidates
         )
@@ -266,7 +266,7 @@ class GenerationQuality(Metric):
         nearest_ssim, nearest_index = search.best(fetch)
         sample_nearest, test_nearest, recon_nearest = nearest_ssim.split([num_samples, num_subset, num_subset])
         generated_features = torch.cat([encoder_features(model, chunk, fd_grid) for chunk in samples.split(batch_size)])
-        train_subset_features = train_features_all[_evenly_spaced(len(train_features_all), num_samples)]
+        train_subset_features = train_features_all[evenly_spaced(len(train_features_all), num_samples)]
 
         blank = (samples > self.foreground_threshold).float().flatten(1).mean(dim=1) < self.blank_fraction
         # an empty sample "matches" an empty training slice at SSIM ~1: no copy of a brain

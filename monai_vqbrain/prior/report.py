@@ -93,7 +93,7 @@ def generation_log_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
-_COMPARISONS = {
+COMPARISONS = {
     "generated_vs_test": "generated vs real test slices: the realism measure",
     "train_vs_test": "real training vs real test slices (different subjects): what two real sets score",
     "reconstructed_vs_test": (
@@ -107,8 +107,8 @@ _COMPARISONS = {
 _AUC_CI95 = "95% interval of that AUC (Student t over the folds, clipped to [0, 1])"
 
 #: the report's entries of each two-sample comparison, by test: the field of the test's result each holds, and what
-#: it holds (``{name}``: the comparison; ``{meaning}``: its description in ``_COMPARISONS``)
-_TWO_SAMPLE_ENTRIES: dict[str, dict[str, tuple[str, str]]] = {
+#: it holds (``{name}``: the comparison; ``{meaning}``: its description in ``COMPARISONS``)
+TWO_SAMPLE_ENTRIES: dict[str, dict[str, tuple[str, str]]] = {
     "classifier": {
         "classifier_auc_{name}": (
             "auc",
@@ -208,8 +208,8 @@ GENERATION_METRICS_KEYS: dict[str, str] = {
     "method and the seconds they took",
     **{
         key.format(name=name): text.format(meaning=meaning)
-        for entries in _TWO_SAMPLE_ENTRIES.values()
-        for name, meaning in _COMPARISONS.items()
+        for entries in TWO_SAMPLE_ENTRIES.values()
+        for name, meaning in COMPARISONS.items()
         for key, (_, text) in entries.items()
     },
     "classifier_notes": "why a classifier comparison was not measured (too few images or subjects for the folds)",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .realism import CI95_METHOD, classifier_two_sample_test, slice_groups
-from .report import _COMPARISONS, _TWO_SAMPLE_ENTRIES
+from .report import COMPARISONS, TWO_SAMPLE_ENTRIES
 from .texture import texture_two_sample_test
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def two_sample_entries(
     }
     notes: list[str] = []
     # each test's results (classifier, texture) by comparison, where measured
-    results: dict[str, dict[str, dict[str, Any]]] = {test: {} for test in _TWO_SAMPLE_ENTRIES}
+    results: dict[str, dict[str, dict[str, Any]]] = {test: {} for test in TWO_SAMPLE_ENTRIES}
     if enabled and test_images:
         test, recons = torch.stack(test_images), torch.stack(test_recons)
         train = torch.stack(train_images) if train_images else test[:0]
@@ -73,8 +73,8 @@ def two_sample_entries(
         entries["classifier"]["ci95_method"] = CI95_METHOD if results["classifier"] else None
         entries["classifier"]["seconds"] = time.perf_counter() - started
     for test, by_comparison in results.items():
-        for name in _COMPARISONS:
-            for key, (field, _) in _TWO_SAMPLE_ENTRIES[test].items():
+        for name in COMPARISONS:
+            for key, (field, _) in TWO_SAMPLE_ENTRIES[test].items():
                 entries[key.format(name=name)] = by_comparison[name][field] if name in by_comparison else None
     entries["classifier_notes"] = notes
     return entries
