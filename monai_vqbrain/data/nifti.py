@@ -414,7 +414,7 @@ def _cached_volume_slices(path: str, stamp: tuple[int, int], max_voxels: int | N
     return VolumeSlices(path, max_voxels)
 
 
-def _stamp(path: str | os.PathLike) -> tuple[int, int]:
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
     """A file's modification time and size, so that a rewritten file is read again; a vanished file is named."""
     try:
         info = os.stat(path)
@@ -432,7 +432,7 @@ def open_volume_slices(path: str | os.PathLike, max_voxels: int | None = DEFAULT
     Raises:
         ImageFileError: as :class:`VolumeSlices`, or naming a file that vanished since it was listed.
     """
-    return _cached_volume_slices(str(path), _stamp(path), max_voxels, os.getpid())
+    return _cached_volume_slices(str(path), file_stamp(path), max_voxels, os.getpid())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -448,7 +448,7 @@ def volume_intensity_range(
     Raises:
         ImageFileError: as :class:`VolumeSlices`, for NaN or infinite voxels, or a file that vanished.
     """
-    return _cached_range(str(path), _stamp(path), max_voxels)
+    return _cached_range(str(path), file_stamp(path), max_voxels)
 
 
 def volume_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, check_image_size, check_slice_shape
-from monai_vqbrain.data.transforms import _LOADABLE_MODES
+from monai_vqbrain.data.transforms import LOADABLE_MODES
 from monai_vqbrain.errors import DatasetError, ImageFileError
 
 SPLITS = ("train", "validate", "test")
@@ -257,7 +257,7 @@ def check_png_file(
         raise ImageFileError(f"{_named(path)} is damaged: {problem}; expected a whole 2D grey or RGB PNG slice")
     if width < 1 or height < 1:
         raise ImageFileError(f"'{path}' has size {width}x{height}; expected a 2D image with pixels")
-    if mode not in _LOADABLE_MODES:
+    if mode not in LOADABLE_MODES:
         raise ImageFileError(f"'{path}' has PIL mode {mode!r}; expected a grey, grey+alpha, RGB or RGBA image")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_vqbrain.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_VOLUME_VOXELS
-from monai_vqbrain.data.nifti import _stamp, open_volume_slices, volume_intensity_range
+from monai_vqbrain.data.nifti import file_stamp, open_volume_slices, volume_intensity_range
 
 FOREGROUND_THRESHOLD = 0.05
 """Intensity (after scaling to [0, 1]) above which a pixel counts as foreground for ``min_foreground``."""
@@ -40,7 +40,7 @@ def read_volume_plane(
     # a slice across the file's storage order: read the aligned block of slices around it once (at most 64 MiB,
     # one block for all volumes), so that the next slices of the volume, listed in order, come from memory
     start = file_index // per_block * per_block
-    key = (str(path), volume.shape3, file_axis, start, _stamp(path), os.getpid())
+    key = (str(path), volume.shape3, file_axis, start, file_stamp(path), os.getpid())
     with _BLOCK_LOCK:
         if _LAST_BLOCK.get("key") != key:
             _LAST_BLOCK.clear()  # the old block is freed before the next is read

@@ -38,7 +38,7 @@ _NATIVE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I", "F"})
 _CONVERSIONS = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "I;16B": "I"}
 _CONVERSIONS.update(dict.fromkeys(("RGBX", "CMYK", "YCbCr", "LAB", "HSV"), "RGB"))
 # the PIL modes normalize_pil_mode turns into grey, grey+alpha, RGB or RGBA channels
-_LOADABLE_MODES = _NATIVE_MODES | set(_CONVERSIONS)
+LOADABLE_MODES = _NATIVE_MODES | set(_CONVERSIONS)
 
 
 def normalize_pil_mode(image: Image.Image) -> Image.Image:
